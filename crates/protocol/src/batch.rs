@@ -1,0 +1,394 @@
+//! The batching and backpressure rule, as a pure state machine both ends use.
+//!
+//! A [`Batcher`] sits between "a message is due to this peer" and "a frame goes on the
+//! wire". It yields frames of at most `max_batch` messages, no more often than once per
+//! `interval`, and holds at most `max_batch × max_queued_batches` publications. It has
+//! no clock: the caller passes `now` (time since any fixed origin) to
+//! [`Batcher::poll_frame`] and asks [`Batcher::poll_timeout`] when to call again, so
+//! tests drive it with virtual time.
+//!
+//! The first message after a quiet period goes out at once; after a frame, the next
+//! waits for the interval, which is when batches form. Under overflow the batcher drops,
+//! in this order:
+//!
+//! 1. a publication **superseded** by a newer queued one with the same channel and key
+//!    (conflation: the client keeps only the latest value per key anyway);
+//! 2. otherwise the **oldest** publication (overflow).
+//!
+//! It never drops control messages (replies, errors) and never reorders anything. Every
+//! drop is recorded as a seq range per channel and reason, and the next frame starts
+//! with one [`GapNotice`](crate::message::GapNotice) per range, so a client always knows
+//! exactly what it missed and why.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::codec::{encode_frame, EncodedMessage};
+use crate::message::{Control, GapNotice, GapReason, ServerMessage};
+use crate::Timestamp;
+
+/// Batching limits. The defaults are 50 messages per frame, one frame per 16 ms (60 fps)
+/// and 10 frames' worth queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    pub max_batch: usize,
+    pub interval: Duration,
+    pub max_queued_batches: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig { max_batch: 50, interval: Duration::from_millis(16), max_queued_batches: 10 }
+    }
+}
+
+impl BatchConfig {
+    /// How many publications may wait at once.
+    pub fn capacity(&self) -> usize {
+        self.max_batch.max(1).saturating_mul(self.max_queued_batches.max(1))
+    }
+}
+
+/// Where a publication sits in its channel, for conflation and gap reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub channel: Arc<str>,
+    pub seq: u64,
+    pub key: Option<Arc<str>>,
+}
+
+/// A message waiting to be framed: a publication (with its position) or a control
+/// message (without one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    pub message: EncodedMessage,
+    pub position: Option<Position>,
+}
+
+impl Outbound {
+    pub fn control(message: EncodedMessage) -> Outbound {
+        Outbound { message, position: None }
+    }
+
+    pub fn publication(message: EncodedMessage, position: Position) -> Outbound {
+        Outbound { message, position: Some(position) }
+    }
+}
+
+/// A contiguous run of seqs dropped on one channel for one reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub channel: Arc<str>,
+    pub from: u64,
+    pub to: u64,
+    pub reason: GapReason,
+}
+
+impl Gap {
+    pub fn len(&self) -> u64 {
+        self.to - self.from + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The gap notice a client receives for this gap.
+    pub fn notice(&self, timestamp: Timestamp) -> GapNotice {
+        GapNotice { timestamp, channel: self.channel.to_string(), from: self.from, to: self.to, reason: self.reason }
+    }
+}
+
+/// What a push cost, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped {
+    pub superseded: u32,
+    pub overflow: u32,
+}
+
+impl Dropped {
+    pub fn total(&self) -> u32 {
+        self.superseded + self.overflow
+    }
+}
+
+/// A frame ready to send: gap notices first, then the queued messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyFrame {
+    pub gaps: Vec<Gap>,
+    pub messages: Vec<EncodedMessage>,
+}
+
+impl ReadyFrame {
+    /// Number of messages in the frame, gap notices included.
+    pub fn len(&self) -> usize {
+        self.gaps.len() + self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The frame's JSON text; `timestamp` stamps the gap notices.
+    pub fn encode(&self, timestamp: Timestamp) -> String {
+        if self.gaps.is_empty() {
+            return encode_frame(&self.messages);
+        }
+        let notices: Vec<EncodedMessage> = self
+            .gaps
+            .iter()
+            .filter_map(|gap| {
+                EncodedMessage::encode(&ServerMessage::Control(Control::Gap(gap.notice(timestamp)))).ok()
+            })
+            .collect();
+        encode_frame(notices.iter().chain(&self.messages))
+    }
+}
+
+/// The per-peer batching and backpressure state machine. See the module docs.
+#[derive(Debug, Clone)]
+pub struct Batcher {
+    config: BatchConfig,
+    queue: VecDeque<Outbound>,
+    /// Publications in `queue` (control messages are not counted or dropped).
+    publications: usize,
+    gaps: Vec<Gap>,
+    last_frame_at: Option<Duration>,
+}
+
+impl Batcher {
+    pub fn new(config: BatchConfig) -> Batcher {
+        Batcher { config, queue: VecDeque::new(), publications: 0, gaps: Vec::new(), last_frame_at: None }
+    }
+
+    pub fn config(&self) -> &BatchConfig {
+        &self.config
+    }
+
+    /// Messages waiting, control messages included.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// True when neither messages nor gap notices wait.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.gaps.is_empty()
+    }
+
+    /// Queues a message; when that overflows the queue, drops per the module rules and
+    /// says what it dropped.
+    pub fn push(&mut self, outbound: Outbound) -> Dropped {
+        if outbound.position.is_some() {
+            self.publications += 1;
+        }
+        self.queue.push_back(outbound);
+        let mut dropped = Dropped::default();
+        while self.publications > self.config.capacity() {
+            let (index, reason) = match self.oldest_superseded() {
+                Some(index) => (index, GapReason::Superseded),
+                None => match self.queue.iter().position(|o| o.position.is_some()) {
+                    Some(index) => (index, GapReason::Overflow),
+                    None => break,
+                },
+            };
+            let Some(Outbound { position: Some(position), .. }) = self.queue.remove(index) else { break };
+            self.publications -= 1;
+            self.record_gap(position, reason);
+            match reason {
+                GapReason::Superseded => dropped.superseded += 1,
+                GapReason::Overflow => dropped.overflow += 1,
+            }
+        }
+        dropped
+    }
+
+    /// The oldest keyed publication that a newer queued one with the same channel and
+    /// key makes redundant.
+    fn oldest_superseded(&self) -> Option<usize> {
+        let mut newer: HashSet<(&str, &str)> = HashSet::new();
+        let mut oldest = None;
+        for (index, outbound) in self.queue.iter().enumerate().rev() {
+            let Some(Position { channel, key: Some(key), .. }) = &outbound.position else { continue };
+            if !newer.insert((channel, key)) {
+                oldest = Some(index);
+            }
+        }
+        oldest
+    }
+
+    fn record_gap(&mut self, position: Position, reason: GapReason) {
+        let extends = self
+            .gaps
+            .iter_mut()
+            .rev()
+            .find(|gap| gap.channel == position.channel && gap.reason == reason && gap.to + 1 == position.seq);
+        match extends {
+            Some(gap) => gap.to = position.seq,
+            None => self.gaps.push(Gap { channel: position.channel, from: position.seq, to: position.seq, reason }),
+        }
+    }
+
+    /// When a frame may go next: `None` when nothing waits.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        if self.is_empty() {
+            return None;
+        }
+        Some(match self.last_frame_at {
+            Some(last) => last + self.config.interval,
+            None => Duration::ZERO,
+        })
+    }
+
+    /// The next frame, if one is due at `now`.
+    pub fn poll_frame(&mut self, now: Duration) -> Option<ReadyFrame> {
+        if self.poll_timeout()? > now {
+            return None;
+        }
+        let max = self.config.max_batch.max(1);
+        let gap_count = self.gaps.len().min(max);
+        let gaps: Vec<Gap> = self.gaps.drain(..gap_count).collect();
+        let take = (max - gaps.len()).min(self.queue.len());
+        let mut messages = Vec::with_capacity(take);
+        for outbound in self.queue.drain(..take) {
+            if outbound.position.is_some() {
+                self.publications -= 1;
+            }
+            messages.push(outbound.message);
+        }
+        self.last_frame_at = Some(now);
+        Some(ReadyFrame { gaps, messages })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn publication(channel: &str, seq: u64, key: Option<&str>) -> Outbound {
+        let message = EncodedMessage::encode(&serde_json::json!({"channel": channel, "seq": seq})).unwrap();
+        Outbound::publication(message, Position { channel: channel.into(), seq, key: key.map(Into::into) })
+    }
+
+    fn control(n: u64) -> Outbound {
+        Outbound::control(EncodedMessage::encode(&serde_json::json!({"type": "pong", "n": n})).unwrap())
+    }
+
+    fn seqs(frame: &ReadyFrame) -> Vec<u64> {
+        frame
+            .messages
+            .iter()
+            .filter_map(|m| serde_json::from_str::<serde_json::Value>(m.as_str()).ok()?["seq"].as_u64())
+            .collect()
+    }
+
+    fn small(max_batch: usize, max_queued_batches: usize) -> Batcher {
+        Batcher::new(BatchConfig { max_batch, interval: ms(16), max_queued_batches })
+    }
+
+    #[test]
+    fn first_message_goes_at_once_then_frames_wait_for_the_interval() {
+        let mut b = Batcher::new(BatchConfig::default());
+        assert_eq!(b.poll_timeout(), None);
+        b.push(publication("a", 1, None));
+        assert_eq!(b.poll_timeout(), Some(Duration::ZERO));
+        let frame = b.poll_frame(ms(100)).unwrap();
+        assert_eq!(seqs(&frame), vec![1]);
+        b.push(publication("a", 2, None));
+        b.push(publication("a", 3, None));
+        assert_eq!(b.poll_timeout(), Some(ms(116)));
+        assert_eq!(b.poll_frame(ms(115)), None);
+        assert_eq!(seqs(&b.poll_frame(ms(116)).unwrap()), vec![2, 3]);
+        assert_eq!(b.poll_frame(ms(200)), None);
+    }
+
+    #[test]
+    fn frames_hold_at_most_max_batch() {
+        let mut b = Batcher::new(BatchConfig::default());
+        for seq in 1..=120 {
+            b.push(publication("a", seq, None));
+        }
+        let mut now = ms(0);
+        let mut sizes = vec![];
+        while let Some(at) = b.poll_timeout() {
+            now = now.max(at);
+            sizes.push(b.poll_frame(now).unwrap().len());
+        }
+        assert_eq!(sizes, vec![50, 50, 20]);
+        assert_eq!(now, ms(32));
+    }
+
+    #[test]
+    fn overflow_drops_the_oldest_and_reports_the_exact_range() {
+        let mut b = small(2, 2);
+        let mut dropped = Dropped::default();
+        for seq in 1..=7 {
+            let d = b.push(publication("a", seq, None));
+            dropped.overflow += d.overflow;
+        }
+        assert_eq!(dropped.overflow, 3);
+        let frame = b.poll_frame(ms(0)).unwrap();
+        assert_eq!(frame.gaps, vec![Gap { channel: "a".into(), from: 1, to: 3, reason: GapReason::Overflow }]);
+        assert_eq!(seqs(&frame), vec![4]);
+        assert_eq!(seqs(&b.poll_frame(ms(16)).unwrap()), vec![5, 6]);
+        assert_eq!(seqs(&b.poll_frame(ms(32)).unwrap()), vec![7]);
+    }
+
+    #[test]
+    fn conflation_drops_superseded_before_the_oldest() {
+        let mut b = small(2, 2);
+        b.push(publication("lp", 1, Some("OANDA")));
+        b.push(publication("lp", 2, Some("LMAX")));
+        b.push(publication("lp", 3, Some("OANDA")));
+        b.push(publication("other", 1, None));
+        let d = b.push(publication("lp", 4, Some("LMAX")));
+        assert_eq!(d, Dropped { superseded: 1, overflow: 0 });
+        let d = b.push(publication("lp", 5, Some("CITI")));
+        assert_eq!(d, Dropped { superseded: 1, overflow: 0 });
+        let d = b.push(publication("lp", 6, Some("HSBC")));
+        assert_eq!(d, Dropped { superseded: 0, overflow: 1 });
+        let frame = b.poll_frame(ms(0)).unwrap();
+        assert_eq!(
+            frame.gaps,
+            vec![
+                Gap { channel: "lp".into(), from: 1, to: 2, reason: GapReason::Superseded },
+                Gap { channel: "lp".into(), from: 3, to: 3, reason: GapReason::Overflow },
+            ]
+        );
+    }
+
+    #[test]
+    fn control_messages_are_never_dropped_or_reordered() {
+        let mut b = small(2, 1);
+        b.push(control(1));
+        b.push(publication("a", 1, None));
+        b.push(control(2));
+        b.push(publication("a", 2, None));
+        b.push(publication("a", 3, None));
+        let frame = b.poll_frame(ms(0)).unwrap();
+        assert_eq!(frame.gaps.len(), 1);
+        assert_eq!(frame.messages.len(), 1);
+        assert!(frame.messages[0].as_str().contains("\"n\":1"));
+        let frame = b.poll_frame(ms(16)).unwrap();
+        assert!(frame.messages[0].as_str().contains("\"n\":2"));
+        assert_eq!(seqs(&frame), vec![2]);
+    }
+
+    #[test]
+    fn gap_notices_lead_the_frame_on_the_wire() {
+        let mut b = small(1, 1);
+        b.push(publication("a", 1, None));
+        b.push(publication("a", 2, None));
+        let text = b.poll_frame(ms(0)).unwrap().encode(Timestamp::UNIX_EPOCH);
+        assert_eq!(
+            text,
+            r#"[{"type":"gap","timestamp":"1970-01-01T00:00:00.000000Z","channel":"a","from":1,"to":1,"reason":"overflow"}]"#
+        );
+        let text = b.poll_frame(ms(16)).unwrap().encode(Timestamp::UNIX_EPOCH);
+        assert_eq!(text, r#"[{"channel":"a","seq":2}]"#);
+    }
+}

@@ -1,0 +1,127 @@
+//! Encoding once, framing by joining, and decoding frames with clear errors.
+//!
+//! Fan-out is the hot path: one publication goes to thousands of subscribers. So a
+//! message is serialized exactly once into an [`EncodedMessage`] (a shared, immutable
+//! string), and a frame for a subscriber is built by joining the encoded messages it
+//! is due — `[` + `m1` + `,` + `m2` + `]` — without touching JSON again. Cloning an
+//! `EncodedMessage` is a reference-count increment.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::message::ServerMessage;
+
+/// One message, already serialized as a JSON object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EncodedMessage(Arc<str>);
+
+/// A message could not be serialized (a map with non-string keys, say).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode message: {0}")]
+pub struct EncodeError(#[from] serde_json::Error);
+
+impl EncodedMessage {
+    /// Serializes a message once.
+    pub fn encode<T: Serialize + ?Sized>(message: &T) -> Result<EncodedMessage, EncodeError> {
+        Ok(EncodedMessage(serde_json::to_string(message)?.into()))
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Length of the JSON text in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Joins encoded messages into one frame: a JSON array.
+pub fn encode_frame<'a>(messages: impl IntoIterator<Item = &'a EncodedMessage> + Clone) -> String {
+    let len: usize = messages.clone().into_iter().map(|m| m.len() + 1).sum::<usize>() + 2;
+    let mut frame = String::with_capacity(len);
+    frame.push('[');
+    for (i, message) in messages.into_iter().enumerate() {
+        if i > 0 {
+            frame.push(',');
+        }
+        frame.push_str(message.as_str());
+    }
+    frame.push(']');
+    frame
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("frame is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("frame must be a JSON array of messages")]
+    NotAnArray,
+    #[error("message {index} of the frame is invalid: {reason}")]
+    BadMessage { index: usize, reason: String },
+}
+
+/// Decodes a frame into its messages. Never panics, whatever the input.
+pub fn decode_frame(text: &str) -> Result<Vec<ServerMessage>, DecodeError> {
+    let items: Vec<Box<serde_json::value::RawValue>> = match serde_json::from_str(text) {
+        Ok(items) => items,
+        Err(e) if e.is_data() => return Err(DecodeError::NotAnArray),
+        Err(e) => return Err(DecodeError::NotJson(e.to_string())),
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, raw)| {
+            serde_json::from_str(raw.get()).map_err(|e| DecodeError::BadMessage { index, reason: e.to_string() })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Control, Heartbeat};
+    use crate::Timestamp;
+
+    #[test]
+    fn frame_is_a_json_array_of_the_encoded_messages() {
+        let a = EncodedMessage::encode(&[("type", "x"), ("n", "1")].into_iter().collect::<std::collections::BTreeMap<_, _>>()).unwrap();
+        let b = EncodedMessage::encode(&[("type", "y")].into_iter().collect::<std::collections::BTreeMap<_, _>>()).unwrap();
+        assert_eq!(encode_frame([&a, &b]), r#"[{"n":"1","type":"x"},{"type":"y"}]"#);
+        assert_eq!(encode_frame([&a]), r#"[{"n":"1","type":"x"}]"#);
+        assert_eq!(encode_frame(std::iter::empty::<&EncodedMessage>()), "[]");
+    }
+
+    #[test]
+    fn decode_round_trip() {
+        let hb = ServerMessage::Control(Control::Heartbeat(Heartbeat { timestamp: Timestamp::from_unix_micros(5) }));
+        let encoded = EncodedMessage::encode(&hb).unwrap();
+        let frame = encode_frame([&encoded, &encoded]);
+        assert_eq!(decode_frame(&frame).unwrap(), vec![hb.clone(), hb]);
+    }
+
+    #[test]
+    fn decode_errors() {
+        assert!(matches!(decode_frame(""), Err(DecodeError::NotJson(_))));
+        assert!(matches!(decode_frame("[{"), Err(DecodeError::NotJson(_))));
+        assert_eq!(decode_frame("{}"), Err(DecodeError::NotAnArray));
+        assert_eq!(decode_frame("17"), Err(DecodeError::NotAnArray));
+        assert!(matches!(decode_frame("[1]"), Err(DecodeError::BadMessage { index: 0, .. })));
+        assert!(matches!(
+            decode_frame(r#"[{"type":"heartbeat","timestamp":"2026-01-19T10:30:45.123456Z"},{"type":"x"}]"#),
+            Err(DecodeError::BadMessage { index: 1, .. })
+        ));
+        assert!(matches!(
+            decode_frame(r#"[{"type":"heartbeat","timestamp":"not a time"}]"#),
+            Err(DecodeError::BadMessage { index: 0, .. })
+        ));
+        assert_eq!(decode_frame("[]").unwrap(), vec![]);
+    }
+}

@@ -1,0 +1,319 @@
+//! Client → server commands: JSON text frames with an `action` field.
+//!
+//! The plain forms the first dashboards sent are accepted byte for byte:
+//! `{"action":"subscribe","channels":["routing-metrics","alerts"]}`. Every command may
+//! carry an `id` (a number or a string) that the server echoes in its reply or error,
+//! so a client can match answers to questions. Unknown fields are ignored, so a newer
+//! client can talk to an older server.
+//!
+//! [`decode_command`] parses in two passes: first only `action` and `id`, so that even
+//! a command with broken fields gets an error carrying its `id`, and an unknown action
+//! is told apart (`UNKNOWN_ACTION`) from a malformed known one (`BAD_REQUEST`).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+use crate::ErrorCode;
+
+/// A command's correlation id, echoed in the reply: a number or a string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(untagged)]
+pub enum CommandId {
+    Number(u64),
+    Text(String),
+}
+
+/// Every command a client may send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum Command {
+    Subscribe(Subscribe),
+    Unsubscribe(Unsubscribe),
+    Publish(Publish),
+    Ping(Ping),
+    Refresh(Refresh),
+}
+
+impl Command {
+    /// The actions this protocol version knows, as they appear on the wire.
+    pub const ACTIONS: [&'static str; 5] = ["subscribe", "unsubscribe", "publish", "ping", "refresh"];
+
+    /// The command's correlation id, if it has one.
+    pub fn id(&self) -> Option<&CommandId> {
+        match self {
+            Command::Subscribe(c) => c.id.as_ref(),
+            Command::Unsubscribe(c) => c.id.as_ref(),
+            Command::Publish(c) => c.id.as_ref(),
+            Command::Ping(c) => c.id.as_ref(),
+            Command::Refresh(c) => c.id.as_ref(),
+        }
+    }
+}
+
+/// Subscribe to channels; with `since`, recover what was missed on each.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct Subscribe {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub id: Option<CommandId>,
+    pub channels: Vec<String>,
+    /// Channel → the last position the client saw there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub since: Option<BTreeMap<String, StreamPosition>>,
+}
+
+/// Stop receiving channels.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct Unsubscribe {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub id: Option<CommandId>,
+    pub channels: Vec<String>,
+}
+
+/// Publish one message to a channel (needs a `publish` grant).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct Publish {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub id: Option<CommandId>,
+    #[serde(flatten)]
+    pub publication: NewPublication,
+}
+
+/// Ask for a `pong`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct Ping {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub id: Option<CommandId>,
+}
+
+/// Replace the connection's token before it expires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct Refresh {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub id: Option<CommandId>,
+    pub token: String,
+}
+
+/// A message to publish, as the `publish` command and `POST /api/publish` take it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct NewPublication {
+    pub channel: String,
+    /// The application's message type, e.g. `routing-decision`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[cfg_attr(feature = "ts", ts(type = "unknown"))]
+    pub data: Value,
+    /// Publications with a key are conflated under backpressure and kept as the
+    /// channel's latest value for that key (the snapshot a new subscriber gets first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub key: Option<String>,
+}
+
+/// Where a client last was in a channel's stream.
+///
+/// On the wire either a bare seq (`17`) or `{"seq":17,"epoch":"…"}`. With an epoch, the
+/// server recovers only from the same stream: after its history was lost the epoch
+/// differs and the answer is `recovered: false`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(type = "number | { seq: number, epoch?: string }"))]
+pub struct StreamPosition {
+    pub seq: u64,
+    pub epoch: Option<String>,
+}
+
+impl Serialize for StreamPosition {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct WithEpoch<'a> {
+            seq: u64,
+            epoch: &'a str,
+        }
+        match &self.epoch {
+            None => serializer.serialize_u64(self.seq),
+            Some(epoch) => WithEpoch { seq: self.seq, epoch }.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StreamPosition {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            Seq(u64),
+            WithEpoch { seq: u64, epoch: Option<String> },
+        }
+        match Wire::deserialize(deserializer).map_err(|_| {
+            serde::de::Error::custom("a stream position is a seq number or {\"seq\": number, \"epoch\": string}")
+        })? {
+            Wire::Seq(seq) => Ok(StreamPosition { seq, epoch: None }),
+            Wire::WithEpoch { seq, epoch } => Ok(StreamPosition { seq, epoch }),
+        }
+    }
+}
+
+/// A command that could not be decoded, with everything the `error` reply needs.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct CommandError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The command's id, when it could be read.
+    pub id: Option<CommandId>,
+}
+
+/// Decodes one text frame into a command. Never panics, whatever the input.
+pub fn decode_command(text: &str) -> Result<Command, CommandError> {
+    #[derive(Deserialize)]
+    struct Head<'a> {
+        #[serde(borrow, default)]
+        action: Option<Cow<'a, str>>,
+        #[serde(default)]
+        id: Option<CommandId>,
+    }
+
+    let bad = |message: String, id: Option<CommandId>| CommandError { code: ErrorCode::BadRequest, message, id };
+    let head: Head<'_> = match serde_json::from_str(text) {
+        Ok(head) => head,
+        Err(e) if e.is_syntax() || e.is_eof() => return Err(bad(format!("not valid JSON: {e}"), None)),
+        Err(_) => return Err(bad(head_shape_error(text), None)),
+    };
+    let Some(action) = head.action else {
+        return Err(bad("missing \"action\"".to_owned(), head.id));
+    };
+    if !Command::ACTIONS.contains(&action.as_ref()) {
+        let shown: String = action.chars().take(64).collect();
+        return Err(CommandError {
+            code: ErrorCode::UnknownAction,
+            message: format!("unknown action {shown:?}; expected one of {}", Command::ACTIONS.join(", ")),
+            id: head.id,
+        });
+    }
+    serde_json::from_str::<Command>(text).map_err(|e| bad(format!("invalid {action} command: {e}"), head.id))
+}
+
+/// Explains why valid JSON could not even yield `action` and `id`.
+fn head_shape_error(text: &str) -> String {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => match map.get("action") {
+            Some(Value::String(_)) | None => "\"id\" must be a non-negative integer or a string".to_owned(),
+            Some(_) => "\"action\" must be a string".to_owned(),
+        },
+        Ok(_) => "a command must be a JSON object".to_owned(),
+        Err(e) => format!("not valid JSON: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_subscribe_and_unsubscribe_are_accepted_byte_for_byte() {
+        let sub = decode_command(r#"{"action":"subscribe","channels":["routing-metrics","alerts"]}"#).unwrap();
+        assert_eq!(
+            sub,
+            Command::Subscribe(Subscribe {
+                id: None,
+                channels: vec!["routing-metrics".into(), "alerts".into()],
+                since: None
+            })
+        );
+        assert_eq!(serde_json::to_string(&sub).unwrap(), r#"{"action":"subscribe","channels":["routing-metrics","alerts"]}"#);
+
+        let unsub = decode_command(r#"{"action":"unsubscribe","channels":["routing-metrics"]}"#).unwrap();
+        assert_eq!(serde_json::to_string(&unsub).unwrap(), r#"{"action":"unsubscribe","channels":["routing-metrics"]}"#);
+    }
+
+    #[test]
+    fn seed_four_channel_subscribe_with_whitespace() {
+        let text = "{\n  action: 'x' }";
+        assert_eq!(decode_command(text).unwrap_err().code, ErrorCode::BadRequest);
+        let text = r#"{ "action": "subscribe", "channels": ["routing-metrics", "lp-performance", "exposure-updates", "alerts"] }"#;
+        let Command::Subscribe(sub) = decode_command(text).unwrap() else { panic!() };
+        assert_eq!(sub.channels.len(), 4);
+    }
+
+    #[test]
+    fn since_accepts_bare_seq_and_epoch_form() {
+        let text = r#"{"action":"subscribe","id":7,"channels":["a","b"],"since":{"a":10,"b":{"seq":3,"epoch":"e1"}}}"#;
+        let cmd = decode_command(text).unwrap();
+        let Command::Subscribe(sub) = &cmd else { panic!() };
+        let since = sub.since.as_ref().unwrap();
+        assert_eq!(since["a"], StreamPosition { seq: 10, epoch: None });
+        assert_eq!(since["b"], StreamPosition { seq: 3, epoch: Some("e1".into()) });
+        assert_eq!(cmd.id(), Some(&CommandId::Number(7)));
+        assert_eq!(serde_json::to_string(&cmd).unwrap(), text);
+    }
+
+    #[test]
+    fn publish_ping_refresh() {
+        let text = r#"{"action":"publish","id":"p1","channel":"lp-performance","type":"lp-metrics","data":{"lpName":"OANDA"},"key":"OANDA"}"#;
+        let cmd = decode_command(text).unwrap();
+        let Command::Publish(p) = &cmd else { panic!() };
+        assert_eq!(p.publication.kind, "lp-metrics");
+        assert_eq!(p.publication.key.as_deref(), Some("OANDA"));
+        assert_eq!(serde_json::to_string(&cmd).unwrap(), text);
+        assert_eq!(decode_command(r#"{"action":"ping","id":1}"#).unwrap(), Command::Ping(Ping { id: Some(CommandId::Number(1)) }));
+        assert_eq!(
+            decode_command(r#"{"action":"refresh","token":"t"}"#).unwrap(),
+            Command::Refresh(Refresh { id: None, token: "t".into() })
+        );
+    }
+
+    #[test]
+    fn errors_are_typed_and_keep_the_id() {
+        let cases: &[(&str, ErrorCode, Option<CommandId>)] = &[
+            ("", ErrorCode::BadRequest, None),
+            ("not json", ErrorCode::BadRequest, None),
+            ("[1,2]", ErrorCode::BadRequest, None),
+            ("42", ErrorCode::BadRequest, None),
+            (r#"{"channels":[]}"#, ErrorCode::BadRequest, None),
+            (r#"{"action":5}"#, ErrorCode::BadRequest, None),
+            (r#"{"action":"subscribe","id":{"x":1}}"#, ErrorCode::BadRequest, None),
+            (r#"{"action":"subscribe","id":-1}"#, ErrorCode::BadRequest, None),
+            (r#"{"action":"dance","id":3}"#, ErrorCode::UnknownAction, Some(CommandId::Number(3))),
+            (r#"{"action":"subscribe","id":"s","channels":"alerts"}"#, ErrorCode::BadRequest, Some(CommandId::Text("s".into()))),
+            (r#"{"action":"subscribe","id":4}"#, ErrorCode::BadRequest, Some(CommandId::Number(4))),
+            (r#"{"action":"subscribe","channels":["a"],"since":{"a":-1}}"#, ErrorCode::BadRequest, None),
+            (r#"{"action":"subscribe","channels":["a"],"since":{"a":18446744073709551616}}"#, ErrorCode::BadRequest, None),
+            (r#"{"action":"publish","channel":"a","type":"t"}"#, ErrorCode::BadRequest, None),
+            (r#"{"action":"refresh"}"#, ErrorCode::BadRequest, None),
+        ];
+        for (text, code, id) in cases {
+            let err = decode_command(text).unwrap_err();
+            assert_eq!(err.code, *code, "{text}: {err}");
+            assert_eq!(&err.id, id, "{text}");
+            assert!(!err.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error() {
+        let text = format!(r#"{{"action":"publish","channel":"a","type":"t","data":{}{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(decode_command(&text).unwrap_err().code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let cmd = decode_command(r#"{"action":"ping","future":true}"#).unwrap();
+        assert_eq!(cmd, Command::Ping(Ping { id: None }));
+    }
+}

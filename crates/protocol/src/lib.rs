@@ -1,0 +1,47 @@
+//! The tidewire wire protocol, defined once for the server, the browser client and
+//! TypeScript.
+//!
+//! This crate has no IO, no async runtime and no clock: everything time-dependent takes
+//! `now` as an argument. That is what lets the same code run in the native server, in
+//! the wasm client and in deterministic tests, and what makes a change of the wire
+//! format a change in one place.
+//!
+//! # Map
+//!
+//! - [`command`]: what a client sends (`subscribe`, `unsubscribe`, `publish`, `ping`,
+//!   `refresh`) and [`decode_command`], which never panics and always yields a typed error.
+//! - [`message`]: what a server sends: publications and control messages.
+//! - [`codec`]: serialize once, frame by joining, decode frames.
+//! - [`batch`]: the batching and backpressure rule (frames of ≤ 50 per 16 ms, bounded
+//!   queue, conflation by key, exact gap reports).
+//! - [`channel`]: channel names, token patterns, and who may subscribe or publish.
+//! - [`ErrorCode`] and [`CloseCode`]: the stable error and close codes.
+//! - [`event`] and [`analytics`]: typed application messages, and the analytics catalogue.
+//! - [`Timestamp`]: the wire's RFC 3339 microsecond timestamps.
+//!
+//! The protocol reference (`docs/protocol.md` in the repository) shows every message
+//! with examples.
+
+pub mod analytics;
+pub mod batch;
+pub mod channel;
+pub mod close_code;
+pub mod codec;
+pub mod command;
+pub mod error_code;
+pub mod event;
+pub mod message;
+pub mod timestamp;
+
+pub use close_code::{CloseCode, Disposition};
+pub use codec::{decode_frame, encode_frame, DecodeError, EncodedMessage};
+pub use command::{decode_command, Command, CommandError, CommandId, NewPublication, StreamPosition};
+pub use error_code::ErrorCode;
+pub use event::Event;
+pub use message::{Control, Publication, ServerMessage};
+pub use timestamp::Timestamp;
+
+/// The protocol version a server announces in `connected`. A client refuses a server
+/// whose version it does not speak. It changes only when old clients would misread
+/// new messages; adding optional fields or message types does not change it.
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,398 @@
+//! Server → client messages.
+//!
+//! A frame is always a JSON array of messages (see [`crate::codec`]), and every message
+//! has `type` and `timestamp`. Two families share the `type` field:
+//!
+//! - **Publications** carry the application's type (`routing-decision`, `alert`, …) plus
+//!   `channel`, `seq` (per channel, +1 per publication) and `data`.
+//! - **Control messages** use the reserved types in [`CONTROL_TYPES`]. An application may
+//!   not publish with a reserved type, so a decoder can always tell the two apart by
+//!   `type` alone.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+use crate::command::CommandId;
+use crate::{ErrorCode, Timestamp};
+
+/// The `type` values control messages use; publications may not use them.
+pub const CONTROL_TYPES: [&str; 9] =
+    ["connected", "subscribed", "unsubscribed", "published", "refreshed", "error", "pong", "heartbeat", "gap"];
+
+/// The longest application message type, in characters.
+pub const MAX_TYPE_LEN: usize = 128;
+
+/// Why an application message type is rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageTypeError {
+    #[error("message type must be 1..={MAX_TYPE_LEN} characters")]
+    Length,
+    #[error("message type {0:?} is reserved for control messages")]
+    Reserved(String),
+    #[error("message type contains {0:?}; use A-Z a-z 0-9 - _ . : /")]
+    BadCharacter(char),
+}
+
+/// Checks an application message type: 1..=128 characters from `A–Z a–z 0–9 - _ . : /`,
+/// not one of the [`CONTROL_TYPES`].
+pub fn validate_message_type(kind: &str) -> Result<(), MessageTypeError> {
+    if kind.is_empty() || kind.len() > MAX_TYPE_LEN {
+        return Err(MessageTypeError::Length);
+    }
+    if let Some(c) = kind.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'))) {
+        return Err(MessageTypeError::BadCharacter(c));
+    }
+    if CONTROL_TYPES.contains(&kind) {
+        return Err(MessageTypeError::Reserved(kind.to_owned()));
+    }
+    Ok(())
+}
+
+/// One message in a frame.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(untagged)]
+pub enum ServerMessage {
+    Publication(Publication),
+    Control(Control),
+}
+
+impl<'de> Deserialize<'de> for ServerMessage {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = Value::deserialize(deserializer)?;
+        let kind = value
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| D::Error::custom("a message needs a string \"type\""))?;
+        if CONTROL_TYPES.contains(&kind) {
+            Control::deserialize(value).map(ServerMessage::Control).map_err(D::Error::custom)
+        } else {
+            Publication::deserialize(value).map(ServerMessage::Publication).map_err(D::Error::custom)
+        }
+    }
+}
+
+/// A message published to a channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct Publication {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub timestamp: Timestamp,
+    pub channel: String,
+    /// Position in the channel: +1 for every publication, starting at 1.
+    pub seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub key: Option<String>,
+    /// True for the latest-value-per-key messages a fresh subscription gets first. Their
+    /// seqs are older than the subscription's head and need not be contiguous.
+    #[serde(default, skip_serializing_if = "is_false")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub snapshot: bool,
+    #[cfg_attr(feature = "ts", ts(type = "unknown"))]
+    pub data: Value,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Protocol-level messages, tagged by a reserved `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Control {
+    Connected(Connected),
+    Subscribed(Subscribed),
+    Unsubscribed(Unsubscribed),
+    Published(Published),
+    Refreshed(Refreshed),
+    Error(ErrorMessage),
+    Pong(Pong),
+    Heartbeat(Heartbeat),
+    Gap(GapNotice),
+}
+
+/// The first message on every connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct Connected {
+    pub timestamp: Timestamp,
+    pub connection_id: String,
+    pub user_id: String,
+    /// The server's [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION).
+    pub version: u32,
+    /// The server sends something at least this often; silence for longer (plus a
+    /// grace) means the link is dead.
+    pub heartbeat_interval_ms: u64,
+    /// When the token expires; `refresh` before then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub expires_at: Option<Timestamp>,
+    pub limits: Limits,
+}
+
+/// The limits a connection lives under, so a client can stay within them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    pub max_batch: u32,
+    pub batch_interval_ms: u64,
+    pub max_queued_batches: u32,
+    pub max_channels: u32,
+    pub max_message_bytes: u32,
+    pub commands_per_second: u32,
+}
+
+/// A channel subscription took effect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct Subscribed {
+    pub timestamp: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub id: Option<CommandId>,
+    pub channel: String,
+    /// The channel's head seq when the subscription took effect: live messages follow
+    /// from `seq + 1`.
+    pub seq: u64,
+    /// Identifies the channel's stream; it changes when history is lost.
+    pub epoch: String,
+    /// Present when the subscribe carried `since` for this channel: `true` when every
+    /// missed publication follows (seq+1..=head), `false` when they are gone and the
+    /// client must reload its state. Never a partial replay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub recovered: Option<bool>,
+}
+
+/// A channel subscription ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct Unsubscribed {
+    pub timestamp: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub id: Option<CommandId>,
+    pub channel: String,
+}
+
+/// A `publish` command was accepted at this seq.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct Published {
+    pub timestamp: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub id: Option<CommandId>,
+    pub channel: String,
+    pub seq: u64,
+}
+
+/// A `refresh` was accepted; the connection now lives until `expiresAt`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct Refreshed {
+    pub timestamp: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub id: Option<CommandId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub expires_at: Option<Timestamp>,
+}
+
+/// A command (or part of one) failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct ErrorMessage {
+    pub timestamp: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub id: Option<CommandId>,
+    pub code: ErrorCode,
+    /// For people; may change between versions. Switch on `code`.
+    pub message: String,
+    /// The channel the error is about, when it is about one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub channel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional, type = "unknown"))]
+    pub details: Option<Value>,
+}
+
+/// The answer to `ping`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct Pong {
+    pub timestamp: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub id: Option<CommandId>,
+}
+
+/// Sent when a connection has been idle for the heartbeat interval, so browsers (which
+/// cannot see WebSocket pings) can tell a quiet link from a dead one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct Heartbeat {
+    pub timestamp: Timestamp,
+}
+
+/// The server dropped `from..=to` on `channel` for this client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct GapNotice {
+    pub timestamp: Timestamp,
+    pub channel: String,
+    /// First missing seq.
+    pub from: u64,
+    /// Last missing seq (inclusive).
+    pub to: u64,
+    pub reason: GapReason,
+}
+
+/// Why messages were dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "lowercase")]
+pub enum GapReason {
+    /// Each dropped message had a key, and a newer message with the same key follows:
+    /// nothing is lost for a client that keeps the latest value per key.
+    Superseded,
+    /// The client fell behind and the oldest messages were dropped: recover with `since`.
+    Overflow,
+}
+
+impl Control {
+    /// The message's timestamp.
+    pub fn timestamp(&self) -> Timestamp {
+        match self {
+            Control::Connected(m) => m.timestamp,
+            Control::Subscribed(m) => m.timestamp,
+            Control::Unsubscribed(m) => m.timestamp,
+            Control::Published(m) => m.timestamp,
+            Control::Refreshed(m) => m.timestamp,
+            Control::Error(m) => m.timestamp,
+            Control::Pong(m) => m.timestamp,
+            Control::Heartbeat(m) => m.timestamp,
+            Control::Gap(m) => m.timestamp,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts() -> Timestamp {
+        Timestamp::parse("2026-01-19T10:30:45.123456Z").unwrap()
+    }
+
+    #[test]
+    fn reserved_and_invalid_types() {
+        assert!(validate_message_type("routing-decision").is_ok());
+        assert!(validate_message_type("optimization.iteration.completed").is_ok());
+        assert_eq!(validate_message_type("gap"), Err(MessageTypeError::Reserved("gap".into())));
+        assert_eq!(validate_message_type(""), Err(MessageTypeError::Length));
+        assert_eq!(validate_message_type(&"a".repeat(129)), Err(MessageTypeError::Length));
+        assert_eq!(validate_message_type("a b"), Err(MessageTypeError::BadCharacter(' ')));
+    }
+
+    #[test]
+    fn publication_exact_json() {
+        let msg = ServerMessage::Publication(Publication {
+            kind: "lp-metrics".into(),
+            timestamp: ts(),
+            channel: "lp-performance".into(),
+            seq: 42,
+            key: Some("OANDA".into()),
+            snapshot: false,
+            data: serde_json::json!({"lpName": "OANDA"}),
+        });
+        let json = serde_json::to_string(&msg).unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"lp-metrics","timestamp":"2026-01-19T10:30:45.123456Z","channel":"lp-performance","seq":42,"key":"OANDA","data":{"lpName":"OANDA"}}"#
+        );
+        assert_eq!(serde_json::from_str::<ServerMessage>(&json).unwrap(), msg);
+    }
+
+    #[test]
+    fn control_exact_json() {
+        let cases = [
+            (
+                Control::Connected(Connected {
+                    timestamp: ts(),
+                    connection_id: "c1".into(),
+                    user_id: "alice".into(),
+                    version: 1,
+                    heartbeat_interval_ms: 25_000,
+                    expires_at: None,
+                    limits: Limits {
+                        max_batch: 50,
+                        batch_interval_ms: 16,
+                        max_queued_batches: 10,
+                        max_channels: 128,
+                        max_message_bytes: 4096,
+                        commands_per_second: 1000,
+                    },
+                }),
+                r#"{"type":"connected","timestamp":"2026-01-19T10:30:45.123456Z","connectionId":"c1","userId":"alice","version":1,"heartbeatIntervalMs":25000,"limits":{"maxBatch":50,"batchIntervalMs":16,"maxQueuedBatches":10,"maxChannels":128,"maxMessageBytes":4096,"commandsPerSecond":1000}}"#,
+            ),
+            (
+                Control::Subscribed(Subscribed {
+                    timestamp: ts(),
+                    id: Some(CommandId::Number(1)),
+                    channel: "alerts".into(),
+                    seq: 9,
+                    epoch: "e".into(),
+                    recovered: Some(true),
+                }),
+                r#"{"type":"subscribed","timestamp":"2026-01-19T10:30:45.123456Z","id":1,"channel":"alerts","seq":9,"epoch":"e","recovered":true}"#,
+            ),
+            (
+                Control::Error(ErrorMessage {
+                    timestamp: ts(),
+                    id: None,
+                    code: ErrorCode::Forbidden,
+                    message: "no".into(),
+                    channel: Some("trading#bob".into()),
+                    details: None,
+                }),
+                r#"{"type":"error","timestamp":"2026-01-19T10:30:45.123456Z","code":"FORBIDDEN","message":"no","channel":"trading#bob"}"#,
+            ),
+            (
+                Control::Gap(GapNotice { timestamp: ts(), channel: "a".into(), from: 3, to: 7, reason: GapReason::Overflow }),
+                r#"{"type":"gap","timestamp":"2026-01-19T10:30:45.123456Z","channel":"a","from":3,"to":7,"reason":"overflow"}"#,
+            ),
+            (Control::Heartbeat(Heartbeat { timestamp: ts() }), r#"{"type":"heartbeat","timestamp":"2026-01-19T10:30:45.123456Z"}"#),
+        ];
+        for (control, expected) in cases {
+            let msg = ServerMessage::Control(control);
+            assert_eq!(serde_json::to_string(&msg).unwrap(), expected);
+            assert_eq!(serde_json::from_str::<ServerMessage>(expected).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn control_types_constant_matches_the_enum() {
+        let samples = [
+            Control::Heartbeat(Heartbeat { timestamp: ts() }),
+            Control::Pong(Pong { timestamp: ts(), id: None }),
+            Control::Refreshed(Refreshed { timestamp: ts(), id: None, expires_at: None }),
+            Control::Published(Published { timestamp: ts(), id: None, channel: "a".into(), seq: 1 }),
+            Control::Unsubscribed(Unsubscribed { timestamp: ts(), id: None, channel: "a".into() }),
+        ];
+        for sample in samples {
+            let value = serde_json::to_value(&sample).unwrap();
+            assert!(CONTROL_TYPES.contains(&value["type"].as_str().unwrap()));
+        }
+    }
+}
