@@ -287,6 +287,24 @@ impl AnalyticsEvent {
     }
 }
 
+/// A publication whose `type` and `data` are a catalogue event: what a typed consumer
+/// of the analytics channels handles.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct AnalyticsPublication {
+    pub timestamp: Timestamp,
+    pub channel: String,
+    pub seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[cfg_attr(feature = "ts", ts(as = "Option<bool>", optional))]
+    pub snapshot: bool,
+    #[serde(flatten)]
+    pub event: AnalyticsEvent,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,5 +484,14 @@ mod tests {
         assert_eq!(LpMetrics::from_publication(&publication).unwrap(), Some(metrics.clone()));
         assert_eq!(Alert::from_publication(&publication).unwrap(), None);
         assert_eq!(AnalyticsEvent::from_publication(&publication).unwrap(), Some(AnalyticsEvent::LpMetrics(metrics)));
+    }
+
+    #[test]
+    fn analytics_publication_reads_a_wire_message() {
+        let text = r#"{"type":"alert","timestamp":"2026-01-19T10:30:45.123456Z","channel":"alerts","seq":3,"data":{"id":"x","severity":"info","category":"system","title":"t","message":"m","source":"s","actionItems":[]}}"#;
+        let typed: AnalyticsPublication = serde_json::from_str(text).unwrap();
+        assert_eq!((typed.seq, typed.snapshot), (3, false));
+        assert!(matches!(typed.event, AnalyticsEvent::Alert(ref a) if a.severity == Severity::Info));
+        assert_eq!(serde_json::to_value(&typed).unwrap(), serde_json::from_str::<Value>(text).unwrap());
     }
 }

@@ -89,7 +89,7 @@ pub struct Publication {
     /// True for the latest-value-per-key messages a fresh subscription gets first. Their
     /// seqs are older than the subscription's head and need not be contiguous.
     #[serde(default, skip_serializing_if = "is_false")]
-    #[cfg_attr(feature = "ts", ts(optional))]
+    #[cfg_attr(feature = "ts", ts(as = "Option<bool>", optional))]
     pub snapshot: bool,
     #[cfg_attr(feature = "ts", ts(type = "unknown"))]
     pub data: Value,
