@@ -134,5 +134,6 @@ export const commands: Command[] = [
 export function shouldReconnect(code: number): boolean {
   const row = Object.values(CLOSE_CODES).find((entry) => entry.code === code);
   if (row) return row.reconnect;
+  if ([1002, 1003, 1007, 1010].includes(code)) return false;
   return !((code >= 3500 && code <= 3999) || (code >= 4500 && code <= 4999));
 }

@@ -245,11 +245,11 @@ impl Event for Alert {
 }
 
 /// An alert id like `20260119-103045-abc123`: the UTC time to the second, then six
-/// base-36 characters from `entropy` (the caller's randomness: this crate has none).
+/// base-36 characters from `entropy` (taken modulo 36⁶) (the caller's randomness: this crate has none).
 pub fn alert_id(at: Timestamp, entropy: u32) -> String {
     const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let (year, month, day, hour, minute, second) = at.civil();
-    let mut n = entropy;
+    let mut n = entropy % 36u32.pow(6);
     let mut suffix = [b'0'; 6];
     for slot in suffix.iter_mut().rev() {
         *slot = DIGITS[(n % 36) as usize];
@@ -331,7 +331,7 @@ mod tests {
             AnalyticsEvent::Alert(d) => serde_json::to_string(d),
         }
         .unwrap();
-        // `preserve_order` (a dev-dependency feature) keeps the seed's field order.
+        // serde_json's `preserve_order` keeps the seed's field order.
         assert_eq!(data, serde_json::to_string(&original["data"]).unwrap(), "payload bytes must match the seed");
         parsed.event
     }

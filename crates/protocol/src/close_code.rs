@@ -77,7 +77,7 @@ impl CloseCode {
         info(Self::NORMAL, "NORMAL", Disposition::Terminal, "the session ended on purpose"),
         info(Self::GOING_AWAY, "GOING_AWAY", Disposition::Reconnect, "the peer is going away"),
         info(Self::ABNORMAL, "ABNORMAL", Disposition::Reconnect, "transport lost without a close frame (never sent)"),
-        info(Self::POLICY_VIOLATION, "POLICY_VIOLATION", Disposition::Terminal, "kept flooding after rate-limit errors"),
+        info(Self::POLICY_VIOLATION, "POLICY_VIOLATION", Disposition::Terminal, "kept flooding after rate-limit errors, or broke the protocol"),
         info(Self::MESSAGE_TOO_BIG, "MESSAGE_TOO_BIG", Disposition::Terminal, "an inbound message exceeded the size limit"),
         info(Self::INTERNAL_ERROR, "INTERNAL_ERROR", Disposition::Reconnect, "unexpected server error"),
         info(Self::SERVICE_RESTART, "SERVICE_RESTART", Disposition::Reconnect, "server restarting or draining"),

@@ -40,6 +40,16 @@ impl EncodedMessage {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The same encoded publication with `"snapshot":true` as its first field: the form
+    /// a fresh subscriber receives the latest value per key in. An encoded message is
+    /// always a JSON object, so this is a splice, not a re-serialization.
+    pub fn marked_as_snapshot(&self) -> EncodedMessage {
+        match self.0.strip_prefix('{') {
+            Some(body) => EncodedMessage(format!("{{\"snapshot\":true,{body}").into()),
+            None => self.clone(),
+        }
+    }
 }
 
 /// Joins encoded messages into one frame: a JSON array.
@@ -105,6 +115,23 @@ mod tests {
         let encoded = EncodedMessage::encode(&hb).unwrap();
         let frame = encode_frame([&encoded, &encoded]);
         assert_eq!(decode_frame(&frame).unwrap(), vec![hb.clone(), hb]);
+    }
+
+    #[test]
+    fn snapshot_marking_keeps_the_message() {
+        let publication = ServerMessage::Publication(crate::Publication {
+            kind: "lp-metrics".into(),
+            timestamp: Timestamp::UNIX_EPOCH,
+            channel: "lp".into(),
+            seq: 4,
+            key: Some("OANDA".into()),
+            snapshot: false,
+            data: serde_json::json!({"x": 1}),
+        });
+        let marked = EncodedMessage::encode(&publication).unwrap().marked_as_snapshot();
+        let ServerMessage::Publication(back) = serde_json::from_str(marked.as_str()).unwrap() else { panic!() };
+        assert!(back.snapshot);
+        assert_eq!((back.seq, back.key.as_deref()), (4, Some("OANDA")));
     }
 
     #[test]

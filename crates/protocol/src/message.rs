@@ -87,7 +87,7 @@ pub struct Publication {
     #[cfg_attr(feature = "ts", ts(optional))]
     pub key: Option<String>,
     /// True for the latest-value-per-key messages a fresh subscription gets first. Their
-    /// seqs are older than the subscription's head and need not be contiguous.
+    /// seqs are not newer than the subscription's head and need not be contiguous.
     #[serde(default, skip_serializing_if = "is_false")]
     #[cfg_attr(feature = "ts", ts(as = "Option<bool>", optional))]
     pub snapshot: bool,
@@ -163,7 +163,7 @@ pub struct Subscribed {
     /// Identifies the channel's stream; it changes when history is lost.
     pub epoch: String,
     /// Present when the subscribe carried `since` for this channel: `true` when every
-    /// missed publication follows (seq+1..=head), `false` when they are gone and the
+    /// missed publication follows (`since.seq + 1 ..= seq`), `false` when they are gone and the
     /// client must reload its state. Never a partial replay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", ts(optional))]

@@ -1,0 +1,252 @@
+//! Tokens: where they come from, how they are verified, and what they grant.
+//!
+//! A JWT is verified with exactly one algorithm, pinned by configuration (a token that
+//! names another algorithm, `none` included, is refused), with no leeway on `exp` and
+//! `nbf`. Its claims:
+//!
+//! | claim      | required | meaning                                                         |
+//! |------------|----------|-----------------------------------------------------------------|
+//! | `sub`      | yes      | the user id                                                     |
+//! | `exp`      | yes      | expiry (seconds since the epoch)                                |
+//! | `channels` | no       | patterns the user may subscribe to; absent = every shared channel |
+//! | `publish`  | no       | patterns the user may publish to; absent = none                 |
+//! | `aud`, `iss`, `nbf` | when configured / present | checked                           |
+//!
+//! The channel rules themselves live in the protocol crate; this module turns claims
+//! into a [`Grant`] that applies them.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use tidewire_protocol::channel::{self, Access, PatternSet};
+use tidewire_protocol::{ErrorCode, Timestamp};
+
+use crate::config::{Config, JwtAlgorithm};
+
+/// The claims tidewire reads (others are ignored).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+}
+
+/// What a verified token allows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grant {
+    pub user: String,
+    pub subscribe: Option<PatternSet>,
+    pub publish: Option<PatternSet>,
+    /// Seconds since the epoch.
+    pub expires_at: u64,
+}
+
+impl Grant {
+    pub fn subscribe_access(&self, channel: &str) -> Access {
+        channel::subscribe_access(channel, &self.user, self.subscribe.as_ref())
+    }
+
+    pub fn publish_access(&self, channel: &str) -> Access {
+        channel::publish_access(channel, self.publish.as_ref())
+    }
+
+    /// Whether the token grants publishing anywhere (operators' endpoints need it).
+    pub fn can_publish(&self) -> bool {
+        self.publish.as_ref().is_some_and(|set| !set.patterns().is_empty())
+    }
+
+    pub fn expires_at_timestamp(&self) -> Timestamp {
+        Timestamp::from_unix_micros(i64::try_from(self.expires_at).unwrap_or(i64::MAX / 1_000_000).saturating_mul(1_000_000))
+    }
+
+    /// Time left before expiry, zero once expired.
+    pub fn time_left(&self, now: SystemTime) -> Duration {
+        let expiry = UNIX_EPOCH + Duration::from_secs(self.expires_at);
+        expiry.duration_since(now).unwrap_or(Duration::ZERO)
+    }
+}
+
+/// Why a token was refused; each maps to an error code and a close code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no token: pass ?token=, an Authorization: Bearer header, or a tidewire.token.<jwt> subprotocol")]
+    Missing,
+    #[error("token expired")]
+    Expired,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+impl AuthError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AuthError::Missing => ErrorCode::AuthRequired,
+            AuthError::Expired => ErrorCode::TokenExpired,
+            AuthError::Invalid(_) => ErrorCode::AuthInvalid,
+        }
+    }
+}
+
+/// A misconfiguration found at start.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("--jwt-secret (TIDEWIRE_JWT_SECRET) is required for HS256")]
+    MissingSecret,
+    #[error("--jwt-public-key (TIDEWIRE_JWT_PUBLIC_KEY) is required for {0:?}")]
+    MissingPublicKey(JwtAlgorithm),
+    #[error("cannot read the public key {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("the public key is not a valid PEM key for {algorithm:?}: {source}")]
+    Parse { algorithm: JwtAlgorithm, source: jsonwebtoken::errors::Error },
+}
+
+/// Verifies tokens with the configured key and rules.
+#[derive(Clone)]
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").field("algorithms", &self.validation.algorithms).finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    pub fn from_config(config: &Config) -> Result<Verifier, KeyError> {
+        let algorithm = config.jwt_algorithm;
+        let key = match algorithm {
+            JwtAlgorithm::Hs256 => {
+                DecodingKey::from_secret(config.jwt_secret.as_deref().ok_or(KeyError::MissingSecret)?.as_bytes())
+            }
+            other => {
+                let path = config.jwt_public_key.as_ref().ok_or(KeyError::MissingPublicKey(other))?;
+                let pem = std::fs::read(path).map_err(|source| KeyError::Read { path: path.display().to_string(), source })?;
+                let parsed = match other {
+                    JwtAlgorithm::Rs256 => DecodingKey::from_rsa_pem(&pem),
+                    JwtAlgorithm::Es256 => DecodingKey::from_ec_pem(&pem),
+                    _ => DecodingKey::from_ed_pem(&pem),
+                };
+                parsed.map_err(|source| KeyError::Parse { algorithm: other, source })?
+            }
+        };
+        let mut validation = Validation::new(jwt_algorithm(algorithm));
+        validation.leeway = 0;
+        validation.validate_nbf = true;
+        validation.required_spec_claims = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
+        match &config.jwt_audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &config.jwt_issuer {
+            validation.set_issuer(&[iss]);
+        }
+        Ok(Verifier { key, validation })
+    }
+
+    /// Verifies a token and reads what it grants.
+    pub fn verify(&self, token: &str) -> Result<Grant, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::InvalidAlgorithm => AuthError::Invalid("algorithm not allowed".to_owned()),
+            ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".to_owned()),
+            ErrorKind::ImmatureSignature => AuthError::Invalid("not valid yet (nbf)".to_owned()),
+            ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience".to_owned()),
+            ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer".to_owned()),
+            ErrorKind::MissingRequiredClaim(claim) => AuthError::Invalid(format!("missing claim {claim}")),
+            _ => AuthError::Invalid("malformed token".to_owned()),
+        })?;
+        let claims = data.claims;
+        if claims.sub.is_empty() {
+            return Err(AuthError::Invalid("empty sub".to_owned()));
+        }
+        let patterns = |claim: &Option<Vec<String>>, name: &str| {
+            claim
+                .as_ref()
+                .map(|list| PatternSet::parse(list.iter().map(String::as_str)))
+                .transpose()
+                .map_err(|e| AuthError::Invalid(format!("bad pattern in {name}: {e}")))
+        };
+        Ok(Grant {
+            subscribe: patterns(&claims.channels, "channels")?,
+            publish: patterns(&claims.publish, "publish")?,
+            user: claims.sub,
+            expires_at: claims.exp,
+        })
+    }
+}
+
+fn jwt_algorithm(algorithm: JwtAlgorithm) -> Algorithm {
+    match algorithm {
+        JwtAlgorithm::Hs256 => Algorithm::HS256,
+        JwtAlgorithm::Rs256 => Algorithm::RS256,
+        JwtAlgorithm::Es256 => Algorithm::ES256,
+        JwtAlgorithm::EdDsa => Algorithm::EdDSA,
+    }
+}
+
+/// Signs an HS256 token: what `tidewire token` and the tests use.
+pub fn mint_hs256(secret: &str, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes()))
+}
+
+/// Seconds since the epoch, now.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The subprotocol prefix that carries a token from browsers (which cannot set headers).
+pub const TOKEN_PROTOCOL_PREFIX: &str = "tidewire.token.";
+/// The subprotocol the server selects, so browsers accept the handshake.
+pub const PROTOCOL_NAME: &str = "tidewire.v1";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verifier(secret: &str) -> Verifier {
+        Verifier::from_config(&Config::for_tests(secret)).unwrap()
+    }
+
+    fn claims(sub: &str, ttl: i64) -> Claims {
+        Claims { sub: sub.into(), exp: (unix_now() as i64 + ttl) as u64, ..Claims::default() }
+    }
+
+    #[test]
+    fn valid_token_grants_its_claims() {
+        let mut c = claims("alice", 60);
+        c.channels = Some(vec!["lp-*".into()]);
+        c.publish = Some(vec!["alerts".into()]);
+        let grant = verifier("s").verify(&mint_hs256("s", &c).unwrap()).unwrap();
+        assert_eq!(grant.user, "alice");
+        assert_eq!(grant.subscribe_access("lp-performance"), Access::Allowed);
+        assert_eq!(grant.subscribe_access("alerts"), Access::Forbidden);
+        assert_eq!(grant.publish_access("alerts"), Access::Allowed);
+        assert!(grant.can_publish());
+    }
+
+    #[test]
+    fn refusals() {
+        let v = verifier("s");
+        assert_eq!(v.verify(&mint_hs256("s", &claims("a", -5)).unwrap()), Err(AuthError::Expired));
+        assert!(matches!(v.verify(&mint_hs256("other", &claims("a", 60)).unwrap()), Err(AuthError::Invalid(_))));
+        assert!(matches!(v.verify("garbage"), Err(AuthError::Invalid(_))));
+        assert!(matches!(v.verify(&mint_hs256("s", &claims("", 60)).unwrap()), Err(AuthError::Invalid(_))));
+        let mut bad = claims("a", 60);
+        bad.channels = Some(vec!["a*b".into()]);
+        assert!(matches!(v.verify(&mint_hs256("s", &bad).unwrap()), Err(AuthError::Invalid(_))));
+    }
+}

@@ -1,0 +1,210 @@
+//! Every setting of the gateway, with its default, its flag and its `TIDEWIRE_*` variable.
+//!
+//! One struct serves the binary (clap parses flags and the environment into it) and the
+//! library (`Config::default()` plus field updates). Durations are written the human way
+//! (`16ms`, `25s`, `5m`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use tidewire_protocol::batch::BatchConfig;
+use tidewire_protocol::message::Limits;
+
+/// The JWT algorithms a deployment may pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with `--jwt-secret`.
+    #[value(name = "HS256")]
+    Hs256,
+    /// RSA with `--jwt-public-key` (PEM).
+    #[value(name = "RS256")]
+    Rs256,
+    /// ECDSA P-256 with `--jwt-public-key` (PEM).
+    #[value(name = "ES256")]
+    Es256,
+    /// Ed25519 with `--jwt-public-key` (PEM).
+    #[value(name = "EdDSA")]
+    EdDsa,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (write durations like 16ms, 25s, 5m)"))
+}
+
+/// Gateway settings. See `tidewire serve --help` for each one.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "TIDEWIRE_LISTEN", default_value = "0.0.0.0:7999")]
+    pub listen: SocketAddr,
+
+    /// HS256 secret that signs tokens (required with --jwt-algorithm HS256).
+    #[arg(long, env = "TIDEWIRE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key file for RS256, ES256 or EdDSA tokens.
+    #[arg(long, env = "TIDEWIRE_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// The only JWT algorithm accepted (`alg: none` never is).
+    #[arg(long, env = "TIDEWIRE_JWT_ALGORITHM", value_enum, default_value = "HS256")]
+    pub jwt_algorithm: JwtAlgorithm,
+
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "TIDEWIRE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "TIDEWIRE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Browser origins allowed to connect, comma-separated (`*` allows any, with a warning).
+    /// The server's own origin is always allowed; requests without an Origin header are
+    /// not from browsers and are allowed.
+    #[arg(long, env = "TIDEWIRE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Messages per frame.
+    #[arg(long, env = "TIDEWIRE_MAX_BATCH", default_value_t = 50)]
+    pub max_batch: usize,
+
+    /// Minimum time between two frames to one client.
+    #[arg(long, env = "TIDEWIRE_BATCH_INTERVAL", default_value = "16ms", value_parser = duration)]
+    pub batch_interval: Duration,
+
+    /// Frames' worth of publications queued per client before the oldest are dropped.
+    #[arg(long, env = "TIDEWIRE_MAX_QUEUED_BATCHES", default_value_t = 10)]
+    pub max_queued_batches: usize,
+
+    /// Channels one connection may subscribe to.
+    #[arg(long, env = "TIDEWIRE_MAX_CHANNELS", default_value_t = 128)]
+    pub max_channels: usize,
+
+    /// Largest inbound WebSocket message, in bytes (larger: close 1009).
+    #[arg(long, env = "TIDEWIRE_MAX_MESSAGE_BYTES", default_value_t = 4096)]
+    pub max_message_bytes: usize,
+
+    /// Largest publication `data`, in bytes of JSON (larger: MESSAGE_TOO_BIG).
+    #[arg(long, env = "TIDEWIRE_MAX_PUBLICATION_BYTES", default_value_t = 65_536)]
+    pub max_publication_bytes: usize,
+
+    /// Inbound commands per second per connection (token bucket).
+    #[arg(long, env = "TIDEWIRE_COMMANDS_PER_SECOND", default_value_t = 1000)]
+    pub commands_per_second: u32,
+
+    /// Commands a connection may send in one burst.
+    #[arg(long, env = "TIDEWIRE_COMMAND_BURST", default_value_t = 200)]
+    pub command_burst: u32,
+
+    /// Connections the node accepts in total (more: close 1013).
+    #[arg(long, env = "TIDEWIRE_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Connections one user (token subject) may hold (more: close 1013).
+    #[arg(long, env = "TIDEWIRE_MAX_CONNECTIONS_PER_USER", default_value_t = 100)]
+    pub max_connections_per_user: usize,
+
+    /// WebSocket ping period, and the idle time after which a `heartbeat` message is sent.
+    #[arg(long, env = "TIDEWIRE_HEARTBEAT_INTERVAL", default_value = "25s", value_parser = duration)]
+    pub heartbeat_interval: Duration,
+
+    /// How long a pong may take before the connection is closed (4001).
+    #[arg(long, env = "TIDEWIRE_PONG_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub pong_timeout: Duration,
+
+    /// How long a frame write may block before the client is closed as slow (4000).
+    #[arg(long, env = "TIDEWIRE_WRITE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub write_timeout: Duration,
+
+    /// Publications kept per channel for recovery.
+    #[arg(long, env = "TIDEWIRE_HISTORY_SIZE", default_value_t = 1000)]
+    pub history_size: usize,
+
+    /// How long publications are kept for recovery.
+    #[arg(long, env = "TIDEWIRE_HISTORY_TTL", default_value = "5m", value_parser = duration)]
+    pub history_ttl: Duration,
+
+    /// Window over which clients are closed on shutdown, so they don't all reconnect at once.
+    #[arg(long, env = "TIDEWIRE_DRAIN_WINDOW", default_value = "5s", value_parser = duration)]
+    pub drain_window: Duration,
+
+    /// Log format.
+    #[arg(long, env = "TIDEWIRE_LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    /// The documented defaults, with no environment variables read.
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Bare {
+            #[command(flatten)]
+            config: Config,
+        }
+        // Parse an empty command line with every TIDEWIRE_* variable hidden, so a
+        // library user's defaults never depend on the process environment.
+        let command = <Bare as clap::CommandFactory>::command();
+        let command = command.mut_args(|arg| arg.env(None::<&str>));
+        let matches = command.get_matches_from(["tidewire"]);
+        <Bare as clap::FromArgMatches>::from_arg_matches(&matches).map(|bare| bare.config).unwrap_or_else(|e| e.exit())
+    }
+}
+
+impl Config {
+    /// The batcher settings for one client.
+    pub fn batch(&self) -> BatchConfig {
+        BatchConfig {
+            max_batch: self.max_batch.max(1),
+            interval: self.batch_interval,
+            max_queued_batches: self.max_queued_batches.max(1),
+        }
+    }
+
+    /// The limits announced in `connected`.
+    pub fn limits(&self) -> Limits {
+        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Limits {
+            max_batch: clamp(self.max_batch),
+            batch_interval_ms: self.batch_interval.as_millis().try_into().unwrap_or(u64::MAX),
+            max_queued_batches: clamp(self.max_queued_batches),
+            max_channels: clamp(self.max_channels),
+            max_message_bytes: clamp(self.max_message_bytes),
+            commands_per_second: self.commands_per_second,
+        }
+    }
+
+    /// A config for tests and embedding: listen on an ephemeral loopback port, HS256
+    /// with the given secret.
+    pub fn for_tests(secret: &str) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            jwt_secret: Some(secret.to_owned()),
+            ..Config::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::default();
+        assert_eq!(c.listen, "0.0.0.0:7999".parse().unwrap());
+        assert_eq!((c.max_batch, c.batch_interval, c.max_queued_batches), (50, Duration::from_millis(16), 10));
+        assert_eq!((c.max_channels, c.max_message_bytes, c.commands_per_second), (128, 4096, 1000));
+        assert_eq!((c.heartbeat_interval, c.write_timeout, c.drain_window), (Duration::from_secs(25), Duration::from_secs(10), Duration::from_secs(5)));
+        assert_eq!(c.history_size, 1000);
+        assert_eq!(c.jwt_algorithm, JwtAlgorithm::Hs256);
+    }
+}

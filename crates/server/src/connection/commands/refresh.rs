@@ -1,0 +1,32 @@
+//! `refresh`: replace the connection's token before it expires. The new token must be
+//! valid and belong to the same user; its grants replace the old ones for future
+//! commands (existing subscriptions stay). A bad token gets an error and the old one
+//! keeps running until it expires.
+
+use tidewire_protocol::command::Refresh;
+use tidewire_protocol::message::Refreshed;
+use tidewire_protocol::{Control, ErrorCode};
+
+use crate::connection::session::{Next, Session};
+use crate::hub::now_timestamp;
+
+pub fn apply(session: &mut Session, command: Refresh) -> Next {
+    let verifier = session.hub.verifier();
+    match verifier.verify(&command.token) {
+        Ok(grant) if grant.user == session.grant.user => {
+            session.grant = grant;
+            tracing::debug!(connection = session.id(), user = %session.grant.user, "token refreshed");
+            session.send(Control::Refreshed(Refreshed {
+                timestamp: now_timestamp(),
+                id: command.id,
+                expires_at: Some(session.grant.expires_at_timestamp()),
+            }));
+        }
+        Ok(_) => session.send_error(command.id, ErrorCode::Forbidden, "the new token is for another user", None),
+        Err(error) => {
+            session.hub.metrics().auth_failures.get_or_create(&crate::metrics::ErrorLabel { code: error.code().as_str() }).inc();
+            session.send_error(command.id, error.code(), error.to_string(), None)
+        }
+    }
+    Next::Continue
+}

@@ -1,0 +1,43 @@
+//! `subscribe`: join channels, each checked on its own. A forbidden or invalid channel
+//! gets an `error` naming it while the others in the same command still succeed.
+//! Subscribing to a channel already joined answers `subscribed` again with the current
+//! head and changes nothing.
+
+use tidewire_protocol::channel::{validate, Access};
+use tidewire_protocol::command::Subscribe;
+use tidewire_protocol::ErrorCode;
+
+use crate::connection::session::{Next, Session};
+use crate::hub::invalid_channel;
+
+pub fn apply(session: &mut Session, command: Subscribe) -> Next {
+    let max = session.hub.config().max_channels;
+    for channel in &command.channels {
+        let id = command.id.clone();
+        match session.grant.subscribe_access(channel) {
+            Access::Allowed => {}
+            Access::Invalid => {
+                let reason = validate(channel).err().map(|e| invalid_channel(channel, e)).unwrap_or_default();
+                session.send_error(id, ErrorCode::InvalidChannel, reason, Some(channel));
+                continue;
+            }
+            Access::Forbidden => {
+                tracing::info!(connection = session.id(), user = %session.grant.user, %channel, "subscription forbidden");
+                session.send_error(id, ErrorCode::Forbidden, format!("the token does not allow subscribing to {channel}"), Some(channel));
+                continue;
+            }
+        }
+        let already = session.subscriptions.contains(channel.as_str());
+        if !already && session.subscriptions.len() >= max {
+            session.send_error(id, ErrorCode::TooManyChannels, format!("at most {max} channels per connection"), Some(channel));
+            continue;
+        }
+        let since = command.since.as_ref().and_then(|since| since.get(channel));
+        session.hub.subscribe(session.id(), &session.outbox, channel, since, id);
+        if !already {
+            session.subscriptions.insert(channel.as_str().into());
+            tracing::debug!(connection = session.id(), user = %session.grant.user, %channel, "subscribed");
+        }
+    }
+    Next::Continue
+}

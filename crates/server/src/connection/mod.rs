@@ -1,0 +1,239 @@
+//! One IO loop per connection.
+//!
+//! The loop is the only code that awaits on a client's socket. It waits for whichever
+//! comes first: an inbound message, a wake-up from the outbox, the next deadline (a
+//! frame's interval, a ping, a heartbeat, the token's expiry), or the node's shutdown.
+//! Then it writes the frames that are due. A write that blocks past the write timeout
+//! means the client stopped reading: it is closed as a slow consumer (4000), while the
+//! fan-out, which only ever touched the outbox, never noticed.
+
+mod commands;
+pub mod session;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tidewire_protocol::command::Subscribe;
+use tidewire_protocol::message::{Connected, Heartbeat};
+use tidewire_protocol::{CloseCode, Control, ErrorCode, PROTOCOL_VERSION};
+use tokio::time::{sleep_until, timeout};
+
+use crate::auth::{AuthError, Grant};
+use crate::hub::{now_timestamp, Hub};
+use crate::metrics::{CodeLabel, ErrorLabel};
+use session::{Next, Session};
+
+type Sink = SplitSink<WebSocket, Message>;
+
+/// How long a close frame may take to go out before the socket is just dropped.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Serves one upgraded WebSocket until it closes.
+pub async fn serve(socket: WebSocket, hub: Hub, auth: Result<Grant, AuthError>, channels: Vec<String>) {
+    let (mut sink, stream) = socket.split();
+    let grant = match auth {
+        Ok(grant) => grant,
+        Err(error) => {
+            let code = match error {
+                AuthError::Missing => CloseCode::AUTH_REQUIRED,
+                AuthError::Expired => CloseCode::TOKEN_EXPIRED,
+                AuthError::Invalid(_) => CloseCode::AUTH_INVALID,
+            };
+            hub.metrics().auth_failures.get_or_create(&ErrorLabel { code: error.code().as_str() }).inc();
+            tracing::info!(code = %error.code(), "refused connection: {error}");
+            close(&hub, &mut sink, code, &error.to_string()).await;
+            return;
+        }
+    };
+    if hub.is_draining() {
+        close(&hub, &mut sink, CloseCode::SERVICE_RESTART, "node is shutting down").await;
+        return;
+    }
+    let Some(slot) = hub.admit(&grant.user) else {
+        tracing::warn!(user = %grant.user, "connection limit reached");
+        close(&hub, &mut sink, CloseCode::TRY_AGAIN_LATER, "connection limit reached").await;
+        return;
+    };
+    let mut session = Session::new(hub.clone(), slot, grant);
+    tracing::info!(
+        connection = session.id(),
+        user = %session.grant.user,
+        total = hub.connection_count(),
+        "client connected"
+    );
+    session.send(Control::Connected(Connected {
+        timestamp: now_timestamp(),
+        connection_id: hub.connection_label(session.id()),
+        user_id: session.grant.user.clone(),
+        version: PROTOCOL_VERSION,
+        heartbeat_interval_ms: hub.config().heartbeat_interval.as_millis().try_into().unwrap_or(u64::MAX),
+        expires_at: Some(session.grant.expires_at_timestamp()),
+        limits: hub.config().limits(),
+    }));
+    if !channels.is_empty() {
+        session.on_subscribe(Subscribe { id: None, channels, since: None });
+    }
+    let (code, reason) = run(&mut session, &mut sink, stream).await;
+    session.leave_all();
+    if let Some(code) = code {
+        close(&hub, &mut sink, code, &reason).await;
+    } else {
+        hub.metrics().disconnects.get_or_create(&CodeLabel { code: CloseCode::NORMAL.0 }).inc();
+    }
+    tracing::info!(
+        connection = session.id(),
+        user = %session.grant.user,
+        code = code.map(|c| c.0),
+        reason,
+        total = hub.connection_count().saturating_sub(1),
+        "client disconnected"
+    );
+}
+
+/// The loop; returns the close code to send (`None` when the client closed or vanished)
+/// and the reason.
+async fn run(session: &mut Session, sink: &mut Sink, mut stream: SplitStream<WebSocket>) -> (Option<CloseCode>, String) {
+    let hub = session.hub.clone();
+    let config = hub.config().clone();
+    let outbox = session.outbox.clone();
+    let shutdown = hub.shutdown_token().clone();
+    let mut last_write = Instant::now();
+    let mut next_ping = last_write + config.heartbeat_interval;
+    let mut awaiting_pong: Option<Instant> = None;
+    let mut drain_at: Option<Instant> = None;
+
+    loop {
+        let now = Instant::now();
+        let token_deadline = now + session.grant.time_left(SystemTime::now());
+        let mut deadline = next_ping.min(last_write + config.heartbeat_interval).min(token_deadline);
+        if let Some(at) = outbox.next_frame_at() {
+            deadline = deadline.min(at);
+        }
+        if let Some(sent) = awaiting_pong {
+            deadline = deadline.min(sent + config.pong_timeout);
+        }
+        if let Some(at) = drain_at {
+            deadline = deadline.min(at);
+        }
+
+        tokio::select! {
+            inbound = stream.next() => match inbound {
+                None => return (None, "client went away".to_owned()),
+                Some(Err(error)) => return read_error(error),
+                Some(Ok(Message::Text(text))) => {
+                    if let Next::Close(code, reason) = session.on_text(text.as_str()) {
+                        return (Some(code), reason);
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    session.send_error(None, ErrorCode::BadRequest, "binary frames are not supported: send JSON text frames", None);
+                }
+                Some(Ok(Message::Pong(_))) => awaiting_pong = None,
+                Some(Ok(Message::Ping(_))) => {} // answered by the WebSocket layer
+                Some(Ok(Message::Close(frame))) => {
+                    let code = frame.as_ref().map_or(1005, |f| f.code);
+                    hub.metrics().disconnects.get_or_create(&CodeLabel { code }).inc();
+                    return (None, format!("client closed ({code})"));
+                }
+            },
+            _ = outbox.woken() => {}
+            _ = sleep_until(deadline.into()) => {}
+            _ = shutdown.cancelled(), if drain_at.is_none() => {
+                // Spread closes over the drain window so clients don't reconnect at once.
+                let offset = config.drain_window.mul_f64(fastrand::f64());
+                drain_at = Some(Instant::now() + offset);
+            }
+        }
+
+        let now = Instant::now();
+        if drain_at.is_some_and(|at| now >= at) {
+            if flush(session, sink, now, true).await.is_err() {
+                return slow_consumer(&config);
+            }
+            return (Some(CloseCode::SERVICE_RESTART), "node is shutting down".to_owned());
+        }
+        if session.grant.time_left(SystemTime::now()).is_zero() {
+            let _ = flush(session, sink, now, true).await;
+            return (Some(CloseCode::TOKEN_EXPIRED), "token expired; reconnect with a new token".to_owned());
+        }
+        if awaiting_pong.is_some_and(|sent| now >= sent + config.pong_timeout) {
+            return (Some(CloseCode::HEARTBEAT_TIMEOUT), "no pong in time".to_owned());
+        }
+        if now >= last_write + config.heartbeat_interval && outbox.next_frame_at().is_none() {
+            session.send(Control::Heartbeat(Heartbeat { timestamp: now_timestamp() }));
+        }
+        match flush(session, sink, now, false).await {
+            Ok(0) => {}
+            Ok(_) => last_write = Instant::now(),
+            Err(()) => return slow_consumer(&config),
+        }
+        if now >= next_ping {
+            if !write(sink, Message::Ping(Default::default()), config.write_timeout).await {
+                return slow_consumer(&config);
+            }
+            awaiting_pong.get_or_insert(now);
+            next_ping = now + config.heartbeat_interval;
+        }
+    }
+}
+
+/// Writes the frames due at `now` (every waiting frame when `all`) and counts them; an
+/// error when a write timed out or failed.
+async fn flush(session: &Session, sink: &mut Sink, now: Instant, all: bool) -> Result<usize, ()> {
+    let hub = session.hub.clone();
+    let write_timeout = hub.config().write_timeout;
+    let interval = hub.config().batch_interval;
+    let mut at = now;
+    let mut written = 0;
+    while let Some((frame, waited)) = session.outbox.poll_frame(at) {
+        let metrics = hub.metrics();
+        metrics.frames_sent.inc();
+        metrics.batch_size.observe(frame.len() as f64);
+        metrics.publish_to_write_seconds.observe(waited.as_secs_f64());
+        let text = frame.encode(now_timestamp());
+        if !write(sink, Message::Text(text.into()), write_timeout).await {
+            return Err(());
+        }
+        written += 1;
+        if !all {
+            break;
+        }
+        at += interval;
+    }
+    Ok(written)
+}
+
+async fn write(sink: &mut Sink, message: Message, write_timeout: Duration) -> bool {
+    matches!(timeout(write_timeout, sink.send(message)).await, Ok(Ok(())))
+}
+
+fn slow_consumer(config: &crate::config::Config) -> (Option<CloseCode>, String) {
+    (Some(CloseCode::SLOW_CONSUMER), format!("a write blocked for more than {:?}", config.write_timeout))
+}
+
+/// Maps a read error to a close: oversized messages get 1009, the rest mean the
+/// transport is gone.
+fn read_error(error: axum::Error) -> (Option<CloseCode>, String) {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error};
+    match error.into_inner().downcast::<Error>() {
+        Ok(inner) => match *inner {
+            Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+                (Some(CloseCode::MESSAGE_TOO_BIG), format!("message of {size} bytes; at most {max_size} allowed"))
+            }
+            Error::Capacity(e) => (Some(CloseCode::MESSAGE_TOO_BIG), e.to_string()),
+            Error::Utf8(_) => (Some(CloseCode(1007)), "text frame is not valid UTF-8".to_owned()),
+            Error::Protocol(e) => (Some(CloseCode(1002)), e.to_string()),
+            other => (None, other.to_string()),
+        },
+        Err(other) => (None, other.to_string()),
+    }
+}
+
+/// Sends a close frame (best effort) and counts the disconnect.
+async fn close(hub: &Hub, sink: &mut Sink, code: CloseCode, detail: &str) {
+    hub.metrics().disconnects.get_or_create(&CodeLabel { code: code.0 }).inc();
+    let frame = CloseFrame { code: code.0, reason: code.reason(detail).into() };
+    let _ = timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+}

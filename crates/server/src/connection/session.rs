@@ -1,0 +1,152 @@
+//! A connection's protocol state, apart from its socket: who it is, what it is
+//! subscribed to, its rate limit, and the handling of each inbound text message.
+//!
+//! Handling a command only queues replies into the outbox or asks the IO loop to close;
+//! it never touches the socket, so the IO loop stays the only place that awaits.
+
+use std::collections::HashSet;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tidewire_protocol::batch::Outbound;
+use tidewire_protocol::message::ErrorMessage;
+use tidewire_protocol::{decode_command, CloseCode, Command, CommandId, Control, ErrorCode};
+
+use crate::auth::Grant;
+use crate::hub::{control, now_timestamp, ConnectionSlot, Hub, Outbox};
+use crate::metrics::ErrorLabel;
+
+use super::commands;
+
+/// What the IO loop must do after a message was handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    Continue,
+    Close(CloseCode, String),
+}
+
+/// Error replies sent per second before further rate-limit refusals go unanswered.
+const RATE_LIMIT_REPLIES_PER_WINDOW: u32 = 10;
+
+pub struct Session {
+    pub hub: Hub,
+    pub slot: ConnectionSlot,
+    pub grant: Grant,
+    pub outbox: Arc<Outbox>,
+    pub subscriptions: HashSet<Arc<str>>,
+    limiter: DefaultDirectRateLimiter,
+    flood: FloodWindow,
+}
+
+/// Rate-limit refusals within the current one-second window.
+struct FloodWindow {
+    started: Instant,
+    refused: u32,
+}
+
+impl Session {
+    pub fn new(hub: Hub, slot: ConnectionSlot, grant: Grant) -> Session {
+        let config = hub.config();
+        let rate = NonZeroU32::new(config.commands_per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(config.command_burst).unwrap_or(rate);
+        let outbox = Arc::new(Outbox::new(config.batch()));
+        Session {
+            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            flood: FloodWindow { started: Instant::now(), refused: 0 },
+            subscriptions: HashSet::new(),
+            outbox,
+            hub,
+            slot,
+            grant,
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.slot.id
+    }
+
+    /// Queues a control message.
+    pub fn send(&self, message: Control) {
+        self.outbox.push(Outbound::control(control(message)));
+    }
+
+    /// Queues an error reply and counts it.
+    pub fn send_error(&self, id: Option<CommandId>, code: ErrorCode, message: impl Into<String>, channel: Option<&str>) {
+        self.hub.metrics().command_errors.get_or_create(&ErrorLabel { code: code.as_str() }).inc();
+        self.send(Control::Error(ErrorMessage {
+            timestamp: now_timestamp(),
+            id,
+            code,
+            message: message.into(),
+            channel: channel.map(str::to_owned),
+            details: None,
+        }));
+    }
+
+    /// Handles one inbound text message.
+    pub fn on_text(&mut self, text: &str) -> Next {
+        if self.limiter.check().is_err() {
+            return self.on_rate_limited();
+        }
+        match decode_command(text) {
+            Ok(command) => self.apply(command),
+            Err(error) => {
+                tracing::debug!(connection = self.id(), code = %error.code, "bad command: {}", error.message);
+                self.send_error(error.id, error.code, error.message, None);
+                Next::Continue
+            }
+        }
+    }
+
+    /// Applies a subscribe built by the server (the `channels` query parameter).
+    pub fn on_subscribe(&mut self, command: tidewire_protocol::command::Subscribe) -> Next {
+        commands::subscribe::apply(self, command)
+    }
+
+    fn apply(&mut self, command: Command) -> Next {
+        match command {
+            Command::Subscribe(c) => commands::subscribe::apply(self, c),
+            Command::Unsubscribe(c) => commands::unsubscribe::apply(self, c),
+            Command::Publish(c) => commands::publish::apply(self, c),
+            Command::Ping(c) => commands::ping::apply(self, c),
+            Command::Refresh(c) => commands::refresh::apply(self, c),
+        }
+    }
+
+    /// Refuses a command over the rate limit: an error reply for the first few in each
+    /// second, and a 1008 close when a client keeps sending more than twice its limit.
+    fn on_rate_limited(&mut self) -> Next {
+        let now = Instant::now();
+        if now.duration_since(self.flood.started) >= Duration::from_secs(1) {
+            self.flood = FloodWindow { started: now, refused: 0 };
+        }
+        self.flood.refused += 1;
+        self.hub.metrics().rate_limited.inc();
+        let limit = self.hub.config().commands_per_second;
+        if self.flood.refused > limit.max(RATE_LIMIT_REPLIES_PER_WINDOW) {
+            tracing::warn!(connection = self.id(), user = %self.grant.user, "closing a flooding client");
+            return Next::Close(CloseCode::POLICY_VIOLATION, CloseCode::POLICY_VIOLATION.reason("RATE_LIMIT_EXCEEDED"));
+        }
+        if self.flood.refused <= RATE_LIMIT_REPLIES_PER_WINDOW {
+            if self.flood.refused == 1 {
+                tracing::warn!(connection = self.id(), user = %self.grant.user, "rate limit exceeded");
+            }
+            self.send_error(
+                None,
+                ErrorCode::RateLimitExceeded,
+                format!("more than {limit} commands per second; this command was ignored"),
+                None,
+            );
+        }
+        Next::Continue
+    }
+
+    /// Leaves every channel (on disconnect).
+    pub fn leave_all(&mut self) {
+        for channel in self.subscriptions.drain() {
+            self.hub.unsubscribe(self.slot.id, &channel);
+        }
+    }
+}

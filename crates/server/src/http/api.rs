@@ -1,0 +1,98 @@
+//! `POST /api/publish` and `GET /api/channels`, for services holding a token with a
+//! `publish` grant (`Authorization: Bearer`). Errors are JSON `{code, message}` with the
+//! HTTP status of the error code.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use tidewire_protocol::channel::Access;
+use tidewire_protocol::{ErrorCode, NewPublication};
+
+use crate::auth::{AuthError, Grant};
+use crate::hub::Hub;
+use crate::metrics::ErrorLabel;
+
+/// One publication or a batch of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum PublishBody {
+    One(NewPublication),
+    Many(Vec<NewPublication>),
+}
+
+pub fn error_response(code: ErrorCode, message: impl Into<String>) -> Response {
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(json!({ "code": code, "message": message.into() }))).into_response()
+}
+
+fn bearer(hub: &Hub, headers: &HeaderMap) -> Result<Grant, Response> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let result = match token {
+        Some(token) if !token.is_empty() => hub.verifier().verify(token),
+        _ => Err(AuthError::Missing),
+    };
+    result.map_err(|error| {
+        hub.metrics().auth_failures.get_or_create(&ErrorLabel { code: error.code().as_str() }).inc();
+        error_response(error.code(), error.to_string())
+    })
+}
+
+/// Publishes one message (answers `{channel, seq}`) or an array (answers an array).
+/// A batch is checked whole before anything is published: all or nothing.
+pub async fn publish(State(hub): State<Hub>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let grant = match bearer(&hub, &headers) {
+        Ok(grant) => grant,
+        Err(response) => return response,
+    };
+    if hub.is_draining() {
+        return error_response(ErrorCode::Unavailable, "node is shutting down");
+    }
+    let body: PublishBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => return error_response(ErrorCode::BadRequest, format!("expected {{channel, type, data, key?}} or an array of them: {e}")),
+    };
+    let (items, single) = match body {
+        PublishBody::One(one) => (vec![one], true),
+        PublishBody::Many(many) => (many, false),
+    };
+    for item in &items {
+        if let Err(e) = hub.check(item) {
+            return error_response(e.code, e.message);
+        }
+        match grant.publish_access(&item.channel) {
+            Access::Allowed => {}
+            Access::Invalid => return error_response(ErrorCode::InvalidChannel, format!("invalid channel {:?}", item.channel)),
+            Access::Forbidden => {
+                return error_response(ErrorCode::Forbidden, format!("the token does not allow publishing to {}", item.channel))
+            }
+        }
+    }
+    let mut accepted = Vec::with_capacity(items.len());
+    for item in items {
+        match hub.publish(item) {
+            Ok(a) => accepted.push(a),
+            Err(e) => return error_response(e.code, e.message),
+        }
+    }
+    if single {
+        Json(json!(accepted[0])).into_response()
+    } else {
+        Json(json!(accepted)).into_response()
+    }
+}
+
+/// Channels with subscriber counts and heads.
+pub async fn channels(State(hub): State<Hub>, headers: HeaderMap) -> Response {
+    match bearer(&hub, &headers) {
+        Ok(grant) if grant.can_publish() => Json(hub.channels()).into_response(),
+        Ok(_) => error_response(ErrorCode::Forbidden, "listing channels needs a token with a publish grant"),
+        Err(response) => response,
+    }
+}

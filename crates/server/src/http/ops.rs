@@ -1,0 +1,28 @@
+//! Liveness, readiness and metrics.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::json;
+
+use crate::hub::Hub;
+
+/// Liveness: the process answers; with the connection count.
+pub async fn health(State(hub): State<Hub>) -> impl IntoResponse {
+    Json(json!({ "status": "ok", "connections": hub.connection_count() }))
+}
+
+/// Readiness: 503 while draining (and, with a broker, while it is unreachable).
+pub async fn ready(State(hub): State<Hub>) -> impl IntoResponse {
+    if hub.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" })))
+    } else {
+        (StatusCode::OK, Json(json!({ "status": "ready" })))
+    }
+}
+
+/// Prometheus text format.
+pub async fn metrics(State(hub): State<Hub>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], hub.metrics().render())
+}

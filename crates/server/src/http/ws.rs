@@ -1,0 +1,91 @@
+//! `GET /ws`: the WebSocket handshake.
+//!
+//! Checked before the upgrade, with plain HTTP answers: the Origin (403) and whether the
+//! node is draining (503). Everything about the token is answered after the upgrade with
+//! a close code (4500 missing, 4501 invalid, 4502 expired) whose reason starts with the
+//! error code, because browsers hide HTTP statuses of failed handshakes and a client
+//! must be able to tell "sign in again" from "the network is down".
+//!
+//! The token may come as `?token=`, as `Authorization: Bearer`, or (for browsers, which
+//! cannot set headers) as a `tidewire.token.<jwt>` subprotocol offered next to
+//! `tidewire.v1`, which the server then selects. Tokens are never logged.
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tidewire_protocol::ErrorCode;
+
+use super::api::error_response;
+use crate::auth::{AuthError, PROTOCOL_NAME, TOKEN_PROTOCOL_PREFIX};
+use crate::connection;
+use crate::hub::Hub;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Params {
+    token: Option<String>,
+    /// Comma-separated channels to subscribe to at connect.
+    channels: Option<String>,
+}
+
+pub async fn upgrade(State(hub): State<Hub>, headers: HeaderMap, Query(params): Query<Params>, ws: WebSocketUpgrade) -> Response {
+    if !origin_allowed(&hub, &headers) {
+        tracing::warn!(origin = ?headers.get(header::ORIGIN), "refused a WebSocket from a disallowed origin");
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
+    if hub.is_draining() {
+        return error_response(ErrorCode::Unavailable, "node is shutting down");
+    }
+    let token = token(&params, &headers, &ws);
+    let auth = match token {
+        Some(token) => hub.verifier().verify(&token),
+        None => Err(AuthError::Missing),
+    };
+    let channels: Vec<String> = params
+        .channels
+        .as_deref()
+        .map(|list| list.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default();
+    let config = hub.config();
+    ws.protocols([PROTOCOL_NAME])
+        .max_message_size(config.max_message_bytes)
+        .max_frame_size(config.max_message_bytes)
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| connection::serve(socket, hub, auth, channels))
+}
+
+fn token(params: &Params, headers: &HeaderMap, ws: &WebSocketUpgrade) -> Option<String> {
+    if let Some(token) = params.token.as_deref().filter(|t| !t.is_empty()) {
+        return Some(token.to_owned());
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    if let Some(token) = bearer {
+        return Some(token.to_owned());
+    }
+    ws.requested_protocols()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix(TOKEN_PROTOCOL_PREFIX))
+        .map(str::to_owned)
+}
+
+/// Browsers send Origin; others may not, and are not subject to this check. The node's
+/// own origin (same host) is always allowed.
+fn origin_allowed(hub: &Hub, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return true };
+    let allowed = &hub.config().allowed_origins;
+    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+}

@@ -1,0 +1,133 @@
+//! One channel's state on this node: its head seq and epoch, the history kept for
+//! recovery, the latest value per key (the snapshot), and its local subscribers.
+//!
+//! Everything that must be atomic with respect to publications (assigning a seq,
+//! recording history, fanning out, and starting a subscription at an exact position)
+//! happens under the channel's lock, so a subscriber sees every seq after its
+//! `subscribed` exactly once.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tidewire_protocol::batch::{Dropped, Outbound, Position};
+use tidewire_protocol::EncodedMessage;
+
+use super::outbox::Outbox;
+
+/// A publication kept for recovery and snapshots.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub seq: u64,
+    pub at: Instant,
+    pub message: EncodedMessage,
+    pub key: Option<Arc<str>>,
+}
+
+impl Stored {
+    fn outbound(&self, channel: &Arc<str>) -> Outbound {
+        Outbound::publication(
+            self.message.clone(),
+            Position { channel: channel.clone(), seq: self.seq, key: self.key.clone() },
+        )
+    }
+}
+
+/// How a subscription starts.
+#[derive(Debug)]
+pub enum Start {
+    /// Every publication after the client's position follows.
+    Recovered(Vec<Outbound>),
+    /// Fresh (or not recoverable): the keyed snapshot, oldest first.
+    Snapshot(Vec<EncodedMessage>),
+}
+
+#[derive(Debug)]
+pub struct Channel {
+    pub name: Arc<str>,
+    pub epoch: Arc<str>,
+    pub head: u64,
+    history: VecDeque<Stored>,
+    latest: HashMap<Arc<str>, Stored>,
+    subscribers: HashMap<u64, Arc<Outbox>>,
+}
+
+impl Channel {
+    pub fn new(name: Arc<str>, epoch: Arc<str>) -> Channel {
+        Channel { name, epoch, head: 0, history: VecDeque::new(), latest: HashMap::new(), subscribers: HashMap::new() }
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.subscribers.len()
+    }
+
+    /// Records a publication at `head + 1` and fans it out; returns what the fan-out cost.
+    pub fn publish(&mut self, stored: Stored, history_size: usize) -> (usize, Dropped) {
+        debug_assert_eq!(stored.seq, self.head + 1);
+        self.head = stored.seq;
+        let mut dropped = Dropped::default();
+        for outbox in self.subscribers.values() {
+            let d = outbox.push(stored.outbound(&self.name));
+            dropped.superseded += d.superseded;
+            dropped.overflow += d.overflow;
+        }
+        let delivered = self.subscribers.len();
+        if let Some(key) = &stored.key {
+            self.latest.insert(key.clone(), stored.clone());
+        }
+        if history_size > 0 {
+            if self.history.len() >= history_size {
+                self.history.pop_front();
+            }
+            self.history.push_back(stored);
+        }
+        (delivered, dropped)
+    }
+
+    /// Forgets history older than `ttl`.
+    pub fn expire(&mut self, now: Instant, ttl: Duration) {
+        while self.history.front().is_some_and(|s| now.saturating_duration_since(s.at) > ttl) {
+            self.history.pop_front();
+        }
+    }
+
+    /// Whether `since` (a seq in this channel's current epoch) can be recovered with at
+    /// most `max` messages, and if so the messages.
+    pub fn recover(&self, since: u64, max: usize) -> Option<Vec<Outbound>> {
+        if since > self.head {
+            return None;
+        }
+        let missing = self.head - since;
+        if missing == 0 {
+            return Some(Vec::new());
+        }
+        if missing > max as u64 {
+            return None;
+        }
+        let first = self.history.front()?.seq;
+        if first > since + 1 {
+            return None;
+        }
+        let skip = usize::try_from(since + 1 - first).ok()?;
+        Some(self.history.iter().skip(skip).map(|s| s.outbound(&self.name)).collect())
+    }
+
+    /// The latest value per key, oldest first, marked as snapshot messages.
+    pub fn snapshot(&self) -> Vec<EncodedMessage> {
+        let mut latest: Vec<&Stored> = self.latest.values().collect();
+        latest.sort_by_key(|s| s.seq);
+        latest.into_iter().map(|s| s.message.marked_as_snapshot()).collect()
+    }
+
+    pub fn add(&mut self, connection: u64, outbox: Arc<Outbox>) -> bool {
+        self.subscribers.insert(connection, outbox).is_none()
+    }
+
+    pub fn remove(&mut self, connection: u64) -> bool {
+        self.subscribers.remove(&connection).is_some()
+    }
+
+    pub fn history_len(&self) -> usize {
+        self.history.len()
+    }
+}

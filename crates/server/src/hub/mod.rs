@@ -1,0 +1,378 @@
+//! The hub: channels, subscriptions and the fan-out, independent of any socket.
+//!
+//! A publication takes this path: validate → under the channel's lock assign
+//! `seq = head + 1`, serialize once, keep it in history (and as the key's latest value),
+//! push the shared bytes into every subscriber's [`Outbox`] → each connection's IO loop
+//! frames and writes on its own schedule. The fan-out never awaits a client.
+//!
+//! The hub also keeps the node-wide counts (connections per user, readiness) and the
+//! shutdown signal, so the WebSocket handler and the HTTP endpoints share one state.
+
+mod channel;
+pub mod outbox;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tidewire_protocol::batch::Outbound;
+use tidewire_protocol::channel::{validate, ChannelError};
+use tidewire_protocol::message::{validate_message_type, Subscribed};
+use tidewire_protocol::{
+    CommandId, Control, EncodedMessage, ErrorCode, NewPublication, Publication, ServerMessage, StreamPosition, Timestamp,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{KeyError, Verifier};
+use crate::config::Config;
+use crate::metrics::{Metrics, ReasonLabel};
+use channel::{Channel, Start, Stored};
+pub use outbox::Outbox;
+
+/// Now, as a wire timestamp.
+pub fn now_timestamp() -> Timestamp {
+    let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
+    Timestamp::from_unix_micros(i64::try_from(micros).unwrap_or(i64::MAX))
+}
+
+/// A refused publication.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct PublishError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl PublishError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> PublishError {
+        PublishError { code, message: message.into() }
+    }
+}
+
+/// Where a publication landed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Accepted {
+    pub channel: String,
+    pub seq: u64,
+}
+
+/// A channel as `GET /api/channels` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelInfo {
+    pub channel: String,
+    pub subscribers: usize,
+    pub seq: u64,
+    pub epoch: String,
+    pub history: usize,
+}
+
+/// The state one node shares between its connections and endpoints. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Config,
+    verifier: Verifier,
+    metrics: Metrics,
+    channels: Mutex<HashMap<Arc<str>, Arc<Mutex<Channel>>>>,
+    users: Mutex<HashMap<String, usize>>,
+    connections: AtomicUsize,
+    next_connection: AtomicU64,
+    next_epoch: AtomicU64,
+    /// Distinguishes this hub's epochs and connection ids from any earlier run's.
+    instance: String,
+    shutdown: CancellationToken,
+    draining: AtomicBool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Hub {
+    /// A hub for `config`; fails when the token key is missing or unreadable.
+    pub fn new(config: Config) -> Result<Hub, KeyError> {
+        let verifier = Verifier::from_config(&config)?;
+        let instance = format!("{:x}{:04x}", now_timestamp().unix_micros(), fastrand::u16(..));
+        Ok(Hub {
+            inner: Arc::new(Inner {
+                verifier,
+                config,
+                metrics: Metrics::new(),
+                channels: Mutex::new(HashMap::new()),
+                users: Mutex::new(HashMap::new()),
+                connections: AtomicUsize::new(0),
+                next_connection: AtomicU64::new(1),
+                next_epoch: AtomicU64::new(1),
+                instance,
+                shutdown: CancellationToken::new(),
+                draining: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    pub fn verifier(&self) -> &Verifier {
+        &self.inner.verifier
+    }
+
+    /// The typed in-process publisher.
+    pub fn publisher(&self) -> crate::Publisher {
+        crate::Publisher::new(self.clone())
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Cancelled when the node starts draining.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// Starts draining: readiness fails, new connections are refused, and every
+    /// connection closes with 1012 within the drain window.
+    pub fn begin_shutdown(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+        self.inner.shutdown.cancel();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.inner.connections.load(Ordering::SeqCst)
+    }
+
+    /// Admits a connection for `user` within the global and per-user limits; the
+    /// returned guard releases the slot when dropped.
+    pub fn admit(&self, user: &str) -> Option<ConnectionSlot> {
+        let config = &self.inner.config;
+        let mut users = lock(&self.inner.users);
+        if self.inner.connections.load(Ordering::SeqCst) >= config.max_connections {
+            return None;
+        }
+        let count = users.entry(user.to_owned()).or_insert(0);
+        if *count >= config.max_connections_per_user {
+            return None;
+        }
+        *count += 1;
+        self.inner.connections.fetch_add(1, Ordering::SeqCst);
+        self.inner.metrics.connections.inc();
+        self.inner.metrics.connections_total.inc();
+        let id = self.inner.next_connection.fetch_add(1, Ordering::Relaxed);
+        Some(ConnectionSlot { hub: self.clone(), user: user.to_owned(), id })
+    }
+
+    fn release(&self, user: &str) {
+        let mut users = lock(&self.inner.users);
+        if let Some(count) = users.get_mut(user) {
+            *count -= 1;
+            if *count == 0 {
+                users.remove(user);
+            }
+        }
+        self.inner.connections.fetch_sub(1, Ordering::SeqCst);
+        self.inner.metrics.connections.dec();
+    }
+
+    /// A connection id unique to this node's run.
+    pub fn connection_label(&self, id: u64) -> String {
+        format!("{}-{id}", self.inner.instance)
+    }
+
+    fn channel(&self, name: &str) -> Arc<Mutex<Channel>> {
+        let mut channels = lock(&self.inner.channels);
+        if let Some(channel) = channels.get(name) {
+            return channel.clone();
+        }
+        let epoch = format!("{}-{}", self.inner.instance, self.inner.next_epoch.fetch_add(1, Ordering::Relaxed));
+        let name: Arc<str> = name.into();
+        let channel = Arc::new(Mutex::new(Channel::new(name.clone(), epoch.into())));
+        channels.insert(name, channel.clone());
+        self.inner.metrics.channels.set(channels.len() as i64);
+        channel
+    }
+
+    /// Checks everything about a publication that does not depend on the channel's
+    /// state, so a batch can be refused whole before any of it is published.
+    pub fn check(&self, new: &NewPublication) -> Result<(), PublishError> {
+        check_envelope(new)?;
+        let size = serde_json::to_vec(&new.data).map(|v| v.len()).unwrap_or(usize::MAX);
+        let max = self.inner.config.max_publication_bytes;
+        if size > max {
+            return Err(too_big(size, max));
+        }
+        Ok(())
+    }
+
+    /// Validates and publishes one message; returns its seq.
+    pub fn publish(&self, new: NewPublication) -> Result<Accepted, PublishError> {
+        let config = &self.inner.config;
+        check_envelope(&new)?;
+        let channel = self.channel(&new.channel);
+        let mut channel = lock(&channel);
+        let seq = channel.head + 1;
+        let key: Option<Arc<str>> = new.key.as_deref().map(Into::into);
+        let publication = ServerMessage::Publication(Publication {
+            kind: new.kind,
+            timestamp: now_timestamp(),
+            channel: new.channel,
+            seq,
+            key: new.key,
+            snapshot: false,
+            data: new.data,
+        });
+        let message = EncodedMessage::encode(&publication)
+            .map_err(|e| PublishError::new(ErrorCode::BadRequest, e.to_string()))?;
+        // The envelope around `data` is under ENVELOPE_ALLOWANCE bytes (channel and key
+        // ≤ 255, type ≤ 128), so this agrees with `check`'s measure of `data` alone.
+        if message.len() > config.max_publication_bytes + ENVELOPE_ALLOWANCE {
+            return Err(too_big(message.len() - ENVELOPE_ALLOWANCE.min(message.len()), config.max_publication_bytes));
+        }
+        let now = Instant::now();
+        channel.expire(now, config.history_ttl);
+        let (delivered, dropped) = channel.publish(Stored { seq, at: now, message, key }, config.history_size);
+        let metrics = &self.inner.metrics;
+        metrics.published.inc();
+        metrics.delivered.inc_by(delivered as u64);
+        self.count_drops(dropped);
+        Ok(Accepted { channel: channel.name.to_string(), seq })
+    }
+
+    fn count_drops(&self, dropped: tidewire_protocol::batch::Dropped) {
+        if dropped.total() == 0 {
+            return;
+        }
+        let metrics = &self.inner.metrics;
+        metrics.dropped.get_or_create(&ReasonLabel { reason: "superseded" }).inc_by(dropped.superseded.into());
+        metrics.dropped.get_or_create(&ReasonLabel { reason: "overflow" }).inc_by(dropped.overflow.into());
+    }
+
+    /// Subscribes a connection at an exact position: queues `subscribed`, then the
+    /// recovered publications or the keyed snapshot, then registers the subscriber, all
+    /// under the channel's lock. Access checks are the caller's.
+    pub fn subscribe(
+        &self,
+        connection: u64,
+        outbox: &Arc<Outbox>,
+        channel_name: &str,
+        since: Option<&StreamPosition>,
+        id: Option<CommandId>,
+    ) {
+        let channel = self.channel(channel_name);
+        let mut channel = lock(&channel);
+        let config = &self.inner.config;
+        channel.expire(Instant::now(), config.history_ttl);
+        let max_recovery = config.history_size.min(config.batch().capacity());
+        let start = match since {
+            Some(position) if position.epoch.as_deref().is_none_or(|e| e == &*channel.epoch) => {
+                match channel.recover(position.seq, max_recovery) {
+                    Some(replay) => Start::Recovered(replay),
+                    None => Start::Snapshot(channel.snapshot()),
+                }
+            }
+            _ => Start::Snapshot(channel.snapshot()),
+        };
+        let recovered = since.map(|_| matches!(start, Start::Recovered(_)));
+        let subscribed = control(Control::Subscribed(Subscribed {
+            timestamp: now_timestamp(),
+            id,
+            channel: channel.name.to_string(),
+            seq: channel.head,
+            epoch: channel.epoch.to_string(),
+            recovered,
+        }));
+        let mut outbounds = vec![Outbound::control(subscribed)];
+        match start {
+            Start::Recovered(replay) => outbounds.extend(replay),
+            // Snapshot messages are bounded by the number of keys and never dropped.
+            Start::Snapshot(latest) => outbounds.extend(latest.into_iter().map(Outbound::control)),
+        }
+        let dropped = outbox.push_all(outbounds);
+        self.count_drops(dropped);
+        if channel.add(connection, outbox.clone()) {
+            self.inner.metrics.subscriptions.inc();
+        }
+    }
+
+    /// Removes a connection from a channel; false when it was not subscribed.
+    pub fn unsubscribe(&self, connection: u64, channel_name: &str) -> bool {
+        let Some(channel) = lock(&self.inner.channels).get(channel_name).cloned() else { return false };
+        let removed = lock(&channel).remove(connection);
+        if removed {
+            self.inner.metrics.subscriptions.dec();
+        }
+        removed
+    }
+
+    /// Channels with their subscriber counts and heads, sorted by name.
+    pub fn channels(&self) -> Vec<ChannelInfo> {
+        let channels: Vec<_> = lock(&self.inner.channels).values().cloned().collect();
+        let mut infos: Vec<ChannelInfo> = channels
+            .iter()
+            .map(|c| {
+                let c = lock(c);
+                ChannelInfo {
+                    channel: c.name.to_string(),
+                    subscribers: c.subscriber_count(),
+                    seq: c.head,
+                    epoch: c.epoch.to_string(),
+                    history: c.history_len(),
+                }
+            })
+            .collect();
+        infos.sort_by(|a, b| a.channel.cmp(&b.channel));
+        infos
+    }
+}
+
+fn check_envelope(new: &NewPublication) -> Result<(), PublishError> {
+    validate(&new.channel).map_err(|e| PublishError::new(ErrorCode::InvalidChannel, invalid_channel(&new.channel, e)))?;
+    validate_message_type(&new.kind).map_err(|e| PublishError::new(ErrorCode::BadRequest, e.to_string()))?;
+    if new.key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 255) {
+        return Err(PublishError::new(ErrorCode::BadRequest, "key must be 1..=255 bytes"));
+    }
+    Ok(())
+}
+
+fn too_big(size: usize, max: usize) -> PublishError {
+    PublishError::new(ErrorCode::MessageTooBig, format!("publication data is {size} bytes; at most {max} are allowed"))
+}
+
+/// Room for the envelope (type, timestamp, channel, seq, key) around `data`.
+const ENVELOPE_ALLOWANCE: usize = 1024;
+
+pub fn invalid_channel(name: &str, error: ChannelError) -> String {
+    let shown: String = name.chars().take(64).collect();
+    format!("invalid channel {shown:?}: {error}")
+}
+
+/// Encodes a control message.
+pub fn control(message: Control) -> EncodedMessage {
+    // Control messages hold strings, numbers and JSON values, which always serialize.
+    EncodedMessage::encode(&ServerMessage::Control(message)).expect("control messages always serialize")
+}
+
+/// A connection's place in the node's limits; dropping it frees the place.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    hub: Hub,
+    user: String,
+    pub id: u64,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.hub.release(&self.user);
+    }
+}

@@ -1,0 +1,153 @@
+//! The `tidewire` binary: `serve` (the default), `token` and `healthcheck`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tidewire_server::auth::{mint_hs256, unix_now, Claims};
+use tidewire_server::config::LogFormat;
+use tidewire_server::{server, Config, Hub};
+
+/// A real-time pub/sub gateway: typed, batched, authenticated updates to browsers over WebSocket.
+#[derive(Parser)]
+#[command(name = "tidewire", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: Config,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Mint an HS256 token with the configured secret (for development).
+    Token {
+        /// The user id (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Channel patterns the token may subscribe to, comma-separated (default: every shared channel).
+        #[arg(long, value_delimiter = ',')]
+        channels: Option<Vec<String>>,
+        /// Channel patterns the token may publish to, comma-separated (default: none).
+        #[arg(long, value_delimiter = ',')]
+        publish: Option<Vec<String>>,
+        /// Lifetime, e.g. 1h.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// Exit 0 when the gateway at --url answers /health (for container health checks).
+    Healthcheck {
+        #[arg(long, env = "TIDEWIRE_HEALTHCHECK_URL", default_value = "http://127.0.0.1:7999/health")]
+        url: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config),
+        Command::Token { sub, channels, publish, ttl } => {
+            let Some(secret) = cli.config.jwt_secret else {
+                eprintln!("tidewire token: --jwt-secret (TIDEWIRE_JWT_SECRET) is required");
+                return ExitCode::FAILURE;
+            };
+            let claims = Claims { sub, exp: unix_now() + ttl.as_secs(), channels, publish, ..Claims::default() };
+            match mint_hs256(&secret, &claims) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tidewire token: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Healthcheck { url } => healthcheck(&url),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEWIRE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    init_logging(config.log_format);
+    if config.allowed_origins.iter().any(|o| o == "*") {
+        tracing::warn!("--allowed-origins '*': any web page may open connections with a user's token");
+    }
+    let hub = match Hub::new(config) {
+        Ok(hub) => hub,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match server::bind(&hub).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!(listen = %hub.config().listen, "cannot listen: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(%addr, "tidewire listening (ws://{addr}/ws)");
+        match server::serve(listener, hub, server::signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("server failed: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// A minimal HTTP/1.1 GET, so a container without curl can check itself.
+fn healthcheck(url: &str) -> ExitCode {
+    use std::io::{Read, Write};
+    let Some(rest) = url.strip_prefix("http://") else {
+        eprintln!("healthcheck: only http:// URLs are supported");
+        return ExitCode::FAILURE;
+    };
+    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let result = (|| -> std::io::Result<String> {
+        let addrs: Vec<_> = std::net::ToSocketAddrs::to_socket_addrs(authority)?.collect();
+        let addr = addrs.first().ok_or_else(|| std::io::Error::other("no address"))?;
+        let mut stream = std::net::TcpStream::connect_timeout(addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    })();
+    match result {
+        Ok(response) if response.starts_with("HTTP/1.1 200") => {
+            println!("{}", response.split("\r\n\r\n").nth(1).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(response) => {
+            eprintln!("healthcheck: {}", response.lines().next().unwrap_or("empty response"));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("healthcheck: {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

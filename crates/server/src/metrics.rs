@@ -1,0 +1,110 @@
+//! Prometheus metrics, named `tidewire_*`, one registry per hub.
+//!
+//! A registry per hub (rather than a process-global recorder) keeps embedded hubs and
+//! parallel tests from mixing their numbers.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    pub code: &'static str,
+}
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Gauge,
+    pub connections_total: Counter,
+    pub subscriptions: Gauge,
+    pub channels: Gauge,
+    pub published: Counter,
+    pub delivered: Counter,
+    pub dropped: Family<ReasonLabel, Counter>,
+    pub frames_sent: Counter,
+    pub batch_size: Histogram,
+    pub publish_to_write_seconds: Histogram,
+    pub disconnects: Family<CodeLabel, Counter>,
+    pub auth_failures: Family<ErrorLabel, Counter>,
+    pub rate_limited: Counter,
+    pub command_errors: Family<ErrorLabel, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tidewire");
+        let batch_buckets = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0];
+        let latency_buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.016, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+        let metrics = Metrics {
+            connections: Gauge::default(),
+            connections_total: Counter::default(),
+            subscriptions: Gauge::default(),
+            channels: Gauge::default(),
+            published: Counter::default(),
+            delivered: Counter::default(),
+            dropped: Family::default(),
+            frames_sent: Counter::default(),
+            batch_size: Histogram::new(batch_buckets),
+            publish_to_write_seconds: Histogram::new(latency_buckets),
+            disconnects: Family::default(),
+            auth_failures: Family::default(),
+            rate_limited: Counter::default(),
+            command_errors: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("connections", "Open WebSocket connections", metrics.connections.clone());
+        registry.register("connections", "WebSocket connections accepted", metrics.connections_total.clone());
+        registry.register("subscriptions", "Active channel subscriptions", metrics.subscriptions.clone());
+        registry.register("channels", "Channels with state on this node", metrics.channels.clone());
+        registry.register("messages_published", "Publications accepted", metrics.published.clone());
+        registry.register("messages_delivered", "Publications queued to subscribers", metrics.delivered.clone());
+        registry.register("messages_dropped", "Publications dropped for a subscriber, by reason", metrics.dropped.clone());
+        registry.register("frames_sent", "Frames written to clients", metrics.frames_sent.clone());
+        registry.register("batch_size", "Messages per frame", metrics.batch_size.clone());
+        registry.register(
+            "publish_to_write_seconds",
+            "Time from a publication's acceptance to the write of the frame that carries it",
+            metrics.publish_to_write_seconds.clone(),
+        );
+        registry.register("disconnects", "Connections closed, by close code", metrics.disconnects.clone());
+        registry.register("auth_failures", "Refused tokens, by error code", metrics.auth_failures.clone());
+        registry.register("rate_limited_commands", "Commands refused by the rate limit", metrics.rate_limited.clone());
+        registry.register("command_errors", "Error replies to commands, by error code", metrics.command_errors.clone());
+        Metrics { registry, ..metrics }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
