@@ -32,7 +32,7 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves one upgraded WebSocket until it closes.
 pub async fn serve(socket: WebSocket, hub: Hub, auth: Result<Grant, AuthError>, channels: Vec<String>) {
-    let (mut sink, stream) = socket.split();
+    let (mut sink, mut stream) = socket.split();
     let grant = match auth {
         Ok(grant) => grant,
         Err(error) => {
@@ -43,17 +43,17 @@ pub async fn serve(socket: WebSocket, hub: Hub, auth: Result<Grant, AuthError>, 
             };
             hub.metrics().auth_failures.get_or_create(&ErrorLabel { code: error.code().as_str() }).inc();
             tracing::info!(code = %error.code(), "refused connection: {error}");
-            close(&hub, &mut sink, code, &error.to_string()).await;
+            close(&hub, &mut sink, &mut stream, code, &error.to_string()).await;
             return;
         }
     };
     if hub.is_draining() {
-        close(&hub, &mut sink, CloseCode::SERVICE_RESTART, "node is shutting down").await;
+        close(&hub, &mut sink, &mut stream, CloseCode::SERVICE_RESTART, "node is shutting down").await;
         return;
     }
     let Some(slot) = hub.admit(&grant.user) else {
         tracing::warn!(user = %grant.user, "connection limit reached");
-        close(&hub, &mut sink, CloseCode::TRY_AGAIN_LATER, "connection limit reached").await;
+        close(&hub, &mut sink, &mut stream, CloseCode::TRY_AGAIN_LATER, "connection limit reached").await;
         return;
     };
     let mut session = Session::new(hub.clone(), slot, grant);
@@ -75,10 +75,10 @@ pub async fn serve(socket: WebSocket, hub: Hub, auth: Result<Grant, AuthError>, 
     if !channels.is_empty() {
         session.on_subscribe(Subscribe { id: None, channels, since: None });
     }
-    let (code, reason) = run(&mut session, &mut sink, stream).await;
+    let (code, reason) = run(&mut session, &mut sink, &mut stream).await;
     session.leave_all();
     if let Some(code) = code {
-        close(&hub, &mut sink, code, &reason).await;
+        close(&hub, &mut sink, &mut stream, code, &reason).await;
     } else {
         hub.metrics().disconnects.get_or_create(&CodeLabel { code: CloseCode::NORMAL.0 }).inc();
     }
@@ -94,7 +94,7 @@ pub async fn serve(socket: WebSocket, hub: Hub, auth: Result<Grant, AuthError>, 
 
 /// The loop; returns the close code to send (`None` when the client closed or vanished)
 /// and the reason.
-async fn run(session: &mut Session, sink: &mut Sink, mut stream: SplitStream<WebSocket>) -> (Option<CloseCode>, String) {
+async fn run(session: &mut Session, sink: &mut Sink, stream: &mut SplitStream<WebSocket>) -> (Option<CloseCode>, String) {
     let hub = session.hub.clone();
     let config = hub.config().clone();
     let outbox = session.outbox.clone();
@@ -124,6 +124,8 @@ async fn run(session: &mut Session, sink: &mut Sink, mut stream: SplitStream<Web
                 Some(Err(error)) => return read_error(error),
                 Some(Ok(Message::Text(text))) => {
                     if let Next::Close(code, reason) = session.on_text(text.as_str()) {
+                        // Let the client read the errors that explain the close.
+                        let _ = flush(session, sink, Instant::now(), true).await;
                         return (Some(code), reason);
                     }
                 }
@@ -184,10 +186,12 @@ async fn run(session: &mut Session, sink: &mut Sink, mut stream: SplitStream<Web
 async fn flush(session: &Session, sink: &mut Sink, now: Instant, all: bool) -> Result<usize, ()> {
     let hub = session.hub.clone();
     let write_timeout = hub.config().write_timeout;
-    let interval = hub.config().batch_interval;
-    let mut at = now;
     let mut written = 0;
-    while let Some((frame, waited)) = session.outbox.poll_frame(at) {
+    loop {
+        // Flushing everything means not waiting out the intervals: ask for each frame
+        // at the moment it would be due.
+        let due = if all { session.outbox.next_frame_at().map(|at| at.max(now)) } else { Some(now) };
+        let Some((frame, waited)) = due.and_then(|at| session.outbox.poll_frame(at)) else { break };
         let metrics = hub.metrics();
         metrics.frames_sent.inc();
         metrics.batch_size.observe(frame.len() as f64);
@@ -200,7 +204,6 @@ async fn flush(session: &Session, sink: &mut Sink, now: Instant, all: bool) -> R
         if !all {
             break;
         }
-        at += interval;
     }
     Ok(written)
 }
@@ -231,9 +234,22 @@ fn read_error(error: axum::Error) -> (Option<CloseCode>, String) {
     }
 }
 
-/// Sends a close frame (best effort) and counts the disconnect.
-async fn close(hub: &Hub, sink: &mut Sink, code: CloseCode, detail: &str) {
+/// Sends a close frame (best effort), counts the disconnect, and waits briefly for the
+/// client's close reply while discarding what it still sends: dropping a socket with
+/// unread input makes the kernel reset it, and the client would then lose the close
+/// frame (and its code) we just sent.
+async fn close(hub: &Hub, sink: &mut Sink, stream: &mut SplitStream<WebSocket>, code: CloseCode, detail: &str) {
     hub.metrics().disconnects.get_or_create(&CodeLabel { code: code.0 }).inc();
     let frame = CloseFrame { code: code.0, reason: code.reason(detail).into() };
-    let _ = timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+    if timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await.is_err() {
+        return;
+    }
+    let _ = timeout(CLOSE_WRITE_TIMEOUT, async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }

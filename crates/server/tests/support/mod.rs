@@ -1,0 +1,238 @@
+//! Test helpers: a real server on an ephemeral loopback port, real WebSocket clients,
+//! and tokens. Each test reads as a few lines of protocol.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tidewire_server::auth::{mint_hs256, unix_now, Claims};
+use tidewire_server::{server, Config, Hub};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret";
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub hub: Hub,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<std::io::Result<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::with(|_| {}).await
+    }
+
+    pub async fn with(configure: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config::for_tests(SECRET);
+        configure(&mut config);
+        let hub = Hub::new(config).expect("hub");
+        let listener = server::bind(&hub).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(listener, hub.clone(), async move {
+            let _ = stopped.await;
+        }));
+        TestServer { addr, hub, stop: Some(stop), task }
+    }
+
+    pub fn url(&self, query: &str) -> String {
+        format!("ws://{}/ws?{query}", self.addr)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Connects with a token for `user` that may subscribe anywhere shared.
+    pub async fn client(&self, user: &str) -> Client {
+        Client::connect(&self.url(&format!("token={}", token(user)))).await
+    }
+
+    /// Starts the graceful shutdown.
+    pub fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn claims(user: &str) -> Claims {
+    Claims { sub: user.to_owned(), exp: unix_now() + 3600, ..Claims::default() }
+}
+
+pub fn token(user: &str) -> String {
+    mint_hs256(SECRET, &claims(user)).expect("token")
+}
+
+pub fn token_with(claims: &Claims) -> String {
+    mint_hs256(SECRET, claims).expect("token")
+}
+
+pub fn publisher_token() -> String {
+    let mut c = claims("publisher");
+    c.publish = Some(vec!["*".into()]);
+    token_with(&c)
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Messages received but not yet taken by a test.
+    pending: std::collections::VecDeque<Value>,
+    /// Sizes of the frames received, in order.
+    pub frame_sizes: Vec<usize>,
+}
+
+/// How a connection ended.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Closed {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+        Client { ws, pending: Default::default(), frame_sizes: Vec::new() }
+    }
+
+    pub async fn send(&mut self, json: &str) {
+        self.ws.send(Message::Text(json.into())).await.expect("send");
+    }
+
+    pub async fn send_value(&mut self, value: Value) {
+        self.send(&value.to_string()).await;
+    }
+
+    /// The next message, waiting up to 5 s; panics on close or timeout.
+    pub async fn next(&mut self) -> Value {
+        match self.try_next(Duration::from_secs(5)).await {
+            Ok(Some(message)) => message,
+            Ok(None) => panic!("no message within 5 s"),
+            Err(closed) => panic!("connection closed: {closed:?}"),
+        }
+    }
+
+    /// The next message within `wait`; `Ok(None)` on timeout; `Err` when closed.
+    pub async fn try_next(&mut self, wait: Duration) -> Result<Option<Value>, Closed> {
+        if let Some(message) = self.pending.pop_front() {
+            return Ok(Some(message));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Ok(None),
+                Ok(frame) => frame,
+            };
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    let frame: Value = serde_json::from_str(text.as_str()).expect("frame is JSON");
+                    let items = frame.as_array().expect("frame is an array").clone();
+                    self.frame_sizes.push(items.len());
+                    self.pending.extend(items);
+                    if let Some(message) = self.pending.pop_front() {
+                        return Ok(Some(message));
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let (code, reason) = frame.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
+                    return Err(Closed { code, reason });
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Err(Closed { code: 1006, reason: String::new() }),
+            }
+        }
+    }
+
+    /// Skips messages until one of `type`; panics if the connection closes first.
+    pub async fn expect_type(&mut self, kind: &str) -> Value {
+        for _ in 0..10_000 {
+            let message = self.next().await;
+            if message["type"] == kind {
+                return message;
+            }
+        }
+        panic!("no {kind} message");
+    }
+
+    /// Waits for the close and returns it; panics if it does not come within 10 s.
+    pub async fn closed(&mut self) -> Closed {
+        let deadline = Duration::from_secs(10);
+        loop {
+            match self.try_next(deadline).await {
+                Err(closed) => return closed,
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("connection not closed within {deadline:?}"),
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame { code: WsCloseCode::Normal, reason: "".into() })).await;
+    }
+}
+
+/// POSTs JSON to the publish API with a token; returns (status, body).
+pub async fn post_publish(server: &TestServer, token: Option<&str>, body: &str) -> (u16, Value) {
+    http_request(server, "POST", "/api/publish", token, Some(body)).await
+}
+
+/// A tiny HTTP/1.1 client (one request per connection), enough for the API tests.
+pub async fn http_request(server: &TestServer, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
+    let (status, text) = http_text(server, method, path, token, body).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+pub async fn http_text(server: &TestServer, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let body = body.unwrap_or("");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        server.addr,
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status: u16 = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
+    let (head, rest) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let text = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_owned() };
+    (status, text)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Publishes `count` routing decisions on `channel` through the hub.
+pub fn publish_many(hub: &Hub, channel: &str, count: usize) {
+    for i in 0..count {
+        hub.publish(tidewire_protocol::NewPublication {
+            channel: channel.to_owned(),
+            kind: "routing-decision".to_owned(),
+            data: serde_json::json!({"i": i}),
+            key: None,
+        })
+        .expect("publish");
+    }
+}

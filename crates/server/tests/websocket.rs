@@ -1,0 +1,378 @@
+//! The gateway over real sockets: the seed dashboard's flow, auth, errors, batching,
+//! recovery and snapshots, refresh, and shutdown.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+use tidewire_protocol::analytics::{Book, Side};
+
+#[tokio::test]
+async fn seed_dashboard_flow() {
+    let server = TestServer::start().await;
+    let mut client = server.client("admin").await;
+    let connected = client.next().await;
+    assert_eq!(connected["type"], "connected");
+    assert_eq!(connected["userId"], "admin");
+    assert_eq!(connected["version"], 1);
+    assert_eq!(connected["limits"]["maxBatch"], 50);
+
+    client.send(r#"{"action":"subscribe","channels":["routing-metrics","lp-performance","exposure-updates","alerts"]}"#).await;
+    for channel in ["routing-metrics", "lp-performance", "exposure-updates", "alerts"] {
+        let subscribed = client.expect_type("subscribed").await;
+        assert_eq!(subscribed["channel"], channel);
+        assert_eq!(subscribed["seq"], 0);
+    }
+
+    let publisher = server.hub.publisher();
+    publisher.notify_routing_decision("EURUSD", Side::Buy, 10000.0, Book::ABook, "OANDA", 45, 0.00015, 0.00002).unwrap();
+    let message = client.next().await;
+    assert_eq!(message["type"], "routing-decision");
+    assert_eq!(message["channel"], "routing-metrics");
+    assert_eq!(message["seq"], 1);
+    assert_eq!(
+        message["data"],
+        json!({"symbol":"EURUSD","side":"BUY","volume":10000.0,"routingDecision":"ABOOK","lpSelected":"OANDA","executionTimeMs":45,"spread":0.00015,"slippage":0.00002})
+    );
+    let timestamp = message["timestamp"].as_str().unwrap();
+    assert_eq!(timestamp.len(), "2026-01-19T10:30:45.123456Z".len());
+
+    client.send(r#"{"action":"unsubscribe","channels":["routing-metrics"]}"#).await;
+    assert_eq!(client.expect_type("unsubscribed").await["channel"], "routing-metrics");
+    publisher.notify_routing_decision("EURUSD", Side::Sell, 1.0, Book::BBook, "LMAX", 1, 0.0, 0.0).unwrap();
+    assert_eq!(client.try_next(Duration::from_millis(200)).await, Ok(None), "unsubscribed channel stays quiet");
+}
+
+#[tokio::test]
+async fn channels_query_parameter_subscribes_at_connect() {
+    let server = TestServer::start().await;
+    let mut client = Client::connect(&server.url(&format!("token={}&channels=alerts,lp-performance", token("u")))).await;
+    assert_eq!(client.next().await["type"], "connected");
+    assert_eq!(client.next().await["channel"], "alerts");
+    assert_eq!(client.next().await["channel"], "lp-performance");
+}
+
+#[tokio::test]
+async fn auth_failures_close_with_terminal_codes() {
+    let server = TestServer::start().await;
+    let mut missing = Client::connect(&server.url("")).await;
+    let closed = missing.closed().await;
+    assert_eq!(closed.code, 4500);
+    assert!(closed.reason.starts_with("AUTH_REQUIRED"), "{}", closed.reason);
+
+    let mut invalid = Client::connect(&server.url("token=not.a.jwt")).await;
+    let closed = invalid.closed().await;
+    assert_eq!(closed.code, 4501);
+    assert!(closed.reason.starts_with("AUTH_INVALID"));
+
+    let wrong_key = tidewire_server::auth::mint_hs256("another-secret", &claims("u")).unwrap();
+    assert_eq!(Client::connect(&server.url(&format!("token={wrong_key}"))).await.closed().await.code, 4501);
+
+    let mut expired = claims("u");
+    expired.exp = tidewire_server::auth::unix_now() - 10;
+    let mut client = Client::connect(&server.url(&format!("token={}", token_with(&expired)))).await;
+    let closed = client.closed().await;
+    assert_eq!(closed.code, 4502);
+    assert!(closed.reason.starts_with("TOKEN_EXPIRED"));
+}
+
+#[tokio::test]
+async fn token_in_header_and_subprotocol() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let server = TestServer::start().await;
+    let mut request = server.url("").into_client_request().unwrap();
+    request.headers_mut().insert("Authorization", format!("Bearer {}", token("h")).parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let frame = futures_util::StreamExt::next(&mut ws).await.unwrap().unwrap();
+    assert!(frame.to_text().unwrap().contains("\"userId\":\"h\""));
+
+    let mut request = server.url("").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", format!("tidewire.v1, tidewire.token.{}", token("p")).parse().unwrap());
+    let (mut ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.headers().get("sec-websocket-protocol").unwrap(), "tidewire.v1");
+    let frame = futures_util::StreamExt::next(&mut ws).await.unwrap().unwrap();
+    assert!(frame.to_text().unwrap().contains("\"userId\":\"p\""));
+}
+
+#[tokio::test]
+async fn forbidden_and_invalid_channels_fail_alone() {
+    let server = TestServer::start().await;
+    let mut c = claims("alice");
+    c.channels = Some(vec!["lp-*".into(), "trading#*".into()]);
+    let mut client = Client::connect(&server.url(&format!("token={}", token_with(&c)))).await;
+    client.next().await;
+    client
+        .send(r#"{"action":"subscribe","id":9,"channels":["lp-performance","alerts","bad name","trading#bob","trading#alice"]}"#)
+        .await;
+    let replies: Vec<Value> = [(); 5].iter().map(|_| Value::Null).collect();
+    let mut replies = replies;
+    for reply in replies.iter_mut() {
+        *reply = client.next().await;
+        assert_eq!(reply["id"], 9);
+    }
+    let summary: Vec<(String, String)> = replies
+        .iter()
+        .map(|r| (r["type"].as_str().unwrap().to_owned(), r.get("code").and_then(Value::as_str).unwrap_or("").to_owned()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("subscribed".into(), "".into()),
+            ("error".into(), "FORBIDDEN".into()),
+            ("error".into(), "INVALID_CHANNEL".into()),
+            ("error".into(), "FORBIDDEN".into()),
+            ("subscribed".into(), "".into()),
+        ]
+    );
+    assert_eq!(replies[1]["channel"], "alerts");
+}
+
+#[tokio::test]
+async fn bad_commands_get_error_codes_and_the_connection_survives() {
+    let server = TestServer::start().await;
+    let mut client = server.client("u").await;
+    client.next().await;
+    let cases = [
+        ("not json", "BAD_REQUEST"),
+        (r#"{"action":"dance","id":1}"#, "UNKNOWN_ACTION"),
+        (r#"{"action":"subscribe","channels":"alerts"}"#, "BAD_REQUEST"),
+        (r#"{"action":"publish","channel":"alerts","type":"alert","data":{}}"#, "FORBIDDEN"),
+        (r#"[1,2,3]"#, "BAD_REQUEST"),
+    ];
+    for (text, code) in cases {
+        client.send(text).await;
+        let reply = client.expect_type("error").await;
+        assert_eq!(reply["code"], code, "{text}");
+    }
+    client.ws.send(tokio_tungstenite::tungstenite::Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    assert_eq!(client.expect_type("error").await["code"], "BAD_REQUEST");
+    client.send(r#"{"action":"ping","id":"p"}"#).await;
+    let pong = client.expect_type("pong").await;
+    assert_eq!(pong["id"], "p");
+}
+
+use futures_util::SinkExt;
+
+#[tokio::test]
+async fn oversize_message_closes_with_1009() {
+    let server = TestServer::start().await;
+    let mut client = server.client("u").await;
+    client.next().await;
+    let big = format!(r#"{{"action":"ping","pad":"{}"}}"#, "x".repeat(5000));
+    client.send(&big).await;
+    assert_eq!(client.closed().await.code, 1009);
+    // The server is still fine for others.
+    let mut other = server.client("v").await;
+    assert_eq!(other.next().await["type"], "connected");
+}
+
+#[tokio::test]
+async fn flooding_gets_rate_limit_errors_then_1008() {
+    let server = TestServer::with(|c| {
+        c.commands_per_second = 20;
+        c.command_burst = 20;
+    })
+    .await;
+    let mut client = server.client("flood").await;
+    client.next().await;
+    for _ in 0..200 {
+        if client.ws.send(tokio_tungstenite::tungstenite::Message::Text(r#"{"action":"ping"}"#.into())).await.is_err() {
+            break;
+        }
+    }
+    let mut saw_rate_limit = false;
+    let closed = loop {
+        match client.try_next(Duration::from_secs(5)).await {
+            Ok(Some(m)) => saw_rate_limit |= m["code"] == "RATE_LIMIT_EXCEEDED",
+            Ok(None) => panic!("not closed"),
+            Err(closed) => break closed,
+        }
+    };
+    assert!(saw_rate_limit);
+    assert_eq!(closed.code, 1008);
+}
+
+#[tokio::test]
+async fn a_burst_arrives_in_frames_of_at_most_50_in_order() {
+    let server = TestServer::start().await;
+    let mut client = server.client("u").await;
+    client.next().await;
+    client.send(r#"{"action":"subscribe","channels":["routing-metrics"]}"#).await;
+    client.expect_type("subscribed").await;
+    client.frame_sizes.clear();
+    publish_many(&server.hub, "routing-metrics", 500);
+    for expected in 1..=500u64 {
+        let message = client.next().await;
+        assert_eq!(message["seq"], expected);
+    }
+    assert!(client.frame_sizes.iter().all(|&n| n <= 50), "{:?}", client.frame_sizes);
+    assert!(client.frame_sizes.len() >= 10, "{:?}", client.frame_sizes);
+}
+
+#[tokio::test]
+async fn recovery_with_since_and_keyed_snapshot() {
+    let server = TestServer::start().await;
+    let publisher = server.hub.publisher();
+    for (lp, latency) in [("OANDA", 10), ("LMAX", 20), ("OANDA", 30)] {
+        publisher
+            .notify_lp_status_change(lp, tidewire_protocol::analytics::LpStatus::Connected, 0.0001, 0.9, latency, 100, 0.0, 99.0)
+            .unwrap();
+    }
+    // Fresh subscription: the latest value per key, oldest first, then live.
+    let mut client = server.client("u").await;
+    client.next().await;
+    client.send(r#"{"action":"subscribe","channels":["lp-performance"]}"#).await;
+    let subscribed = client.expect_type("subscribed").await;
+    assert_eq!(subscribed["seq"], 3);
+    assert!(subscribed.get("recovered").is_none());
+    let first = client.next().await;
+    let second = client.next().await;
+    assert_eq!((first["snapshot"].clone(), first["data"]["lpName"].clone(), first["seq"].clone()), (json!(true), json!("LMAX"), json!(2)));
+    assert_eq!((second["data"]["lpName"].clone(), second["data"]["latencyMs"].clone()), (json!("OANDA"), json!(30)));
+    let epoch = subscribed["epoch"].as_str().unwrap().to_owned();
+
+    // Recovery from seq 1: exactly seqs 2 and 3 follow, recovered: true.
+    let mut again = server.client("u").await;
+    again.next().await;
+    again.send_value(json!({"action":"subscribe","channels":["lp-performance"],"since":{"lp-performance":{"seq":1,"epoch":epoch}}})).await;
+    let subscribed = again.expect_type("subscribed").await;
+    assert_eq!(subscribed["recovered"], true);
+    assert_eq!(again.next().await["seq"], 2);
+    assert_eq!(again.next().await["seq"], 3);
+    assert_eq!(again.try_next(Duration::from_millis(200)).await, Ok(None), "no snapshot after a recovery");
+
+    // Another epoch: not recovered, the snapshot instead.
+    let mut stale = server.client("u").await;
+    stale.next().await;
+    stale.send(r#"{"action":"subscribe","channels":["lp-performance"],"since":{"lp-performance":{"seq":1,"epoch":"gone"}}}"#).await;
+    let subscribed = stale.expect_type("subscribed").await;
+    assert_eq!(subscribed["recovered"], false);
+    assert_eq!(stale.next().await["snapshot"], true);
+}
+
+#[tokio::test]
+async fn recovery_fails_honestly_when_history_is_gone() {
+    let server = TestServer::with(|c| c.history_size = 5).await;
+    publish_many(&server.hub, "routing-metrics", 20);
+    let mut client = server.client("u").await;
+    client.next().await;
+    client.send(r#"{"action":"subscribe","channels":["routing-metrics"],"since":{"routing-metrics":3}}"#).await;
+    let subscribed = client.expect_type("subscribed").await;
+    assert_eq!(subscribed["recovered"], false);
+    assert_eq!(subscribed["seq"], 20);
+    assert_eq!(client.try_next(Duration::from_millis(200)).await, Ok(None), "no partial replay");
+
+    let mut ok = server.client("u").await;
+    ok.next().await;
+    ok.send(r#"{"action":"subscribe","channels":["routing-metrics"],"since":{"routing-metrics":16}}"#).await;
+    assert_eq!(ok.expect_type("subscribed").await["recovered"], true);
+    for seq in 17..=20 {
+        assert_eq!(ok.next().await["seq"], seq);
+    }
+}
+
+#[tokio::test]
+async fn refresh_extends_and_expiry_closes() {
+    let server = TestServer::start().await;
+    let mut short = claims("r");
+    short.exp = tidewire_server::auth::unix_now() + 2;
+    let mut client = Client::connect(&server.url(&format!("token={}", token_with(&short)))).await;
+    client.next().await;
+    client.send_value(json!({"action":"refresh","id":1,"token":token("r")})).await;
+    let refreshed = client.expect_type("refreshed").await;
+    assert_eq!(refreshed["id"], 1);
+    client.send_value(json!({"action":"refresh","id":2,"token":token("someone-else")})).await;
+    assert_eq!(client.expect_type("error").await["code"], "FORBIDDEN");
+    // Outlives the first token.
+    assert_eq!(client.try_next(Duration::from_secs(3)).await.map(|m| m.map(|m| m["type"].clone())), Ok(None));
+
+    let mut unrefreshed = claims("r");
+    unrefreshed.exp = tidewire_server::auth::unix_now() + 1;
+    let mut client = Client::connect(&server.url(&format!("token={}", token_with(&unrefreshed)))).await;
+    client.next().await;
+    let closed = client.closed().await;
+    assert_eq!(closed.code, 4502);
+}
+
+#[tokio::test]
+async fn a_stalled_reader_does_not_slow_a_fast_one() {
+    let server = TestServer::with(|c| {
+        c.write_timeout = Duration::from_secs(1);
+        c.max_publication_bytes = 1 << 20;
+    })
+    .await;
+    let mut fast = server.client("fast").await;
+    fast.next().await;
+    fast.send(r#"{"action":"subscribe","channels":["big"]}"#).await;
+    fast.expect_type("subscribed").await;
+    let mut slow = server.client("slow").await;
+    slow.next().await;
+    slow.send(r#"{"action":"subscribe","channels":["big"]}"#).await;
+    slow.expect_type("subscribed").await;
+
+    // Large messages fill the loopback buffers quickly; the slow client reads nothing.
+    let payload = "x".repeat(64 * 1024);
+    let hub = server.hub.clone();
+    let publishing = tokio::spawn(async move {
+        for _ in 0..400 {
+            hub.publish(tidewire_protocol::NewPublication {
+                channel: "big".into(),
+                kind: "blob".into(),
+                data: json!(payload),
+                key: None,
+            })
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let mut last = 0;
+    while last < 400 {
+        let message = fast.next().await;
+        match message["type"].as_str() {
+            Some("blob") => {
+                let seq = message["seq"].as_u64().unwrap();
+                assert!(seq > last);
+                last = seq;
+            }
+            Some("gap") => panic!("the fast reader must not lose messages: {message}"),
+            _ => {}
+        }
+    }
+    publishing.await.unwrap();
+    // The stalled reader is closed as a slow consumer (or saw gap notices if its
+    // buffers absorbed everything).
+    let mut saw_gap = false;
+    let outcome = loop {
+        match slow.try_next(Duration::from_secs(10)).await {
+            Ok(Some(m)) => saw_gap |= m["type"] == "gap",
+            Ok(None) => break None,
+            Err(closed) => break Some(closed.code),
+        }
+    };
+    assert!(outcome == Some(4000) || outcome == Some(1006) || saw_gap, "outcome {outcome:?}, gap {saw_gap}");
+    let metrics = http_text(&server, "GET", "/metrics", None, None).await.1;
+    assert!(metrics.contains("tidewire_messages_dropped_total") || outcome.is_some());
+}
+
+#[tokio::test]
+async fn graceful_shutdown_closes_everyone_with_1012() {
+    let mut server = TestServer::with(|c| c.drain_window = Duration::from_millis(300)).await;
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        let mut client = server.client(&format!("u{i}")).await;
+        client.next().await;
+        clients.push(client);
+    }
+    server.shutdown();
+    for client in &mut clients {
+        let closed = client.closed().await;
+        assert_eq!(closed.code, 1012);
+        assert!(closed.reason.starts_with("SERVICE_RESTART"));
+    }
+    let result = tokio::time::timeout(Duration::from_secs(5), &mut server.task).await;
+    assert!(matches!(result, Ok(Ok(Ok(())))));
+}
