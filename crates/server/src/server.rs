@@ -1,10 +1,10 @@
 //! Binding, serving and graceful shutdown.
 //!
-//! Shutdown is a first-class path: on the signal, readiness goes 503, the listener stops
-//! accepting, every connection flushes its pending frames and closes with 1012 at a
-//! random moment within the drain window (so clients don't reconnect in one wave), and
-//! [`serve`] returns once the last connection is gone or the window plus the write
-//! timeout has passed.
+//! Shutdown is a first-class path: on the signal, readiness goes 503 and new WebSockets
+//! are refused with 503 (HTTP stays up, so load balancers can see it); every connection
+//! flushes its pending frames and closes with 1012 at a random moment within the drain
+//! window (so clients don't reconnect in one wave); then the listener stops, and
+//! [`serve`] returns once the last connection is gone or the write timeout has passed.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,10 +29,11 @@ pub async fn serve(listener: TcpListener, hub: Hub, shutdown: impl Future<Output
             shutdown.await;
             tracing::info!(connections = draining.connection_count(), "shutting down: draining connections");
             draining.begin_shutdown();
+            tokio::time::sleep(draining.config().drain_window).await;
         })
         .await?;
     let config = hub.config();
-    let deadline = tokio::time::Instant::now() + config.drain_window + config.write_timeout + Duration::from_secs(1);
+    let deadline = tokio::time::Instant::now() + config.write_timeout + Duration::from_secs(1);
     while hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -10,6 +10,7 @@
 //! cannot set headers) as a `tidewire.token.<jwt>` subprotocol offered next to
 //! `tidewire.v1`, which the server then selects. Tokens are never logged.
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -29,7 +30,12 @@ pub struct Params {
     channels: Option<String>,
 }
 
-pub async fn upgrade(State(hub): State<Hub>, headers: HeaderMap, Query(params): Query<Params>, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(hub): State<Hub>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
     if !origin_allowed(&hub, &headers) {
         tracing::warn!(origin = ?headers.get(header::ORIGIN), "refused a WebSocket from a disallowed origin");
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
@@ -37,6 +43,10 @@ pub async fn upgrade(State(hub): State<Hub>, headers: HeaderMap, Query(params): 
     if hub.is_draining() {
         return error_response(ErrorCode::Unavailable, "node is shutting down");
     }
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return error_response(ErrorCode::BadRequest, format!("not a WebSocket handshake: {}", rejection.body_text())),
+    };
     let token = token(&params, &headers, &ws);
     let auth = match token {
         Some(token) => hub.verifier().verify(&token),
