@@ -11,6 +11,6 @@ export type Publication = { type: string, timestamp: Timestamp, channel: string,
 seq: number, key?: string, 
 /**
  * True for the latest-value-per-key messages a fresh subscription gets first. Their
- * seqs are older than the subscription's head and need not be contiguous.
+ * seqs are not newer than the subscription's head and need not be contiguous.
  */
 snapshot?: boolean, data: unknown, };

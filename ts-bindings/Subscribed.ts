@@ -17,7 +17,7 @@ seq: number,
 epoch: string, 
 /**
  * Present when the subscribe carried `since` for this channel: `true` when every
- * missed publication follows (seq+1..=head), `false` when they are gone and the
+ * missed publication follows (`since.seq + 1 ..= seq`), `false` when they are gone and the
  * client must reload its state. Never a partial replay.
  */
 recovered?: boolean, };

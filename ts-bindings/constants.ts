@@ -14,7 +14,7 @@ export const CLOSE_CODES = {
   NORMAL: { code: 1000, reconnect: false, meaning: "the session ended on purpose" },
   GOING_AWAY: { code: 1001, reconnect: true, meaning: "the peer is going away" },
   ABNORMAL: { code: 1006, reconnect: true, meaning: "transport lost without a close frame (never sent)" },
-  POLICY_VIOLATION: { code: 1008, reconnect: false, meaning: "kept flooding after rate-limit errors" },
+  POLICY_VIOLATION: { code: 1008, reconnect: false, meaning: "kept flooding after rate-limit errors, or broke the protocol" },
   MESSAGE_TOO_BIG: { code: 1009, reconnect: false, meaning: "an inbound message exceeded the size limit" },
   INTERNAL_ERROR: { code: 1011, reconnect: true, meaning: "unexpected server error" },
   SERVICE_RESTART: { code: 1012, reconnect: true, meaning: "server restarting or draining" },
