@@ -133,6 +133,11 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_HISTORY_TTL", default_value = "5m", value_parser = duration)]
     pub history_ttl: Duration,
 
+    /// How long a client may take to send its HTTP request headers (the WebSocket
+    /// handshake included) before the connection is dropped (slowloris defence).
+    #[arg(long, env = "TIDEWIRE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub handshake_timeout: Duration,
+
     /// Window over which clients are closed on shutdown, so they don't all reconnect at once.
     #[arg(long, env = "TIDEWIRE_DRAIN_WINDOW", default_value = "5s", value_parser = duration)]
     pub drain_window: Duration,

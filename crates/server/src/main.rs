@@ -20,10 +20,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway (the default).
-    Serve,
+    /// Run the gateway (the default; the same flags work without the subcommand).
+    Serve {
+        #[command(flatten)]
+        config: Box<Config>,
+    },
     /// Mint an HS256 token with the configured secret (for development).
     Token {
+        /// The HS256 secret the gateway verifies with.
+        #[arg(long, env = "TIDEWIRE_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: Option<String>,
         /// The user id (`sub`).
         #[arg(long)]
         sub: String,
@@ -46,10 +52,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(cli.config),
-        Command::Token { sub, channels, publish, ttl } => {
-            let Some(secret) = cli.config.jwt_secret else {
+    let Some(command) = cli.command else { return serve(cli.config) };
+    match command {
+        Command::Serve { config } => serve(*config),
+        Command::Token { jwt_secret, sub, channels, publish, ttl } => {
+            let Some(secret) = jwt_secret else {
                 eprintln!("tidewire token: --jwt-secret (TIDEWIRE_JWT_SECRET) is required");
                 return ExitCode::FAILURE;
             };

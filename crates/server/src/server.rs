@@ -1,16 +1,26 @@
 //! Binding, serving and graceful shutdown.
 //!
+//! The accept loop is ours (on hyper directly) so the HTTP layer can enforce a handshake
+//! timeout: a client that dribbles its request headers is dropped after
+//! `--handshake-timeout` instead of holding a socket forever.
+//!
 //! Shutdown is a first-class path: on the signal, readiness goes 503 and new WebSockets
 //! are refused with 503 (HTTP stays up, so load balancers can see it); every connection
 //! flushes its pending frames and closes with 1012 at a random moment within the drain
-//! window (so clients don't reconnect in one wave); then the listener stops, and
-//! [`serve`] returns once the last connection is gone or the write timeout has passed.
+//! window (so clients don't reconnect in one wave); then the listener stops, idle HTTP
+//! connections are closed, and [`serve`] returns once the last WebSocket is gone or the
+//! write timeout has passed.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 
 use crate::hub::Hub;
 use crate::router;
@@ -22,18 +32,52 @@ pub async fn bind(hub: &Hub) -> std::io::Result<TcpListener> {
 
 /// Serves until `shutdown` resolves, then drains.
 pub async fn serve(listener: TcpListener, hub: Hub, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    let app = router(hub.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(hub.clone());
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1().timer(TokioTimer::new()).header_read_timeout(hub.config().handshake_timeout);
+    let graceful = GracefulShutdown::new();
+
     let draining = hub.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!(connections = draining.connection_count(), "shutting down: draining connections");
-            draining.begin_shutdown();
-            tokio::time::sleep(draining.config().drain_window).await;
-        })
-        .await?;
+    let stop_accepting = async move {
+        shutdown.await;
+        tracing::info!(connections = draining.connection_count(), "shutting down: draining connections");
+        draining.begin_shutdown();
+        tokio::time::sleep(draining.config().drain_window).await;
+    };
+    tokio::pin!(stop_accepting);
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, usually: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop_accepting => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(request)
+        });
+        let connection = http.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, "HTTP connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+
     let config = hub.config();
     let deadline = tokio::time::Instant::now() + config.write_timeout + Duration::from_secs(1);
+    let _ = tokio::time::timeout_at(deadline, graceful.shutdown()).await;
     while hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -62,3 +106,4 @@ pub async fn signal() {
     #[cfg(not(unix))]
     let _ = interrupt.await;
 }
+

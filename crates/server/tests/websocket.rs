@@ -108,11 +108,11 @@ async fn forbidden_and_invalid_channels_fail_alone() {
     client
         .send(r#"{"action":"subscribe","id":9,"channels":["lp-performance","alerts","bad name","trading#bob","trading#alice"]}"#)
         .await;
-    let replies: Vec<Value> = [(); 5].iter().map(|_| Value::Null).collect();
-    let mut replies = replies;
-    for reply in replies.iter_mut() {
-        *reply = client.next().await;
+    let mut replies = Vec::new();
+    for _ in 0..5 {
+        let reply = client.next().await;
         assert_eq!(reply["id"], 9);
+        replies.push(reply);
     }
     let summary: Vec<(String, String)> = replies
         .iter()
@@ -375,4 +375,145 @@ async fn graceful_shutdown_closes_everyone_with_1012() {
     }
     let result = tokio::time::timeout(Duration::from_secs(5), &mut server.task).await;
     assert!(matches!(result, Ok(Ok(Ok(())))));
+}
+
+#[tokio::test]
+async fn a_client_behind_gets_exact_gap_notices() {
+    // Frames of 2 every 300 ms and room for 4: a burst of 12 must overflow.
+    let server = TestServer::with(|c| {
+        c.max_batch = 2;
+        c.max_queued_batches = 2;
+        c.batch_interval = Duration::from_millis(300);
+    })
+    .await;
+    let mut client = server.client("u").await;
+    client.next().await;
+    client.send(r#"{"action":"subscribe","channels":["routing-metrics"]}"#).await;
+    client.expect_type("subscribed").await;
+    publish_many(&server.hub, "routing-metrics", 12);
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 12 {
+        let message = client.next().await;
+        match message["type"].as_str().unwrap() {
+            "gap" => {
+                assert_eq!(message["reason"], "overflow");
+                assert_eq!(message["channel"], "routing-metrics");
+                for seq in message["from"].as_u64().unwrap()..=message["to"].as_u64().unwrap() {
+                    assert!(seen.insert(seq), "seq {seq} reported twice");
+                }
+            }
+            _ => assert!(seen.insert(message["seq"].as_u64().unwrap())),
+        }
+    }
+    assert_eq!(seen, (1..=12).collect());
+}
+
+#[tokio::test]
+async fn publish_over_the_websocket() {
+    let server = TestServer::start().await;
+    let mut c = claims("svc");
+    c.publish = Some(vec!["alerts".into()]);
+    let mut client = Client::connect(&server.url(&format!("token={}&channels=alerts", token_with(&c)))).await;
+    client.next().await;
+    client.expect_type("subscribed").await;
+    client.send(r#"{"action":"publish","id":5,"channel":"alerts","type":"alert","data":{"x":1},"key":"k"}"#).await;
+    let mut replies = vec![client.next().await, client.next().await];
+    replies.sort_by_key(|m| m["type"].as_str().unwrap().to_owned());
+    assert_eq!(replies[0]["type"], "alert");
+    assert_eq!(replies[0]["key"], "k");
+    assert_eq!((replies[1]["type"].clone(), replies[1]["id"].clone(), replies[1]["seq"].clone()), (json!("published"), json!(5), json!(1)));
+    client.send(r#"{"action":"publish","id":6,"channel":"routing-metrics","type":"x","data":1}"#).await;
+    assert_eq!(client.expect_type("error").await["code"], "FORBIDDEN");
+}
+
+#[tokio::test]
+async fn too_many_channels() {
+    let server = TestServer::with(|c| c.max_channels = 2).await;
+    let mut client = server.client("u").await;
+    client.next().await;
+    client.send(r#"{"action":"subscribe","channels":["a","b","c","a"]}"#).await;
+    let mut summary = Vec::new();
+    for _ in 0..4 {
+        let m = client.next().await;
+        summary.push(format!("{}:{}", m["type"].as_str().unwrap(), m.get("code").and_then(Value::as_str).unwrap_or(m["channel"].as_str().unwrap())));
+    }
+    assert_eq!(summary, ["subscribed:a", "subscribed:b", "error:TOO_MANY_CHANNELS", "subscribed:a"]);
+}
+
+#[tokio::test]
+async fn connection_limits_close_with_1013() {
+    let server = TestServer::with(|c| {
+        c.max_connections_per_user = 2;
+        c.max_connections = 3;
+    })
+    .await;
+    let mut a1 = server.client("a").await;
+    let mut a2 = server.client("a").await;
+    a1.next().await;
+    a2.next().await;
+    let closed = server.client("a").await.closed().await;
+    assert_eq!(closed.code, 1013);
+    assert!(closed.reason.starts_with("TRY_AGAIN_LATER"));
+    let mut b1 = server.client("b").await;
+    b1.next().await;
+    assert_eq!(server.client("c").await.closed().await.code, 1013, "global limit");
+    a1.close().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut c1 = server.client("c").await;
+    assert_eq!(c1.next().await["type"], "connected", "a freed slot is reusable");
+}
+
+#[tokio::test]
+async fn origins_are_checked_before_the_upgrade() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let server = TestServer::with(|c| c.allowed_origins = vec!["https://desk.example".into()]).await;
+    let connect = |origin: &'static str| {
+        let mut request = server.url(&format!("token={}", token("u"))).into_client_request().unwrap();
+        request.headers_mut().insert("Origin", origin.parse().unwrap());
+        tokio_tungstenite::connect_async(request)
+    };
+    match connect("https://evil.example").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+    assert!(connect("https://desk.example").await.is_ok());
+    let same_origin: &'static str = Box::leak(format!("http://{}", server.addr).into_boxed_str());
+    assert!(connect(same_origin).await.is_ok(), "the node's own origin is allowed");
+}
+
+#[tokio::test]
+async fn idle_connections_get_heartbeats_and_silent_peers_are_closed() {
+    let server = TestServer::with(|c| {
+        c.heartbeat_interval = Duration::from_millis(300);
+        c.pong_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut client = server.client("u").await;
+    let connected = client.next().await;
+    assert_eq!(connected["heartbeatIntervalMs"], 300);
+    // Reading (which answers pings) keeps the link alive and shows app heartbeats.
+    assert_eq!(client.expect_type("heartbeat").await["type"], "heartbeat");
+    assert_eq!(client.expect_type("heartbeat").await["type"], "heartbeat");
+
+    // A peer that never reads never answers pings: closed with 4001.
+    let mut silent = server.client("v").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let closed = silent.closed().await;
+    assert_eq!(closed.code, 4001);
+}
+
+#[tokio::test]
+async fn a_slow_handshake_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::with(|c| c.handshake_timeout = Duration::from_millis(500)).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 512];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.expect("dropped in time");
+    assert!(matches!(read, Ok(_) | Err(_)));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Others are unaffected.
+    let mut client = server.client("u").await;
+    assert_eq!(client.next().await["type"], "connected");
 }

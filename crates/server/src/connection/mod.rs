@@ -192,6 +192,10 @@ async fn flush(session: &Session, sink: &mut Sink, now: Instant, all: bool) -> R
         // at the moment it would be due.
         let due = if all { session.outbox.next_frame_at().map(|at| at.max(now)) } else { Some(now) };
         let Some((frame, waited)) = due.and_then(|at| session.outbox.poll_frame(at)) else { break };
+        if !frame.gaps.is_empty() {
+            let dropped: u64 = frame.gaps.iter().map(|g| g.len()).sum();
+            tracing::warn!(connection = session.id(), user = %session.grant.user, dropped, "client buffer full, dropped messages");
+        }
         let metrics = hub.metrics();
         metrics.frames_sent.inc();
         metrics.batch_size.observe(frame.len() as f64);
