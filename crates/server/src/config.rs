@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use tidewire_protocol::batch::BatchConfig;
+use tidewire_protocol::channel::ChannelPattern;
 use tidewire_protocol::message::Limits;
 
 /// The JWT algorithms a deployment may pin.
@@ -34,6 +35,29 @@ pub enum JwtAlgorithm {
 pub enum LogFormat {
     Pretty,
     Json,
+}
+
+/// A per-channel publish rate limit: channels matching `pattern` accept `burst`
+/// publications at once and `per_minute` sustained, each channel counted on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishRateLimit {
+    pub pattern: ChannelPattern,
+    pub burst: u32,
+    pub per_minute: u32,
+}
+
+impl std::str::FromStr for PublishRateLimit {
+    type Err = String;
+
+    /// `pattern=burst/per_minute`, e.g. `prices.*=1000/100`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let usage = || format!("{text:?}: write PATTERN=BURST/PER_MINUTE, e.g. prices.*=1000/100");
+        let (pattern, rate) = text.split_once('=').ok_or_else(usage)?;
+        let (burst, per_minute) = rate.split_once('/').ok_or_else(usage)?;
+        let pattern = ChannelPattern::parse(pattern.trim()).map_err(|e| format!("{}: {e}", usage()))?;
+        let number = |n: &str| n.trim().parse::<u32>().ok().filter(|&n| n > 0).ok_or_else(usage);
+        Ok(PublishRateLimit { pattern, burst: number(burst)?, per_minute: number(per_minute)? })
+    }
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -104,6 +128,12 @@ pub struct Config {
     /// Commands a connection may send in one burst.
     #[arg(long, env = "TIDEWIRE_COMMAND_BURST", default_value_t = 200)]
     pub command_burst: u32,
+
+    /// Per-channel publish limits, `PATTERN=BURST/PER_MINUTE` (repeat the flag, or separate
+    /// with `;` in the variable); the first matching rule applies, each channel on its own
+    /// budget. Over the limit: RATE_LIMIT_EXCEEDED (HTTP 429).
+    #[arg(long = "publish-rate-limit", env = "TIDEWIRE_PUBLISH_RATE_LIMITS", value_delimiter = ';')]
+    pub publish_rate_limits: Vec<PublishRateLimit>,
 
     /// Connections the node accepts in total (more: close 1013).
     #[arg(long, env = "TIDEWIRE_MAX_CONNECTIONS", default_value_t = 100_000)]
@@ -201,6 +231,15 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publish_rate_limit_rules_parse() {
+        let rule: PublishRateLimit = "prices.*=1000/100".parse().unwrap();
+        assert_eq!(rule, PublishRateLimit { pattern: ChannelPattern::Prefix("prices.".into()), burst: 1000, per_minute: 100 });
+        for bad in ["prices.*", "prices.*=10", "a*b=1/1", "x=0/1", "x=1/-1", "=1/1"] {
+            assert!(bad.parse::<PublishRateLimit>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn defaults_are_the_documented_ones() {

@@ -10,7 +10,7 @@ use tidewire_server::{server, Config, Hub};
 
 /// A real-time pub/sub gateway: typed, batched, authenticated updates to browsers over WebSocket.
 #[derive(Parser)]
-#[command(name = "tidewire", version, about)]
+#[command(name = "tidewire", version)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -123,3 +123,24 @@ async fn health_ready_and_metrics() {
     let closed = client.closed().await;
     assert_eq!(closed.code, 1012);
 }
+
+#[tokio::test]
+async fn per_channel_publish_rate_limits() {
+    let server = TestServer::with(|c| c.publish_rate_limits = vec!["prices.*=3/1".parse().unwrap()]).await;
+    let token = publisher_token();
+    let publish = |channel: &'static str| {
+        let body = format!(r#"{{"channel":"{channel}","type":"tick","data":1}}"#);
+        let server = &server;
+        let token = token.clone();
+        async move { post_publish(server, Some(&token), &body).await }
+    };
+    for _ in 0..3 {
+        assert_eq!(publish("prices.EURUSD").await.0, 200);
+    }
+    let (status, body) = publish("prices.EURUSD").await;
+    assert_eq!((status, body["code"].as_str()), (429, Some("RATE_LIMIT_EXCEEDED")));
+    assert_eq!(publish("prices.GBPUSD").await.0, 200, "each channel has its own budget");
+    for _ in 0..10 {
+        assert_eq!(publish("alerts").await.0, 200, "unmatched channels are unlimited");
+    }
+}

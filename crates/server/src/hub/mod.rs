@@ -12,6 +12,7 @@ mod channel;
 pub mod outbox;
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -88,6 +89,8 @@ struct Inner {
     instance: String,
     shutdown: CancellationToken,
     draining: AtomicBool,
+    /// One keyed limiter per configured publish rule, keyed by channel.
+    publish_limits: Vec<governor::DefaultKeyedRateLimiter<Arc<str>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -99,8 +102,18 @@ impl Hub {
     pub fn new(config: Config) -> Result<Hub, KeyError> {
         let verifier = Verifier::from_config(&config)?;
         let instance = format!("{:x}{:04x}", now_timestamp().unix_micros(), fastrand::u16(..));
+        let publish_limits = config
+            .publish_rate_limits
+            .iter()
+            .map(|rule| {
+                let per_minute = NonZeroU32::new(rule.per_minute).unwrap_or(NonZeroU32::MIN);
+                let burst = NonZeroU32::new(rule.burst).unwrap_or(NonZeroU32::MIN);
+                governor::RateLimiter::keyed(governor::Quota::per_minute(per_minute).allow_burst(burst))
+            })
+            .collect();
         Ok(Hub {
             inner: Arc::new(Inner {
+                publish_limits,
                 verifier,
                 config,
                 metrics: Metrics::new(),
@@ -221,6 +234,7 @@ impl Hub {
         check_envelope(&new)?;
         let channel = self.channel(&new.channel);
         let mut channel = lock(&channel);
+        self.check_publish_rate(&channel.name)?;
         let seq = channel.head + 1;
         let key: Option<Arc<str>> = new.key.as_deref().map(Into::into);
         let publication = ServerMessage::Publication(Publication {
@@ -247,6 +261,21 @@ impl Hub {
         metrics.delivered.inc_by(delivered as u64);
         self.count_drops(dropped);
         Ok(Accepted { channel: channel.name.to_string(), seq })
+    }
+
+    /// Applies the first publish rule matching the channel, if any.
+    fn check_publish_rate(&self, channel: &Arc<str>) -> Result<(), PublishError> {
+        let rules = &self.inner.config.publish_rate_limits;
+        let Some(index) = rules.iter().position(|rule| rule.pattern.matches(channel)) else { return Ok(()) };
+        if self.inner.publish_limits[index].check_key(channel).is_ok() {
+            return Ok(());
+        }
+        self.inner.metrics.rate_limited.inc();
+        let rule = &rules[index];
+        Err(PublishError::new(
+            ErrorCode::RateLimitExceeded,
+            format!("{channel} accepts {} publications at once and {} per minute ({})", rule.burst, rule.per_minute, rule.pattern),
+        ))
     }
 
     fn count_drops(&self, dropped: tidewire_protocol::batch::Dropped) {
