@@ -24,8 +24,7 @@ export const CLOSE_CODES = {
   AUTH_REQUIRED: { code: 4500, reconnect: false, meaning: "no token presented" },
   AUTH_INVALID: { code: 4501, reconnect: false, meaning: "token failed verification" },
   TOKEN_EXPIRED: { code: 4502, reconnect: false, meaning: "token expired: reconnect with a new token" },
-  FORBIDDEN: { code: 4503, reconnect: false, meaning: "token does not allow this connection" },
-  UNSUPPORTED_PROTOCOL: { code: 4504, reconnect: false, meaning: "incompatible protocol version" },
+  UNSUPPORTED_PROTOCOL: { code: 4503, reconnect: false, meaning: "the client refuses the server's protocol version" },
 } as const;
 
 /** The analytics catalogue's channels. */

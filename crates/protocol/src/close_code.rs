@@ -67,13 +67,11 @@ impl CloseCode {
     pub const AUTH_INVALID: CloseCode = CloseCode(4501);
     /// The token expired and no `refresh` came in time: reconnect with a new token.
     pub const TOKEN_EXPIRED: CloseCode = CloseCode(4502);
-    /// The token does not allow this connection (e.g. channels requested at connect).
-    pub const FORBIDDEN: CloseCode = CloseCode(4503);
-    /// The peer speaks an incompatible protocol version.
-    pub const UNSUPPORTED_PROTOCOL: CloseCode = CloseCode(4504);
+    /// The client closes with this when the server speaks a protocol version it does not.
+    pub const UNSUPPORTED_PROTOCOL: CloseCode = CloseCode(4503);
 
     /// Every code tidewire sends or expects, in the order of the reference table.
-    pub const TABLE: [CloseCodeInfo; 15] = [
+    pub const TABLE: [CloseCodeInfo; 14] = [
         info(Self::NORMAL, "NORMAL", Disposition::Terminal, "the session ended on purpose"),
         info(Self::GOING_AWAY, "GOING_AWAY", Disposition::Reconnect, "the peer is going away"),
         info(Self::ABNORMAL, "ABNORMAL", Disposition::Reconnect, "transport lost without a close frame (never sent)"),
@@ -87,8 +85,7 @@ impl CloseCode {
         info(Self::AUTH_REQUIRED, "AUTH_REQUIRED", Disposition::Terminal, "no token presented"),
         info(Self::AUTH_INVALID, "AUTH_INVALID", Disposition::Terminal, "token failed verification"),
         info(Self::TOKEN_EXPIRED, "TOKEN_EXPIRED", Disposition::Terminal, "token expired: reconnect with a new token"),
-        info(Self::FORBIDDEN, "FORBIDDEN", Disposition::Terminal, "token does not allow this connection"),
-        info(Self::UNSUPPORTED_PROTOCOL, "UNSUPPORTED_PROTOCOL", Disposition::Terminal, "incompatible protocol version"),
+        info(Self::UNSUPPORTED_PROTOCOL, "UNSUPPORTED_PROTOCOL", Disposition::Terminal, "the client refuses the server's protocol version"),
     ];
 
     /// The table row for a code tidewire knows.
