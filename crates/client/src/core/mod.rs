@@ -1,0 +1,865 @@
+//! The client, as a pure state machine: fed events and time, returning actions.
+//!
+//! [`ClientCore`] owns everything a tidewire client decides: when to connect and
+//! reconnect (full-jitter backoff, rotating through server URLs, terminal close codes),
+//! when to fetch or refresh a token, what to subscribe to (with `since` after a
+//! reconnect, at most one command in flight per channel), which publications to deliver
+//! (in order, once, recovering by itself when a seq jumps or a gap notice arrives), when
+//! the link is dead (no frame for the heartbeat interval plus a grace), and the bounded
+//! queue of publishes made while offline.
+//!
+//! It has no clock, no sockets and no timers. A driver feeds it [`Event`]s with the
+//! current time (`now`, a [`Duration`] since any fixed origin), performs the
+//! [`Action`]s it returns from [`ClientCore::poll_action`], and calls
+//! [`ClientCore::handle_timeout`] at [`ClientCore::poll_timeout`]. The browser and the
+//! tokio drivers are thin; tests drive the core directly with virtual time.
+
+mod backoff;
+mod subscription;
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tidewire_protocol::batch::{BatchConfig, Batcher, Outbound, Position};
+use tidewire_protocol::command::{Publish, Refresh, Subscribe, Unsubscribe};
+use tidewire_protocol::message::{GapReason, CONTROL_TYPES};
+use tidewire_protocol::{
+    CloseCode, Command, CommandId, Control, Disposition, EncodedMessage, ErrorCode, NewPublication, StreamPosition,
+    PROTOCOL_VERSION,
+};
+
+pub use backoff::{Backoff, Jitter};
+pub use subscription::SubscriptionState;
+use subscription::{Arrival, ServerSide, Subscription};
+
+/// Identifies one transport (one WebSocket); events from a replaced transport are ignored.
+pub type TransportId = u64;
+
+/// How the client behaves. `ClientConfig::new(url)` gives the defaults.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Servers to rotate through on reconnect.
+    pub urls: Vec<String>,
+    /// Reconnect backoff (500 ms doubling to 20 s, full jitter).
+    pub backoff: Backoff,
+    /// Silence tolerated past the server's heartbeat interval before the link counts as
+    /// dead (10 s).
+    pub heartbeat_grace: Duration,
+    /// Refresh the token this long before it expires (30 s, or half its remaining
+    /// life when that is shorter).
+    pub token_refresh_margin: Duration,
+    /// Retry window after a token provider failure while connected (5–10 s).
+    pub token_retry: (Duration, Duration),
+    /// Publishes held while offline, at most (1000); the oldest are dropped beyond.
+    pub max_queued_publishes: usize,
+    /// Whether a token provider supplies tokens (`FetchToken` actions). Without one,
+    /// `token` is used as is.
+    pub token_provider: bool,
+    /// A fixed token (ignored when `token_provider` is set).
+    pub token: Option<String>,
+    /// Seed for the jitter; drivers pass something random.
+    pub seed: u64,
+}
+
+impl ClientConfig {
+    pub fn new(url: impl Into<String>) -> ClientConfig {
+        ClientConfig {
+            urls: vec![url.into()],
+            backoff: Backoff::default(),
+            heartbeat_grace: Duration::from_secs(10),
+            token_refresh_margin: Duration::from_secs(30),
+            token_retry: (Duration::from_secs(5), Duration::from_secs(10)),
+            max_queued_publishes: 1000,
+            token_provider: false,
+            token: None,
+            seed: 0x5eed,
+        }
+    }
+}
+
+/// The connection's state, as the app sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    Disconnected,
+    Connecting,
+    Connected,
+}
+
+/// Why the client is disconnected and not trying again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// The app closed the client.
+    Closed,
+    /// The browser is offline; the client reconnects when it comes back.
+    Offline,
+    /// The server closed with a terminal code (an auth failure, a policy violation).
+    Terminal { code: u16, reason: String },
+    /// The token provider answered "unauthorized".
+    Unauthorized(String),
+    /// The server speaks another protocol version.
+    UnsupportedProtocol { server: u32 },
+}
+
+/// A token provider's failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    /// The user is not (or no longer) allowed: terminal.
+    Unauthorized(String),
+    /// Anything else (network, server error): retried with backoff.
+    Failed(String),
+}
+
+/// What happens to a subscription, for the app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriptionEvent {
+    Subscribing,
+    /// The subscription is live. `recovered`: `Some(true)` when everything missed was
+    /// replayed, `Some(false)` when the app must reload its state (a snapshot follows),
+    /// `None` for a first subscription.
+    Subscribed { recovered: Option<bool> },
+    Unsubscribed,
+    /// The server refused the channel; not retried until the app subscribes again.
+    Refused { code: ErrorCode, message: String },
+}
+
+/// Errors reported to the app; none of them stops the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientError {
+    /// The server answered a command with an error.
+    Server { code: ErrorCode, message: String, channel: Option<String> },
+    /// A frame or message could not be read; it was skipped.
+    Decode(String),
+    /// Publishes were dropped from the offline queue (it was full).
+    PublishesDropped { count: u32 },
+    /// The token provider failed; retrying.
+    Token(String),
+}
+
+/// A publication for the app, with its raw JSON (parse it as the app's own type).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub channel: String,
+    pub seq: u64,
+    /// A latest-value-per-key message sent at subscribe time.
+    pub snapshot: bool,
+    /// The whole message object as received: `{"type":…,"timestamp":…,"data":…}`.
+    pub json: String,
+}
+
+impl Delivery {
+    /// The message parsed as a protocol publication.
+    pub fn publication(&self) -> Result<tidewire_protocol::Publication, serde_json::Error> {
+        serde_json::from_str(&self.json)
+    }
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Call the token provider and answer with [`Event::Token`].
+    FetchToken,
+    /// Open a WebSocket to `url`, authenticating with `token`.
+    Open { transport: TransportId, url: String, token: Option<String> },
+    /// Send a text frame.
+    Send { transport: TransportId, text: String },
+    /// Close the WebSocket (the core already treats it as gone).
+    Close { transport: TransportId, code: u16, reason: String },
+    /// Hand a publication to the channel's handler.
+    Deliver(Delivery),
+    State { state: ConnectionState, attempt: u32, stopped: Option<StopReason> },
+    Subscription { channel: String, event: SubscriptionEvent },
+    /// A publish was accepted at `seq`.
+    Published { channel: String, seq: u64 },
+    Error(ClientError),
+}
+
+/// What the driver (or the app, through it) reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Start (or restart after a stop).
+    Connect,
+    /// Stop for good (until `Connect`).
+    Close,
+    Online,
+    Offline,
+    /// Background mode: stop receiving (the server forgets the subscriptions) and catch
+    /// up with `since` on [`Event::Resume`].
+    Pause,
+    Resume,
+    TransportOpened { transport: TransportId },
+    TransportClosed { transport: TransportId, code: u16, reason: String },
+    Frame { transport: TransportId, text: String },
+    Token(Result<String, TokenError>),
+    Subscribe { channel: String },
+    Unsubscribe { channel: String },
+    Publish(NewPublication),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Link {
+    /// Not connected and not trying (see `stopped`).
+    Idle,
+    /// Waiting for `reconnect_at`.
+    Waiting,
+    /// Waiting for the token provider before opening.
+    FetchingToken,
+    /// Transport requested or open; waiting for `connected`.
+    Opening(TransportId),
+    Connected(TransportId),
+}
+
+/// The client state machine. See the module docs.
+#[derive(Debug)]
+pub struct ClientCore {
+    config: ClientConfig,
+    link: Link,
+    stopped: Option<StopReason>,
+    /// Failed attempts since the last `connected`.
+    attempt: u32,
+    url_index: usize,
+    next_transport: TransportId,
+    jitter: Jitter,
+    token: Option<String>,
+    subscriptions: BTreeMap<String, Subscription>,
+    publishes: Batcher,
+    next_publish_seq: u64,
+    paused: bool,
+    offline: bool,
+    next_id: u64,
+    heartbeat_interval: Duration,
+    // Timers.
+    reconnect_at: Option<Duration>,
+    dead_at: Option<Duration>,
+    refresh_at: Option<Duration>,
+    /// A refresh token was requested while connected (not for a connect).
+    refreshing: bool,
+    actions: VecDeque<Action>,
+    now: Duration,
+}
+
+impl ClientCore {
+    pub fn new(config: ClientConfig) -> ClientCore {
+        // Publishes go out at most 16 per 16 ms (1000/s, the server's default command
+        // rate), and up to `max_queued_publishes` wait.
+        let per_frame = 16;
+        let publishes = Batcher::new(BatchConfig {
+            max_batch: per_frame,
+            interval: Duration::from_millis(16),
+            max_queued_batches: config.max_queued_publishes.div_ceil(per_frame).max(1),
+        });
+        ClientCore {
+            jitter: Jitter::new(config.seed),
+            token: config.token.clone(),
+            config,
+            link: Link::Idle,
+            stopped: Some(StopReason::Closed),
+            attempt: 0,
+            url_index: 0,
+            next_transport: 1,
+            subscriptions: BTreeMap::new(),
+            publishes,
+            next_publish_seq: 0,
+            paused: false,
+            offline: false,
+            next_id: 1,
+            heartbeat_interval: Duration::from_secs(25),
+            reconnect_at: None,
+            dead_at: None,
+            refresh_at: None,
+            refreshing: false,
+            actions: VecDeque::new(),
+            now: Duration::ZERO,
+        }
+    }
+
+    /// The connection state.
+    pub fn state(&self) -> ConnectionState {
+        match self.link {
+            Link::Connected(_) => ConnectionState::Connected,
+            Link::Idle => ConnectionState::Disconnected,
+            _ => ConnectionState::Connecting,
+        }
+    }
+
+    /// Failed attempts since the last successful connect.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// A channel's state.
+    pub fn subscription_state(&self, channel: &str) -> SubscriptionState {
+        self.subscriptions.get(channel).map_or(SubscriptionState::Unsubscribed, Subscription::state)
+    }
+
+    /// The last position delivered on a channel.
+    pub fn position(&self, channel: &str) -> Option<&StreamPosition> {
+        self.subscriptions.get(channel)?.position.as_ref()
+    }
+
+    /// The next action to perform.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`ClientCore::handle_timeout`] should be called next.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        let publishes = match self.link {
+            Link::Connected(_) => self.publishes.poll_timeout(),
+            _ => None,
+        };
+        [self.reconnect_at, self.dead_at, self.refresh_at, publishes].into_iter().flatten().min()
+    }
+
+    /// Feeds one event.
+    pub fn handle(&mut self, event: Event, now: Duration) {
+        self.now = self.now.max(now);
+        match event {
+            Event::Connect => self.on_connect(),
+            Event::Close => self.stop(StopReason::Closed, Some(CloseCode::NORMAL.0), "client closed"),
+            Event::Online => {
+                self.offline = false;
+                if self.stopped == Some(StopReason::Offline) {
+                    self.attempt = 0;
+                    self.start_attempt();
+                }
+            }
+            Event::Offline => {
+                self.offline = true;
+                if self.stopped.is_none() {
+                    self.stop(StopReason::Offline, Some(CloseCode::GOING_AWAY.0), "browser offline");
+                }
+            }
+            Event::Pause => {
+                self.paused = true;
+                self.reconcile_all();
+            }
+            Event::Resume => {
+                self.paused = false;
+                self.reconcile_all();
+            }
+            Event::TransportOpened { .. } => {} // `connected` is what counts
+            Event::TransportClosed { transport, code, reason } => self.on_transport_closed(transport, code, reason),
+            Event::Frame { transport, text } => self.on_frame(transport, &text),
+            Event::Token(result) => self.on_token(result),
+            Event::Subscribe { channel } => self.on_subscribe(channel),
+            Event::Unsubscribe { channel } => self.on_unsubscribe(&channel),
+            Event::Publish(publication) => self.on_publish(publication),
+        }
+    }
+
+    /// Fires the timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        self.now = self.now.max(now);
+        if self.reconnect_at.is_some_and(|at| at <= now) {
+            self.reconnect_at = None;
+            self.start_attempt();
+        }
+        if self.dead_at.is_some_and(|at| at <= now) {
+            self.dead_at = None;
+            if let Link::Connected(transport) | Link::Opening(transport) = self.link {
+                self.push(Action::Close {
+                    transport,
+                    code: CloseCode::HEARTBEAT_TIMEOUT.0,
+                    reason: CloseCode::HEARTBEAT_TIMEOUT.reason("no message from the server in time"),
+                });
+                self.transport_lost();
+            }
+        }
+        if self.refresh_at.is_some_and(|at| at <= now) {
+            self.refresh_at = None;
+            if matches!(self.link, Link::Connected(_)) && self.config.token_provider {
+                self.refreshing = true;
+                self.push(Action::FetchToken);
+            }
+        }
+        self.flush_publishes();
+    }
+
+    // ---- connecting -------------------------------------------------------------
+
+    fn on_connect(&mut self) {
+        if self.stopped.is_none() {
+            return;
+        }
+        self.stopped = None;
+        self.attempt = 0;
+        if self.offline {
+            self.stopped = Some(StopReason::Offline);
+            self.emit_state();
+            return;
+        }
+        self.start_attempt();
+    }
+
+    /// Begins a connection attempt: a token first when a provider supplies them.
+    fn start_attempt(&mut self) {
+        self.stopped = None;
+        self.reconnect_at = None;
+        if self.config.token_provider {
+            self.link = Link::FetchingToken;
+            self.refreshing = false;
+            self.push(Action::FetchToken);
+        } else {
+            self.open();
+        }
+        self.emit_state();
+    }
+
+    fn open(&mut self) {
+        let transport = self.next_transport;
+        self.next_transport += 1;
+        let url = self.config.urls.get(self.url_index % self.config.urls.len().max(1)).cloned().unwrap_or_default();
+        self.link = Link::Opening(transport);
+        // A transport that never opens or never says `connected` is dead too.
+        self.dead_at = Some(self.now + self.heartbeat_interval + self.config.heartbeat_grace);
+        self.push(Action::Open { transport, url, token: self.token.clone() });
+    }
+
+    fn on_token(&mut self, result: Result<String, TokenError>) {
+        match result {
+            Ok(token) => {
+                self.token = Some(token.clone());
+                match self.link {
+                    Link::FetchingToken => self.open(),
+                    Link::Connected(transport) if self.refreshing => {
+                        self.refreshing = false;
+                        let id = self.id();
+                        self.send(transport, &Command::Refresh(Refresh { id: Some(id), token }));
+                    }
+                    _ => {}
+                }
+            }
+            Err(TokenError::Unauthorized(message)) => {
+                self.stop(StopReason::Unauthorized(message), Some(CloseCode::NORMAL.0), "unauthorized");
+            }
+            Err(TokenError::Failed(message)) => {
+                self.push(Action::Error(ClientError::Token(message)));
+                match self.link {
+                    Link::FetchingToken => self.schedule_reconnect(),
+                    Link::Connected(_) if self.refreshing => {
+                        self.refreshing = false;
+                        let (min, max) = self.config.token_retry;
+                        self.refresh_at = Some(self.now + self.jitter.between(min, max));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn on_transport_closed(&mut self, transport: TransportId, code: u16, reason: String) {
+        let current = matches!(self.link, Link::Opening(t) | Link::Connected(t) if t == transport);
+        if !current {
+            return;
+        }
+        let code = CloseCode(code);
+        let renew_token = code == CloseCode::TOKEN_EXPIRED && self.config.token_provider;
+        if code.disposition() == Disposition::Terminal && !renew_token {
+            self.stop(StopReason::Terminal { code: code.0, reason }, None, "");
+            return;
+        }
+        if renew_token {
+            self.token = None;
+        }
+        self.transport_lost();
+    }
+
+    /// The transport is gone (closed, dead, or replaced): forget server state, retry.
+    fn transport_lost(&mut self) {
+        for subscription in self.subscriptions.values_mut() {
+            subscription.transport_lost();
+        }
+        self.emit_subscription_states();
+        self.dead_at = None;
+        self.refresh_at = None;
+        self.refreshing = false;
+        self.schedule_reconnect();
+    }
+
+    fn schedule_reconnect(&mut self) {
+        let delay = self.config.backoff.delay(self.attempt, &mut self.jitter);
+        self.attempt = self.attempt.saturating_add(1);
+        self.url_index = self.url_index.wrapping_add(1);
+        self.link = Link::Waiting;
+        self.reconnect_at = Some(self.now + delay);
+        self.emit_state();
+    }
+
+    /// Stops trying; `close` sends a close frame on a live transport.
+    fn stop(&mut self, reason: StopReason, close: Option<u16>, detail: &str) {
+        if let (Some(code), Link::Opening(transport) | Link::Connected(transport)) = (close, &self.link) {
+            let transport = *transport;
+            self.push(Action::Close { transport, code, reason: detail.to_owned() });
+        }
+        for subscription in self.subscriptions.values_mut() {
+            subscription.transport_lost();
+        }
+        self.emit_subscription_states();
+        self.link = Link::Idle;
+        self.stopped = Some(reason);
+        self.reconnect_at = None;
+        self.dead_at = None;
+        self.refresh_at = None;
+        self.refreshing = false;
+        self.emit_state();
+    }
+
+    fn emit_state(&mut self) {
+        let action = Action::State { state: self.state(), attempt: self.attempt, stopped: self.stopped.clone() };
+        self.push(action);
+    }
+
+    // ---- inbound ----------------------------------------------------------------
+
+    fn on_frame(&mut self, transport: TransportId, text: &str) {
+        let current = matches!(self.link, Link::Opening(t) | Link::Connected(t) if t == transport);
+        if !current {
+            return;
+        }
+        self.dead_at = Some(self.now + self.heartbeat_interval + self.config.heartbeat_grace);
+        let items: Vec<&RawValue> = match serde_json::from_str(text) {
+            Ok(items) => items,
+            Err(e) => {
+                self.push(Action::Error(ClientError::Decode(format!("frame is not a JSON array: {e}"))));
+                return;
+            }
+        };
+        for item in items {
+            if !matches!(self.link, Link::Opening(t) | Link::Connected(t) if t == transport) {
+                return; // a message in this frame ended the connection
+            }
+            self.on_message(transport, item.get());
+        }
+        self.flush_publishes();
+    }
+
+    fn on_message(&mut self, transport: TransportId, json: &str) {
+        #[derive(Deserialize)]
+        struct Head<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: std::borrow::Cow<'a, str>,
+            #[serde(borrow, default)]
+            channel: Option<std::borrow::Cow<'a, str>>,
+            #[serde(default)]
+            seq: Option<u64>,
+            #[serde(default)]
+            snapshot: bool,
+        }
+        let head: Head<'_> = match serde_json::from_str(json) {
+            Ok(head) => head,
+            Err(e) => return self.push(Action::Error(ClientError::Decode(format!("unreadable message: {e}")))),
+        };
+        if CONTROL_TYPES.contains(&head.kind.as_ref()) {
+            match serde_json::from_str::<Control>(json) {
+                Ok(control) => self.on_control(transport, control),
+                Err(e) => self.push(Action::Error(ClientError::Decode(format!("unreadable {} message: {e}", head.kind)))),
+            }
+            return;
+        }
+        let (Some(channel), Some(seq)) = (head.channel, head.seq) else {
+            return self.push(Action::Error(ClientError::Decode(format!("{} message without channel or seq", head.kind))));
+        };
+        self.on_publication(transport, &channel, seq, head.snapshot, json);
+    }
+
+    fn on_publication(&mut self, transport: TransportId, channel: &str, seq: u64, snapshot: bool, json: &str) {
+        let paused = self.paused;
+        let Some(subscription) = self.subscriptions.get_mut(channel) else { return };
+        if !subscription.should_be_subscribed(paused) || subscription.server == ServerSide::UnsubscribeSent {
+            return;
+        }
+        let deliver = if snapshot {
+            true
+        } else {
+            match subscription.arrival(seq) {
+                Arrival::Next => {
+                    subscription.advance(seq);
+                    true
+                }
+                Arrival::Duplicate | Arrival::Unpositioned => false,
+                Arrival::Gap => {
+                    self.recover(transport, channel);
+                    false
+                }
+            }
+        };
+        if deliver {
+            self.push(Action::Deliver(Delivery { channel: channel.to_owned(), seq, snapshot, json: json.to_owned() }));
+        }
+    }
+
+    /// Resubscribes with `since` on the live connection to fill a gap.
+    fn recover(&mut self, transport: TransportId, channel: &str) {
+        let Some(subscription) = self.subscriptions.get_mut(channel) else { return };
+        if subscription.recovering || subscription.server != ServerSide::Subscribed {
+            return;
+        }
+        subscription.recovering = true;
+        let since = subscription.position.clone().map(|p| BTreeMap::from([(channel.to_owned(), p)]));
+        let id = self.id();
+        self.send(transport, &Command::Subscribe(Subscribe { id: Some(id), channels: vec![channel.to_owned()], since }));
+    }
+
+    fn on_control(&mut self, transport: TransportId, control: Control) {
+        match control {
+            Control::Connected(connected) => {
+                if connected.version != PROTOCOL_VERSION {
+                    let code = CloseCode::UNSUPPORTED_PROTOCOL;
+                    self.push(Action::Close {
+                        transport,
+                        code: code.0,
+                        reason: code.reason(&format!("server speaks v{}, this client v{PROTOCOL_VERSION}", connected.version)),
+                    });
+                    self.stop(StopReason::UnsupportedProtocol { server: connected.version }, None, "");
+                    return;
+                }
+                self.link = Link::Connected(transport);
+                self.attempt = 0;
+                self.heartbeat_interval = Duration::from_millis(connected.heartbeat_interval_ms);
+                self.dead_at = Some(self.now + self.heartbeat_interval + self.config.heartbeat_grace);
+                self.schedule_refresh(connected.timestamp, connected.expires_at);
+                self.emit_state();
+                self.resubscribe_all(transport);
+            }
+            Control::Subscribed(subscribed) => {
+                let Some(subscription) = self.subscriptions.get_mut(&subscribed.channel) else { return };
+                if !matches!(subscription.server, ServerSide::SubscribeSent | ServerSide::Subscribed) {
+                    return;
+                }
+                subscription.server = ServerSide::Subscribed;
+                subscription.recovering = false;
+                let recovered = subscribed.recovered;
+                if recovered != Some(true) {
+                    subscription.position = Some(StreamPosition { seq: subscribed.seq, epoch: Some(subscribed.epoch) });
+                    subscription.skipped.clear();
+                } else if let Some(position) = &mut subscription.position {
+                    position.epoch = Some(subscribed.epoch);
+                }
+                let channel = subscribed.channel;
+                if subscription.state() == SubscriptionState::Subscribed {
+                    self.push(Action::Subscription { channel: channel.clone(), event: SubscriptionEvent::Subscribed { recovered } });
+                }
+                self.reconcile(&channel);
+            }
+            Control::Unsubscribed(unsubscribed) => {
+                let channel = unsubscribed.channel;
+                let Some(subscription) = self.subscriptions.get_mut(&channel) else { return };
+                subscription.server = ServerSide::None;
+                subscription.recovering = false;
+                if !subscription.wanted {
+                    self.subscriptions.remove(&channel);
+                } else {
+                    self.reconcile(&channel);
+                }
+            }
+            Control::Gap(gap) => {
+                let Some(subscription) = self.subscriptions.get_mut(&gap.channel) else { return };
+                match gap.reason {
+                    GapReason::Superseded => {
+                        subscription.skipped.insert((gap.from, gap.to));
+                    }
+                    GapReason::Overflow => self.recover(transport, &gap.channel),
+                }
+            }
+            Control::Error(error) => {
+                let refusal = matches!(error.code, ErrorCode::Forbidden | ErrorCode::InvalidChannel | ErrorCode::TooManyChannels);
+                let channel = error.channel.clone();
+                if let Some(subscription) = channel.as_ref().and_then(|c| self.subscriptions.get_mut(c)) {
+                    if refusal && subscription.server == ServerSide::SubscribeSent {
+                        subscription.server = ServerSide::None;
+                        subscription.refused = true;
+                        let channel = channel.clone().unwrap_or_default();
+                        self.push(Action::Subscription {
+                            channel,
+                            event: SubscriptionEvent::Refused { code: error.code, message: error.message },
+                        });
+                        return;
+                    }
+                }
+                self.push(Action::Error(ClientError::Server { code: error.code, message: error.message, channel }));
+            }
+            Control::Refreshed(refreshed) => self.schedule_refresh(refreshed.timestamp, refreshed.expires_at),
+            Control::Published(published) => {
+                self.push(Action::Published { channel: published.channel, seq: published.seq });
+            }
+            Control::Pong(_) | Control::Heartbeat(_) => {}
+        }
+    }
+
+    /// Schedules a token refresh before expiry, measured on the server's clock (both
+    /// timestamps come from it), so client clock skew does not matter.
+    fn schedule_refresh(&mut self, server_now: tidewire_protocol::Timestamp, expires_at: Option<tidewire_protocol::Timestamp>) {
+        self.refresh_at = None;
+        if !self.config.token_provider {
+            return;
+        }
+        let Some(expires_at) = expires_at else { return };
+        let left = u64::try_from(expires_at.unix_micros() - server_now.unix_micros()).unwrap_or(0);
+        let left = Duration::from_micros(left);
+        let margin = self.config.token_refresh_margin.min(left / 2);
+        self.refresh_at = Some(self.now + left.saturating_sub(margin));
+    }
+
+    // ---- subscriptions ----------------------------------------------------------
+
+    fn on_subscribe(&mut self, channel: String) {
+        let subscription = self.subscriptions.entry(channel.clone()).or_insert_with(Subscription::new);
+        let was_wanted = subscription.wanted && !subscription.refused;
+        subscription.wanted = true;
+        subscription.refused = false;
+        if !was_wanted {
+            self.push(Action::Subscription { channel: channel.clone(), event: SubscriptionEvent::Subscribing });
+        }
+        self.reconcile(&channel);
+    }
+
+    fn on_unsubscribe(&mut self, channel: &str) {
+        let Some(subscription) = self.subscriptions.get_mut(channel) else { return };
+        if !subscription.wanted {
+            return;
+        }
+        subscription.wanted = false;
+        self.push(Action::Subscription { channel: channel.to_owned(), event: SubscriptionEvent::Unsubscribed });
+        self.reconcile(channel);
+    }
+
+    fn reconcile_all(&mut self) {
+        let channels: Vec<String> = self.subscriptions.keys().cloned().collect();
+        for channel in channels {
+            self.reconcile(&channel);
+        }
+    }
+
+    /// Brings the server's side of one channel towards what the app wants, with at most
+    /// one command in flight.
+    fn reconcile(&mut self, channel: &str) {
+        let Link::Connected(transport) = self.link else {
+            if let Some(subscription) = self.subscriptions.get(channel) {
+                if !subscription.wanted && subscription.server == ServerSide::None {
+                    self.subscriptions.remove(channel);
+                }
+            }
+            return;
+        };
+        let paused = self.paused;
+        let Some(subscription) = self.subscriptions.get_mut(channel) else { return };
+        let should = subscription.should_be_subscribed(paused);
+        let command = match (should, subscription.server) {
+            (true, ServerSide::None) => {
+                subscription.server = ServerSide::SubscribeSent;
+                let since = subscription.position.clone().map(|p| BTreeMap::from([(channel.to_owned(), p)]));
+                Some(Command::Subscribe(Subscribe { id: None, channels: vec![channel.to_owned()], since }))
+            }
+            (false, ServerSide::Subscribed) => {
+                subscription.server = ServerSide::UnsubscribeSent;
+                Some(Command::Unsubscribe(Unsubscribe { id: None, channels: vec![channel.to_owned()] }))
+            }
+            (false, ServerSide::None) if !subscription.wanted => {
+                self.subscriptions.remove(channel);
+                None
+            }
+            _ => None, // in flight, or already where it should be
+        };
+        if let Some(mut command) = command {
+            let id = self.id();
+            match &mut command {
+                Command::Subscribe(c) => c.id = Some(id),
+                Command::Unsubscribe(c) => c.id = Some(id),
+                _ => {}
+            }
+            self.send(transport, &command);
+        }
+    }
+
+    /// After `connected`: one subscribe for every wanted channel, with `since` where a
+    /// position is known.
+    fn resubscribe_all(&mut self, transport: TransportId) {
+        let paused = self.paused;
+        let mut channels = Vec::new();
+        let mut since = BTreeMap::new();
+        let mut forget = Vec::new();
+        for (channel, subscription) in &mut self.subscriptions {
+            if subscription.should_be_subscribed(paused) {
+                subscription.server = ServerSide::SubscribeSent;
+                channels.push(channel.clone());
+                if let Some(position) = &subscription.position {
+                    since.insert(channel.clone(), position.clone());
+                }
+            } else if !subscription.wanted {
+                forget.push(channel.clone());
+            }
+        }
+        for channel in forget {
+            self.subscriptions.remove(&channel);
+        }
+        if channels.is_empty() {
+            return;
+        }
+        let id = self.id();
+        let since = (!since.is_empty()).then_some(since);
+        self.send(transport, &Command::Subscribe(Subscribe { id: Some(id), channels, since }));
+    }
+
+    fn emit_subscription_states(&mut self) {
+        let subscribing: Vec<String> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, s)| s.should_be_subscribed(self.paused))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in subscribing {
+            self.push(Action::Subscription { channel, event: SubscriptionEvent::Subscribing });
+        }
+    }
+
+    // ---- outbound ---------------------------------------------------------------
+
+    fn on_publish(&mut self, publication: NewPublication) {
+        self.next_publish_seq += 1;
+        let position = Position {
+            channel: publication.channel.as_str().into(),
+            seq: self.next_publish_seq,
+            key: publication.key.as_deref().map(Into::into),
+        };
+        let command = Command::Publish(Publish { id: None, publication });
+        let Ok(message) = EncodedMessage::encode(&command) else { return };
+        let dropped = self.publishes.push(Outbound::publication(message, position));
+        if dropped.total() > 0 {
+            self.push(Action::Error(ClientError::PublishesDropped { count: dropped.total() }));
+        }
+        self.flush_publishes();
+    }
+
+    /// Sends the publishes that are due, paced by the batcher.
+    fn flush_publishes(&mut self) {
+        let Link::Connected(transport) = self.link else { return };
+        while let Some(frame) = self.publishes.poll_frame(self.now) {
+            for message in frame.messages {
+                self.push(Action::Send { transport, text: message.as_str().to_owned() });
+            }
+        }
+    }
+
+    fn send(&mut self, transport: TransportId, command: &Command) {
+        if let Ok(text) = serde_json::to_string(command) {
+            self.push(Action::Send { transport, text });
+        }
+    }
+
+    fn id(&mut self) -> CommandId {
+        let id = self.next_id;
+        self.next_id += 1;
+        CommandId::Number(id)
+    }
+
+    fn push(&mut self, action: Action) {
+        self.actions.push_back(action);
+    }
+
+    /// Channels the app wants (for drivers that re-register handlers).
+    pub fn wanted_channels(&self) -> HashSet<&str> {
+        self.subscriptions.iter().filter(|(_, s)| s.wanted).map(|(c, _)| c.as_str()).collect()
+    }
+}

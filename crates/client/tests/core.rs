@@ -1,0 +1,554 @@
+//! The client core, driven deterministically with virtual time and a scripted server.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tidewire_client::core::{
+    Action, ClientConfig, ClientCore, ClientError, ConnectionState, Event, StopReason, SubscriptionEvent,
+    SubscriptionState, TokenError, TransportId,
+};
+use tidewire_protocol::NewPublication;
+
+const TS: &str = "2026-01-19T10:30:45.123456Z";
+
+struct Harness {
+    core: ClientCore,
+    now: Duration,
+    log: Vec<Action>,
+}
+
+impl Harness {
+    fn new(configure: impl FnOnce(&mut ClientConfig)) -> Harness {
+        let mut config = ClientConfig::new("ws://a/ws");
+        config.token = Some("t".into());
+        configure(&mut config);
+        Harness { core: ClientCore::new(config), now: Duration::ZERO, log: Vec::new() }
+    }
+
+    fn event(&mut self, event: Event) {
+        self.core.handle(event, self.now);
+        self.drain();
+    }
+
+    fn drain(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            self.log.push(action);
+        }
+    }
+
+    /// Moves virtual time forward, firing every timer on the way.
+    fn advance(&mut self, by: Duration) {
+        let end = self.now + by;
+        while let Some(at) = self.core.poll_timeout().filter(|at| *at <= end) {
+            self.now = self.now.max(at);
+            self.core.handle_timeout(self.now);
+            self.drain();
+        }
+        self.now = end;
+    }
+
+    fn take(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.log)
+    }
+
+    /// The commands sent since the last take, as JSON.
+    fn sent(&mut self) -> Vec<Value> {
+        self.take()
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Send { text, .. } => Some(serde_json::from_str(&text).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn opened(&mut self) -> TransportId {
+        self.take()
+            .into_iter()
+            .find_map(|a| match a {
+                Action::Open { transport, .. } => Some(transport),
+                _ => None,
+            })
+            .expect("an Open action")
+    }
+
+    fn frame(&mut self, transport: TransportId, messages: Value) {
+        self.event(Event::Frame { transport, text: messages.to_string() });
+    }
+
+    fn connected(&mut self, transport: TransportId) {
+        self.frame(transport, json!([connected_message(25_000, None)]));
+    }
+
+    /// Connect → open → `connected`; returns the transport.
+    fn connect(&mut self) -> TransportId {
+        self.event(Event::Connect);
+        let transport = self.opened();
+        self.connected(transport);
+        transport
+    }
+
+    fn subscribed(&mut self, transport: TransportId, channel: &str, seq: u64, recovered: Option<bool>) {
+        let mut m = json!({"type":"subscribed","timestamp":TS,"channel":channel,"seq":seq,"epoch":"e1"});
+        if let Some(r) = recovered {
+            m["recovered"] = json!(r);
+        }
+        self.frame(transport, json!([m]));
+    }
+
+    fn publish(&mut self, transport: TransportId, channel: &str, seqs: impl IntoIterator<Item = u64>) {
+        let messages: Vec<Value> =
+            seqs.into_iter().map(|seq| json!({"type":"tick","timestamp":TS,"channel":channel,"seq":seq,"data":seq})).collect();
+        self.frame(transport, Value::Array(messages));
+    }
+
+    fn delivered(&mut self) -> Vec<u64> {
+        self.take()
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Deliver(d) => Some(d.seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn reconnect_delay(&self) -> Option<Duration> {
+        self.core.poll_timeout().map(|at| at - self.now)
+    }
+}
+
+fn connected_message(heartbeat_ms: u64, expires_in_secs: Option<i64>) -> Value {
+    let mut m = json!({
+        "type":"connected","timestamp":TS,"connectionId":"c","userId":"u","version":1,
+        "heartbeatIntervalMs":heartbeat_ms,
+        "limits":{"maxBatch":50,"batchIntervalMs":16,"maxQueuedBatches":10,"maxChannels":128,"maxMessageBytes":4096,"commandsPerSecond":1000}
+    });
+    if let Some(secs) = expires_in_secs {
+        let expires = tidewire_protocol::Timestamp::from_unix_micros(
+            tidewire_protocol::Timestamp::parse(TS).unwrap().unix_micros() + secs * 1_000_000,
+        );
+        m["expiresAt"] = json!(expires.to_rfc3339());
+    }
+    m
+}
+
+#[test]
+fn subscriptions_made_before_connect_go_out_after_connected() {
+    let mut h = Harness::new(|_| {});
+    h.event(Event::Subscribe { channel: "alerts".into() });
+    h.event(Event::Subscribe { channel: "lp-performance".into() });
+    assert_eq!(h.core.subscription_state("alerts"), SubscriptionState::Subscribing);
+    h.event(Event::Connect);
+    assert_eq!(h.core.state(), ConnectionState::Connecting);
+    let actions = h.take();
+    let open = actions.iter().find_map(|a| match a {
+        Action::Open { transport, url, token } => Some((*transport, url.clone(), token.clone())),
+        _ => None,
+    });
+    let (transport, url, token) = open.unwrap();
+    assert_eq!((url.as_str(), token.as_deref()), ("ws://a/ws", Some("t")));
+    h.connected(transport);
+    assert_eq!(h.core.state(), ConnectionState::Connected);
+    let sent = h.sent();
+    assert_eq!(sent, vec![json!({"action":"subscribe","id":1,"channels":["alerts","lp-performance"]})]);
+    h.subscribed(transport, "alerts", 7, None);
+    assert_eq!(h.core.subscription_state("alerts"), SubscriptionState::Subscribed);
+    h.publish(transport, "alerts", [8, 9]);
+    assert_eq!(h.delivered(), vec![8, 9]);
+}
+
+#[test]
+fn backoff_grows_with_full_jitter_and_rotates_urls() {
+    let mut h = Harness::new(|c| c.urls = vec!["ws://a/ws".into(), "ws://b/ws".into()]);
+    let mut transport = h.connect();
+    let mut urls = Vec::new();
+    for attempt in 0..10u32 {
+        h.event(Event::TransportClosed { transport, code: 1006, reason: String::new() });
+        assert_eq!(h.core.state(), ConnectionState::Connecting);
+        let delay = h.reconnect_delay().expect("a reconnect is scheduled");
+        let cap = Duration::from_millis(500) * 2u32.pow(attempt.min(6));
+        assert!(delay < cap.min(Duration::from_secs(20)), "attempt {attempt}: {delay:?}");
+        h.take();
+        h.advance(delay);
+        let actions = h.take();
+        let (t, url) = actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Open { transport, url, .. } => Some((*transport, url.clone())),
+                _ => None,
+            })
+            .expect("reopened");
+        transport = t;
+        urls.push(url);
+    }
+    assert!(urls.contains(&"ws://a/ws".to_owned()) && urls.contains(&"ws://b/ws".to_owned()));
+    assert_eq!(h.core.attempt(), 10);
+    h.connected(transport);
+    assert_eq!(h.core.attempt(), 0, "a successful connect resets the backoff");
+}
+
+#[test]
+fn terminal_codes_stop_and_reconnect_codes_retry() {
+    for (code, terminal) in [(4501, true), (4500, true), (1008, true), (4502, true), (1012, false), (4000, false), (1006, false), (4001, false)] {
+        let mut h = Harness::new(|_| {});
+        let transport = h.connect();
+        h.take();
+        h.event(Event::TransportClosed { transport, code, reason: "why".into() });
+        if terminal {
+            assert_eq!(h.core.state(), ConnectionState::Disconnected, "{code}");
+            assert_eq!(h.core.poll_timeout(), None, "{code}: no reconnect");
+            let stopped = h.take().into_iter().find_map(|a| match a {
+                Action::State { stopped, .. } => stopped,
+                _ => None,
+            });
+            assert_eq!(stopped, Some(StopReason::Terminal { code, reason: "why".into() }));
+        } else {
+            assert_eq!(h.core.state(), ConnectionState::Connecting, "{code}");
+            assert!(h.core.poll_timeout().is_some(), "{code}: reconnect scheduled");
+        }
+    }
+}
+
+#[test]
+fn reconnect_resubscribes_with_since_and_reports_recovery() {
+    let mut h = Harness::new(|_| {});
+    h.event(Event::Subscribe { channel: "a".into() });
+    let t1 = h.connect();
+    h.take();
+    h.subscribed(t1, "a", 0, None);
+    h.publish(t1, "a", 1..=3);
+    assert_eq!(h.delivered(), vec![1, 2, 3]);
+    h.event(Event::TransportClosed { transport: t1, code: 1012, reason: String::new() });
+    let delay = h.reconnect_delay().unwrap();
+    h.advance(delay);
+    let t2 = h.opened();
+    h.connected(t2);
+    assert_eq!(
+        h.sent(),
+        vec![json!({"action":"subscribe","id":2,"channels":["a"],"since":{"a":{"seq":3,"epoch":"e1"}}})]
+    );
+    h.subscribed(t2, "a", 5, Some(true));
+    let events: Vec<Action> = h.take();
+    assert!(events.contains(&Action::Subscription { channel: "a".into(), event: SubscriptionEvent::Subscribed { recovered: Some(true) } }));
+    h.publish(t2, "a", [4, 5, 6]);
+    assert_eq!(h.delivered(), vec![4, 5, 6]);
+
+    // Not recoverable: the app is told, the position jumps to the head.
+    h.event(Event::TransportClosed { transport: t2, code: 1006, reason: String::new() });
+    let delay = h.reconnect_delay().unwrap();
+    h.advance(delay);
+    let t3 = h.opened();
+    h.connected(t3);
+    h.take();
+    h.subscribed(t3, "a", 900, Some(false));
+    assert!(h.take().contains(&Action::Subscription { channel: "a".into(), event: SubscriptionEvent::Subscribed { recovered: Some(false) } }));
+    h.publish(t3, "a", [901]);
+    assert_eq!(h.delivered(), vec![901]);
+    assert_eq!(h.core.position("a").unwrap().seq, 901);
+}
+
+#[test]
+fn a_seq_jump_triggers_recovery_and_every_seq_arrives_once() {
+    let mut h = Harness::new(|_| {});
+    h.event(Event::Subscribe { channel: "a".into() });
+    let t = h.connect();
+    h.take();
+    h.subscribed(t, "a", 0, None);
+    h.publish(t, "a", [1, 2, 5, 6]);
+    assert_eq!(h.delivered(), vec![1, 2]);
+    assert_eq!(h.sent(), Vec::<Value>::new());
+    // The recovery went out with the frame; nothing more until the answer.
+    h.publish(t, "a", [1, 2]); // stale duplicates are ignored
+    let actions = h.take();
+    assert!(actions.iter().all(|a| !matches!(a, Action::Deliver(_))));
+    h.publish(t, "a", [7]);
+    assert_eq!(h.delivered(), Vec::<u64>::new());
+    h.subscribed(t, "a", 7, Some(true));
+    h.publish(t, "a", [3, 4, 5, 6, 7, 5, 8]);
+    assert_eq!(h.delivered(), vec![3, 4, 5, 6, 7, 8]);
+}
+
+#[test]
+fn recovery_command_carries_since() {
+    let mut h = Harness::new(|_| {});
+    h.event(Event::Subscribe { channel: "a".into() });
+    let t = h.connect();
+    h.take();
+    h.subscribed(t, "a", 10, None);
+    h.publish(t, "a", [11, 14]);
+    let actions = h.take();
+    let sent: Vec<Value> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { text, .. } => Some(serde_json::from_str(text).unwrap()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, vec![json!({"action":"subscribe","id":2,"channels":["a"],"since":{"a":{"seq":11,"epoch":"e1"}}})]);
+}
+
+#[test]
+fn gap_notices_recover_on_overflow_and_skip_superseded() {
+    let mut h = Harness::new(|_| {});
+    h.event(Event::Subscribe { channel: "lp".into() });
+    let t = h.connect();
+    h.take();
+    h.subscribed(t, "lp", 0, None);
+    h.frame(
+        t,
+        json!([
+            {"type":"gap","timestamp":TS,"channel":"lp","from":2,"to":3,"reason":"superseded"},
+            {"type":"tick","timestamp":TS,"channel":"lp","seq":1,"data":1},
+            {"type":"tick","timestamp":TS,"channel":"lp","seq":4,"data":4}
+        ]),
+    );
+    assert_eq!(h.delivered(), vec![1, 4]);
+    h.frame(t, json!([{"type":"gap","timestamp":TS,"channel":"lp","from":5,"to":9,"reason":"overflow"}]));
+    let sent = h.sent();
+    assert_eq!(sent[0]["since"]["lp"]["seq"], 4);
+}
+
+#[test]
+fn snapshot_messages_reach_the_handler_first_without_moving_the_position() {
+    let mut h = Harness::new(|_| {});
+    h.event(Event::Subscribe { channel: "lp".into() });
+    let t = h.connect();
+    h.take();
+    h.frame(
+        t,
+        json!([
+            {"type":"subscribed","timestamp":TS,"channel":"lp","seq":40,"epoch":"e1"},
+            {"snapshot":true,"type":"lp-metrics","timestamp":TS,"channel":"lp","seq":38,"key":"LMAX","data":{}},
+            {"snapshot":true,"type":"lp-metrics","timestamp":TS,"channel":"lp","seq":40,"key":"OANDA","data":{}},
+            {"type":"lp-metrics","timestamp":TS,"channel":"lp","seq":41,"key":"OANDA","data":{}}
+        ]),
+    );
+    let deliveries: Vec<(u64, bool)> = h
+        .take()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Deliver(d) => Some((d.seq, d.snapshot)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deliveries, vec![(38, true), (40, true), (41, false)]);
+}
+
+#[test]
+fn quick_subscribe_unsubscribe_never_duplicates_server_subscriptions() {
+    let mut h = Harness::new(|_| {});
+    let t = h.connect();
+    h.take();
+    // Mount, unmount, mount within one round trip.
+    h.event(Event::Subscribe { channel: "a".into() });
+    h.event(Event::Unsubscribe { channel: "a".into() });
+    h.event(Event::Subscribe { channel: "a".into() });
+    let sent = h.sent();
+    assert_eq!(sent.len(), 1, "one subscribe in flight: {sent:?}");
+    h.subscribed(t, "a", 0, None);
+    assert_eq!(h.sent(), Vec::<Value>::new(), "wanted and subscribed: nothing more");
+    assert_eq!(h.core.subscription_state("a"), SubscriptionState::Subscribed);
+
+    // Unmount, mount, unmount, mount while the unsubscribe is in flight.
+    h.event(Event::Unsubscribe { channel: "a".into() });
+    assert_eq!(h.sent()[0]["action"], "unsubscribe");
+    h.event(Event::Subscribe { channel: "a".into() });
+    h.event(Event::Unsubscribe { channel: "a".into() });
+    h.event(Event::Subscribe { channel: "a".into() });
+    assert_eq!(h.sent(), Vec::<Value>::new(), "waits for the unsubscribe answer");
+    h.frame(t, json!([{"type":"unsubscribed","timestamp":TS,"channel":"a"}]));
+    let sent = h.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["action"], "subscribe");
+    assert_eq!(sent[0]["since"]["a"]["seq"], 0, "resumes from where it was");
+
+    // Subscribe and unsubscribe while disconnected: nothing ever reaches the server.
+    let mut h = Harness::new(|_| {});
+    h.event(Event::Subscribe { channel: "b".into() });
+    h.event(Event::Unsubscribe { channel: "b".into() });
+    h.connect();
+    assert_eq!(h.sent(), Vec::<Value>::new());
+}
+
+#[test]
+fn messages_for_unwanted_channels_are_not_delivered() {
+    let mut h = Harness::new(|_| {});
+    h.event(Event::Subscribe { channel: "a".into() });
+    let t = h.connect();
+    h.subscribed(t, "a", 0, None);
+    h.take();
+    h.event(Event::Unsubscribe { channel: "a".into() });
+    h.publish(t, "a", [1]);
+    h.publish(t, "zzz", [1]);
+    assert_eq!(h.delivered(), Vec::<u64>::new());
+}
+
+#[test]
+fn refused_channels_are_reported_and_not_retried() {
+    let mut h = Harness::new(|_| {});
+    h.event(Event::Subscribe { channel: "secret".into() });
+    let t = h.connect();
+    h.take();
+    h.frame(t, json!([{"type":"error","timestamp":TS,"id":1,"code":"FORBIDDEN","message":"no","channel":"secret"}]));
+    let actions = h.take();
+    assert!(actions.iter().any(|a| matches!(a, Action::Subscription { event: SubscriptionEvent::Refused { .. }, .. })));
+    assert_eq!(h.core.subscription_state("secret"), SubscriptionState::Unsubscribed);
+    h.event(Event::TransportClosed { transport: t, code: 1012, reason: String::new() });
+    let delay = h.reconnect_delay().unwrap();
+    h.advance(delay);
+    let t2 = h.opened();
+    h.connected(t2);
+    assert_eq!(h.sent(), Vec::<Value>::new(), "not retried after a reconnect");
+}
+
+#[test]
+fn offline_publishes_queue_bounded_and_go_out_in_order_paced() {
+    let mut h = Harness::new(|c| c.max_queued_publishes = 32);
+    let mut dropped = 0;
+    for i in 0..100u32 {
+        h.event(Event::Publish(NewPublication { channel: "p".into(), kind: "t".into(), data: json!(i), key: None }));
+        for action in h.take() {
+            if let Action::Error(ClientError::PublishesDropped { count }) = action {
+                dropped += count;
+            }
+        }
+    }
+    assert_eq!(dropped, 100 - 32);
+    let t = h.connect();
+    let _ = t;
+    let mut sent = h.sent();
+    assert!(sent.len() <= 16, "paced: {}", sent.len());
+    while sent.len() < 32 {
+        h.advance(Duration::from_millis(16));
+        let more = h.sent();
+        assert!(more.len() <= 16);
+        sent.extend(more);
+    }
+    let data: Vec<u64> = sent.iter().map(|c| c["data"].as_u64().unwrap()).collect();
+    assert_eq!(data, (68..100).collect::<Vec<_>>(), "the newest 32, in order");
+    assert!(sent.iter().all(|c| c["action"] == "publish"));
+}
+
+#[test]
+fn a_silent_link_is_closed_and_replaced() {
+    let mut h = Harness::new(|c| c.heartbeat_grace = Duration::from_secs(2));
+    let t = h.connect();
+    h.frame(t, json!([connected_message(1000, None)]));
+    h.take();
+    h.advance(Duration::from_millis(2500));
+    assert_eq!(h.core.state(), ConnectionState::Connected, "a heartbeat interval plus grace is allowed");
+    h.frame(t, json!([{"type":"heartbeat","timestamp":TS}]));
+    h.advance(Duration::from_millis(2900));
+    assert_eq!(h.core.state(), ConnectionState::Connected, "a heartbeat resets the deadline");
+    h.advance(Duration::from_millis(200));
+    let actions = h.take();
+    assert!(actions.iter().any(|a| matches!(a, Action::Close { code: 4001, .. })), "{actions:?}");
+    assert_eq!(h.core.state(), ConnectionState::Connecting);
+    // Late events from the dead transport are ignored.
+    h.publish(t, "a", [1]);
+    h.event(Event::TransportClosed { transport: t, code: 1006, reason: String::new() });
+    assert_eq!(h.core.state(), ConnectionState::Connecting);
+}
+
+#[test]
+fn token_provider_paths() {
+    // Fetched before each connect; failures retry with backoff; unauthorized is terminal.
+    let mut h = Harness::new(|c| c.token_provider = true);
+    h.event(Event::Connect);
+    assert!(h.take().contains(&Action::FetchToken));
+    h.event(Event::Token(Err(TokenError::Failed("503".into()))));
+    assert!(h.take().contains(&Action::Error(ClientError::Token("503".into()))));
+    let delay = h.reconnect_delay().unwrap();
+    h.advance(delay);
+    assert!(h.take().contains(&Action::FetchToken));
+    h.event(Event::Token(Ok("fresh".into())));
+    let open = h.take().into_iter().find_map(|a| match a {
+        Action::Open { token, transport, .. } => Some((token, transport)),
+        _ => None,
+    });
+    let (token, t) = open.unwrap();
+    assert_eq!(token.as_deref(), Some("fresh"));
+
+    // Refreshed in band before expiry (60 s left → refresh at 30 s).
+    h.frame(t, json!([connected_message(25_000, Some(60))]));
+    h.take();
+    h.advance(Duration::from_secs(29));
+    h.frame(t, json!([{"type":"heartbeat","timestamp":TS}]));
+    assert!(!h.take().contains(&Action::FetchToken));
+    h.advance(Duration::from_secs(2));
+    assert!(h.take().contains(&Action::FetchToken));
+    h.event(Event::Token(Ok("renewed".into())));
+    assert_eq!(h.sent(), vec![json!({"action":"refresh","id":1,"token":"renewed"})]);
+
+    // TOKEN_EXPIRED with a provider: fetch a new token and reconnect.
+    h.event(Event::TransportClosed { transport: t, code: 4502, reason: String::new() });
+    assert_eq!(h.core.state(), ConnectionState::Connecting);
+    let delay = h.reconnect_delay().unwrap();
+    h.advance(delay);
+    assert!(h.take().contains(&Action::FetchToken));
+    h.event(Event::Token(Err(TokenError::Unauthorized("banned".into()))));
+    assert_eq!(h.core.state(), ConnectionState::Disconnected);
+    assert_eq!(h.core.poll_timeout(), None);
+}
+
+#[test]
+fn offline_and_online() {
+    let mut h = Harness::new(|_| {});
+    let t = h.connect();
+    h.take();
+    h.event(Event::Offline);
+    let actions = h.take();
+    assert!(actions.iter().any(|a| matches!(a, Action::Close { transport, .. } if *transport == t)));
+    assert_eq!(h.core.state(), ConnectionState::Disconnected);
+    assert_eq!(h.core.poll_timeout(), None, "no reconnect attempts while offline");
+    h.event(Event::Online);
+    assert!(h.take().iter().any(|a| matches!(a, Action::Open { .. })), "online → reconnect now");
+}
+
+#[test]
+fn background_mode_leaves_and_catches_up_with_since() {
+    let mut h = Harness::new(|_| {});
+    h.event(Event::Subscribe { channel: "a".into() });
+    let t = h.connect();
+    h.subscribed(t, "a", 5, None);
+    h.take();
+    h.event(Event::Pause);
+    assert_eq!(h.sent()[0]["action"], "unsubscribe");
+    h.frame(t, json!([{"type":"unsubscribed","timestamp":TS,"channel":"a"}]));
+    h.publish(t, "a", [6]);
+    assert_eq!(h.delivered(), Vec::<u64>::new());
+    h.event(Event::Resume);
+    let sent = h.sent();
+    assert_eq!(sent[0]["action"], "subscribe");
+    assert_eq!(sent[0]["since"]["a"]["seq"], 5);
+}
+
+#[test]
+fn an_incompatible_server_is_refused() {
+    let mut h = Harness::new(|_| {});
+    h.event(Event::Connect);
+    let t = h.opened();
+    let mut connected = connected_message(25_000, None);
+    connected["version"] = json!(99);
+    h.frame(t, json!([connected]));
+    let actions = h.take();
+    assert!(actions.iter().any(|a| matches!(a, Action::Close { code: 4503, .. })));
+    assert_eq!(h.core.state(), ConnectionState::Disconnected);
+    assert_eq!(h.core.poll_timeout(), None);
+}
+
+#[test]
+fn garbage_frames_are_reported_and_skipped() {
+    let mut h = Harness::new(|_| {});
+    h.event(Event::Subscribe { channel: "a".into() });
+    let t = h.connect();
+    h.subscribed(t, "a", 0, None);
+    h.take();
+    h.event(Event::Frame { transport: t, text: "not json".into() });
+    h.frame(t, json!([{"type":"future-control-type-without-channel"}, {"type":"tick","timestamp":TS,"channel":"a","seq":1,"data":1}, 17]));
+    let actions = h.take();
+    let errors = actions.iter().filter(|a| matches!(a, Action::Error(ClientError::Decode(_)))).count();
+    assert_eq!(errors, 3);
+    assert!(actions.iter().any(|a| matches!(a, Action::Deliver(d) if d.seq == 1)));
+    assert_eq!(h.core.state(), ConnectionState::Connected);
+}
