@@ -8,3 +8,6 @@
 //!   by `cargo xtask wasm`.
 
 pub mod core;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;

@@ -552,3 +552,25 @@ fn garbage_frames_are_reported_and_skipped() {
     assert!(actions.iter().any(|a| matches!(a, Action::Deliver(d) if d.seq == 1)));
     assert_eq!(h.core.state(), ConnectionState::Connected);
 }
+
+#[test]
+fn subscription_events_follow_the_lifecycle() {
+    let mut h = Harness::new(|_| {});
+    let t = h.connect();
+    h.take();
+    h.event(Event::Subscribe { channel: "a".into() });
+    h.subscribed(t, "a", 0, None);
+    h.event(Event::Unsubscribe { channel: "a".into() });
+    let events: Vec<SubscriptionEvent> = h
+        .take()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Subscription { event, .. } => Some(event),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        events,
+        vec![SubscriptionEvent::Subscribing, SubscriptionEvent::Subscribed { recovered: None }, SubscriptionEvent::Unsubscribed]
+    );
+}

@@ -32,6 +32,7 @@ pub async fn bind(hub: &Hub) -> std::io::Result<TcpListener> {
 
 /// Serves until `shutdown` resolves, then drains.
 pub async fn serve(listener: TcpListener, hub: Hub, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    hub.resume_serving();
     let app = router(hub.clone());
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1().timer(TokioTimer::new()).header_read_timeout(hub.config().handshake_timeout);

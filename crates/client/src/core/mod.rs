@@ -705,8 +705,8 @@ impl ClientCore {
     // ---- subscriptions ----------------------------------------------------------
 
     fn on_subscribe(&mut self, channel: String) {
+        let was_wanted = self.subscriptions.get(&channel).is_some_and(|s| s.wanted && !s.refused);
         let subscription = self.subscriptions.entry(channel.clone()).or_insert_with(Subscription::new);
-        let was_wanted = subscription.wanted && !subscription.refused;
         subscription.wanted = true;
         subscription.refused = false;
         if !was_wanted {

@@ -98,7 +98,7 @@ async fn run(session: &mut Session, sink: &mut Sink, stream: &mut SplitStream<We
     let hub = session.hub.clone();
     let config = hub.config().clone();
     let outbox = session.outbox.clone();
-    let shutdown = hub.shutdown_token().clone();
+    let shutdown = hub.shutdown_token();
     let mut last_write = Instant::now();
     let mut next_ping = last_write + config.heartbeat_interval;
     let mut awaiting_pong: Option<Instant> = None;

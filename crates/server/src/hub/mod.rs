@@ -87,7 +87,9 @@ struct Inner {
     next_epoch: AtomicU64,
     /// Distinguishes this hub's epochs and connection ids from any earlier run's.
     instance: String,
-    shutdown: CancellationToken,
+    /// Cancelled when the current serving run starts draining; replaced when the hub is
+    /// served again.
+    shutdown: Mutex<CancellationToken>,
     draining: AtomicBool,
     /// One keyed limiter per configured publish rule, keyed by channel.
     publish_limits: Vec<governor::DefaultKeyedRateLimiter<Arc<str>>>,
@@ -123,7 +125,7 @@ impl Hub {
                 next_connection: AtomicU64::new(1),
                 next_epoch: AtomicU64::new(1),
                 instance,
-                shutdown: CancellationToken::new(),
+                shutdown: Mutex::new(CancellationToken::new()),
                 draining: AtomicBool::new(false),
             }),
         })
@@ -147,15 +149,25 @@ impl Hub {
     }
 
     /// Cancelled when the node starts draining.
-    pub fn shutdown_token(&self) -> &CancellationToken {
-        &self.inner.shutdown
+    pub fn shutdown_token(&self) -> CancellationToken {
+        lock(&self.inner.shutdown).clone()
     }
 
     /// Starts draining: readiness fails, new connections are refused, and every
     /// connection closes with 1012 within the drain window.
     pub fn begin_shutdown(&self) {
         self.inner.draining.store(true, Ordering::SeqCst);
-        self.inner.shutdown.cancel();
+        lock(&self.inner.shutdown).cancel();
+    }
+
+    /// Makes a drained hub servable again (an embedding app may stop its listener and
+    /// serve the same hub later, keeping channels, history and snapshots).
+    pub fn resume_serving(&self) {
+        let mut token = lock(&self.inner.shutdown);
+        if token.is_cancelled() {
+            *token = CancellationToken::new();
+        }
+        self.inner.draining.store(false, Ordering::SeqCst);
     }
 
     pub fn is_draining(&self) -> bool {

@@ -1,0 +1,177 @@
+//! The tokio driver against a real tidewire server on loopback.
+
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::time::Duration;
+
+use tidewire_client::core::{ConnectionState, SubscriptionEvent, TokenError};
+use tidewire_client::native::{Client, Config, Item};
+use tidewire_protocol::NewPublication;
+use tidewire_server::auth::{mint_hs256, unix_now, Claims};
+use tidewire_server::{server, Hub};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const SECRET: &str = "native-secret";
+
+fn token(ttl: u64) -> String {
+    mint_hs256(SECRET, &Claims { sub: "native".into(), exp: unix_now() + ttl, ..Claims::default() }).unwrap()
+}
+
+fn hub(configure: impl FnOnce(&mut tidewire_server::Config)) -> Hub {
+    let mut config = tidewire_server::Config::for_tests(SECRET);
+    config.drain_window = Duration::from_millis(100);
+    configure(&mut config);
+    Hub::new(config).unwrap()
+}
+
+/// Serves `hub` on `listener` until the returned sender fires.
+fn serve(listener: TcpListener, hub: &Hub) -> (oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve(listener, hub.clone(), async move {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
+fn tick(hub: &Hub, channel: &str, n: u64) -> u64 {
+    hub.publish(NewPublication { channel: channel.into(), kind: "tick".into(), data: serde_json::json!(n), key: None })
+        .unwrap()
+        .seq
+}
+
+async fn next_event(subscription: &mut tidewire_client::native::Subscription) -> SubscriptionEvent {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), subscription.next()).await.expect("an event in time").expect("open") {
+            Item::Event(event) => return event,
+            Item::Message(_) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_on_the_same_port_loses_nothing() {
+    // The hub (channels, history) outlives its listener, as it would with a shared broker.
+    let hub = hub(|c| {
+        c.history_size = 10_000;
+        c.max_queued_batches = 100;
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, first) = serve(listener, &hub);
+
+    let client = Client::connect(Config::new(format!("ws://{addr}/ws")).token(token(3600)));
+    let mut ticks = client.subscribe("ticks");
+    assert_eq!(next_event(&mut ticks).await, SubscriptionEvent::Subscribing);
+    assert_eq!(next_event(&mut ticks).await, SubscriptionEvent::Subscribed { recovered: None });
+
+    const TOTAL: u64 = 800;
+    let publisher = {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            for n in 1..=TOTAL {
+                assert_eq!(tick(&hub, "ticks", n), n);
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        })
+    };
+    let restart = {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let _ = stop.send(());
+            first.await.unwrap().unwrap();
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let listener = TcpListener::bind(addr).await.expect("the same port again");
+            serve(listener, &hub)
+        })
+    };
+
+    let mut seqs = Vec::new();
+    let mut recovered = Vec::new();
+    while seqs.last() != Some(&TOTAL) {
+        match tokio::time::timeout(Duration::from_secs(20), ticks.next()).await.expect("progress").expect("open") {
+            Item::Message(delivery) => {
+                assert!(!delivery.snapshot);
+                seqs.push(delivery.seq);
+            }
+            Item::Event(SubscriptionEvent::Subscribed { recovered: r }) => recovered.push(r),
+            Item::Event(_) => {}
+        }
+    }
+    publisher.await.unwrap();
+    let (_stop_second, _second) = restart.await.unwrap();
+    assert_eq!(seqs, (1..=TOTAL).collect::<Vec<_>>(), "every seq exactly once, in order");
+    assert_eq!(recovered, vec![Some(true)], "one reconnect, recovered");
+    assert_eq!(client.state().borrow().state, ConnectionState::Connected);
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_server_means_recovered_false_and_a_new_stream() {
+    let first_hub = hub(|_| {});
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, first) = serve(listener, &first_hub);
+    let client = Client::connect(Config::new(format!("ws://{addr}/ws")).token(token(3600)));
+    let mut ticks = client.subscribe("ticks");
+    assert_eq!(next_event(&mut ticks).await, SubscriptionEvent::Subscribing);
+    assert_eq!(next_event(&mut ticks).await, SubscriptionEvent::Subscribed { recovered: None });
+    for n in 1..=5 {
+        tick(&first_hub, "ticks", n);
+    }
+    for n in 1..=5 {
+        assert_eq!(ticks.next_message().await.unwrap().seq, n);
+    }
+    let _ = stop.send(());
+    first.await.unwrap().unwrap();
+
+    // A new process: history gone, another epoch.
+    let second_hub = hub(|_| {});
+    tick(&second_hub, "ticks", 1);
+    let (_stop, _second) = serve(TcpListener::bind(addr).await.unwrap(), &second_hub);
+    let mut events = Vec::new();
+    loop {
+        let event = next_event(&mut ticks).await;
+        events.push(event.clone());
+        if matches!(event, SubscriptionEvent::Subscribed { .. }) {
+            break;
+        }
+    }
+    assert_eq!(events.last(), Some(&SubscriptionEvent::Subscribed { recovered: Some(false) }));
+    tick(&second_hub, "ticks", 2);
+    assert_eq!(ticks.next_message().await.unwrap().seq, 2, "live again from the new head");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_provider_keeps_a_short_lived_session_alive() {
+    let hub = hub(|_| {});
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, _task) = serve(listener, &hub);
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = calls.clone();
+    let client = Client::connect(Config::new(format!("ws://{addr}/ws")).token_provider(move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { Ok::<_, TokenError>(token(3)) }
+    }));
+    client.connected().await;
+    let mut status = client.state();
+    // Tokens live 3 s; refreshed in band, the connection outlives several of them.
+    let dropped = tokio::time::timeout(Duration::from_secs(7), status.wait_for(|s| s.state != ConnectionState::Connected)).await;
+    assert!(dropped.is_err(), "the connection never dropped");
+    assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= 3, "fetched at connect and before each expiry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_token_stops_without_retrying() {
+    let hub = hub(|_| {});
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, _task) = serve(listener, &hub);
+    let client = Client::connect(Config::new(format!("ws://{addr}/ws")).token("not-a-token"));
+    let mut status = client.state();
+    let stopped = tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| s.stopped.is_some())).await.unwrap().unwrap().clone();
+    assert_eq!(stopped.state, ConnectionState::Disconnected);
+    assert!(matches!(stopped.stopped, Some(tidewire_client::core::StopReason::Terminal { code: 4501, .. })), "{stopped:?}");
+}
