@@ -3,9 +3,12 @@
 //! Each task says what it is doing and installs (or checks for) what it needs, so the
 //! README's commands work on a fresh machine. Run `cargo xtask help` for the list.
 
+mod fixture;
 mod process;
-mod ts;
 mod test;
+mod tools;
+mod ts;
+mod wasm;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,6 +18,7 @@ usage: cargo xtask <task> [options]
 
 tasks:
   ts [--check]   regenerate ts-bindings/ from the protocol types (--check: fail on drift)
+  wasm           build the browser client's npm package (target/npm/tidewire-client)
   test           run the whole test suite (what CI runs)
   help           this text
 ";
@@ -26,6 +30,7 @@ fn main() -> ExitCode {
     let result = match task {
         "ts" => ts::run(rest),
         "test" => test::run(rest),
+        "wasm" => wasm::run(rest),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())

@@ -5,17 +5,7 @@ use std::process::Command;
 
 /// Runs a command in `dir`, inheriting stdio; an error names the command and its status.
 pub fn run(dir: &Path, program: &str, args: &[&str]) -> Result<(), String> {
-    println!("    $ {program} {}", args.join(" "));
-    let status = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .status()
-        .map_err(|e| format!("could not start `{program}`: {e} (is it installed and on PATH?)"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("`{program} {}` failed ({status})", args.join(" ")))
-    }
+    run_with_env(dir, program, args, &[])
 }
 
 /// Runs a command and returns its stdout, or `None` if it cannot start or fails.
@@ -27,4 +17,21 @@ pub fn output(program: &str, args: &[&str]) -> Option<String> {
 /// Cargo as invoked by `cargo xtask`, so a toolchain override carries through.
 pub fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+/// Like [`run`], with extra environment variables.
+pub fn run_with_env(dir: &Path, program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
+    let shown: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    println!("    $ {shown}{program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .status()
+        .map_err(|e| format!("could not start `{program}`: {e} (is it installed and on PATH?)"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{program} {}` failed ({status})", args.join(" ")))
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! Steps, in order: the generated TypeScript is current; every Rust test passes; the
 //! protocol crate builds for `wasm32-unknown-unknown`; the TypeScript example that
-//! handles every message type compiles under `tsc --strict`.
+//! handles every message type compiles under `tsc --strict`; the browser client's tests
+//! run in headless Chromium against a real node (the `fixture` example).
 
 use crate::process::{self, cargo, output};
 use crate::step;
@@ -25,6 +26,8 @@ fn run_suite() -> Result<(), String> {
     ensure_npm_packages(&web)?;
     process::run(&web, "npx", &["--no-install", "tsc", "--strict", "--noEmit", "-p", "tsconfig.json"])?;
 
+    browser_tests()?;
+
     println!("\nall checks passed");
     Ok(())
 }
@@ -34,6 +37,29 @@ pub fn run(args: &[String]) -> Result<(), String> {
         return Err("usage: cargo xtask test".to_owned());
     }
     run_suite()
+}
+
+/// The wasm client in headless Chromium (wasm-bindgen-test), against a live node.
+fn browser_tests() -> Result<(), String> {
+    let root = crate::root();
+    let cargo = cargo();
+    step("browser tests: the wasm client in headless Chromium against a real node");
+    let (_, runner) = crate::tools::wasm_bindgen()?;
+    let (_, chromedriver) = crate::tools::chromium()?;
+    process::run(&root, &cargo, &["build", "--locked", "-p", "tidewire-server", "--example", "fixture"])?;
+    let fixture = crate::fixture::Fixture::start()?;
+    println!("    fixture: {} (control {})", fixture.ws, fixture.control);
+    process::run_with_env(
+        &root,
+        &cargo,
+        &["test", "--locked", "-p", "tidewire-client", "--target", "wasm32-unknown-unknown", "--test", "browser"],
+        &[
+            ("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", runner.to_str().unwrap_or_default()),
+            ("CHROMEDRIVER", chromedriver.to_str().unwrap_or_default()),
+            ("TIDEWIRE_FIXTURE", &fixture.control),
+            ("WASM_BINDGEN_TEST_TIMEOUT", "180"),
+        ],
+    )
 }
 
 /// Adds the wasm target through rustup when it is missing.

@@ -34,8 +34,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::core::{
-    Action, ClientConfig, ClientCore, ClientError, ConnectionState, Delivery, Event, StopReason, SubscriptionEvent,
-    TokenError, TransportId,
+    Action, ClientConfig, ClientCore, ClientError, ConnectionState, Delivery, Event, OutgoingPublish, StopReason,
+    SubscriptionEvent, TokenError, TransportId,
 };
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -314,7 +314,10 @@ impl Driver {
                     self.handle(Event::Unsubscribe { channel });
                 }
             }
-            Request::Publish(publication) => self.handle(Event::Publish(publication)),
+            Request::Publish(publication) => match OutgoingPublish::new(publication) {
+                Ok(publish) => self.handle(Event::Publish(publish)),
+                Err(e) => self.report(ClientError::Decode(format!("cannot encode the publication: {e}"))),
+            },
             Request::Close => {
                 self.closing = true;
                 self.handle(Event::Close);
@@ -338,6 +341,14 @@ impl Driver {
             None => {
                 self.socket = None;
                 self.handle(Event::TransportClosed { transport, code: 1006, reason: "connection lost".to_owned() });
+            }
+        }
+    }
+
+    fn report(&self, error: ClientError) {
+        if let Ok(slot) = self.errors.lock() {
+            if let Some(sender) = slot.as_ref() {
+                let _ = sender.send(error);
             }
         }
     }
@@ -399,13 +410,7 @@ impl Driver {
                     let _ = self.status.send(Status { state, attempt, stopped });
                 }
                 Action::Published { .. } => {}
-                Action::Error(error) => {
-                    if let Ok(slot) = self.errors.lock() {
-                        if let Some(sender) = slot.as_ref() {
-                            let _ = sender.send(error);
-                        }
-                    }
-                }
+                Action::Error(error) => self.report(error),
             }
         }
     }

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tidewire_client::core::{
-    Action, ClientConfig, ClientCore, ClientError, ConnectionState, Event, StopReason, SubscriptionEvent,
-    SubscriptionState, TokenError, TransportId,
+    Action, ClientConfig, ClientCore, ClientError, ConnectionState, Event, OutgoingPublish, StopReason,
+    SubscriptionEvent, SubscriptionState, TokenError, TransportId,
 };
 use tidewire_protocol::NewPublication;
 
@@ -406,7 +406,8 @@ fn offline_publishes_queue_bounded_and_go_out_in_order_paced() {
     let mut h = Harness::new(|c| c.max_queued_publishes = 32);
     let mut dropped = 0;
     for i in 0..100u32 {
-        h.event(Event::Publish(NewPublication { channel: "p".into(), kind: "t".into(), data: json!(i), key: None }));
+        let publish = OutgoingPublish::new(NewPublication { channel: "p".into(), kind: "t".into(), data: json!(i), key: None }).unwrap();
+        h.event(Event::Publish(publish));
         for action in h.take() {
             if let Action::Error(ClientError::PublishesDropped { count }) = action {
                 dropped += count;

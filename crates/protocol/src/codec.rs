@@ -27,6 +27,11 @@ impl EncodedMessage {
         Ok(EncodedMessage(serde_json::to_string(message)?.into()))
     }
 
+    /// Wraps JSON object text built by this crate's own encoders (no parsing).
+    pub(crate) fn from_json_object_text(text: String) -> EncodedMessage {
+        EncodedMessage(text.into())
+    }
+
     /// The JSON text.
     pub fn as_str(&self) -> &str {
         &self.0

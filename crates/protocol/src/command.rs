@@ -19,12 +19,36 @@ use serde_json::Value;
 use crate::ErrorCode;
 
 /// A command's correlation id, echoed in the reply: a number or a string.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(untagged)]
 pub enum CommandId {
     Number(u64),
     Text(String),
+}
+
+// By hand rather than `#[serde(untagged)]`: untagged decoding buffers the input and
+// costs a lot of code in the wasm client for two cases.
+impl<'de> Deserialize<'de> for CommandId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = CommandId;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a non-negative integer or a string")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<CommandId, E> {
+                Ok(CommandId::Number(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<CommandId, E> {
+                u64::try_from(n).map(CommandId::Number).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(n), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<CommandId, E> {
+                Ok(CommandId::Text(s.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// Every command a client may send.
@@ -169,6 +193,21 @@ impl<'de> Deserialize<'de> for StreamPosition {
     }
 }
 
+/// Encodes a `publish` command whose `data` is already JSON text, without building a
+/// JSON tree: what a browser client does after the page's own `JSON.stringify`. The
+/// result decodes exactly like the serde form of [`Command::Publish`].
+///
+/// `data_json` must be valid JSON (it is embedded as is).
+pub fn encode_publish(channel: &str, kind: &str, data_json: &str, key: Option<&str>) -> crate::EncodedMessage {
+    let quote = |text: &str| serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned());
+    let mut command = format!(r#"{{"action":"publish","channel":{},"type":{},"data":{data_json}"#, quote(channel), quote(kind));
+    if let Some(key) = key {
+        command.push_str(&format!(r#","key":{}"#, quote(key)));
+    }
+    command.push('}');
+    crate::EncodedMessage::from_json_object_text(command)
+}
+
 /// A command that could not be decoded, with everything the `error` reply needs.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{code}: {message}")]
@@ -309,6 +348,25 @@ mod tests {
     fn deep_nesting_is_an_error() {
         let text = format!(r#"{{"action":"publish","channel":"a","type":"t","data":{}{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
         assert_eq!(decode_command(&text).unwrap_err().code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn encode_publish_matches_the_serde_form() {
+        let encoded = encode_publish("lp#\"x\"", "lp-metrics", r#"{"b":1,"a":[true,null,1.5]}"#, Some("OANDA"));
+        let decoded = decode_command(encoded.as_str()).unwrap();
+        let expected = Command::Publish(Publish {
+            id: None,
+            publication: NewPublication {
+                channel: "lp#\"x\"".into(),
+                kind: "lp-metrics".into(),
+                data: serde_json::json!({"b": 1, "a": [true, null, 1.5]}),
+                key: Some("OANDA".into()),
+            },
+        });
+        assert_eq!(decoded, expected);
+        assert_eq!(encoded.as_str(), serde_json::to_string(&expected).unwrap());
+        let no_key = encode_publish("a", "t", "7", None);
+        assert_eq!(no_key.as_str(), r#"{"action":"publish","channel":"a","type":"t","data":7}"#);
     }
 
     #[test]

@@ -270,6 +270,45 @@ pub enum GapReason {
     Overflow,
 }
 
+/// Every field a control message may carry, flattened and borrowed.
+///
+/// A lean reader (the wasm client) decodes any control message into this one struct
+/// instead of the tagged [`Control`] enum: one decoder instead of nine, which matters
+/// for code size in the browser. Which fields are set depends on `type`; a test checks
+/// that every control message reads back the same through this view.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlFields<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    pub timestamp: Option<Timestamp>,
+    #[serde(default, borrow)]
+    pub channel: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    pub seq: Option<u64>,
+    #[serde(default, borrow)]
+    pub epoch: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    pub recovered: Option<bool>,
+    #[serde(default)]
+    pub version: Option<u32>,
+    #[serde(default)]
+    pub heartbeat_interval_ms: Option<u64>,
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+    #[serde(default)]
+    pub from: Option<u64>,
+    #[serde(default)]
+    pub to: Option<u64>,
+    #[serde(default)]
+    pub reason: Option<GapReason>,
+    #[serde(default)]
+    pub code: Option<ErrorCode>,
+    #[serde(default, borrow)]
+    pub message: Option<std::borrow::Cow<'a, str>>,
+}
+
 impl Control {
     /// The message's timestamp.
     pub fn timestamp(&self) -> Timestamp {
@@ -379,6 +418,47 @@ mod tests {
             assert_eq!(serde_json::to_string(&msg).unwrap(), expected);
             assert_eq!(serde_json::from_str::<ServerMessage>(expected).unwrap(), msg);
         }
+    }
+
+    #[test]
+    fn control_fields_read_every_control_message() {
+        let ts = ts();
+        let samples = [
+            Control::Subscribed(Subscribed { timestamp: ts, id: None, channel: "c".into(), seq: 4, epoch: "e".into(), recovered: Some(false) }),
+            Control::Gap(GapNotice { timestamp: ts, channel: "c".into(), from: 2, to: 3, reason: GapReason::Superseded }),
+            Control::Error(ErrorMessage {
+                timestamp: ts,
+                id: Some(CommandId::Number(1)),
+                code: ErrorCode::TooManyChannels,
+                message: "m".into(),
+                channel: Some("c".into()),
+                details: Some(serde_json::json!({"x": [1]})),
+            }),
+            Control::Refreshed(Refreshed { timestamp: ts, id: None, expires_at: Some(ts) }),
+            Control::Published(Published { timestamp: ts, id: None, channel: "c".into(), seq: 9 }),
+            Control::Unsubscribed(Unsubscribed { timestamp: ts, id: None, channel: "c".into() }),
+        ];
+        for control in samples {
+            let json = serde_json::to_string(&control).unwrap();
+            let fields: ControlFields<'_> = serde_json::from_str(&json).unwrap();
+            assert_eq!(fields.timestamp, Some(control.timestamp()));
+            match &control {
+                Control::Subscribed(m) => {
+                    assert_eq!((fields.channel.as_deref(), fields.seq, fields.epoch.as_deref(), fields.recovered), (Some("c"), Some(m.seq), Some("e"), m.recovered))
+                }
+                Control::Gap(m) => assert_eq!((fields.from, fields.to, fields.reason), (Some(m.from), Some(m.to), Some(m.reason))),
+                Control::Error(m) => {
+                    assert_eq!((fields.code, fields.message.as_deref(), fields.channel.as_deref()), (Some(m.code), Some("m"), Some("c")))
+                }
+                Control::Refreshed(m) => assert_eq!(fields.expires_at, m.expires_at),
+                Control::Published(m) => assert_eq!(fields.seq, Some(m.seq)),
+                _ => assert_eq!(fields.channel.as_deref(), Some("c")),
+            }
+        }
+        let connected = r#"{"type":"connected","timestamp":"2026-01-19T10:30:45.123456Z","connectionId":"c1","userId":"alice","version":1,"heartbeatIntervalMs":25000,"expiresAt":"2026-01-19T11:30:45.123456Z","limits":{"maxBatch":50,"batchIntervalMs":16,"maxQueuedBatches":10,"maxChannels":128,"maxMessageBytes":4096,"commandsPerSecond":1000}}"#;
+        let fields: ControlFields<'_> = serde_json::from_str(connected).unwrap();
+        assert_eq!((fields.version, fields.heartbeat_interval_ms), (Some(1), Some(25_000)));
+        assert!(fields.expires_at.is_some());
     }
 
     #[test]

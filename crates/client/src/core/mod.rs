@@ -17,16 +17,16 @@
 mod backoff;
 mod subscription;
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tidewire_protocol::batch::{BatchConfig, Batcher, Outbound, Position};
 use tidewire_protocol::command::{Publish, Refresh, Subscribe, Unsubscribe};
-use tidewire_protocol::message::{GapReason, CONTROL_TYPES};
+use tidewire_protocol::message::{ControlFields, GapReason, CONTROL_TYPES};
 use tidewire_protocol::{
-    CloseCode, Command, CommandId, Control, Disposition, EncodedMessage, ErrorCode, NewPublication, StreamPosition,
+    CloseCode, Command, CommandId, Disposition, EncodedMessage, ErrorCode, NewPublication, StreamPosition,
     PROTOCOL_VERSION,
 };
 
@@ -176,7 +176,7 @@ pub enum Action {
 }
 
 /// What the driver (or the app, through it) reports.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Start (or restart after a stop).
     Connect,
@@ -194,7 +194,33 @@ pub enum Event {
     Token(Result<String, TokenError>),
     Subscribe { channel: String },
     Unsubscribe { channel: String },
-    Publish(NewPublication),
+    Publish(OutgoingPublish),
+}
+
+/// A publish, already encoded as its command, with what the offline queue needs to
+/// conflate it (channel and key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingPublish {
+    pub channel: String,
+    pub key: Option<String>,
+    pub command: EncodedMessage,
+}
+
+impl OutgoingPublish {
+    /// From a typed publication (native code).
+    pub fn new(publication: NewPublication) -> Result<OutgoingPublish, serde_json::Error> {
+        let channel = publication.channel.clone();
+        let key = publication.key.clone();
+        let command = EncodedMessage::encode(&Command::Publish(Publish { id: None, publication }))
+            .map_err(|e| serde_json::Error::io(std::io::Error::other(e.to_string())))?;
+        Ok(OutgoingPublish { channel, key, command })
+    }
+
+    /// From parts whose `data` is already JSON text (browsers stringify it in JS).
+    pub fn from_json(channel: String, kind: &str, data_json: &str, key: Option<String>) -> OutgoingPublish {
+        let command = tidewire_protocol::command::encode_publish(&channel, kind, data_json, key.as_deref());
+        OutgoingPublish { channel, key, command }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,7 +248,7 @@ pub struct ClientCore {
     next_transport: TransportId,
     jitter: Jitter,
     token: Option<String>,
-    subscriptions: BTreeMap<String, Subscription>,
+    subscriptions: HashMap<String, Subscription>,
     publishes: Batcher,
     next_publish_seq: u64,
     paused: bool,
@@ -258,7 +284,7 @@ impl ClientCore {
             attempt: 0,
             url_index: 0,
             next_transport: 1,
-            subscriptions: BTreeMap::new(),
+            subscriptions: HashMap::new(),
             publishes,
             next_publish_seq: 0,
             paused: false,
@@ -552,8 +578,8 @@ impl ClientCore {
             Err(e) => return self.push(Action::Error(ClientError::Decode(format!("unreadable message: {e}")))),
         };
         if CONTROL_TYPES.contains(&head.kind.as_ref()) {
-            match serde_json::from_str::<Control>(json) {
-                Ok(control) => self.on_control(transport, control),
+            match serde_json::from_str::<ControlFields<'_>>(json) {
+                Ok(fields) => self.on_control(transport, fields),
                 Err(e) => self.push(Action::Error(ClientError::Decode(format!("unreadable {} message: {e}", head.kind)))),
             }
             return;
@@ -602,49 +628,50 @@ impl ClientCore {
         self.send(transport, &Command::Subscribe(Subscribe { id: Some(id), channels: vec![channel.to_owned()], since }));
     }
 
-    fn on_control(&mut self, transport: TransportId, control: Control) {
-        match control {
-            Control::Connected(connected) => {
-                if connected.version != PROTOCOL_VERSION {
+    fn on_control(&mut self, transport: TransportId, m: ControlFields<'_>) {
+        let channel = m.channel.as_deref().unwrap_or_default().to_owned();
+        match m.kind.as_ref() {
+            "connected" => {
+                let version = m.version.unwrap_or(0);
+                if version != PROTOCOL_VERSION {
                     let code = CloseCode::UNSUPPORTED_PROTOCOL;
                     self.push(Action::Close {
                         transport,
                         code: code.0,
-                        reason: code.reason(&format!("server speaks v{}, this client v{PROTOCOL_VERSION}", connected.version)),
+                        reason: code.reason(&format!("server speaks v{version}, this client v{PROTOCOL_VERSION}")),
                     });
-                    self.stop(StopReason::UnsupportedProtocol { server: connected.version }, None, "");
+                    self.stop(StopReason::UnsupportedProtocol { server: version }, None, "");
                     return;
                 }
                 self.link = Link::Connected(transport);
                 self.attempt = 0;
-                self.heartbeat_interval = Duration::from_millis(connected.heartbeat_interval_ms);
+                self.heartbeat_interval = Duration::from_millis(m.heartbeat_interval_ms.unwrap_or(25_000));
                 self.dead_at = Some(self.now + self.heartbeat_interval + self.config.heartbeat_grace);
-                self.schedule_refresh(connected.timestamp, connected.expires_at);
+                self.schedule_refresh(m.timestamp, m.expires_at);
                 self.emit_state();
                 self.resubscribe_all(transport);
             }
-            Control::Subscribed(subscribed) => {
-                let Some(subscription) = self.subscriptions.get_mut(&subscribed.channel) else { return };
+            "subscribed" => {
+                let Some(subscription) = self.subscriptions.get_mut(&channel) else { return };
                 if !matches!(subscription.server, ServerSide::SubscribeSent | ServerSide::Subscribed) {
                     return;
                 }
                 subscription.server = ServerSide::Subscribed;
                 subscription.recovering = false;
-                let recovered = subscribed.recovered;
+                let recovered = m.recovered;
+                let epoch = m.epoch.map(|e| e.into_owned());
                 if recovered != Some(true) {
-                    subscription.position = Some(StreamPosition { seq: subscribed.seq, epoch: Some(subscribed.epoch) });
+                    subscription.position = Some(StreamPosition { seq: m.seq.unwrap_or(0), epoch });
                     subscription.skipped.clear();
                 } else if let Some(position) = &mut subscription.position {
-                    position.epoch = Some(subscribed.epoch);
+                    position.epoch = epoch;
                 }
-                let channel = subscribed.channel;
                 if subscription.state() == SubscriptionState::Subscribed {
                     self.push(Action::Subscription { channel: channel.clone(), event: SubscriptionEvent::Subscribed { recovered } });
                 }
                 self.reconcile(&channel);
             }
-            Control::Unsubscribed(unsubscribed) => {
-                let channel = unsubscribed.channel;
+            "unsubscribed" => {
                 let Some(subscription) = self.subscriptions.get_mut(&channel) else { return };
                 subscription.server = ServerSide::None;
                 subscription.recovering = false;
@@ -654,48 +681,42 @@ impl ClientCore {
                     self.reconcile(&channel);
                 }
             }
-            Control::Gap(gap) => {
-                let Some(subscription) = self.subscriptions.get_mut(&gap.channel) else { return };
-                match gap.reason {
-                    GapReason::Superseded => {
-                        subscription.skipped.insert((gap.from, gap.to));
-                    }
-                    GapReason::Overflow => self.recover(transport, &gap.channel),
+            "gap" => {
+                let Some(subscription) = self.subscriptions.get_mut(&channel) else { return };
+                match (m.reason, m.from, m.to) {
+                    (Some(GapReason::Superseded), Some(from), Some(to)) => subscription.skip(from, to),
+                    _ => self.recover(transport, &channel),
                 }
             }
-            Control::Error(error) => {
-                let refusal = matches!(error.code, ErrorCode::Forbidden | ErrorCode::InvalidChannel | ErrorCode::TooManyChannels);
-                let channel = error.channel.clone();
-                if let Some(subscription) = channel.as_ref().and_then(|c| self.subscriptions.get_mut(c)) {
+            "error" => {
+                let code = m.code.unwrap_or(ErrorCode::InternalError);
+                let message = m.message.map(|t| t.into_owned()).unwrap_or_default();
+                let refusal = matches!(code, ErrorCode::Forbidden | ErrorCode::InvalidChannel | ErrorCode::TooManyChannels);
+                if let Some(subscription) = self.subscriptions.get_mut(&channel) {
                     if refusal && subscription.server == ServerSide::SubscribeSent {
                         subscription.server = ServerSide::None;
                         subscription.refused = true;
-                        let channel = channel.clone().unwrap_or_default();
-                        self.push(Action::Subscription {
-                            channel,
-                            event: SubscriptionEvent::Refused { code: error.code, message: error.message },
-                        });
+                        self.push(Action::Subscription { channel, event: SubscriptionEvent::Refused { code, message } });
                         return;
                     }
                 }
-                self.push(Action::Error(ClientError::Server { code: error.code, message: error.message, channel }));
+                let channel = m.channel.map(|c| c.into_owned());
+                self.push(Action::Error(ClientError::Server { code, message, channel }));
             }
-            Control::Refreshed(refreshed) => self.schedule_refresh(refreshed.timestamp, refreshed.expires_at),
-            Control::Published(published) => {
-                self.push(Action::Published { channel: published.channel, seq: published.seq });
-            }
-            Control::Pong(_) | Control::Heartbeat(_) => {}
+            "refreshed" => self.schedule_refresh(m.timestamp, m.expires_at),
+            "published" => self.push(Action::Published { channel, seq: m.seq.unwrap_or(0) }),
+            _ => {} // pong, heartbeat: only proof of life
         }
     }
 
     /// Schedules a token refresh before expiry, measured on the server's clock (both
     /// timestamps come from it), so client clock skew does not matter.
-    fn schedule_refresh(&mut self, server_now: tidewire_protocol::Timestamp, expires_at: Option<tidewire_protocol::Timestamp>) {
+    fn schedule_refresh(&mut self, server_now: Option<tidewire_protocol::Timestamp>, expires_at: Option<tidewire_protocol::Timestamp>) {
         self.refresh_at = None;
         if !self.config.token_provider {
             return;
         }
-        let Some(expires_at) = expires_at else { return };
+        let (Some(server_now), Some(expires_at)) = (server_now, expires_at) else { return };
         let left = u64::try_from(expires_at.unix_micros() - server_now.unix_micros()).unwrap_or(0);
         let left = Duration::from_micros(left);
         let margin = self.config.token_refresh_margin.min(left / 2);
@@ -726,7 +747,8 @@ impl ClientCore {
     }
 
     fn reconcile_all(&mut self) {
-        let channels: Vec<String> = self.subscriptions.keys().cloned().collect();
+        let mut channels: Vec<String> = self.subscriptions.keys().cloned().collect();
+        channels.sort();
         for channel in channels {
             self.reconcile(&channel);
         }
@@ -797,18 +819,20 @@ impl ClientCore {
         if channels.is_empty() {
             return;
         }
+        channels.sort();
         let id = self.id();
         let since = (!since.is_empty()).then_some(since);
         self.send(transport, &Command::Subscribe(Subscribe { id: Some(id), channels, since }));
     }
 
     fn emit_subscription_states(&mut self) {
-        let subscribing: Vec<String> = self
+        let mut subscribing: Vec<String> = self
             .subscriptions
             .iter()
             .filter(|(_, s)| s.should_be_subscribed(self.paused))
             .map(|(c, _)| c.clone())
             .collect();
+        subscribing.sort();
         for channel in subscribing {
             self.push(Action::Subscription { channel, event: SubscriptionEvent::Subscribing });
         }
@@ -816,16 +840,14 @@ impl ClientCore {
 
     // ---- outbound ---------------------------------------------------------------
 
-    fn on_publish(&mut self, publication: NewPublication) {
+    fn on_publish(&mut self, publish: OutgoingPublish) {
         self.next_publish_seq += 1;
         let position = Position {
-            channel: publication.channel.as_str().into(),
+            channel: publish.channel.as_str().into(),
             seq: self.next_publish_seq,
-            key: publication.key.as_deref().map(Into::into),
+            key: publish.key.as_deref().map(Into::into),
         };
-        let command = Command::Publish(Publish { id: None, publication });
-        let Ok(message) = EncodedMessage::encode(&command) else { return };
-        let dropped = self.publishes.push(Outbound::publication(message, position));
+        let dropped = self.publishes.push(Outbound::publication(publish.command, position));
         if dropped.total() > 0 {
             self.push(Action::Error(ClientError::PublishesDropped { count: dropped.total() }));
         }

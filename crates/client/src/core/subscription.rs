@@ -7,8 +7,6 @@
 //! duplicate subscription on the server: the second subscribe waits for the
 //! `unsubscribed` answer, then goes out with `since`.
 
-use std::collections::BTreeSet;
-
 use tidewire_protocol::StreamPosition;
 
 /// The server's side of a subscription, as far as this client knows.
@@ -40,8 +38,9 @@ pub struct Subscription {
     pub position: Option<StreamPosition>,
     /// A resubscribe with `since` is in flight to fill a gap on a live connection.
     pub recovering: bool,
-    /// Seq ranges the server announced as superseded: a jump over them is no gap.
-    pub skipped: BTreeSet<(u64, u64)>,
+    /// Seq ranges the server announced as superseded (few, sorted): a jump over them
+    /// is no gap.
+    pub skipped: Vec<(u64, u64)>,
     /// The server refused the channel (FORBIDDEN, INVALID_CHANNEL, TOO_MANY_CHANNELS):
     /// not retried until the app subscribes again.
     pub refused: bool,
@@ -67,7 +66,7 @@ impl Subscription {
             server: ServerSide::None,
             position: None,
             recovering: false,
-            skipped: BTreeSet::new(),
+            skipped: Vec::new(),
             refused: false,
         }
     }
@@ -104,7 +103,7 @@ impl Subscription {
     /// Whether every seq in `from..=to` was announced as superseded.
     fn covered(&self, from: u64, to: u64) -> bool {
         let mut next = from;
-        for &(start, end) in self.skipped.range(..=(to, u64::MAX)) {
+        for &(start, end) in self.skipped.iter().take_while(|&&(start, _)| start <= to) {
             if start <= next && end >= next {
                 next = end + 1;
                 if next > to {
@@ -113,6 +112,12 @@ impl Subscription {
             }
         }
         next > to
+    }
+
+    /// Records a range the server announced as superseded.
+    pub fn skip(&mut self, from: u64, to: u64) {
+        let at = self.skipped.partition_point(|&range| range < (from, to));
+        self.skipped.insert(at, (from, to));
     }
 
     /// Records a delivered seq and forgets skip ranges now behind it.
@@ -154,14 +159,14 @@ mod tests {
     #[test]
     fn superseded_ranges_bridge_jumps() {
         let mut sub = at(10);
-        sub.skipped.insert((11, 12));
-        sub.skipped.insert((13, 15));
+        sub.skip(13, 15);
+        sub.skip(11, 12);
         assert_eq!(sub.arrival(16), Arrival::Next);
         assert_eq!(sub.arrival(17), Arrival::Gap);
         sub.advance(16);
         assert!(sub.skipped.is_empty());
         let mut sub = at(10);
-        sub.skipped.insert((12, 12));
+        sub.skip(12, 12);
         assert_eq!(sub.arrival(13), Arrival::Gap, "11 is missing");
     }
 }

@@ -1,0 +1,648 @@
+//! The browser driver: the core's decisions carried out with the browser's WebSocket and
+//! timers, behind a JavaScript API.
+//!
+//! ```ts
+//! import init, { TidewireClient } from "tidewire-client";
+//! await init();
+//! const client = new TidewireClient({ url: "wss://desk.example/ws", getToken: () => fetchToken() });
+//! client.onState((s) => console.log(s.state, s.attempt));
+//! const sub = client.subscribe("lp-performance", (message) => render(message));
+//! sub.unsubscribe();
+//! client.close();
+//! ```
+//!
+//! Like the tokio driver, this file only moves bytes and time. Two browser matters live
+//! here: the token travels as a `tidewire.token.<jwt>` subprotocol (browsers cannot set
+//! headers), and the page's `online`/`offline` and `visibilitychange` events feed the
+//! core (offline closes the link, online reconnects at once, and with
+//! `pauseWhenHidden` a hidden page stops receiving and catches up with `since` when it
+//! is shown again).
+//!
+//! JS callbacks are never called while the driver's state is borrowed, so a handler may
+//! call back into the client (subscribe, unsubscribe, publish, close).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+
+use js_sys::{Function, Object, Reflect};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use web_sys::{CloseEvent, MessageEvent, WebSocket};
+
+use crate::core::{
+    Action, ClientConfig, ClientCore, ClientError, ConnectionState, Event, OutgoingPublish, StopReason, SubscriptionEvent,
+    TokenError, TransportId,
+};
+
+#[wasm_bindgen(typescript_custom_section)]
+const TYPES: &'static str = r#"
+import type { Publication } from "./types/index";
+export type * from "./types/index";
+
+/** Options for `new TidewireClient(options)`. */
+export interface TidewireOptions {
+  /** The server's WebSocket URL, e.g. `wss://desk.example/ws`. */
+  url?: string;
+  /** Several servers to rotate through on reconnect. */
+  urls?: string[];
+  /** A fixed token. */
+  token?: string;
+  /** Called before each connect and before the token expires. Resolve with a token;
+   *  resolve with `null` (or "") when the user is not authorized (terminal); reject on
+   *  other failures (retried with backoff). */
+  getToken?: () => Promise<string | null>;
+  /** Stop receiving while the page is hidden and catch up when it is shown (default false). */
+  pauseWhenHidden?: boolean;
+  /** Reconnect backoff bounds in ms (default 500 and 20000). */
+  minReconnectDelayMs?: number;
+  maxReconnectDelayMs?: number;
+}
+
+/** The connection's state. */
+export interface TidewireState {
+  state: "disconnected" | "connecting" | "connected";
+  /** Failed attempts since the last successful connect. */
+  attempt: number;
+  /** Why the client stopped, when it is not trying to reconnect. */
+  stopped?: { reason: "closed" | "offline" | "terminal" | "unauthorized" | "unsupported-protocol"; code?: number; message?: string };
+}
+
+/** A subscription's lifecycle. `recovered`: true when everything missed was replayed,
+ *  false when the app must reload its state (a snapshot follows). */
+export type TidewireSubscriptionEvent =
+  | { type: "subscribing" }
+  | { type: "subscribed"; recovered?: boolean }
+  | { type: "unsubscribed" }
+  | { type: "refused"; code: string; message: string };
+
+/** Errors that do not stop the client. */
+export interface TidewireError {
+  kind: "server" | "decode" | "publishes-dropped" | "token";
+  message: string;
+  code?: string;
+  channel?: string;
+}
+
+/** Counters for status bars. */
+export interface TidewireStats {
+  frames: number;
+  messages: number;
+  recoveries: number;
+  reconnects: number;
+}
+
+export type MessageHandler<M = Publication> = (message: M) => void;
+"#;
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(typescript_type = "TidewireOptions")]
+    pub type Options;
+    #[wasm_bindgen(typescript_type = "(state: TidewireState) => void")]
+    pub type StateListener;
+    #[wasm_bindgen(typescript_type = "(error: TidewireError) => void")]
+    pub type ErrorListener;
+    #[wasm_bindgen(typescript_type = "MessageHandler<any>")]
+    pub type Handler;
+    #[wasm_bindgen(typescript_type = "(event: TidewireSubscriptionEvent) => void")]
+    pub type EventListener;
+    #[wasm_bindgen(typescript_type = "TidewireStats")]
+    pub type Stats;
+}
+
+struct Socket {
+    transport: TransportId,
+    ws: WebSocket,
+    _on_message: Closure<dyn FnMut(MessageEvent)>,
+    _on_close: Closure<dyn FnMut(CloseEvent)>,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        // Detach before the closures are freed, so a late event finds no dangling callback.
+        self.ws.set_onmessage(None);
+        self.ws.set_onclose(None);
+    }
+}
+
+struct Listener {
+    id: u32,
+    handler: Function,
+    events: Option<Function>,
+}
+
+#[derive(Default)]
+struct Counters {
+    frames: f64,
+    messages: f64,
+    recoveries: f64,
+    reconnects: f64,
+}
+
+struct Inner {
+    core: ClientCore,
+    socket: Option<Socket>,
+    handlers: HashMap<String, Vec<Listener>>,
+    state_listeners: Vec<Function>,
+    error_listeners: Vec<Function>,
+    get_token: Option<Function>,
+    timer: Option<gloo_timers::callback::Timeout>,
+    next_listener: u32,
+    counters: Counters,
+    _page_events: Vec<(web_sys::EventTarget, &'static str, Closure<dyn FnMut(web_sys::Event)>)>,
+}
+
+/// A tidewire connection. See the module docs for an example.
+#[wasm_bindgen]
+pub struct TidewireClient {
+    inner: Rc<RefCell<Inner>>,
+}
+
+/// One handler's subscription; `unsubscribe()` removes it (and leaves the channel when
+/// it was the last handler).
+#[wasm_bindgen]
+pub struct TidewireSubscription {
+    inner: Weak<RefCell<Inner>>,
+    channel: String,
+    id: u32,
+}
+
+fn now() -> std::time::Duration {
+    let ms = web_sys::window().and_then(|w| w.performance()).map_or_else(js_sys::Date::now, |p| p.now());
+    std::time::Duration::from_secs_f64(ms.max(0.0) / 1000.0)
+}
+
+fn get(object: &JsValue, key: &str) -> JsValue {
+    Reflect::get(object, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
+}
+
+fn set(object: &Object, key: &str, value: impl Into<JsValue>) {
+    let _ = Reflect::set(object, &JsValue::from_str(key), &value.into());
+}
+
+#[wasm_bindgen]
+impl TidewireClient {
+    /// Creates the client and starts connecting.
+    #[wasm_bindgen(constructor)]
+    pub fn new(options: Options) -> Result<TidewireClient, JsError> {
+        let options: JsValue = options.into();
+        let mut urls: Vec<String> = match get(&options, "urls").dyn_into::<js_sys::Array>() {
+            Ok(list) => list.iter().filter_map(|u| u.as_string()).collect(),
+            Err(_) => Vec::new(),
+        };
+        if let Some(url) = get(&options, "url").as_string() {
+            urls.insert(0, url);
+        }
+        if urls.is_empty() {
+            return Err(JsError::new("TidewireClient needs `url` or `urls`"));
+        }
+        let mut config = ClientConfig::new(urls[0].clone());
+        config.urls = urls;
+        config.seed = (js_sys::Math::random() * 9_007_199_254_740_991.0) as u64;
+        config.token = get(&options, "token").as_string();
+        let get_token = get(&options, "getToken").dyn_into::<Function>().ok();
+        config.token_provider = get_token.is_some();
+        if let Some(ms) = get(&options, "minReconnectDelayMs").as_f64() {
+            config.backoff.min = std::time::Duration::from_secs_f64(ms.max(0.0) / 1000.0);
+        }
+        if let Some(ms) = get(&options, "maxReconnectDelayMs").as_f64() {
+            config.backoff.max = std::time::Duration::from_secs_f64(ms.max(0.0) / 1000.0);
+        }
+        let pause_when_hidden = get(&options, "pauseWhenHidden").as_bool().unwrap_or(false);
+
+        let inner = Rc::new(RefCell::new(Inner {
+            core: ClientCore::new(config),
+            socket: None,
+            handlers: HashMap::new(),
+            state_listeners: Vec::new(),
+            error_listeners: Vec::new(),
+            get_token,
+            timer: None,
+            next_listener: 1,
+            counters: Counters::default(),
+            _page_events: Vec::new(),
+        }));
+        listen_to_page(&inner, pause_when_hidden);
+        if web_sys::window().is_some_and(|w| !w.navigator().on_line()) {
+            feed(&inner, Event::Offline);
+        }
+        feed(&inner, Event::Connect);
+        Ok(TidewireClient { inner })
+    }
+
+    /// Calls `listener` with every state change (and once now).
+    #[wasm_bindgen(js_name = onState)]
+    pub fn on_state(&self, listener: StateListener) {
+        let listener: Function = listener.unchecked_into();
+        let current = {
+            let inner = self.inner.borrow();
+            state_object(inner.core.state(), inner.core.attempt(), None)
+        };
+        let _ = listener.call1(&JsValue::NULL, &current);
+        self.inner.borrow_mut().state_listeners.push(listener);
+    }
+
+    /// Calls `listener` with errors that do not stop the client.
+    #[wasm_bindgen(js_name = onError)]
+    pub fn on_error(&self, listener: ErrorListener) {
+        self.inner.borrow_mut().error_listeners.push(listener.unchecked_into());
+    }
+
+    /// Subscribes `handler` to a channel; `onEvent` (optional) hears the subscription's
+    /// lifecycle. Snapshot messages (`snapshot: true`) reach the handler first.
+    pub fn subscribe(&self, channel: String, handler: Handler, on_event: Option<EventListener>) -> TidewireSubscription {
+        let first = {
+            let mut inner = self.inner.borrow_mut();
+            let id = inner.next_listener;
+            inner.next_listener += 1;
+            let listeners = inner.handlers.entry(channel.clone()).or_default();
+            listeners.push(Listener { id, handler: handler.unchecked_into(), events: on_event.map(|f| f.unchecked_into()) });
+            (listeners.len() == 1, id)
+        };
+        if first.0 {
+            feed(&self.inner, Event::Subscribe { channel: channel.clone() });
+        }
+        TidewireSubscription { inner: Rc::downgrade(&self.inner), channel, id: first.1 }
+    }
+
+    /// Publishes `data` as a message of `type` on `channel` (queued while offline).
+    pub fn publish(&self, channel: String, kind: String, data: JsValue, key: Option<String>) -> Result<(), JsError> {
+        // Stringified by the browser itself: no JSON tree is built in wasm.
+        let json = js_sys::JSON::stringify(&data)
+            .ok()
+            .and_then(|j| j.as_string())
+            .ok_or_else(|| JsError::new("data is not JSON-serializable"))?;
+        feed(&self.inner, Event::Publish(OutgoingPublish::from_json(channel, &kind, &json, key)));
+        Ok(())
+    }
+
+    /// Reconnects after `close()` or a terminal stop.
+    pub fn connect(&self) {
+        feed(&self.inner, Event::Connect);
+    }
+
+    /// Closes the connection; no reconnect until `connect()`.
+    pub fn close(&self) {
+        feed(&self.inner, Event::Close);
+    }
+
+    /// Stops receiving (background mode) until `resume()`.
+    pub fn pause(&self) {
+        feed(&self.inner, Event::Pause);
+    }
+
+    pub fn resume(&self) {
+        feed(&self.inner, Event::Resume);
+    }
+
+    /// "disconnected", "connecting" or "connected".
+    #[wasm_bindgen(getter)]
+    pub fn state(&self) -> String {
+        state_name(self.inner.borrow().core.state()).to_owned()
+    }
+
+    /// Frames and messages received, recoveries and reconnects, since creation.
+    pub fn stats(&self) -> Stats {
+        let inner = self.inner.borrow();
+        let object = Object::new();
+        set(&object, "frames", inner.counters.frames);
+        set(&object, "messages", inner.counters.messages);
+        set(&object, "recoveries", inner.counters.recoveries);
+        set(&object, "reconnects", inner.counters.reconnects);
+        object.unchecked_into()
+    }
+}
+
+#[wasm_bindgen]
+impl TidewireSubscription {
+    pub fn unsubscribe(&self) {
+        let Some(inner) = self.inner.upgrade() else { return };
+        let last = {
+            let mut state = inner.borrow_mut();
+            let Some(listeners) = state.handlers.get_mut(&self.channel) else { return };
+            let before = listeners.len();
+            listeners.retain(|l| l.id != self.id);
+            let removed = listeners.len() != before;
+            let empty = listeners.is_empty();
+            if empty {
+                state.handlers.remove(&self.channel);
+            }
+            removed && empty
+        };
+        if last {
+            feed(&inner, Event::Unsubscribe { channel: self.channel.clone() });
+        }
+    }
+
+    #[wasm_bindgen(getter)]
+    pub fn channel(&self) -> String {
+        self.channel.clone()
+    }
+}
+
+/// Feeds an event to the core and carries out what it asks.
+fn feed(inner: &Rc<RefCell<Inner>>, event: Event) {
+    inner.borrow_mut().core.handle(event, now());
+    pump(inner);
+}
+
+/// Performs every pending action, then re-arms the timer.
+fn pump(inner: &Rc<RefCell<Inner>>) {
+    loop {
+        let action = inner.borrow_mut().core.poll_action();
+        let Some(action) = action else { break };
+        perform(inner, action);
+    }
+    let deadline = inner.borrow().core.poll_timeout();
+    let timer = deadline.map(|at| {
+        let delay = at.saturating_sub(now()).as_millis().min(u32::MAX as u128) as u32;
+        let weak = Rc::downgrade(inner);
+        gloo_timers::callback::Timeout::new(delay, move || {
+            if let Some(inner) = weak.upgrade() {
+                inner.borrow_mut().core.handle_timeout(now());
+                pump(&inner);
+            }
+        })
+    });
+    // Replacing the timer cancels the previous one.
+    inner.borrow_mut().timer = timer;
+}
+
+fn perform(inner: &Rc<RefCell<Inner>>, action: Action) {
+    match action {
+        Action::FetchToken => fetch_token(inner),
+        Action::Open { transport, url, token } => open(inner, transport, &url, token.as_deref()),
+        Action::Send { transport, text } => {
+            let failed = {
+                let state = inner.borrow();
+                match &state.socket {
+                    Some(socket) if socket.transport == transport => socket.ws.send_with_str(&text).is_err(),
+                    _ => false,
+                }
+            };
+            if failed {
+                inner.borrow_mut().core.handle(Event::TransportClosed { transport, code: 1006, reason: "send failed".into() }, now());
+            }
+        }
+        Action::Close { transport, code, reason } => {
+            let socket = {
+                let mut state = inner.borrow_mut();
+                match &state.socket {
+                    Some(socket) if socket.transport == transport => state.socket.take(),
+                    _ => None,
+                }
+            };
+            if let Some(socket) = socket {
+                // Browsers only let pages send 1000 or 3000–4999.
+                let code = if code == 1000 || (3000..=4999).contains(&code) { code } else { 1000 };
+                let _ = socket.ws.close_with_code_and_reason(code, &reason);
+            }
+        }
+        Action::Deliver(delivery) => {
+            let handlers: Vec<Function> = {
+                let mut state = inner.borrow_mut();
+                state.counters.messages += 1.0;
+                state.handlers.get(&delivery.channel).map(|ls| ls.iter().map(|l| l.handler.clone()).collect()).unwrap_or_default()
+            };
+            if handlers.is_empty() {
+                return;
+            }
+            let Ok(message) = js_sys::JSON::parse(&delivery.json) else { return };
+            for handler in handlers {
+                let _ = handler.call1(&JsValue::NULL, &message);
+            }
+        }
+        Action::Subscription { channel, event } => {
+            if let SubscriptionEvent::Subscribed { recovered: Some(_) } = event {
+                inner.borrow_mut().counters.recoveries += 1.0;
+            }
+            let listeners: Vec<Function> = inner
+                .borrow()
+                .handlers
+                .get(&channel)
+                .map(|ls| ls.iter().filter_map(|l| l.events.clone()).collect())
+                .unwrap_or_default();
+            if listeners.is_empty() {
+                return;
+            }
+            let object = subscription_event_object(&event);
+            for listener in listeners {
+                let _ = listener.call1(&JsValue::NULL, &object);
+            }
+        }
+        Action::State { state, attempt, stopped } => {
+            if state == ConnectionState::Connecting && attempt > 0 {
+                inner.borrow_mut().counters.reconnects += 1.0;
+            }
+            let listeners = inner.borrow().state_listeners.clone();
+            let object = state_object(state, attempt, stopped.as_ref());
+            for listener in listeners {
+                let _ = listener.call1(&JsValue::NULL, &object);
+            }
+        }
+        Action::Published { .. } => {}
+        Action::Error(error) => {
+            let listeners = inner.borrow().error_listeners.clone();
+            let object = error_object(&error);
+            if listeners.is_empty() {
+                web_sys::console::warn_2(&JsValue::from_str("tidewire:"), &object);
+                return;
+            }
+            for listener in listeners {
+                let _ = listener.call1(&JsValue::NULL, &object);
+            }
+        }
+    }
+}
+
+fn open(inner: &Rc<RefCell<Inner>>, transport: TransportId, url: &str, token: Option<&str>) {
+    inner.borrow_mut().socket = None;
+    let protocols = js_sys::Array::new();
+    protocols.push(&JsValue::from_str("tidewire.v1"));
+    if let Some(token) = token {
+        protocols.push(&JsValue::from_str(&format!("tidewire.token.{token}")));
+    }
+    let ws = match WebSocket::new_with_str_sequence(url, &protocols) {
+        Ok(ws) => ws,
+        Err(e) => {
+            let reason = e.as_string().unwrap_or_else(|| "cannot open WebSocket".into());
+            inner.borrow_mut().core.handle(Event::TransportClosed { transport, code: 1006, reason }, now());
+            return;
+        }
+    };
+    let weak = Rc::downgrade(inner);
+    let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
+        let Some(inner) = weak.upgrade() else { return };
+        let Some(text) = event.data().as_string() else { return };
+        inner.borrow_mut().counters.frames += 1.0;
+        feed(&inner, Event::Frame { transport, text });
+    });
+    let weak = Rc::downgrade(inner);
+    let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |event: CloseEvent| {
+        let Some(inner) = weak.upgrade() else { return };
+        {
+            let mut state = inner.borrow_mut();
+            if state.socket.as_ref().is_some_and(|s| s.transport == transport) {
+                state.socket = None;
+            }
+        }
+        feed(&inner, Event::TransportClosed { transport, code: event.code(), reason: event.reason() });
+    });
+    ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+    inner.borrow_mut().socket = Some(Socket { transport, ws, _on_message: on_message, _on_close: on_close });
+}
+
+fn fetch_token(inner: &Rc<RefCell<Inner>>) {
+    let Some(get_token) = inner.borrow().get_token.clone() else { return };
+    let weak = Rc::downgrade(inner);
+    let promise = match get_token.call0(&JsValue::NULL).map(|value| js_sys::Promise::resolve(&value)) {
+        Ok(promise) => promise,
+        Err(e) => {
+            let message = e.as_string().unwrap_or_else(|| "getToken threw".into());
+            inner.borrow_mut().core.handle(Event::Token(Err(TokenError::Failed(message))), now());
+            return;
+        }
+    };
+    wasm_bindgen_futures::spawn_local(async move {
+        let result = wasm_bindgen_futures::JsFuture::from(promise).await;
+        let Some(inner) = weak.upgrade() else { return };
+        let answer = match result {
+            Ok(value) => match value.as_string().filter(|t| !t.is_empty()) {
+                Some(token) => Ok(token),
+                None => Err(TokenError::Unauthorized("getToken returned no token".into())),
+            },
+            Err(error) => {
+                let message = Reflect::get(&error, &JsValue::from_str("message"))
+                    .ok()
+                    .and_then(|m| m.as_string())
+                    .or_else(|| error.as_string())
+                    .unwrap_or_else(|| "getToken failed".into());
+                Err(TokenError::Failed(message))
+            }
+        };
+        feed(&inner, Event::Token(answer));
+    });
+}
+
+/// Online/offline and, optionally, page visibility.
+fn listen_to_page(inner: &Rc<RefCell<Inner>>, pause_when_hidden: bool) {
+    let Some(window) = web_sys::window() else { return };
+    let mut registrations = Vec::new();
+    let mut add = |target: web_sys::EventTarget, name: &'static str, event: fn() -> Option<Event>| {
+        let weak = Rc::downgrade(inner);
+        let closure = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| {
+            if let (Some(inner), Some(event)) = (weak.upgrade(), event()) {
+                feed(&inner, event);
+            }
+        });
+        let _ = target.add_event_listener_with_callback(name, closure.as_ref().unchecked_ref());
+        registrations.push((target, name, closure));
+    };
+    add(window.clone().into(), "online", || Some(Event::Online));
+    add(window.clone().into(), "offline", || Some(Event::Offline));
+    if pause_when_hidden {
+        if let Some(document) = window.document() {
+            add(document.into(), "visibilitychange", || {
+                let hidden = web_sys::window().and_then(|w| w.document()).is_some_and(|d| d.hidden());
+                Some(if hidden { Event::Pause } else { Event::Resume })
+            });
+        }
+    }
+    inner.borrow_mut()._page_events = registrations;
+}
+
+impl Drop for TidewireClient {
+    fn drop(&mut self) {
+        let registrations = std::mem::take(&mut self.inner.borrow_mut()._page_events);
+        for (target, name, closure) in registrations {
+            let _ = target.remove_event_listener_with_callback(name, closure.as_ref().unchecked_ref());
+        }
+        feed(&self.inner, Event::Close);
+        self.inner.borrow_mut().timer = None;
+    }
+}
+
+fn state_name(state: ConnectionState) -> &'static str {
+    match state {
+        ConnectionState::Disconnected => "disconnected",
+        ConnectionState::Connecting => "connecting",
+        ConnectionState::Connected => "connected",
+    }
+}
+
+fn state_object(state: ConnectionState, attempt: u32, stopped: Option<&StopReason>) -> JsValue {
+    let object = Object::new();
+    set(&object, "state", state_name(state));
+    set(&object, "attempt", attempt);
+    if let Some(stopped) = stopped {
+        let reason = Object::new();
+        match stopped {
+            StopReason::Closed => set(&reason, "reason", "closed"),
+            StopReason::Offline => set(&reason, "reason", "offline"),
+            StopReason::Terminal { code, reason: message } => {
+                set(&reason, "reason", "terminal");
+                set(&reason, "code", *code);
+                set(&reason, "message", message.as_str());
+            }
+            StopReason::Unauthorized(message) => {
+                set(&reason, "reason", "unauthorized");
+                set(&reason, "message", message.as_str());
+            }
+            StopReason::UnsupportedProtocol { server } => {
+                set(&reason, "reason", "unsupported-protocol");
+                set(&reason, "message", format!("server speaks protocol v{server}"));
+            }
+        }
+        set(&object, "stopped", reason);
+    }
+    object.into()
+}
+
+fn subscription_event_object(event: &SubscriptionEvent) -> JsValue {
+    let object = Object::new();
+    match event {
+        SubscriptionEvent::Subscribing => set(&object, "type", "subscribing"),
+        SubscriptionEvent::Subscribed { recovered } => {
+            set(&object, "type", "subscribed");
+            if let Some(recovered) = recovered {
+                set(&object, "recovered", *recovered);
+            }
+        }
+        SubscriptionEvent::Unsubscribed => set(&object, "type", "unsubscribed"),
+        SubscriptionEvent::Refused { code, message } => {
+            set(&object, "type", "refused");
+            set(&object, "code", code.as_str());
+            set(&object, "message", message.as_str());
+        }
+    }
+    object.into()
+}
+
+fn error_object(error: &ClientError) -> JsValue {
+    let object = Object::new();
+    match error {
+        ClientError::Server { code, message, channel } => {
+            set(&object, "kind", "server");
+            set(&object, "code", code.as_str());
+            set(&object, "message", message.as_str());
+            if let Some(channel) = channel {
+                set(&object, "channel", channel.as_str());
+            }
+        }
+        ClientError::Decode(message) => {
+            set(&object, "kind", "decode");
+            set(&object, "message", message.as_str());
+        }
+        ClientError::PublishesDropped { count } => {
+            set(&object, "kind", "publishes-dropped");
+            set(&object, "message", format!("{count} queued publishes were dropped"));
+        }
+        ClientError::Token(message) => {
+            set(&object, "kind", "token");
+            set(&object, "message", message.as_str());
+        }
+    }
+    object.into()
+}

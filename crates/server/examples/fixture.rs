@@ -1,0 +1,141 @@
+//! A tidewire node for browser tests, with a control port the tests drive.
+//!
+//! Browser code cannot start or restart servers, so this example does it on request:
+//!
+//! - `GET /token?sub=NAME` → a one-hour token that may subscribe anywhere and publish
+//!   everywhere;
+//! - `GET /publish?channel=C&count=N` → publishes N routing decisions on C, answers the
+//!   last seq;
+//! - `GET /restart?down_ms=MS&publish=N&channel=C` → drains the WebSocket listener (clients
+//!   get 1012), publishes N messages into the same hub while it is down, waits MS, and
+//!   serves the same hub on the same port again, answering once it listens;
+//! - `GET /info` → `{"ws": "ws://…/ws"}`.
+//!
+//! Every answer carries `Access-Control-Allow-Origin: *`, because the test page runs on
+//! another origin. It prints `FIXTURE ws=… control=…` when ready.
+//!
+//! `cargo run -p tidewire-server --example fixture -- [WS_PORT] [CONTROL_PORT]` (0 = any).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tidewire_protocol::analytics::{Book, Side};
+use tidewire_server::auth::{mint_hs256, unix_now, Claims};
+use tidewire_server::{server, Config, Hub};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Mutex};
+
+const SECRET: &str = "fixture-secret";
+
+struct Fixture {
+    hub: Hub,
+    ws_addr: SocketAddr,
+    running: Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>)>>,
+}
+
+impl Fixture {
+    async fn serve(self: &Arc<Self>) -> std::io::Result<()> {
+        let listener = TcpListener::bind(self.ws_addr).await?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(listener, self.hub.clone(), async move {
+            let _ = stopped.await;
+        }));
+        *self.running.lock().await = Some((stop, task));
+        Ok(())
+    }
+}
+
+type Params = Query<HashMap<String, String>>;
+
+fn cors(body: String) -> impl IntoResponse {
+    ([(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"), (header::CACHE_CONTROL, "no-store")], body)
+}
+
+fn publish(hub: &Hub, channel: &str, count: u64) -> u64 {
+    let publisher = hub.publisher();
+    let mut last = 0;
+    for i in 0..count {
+        let decision = tidewire_protocol::analytics::RoutingDecision {
+            symbol: "EURUSD".into(),
+            side: if i % 2 == 0 { Side::Buy } else { Side::Sell },
+            volume: 1000.0 + i as f64,
+            routing_decision: if i % 3 == 0 { Book::BBook } else { Book::ABook },
+            lp_selected: "OANDA".into(),
+            execution_time_ms: 10 + i % 40,
+            spread: 0.00015,
+            slippage: 0.00002,
+        };
+        let mut publication = tidewire_protocol::Event::to_publication(&decision).expect("serializable");
+        publication.channel = channel.to_owned();
+        last = publisher.publish(publication).map(|a| a.seq).unwrap_or(0);
+    }
+    last
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let args: Vec<u16> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let ws_port = args.first().copied().unwrap_or(0);
+    let control_port = args.get(1).copied().unwrap_or(0);
+
+    let mut config = Config::for_tests(SECRET);
+    config.allowed_origins = vec!["*".into()];
+    config.drain_window = Duration::from_millis(100);
+    config.heartbeat_interval = Duration::from_secs(5);
+    let hub = Hub::new(config).expect("hub");
+    // Reserve the WebSocket port once, so restarts reuse the same address.
+    let ws_addr = TcpListener::bind(("127.0.0.1", ws_port)).await?.local_addr()?;
+    let fixture = Arc::new(Fixture { hub, ws_addr, running: Mutex::new(None) });
+    fixture.serve().await?;
+
+    let control = Router::new()
+        .route(
+            "/token",
+            get(|Query(q): Params| async move {
+                let sub = q.get("sub").cloned().unwrap_or_else(|| "browser".into());
+                let claims = Claims { sub, exp: unix_now() + 3600, publish: Some(vec!["*".into()]), ..Claims::default() };
+                cors(mint_hs256(SECRET, &claims).unwrap_or_default())
+            }),
+        )
+        .route(
+            "/publish",
+            get(|State(f): State<Arc<Fixture>>, Query(q): Params| async move {
+                let channel = q.get("channel").cloned().unwrap_or_else(|| "routing-metrics".into());
+                let count = q.get("count").and_then(|c| c.parse().ok()).unwrap_or(1);
+                cors(publish(&f.hub, &channel, count).to_string())
+            }),
+        )
+        .route(
+            "/restart",
+            get(|State(f): State<Arc<Fixture>>, Query(q): Params| async move {
+                let down = Duration::from_millis(q.get("down_ms").and_then(|d| d.parse().ok()).unwrap_or(300));
+                if let Some((stop, task)) = f.running.lock().await.take() {
+                    let _ = stop.send(());
+                    let _ = task.await;
+                }
+                let during = q.get("publish").and_then(|c| c.parse().ok()).unwrap_or(0);
+                if during > 0 {
+                    let channel = q.get("channel").cloned().unwrap_or_else(|| "routing-metrics".into());
+                    publish(&f.hub, &channel, during);
+                }
+                tokio::time::sleep(down).await;
+                match f.serve().await {
+                    Ok(()) => cors("restarted".into()),
+                    Err(e) => cors(format!("restart failed: {e}")),
+                }
+            }),
+        )
+        .route("/info", get(|State(f): State<Arc<Fixture>>| async move { cors(format!(r#"{{"ws":"ws://{}/ws"}}"#, f.ws_addr)) }))
+        .with_state(fixture.clone());
+    let control_listener = TcpListener::bind(("127.0.0.1", control_port)).await?;
+    let control_addr = control_listener.local_addr()?;
+    println!("FIXTURE ws=ws://{}/ws control=http://{control_addr}", fixture.ws_addr);
+    axum::serve(control_listener, control).await
+}

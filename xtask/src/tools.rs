@@ -1,0 +1,73 @@
+//! The outside tools the tasks need, installed on demand.
+//!
+//! - The wasm-bindgen CLI (and its test runner) must be exactly the version of the
+//!   `wasm-bindgen` crate in `Cargo.lock`; it is built from crates.io into
+//!   `target/tools` once, never installed globally.
+//! - Chromium and ChromeDriver come from the system's packages (`apt-get`, as root).
+
+use std::path::{Path, PathBuf};
+
+use crate::process::{self, cargo, output};
+
+/// The `wasm-bindgen` version pinned in `Cargo.lock`.
+pub fn wasm_bindgen_version() -> Result<String, String> {
+    let lock = std::fs::read_to_string(crate::root().join("Cargo.lock")).map_err(|e| format!("cannot read Cargo.lock: {e}"))?;
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == "name = \"wasm-bindgen\"" {
+            if let Some(version) = lines.next().and_then(|l| l.trim().strip_prefix("version = \"")) {
+                return Ok(version.trim_end_matches('"').to_owned());
+            }
+        }
+    }
+    Err("wasm-bindgen is not in Cargo.lock".to_owned())
+}
+
+/// Where project-local tools live.
+pub fn tools_dir() -> PathBuf {
+    crate::root().join("target").join("tools")
+}
+
+/// Paths of `wasm-bindgen` and `wasm-bindgen-test-runner`, built if missing or stale.
+pub fn wasm_bindgen() -> Result<(PathBuf, PathBuf), String> {
+    let version = wasm_bindgen_version()?;
+    let bin = tools_dir().join("bin");
+    let cli = bin.join("wasm-bindgen");
+    let runner = bin.join("wasm-bindgen-test-runner");
+    let installed = output(cli.to_str().unwrap_or_default(), &["--version"]).unwrap_or_default();
+    if installed.split_whitespace().nth(1) != Some(version.as_str()) || !runner.exists() {
+        println!("    building wasm-bindgen-cli {version} into target/tools (once)");
+        let root = tools_dir();
+        process::run(
+            &crate::root(),
+            &cargo(),
+            &["install", "wasm-bindgen-cli", "--version", &version, "--root", root.to_str().unwrap_or("target/tools"), "--force"],
+        )?;
+    }
+    Ok((cli, runner))
+}
+
+/// Chromium and ChromeDriver, installed from the system's packages when missing.
+pub fn chromium() -> Result<(PathBuf, PathBuf), String> {
+    let browser = Path::new("/usr/bin/chromium");
+    let driver = Path::new("/usr/bin/chromedriver");
+    if browser.exists() && driver.exists() {
+        return Ok((browser.to_path_buf(), driver.to_path_buf()));
+    }
+    if output("id", &["-u"]).map(|u| u.trim() == "0") != Some(true) {
+        return Err("Chromium is missing: install the packages `chromium` and `chromium-driver` (as root), then run again".to_owned());
+    }
+    println!("    installing chromium and chromium-driver (apt-get)");
+    process::run(&crate::root(), "apt-get", &["update", "-qq"])?;
+    process::run_with_env(
+        &crate::root(),
+        "apt-get",
+        &["install", "-y", "-qq", "chromium", "chromium-driver"],
+        &[("DEBIAN_FRONTEND", "noninteractive")],
+    )?;
+    if browser.exists() && driver.exists() {
+        Ok((browser.to_path_buf(), driver.to_path_buf()))
+    } else {
+        Err("apt-get ran, but /usr/bin/chromium or /usr/bin/chromedriver is still missing".to_owned())
+    }
+}
