@@ -21,7 +21,9 @@ fn run_suite() -> Result<(), String> {
     ensure_wasm_target()?;
     process::run(&root, &cargo, &["build", "--locked", "-p", "tidewire-protocol", "--target", "wasm32-unknown-unknown"])?;
 
-    step("TypeScript bindings type-check (tsc --strict)");
+    crate::wasm::build_package()?;
+
+    step("TypeScript type-check (tsc --strict): the bindings and the client package's API");
     let web = root.join("web");
     ensure_npm_packages(&web)?;
     process::run(&web, "npx", &["--no-install", "tsc", "--strict", "--noEmit", "-p", "tsconfig.json"])?;
