@@ -172,6 +172,10 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_DRAIN_WINDOW", default_value = "5s", value_parser = duration)]
     pub drain_window: Duration,
 
+    /// A directory of static files (a dashboard) to serve at `/`.
+    #[arg(long, env = "TIDEWIRE_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, env = "TIDEWIRE_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,

@@ -27,6 +27,7 @@
 pub mod auth;
 pub mod config;
 mod connection;
+pub mod demo;
 pub mod http;
 pub mod hub;
 pub mod metrics;

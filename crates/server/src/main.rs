@@ -43,6 +43,14 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+    /// Run the gateway with a synthetic trading desk publishing and the dashboard at `/`.
+    Demo {
+        #[command(flatten)]
+        config: Box<Config>,
+        /// Routing decisions published per second.
+        #[arg(long, env = "TIDEWIRE_DEMO_RATE", default_value_t = 300)]
+        rate: u32,
+    },
     /// Exit 0 when the gateway at --url answers /health (for container health checks).
     Healthcheck {
         #[arg(long, env = "TIDEWIRE_HEALTHCHECK_URL", default_value = "http://127.0.0.1:7999/health")]
@@ -52,9 +60,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Some(command) = cli.command else { return serve(cli.config) };
+    let Some(command) = cli.command else { return serve(cli.config, None) };
     match command {
-        Command::Serve { config } => serve(*config),
+        Command::Serve { config } => serve(*config, None),
+        Command::Demo { config, rate } => serve(*config, Some(rate)),
         Command::Token { jwt_secret, sub, channels, publish, ttl } => {
             let Some(secret) = jwt_secret else {
                 eprintln!("tidewire token: --jwt-secret (TIDEWIRE_JWT_SECRET) is required");
@@ -86,11 +95,29 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn serve(config: Config) -> ExitCode {
+/// The secret `tidewire demo` uses when none is configured.
+const DEMO_SECRET: &str = "tidewire-demo-secret";
+
+/// Runs the gateway; with `demo_rate`, also the synthetic desk, the dashboard and the
+/// demo token endpoint.
+fn serve(mut config: Config, demo_rate: Option<u32>) -> ExitCode {
     init_logging(config.log_format);
+    if demo_rate.is_some() {
+        if config.jwt_secret.is_none() {
+            tracing::warn!("demo: no --jwt-secret given, using the built-in demo secret (never do this in production)");
+            config.jwt_secret = Some(DEMO_SECRET.to_owned());
+        }
+        if config.web_dir.is_none() {
+            config.web_dir = Some("web/dist".into());
+        }
+    }
     if config.allowed_origins.iter().any(|o| o == "*") {
         tracing::warn!("--allowed-origins '*': any web page may open connections with a user's token");
     }
+    if let Some(dir) = config.web_dir.as_ref().filter(|d| !d.join("index.html").exists()) {
+        tracing::warn!(dir = %dir.display(), "no index.html in the web directory (build it with `cargo xtask web`)");
+    }
+    let secret = config.jwt_secret.clone().unwrap_or_default();
     let hub = match Hub::new(config) {
         Ok(hub) => hub,
         Err(e) => {
@@ -114,8 +141,24 @@ fn serve(config: Config) -> ExitCode {
             }
         };
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let mut app = tidewire_server::router(hub.clone());
+        if let Some(rate) = demo_rate {
+            tokio::spawn(tidewire_server::demo::run_publisher(hub.clone(), rate));
+            let token_secret = secret.clone();
+            app = app.route(
+                "/demo/token",
+                axum::routing::get(move || {
+                    let secret = token_secret.clone();
+                    async move { tidewire_server::demo::demo_token(&secret, &format!("viewer-{:04x}", fastrand::u16(..))).unwrap_or_default() }
+                }),
+            );
+            let browse = addr.replace("0.0.0.0", "127.0.0.1");
+            let token = tidewire_server::demo::demo_token(&secret, "demo").unwrap_or_default();
+            tracing::info!(rate, "demo publisher running");
+            println!("\n  tidewire demo: open http://{browse}/\n  WebSocket:     ws://{browse}/ws\n  dev token:     {token}\n");
+        }
         tracing::info!(%addr, "tidewire listening (ws://{addr}/ws)");
-        match server::serve(listener, hub, server::signal()).await {
+        match server::serve_app(listener, hub, app, server::signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("server failed: {e}");

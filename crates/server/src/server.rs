@@ -30,10 +30,21 @@ pub async fn bind(hub: &Hub) -> std::io::Result<TcpListener> {
     TcpListener::bind(hub.config().listen).await
 }
 
-/// Serves until `shutdown` resolves, then drains.
+/// Serves tidewire's routes until `shutdown` resolves, then drains.
 pub async fn serve(listener: TcpListener, hub: Hub, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    hub.resume_serving();
     let app = router(hub.clone());
+    serve_app(listener, hub, app, shutdown).await
+}
+
+/// Serves an app that contains tidewire's routes (merged with the embedder's own) until
+/// `shutdown` resolves, then drains the hub's connections.
+pub async fn serve_app(
+    listener: TcpListener,
+    hub: Hub,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    hub.resume_serving();
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1().timer(TokioTimer::new()).header_read_timeout(hub.config().handshake_timeout);
     let graceful = GracefulShutdown::new();

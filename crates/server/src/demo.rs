@@ -1,0 +1,237 @@
+//! The demo: a synthetic trading desk publishing through the same path as production.
+//!
+//! `tidewire demo` runs a node with this publisher, the dashboard's static files, and a
+//! `/demo/token` endpoint that hands the page a short-lived token (the page's token
+//! provider calls it before each connect and before expiry, so the demo exercises the
+//! refresh path too). The market is a random walk, not a replay:
+//!
+//! - routing decisions at `rate` per second over six symbols and six LPs, mostly A-Book
+//!   for large orders, with execution times that depend on the chosen LP's latency;
+//! - every LP's metrics once a second (keyed by LP, so a new page sees all six at once),
+//!   with occasional degradations and disconnects;
+//! - the book's exposure four times a second, driven by the B-Book flow, mean-reverting
+//!   towards flat, with its limit at 10 million;
+//! - alerts when exposure crosses 80 % and 95 % of the limit, when an LP disconnects or
+//!   recovers, and an occasional informational one.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tidewire_protocol::analytics::{Book, Category, LpStatus, Severity, Side};
+
+use crate::auth::{mint_hs256, unix_now, Claims};
+use crate::{Hub, Publisher};
+
+const SYMBOLS: [(&str, f64); 6] =
+    [("EURUSD", 1.0842), ("GBPUSD", 1.2671), ("USDJPY", 151.42), ("AUDUSD", 0.6583), ("USDCHF", 0.8791), ("XAUUSD", 2331.5)];
+const LPS: [&str; 6] = ["OANDA", "LMAX", "Citi", "HSBC", "Barclays", "Jump"];
+const EXPOSURE_LIMIT: f64 = 10_000_000.0;
+
+/// How long demo tokens live (the page refreshes them in band).
+pub const DEMO_TOKEN_TTL: Duration = Duration::from_secs(600);
+
+/// A token for the dashboard: every shared channel, no publishing.
+pub fn demo_token(secret: &str, user: &str) -> Result<String, jsonwebtoken::errors::Error> {
+    let claims = Claims { sub: user.to_owned(), exp: unix_now() + DEMO_TOKEN_TTL.as_secs(), ..Claims::default() };
+    mint_hs256(secret, &claims)
+}
+
+struct Lp {
+    name: &'static str,
+    status: LpStatus,
+    latency_ms: f64,
+    quality: f64,
+    spread: f64,
+    quotes: f64,
+    reject_rate: f64,
+    up_seconds: f64,
+    total_seconds: f64,
+}
+
+struct Market {
+    rng: fastrand::Rng,
+    lps: Vec<Lp>,
+    by_symbol: BTreeMap<String, f64>,
+    by_lp: BTreeMap<String, f64>,
+    gross: f64,
+    last_band: u8,
+}
+
+impl Market {
+    fn new(seed: u64) -> Market {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let lps = LPS
+            .iter()
+            .map(|&name| Lp {
+                name,
+                status: LpStatus::Connected,
+                latency_ms: 10.0 + rng.f64() * 40.0,
+                quality: 0.9 + rng.f64() * 0.09,
+                spread: 0.00008 + rng.f64() * 0.0001,
+                quotes: 300.0 + rng.f64() * 700.0,
+                reject_rate: rng.f64() * 0.03,
+                up_seconds: 0.0,
+                total_seconds: 0.0,
+            })
+            .collect();
+        Market { rng, lps, by_symbol: BTreeMap::new(), by_lp: BTreeMap::new(), gross: 0.0, last_band: 0 }
+    }
+
+    fn routing_decision(&mut self, publisher: &Publisher) {
+        let (symbol, _) = SYMBOLS[self.rng.usize(..SYMBOLS.len())];
+        let side = if self.rng.bool() { Side::Buy } else { Side::Sell };
+        let volume = (self.rng.f64().powi(3) * 990_000.0 + 10_000.0).round();
+        // Large tickets go to an LP; small flow is internalised more often.
+        let decision = if volume > 250_000.0 || self.rng.f64() < 0.35 { Book::ABook } else { Book::BBook };
+        let live: Vec<usize> = (0..self.lps.len()).filter(|&i| self.lps[i].status != LpStatus::Disconnected).collect();
+        let lp_index = if live.is_empty() { 0 } else { live[self.rng.usize(..live.len())] };
+        let lp = &self.lps[lp_index];
+        let execution = (lp.latency_ms * (0.6 + self.rng.f64() * 0.9)).round() as u64;
+        let spread = lp.spread * (0.8 + self.rng.f64() * 0.4);
+        let slippage = (self.rng.f64() - 0.4) * 0.00005;
+        if decision == Book::BBook {
+            let signed = if side == Side::Buy { -volume } else { volume };
+            *self.by_symbol.entry(symbol.to_owned()).or_insert(0.0) += signed;
+        } else {
+            let signed = if side == Side::Buy { volume } else { -volume };
+            *self.by_lp.entry(lp.name.to_owned()).or_insert(0.0) += signed * 0.02;
+        }
+        self.gross += volume;
+        let _ = publisher.notify_routing_decision(symbol, side, volume, decision, lp.name, execution, round6(spread), round6(slippage));
+    }
+
+    fn lp_metrics(&mut self, publisher: &Publisher) {
+        for i in 0..self.lps.len() {
+            let roll = self.rng.f64();
+            let lp = &mut self.lps[i];
+            let before = lp.status;
+            lp.status = match lp.status {
+                LpStatus::Connected if roll < 0.01 => LpStatus::Disconnected,
+                LpStatus::Connected if roll < 0.04 => LpStatus::Degraded,
+                LpStatus::Degraded if roll < 0.35 => LpStatus::Connected,
+                LpStatus::Disconnected if roll < 0.25 => LpStatus::Connected,
+                status => status,
+            };
+            let drift = |value: f64, scale: f64, rng: &mut fastrand::Rng| value + (rng.f64() - 0.5) * scale;
+            lp.latency_ms = drift(lp.latency_ms, 6.0, &mut self.rng).clamp(3.0, 180.0);
+            lp.quality = drift(lp.quality, 0.02, &mut self.rng).clamp(0.7, 0.999);
+            lp.spread = drift(lp.spread, 0.00001, &mut self.rng).clamp(0.00004, 0.0004);
+            lp.quotes = drift(lp.quotes, 80.0, &mut self.rng).clamp(50.0, 2000.0);
+            lp.reject_rate = drift(lp.reject_rate, 0.004, &mut self.rng).clamp(0.0, 0.2);
+            lp.total_seconds += 1.0;
+            if lp.status != LpStatus::Disconnected {
+                lp.up_seconds += 1.0;
+            }
+            let (latency, quality) = match lp.status {
+                LpStatus::Degraded => (lp.latency_ms * 3.0, lp.quality * 0.85),
+                LpStatus::Disconnected => (0.0, 0.0),
+                LpStatus::Connected => (lp.latency_ms, lp.quality),
+            };
+            let quotes = if lp.status == LpStatus::Disconnected { 0 } else { lp.quotes.round() as u64 };
+            let uptime = 100.0 * (lp.up_seconds + 3600.0) / (lp.total_seconds + 3600.0);
+            let (name, status) = (lp.name, lp.status);
+            let _ = publisher.notify_lp_status_change(
+                name,
+                status,
+                round6(lp.spread),
+                round3(quality),
+                latency.round() as u64,
+                quotes,
+                round3(lp.reject_rate),
+                round3(uptime),
+            );
+            if before != status && (before == LpStatus::Disconnected || status == LpStatus::Disconnected) {
+                let (severity, title, message, actions): (Severity, String, String, &[&str]) = if status == LpStatus::Disconnected {
+                    (
+                        Severity::Warning,
+                        "LP Connection Lost".to_owned(),
+                        format!("Connection to {name} LP was lost. Attempting reconnection."),
+                        &["Check LP credentials", "Verify network connectivity"],
+                    )
+                } else {
+                    (Severity::Info, "LP Reconnected".to_owned(), format!("{name} is quoting again."), &[])
+                };
+                let _ = publisher.notify_alert(severity, Category::Lp, &title, &message, "LPManager", actions);
+            }
+        }
+    }
+
+    fn exposure(&mut self, publisher: &Publisher) {
+        // Hedging pulls the book back towards flat.
+        for value in self.by_symbol.values_mut().chain(self.by_lp.values_mut()) {
+            *value *= 0.985;
+        }
+        let net: f64 = self.by_symbol.values().sum::<f64>() * 2.2;
+        let total: f64 = self.by_symbol.values().map(|v| v.abs()).sum::<f64>() * 2.2;
+        let rounded = |map: &BTreeMap<String, f64>| map.iter().map(|(k, v)| (k.clone(), v.round())).collect();
+        let _ = publisher.notify_exposure_change(total.round(), net.round(), EXPOSURE_LIMIT, rounded(&self.by_symbol), rounded(&self.by_lp));
+        let utilization = (net / EXPOSURE_LIMIT * 100.0).abs();
+        let band = match utilization {
+            u if u >= 95.0 => 2,
+            u if u >= 80.0 => 1,
+            _ => 0,
+        };
+        if band > self.last_band {
+            let (severity, title) = if band == 2 { (Severity::Critical, "Exposure Limit Exceeded") } else { (Severity::Error, "Exposure Near Limit") };
+            let _ = publisher.notify_alert(
+                severity,
+                Category::Exposure,
+                title,
+                &format!("Net exposure is at {utilization:.0}% of limit"),
+                "ExposureMonitor",
+                &["Review open positions", "Consider hedging large positions"],
+            );
+        }
+        self.last_band = band;
+        if self.rng.f64() < 0.02 {
+            let _ = publisher.notify_alert(
+                Severity::Info,
+                Category::Routing,
+                "Routing Summary",
+                &format!("{:.1}M notional routed in the last minutes", self.gross / 1e6),
+                "RoutingEngine",
+                &[],
+            );
+            self.gross = 0.0;
+        }
+    }
+}
+
+fn round6(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1e3).round() / 1e3
+}
+
+/// Publishes the synthetic desk into `hub` until the hub drains.
+pub async fn run_publisher(hub: Hub, routing_per_second: u32) {
+    let publisher = hub.publisher();
+    let mut market = Market::new(fastrand::u64(..));
+    let shutdown = hub.shutdown_token();
+    let tick = Duration::from_millis(10);
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut owed = 0.0;
+    let mut ticks: u64 = 0;
+    market.lp_metrics(&publisher);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        ticks += 1;
+        owed += f64::from(routing_per_second) * tick.as_secs_f64();
+        while owed >= 1.0 {
+            market.routing_decision(&publisher);
+            owed -= 1.0;
+        }
+        if ticks % 25 == 0 {
+            market.exposure(&publisher);
+        }
+        if ticks % 100 == 0 {
+            market.lp_metrics(&publisher);
+        }
+    }
+}
