@@ -3,12 +3,14 @@
 //! Each task says what it is doing and installs (or checks for) what it needs, so the
 //! README's commands work on a fresh machine. Run `cargo xtask help` for the list.
 
+mod container;
 mod fixture;
 mod process;
 mod test;
 mod tools;
 mod ts;
 mod wasm;
+mod web;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,7 +20,9 @@ usage: cargo xtask <task> [options]
 
 tasks:
   ts [--check]   regenerate ts-bindings/ from the protocol types (--check: fail on drift)
+  demo [flags]   build the client package and the dashboard, then run `tidewire demo`
   wasm           build the browser client's npm package (target/npm/tidewire-client)
+  web            build the dashboard into web/dist (after the client package)
   test           run the whole test suite (what CI runs)
   help           this text
 ";
@@ -31,6 +35,8 @@ fn main() -> ExitCode {
         "ts" => ts::run(rest),
         "test" => test::run(rest),
         "wasm" => wasm::run(rest),
+        "web" => web::run(rest),
+        "demo" => web::demo(rest),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())

@@ -29,6 +29,8 @@ fn run_suite() -> Result<(), String> {
     process::run(&web, "npx", &["--no-install", "tsc", "--strict", "--noEmit", "-p", "tsconfig.json"])?;
 
     browser_tests()?;
+    dashboard_test()?;
+    crate::container::test()?;
 
     println!("\nall checks passed");
     Ok(())
@@ -62,6 +64,24 @@ fn browser_tests() -> Result<(), String> {
             ("WASM_BINDGEN_TEST_TIMEOUT", "180"),
         ],
     )
+}
+
+/// The dashboard end to end in headless Chromium (playwright-core), served by
+/// `tidewire demo`, including a server restart.
+fn dashboard_test() -> Result<(), String> {
+    let root = crate::root();
+    crate::web::build()?;
+    step("dashboard end-to-end test (playwright-core, headless Chromium)");
+    let binary = root.join("target/debug/tidewire");
+    let screenshot = root.join("target/e2e/dashboard.png");
+    process::run_with_env(
+        &root.join("web"),
+        "node",
+        &["--test", "e2e/"],
+        &[("TIDEWIRE_BIN", binary.to_str().unwrap_or_default()), ("TIDEWIRE_E2E_SCREENSHOT", screenshot.to_str().unwrap_or_default())],
+    )?;
+    println!("    screenshot: {}", screenshot.display());
+    Ok(())
 }
 
 /// Adds the wasm target through rustup when it is missing.

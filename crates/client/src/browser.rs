@@ -84,7 +84,8 @@ export interface TidewireError {
   channel?: string;
 }
 
-/** Counters for status bars. */
+/** Counters for status bars. `recoveries`: subscriptions that caught up on everything
+ *  they missed (after a reconnect or a gap). */
 export interface TidewireStats {
   frames: number;
   messages: number;
@@ -414,7 +415,7 @@ fn perform(inner: &Rc<RefCell<Inner>>, action: Action) {
             }
         }
         Action::Subscription { channel, event } => {
-            if let SubscriptionEvent::Subscribed { recovered: Some(_) } = event {
+            if let SubscriptionEvent::Subscribed { recovered: Some(true) } = event {
                 inner.borrow_mut().counters.recoveries += 1.0;
             }
             let listeners: Vec<Function> = inner

@@ -12,7 +12,7 @@
 //! - the book's exposure four times a second, driven by the B-Book flow, mean-reverting
 //!   towards flat, with its limit at 10 million;
 //! - alerts when exposure crosses 80 % and 95 % of the limit, when an LP disconnects or
-//!   recovers, and an occasional informational one.
+//!   recovers, and a routing summary every few seconds.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -157,12 +157,18 @@ impl Market {
     }
 
     fn exposure(&mut self, publisher: &Publisher) {
-        // Hedging pulls the book back towards flat.
+        // Hedging pulls the book back towards flat; now and then a burst of one-sided
+        // client flow pushes it towards the limit.
         for value in self.by_symbol.values_mut().chain(self.by_lp.values_mut()) {
-            *value *= 0.985;
+            *value *= 0.97;
         }
-        let net: f64 = self.by_symbol.values().sum::<f64>() * 2.2;
-        let total: f64 = self.by_symbol.values().map(|v| v.abs()).sum::<f64>() * 2.2;
+        if self.rng.f64() < 0.01 {
+            let (symbol, _) = SYMBOLS[self.rng.usize(..SYMBOLS.len())];
+            let shock = (1.0 + self.rng.f64()) * 6_000_000.0 * if self.rng.bool() { 1.0 } else { -1.0 };
+            *self.by_symbol.entry(symbol.to_owned()).or_insert(0.0) += shock;
+        }
+        let net: f64 = self.by_symbol.values().sum::<f64>() * 0.6;
+        let total: f64 = self.by_symbol.values().map(|v| v.abs()).sum::<f64>() * 0.6;
         let rounded = |map: &BTreeMap<String, f64>| map.iter().map(|(k, v)| (k.clone(), v.round())).collect();
         let _ = publisher.notify_exposure_change(total.round(), net.round(), EXPOSURE_LIMIT, rounded(&self.by_symbol), rounded(&self.by_lp));
         let utilization = (net / EXPOSURE_LIMIT * 100.0).abs();
@@ -183,12 +189,12 @@ impl Market {
             );
         }
         self.last_band = band;
-        if self.rng.f64() < 0.02 {
+        if self.rng.f64() < 0.06 {
             let _ = publisher.notify_alert(
                 Severity::Info,
                 Category::Routing,
                 "Routing Summary",
-                &format!("{:.1}M notional routed in the last minutes", self.gross / 1e6),
+                &format!("{:.1}M notional routed since the last summary", self.gross / 1e6),
                 "RoutingEngine",
                 &[],
             );

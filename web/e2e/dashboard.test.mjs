@@ -1,0 +1,110 @@
+// End to end, as a person would see it: `tidewire demo` serves the dashboard, headless
+// Chromium (Debian's, driven by playwright-core) opens it, all four panels fill, the
+// counters rise, the server restarts and the status bar goes reconnecting → connected
+// with data flowing again. A screenshot is saved to $TIDEWIRE_E2E_SCREENSHOT
+// (`target/e2e/dashboard.png` under `cargo xtask test`).
+//
+// Needs TIDEWIRE_BIN (the tidewire binary) and a built web/dist.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { createServer } from "node:net";
+import { mkdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const bin = process.env.TIDEWIRE_BIN;
+const screenshot = process.env.TIDEWIRE_E2E_SCREENSHOT ?? join(here, "..", "..", "target", "e2e", "dashboard.png");
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+    server.on("error", reject);
+  });
+}
+
+async function waitForHealth(port, ms = 15000) {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    try {
+      const response = await fetch(`http://127.0.0.1:${port}/health`);
+      if (response.ok) return;
+    } catch {}
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`tidewire did not answer /health on port ${port}`);
+}
+
+function startDemo(port) {
+  const child = spawn(bin, ["demo", "--listen", `127.0.0.1:${port}`, "--web-dir", join(here, "..", "dist"), "--drain-window", "300ms", "--rate", "300"], {
+    env: { ...process.env, TIDEWIRE_JWT_SECRET: "e2e-secret", TIDEWIRE_LOG: "warn" },
+    stdio: ["ignore", "ignore", "inherit"],
+  });
+  const exited = new Promise((resolve) => child.on("exit", (code) => resolve(code)));
+  return { child, exited };
+}
+
+const count = (page, id) => page.locator(`[data-testid="${id}"]`).getAttribute("data-count").then(Number);
+const text = (page, id) => page.locator(`[data-testid="${id}"]`).innerText();
+
+test("the dashboard fills, counts, and survives a server restart", { timeout: 120_000 }, async () => {
+  assert.ok(bin, "set TIDEWIRE_BIN to the tidewire binary");
+  const port = await freePort();
+  let demo = startDemo(port);
+  await waitForHealth(port);
+  const browser = await chromium.launch({
+    executablePath: "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-features=LocalNetworkAccessChecks"],
+  });
+  try {
+    const page = await browser.newPage({ viewport: { width: 1440, height: 1000 } });
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(e.message));
+    await page.goto(`http://127.0.0.1:${port}/`);
+
+    // All four panels fill; the LP table is complete at once thanks to the keyed snapshot.
+    await page.waitForFunction(() => {
+      const n = (id) => Number(document.querySelector(`[data-testid="${id}"]`)?.getAttribute("data-count") ?? 0);
+      return n("routing") > 0 && n("lps") >= 6 && n("exposure") > 0 && n("alerts") > 0;
+    }, null, { timeout: 45_000 });
+    assert.equal(await text(page, "connection"), "CONNECTED");
+    assert.equal(await page.locator('[data-testid="lp-rows"] tr').count(), 6);
+
+    // Counters rise.
+    const before = await count(page, "routing");
+    await page.waitForTimeout(1500);
+    const after = await count(page, "routing");
+    assert.ok(after > before + 100, `routing count rose from ${before} to ${after}`);
+    const rate = Number((await text(page, "msgs")).replace(/,/g, ""));
+    assert.ok(rate > 100, `status bar shows ${rate} msg/s`);
+    const batch = Number(await text(page, "batch"));
+    assert.ok(batch > 1, `messages arrive batched (${batch} per frame)`);
+
+    // The server restarts: reconnecting, then connected, then data again.
+    demo.child.kill("SIGTERM");
+    assert.equal(await demo.exited, 0, "tidewire exits 0 on SIGTERM");
+    await page.waitForFunction(() => document.querySelector('[data-testid="connection"]')?.textContent?.startsWith("reconnecting"), null, { timeout: 10_000 });
+    demo = startDemo(port);
+    await waitForHealth(port);
+    await page.waitForFunction(() => document.querySelector('[data-testid="connection"]')?.textContent === "connected", null, { timeout: 30_000 });
+    const resumed = await count(page, "routing");
+    await page.waitForTimeout(1500);
+    assert.ok((await count(page, "routing")) > resumed + 100, "data flows again after the restart");
+    assert.equal(await page.locator('[data-testid="lp-rows"] tr').count(), 6);
+
+    mkdirSync(dirname(screenshot), { recursive: true });
+    await page.screenshot({ path: screenshot });
+    assert.deepEqual(errors, [], "no page errors");
+  } finally {
+    await browser.close();
+    demo.child.kill("SIGTERM");
+    await demo.exited;
+  }
+});

@@ -1,0 +1,99 @@
+// The desk dashboard: four live panels and a status bar over one tidewire connection.
+//
+// Messages update in-memory panel state as they arrive; drawing happens at most once
+// per animation frame, and only for panels that changed, so hundreds of updates per
+// second stay smooth.
+
+import init, { TidewireClient, type AnalyticsPublication, type TidewireState } from "tidewire-client";
+import { AlertsPanel } from "./panels/alerts";
+import { ExposurePanel } from "./panels/exposure";
+import { LpPanel } from "./panels/lps";
+import { RoutingPanel } from "./panels/routing";
+import { byTestId, integer, setText } from "./format";
+
+const routing = new RoutingPanel();
+const lps = new LpPanel();
+const exposure = new ExposurePanel();
+const alerts = new AlertsPanel();
+
+function handle(message: AnalyticsPublication): void {
+  switch (message.type) {
+    case "routing-decision":
+      routing.add(message.timestamp, message.data);
+      break;
+    case "lp-metrics":
+      lps.set(message.data);
+      break;
+    case "exposure-change":
+      exposure.set(message.data);
+      break;
+    case "alert":
+      alerts.add(message.timestamp, message.data);
+      break;
+  }
+}
+
+function showState(state: TidewireState): void {
+  const pill = byTestId("connection");
+  const label = state.state === "connecting" && state.attempt > 0 ? "reconnecting" : state.state;
+  pill.dataset.state = state.state;
+  setText(pill, state.stopped ? `${label} · ${state.stopped.reason}` : label);
+  setText(byTestId("attempt"), String(state.attempt));
+}
+
+async function main(): Promise<void> {
+  await init({ module_or_path: new URL("tidewire_client_bg.wasm", window.location.href) });
+  const wsUrl = `${window.location.protocol === "https:" ? "wss" : "ws"}://${window.location.host}/ws`;
+  const client = new TidewireClient({
+    url: wsUrl,
+    getToken: async () => {
+      const response = await fetch("/demo/token", { cache: "no-store" });
+      if (response.status === 401 || response.status === 403) return null;
+      if (!response.ok) throw new Error(`token endpoint answered ${response.status}`);
+      return response.text();
+    },
+    maxReconnectDelayMs: 5000,
+  });
+  client.onState(showState);
+  client.onError((error) => console.warn("tidewire", error.kind, error.code ?? "", error.message));
+  for (const channel of ["routing-metrics", "lp-performance", "exposure-updates", "alerts"]) {
+    client.subscribe(channel, handle, (event) => {
+      // Not recoverable: forget keyed state; the snapshot that follows refills it.
+      if (event.type === "subscribed" && event.recovered === false && channel === "lp-performance") lps.clear();
+    });
+  }
+
+  // Per-second rates for the status bar.
+  let last = client.stats();
+  let lastRouting = 0;
+  let routingRate = 0;
+  setInterval(() => {
+    const now = client.stats();
+    const messages = now.messages - last.messages;
+    const frames = now.frames - last.frames;
+    setText(byTestId("msgs"), integer(messages));
+    setText(byTestId("frames"), integer(frames));
+    setText(byTestId("batch"), frames ? (messages / frames).toFixed(1) : "0");
+    setText(byTestId("recovered"), integer(now.recoveries));
+    setText(byTestId("total"), integer(now.messages));
+    const routed = Number(byTestId("routing").dataset.count ?? 0);
+    routingRate = routed - lastRouting;
+    lastRouting = routed;
+    last = now;
+  }, 1000);
+
+  const frame = (): void => {
+    routing.render(routingRate);
+    lps.render();
+    exposure.render();
+    alerts.render();
+    requestAnimationFrame(frame);
+  };
+  requestAnimationFrame(frame);
+  (window as unknown as { tidewire: TidewireClient }).tidewire = client;
+}
+
+main().catch((error: unknown) => {
+  console.error(error);
+  setText(byTestId("connection"), "failed to start");
+});
