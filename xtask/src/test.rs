@@ -1,9 +1,11 @@
 //! `cargo xtask test`: the whole suite, exactly what CI runs.
 //!
 //! Steps, in order: the generated TypeScript is current; every Rust test passes; the
-//! protocol crate builds for `wasm32-unknown-unknown`; the TypeScript example that
-//! handles every message type compiles under `tsc --strict`; the browser client's tests
-//! run in headless Chromium against a real node (the `fixture` example).
+//! protocol crate builds for `wasm32-unknown-unknown`; the client's npm package and the
+//! dashboard build; the TypeScript (bindings, package API, dashboard) compiles under
+//! `tsc --strict`; the browser client's tests run in headless Chromium against a real
+//! node (the `fixture` example); the dashboard passes its end-to-end test against
+//! `tidewire demo`; and the container's static binary passes its healthcheck.
 
 use crate::process::{self, cargo, output};
 use crate::step;
@@ -21,11 +23,12 @@ fn run_suite() -> Result<(), String> {
     ensure_wasm_target()?;
     process::run(&root, &cargo, &["build", "--locked", "-p", "tidewire-protocol", "--target", "wasm32-unknown-unknown"])?;
 
-    crate::wasm::build_package()?;
+    // The client package and the dashboard: the type check, the browser tests and the
+    // end-to-end test all use them.
+    crate::web::build()?;
 
     step("TypeScript type-check (tsc --strict): the bindings and the client package's API");
     let web = root.join("web");
-    ensure_npm_packages(&web)?;
     process::run(&web, "npx", &["--no-install", "tsc", "--strict", "--noEmit", "-p", "tsconfig.json"])?;
 
     browser_tests()?;
@@ -70,7 +73,6 @@ fn browser_tests() -> Result<(), String> {
 /// `tidewire demo`, including a server restart.
 fn dashboard_test() -> Result<(), String> {
     let root = crate::root();
-    crate::web::build()?;
     step("dashboard end-to-end test (playwright-core, headless Chromium)");
     let binary = root.join("target/debug/tidewire");
     let screenshot = root.join("target/e2e/dashboard.png");
