@@ -34,8 +34,9 @@ fn serve(listener: TcpListener, hub: &Hub) -> (oneshot::Sender<()>, tokio::task:
     (stop, task)
 }
 
-fn tick(hub: &Hub, channel: &str, n: u64) -> u64 {
+async fn tick(hub: &Hub, channel: &str, n: u64) -> u64 {
     hub.publish(NewPublication { channel: channel.into(), kind: "tick".into(), data: serde_json::json!(n), key: None })
+        .await
         .unwrap()
         .seq
 }
@@ -70,7 +71,7 @@ async fn a_server_restart_on_the_same_port_loses_nothing() {
         let hub = hub.clone();
         tokio::spawn(async move {
             for n in 1..=TOTAL {
-                assert_eq!(tick(&hub, "ticks", n), n);
+                assert_eq!(tick(&hub, "ticks", n).await, n);
                 tokio::time::sleep(Duration::from_millis(3)).await;
             }
         })
@@ -118,7 +119,7 @@ async fn a_fresh_server_means_recovered_false_and_a_new_stream() {
     assert_eq!(next_event(&mut ticks).await, SubscriptionEvent::Subscribing);
     assert_eq!(next_event(&mut ticks).await, SubscriptionEvent::Subscribed { recovered: None });
     for n in 1..=5 {
-        tick(&first_hub, "ticks", n);
+        tick(&first_hub, "ticks", n).await;
     }
     for n in 1..=5 {
         assert_eq!(ticks.next_message().await.unwrap().seq, n);
@@ -128,7 +129,7 @@ async fn a_fresh_server_means_recovered_false_and_a_new_stream() {
 
     // A new process: history gone, another epoch.
     let second_hub = hub(|_| {});
-    tick(&second_hub, "ticks", 1);
+    tick(&second_hub, "ticks", 1).await;
     let (_stop, _second) = serve(TcpListener::bind(addr).await.unwrap(), &second_hub);
     let mut events = Vec::new();
     loop {
@@ -139,7 +140,7 @@ async fn a_fresh_server_means_recovered_false_and_a_new_stream() {
         }
     }
     assert_eq!(events.last(), Some(&SubscriptionEvent::Subscribed { recovered: Some(false) }));
-    tick(&second_hub, "ticks", 2);
+    tick(&second_hub, "ticks", 2).await;
     assert_eq!(ticks.next_message().await.unwrap().seq, 2, "live again from the new head");
 }
 

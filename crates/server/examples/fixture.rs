@@ -58,7 +58,7 @@ fn cors(body: String) -> impl IntoResponse {
     ([(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"), (header::CACHE_CONTROL, "no-store")], body)
 }
 
-fn publish(hub: &Hub, channel: &str, count: u64) -> u64 {
+async fn publish(hub: &Hub, channel: &str, count: u64) -> u64 {
     let publisher = hub.publisher();
     let mut last = 0;
     for i in 0..count {
@@ -74,7 +74,7 @@ fn publish(hub: &Hub, channel: &str, count: u64) -> u64 {
         };
         let mut publication = tidewire_protocol::Event::to_publication(&decision).expect("serializable");
         publication.channel = channel.to_owned();
-        last = publisher.publish(publication).map(|a| a.seq).unwrap_or(0);
+        last = publisher.publish(publication).await.map(|a| a.seq).unwrap_or(0);
     }
     last
 }
@@ -109,7 +109,7 @@ async fn main() -> std::io::Result<()> {
             get(|State(f): State<Arc<Fixture>>, Query(q): Params| async move {
                 let channel = q.get("channel").cloned().unwrap_or_else(|| "routing-metrics".into());
                 let count = q.get("count").and_then(|c| c.parse().ok()).unwrap_or(1);
-                cors(publish(&f.hub, &channel, count).to_string())
+                cors(publish(&f.hub, &channel, count).await.to_string())
             }),
         )
         .route(
@@ -123,7 +123,7 @@ async fn main() -> std::io::Result<()> {
                 let during = q.get("publish").and_then(|c| c.parse().ok()).unwrap_or(0);
                 if during > 0 {
                     let channel = q.get("channel").cloned().unwrap_or_else(|| "routing-metrics".into());
-                    publish(&f.hub, &channel, during);
+                    publish(&f.hub, &channel, during).await;
                 }
                 tokio::time::sleep(down).await;
                 match f.serve().await {

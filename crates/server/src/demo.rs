@@ -77,7 +77,7 @@ impl Market {
         Market { rng, lps, by_symbol: BTreeMap::new(), by_lp: BTreeMap::new(), gross: 0.0, last_band: 0 }
     }
 
-    fn routing_decision(&mut self, publisher: &Publisher) {
+    async fn routing_decision(&mut self, publisher: &Publisher) {
         let (symbol, _) = SYMBOLS[self.rng.usize(..SYMBOLS.len())];
         let side = if self.rng.bool() { Side::Buy } else { Side::Sell };
         let volume = (self.rng.f64().powi(3) * 990_000.0 + 10_000.0).round();
@@ -97,10 +97,10 @@ impl Market {
             *self.by_lp.entry(lp.name.to_owned()).or_insert(0.0) += signed * 0.02;
         }
         self.gross += volume;
-        let _ = publisher.notify_routing_decision(symbol, side, volume, decision, lp.name, execution, round6(spread), round6(slippage));
+        let _ = publisher.notify_routing_decision(symbol, side, volume, decision, lp.name, execution, round6(spread), round6(slippage)).await;
     }
 
-    fn lp_metrics(&mut self, publisher: &Publisher) {
+    async fn lp_metrics(&mut self, publisher: &Publisher) {
         for i in 0..self.lps.len() {
             let roll = self.rng.f64();
             let lp = &mut self.lps[i];
@@ -139,7 +139,7 @@ impl Market {
                 quotes,
                 round3(lp.reject_rate),
                 round3(uptime),
-            );
+            ).await;
             if before != status && (before == LpStatus::Disconnected || status == LpStatus::Disconnected) {
                 let (severity, title, message, actions): (Severity, String, String, &[&str]) = if status == LpStatus::Disconnected {
                     (
@@ -151,12 +151,12 @@ impl Market {
                 } else {
                     (Severity::Info, "LP Reconnected".to_owned(), format!("{name} is quoting again."), &[])
                 };
-                let _ = publisher.notify_alert(severity, Category::Lp, &title, &message, "LPManager", actions);
+                let _ = publisher.notify_alert(severity, Category::Lp, &title, &message, "LPManager", actions).await;
             }
         }
     }
 
-    fn exposure(&mut self, publisher: &Publisher) {
+    async fn exposure(&mut self, publisher: &Publisher) {
         // Hedging pulls the book back towards flat; now and then a burst of one-sided
         // client flow pushes it towards the limit.
         for value in self.by_symbol.values_mut().chain(self.by_lp.values_mut()) {
@@ -170,7 +170,7 @@ impl Market {
         let net: f64 = self.by_symbol.values().sum::<f64>() * 0.6;
         let total: f64 = self.by_symbol.values().map(|v| v.abs()).sum::<f64>() * 0.6;
         let rounded = |map: &BTreeMap<String, f64>| map.iter().map(|(k, v)| (k.clone(), v.round())).collect();
-        let _ = publisher.notify_exposure_change(total.round(), net.round(), EXPOSURE_LIMIT, rounded(&self.by_symbol), rounded(&self.by_lp));
+        let _ = publisher.notify_exposure_change(total.round(), net.round(), EXPOSURE_LIMIT, rounded(&self.by_symbol), rounded(&self.by_lp)).await;
         let utilization = (net / EXPOSURE_LIMIT * 100.0).abs();
         let band = match utilization {
             u if u >= 95.0 => 2,
@@ -186,7 +186,7 @@ impl Market {
                 &format!("Net exposure is at {utilization:.0}% of limit"),
                 "ExposureMonitor",
                 &["Review open positions", "Consider hedging large positions"],
-            );
+            ).await;
         }
         self.last_band = band;
         if self.rng.f64() < 0.06 {
@@ -197,7 +197,7 @@ impl Market {
                 &format!("{:.1}M notional routed since the last summary", self.gross / 1e6),
                 "RoutingEngine",
                 &[],
-            );
+            ).await;
             self.gross = 0.0;
         }
     }
@@ -221,7 +221,7 @@ pub async fn run_publisher(hub: Hub, routing_per_second: u32) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut owed = 0.0;
     let mut ticks: u64 = 0;
-    market.lp_metrics(&publisher);
+    market.lp_metrics(&publisher).await;
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -230,14 +230,14 @@ pub async fn run_publisher(hub: Hub, routing_per_second: u32) {
         ticks += 1;
         owed += f64::from(routing_per_second) * tick.as_secs_f64();
         while owed >= 1.0 {
-            market.routing_decision(&publisher);
+            market.routing_decision(&publisher).await;
             owed -= 1.0;
         }
         if ticks % 25 == 0 {
-            market.exposure(&publisher);
+            market.exposure(&publisher).await;
         }
         if ticks % 100 == 0 {
-            market.lp_metrics(&publisher);
+            market.lp_metrics(&publisher).await;
         }
     }
 }

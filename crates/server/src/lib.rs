@@ -20,7 +20,7 @@
 //!     tidewire_protocol::analytics::Severity::Info,
 //!     tidewire_protocol::analytics::Category::System,
 //!     "Started", "The desk is live", "main", &[],
-//! )?;
+//! ).await?;
 //! # let _ = app; Ok(()) }
 //! ```
 

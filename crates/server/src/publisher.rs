@@ -26,21 +26,21 @@ impl Publisher {
     }
 
     /// Publishes an untyped message.
-    pub fn publish(&self, publication: NewPublication) -> Result<Accepted, PublishError> {
-        self.hub.publish(publication)
+    pub async fn publish(&self, publication: NewPublication) -> Result<Accepted, PublishError> {
+        self.hub.publish(publication).await
     }
 
     /// Publishes a typed event on its home channel.
-    pub fn publish_event<E: Event>(&self, event: &E) -> Result<Accepted, PublishError> {
+    pub async fn publish_event<E: Event>(&self, event: &E) -> Result<Accepted, PublishError> {
         let publication = event
             .to_publication()
             .map_err(|e| PublishError { code: ErrorCode::BadRequest, message: e.to_string() })?;
-        self.hub.publish(publication)
+        self.hub.publish(publication).await
     }
 
     /// After a routing decision.
     #[allow(clippy::too_many_arguments)]
-    pub fn notify_routing_decision(
+    pub async fn notify_routing_decision(
         &self,
         symbol: &str,
         side: Side,
@@ -60,12 +60,12 @@ impl Publisher {
             execution_time_ms,
             spread,
             slippage,
-        })
+        }).await
     }
 
     /// When an LP's status or metrics change.
     #[allow(clippy::too_many_arguments)]
-    pub fn notify_lp_status_change(
+    pub async fn notify_lp_status_change(
         &self,
         lp_name: &str,
         status: LpStatus,
@@ -85,11 +85,11 @@ impl Publisher {
             quotes_per_second,
             reject_rate,
             uptime,
-        })
+        }).await
     }
 
     /// When exposure changes; utilization and risk level are derived.
-    pub fn notify_exposure_change(
+    pub async fn notify_exposure_change(
         &self,
         total_exposure: f64,
         net_exposure: f64,
@@ -99,11 +99,11 @@ impl Publisher {
     ) -> Result<Accepted, PublishError> {
         let change = ExposureChange::new(total_exposure, net_exposure, exposure_limit, by_symbol, by_lp)
             .map_err(|e| PublishError { code: ErrorCode::BadRequest, message: e.to_string() })?;
-        self.publish_event(&change)
+        self.publish_event(&change).await
     }
 
     /// Raises an alert with a fresh id.
-    pub fn notify_alert(
+    pub async fn notify_alert(
         &self,
         severity: Severity,
         category: Category,
@@ -120,6 +120,6 @@ impl Publisher {
             message: message.to_owned(),
             source: source.to_owned(),
             action_items: action_items.iter().map(|s| (*s).to_owned()).collect(),
-        })
+        }).await
     }
 }

@@ -58,7 +58,7 @@ async fn publish_errors_have_codes_and_statuses() {
     // A batch with one bad item publishes nothing.
     let (status, _) = post_publish(&server, Some(&token), r#"[{"channel":"alerts","type":"a","data":1},{"channel":"","type":"a","data":1}]"#).await;
     assert_eq!(status, 400);
-    assert!(server.hub.channels().iter().all(|c| c.seq == 0));
+    assert!(server.hub.channels().await.iter().all(|c| c.seq == 0));
 }
 
 #[tokio::test]
@@ -68,7 +68,7 @@ async fn channels_listing_needs_a_publish_grant() {
     client.next().await;
     client.send(r#"{"action":"subscribe","channels":["alerts"]}"#).await;
     client.expect_type("subscribed").await;
-    publish_many(&server.hub, "alerts", 2);
+    publish_many(&server.hub, "alerts", 2).await;
     let (status, body) = http_request(&server, "GET", "/api/channels", Some(&publisher_token()), None).await;
     assert_eq!(status, 200);
     assert_eq!(body[0]["channel"], "alerts");
@@ -87,7 +87,7 @@ async fn health_ready_and_metrics() {
     client.next().await;
     client.send(r#"{"action":"subscribe","channels":["alerts"]}"#).await;
     client.expect_type("subscribed").await;
-    publish_many(&server.hub, "alerts", 3);
+    publish_many(&server.hub, "alerts", 3).await;
     for _ in 0..3 {
         client.next().await;
     }

@@ -27,7 +27,7 @@ async fn seed_dashboard_flow() {
     }
 
     let publisher = server.hub.publisher();
-    publisher.notify_routing_decision("EURUSD", Side::Buy, 10000.0, Book::ABook, "OANDA", 45, 0.00015, 0.00002).unwrap();
+    publisher.notify_routing_decision("EURUSD", Side::Buy, 10000.0, Book::ABook, "OANDA", 45, 0.00015, 0.00002).await.unwrap();
     let message = client.next().await;
     assert_eq!(message["type"], "routing-decision");
     assert_eq!(message["channel"], "routing-metrics");
@@ -41,7 +41,7 @@ async fn seed_dashboard_flow() {
 
     client.send(r#"{"action":"unsubscribe","channels":["routing-metrics"]}"#).await;
     assert_eq!(client.expect_type("unsubscribed").await["channel"], "routing-metrics");
-    publisher.notify_routing_decision("EURUSD", Side::Sell, 1.0, Book::BBook, "LMAX", 1, 0.0, 0.0).unwrap();
+    publisher.notify_routing_decision("EURUSD", Side::Sell, 1.0, Book::BBook, "LMAX", 1, 0.0, 0.0).await.unwrap();
     assert_eq!(client.try_next(Duration::from_millis(200)).await, Ok(None), "unsubscribed channel stays quiet");
 }
 
@@ -204,7 +204,7 @@ async fn a_burst_arrives_in_frames_of_at_most_50_in_order() {
     client.send(r#"{"action":"subscribe","channels":["routing-metrics"]}"#).await;
     client.expect_type("subscribed").await;
     client.frame_sizes.clear();
-    publish_many(&server.hub, "routing-metrics", 500);
+    publish_many(&server.hub, "routing-metrics", 500).await;
     for expected in 1..=500u64 {
         let message = client.next().await;
         assert_eq!(message["seq"], expected);
@@ -220,6 +220,7 @@ async fn recovery_with_since_and_keyed_snapshot() {
     for (lp, latency) in [("OANDA", 10), ("LMAX", 20), ("OANDA", 30)] {
         publisher
             .notify_lp_status_change(lp, tidewire_protocol::analytics::LpStatus::Connected, 0.0001, 0.9, latency, 100, 0.0, 99.0)
+            .await
             .unwrap();
     }
     // Fresh subscription: the latest value per key, oldest first, then live.
@@ -257,7 +258,7 @@ async fn recovery_with_since_and_keyed_snapshot() {
 #[tokio::test]
 async fn recovery_fails_honestly_when_history_is_gone() {
     let server = TestServer::with(|c| c.history_size = 5).await;
-    publish_many(&server.hub, "routing-metrics", 20);
+    publish_many(&server.hub, "routing-metrics", 20).await;
     let mut client = server.client("u").await;
     client.next().await;
     client.send(r#"{"action":"subscribe","channels":["routing-metrics"],"since":{"routing-metrics":3}}"#).await;
@@ -323,6 +324,7 @@ async fn a_stalled_reader_does_not_slow_a_fast_one_and_is_closed_as_slow() {
     let publishing = tokio::spawn(async move {
         for _ in 0..300 {
             hub.publish(tidewire_protocol::NewPublication { channel: "big".into(), kind: "blob".into(), data: json!(payload), key: None })
+                .await
                 .unwrap();
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
@@ -392,7 +394,7 @@ async fn a_client_behind_gets_exact_gap_notices() {
     client.next().await;
     client.send(r#"{"action":"subscribe","channels":["routing-metrics"]}"#).await;
     client.expect_type("subscribed").await;
-    publish_many(&server.hub, "routing-metrics", 12);
+    publish_many(&server.hub, "routing-metrics", 12).await;
     let mut seen = std::collections::BTreeSet::new();
     while seen.len() < 12 {
         let message = client.next().await;

@@ -27,6 +27,19 @@ pub enum Next {
     Close(CloseCode, String),
 }
 
+/// An error reply to a command, counted in the metrics.
+pub fn error_reply(hub: &Hub, id: Option<CommandId>, code: ErrorCode, message: impl Into<String>, channel: Option<&str>) -> Control {
+    hub.metrics().command_errors.get_or_create(&ErrorLabel { code: code.as_str() }).inc();
+    Control::Error(ErrorMessage {
+        timestamp: now_timestamp(),
+        id,
+        code,
+        message: message.into(),
+        channel: channel.map(str::to_owned),
+        details: None,
+    })
+}
+
 /// Error replies sent per second before further rate-limit refusals go unanswered.
 const RATE_LIMIT_REPLIES_PER_WINDOW: u32 = 10;
 
@@ -74,15 +87,7 @@ impl Session {
 
     /// Queues an error reply and counts it.
     pub fn send_error(&self, id: Option<CommandId>, code: ErrorCode, message: impl Into<String>, channel: Option<&str>) {
-        self.hub.metrics().command_errors.get_or_create(&ErrorLabel { code: code.as_str() }).inc();
-        self.send(Control::Error(ErrorMessage {
-            timestamp: now_timestamp(),
-            id,
-            code,
-            message: message.into(),
-            channel: channel.map(str::to_owned),
-            details: None,
-        }));
+        self.send(error_reply(&self.hub, id, code, message, channel));
     }
 
     /// Handles one inbound text message.

@@ -76,7 +76,7 @@ pub async fn publish(State(hub): State<Hub>, headers: HeaderMap, body: axum::bod
     }
     let mut accepted = Vec::with_capacity(items.len());
     for item in items {
-        match hub.publish(item) {
+        match hub.publish(item).await {
             Ok(a) => accepted.push(a),
             Err(e) => return error_response(e.code, e.message),
         }
@@ -91,7 +91,7 @@ pub async fn publish(State(hub): State<Hub>, headers: HeaderMap, body: axum::bod
 /// Channels with subscriber counts and heads.
 pub async fn channels(State(hub): State<Hub>, headers: HeaderMap) -> Response {
     match bearer(&hub, &headers) {
-        Ok(grant) if grant.can_publish() => Json(hub.channels()).into_response(),
+        Ok(grant) if grant.can_publish() => Json(hub.channels().await).into_response(),
         Ok(_) => error_response(ErrorCode::Forbidden, "listing channels needs a token with a publish grant"),
         Err(response) => response,
     }

@@ -1,34 +1,34 @@
-//! The hub: channels, subscriptions and the fan-out, independent of any socket.
+//! The hub: one node's state, independent of any socket.
 //!
-//! A publication takes this path: validate → under the channel's lock assign
-//! `seq = head + 1`, serialize once, keep it in history (and as the key's latest value),
-//! push the shared bytes into every subscriber's [`Outbox`] → each connection's IO loop
-//! frames and writes on its own schedule. The fan-out never awaits a client.
+//! A publication takes this path: validate (channel, type, key, size, publish rate) →
+//! the [`Engine`] assigns `seq = head + 1`, serializes once, keeps it in history (and as
+//! the key's latest value) and pushes the shared bytes into every local subscriber's
+//! [`Outbox`] → each connection's IO loop frames and writes on its own schedule. The
+//! fan-out never awaits a client.
 //!
 //! The hub also keeps the node-wide counts (connections per user, readiness) and the
 //! shutdown signal, so the WebSocket handler and the HTTP endpoints share one state.
 
 mod channel;
+pub mod engine;
+mod memory;
 pub mod outbox;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use tidewire_protocol::batch::Outbound;
 use tidewire_protocol::channel::{validate, ChannelError};
-use tidewire_protocol::message::{validate_message_type, Subscribed};
-use tidewire_protocol::{
-    CommandId, Control, EncodedMessage, ErrorCode, NewPublication, Publication, ServerMessage, StreamPosition, Timestamp,
-};
+use tidewire_protocol::message::validate_message_type;
+use tidewire_protocol::{CommandId, ErrorCode, NewPublication, StreamPosition, Timestamp};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{KeyError, Verifier};
 use crate::config::Config;
-use crate::metrics::{Metrics, ReasonLabel};
-use channel::{Channel, Start, Stored};
+use crate::metrics::Metrics;
+pub use engine::{control, Engine, Shared, SubscribeRequest};
 pub use outbox::Outbox;
 
 /// Now, as a wire timestamp.
@@ -46,7 +46,7 @@ pub struct PublishError {
 }
 
 impl PublishError {
-    fn new(code: ErrorCode, message: impl Into<String>) -> PublishError {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> PublishError {
         PublishError { code, message: message.into() }
     }
 }
@@ -77,16 +77,12 @@ pub struct Hub {
 
 #[derive(Debug)]
 struct Inner {
-    config: Config,
+    shared: Arc<Shared>,
+    engine: Box<dyn Engine>,
     verifier: Verifier,
-    metrics: Metrics,
-    channels: Mutex<HashMap<Arc<str>, Arc<Mutex<Channel>>>>,
     users: Mutex<HashMap<String, usize>>,
     connections: AtomicUsize,
     next_connection: AtomicU64,
-    next_epoch: AtomicU64,
-    /// Distinguishes this hub's epochs and connection ids from any earlier run's.
-    instance: String,
     /// Cancelled when the current serving run starts draining; replaced when the hub is
     /// served again.
     shutdown: Mutex<CancellationToken>,
@@ -113,18 +109,17 @@ impl Hub {
                 governor::RateLimiter::keyed(governor::Quota::per_minute(per_minute).allow_burst(burst))
             })
             .collect();
+        let shared = Arc::new(Shared { config, metrics: Metrics::new(), instance });
+        let engine: Box<dyn Engine> = Box::new(memory::MemoryEngine::new(shared.clone()));
         Ok(Hub {
             inner: Arc::new(Inner {
+                shared,
+                engine,
                 publish_limits,
                 verifier,
-                config,
-                metrics: Metrics::new(),
-                channels: Mutex::new(HashMap::new()),
                 users: Mutex::new(HashMap::new()),
                 connections: AtomicUsize::new(0),
                 next_connection: AtomicU64::new(1),
-                next_epoch: AtomicU64::new(1),
-                instance,
                 shutdown: Mutex::new(CancellationToken::new()),
                 draining: AtomicBool::new(false),
             }),
@@ -141,11 +136,11 @@ impl Hub {
     }
 
     pub fn config(&self) -> &Config {
-        &self.inner.config
+        &self.inner.shared.config
     }
 
     pub fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
+        &self.inner.shared.metrics
     }
 
     /// Cancelled when the node starts draining.
@@ -181,7 +176,7 @@ impl Hub {
     /// Admits a connection for `user` within the global and per-user limits; the
     /// returned guard releases the slot when dropped.
     pub fn admit(&self, user: &str) -> Option<ConnectionSlot> {
-        let config = &self.inner.config;
+        let config = &self.inner.shared.config;
         let mut users = lock(&self.inner.users);
         if self.inner.connections.load(Ordering::SeqCst) >= config.max_connections {
             return None;
@@ -192,8 +187,8 @@ impl Hub {
         }
         *count += 1;
         self.inner.connections.fetch_add(1, Ordering::SeqCst);
-        self.inner.metrics.connections.inc();
-        self.inner.metrics.connections_total.inc();
+        self.inner.shared.metrics.connections.inc();
+        self.inner.shared.metrics.connections_total.inc();
         let id = self.inner.next_connection.fetch_add(1, Ordering::Relaxed);
         Some(ConnectionSlot { hub: self.clone(), user: user.to_owned(), id })
     }
@@ -207,25 +202,12 @@ impl Hub {
             }
         }
         self.inner.connections.fetch_sub(1, Ordering::SeqCst);
-        self.inner.metrics.connections.dec();
+        self.inner.shared.metrics.connections.dec();
     }
 
     /// A connection id unique to this node's run.
     pub fn connection_label(&self, id: u64) -> String {
-        format!("{}-{id}", self.inner.instance)
-    }
-
-    fn channel(&self, name: &str) -> Arc<Mutex<Channel>> {
-        let mut channels = lock(&self.inner.channels);
-        if let Some(channel) = channels.get(name) {
-            return channel.clone();
-        }
-        let epoch = format!("{}-{}", self.inner.instance, self.inner.next_epoch.fetch_add(1, Ordering::Relaxed));
-        let name: Arc<str> = name.into();
-        let channel = Arc::new(Mutex::new(Channel::new(name.clone(), epoch.into())));
-        channels.insert(name, channel.clone());
-        self.inner.metrics.channels.set(channels.len() as i64);
-        channel
+        format!("{}-{id}", self.inner.shared.instance)
     }
 
     /// Checks everything about a publication that does not depend on the channel's
@@ -233,7 +215,7 @@ impl Hub {
     pub fn check(&self, new: &NewPublication) -> Result<(), PublishError> {
         check_envelope(new)?;
         let size = serde_json::to_vec(&new.data).map(|v| v.len()).unwrap_or(usize::MAX);
-        let max = self.inner.config.max_publication_bytes;
+        let max = self.inner.shared.config.max_publication_bytes;
         if size > max {
             return Err(too_big(size, max));
         }
@@ -241,48 +223,22 @@ impl Hub {
     }
 
     /// Validates and publishes one message; returns its seq.
-    pub fn publish(&self, new: NewPublication) -> Result<Accepted, PublishError> {
-        let config = &self.inner.config;
+    pub async fn publish(&self, new: NewPublication) -> Result<Accepted, PublishError> {
         check_envelope(&new)?;
-        let channel = self.channel(&new.channel);
-        let mut channel = lock(&channel);
-        self.check_publish_rate(&channel.name)?;
-        let seq = channel.head + 1;
-        let key: Option<Arc<str>> = new.key.as_deref().map(Into::into);
-        let publication = ServerMessage::Publication(Publication {
-            kind: new.kind,
-            timestamp: now_timestamp(),
-            channel: new.channel,
-            seq,
-            key: new.key,
-            snapshot: false,
-            data: new.data,
-        });
-        let message = EncodedMessage::encode(&publication)
-            .map_err(|e| PublishError::new(ErrorCode::BadRequest, e.to_string()))?;
-        // The envelope around `data` is under ENVELOPE_ALLOWANCE bytes (channel and key
-        // ≤ 255, type ≤ 128), so this agrees with `check`'s measure of `data` alone.
-        if message.len() > config.max_publication_bytes + ENVELOPE_ALLOWANCE {
-            return Err(too_big(message.len() - ENVELOPE_ALLOWANCE.min(message.len()), config.max_publication_bytes));
-        }
-        let now = Instant::now();
-        channel.expire(now, config.history_ttl);
-        let (delivered, dropped) = channel.publish(Stored { seq, at: now, message, key }, config.history_size);
-        let metrics = &self.inner.metrics;
-        metrics.published.inc();
-        metrics.delivered.inc_by(delivered as u64);
-        self.count_drops(dropped);
-        Ok(Accepted { channel: channel.name.to_string(), seq })
+        self.check_publish_rate(&new.channel)?;
+        let accepted = self.inner.engine.publish(new).await?;
+        self.inner.shared.metrics.published.inc();
+        Ok(accepted)
     }
 
     /// Applies the first publish rule matching the channel, if any.
-    fn check_publish_rate(&self, channel: &Arc<str>) -> Result<(), PublishError> {
-        let rules = &self.inner.config.publish_rate_limits;
+    fn check_publish_rate(&self, channel: &str) -> Result<(), PublishError> {
+        let rules = &self.inner.shared.config.publish_rate_limits;
         let Some(index) = rules.iter().position(|rule| rule.pattern.matches(channel)) else { return Ok(()) };
-        if self.inner.publish_limits[index].check_key(channel).is_ok() {
+        if self.inner.publish_limits[index].check_key(&Arc::from(channel)).is_ok() {
             return Ok(());
         }
-        self.inner.metrics.rate_limited.inc();
+        self.inner.shared.metrics.rate_limited.inc();
         let rule = &rules[index];
         Err(PublishError::new(
             ErrorCode::RateLimitExceeded,
@@ -290,90 +246,39 @@ impl Hub {
         ))
     }
 
-    fn count_drops(&self, dropped: tidewire_protocol::batch::Dropped) {
-        if dropped.total() == 0 {
-            return;
-        }
-        let metrics = &self.inner.metrics;
-        metrics.dropped.get_or_create(&ReasonLabel { reason: "superseded" }).inc_by(dropped.superseded.into());
-        metrics.dropped.get_or_create(&ReasonLabel { reason: "overflow" }).inc_by(dropped.overflow.into());
-    }
-
-    /// Subscribes a connection at an exact position: queues `subscribed`, then the
-    /// recovered publications or the keyed snapshot, then registers the subscriber, all
-    /// under the channel's lock. Access checks are the caller's.
+    /// Subscribes a connection at an exact position: `subscribed`, then the recovered
+    /// publications or the keyed snapshot, then live publications (see [`Engine`]).
+    /// Access checks are the caller's.
     pub fn subscribe(
         &self,
         connection: u64,
         outbox: &Arc<Outbox>,
-        channel_name: &str,
+        channel: &str,
         since: Option<&StreamPosition>,
         id: Option<CommandId>,
     ) {
-        let channel = self.channel(channel_name);
-        let mut channel = lock(&channel);
-        let config = &self.inner.config;
-        channel.expire(Instant::now(), config.history_ttl);
-        let max_recovery = config.history_size.min(config.batch().capacity());
-        let start = match since {
-            Some(position) if position.epoch.as_deref().is_none_or(|e| e == &*channel.epoch) => {
-                match channel.recover(position.seq, max_recovery) {
-                    Some(replay) => Start::Recovered(replay),
-                    None => Start::Snapshot(channel.snapshot()),
-                }
-            }
-            _ => Start::Snapshot(channel.snapshot()),
-        };
-        let recovered = since.map(|_| matches!(start, Start::Recovered(_)));
-        let subscribed = control(Control::Subscribed(Subscribed {
-            timestamp: now_timestamp(),
+        self.inner.engine.subscribe(SubscribeRequest {
+            connection,
+            outbox: outbox.clone(),
+            channel: channel.to_owned(),
+            since: since.cloned(),
             id,
-            channel: channel.name.to_string(),
-            seq: channel.head,
-            epoch: channel.epoch.to_string(),
-            recovered,
-        }));
-        let mut outbounds = vec![Outbound::control(subscribed)];
-        match start {
-            Start::Recovered(replay) => outbounds.extend(replay),
-            // Snapshot messages are bounded by the number of keys and never dropped.
-            Start::Snapshot(latest) => outbounds.extend(latest.into_iter().map(Outbound::control)),
-        }
-        let dropped = outbox.push_all(outbounds);
-        self.count_drops(dropped);
-        if channel.add(connection, outbox.clone()) {
-            self.inner.metrics.subscriptions.inc();
-        }
+        });
     }
 
     /// Removes a connection from a channel; false when it was not subscribed.
-    pub fn unsubscribe(&self, connection: u64, channel_name: &str) -> bool {
-        let Some(channel) = lock(&self.inner.channels).get(channel_name).cloned() else { return false };
-        let removed = lock(&channel).remove(connection);
-        if removed {
-            self.inner.metrics.subscriptions.dec();
-        }
-        removed
+    pub fn unsubscribe(&self, connection: u64, channel: &str) -> bool {
+        self.inner.engine.unsubscribe(connection, channel)
     }
 
     /// Channels with their subscriber counts and heads, sorted by name.
-    pub fn channels(&self) -> Vec<ChannelInfo> {
-        let channels: Vec<_> = lock(&self.inner.channels).values().cloned().collect();
-        let mut infos: Vec<ChannelInfo> = channels
-            .iter()
-            .map(|c| {
-                let c = lock(c);
-                ChannelInfo {
-                    channel: c.name.to_string(),
-                    subscribers: c.subscriber_count(),
-                    seq: c.head,
-                    epoch: c.epoch.to_string(),
-                    history: c.history_len(),
-                }
-            })
-            .collect();
-        infos.sort_by(|a, b| a.channel.cmp(&b.channel));
-        infos
+    pub async fn channels(&self) -> Vec<ChannelInfo> {
+        self.inner.engine.channels().await
+    }
+
+    /// Ready to serve: not draining, and the engine's backend is reachable.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && self.inner.engine.is_ready()
     }
 }
 
@@ -386,22 +291,16 @@ fn check_envelope(new: &NewPublication) -> Result<(), PublishError> {
     Ok(())
 }
 
-fn too_big(size: usize, max: usize) -> PublishError {
+pub(crate) fn too_big(size: usize, max: usize) -> PublishError {
     PublishError::new(ErrorCode::MessageTooBig, format!("publication data is {size} bytes; at most {max} are allowed"))
 }
 
 /// Room for the envelope (type, timestamp, channel, seq, key) around `data`.
-const ENVELOPE_ALLOWANCE: usize = 1024;
+pub(crate) const ENVELOPE_ALLOWANCE: usize = 1024;
 
 pub fn invalid_channel(name: &str, error: ChannelError) -> String {
     let shown: String = name.chars().take(64).collect();
     format!("invalid channel {shown:?}: {error}")
-}
-
-/// Encodes a control message.
-pub fn control(message: Control) -> EncodedMessage {
-    // Control messages hold strings, numbers and JSON values, which always serialize.
-    EncodedMessage::encode(&ServerMessage::Control(message)).expect("control messages always serialize")
 }
 
 /// A connection's place in the node's limits; dropping it frees the place.

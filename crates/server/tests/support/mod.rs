@@ -225,7 +225,7 @@ fn dechunk(mut body: &str) -> String {
 }
 
 /// Publishes `count` routing decisions on `channel` through the hub.
-pub fn publish_many(hub: &Hub, channel: &str, count: usize) {
+pub async fn publish_many(hub: &Hub, channel: &str, count: usize) {
     for i in 0..count {
         hub.publish(tidewire_protocol::NewPublication {
             channel: channel.to_owned(),
@@ -233,6 +233,7 @@ pub fn publish_many(hub: &Hub, channel: &str, count: usize) {
             data: serde_json::json!({"i": i}),
             key: None,
         })
+        .await
         .expect("publish");
     }
 }

@@ -6,8 +6,11 @@ use tidewire_protocol::command::Publish;
 use tidewire_protocol::message::Published;
 use tidewire_protocol::{Control, ErrorCode};
 
-use crate::connection::session::{Next, Session};
-use crate::hub::now_timestamp;
+use futures_util::FutureExt;
+use tidewire_protocol::batch::Outbound;
+
+use crate::connection::session::{error_reply, Next, Session};
+use crate::hub::{control, now_timestamp};
 
 pub fn apply(session: &mut Session, command: Publish) -> Next {
     let channel = command.publication.channel.clone();
@@ -22,14 +25,21 @@ pub fn apply(session: &mut Session, command: Publish) -> Next {
             return Next::Continue;
         }
     }
-    match session.hub.publish(command.publication) {
-        Ok(accepted) => session.send(Control::Published(Published {
-            timestamp: now_timestamp(),
-            id: command.id,
-            channel: accepted.channel,
-            seq: accepted.seq,
-        })),
-        Err(error) => session.send_error(command.id, error.code, error.message, Some(&channel)),
+    // The in-memory engine answers at once; an engine with a round trip answers later,
+    // from a task, so the connection keeps reading meanwhile.
+    let hub = session.hub.clone();
+    let outbox = session.outbox.clone();
+    let id = command.id;
+    let publish = async move {
+        let reply = match hub.publish(command.publication).await {
+            Ok(accepted) => Control::Published(Published { timestamp: now_timestamp(), id, channel: accepted.channel, seq: accepted.seq }),
+            Err(error) => error_reply(&hub, id, error.code, error.message, Some(&channel)),
+        };
+        outbox.push(Outbound::control(control(reply)));
+    };
+    let mut publish = Box::pin(publish);
+    if publish.as_mut().now_or_never().is_none() {
+        tokio::spawn(publish);
     }
     Next::Continue
 }

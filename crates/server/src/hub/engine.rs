@@ -1,0 +1,81 @@
+//! The seam between the node and where channels live.
+//!
+//! An [`Engine`] numbers publications, keeps history and the latest value per key, and
+//! delivers publications to the local subscribers' outboxes. The in-memory engine does
+//! all of it in this process; the Redis engine assigns seqs and keeps history in Redis,
+//! so several nodes act as one, and fans out locally what Redis pub/sub brings. The rest
+//! of the node (connections, commands, HTTP) only sees this trait.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use tidewire_protocol::batch::Dropped;
+use tidewire_protocol::{CommandId, Control, EncodedMessage, NewPublication, ServerMessage, StreamPosition};
+
+use super::{Accepted, ChannelInfo, Outbox, PublishError};
+use crate::config::Config;
+use crate::metrics::{Metrics, ReasonLabel};
+
+/// What engines share with the rest of the node.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub metrics: Metrics,
+    /// Distinguishes this node's run (in epochs and connection ids).
+    pub instance: String,
+}
+
+impl Shared {
+    /// Counts what a fan-out dropped.
+    pub fn count_drops(&self, dropped: Dropped) {
+        if dropped.total() == 0 {
+            return;
+        }
+        let metrics = &self.metrics;
+        metrics.dropped.get_or_create(&ReasonLabel { reason: "superseded" }).inc_by(dropped.superseded.into());
+        metrics.dropped.get_or_create(&ReasonLabel { reason: "overflow" }).inc_by(dropped.overflow.into());
+    }
+
+    /// Replay and snapshots are bounded by what a client's queue can take.
+    pub fn max_recovery(&self) -> usize {
+        self.config.history_size.min(self.config.batch().capacity())
+    }
+}
+
+/// A subscription to start: the engine queues `subscribed`, then the replay or the
+/// snapshot, into `outbox`, and from then on every publication after that position.
+#[derive(Debug, Clone)]
+pub struct SubscribeRequest {
+    pub connection: u64,
+    pub outbox: Arc<Outbox>,
+    pub channel: String,
+    pub since: Option<StreamPosition>,
+    pub id: Option<CommandId>,
+}
+
+/// Where channels live. See the module docs.
+pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
+    /// Numbers, stores and delivers one validated publication.
+    fn publish(&self, new: NewPublication) -> BoxFuture<'_, Result<Accepted, PublishError>>;
+
+    /// Starts a subscription (access already checked). The answer goes to the outbox,
+    /// possibly later (an engine may need a round trip first).
+    fn subscribe(&self, request: SubscribeRequest);
+
+    /// Ends a subscription; false when the connection was not subscribed.
+    fn unsubscribe(&self, connection: u64, channel: &str) -> bool;
+
+    /// Channels this node knows, sorted by name.
+    fn channels(&self) -> BoxFuture<'_, Vec<ChannelInfo>>;
+
+    /// Whether the engine can serve (its backend is reachable).
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+/// Encodes a control message.
+pub fn control(message: Control) -> EncodedMessage {
+    // Control messages hold strings, numbers and JSON values, which always serialize.
+    EncodedMessage::encode(&ServerMessage::Control(message)).expect("control messages always serialize")
+}

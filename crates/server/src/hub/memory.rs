@@ -1,0 +1,148 @@
+//! The in-memory engine: every channel lives in this process.
+//!
+//! Everything that must be atomic with respect to publications (assigning a seq,
+//! recording history, fanning out, and starting a subscription at an exact position)
+//! happens under the channel's lock, so a subscriber sees every seq after its
+//! `subscribed` exactly once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+use tidewire_protocol::batch::Outbound;
+use tidewire_protocol::message::Subscribed;
+use tidewire_protocol::{Control, EncodedMessage, ErrorCode, NewPublication, Publication, ServerMessage};
+
+use super::channel::{Channel, Start, Stored};
+use super::engine::{control, Engine, Shared, SubscribeRequest};
+use super::{lock, now_timestamp, too_big, Accepted, ChannelInfo, PublishError, ENVELOPE_ALLOWANCE};
+
+#[derive(Debug)]
+pub struct MemoryEngine {
+    shared: Arc<Shared>,
+    channels: Mutex<HashMap<Arc<str>, Arc<Mutex<Channel>>>>,
+    next_epoch: AtomicU64,
+}
+
+impl MemoryEngine {
+    pub fn new(shared: Arc<Shared>) -> MemoryEngine {
+        MemoryEngine { shared, channels: Mutex::new(HashMap::new()), next_epoch: AtomicU64::new(1) }
+    }
+
+    fn channel(&self, name: &str) -> Arc<Mutex<Channel>> {
+        let mut channels = lock(&self.channels);
+        if let Some(channel) = channels.get(name) {
+            return channel.clone();
+        }
+        let epoch = format!("{}-{}", self.shared.instance, self.next_epoch.fetch_add(1, Ordering::Relaxed));
+        let name: Arc<str> = name.into();
+        let channel = Arc::new(Mutex::new(Channel::new(name.clone(), epoch.into())));
+        channels.insert(name, channel.clone());
+        self.shared.metrics.channels.set(channels.len() as i64);
+        channel
+    }
+
+    fn publish_now(&self, new: NewPublication) -> Result<Accepted, PublishError> {
+        let config = &self.shared.config;
+        let channel = self.channel(&new.channel);
+        let mut channel = lock(&channel);
+        let seq = channel.head + 1;
+        let key: Option<Arc<str>> = new.key.as_deref().map(Into::into);
+        let publication = ServerMessage::Publication(Publication {
+            kind: new.kind,
+            timestamp: now_timestamp(),
+            channel: new.channel,
+            seq,
+            key: new.key,
+            snapshot: false,
+            data: new.data,
+        });
+        let message = EncodedMessage::encode(&publication).map_err(|e| PublishError::new(ErrorCode::BadRequest, e.to_string()))?;
+        // The envelope around `data` is under ENVELOPE_ALLOWANCE bytes (channel and key
+        // ≤ 255, type ≤ 128), so this agrees with `Hub::check`'s measure of `data` alone.
+        if message.len() > config.max_publication_bytes + ENVELOPE_ALLOWANCE {
+            return Err(too_big(message.len() - ENVELOPE_ALLOWANCE.min(message.len()), config.max_publication_bytes));
+        }
+        let now = Instant::now();
+        channel.expire(now, config.history_ttl);
+        let (delivered, dropped) = channel.publish(Stored { seq, at: now, message, key }, config.history_size);
+        self.shared.metrics.delivered.inc_by(delivered as u64);
+        self.shared.count_drops(dropped);
+        Ok(Accepted { channel: channel.name.to_string(), seq })
+    }
+}
+
+impl Engine for MemoryEngine {
+    fn publish(&self, new: NewPublication) -> BoxFuture<'_, Result<Accepted, PublishError>> {
+        let result = self.publish_now(new);
+        Box::pin(std::future::ready(result))
+    }
+
+    /// Queues `subscribed`, then the recovered publications or the keyed snapshot, then
+    /// registers the subscriber, all under the channel's lock.
+    fn subscribe(&self, request: SubscribeRequest) {
+        let SubscribeRequest { connection, outbox, channel: channel_name, since, id } = request;
+        let channel = self.channel(&channel_name);
+        let mut channel = lock(&channel);
+        channel.expire(Instant::now(), self.shared.config.history_ttl);
+        let start = match &since {
+            Some(position) if position.epoch.as_deref().is_none_or(|e| e == &*channel.epoch) => {
+                match channel.recover(position.seq, self.shared.max_recovery()) {
+                    Some(replay) => Start::Recovered(replay),
+                    None => Start::Snapshot(channel.snapshot()),
+                }
+            }
+            _ => Start::Snapshot(channel.snapshot()),
+        };
+        let recovered = since.map(|_| matches!(start, Start::Recovered(_)));
+        let subscribed = control(Control::Subscribed(Subscribed {
+            timestamp: now_timestamp(),
+            id,
+            channel: channel.name.to_string(),
+            seq: channel.head,
+            epoch: channel.epoch.to_string(),
+            recovered,
+        }));
+        let mut outbounds = vec![Outbound::control(subscribed)];
+        match start {
+            Start::Recovered(replay) => outbounds.extend(replay),
+            // Snapshot messages are bounded by the number of keys and never dropped.
+            Start::Snapshot(latest) => outbounds.extend(latest.into_iter().map(Outbound::control)),
+        }
+        let dropped = outbox.push_all(outbounds);
+        self.shared.count_drops(dropped);
+        if channel.add(connection, outbox) {
+            self.shared.metrics.subscriptions.inc();
+        }
+    }
+
+    fn unsubscribe(&self, connection: u64, channel_name: &str) -> bool {
+        let Some(channel) = lock(&self.channels).get(channel_name).cloned() else { return false };
+        let removed = lock(&channel).remove(connection);
+        if removed {
+            self.shared.metrics.subscriptions.dec();
+        }
+        removed
+    }
+
+    fn channels(&self) -> BoxFuture<'_, Vec<ChannelInfo>> {
+        let channels: Vec<_> = lock(&self.channels).values().cloned().collect();
+        let mut infos: Vec<ChannelInfo> = channels
+            .iter()
+            .map(|c| {
+                let c = lock(c);
+                ChannelInfo {
+                    channel: c.name.to_string(),
+                    subscribers: c.subscriber_count(),
+                    seq: c.head,
+                    epoch: c.epoch.to_string(),
+                    history: c.history_len(),
+                }
+            })
+            .collect();
+        infos.sort_by(|a, b| a.channel.cmp(&b.channel));
+        Box::pin(std::future::ready(infos))
+    }
+}
