@@ -57,6 +57,54 @@ impl EncodedMessage {
     }
 }
 
+/// A publication encoded with its seq left open, for engines that assign the seq
+/// somewhere else (the Redis engine numbers publications inside Redis): the message is
+/// `prefix + seq + suffix`, so the JSON is built once, here, and only the digits are
+/// spliced in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicationTemplate {
+    pub prefix: String,
+    pub suffix: String,
+}
+
+impl PublicationTemplate {
+    /// The template of `publication` (its `seq` is ignored).
+    pub fn new(publication: &crate::Publication) -> Result<PublicationTemplate, EncodeError> {
+        const PLACEHOLDER: &str = "\"seq\":18446744073709551615";
+        let mut open = publication.clone();
+        open.seq = u64::MAX;
+        let text = serde_json::to_string(&crate::ServerMessage::Publication(open))?;
+        // `type`, `timestamp` and `channel` come first and cannot contain the placeholder
+        // (types and channel names have no quotes), so the first match is the seq.
+        let at = text.find(PLACEHOLDER).ok_or_else(|| EncodeError(serde::ser::Error::custom("no seq in publication")))?;
+        let seq_at = at + "\"seq\":".len();
+        Ok(PublicationTemplate {
+            prefix: text[..seq_at].to_owned(),
+            suffix: text[seq_at + "18446744073709551615".len()..].to_owned(),
+        })
+    }
+
+    /// The encoded message for `seq`.
+    pub fn with_seq(&self, seq: u64) -> EncodedMessage {
+        EncodedMessage(format!("{}{seq}{}", self.prefix, self.suffix).into())
+    }
+
+    /// Length of the message for a seq of `digits` digits.
+    pub fn len(&self, digits: usize) -> usize {
+        self.prefix.len() + digits + self.suffix.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Wraps message text produced by [`PublicationTemplate::with_seq`] elsewhere (the
+    /// Redis engine gets it back from Redis).
+    pub fn message_from_text(text: String) -> EncodedMessage {
+        EncodedMessage(text.into())
+    }
+}
+
 /// Joins encoded messages into one frame: a JSON array.
 pub fn encode_frame<'a>(messages: impl IntoIterator<Item = &'a EncodedMessage> + Clone) -> String {
     let len: usize = messages.clone().into_iter().map(|m| m.len() + 1).sum::<usize>() + 2;
@@ -137,6 +185,26 @@ mod tests {
         let ServerMessage::Publication(back) = serde_json::from_str(marked.as_str()).unwrap() else { panic!() };
         assert!(back.snapshot);
         assert_eq!((back.seq, back.key.as_deref()), (4, Some("OANDA")));
+    }
+
+    #[test]
+    fn publication_templates_splice_the_seq() {
+        let publication = crate::Publication {
+            kind: "alert".into(),
+            timestamp: Timestamp::from_unix_micros(1),
+            channel: "seq".into(),
+            seq: 0,
+            key: Some("18446744073709551615".into()),
+            snapshot: false,
+            data: serde_json::json!({"seq": 18446744073709551615u64}),
+        };
+        let template = PublicationTemplate::new(&publication).unwrap();
+        for seq in [1, 42, u64::MAX - 1] {
+            let mut expected = publication.clone();
+            expected.seq = seq;
+            let encoded = EncodedMessage::encode(&ServerMessage::Publication(expected)).unwrap();
+            assert_eq!(template.with_seq(seq), encoded);
+        }
     }
 
     #[test]

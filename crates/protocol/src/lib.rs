@@ -34,7 +34,7 @@ pub mod message;
 pub mod timestamp;
 
 pub use close_code::{CloseCode, Disposition};
-pub use codec::{decode_frame, encode_frame, DecodeError, EncodedMessage};
+pub use codec::{decode_frame, encode_frame, DecodeError, EncodedMessage, PublicationTemplate};
 pub use command::{decode_command, Command, CommandError, CommandId, NewPublication, StreamPosition};
 pub use error_code::ErrorCode;
 pub use event::Event;

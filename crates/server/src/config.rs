@@ -172,6 +172,15 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_DRAIN_WINDOW", default_value = "5s", value_parser = duration)]
     pub drain_window: Duration,
 
+    /// Share channels through Redis (`redis://host:6379/0`), so several nodes act as one.
+    /// Without it, channels live in this process.
+    #[arg(long, env = "TIDEWIRE_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and pub/sub channel tidewire uses.
+    #[arg(long, env = "TIDEWIRE_REDIS_PREFIX", default_value = "tidewire")]
+    pub redis_prefix: String,
+
     /// A directory of static files (a dashboard) to serve at `/`.
     #[arg(long, env = "TIDEWIRE_WEB_DIR")]
     pub web_dir: Option<PathBuf>,

@@ -118,13 +118,6 @@ fn serve(mut config: Config, demo_rate: Option<u32>) -> ExitCode {
         tracing::warn!(dir = %dir.display(), "no index.html in the web directory (build it with `cargo xtask web`)");
     }
     let secret = config.jwt_secret.clone().unwrap_or_default();
-    let hub = match Hub::new(config) {
-        Ok(hub) => hub,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -133,6 +126,13 @@ fn serve(mut config: Config, demo_rate: Option<u32>) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let hub = match Hub::new(config) {
+            Ok(hub) => hub,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let listener = match server::bind(&hub).await {
             Ok(listener) => listener,
             Err(e) => {

@@ -13,10 +13,12 @@ pub async fn health(State(hub): State<Hub>) -> impl IntoResponse {
     Json(json!({ "status": "ok", "connections": hub.connection_count() }))
 }
 
-/// Readiness: 503 while draining (and, with a broker, while it is unreachable).
+/// Readiness: 503 while draining, and while the broker (Redis) is unreachable.
 pub async fn ready(State(hub): State<Hub>) -> impl IntoResponse {
     if hub.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" })))
+    } else if !hub.is_ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "reason": "the broker is unreachable" })))
     } else {
         (StatusCode::OK, Json(json!({ "status": "ready" })))
     }

@@ -13,6 +13,7 @@ mod channel;
 pub mod engine;
 mod memory;
 pub mod outbox;
+mod redis;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -35,6 +36,15 @@ pub use outbox::Outbox;
 pub fn now_timestamp() -> Timestamp {
     let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
     Timestamp::from_unix_micros(i64::try_from(micros).unwrap_or(i64::MAX))
+}
+
+/// Why a hub could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Redis(#[from] redis::RedisUrlError),
 }
 
 /// A refused publication.
@@ -96,8 +106,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Hub {
-    /// A hub for `config`; fails when the token key is missing or unreadable.
-    pub fn new(config: Config) -> Result<Hub, KeyError> {
+    /// A hub for `config`; fails when the token key is missing or unreadable, or the
+    /// Redis URL is malformed. With `--redis-url` it must be called inside a tokio
+    /// runtime (the Redis engine starts its tasks).
+    pub fn new(config: Config) -> Result<Hub, StartError> {
         let verifier = Verifier::from_config(&config)?;
         let instance = format!("{:x}{:04x}", now_timestamp().unix_micros(), fastrand::u16(..));
         let publish_limits = config
@@ -110,7 +122,10 @@ impl Hub {
             })
             .collect();
         let shared = Arc::new(Shared { config, metrics: Metrics::new(), instance });
-        let engine: Box<dyn Engine> = Box::new(memory::MemoryEngine::new(shared.clone()));
+        let engine: Box<dyn Engine> = match &shared.config.redis_url {
+            Some(url) => Box::new(redis::RedisEngine::start(shared.clone(), url, &shared.config.redis_prefix)?),
+            None => Box::new(memory::MemoryEngine::new(shared.clone())),
+        };
         Ok(Hub {
             inner: Arc::new(Inner {
                 shared,

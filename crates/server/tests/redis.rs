@@ -1,0 +1,291 @@
+//! The Redis engine against a real redis-server.
+//!
+//! Tests that only read and write use the shared server on 127.0.0.1:6379 (or
+//! `TIDEWIRE_TEST_REDIS_URL`) with a unique key prefix each; tests that stop, restart or
+//! flush Redis start their own `redis-server` on a free port.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+
+fn shared_redis() -> String {
+    let url = std::env::var("TIDEWIRE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let client = redis::Client::open(url.as_str()).expect("a valid Redis URL");
+    let reachable = client
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+        .is_ok();
+    assert!(
+        reachable,
+        "Redis is not reachable at {url}: start one (`redis-server --port 6379 --save '' --appendonly no`) \
+         or point TIDEWIRE_TEST_REDIS_URL at one"
+    );
+    url
+}
+
+fn unique_prefix(test: &str) -> String {
+    format!("tw-test-{test}-{:08x}", fastrand::u32(..))
+}
+
+async fn node(url: &str, prefix: &str) -> TestServer {
+    let (url, prefix) = (url.to_owned(), prefix.to_owned());
+    let server = TestServer::with(move |c| {
+        c.redis_url = Some(url);
+        c.redis_prefix = prefix;
+        c.drain_window = Duration::from_millis(100);
+    })
+    .await;
+    wait_ready(&server).await;
+    server
+}
+
+async fn wait_ready(server: &TestServer) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.hub.is_ready() {
+        assert!(Instant::now() < deadline, "node never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn subscriber(server: &TestServer, channels: &str) -> Client {
+    let mut client = Client::connect(&server.url(&format!("token={}&channels={channels}", token("u")))).await;
+    assert_eq!(client.next().await["type"], "connected");
+    for _ in channels.split(',') {
+        client.expect_type("subscribed").await;
+    }
+    client
+}
+
+async fn publish(server: &TestServer, channel: &str, n: u64, key: Option<&str>) -> u64 {
+    server
+        .hub
+        .publish(tidewire_protocol::NewPublication { channel: channel.into(), kind: "tick".into(), data: json!(n), key: key.map(Into::into) })
+        .await
+        .expect("publish")
+        .seq
+}
+
+async fn seqs(client: &mut Client, count: usize) -> Vec<u64> {
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        let message = client.next().await;
+        if let Some(seq) = message["seq"].as_u64().filter(|_| message["type"] == "tick") {
+            seen.push(seq);
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_act_as_one() {
+    let url = shared_redis();
+    let prefix = unique_prefix("three");
+    let nodes = [node(&url, &prefix).await, node(&url, &prefix).await, node(&url, &prefix).await];
+    let mut clients = Vec::new();
+    for n in &nodes {
+        clients.push(subscriber(n, "ticks").await);
+    }
+    // Publications accepted by every node, interleaved: one global order.
+    for i in 0..300u64 {
+        let seq = publish(&nodes[(i % 3) as usize], "ticks", i, None).await;
+        assert_eq!(seq, i + 1);
+    }
+    for client in &mut clients {
+        assert_eq!(seqs(client, 300).await, (1..=300).collect::<Vec<_>>(), "every node delivers everything once, in order");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_and_recovery_across_nodes() {
+    let url = shared_redis();
+    let prefix = unique_prefix("recover");
+    let (a, b) = (node(&url, &prefix).await, node(&url, &prefix).await);
+    for (i, lp) in ["OANDA", "LMAX", "OANDA"].iter().enumerate() {
+        publish(&a, "lp", i as u64, Some(lp)).await;
+    }
+    // Fresh on another node: the latest value per key, oldest first.
+    let mut fresh = Client::connect(&b.url(&format!("token={}", token("u")))).await;
+    fresh.next().await;
+    fresh.send(r#"{"action":"subscribe","channels":["lp"]}"#).await;
+    let subscribed = fresh.expect_type("subscribed").await;
+    assert_eq!(subscribed["seq"], 3);
+    let epoch = subscribed["epoch"].as_str().unwrap().to_owned();
+    let snapshot = [fresh.next().await, fresh.next().await];
+    assert_eq!(snapshot.iter().map(|m| (m["key"].clone(), m["seq"].clone(), m["snapshot"].clone())).collect::<Vec<_>>(), vec![
+        (json!("LMAX"), json!(2), json!(true)),
+        (json!("OANDA"), json!(3), json!(true)),
+    ]);
+    // Recovery from seq 1 in that epoch, on the first node.
+    let mut again = Client::connect(&a.url(&format!("token={}", token("u")))).await;
+    again.next().await;
+    again.send_value(json!({"action":"subscribe","channels":["lp"],"since":{"lp":{"seq":1,"epoch":epoch}}})).await;
+    assert_eq!(again.expect_type("subscribed").await["recovered"], true);
+    assert_eq!(seqs(&mut again, 2).await, vec![2, 3]);
+    publish(&b, "lp", 9, Some("CITI")).await;
+    assert_eq!(seqs(&mut again, 1).await, vec![4]);
+    assert_eq!(seqs(&mut fresh, 1).await, vec![4]);
+    // Another epoch: not recoverable.
+    let mut stale = Client::connect(&b.url(&format!("token={}", token("u")))).await;
+    stale.next().await;
+    stale.send(r#"{"action":"subscribe","channels":["lp"],"since":{"lp":{"seq":1,"epoch":"elsewhere"}}}"#).await;
+    assert_eq!(stale.expect_type("subscribed").await["recovered"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_listens_to_a_channel_only_while_it_has_subscribers() {
+    let url = shared_redis();
+    let prefix = unique_prefix("numsub");
+    let a = node(&url, &prefix).await;
+    let pubsub_channel = format!("{prefix}:pub:ticks");
+    let numsub = || {
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut c = client.get_connection().unwrap();
+        let (_, n): (String, u64) = redis::cmd("PUBSUB").arg("NUMSUB").arg(&pubsub_channel).query::<Vec<(String, u64)>>(&mut c).unwrap()[0].clone();
+        n
+    };
+    assert_eq!(numsub(), 0);
+    publish(&a, "ticks", 1, None).await;
+    assert_eq!(numsub(), 0, "publishing alone does not subscribe");
+    let mut client = subscriber(&a, "ticks").await;
+    assert_eq!(numsub(), 1);
+    client.send(r#"{"action":"unsubscribe","channels":["ticks"]}"#).await;
+    client.expect_type("unsubscribed").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while numsub() != 0 {
+        assert!(Instant::now() < deadline, "still subscribed after the last subscriber left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A redis-server of the test's own, on a free port, without persistence.
+struct OwnRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start() -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut redis = OwnRedis { port, child: None };
+        redis.restart();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed to run this test (Debian package redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ok = redis::Client::open(self.url())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok();
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "own redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn flushall(&self) {
+        let mut c = redis::Client::open(self.url()).unwrap().get_connection().unwrap();
+        redis::cmd("FLUSHALL").query::<()>(&mut c).unwrap();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_means_503_and_clients_stay_then_everything_resumes() {
+    let mut redis = OwnRedis::start();
+    let a = node(&redis.url(), "tw").await;
+    let mut client = subscriber(&a, "ticks").await;
+    for n in 1..=3 {
+        publish(&a, "ticks", n, None).await;
+    }
+    assert_eq!(seqs(&mut client, 3).await, vec![1, 2, 3]);
+
+    redis.stop();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.hub.is_ready() {
+        assert!(Instant::now() < deadline, "readiness did not notice Redis going away");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = http_request(&a, "GET", "/ready", None, None).await;
+    assert_eq!((status, body["status"].as_str()), (503, Some("unavailable")));
+    let (status, body) = post_publish(&a, Some(&publisher_token()), r#"{"channel":"ticks","type":"tick","data":4}"#).await;
+    assert_eq!((status, body["code"].as_str()), (503, Some("UNAVAILABLE")), "never silently accepted");
+    client.send(r#"{"action":"ping","id":1}"#).await;
+    assert_eq!(client.expect_type("pong").await["id"], 1, "local connections stay up");
+
+    // Redis comes back empty: the node reconnects, and the client is told its stream is gone.
+    redis.restart();
+    wait_ready(&a).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let seq = loop {
+        match a.hub.publish(tidewire_protocol::NewPublication { channel: "ticks".into(), kind: "tick".into(), data: json!(5), key: None }).await {
+            Ok(accepted) => break accepted.seq,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "publishing did not resume: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(seq, 1, "a fresh Redis starts a fresh stream");
+    let resubscribed = client.expect_type("subscribed").await;
+    assert_eq!(resubscribed["recovered"], false);
+    assert_eq!(resubscribed["seq"], 0);
+    assert_eq!(seqs(&mut client, 1).await, vec![1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushall_changes_the_epoch() {
+    let redis = OwnRedis::start();
+    let a = node(&redis.url(), "tw").await;
+    let mut client = subscriber(&a, "ticks").await;
+    for n in 1..=3 {
+        publish(&a, "ticks", n, None).await;
+    }
+    assert_eq!(seqs(&mut client, 3).await, vec![1, 2, 3]);
+    let mut probe = Client::connect(&a.url(&format!("token={}", token("u")))).await;
+    probe.next().await;
+    probe.send(r#"{"action":"subscribe","channels":["ticks"]}"#).await;
+    let old_epoch = probe.expect_type("subscribed").await["epoch"].as_str().unwrap().to_owned();
+
+    redis.flushall();
+    publish(&a, "ticks", 4, None).await;
+    let notice = client.expect_type("subscribed").await;
+    assert_eq!(notice["recovered"], false);
+    assert_ne!(notice["epoch"].as_str().unwrap(), old_epoch);
+    assert_eq!(seqs(&mut client, 1).await, vec![1]);
+
+    let mut late = Client::connect(&a.url(&format!("token={}", token("u")))).await;
+    late.next().await;
+    late.send_value(json!({"action":"subscribe","channels":["ticks"],"since":{"ticks":{"seq":3,"epoch":old_epoch}}})).await;
+    let answer: Value = late.expect_type("subscribed").await;
+    assert_eq!(answer["recovered"], false, "a client never recovers from the wrong stream");
+}
