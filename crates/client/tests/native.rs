@@ -176,3 +176,74 @@ async fn a_bad_token_stops_without_retrying() {
     assert_eq!(stopped.state, ConnectionState::Disconnected);
     assert!(matches!(stopped.stopped, Some(tidewire_client::core::StopReason::Terminal { code: 4501, .. })), "{stopped:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_a_stopped_node_s_clients_move_to_another_and_lose_nothing() {
+    let url = std::env::var("TIDEWIRE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let reachable = redis_reachable(&url);
+    assert!(reachable, "Redis is not reachable at {url}: start one (`redis-server --port 6379`) or set TIDEWIRE_TEST_REDIS_URL");
+    let prefix = format!("tw-test-failover-{:08x}", fastrand_u32());
+    let node = |prefix: String, url: String| {
+        hub(move |c| {
+            c.redis_url = Some(url);
+            c.redis_prefix = prefix;
+        })
+    };
+    let (a, b) = (node(prefix.clone(), url.clone()), node(prefix.clone(), url.clone()));
+    let (la, lb) = (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let (addr_a, addr_b) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
+    let (stop_a, task_a) = serve(la, &a);
+    let (_stop_b, _task_b) = serve(lb, &b);
+    while !a.is_ready() || !b.is_ready() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let client = Client::connect(Config::new("").urls([format!("ws://{addr_a}/ws"), format!("ws://{addr_b}/ws")]).token(token(3600)));
+    let mut ticks = client.subscribe("ticks");
+    assert_eq!(next_event(&mut ticks).await, SubscriptionEvent::Subscribing);
+    assert_eq!(next_event(&mut ticks).await, SubscriptionEvent::Subscribed { recovered: None });
+
+    const TOTAL: u64 = 400;
+    let publisher = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            for n in 1..=TOTAL {
+                assert_eq!(tick(&b, "ticks", n).await, n);
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = stop_a.send(());
+    task_a.await.unwrap().unwrap();
+
+    let mut seqs = Vec::new();
+    let mut recovered = Vec::new();
+    while seqs.last() != Some(&TOTAL) {
+        match tokio::time::timeout(Duration::from_secs(20), ticks.next()).await.expect("progress").expect("open") {
+            Item::Message(delivery) => seqs.push(delivery.seq),
+            Item::Event(SubscriptionEvent::Subscribed { recovered: r }) => recovered.push(r),
+            Item::Event(_) => {}
+        }
+    }
+    publisher.await.unwrap();
+    assert_eq!(seqs, (1..=TOTAL).collect::<Vec<_>>(), "every seq exactly once, in order, across the move");
+    assert_eq!(recovered, vec![Some(true)]);
+}
+
+fn redis_reachable(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("redis://") else { return false };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    std::net::TcpStream::connect_timeout(
+        &match std::net::ToSocketAddrs::to_socket_addrs(authority).ok().and_then(|mut a| a.next()) {
+            Some(addr) => addr,
+            None => return false,
+        },
+        Duration::from_secs(2),
+    )
+    .is_ok()
+}
+
+fn fastrand_u32() -> u32 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(7)
+}

@@ -289,3 +289,23 @@ async fn flushall_changes_the_epoch() {
     let answer: Value = late.expect_type("subscribed").await;
     assert_eq!(answer["recovered"], false, "a client never recovers from the wrong stream");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_pubsub_link_is_filled_from_the_stream() {
+    let redis = OwnRedis::start();
+    let a = node(&redis.url(), "tw").await;
+    let mut client = subscriber(&a, "ticks").await;
+    publish(&a, "ticks", 1, None).await;
+    assert_eq!(seqs(&mut client, 1).await, vec![1]);
+    // Cut the node's pub/sub connection (Redis keeps its data), publish meanwhile.
+    let mut admin = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let killed: u64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query(&mut admin).unwrap();
+    assert_eq!(killed, 1);
+    for n in 2..=20 {
+        publish(&a, "ticks", n, None).await;
+    }
+    // Every seq arrives once, in order: live or replayed from the stream after the resync.
+    assert_eq!(seqs(&mut client, 19).await, (2..=20).collect::<Vec<_>>());
+    publish(&a, "ticks", 21, None).await;
+    assert_eq!(seqs(&mut client, 1).await, vec![21]);
+}
