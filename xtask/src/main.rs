@@ -3,6 +3,7 @@
 //! Each task says what it is doing and installs (or checks for) what it needs, so the
 //! README's commands work on a fresh machine. Run `cargo xtask help` for the list.
 
+mod bench;
 mod container;
 mod fixture;
 mod process;
@@ -20,6 +21,7 @@ usage: cargo xtask <task> [options]
 
 tasks:
   ts [--check]   regenerate ts-bindings/ from the protocol types (--check: fail on drift)
+  bench [args]   run the benchmarks (tidewire-bench; default: the suite)
   demo [flags]   build the client package and the dashboard, then run `tidewire demo`
   wasm           build the browser client's npm package (target/npm/tidewire-client)
   web            build the dashboard into web/dist (after the client package)
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
         "wasm" => wasm::run(rest),
         "web" => web::run(rest),
         "demo" => web::demo(rest),
+        "bench" => bench::run(rest),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())

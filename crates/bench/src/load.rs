@@ -1,0 +1,411 @@
+//! The runs: subscribers, a publisher, and the arithmetic that turns them into figures.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tidewire_protocol::Timestamp;
+use tidewire_server::auth::{mint_hs256, unix_now, Claims};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::process::{own_cpu_seconds, server_bin, Node, SECRET};
+use crate::{FanoutArgs, IdleArgs, ServerArgs, SuiteArgs};
+
+/// One run's figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunResult {
+    pub name: String,
+    pub subscribers: usize,
+    pub rate: u32,
+    pub seconds: f64,
+    pub published: u64,
+    pub delivered_per_second: f64,
+    pub loss_percent: f64,
+    /// Share of the missing messages that gap notices announced (100 = all accounted for).
+    pub gaps_account_for_percent: f64,
+    pub latency_ms: Latency,
+    pub server_cpu_seconds: f64,
+    pub server_cpu_per_million: f64,
+    pub server_peak_rss_mib: f64,
+    pub loadgen_cpu_seconds: f64,
+    /// Idle runs: resident memory per connection.
+    pub rss_per_connection_kib: f64,
+    pub connects_per_second: f64,
+    pub notes: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub samples: u64,
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+fn token(sub: &str, publish: bool) -> String {
+    let claims = Claims {
+        sub: sub.to_owned(),
+        exp: unix_now() + 3600,
+        publish: publish.then(|| vec!["*".to_owned()]),
+        ..Claims::default()
+    };
+    mint_hs256(SECRET, &claims).unwrap_or_default()
+}
+
+/// A minimal HTTP/1.1 GET on a fresh connection.
+pub async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
+}
+
+/// What one subscriber saw.
+#[derive(Default)]
+struct Seen {
+    delivered: u64,
+    gapped: u64,
+    histogram: Option<Histogram<u64>>,
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    from: u64,
+    #[serde(default)]
+    to: u64,
+    #[serde(borrow)]
+    timestamp: &'a str,
+}
+
+const SAMPLE_EVERY: u64 = 8;
+
+/// Connects one subscriber to `channel` and waits for `subscribed`.
+async fn connect(port: u16, token: &str, channel: &str, small_buffer: bool) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, String> {
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    if small_buffer {
+        let _ = socket.set_recv_buffer_size(4096);
+    }
+    let stream = socket.connect(([127, 0, 0, 1], port).into()).await.map_err(|e| e.to_string())?;
+    let url = format!("ws://127.0.0.1:{port}/ws?token={token}&channels={channel}");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let message = tokio::time::timeout_at(deadline.into(), ws.next()).await.map_err(|_| "no subscribed in time".to_owned())?;
+        match message {
+            Some(Ok(Message::Text(text))) if text.as_str().contains("\"type\":\"subscribed\"") => return Ok(ws),
+            Some(Ok(_)) => continue,
+            other => return Err(format!("subscriber failed: {other:?}")),
+        }
+    }
+}
+
+/// Reads until `stop`, counting seqs and gap notices and sampling latency.
+async fn read(mut ws: tokio_tungstenite::WebSocketStream<TcpStream>, mut stop: watch::Receiver<bool>) -> Seen {
+    let mut seen = Seen { histogram: Histogram::new_with_bounds(1, 60_000_000, 3).ok(), ..Seen::default() };
+    loop {
+        let message = tokio::select! {
+            message = ws.next() => message,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let Some(Ok(Message::Text(text))) = message else {
+            if matches!(message, Some(Ok(_))) {
+                continue;
+            }
+            break;
+        };
+        let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(text.as_str()) else { continue };
+        for item in items {
+            let Ok(head) = serde_json::from_str::<Head<'_>>(item.get()) else { continue };
+            match head.kind {
+                "gap" => seen.gapped += head.to - head.from + 1,
+                "heartbeat" => {}
+                _ if head.seq > 0 => {
+                    seen.delivered += 1;
+                    if head.seq % SAMPLE_EVERY == 0 {
+                        if let (Some(histogram), Ok(ts)) = (seen.histogram.as_mut(), Timestamp::parse(head.timestamp)) {
+                            let _ = histogram.record((now_micros() - ts.unix_micros()).max(1) as u64);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    seen
+}
+
+/// Publishes `rate` per second to `channel` for `duration` through one keep-alive HTTP
+/// connection, in batches every 10 ms; returns how many were accepted.
+async fn publish(port: u16, channel: &str, rate: u32, duration: Duration, progress: Arc<AtomicU64>) -> Result<u64, String> {
+    let token = token("bench-publisher", true);
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let tick = Duration::from_millis(10);
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut owed = 0.0;
+    let mut sent = 0u64;
+    let mut buffer = vec![0u8; 64 * 1024];
+    while started.elapsed() < duration {
+        interval.tick().await;
+        owed += f64::from(rate) * tick.as_secs_f64();
+        let count = owed.floor() as u64;
+        if count == 0 {
+            continue;
+        }
+        owed -= count as f64;
+        let mut body = String::with_capacity(count as usize * 240 + 2);
+        body.push('[');
+        for i in 0..count {
+            if i > 0 {
+                body.push(',');
+            }
+            let n = sent + i;
+            body.push_str(&format!(
+                r#"{{"channel":"{channel}","type":"routing-decision","data":{{"symbol":"EURUSD","side":"{}","volume":{},"routingDecision":"ABOOK","lpSelected":"OANDA","executionTimeMs":{},"spread":0.00015,"slippage":0.00002}}}}"#,
+                if n % 2 == 0 { "BUY" } else { "SELL" },
+                10_000 + n % 1000,
+                20 + n % 30
+            ));
+        }
+        body.push(']');
+        let request = format!(
+            "POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+        read_response(&mut stream, &mut buffer).await?;
+        sent += count;
+        progress.store(sent, Ordering::Relaxed);
+    }
+    Ok(sent)
+}
+
+/// Reads one HTTP response (Content-Length bodies) and fails on a non-200 status.
+async fn read_response(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<(), String> {
+    let mut filled = 0;
+    loop {
+        if filled == buffer.len() {
+            buffer.resize(buffer.len() * 2, 0);
+        }
+        let n = stream.read(&mut buffer[filled..]).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("publisher connection closed".to_owned());
+        }
+        filled += n;
+        let text = String::from_utf8_lossy(&buffer[..filled]);
+        let Some(end) = text.find("\r\n\r\n") else { continue };
+        let length: usize = text[..end]
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if filled >= end + 4 + length {
+            if !text.starts_with("HTTP/1.1 200") {
+                return Err(format!("publish failed: {}", text.lines().next().unwrap_or_default()));
+            }
+            return Ok(());
+        }
+    }
+}
+
+async fn start_nodes(server: &ServerArgs) -> Result<Vec<Node>, String> {
+    let bin = server_bin(server.server_bin.as_ref())?;
+    if server.nodes > 1 && server.redis_url.is_none() {
+        return Err("--nodes above 1 needs --redis-url".to_owned());
+    }
+    let prefix = format!("tw-bench-{:08x}", fastrand::u32(..));
+    let mut nodes = Vec::new();
+    for _ in 0..server.nodes.max(1) {
+        nodes.push(Node::start(&bin, &server.server_args, server.redis_url.as_deref().map(|u| (u, prefix.as_str()))).await?);
+    }
+    Ok(nodes)
+}
+
+fn progress(line: &str) {
+    eprint!("\r\x1b[2K{line}");
+    let _ = std::io::stderr().flush();
+}
+
+pub async fn fanout(args: &FanoutArgs) -> Result<RunResult, String> {
+    let nodes = start_nodes(&args.server).await?;
+    let channel = "bench";
+    let slow_count = ((args.subscribers as f64) * args.slow).round() as usize;
+    let fast_count = args.subscribers - slow_count;
+    let (stop, stopped) = watch::channel(false);
+
+    // Subscribers, spread over the nodes, connected a few hundred at a time.
+    let mut readers = Vec::with_capacity(fast_count);
+    let mut stalled = Vec::with_capacity(slow_count);
+    let tok = token("bench-subscriber", false);
+    let mut connected = 0;
+    while connected < args.subscribers {
+        let batch: Vec<_> = (connected..(connected + 250).min(args.subscribers))
+            .map(|i| {
+                let port = nodes[i % nodes.len()].port;
+                let slow = i >= fast_count;
+                let tok = tok.clone();
+                async move { (slow, connect(port, &tok, channel, slow).await) }
+            })
+            .collect();
+        for (slow, ws) in futures_util::future::join_all(batch).await {
+            let ws = ws?;
+            if slow {
+                stalled.push(ws);
+            } else {
+                readers.push(tokio::spawn(read(ws, stopped.clone())));
+            }
+            connected += 1;
+        }
+        progress(&format!("  connecting subscribers: {connected}/{}", args.subscribers));
+    }
+
+    // Publish and watch.
+    let cpu_before: f64 = nodes.iter().map(Node::cpu_seconds).sum();
+    let own_before = own_cpu_seconds();
+    let sent = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let publisher = tokio::spawn({
+        let (port, rate, duration, sent) = (nodes[0].port, args.rate, args.duration, sent.clone());
+        async move { publish(port, channel, rate, duration, sent).await }
+    });
+    while !publisher.is_finished() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let rss: u64 = nodes.iter().map(|n| n.rss_kib().0).sum();
+        progress(&format!(
+            "  {:>4.1}s published {:>9}  server RSS {:>7.1} MiB",
+            started.elapsed().as_secs_f64(),
+            sent.load(Ordering::Relaxed),
+            rss as f64 / 1024.0
+        ));
+    }
+    let published = publisher.await.map_err(|e| e.to_string())??;
+    let elapsed = started.elapsed().as_secs_f64();
+    // Let the last frames arrive.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let cpu: f64 = nodes.iter().map(Node::cpu_seconds).sum::<f64>() - cpu_before;
+    let own = own_cpu_seconds() - own_before;
+    let peak: u64 = nodes.iter().map(|n| n.rss_kib().1).sum();
+    let _ = stop.send(true);
+    drop(stalled);
+
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let (mut delivered, mut gapped) = (0u64, 0u64);
+    for reader in readers {
+        let seen = reader.await.map_err(|e| e.to_string())?;
+        delivered += seen.delivered;
+        gapped += seen.gapped;
+        if let Some(h) = seen.histogram {
+            let _ = histogram.add(h);
+        }
+    }
+    progress("");
+    let expected = published * fast_count as u64;
+    let missing = expected.saturating_sub(delivered);
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    Ok(RunResult {
+        name: format!(
+            "fanout{}{}",
+            if args.server.nodes > 1 { " cross-node" } else if args.server.redis_url.is_some() { " redis" } else { "" },
+            if args.slow > 0.0 { " +slow" } else { "" }
+        ),
+        subscribers: args.subscribers,
+        rate: args.rate,
+        seconds: elapsed,
+        published,
+        delivered_per_second: delivered as f64 / elapsed,
+        loss_percent: if expected == 0 { 0.0 } else { missing as f64 * 100.0 / expected as f64 },
+        gaps_account_for_percent: if missing == 0 { 100.0 } else { gapped.min(missing) as f64 * 100.0 / missing as f64 },
+        latency_ms: Latency { p50: ms(0.5), p90: ms(0.9), p99: ms(0.99), max: histogram.max() as f64 / 1000.0, samples: histogram.len() },
+        server_cpu_seconds: cpu,
+        server_cpu_per_million: if delivered == 0 { 0.0 } else { cpu * 1e6 / delivered as f64 },
+        server_peak_rss_mib: peak as f64 / 1024.0,
+        loadgen_cpu_seconds: own,
+        notes: args.server.server_args.join(" "),
+        ..RunResult::default()
+    })
+}
+
+pub async fn idle(args: &IdleArgs) -> Result<RunResult, String> {
+    let nodes = start_nodes(&args.server).await?;
+    let node = &nodes[0];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (before, _) = node.rss_kib();
+    let tok = token("bench-idle", false);
+    let started = Instant::now();
+    let mut sockets = Vec::with_capacity(args.connections);
+    while sockets.len() < args.connections {
+        let batch: Vec<_> = (sockets.len()..(sockets.len() + 500).min(args.connections))
+            .map(|_| connect(node.port, &tok, "idle", false))
+            .collect();
+        for ws in futures_util::future::join_all(batch).await {
+            sockets.push(ws?);
+        }
+        progress(&format!("  connected {}/{}", sockets.len(), args.connections));
+    }
+    let connect_seconds = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (after, peak) = node.rss_kib();
+    progress("");
+    Ok(RunResult {
+        name: "idle".to_owned(),
+        subscribers: args.connections,
+        seconds: connect_seconds,
+        server_peak_rss_mib: peak as f64 / 1024.0,
+        rss_per_connection_kib: after.saturating_sub(before) as f64 / args.connections as f64,
+        connects_per_second: args.connections as f64 / connect_seconds,
+        notes: format!("RSS {:.1} → {:.1} MiB", before as f64 / 1024.0, after as f64 / 1024.0),
+        ..RunResult::default()
+    })
+}
+
+pub async fn suite(args: &SuiteArgs) -> Result<Vec<RunResult>, String> {
+    let server = |extra: &[&str], redis: Option<String>, nodes: usize| ServerArgs {
+        server_bin: args.server_bin.clone(),
+        server_args: extra.iter().map(|s| (*s).to_owned()).collect(),
+        redis_url: redis,
+        nodes,
+    };
+    let run = |subscribers, rate, slow, server| FanoutArgs { subscribers, rate, duration: args.duration, slow, server };
+    let mut results = Vec::new();
+    let plan = [
+        run(1000, 1000, 0.0, server(&[], None, 1)),
+        run(100, 10_000, 0.0, server(&[], None, 1)),
+        run(100, 10_000, 0.0, server(&["--max-batch=200", "--batch-interval=8ms"], None, 1)),
+        run(10_000, 100, 0.0, server(&[], None, 1)),
+        run(1000, 1000, 0.1, server(&[], None, 1)),
+    ];
+    for fanout_args in plan {
+        eprintln!("fanout S={} R={} slow={}", fanout_args.subscribers, fanout_args.rate, fanout_args.slow);
+        results.push(fanout(&fanout_args).await?);
+    }
+    if let Some(url) = &args.redis_url {
+        for nodes in [1, 2] {
+            eprintln!("fanout S=1000 R=1000 redis nodes={nodes}");
+            results.push(fanout(&run(1000, 1000, 0.0, server(&[], Some(url.clone()), nodes))).await?);
+        }
+    }
+    eprintln!("idle C={}", args.connections);
+    results.push(idle(&IdleArgs { connections: args.connections, server: server(&[], None, 1) }).await?);
+    Ok(results)
+}
