@@ -1,0 +1,118 @@
+//! Several Redis-backed nodes as separate processes: SIGKILL one while publishing, and
+//! its clients (the native client, with a list of URLs) move to another node and lose
+//! nothing.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tidewire_client::core::SubscriptionEvent;
+use tidewire_client::native::{Client, Config, Item};
+
+fn redis_url() -> String {
+    let url = std::env::var("TIDEWIRE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let reachable = redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+        .is_ok();
+    assert!(reachable, "Redis is not reachable at {url}: start one (`redis-server --port 6379`) or set TIDEWIRE_TEST_REDIS_URL");
+    url
+}
+
+struct NodeProcess {
+    child: Child,
+    port: u16,
+}
+
+impl NodeProcess {
+    fn start(url: &str, prefix: &str) -> NodeProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(env!("CARGO_BIN_EXE_tidewire"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--jwt-secret", support::SECRET])
+            .args(["--redis-url", url, "--redis-prefix", prefix, "--log-format", "json"])
+            .env("TIDEWIRE_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start tidewire");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ready = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut s| {
+                use std::io::{Read, Write};
+                let _ = write!(s, "GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut response = String::new();
+                let _ = s.read_to_string(&mut response);
+                response.starts_with("HTTP/1.1 200")
+            });
+            if ready {
+                return NodeProcess { child, port };
+            }
+            assert!(Instant::now() < deadline, "node did not become ready");
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_a_node_loses_nothing() {
+    let url = redis_url();
+    let prefix = format!("tw-test-kill-{:08x}", fastrand::u32(..));
+    let mut a = NodeProcess::start(&url, &prefix);
+    let b = NodeProcess::start(&url, &prefix);
+    // The publisher is a third node, in process, on the same Redis prefix.
+    let publisher = support::TestServer::with({
+        let (url, prefix) = (url.clone(), prefix.clone());
+        move |c| {
+            c.redis_url = Some(url);
+            c.redis_prefix = prefix;
+        }
+    })
+    .await;
+    while !publisher.hub.is_ready() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let client = Client::connect(Config::new(a.url()).urls([a.url(), b.url()]).token(support::token("kill")));
+    let mut ticks = client.subscribe("ticks");
+    loop {
+        if let Some(Item::Event(SubscriptionEvent::Subscribed { .. })) = ticks.next().await {
+            break;
+        }
+    }
+    const TOTAL: u64 = 400;
+    let hub = publisher.hub.clone();
+    let publishing = tokio::spawn(async move {
+        for n in 1..=TOTAL {
+            let new = tidewire_protocol::NewPublication { channel: "ticks".into(), kind: "tick".into(), data: serde_json::json!(n), key: None };
+            assert_eq!(hub.publish(new).await.unwrap().seq, n);
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.child.kill().expect("SIGKILL node A");
+    let _ = a.child.wait();
+
+    let mut seqs = Vec::new();
+    let mut recovered = Vec::new();
+    while seqs.last() != Some(&TOTAL) {
+        match tokio::time::timeout(Duration::from_secs(30), ticks.next()).await.expect("progress").expect("open") {
+            Item::Message(delivery) => seqs.push(delivery.seq),
+            Item::Event(SubscriptionEvent::Subscribed { recovered: r }) => recovered.push(r),
+            Item::Event(_) => {}
+        }
+    }
+    publishing.await.unwrap();
+    assert_eq!(seqs, (1..=TOTAL).collect::<Vec<_>>(), "every seq exactly once, in order, across the kill");
+    assert_eq!(recovered, vec![Some(true)], "the client recovered on the other node");
+}
