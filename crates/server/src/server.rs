@@ -25,9 +25,18 @@ use tower::ServiceExt;
 use crate::hub::Hub;
 use crate::router;
 
+/// Pending connections the kernel may queue for us (capped by `net.core.somaxconn`).
+/// The usual default of 128 overflows when a few hundred clients reconnect at once,
+/// and every overflowed SYN costs its client a one-second retransmit.
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// Binds the configured address.
 pub async fn bind(hub: &Hub) -> std::io::Result<TcpListener> {
-    TcpListener::bind(hub.config().listen).await
+    let addr = hub.config().listen;
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serves tidewire's routes until `shutdown` resolves, then drains.

@@ -13,26 +13,22 @@ pub mod session;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
 use tidewire_protocol::command::Subscribe;
 use tidewire_protocol::message::{Connected, Heartbeat};
 use tidewire_protocol::{CloseCode, Control, ErrorCode, PROTOCOL_VERSION};
-use tokio::time::{sleep_until, timeout};
+use tokio::time::timeout;
 
 use crate::auth::{AuthError, Grant};
 use crate::hub::{now_timestamp, Hub};
 use crate::metrics::{CodeLabel, ErrorLabel};
 use session::{Next, Session};
 
-type Sink = SplitSink<WebSocket, Message>;
 
 /// How long a close frame may take to go out before the socket is just dropped.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves one upgraded WebSocket until it closes.
-pub async fn serve(socket: WebSocket, hub: Hub, auth: Result<Grant, AuthError>, channels: Vec<String>) {
-    let (mut sink, mut stream) = socket.split();
+pub async fn serve(mut socket: WebSocket, hub: Hub, auth: Result<Grant, AuthError>, channels: Vec<String>) {
     let grant = match auth {
         Ok(grant) => grant,
         Err(error) => {
@@ -43,17 +39,17 @@ pub async fn serve(socket: WebSocket, hub: Hub, auth: Result<Grant, AuthError>, 
             };
             hub.metrics().auth_failures.get_or_create(&ErrorLabel { code: error.code().as_str() }).inc();
             tracing::info!(code = %error.code(), "refused connection: {error}");
-            close(&hub, &mut sink, &mut stream, code, &error.to_string()).await;
+            close(&hub, &mut socket, code, &error.to_string()).await;
             return;
         }
     };
     if hub.is_draining() {
-        close(&hub, &mut sink, &mut stream, CloseCode::SERVICE_RESTART, "node is shutting down").await;
+        close(&hub, &mut socket, CloseCode::SERVICE_RESTART, "node is shutting down").await;
         return;
     }
     let Some(slot) = hub.admit(&grant.user) else {
         tracing::warn!(user = %grant.user, "connection limit reached");
-        close(&hub, &mut sink, &mut stream, CloseCode::TRY_AGAIN_LATER, "connection limit reached").await;
+        close(&hub, &mut socket, CloseCode::TRY_AGAIN_LATER, "connection limit reached").await;
         return;
     };
     let mut session = Session::new(hub.clone(), slot, grant);
@@ -75,10 +71,10 @@ pub async fn serve(socket: WebSocket, hub: Hub, auth: Result<Grant, AuthError>, 
     if !channels.is_empty() {
         session.on_subscribe(Subscribe { id: None, channels, since: None });
     }
-    let (code, reason) = run(&mut session, &mut sink, &mut stream).await;
+    let (code, reason) = run(&mut session, &mut socket).await;
     session.leave_all();
     if let Some(code) = code {
-        close(&hub, &mut sink, &mut stream, code, &reason).await;
+        close(&hub, &mut socket, code, &reason).await;
     } else {
         hub.metrics().disconnects.get_or_create(&CodeLabel { code: CloseCode::NORMAL.0 }).inc();
     }
@@ -94,7 +90,7 @@ pub async fn serve(socket: WebSocket, hub: Hub, auth: Result<Grant, AuthError>, 
 
 /// The loop; returns the close code to send (`None` when the client closed or vanished)
 /// and the reason.
-async fn run(session: &mut Session, sink: &mut Sink, stream: &mut SplitStream<WebSocket>) -> (Option<CloseCode>, String) {
+async fn run(session: &mut Session, socket: &mut WebSocket) -> (Option<CloseCode>, String) {
     let hub = session.hub.clone();
     let config = hub.config().clone();
     let outbox = session.outbox.clone();
@@ -103,6 +99,9 @@ async fn run(session: &mut Session, sink: &mut Sink, stream: &mut SplitStream<We
     let mut next_ping = last_write + config.heartbeat_interval;
     let mut awaiting_pong: Option<Instant> = None;
     let mut drain_at: Option<Instant> = None;
+    // One timer, reset each round, rather than a new one per wake-up.
+    let sleep = tokio::time::sleep_until(last_write.into());
+    tokio::pin!(sleep);
 
     loop {
         let now = Instant::now();
@@ -118,14 +117,18 @@ async fn run(session: &mut Session, sink: &mut Sink, stream: &mut SplitStream<We
             deadline = deadline.min(at);
         }
 
+        if sleep.deadline() != deadline.into() {
+            sleep.as_mut().reset(deadline.into());
+        }
         tokio::select! {
-            inbound = stream.next() => match inbound {
+            // `recv` is cancel-safe: a frame is never lost when another branch wins.
+            inbound = socket.recv() => match inbound {
                 None => return (None, "client went away".to_owned()),
                 Some(Err(error)) => return read_error(error),
                 Some(Ok(Message::Text(text))) => {
                     if let Next::Close(code, reason) = session.on_text(text.as_str()) {
                         // Let the client read the errors that explain the close.
-                        let _ = flush(session, sink, Instant::now(), true).await;
+                        let _ = flush(session, socket, Instant::now(), true).await;
                         return (Some(code), reason);
                     }
                 }
@@ -141,7 +144,7 @@ async fn run(session: &mut Session, sink: &mut Sink, stream: &mut SplitStream<We
                 }
             },
             _ = outbox.woken() => {}
-            _ = sleep_until(deadline.into()) => {}
+            () = &mut sleep => {}
             _ = shutdown.cancelled(), if drain_at.is_none() => {
                 // Spread closes over the drain window so clients don't reconnect at once.
                 let offset = config.drain_window.mul_f64(fastrand::f64());
@@ -151,13 +154,13 @@ async fn run(session: &mut Session, sink: &mut Sink, stream: &mut SplitStream<We
 
         let now = Instant::now();
         if drain_at.is_some_and(|at| now >= at) {
-            if flush(session, sink, now, true).await.is_err() {
+            if flush(session, socket, now, true).await.is_err() {
                 return slow_consumer(&config);
             }
             return (Some(CloseCode::SERVICE_RESTART), "node is shutting down".to_owned());
         }
         if session.grant.time_left(SystemTime::now()).is_zero() {
-            let _ = flush(session, sink, now, true).await;
+            let _ = flush(session, socket, now, true).await;
             return (Some(CloseCode::TOKEN_EXPIRED), "token expired; reconnect with a new token".to_owned());
         }
         if awaiting_pong.is_some_and(|sent| now >= sent + config.pong_timeout) {
@@ -166,13 +169,13 @@ async fn run(session: &mut Session, sink: &mut Sink, stream: &mut SplitStream<We
         if now >= last_write + config.heartbeat_interval && outbox.next_frame_at().is_none() {
             session.send(Control::Heartbeat(Heartbeat { timestamp: now_timestamp() }));
         }
-        match flush(session, sink, now, false).await {
+        match flush(session, socket, now, false).await {
             Ok(0) => {}
             Ok(_) => last_write = Instant::now(),
             Err(()) => return slow_consumer(&config),
         }
         if now >= next_ping {
-            if !write(sink, Message::Ping(Default::default()), config.write_timeout).await {
+            if !write(socket, Message::Ping(Default::default()), config.write_timeout).await {
                 return slow_consumer(&config);
             }
             awaiting_pong.get_or_insert(now);
@@ -183,7 +186,7 @@ async fn run(session: &mut Session, sink: &mut Sink, stream: &mut SplitStream<We
 
 /// Writes the frames due at `now` (every waiting frame when `all`) and counts them; an
 /// error when a write timed out or failed.
-async fn flush(session: &Session, sink: &mut Sink, now: Instant, all: bool) -> Result<usize, ()> {
+async fn flush(session: &Session, socket: &mut WebSocket, now: Instant, all: bool) -> Result<usize, ()> {
     let hub = session.hub.clone();
     let write_timeout = hub.config().write_timeout;
     let mut written = 0;
@@ -201,7 +204,7 @@ async fn flush(session: &Session, sink: &mut Sink, now: Instant, all: bool) -> R
         metrics.batch_size.observe(frame.len() as f64);
         metrics.publish_to_write_seconds.observe(waited.as_secs_f64());
         let text = frame.encode(now_timestamp());
-        if !write(sink, Message::Text(text.into()), write_timeout).await {
+        if !write(socket, Message::Text(text.into()), write_timeout).await {
             return Err(());
         }
         written += 1;
@@ -212,8 +215,8 @@ async fn flush(session: &Session, sink: &mut Sink, now: Instant, all: bool) -> R
     Ok(written)
 }
 
-async fn write(sink: &mut Sink, message: Message, write_timeout: Duration) -> bool {
-    matches!(timeout(write_timeout, sink.send(message)).await, Ok(Ok(())))
+async fn write(socket: &mut WebSocket, message: Message, write_timeout: Duration) -> bool {
+    matches!(timeout(write_timeout, socket.send(message)).await, Ok(Ok(())))
 }
 
 fn slow_consumer(config: &crate::config::Config) -> (Option<CloseCode>, String) {
@@ -242,14 +245,14 @@ fn read_error(error: axum::Error) -> (Option<CloseCode>, String) {
 /// client's close reply while discarding what it still sends: dropping a socket with
 /// unread input makes the kernel reset it, and the client would then lose the close
 /// frame (and its code) we just sent.
-async fn close(hub: &Hub, sink: &mut Sink, stream: &mut SplitStream<WebSocket>, code: CloseCode, detail: &str) {
+async fn close(hub: &Hub, socket: &mut WebSocket, code: CloseCode, detail: &str) {
     hub.metrics().disconnects.get_or_create(&CodeLabel { code: code.0 }).inc();
     let frame = CloseFrame { code: code.0, reason: code.reason(detail).into() };
-    if timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await.is_err() {
+    if timeout(CLOSE_WRITE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await.is_err() {
         return;
     }
     let _ = timeout(CLOSE_WRITE_TIMEOUT, async {
-        while let Some(Ok(message)) = stream.next().await {
+        while let Some(Ok(message)) = socket.recv().await {
             if matches!(message, Message::Close(_)) {
                 break;
             }
