@@ -92,7 +92,7 @@ pub async fn serve(mut socket: WebSocket, hub: Hub, auth: Result<Grant, AuthErro
 /// and the reason.
 async fn run(session: &mut Session, socket: &mut WebSocket) -> (Option<CloseCode>, String) {
     let hub = session.hub.clone();
-    let config = hub.config().clone();
+    let config = hub.config();
     let outbox = session.outbox.clone();
     let shutdown = hub.shutdown_token();
     let mut last_write = Instant::now();
@@ -155,7 +155,7 @@ async fn run(session: &mut Session, socket: &mut WebSocket) -> (Option<CloseCode
         let now = Instant::now();
         if drain_at.is_some_and(|at| now >= at) {
             if flush(session, socket, now, true).await.is_err() {
-                return slow_consumer(&config);
+                return slow_consumer(config);
             }
             return (Some(CloseCode::SERVICE_RESTART), "node is shutting down".to_owned());
         }
@@ -172,11 +172,11 @@ async fn run(session: &mut Session, socket: &mut WebSocket) -> (Option<CloseCode
         match flush(session, socket, now, false).await {
             Ok(0) => {}
             Ok(_) => last_write = Instant::now(),
-            Err(()) => return slow_consumer(&config),
+            Err(()) => return slow_consumer(config),
         }
         if now >= next_ping {
             if !write(socket, Message::Ping(Default::default()), config.write_timeout).await {
-                return slow_consumer(&config);
+                return slow_consumer(config);
             }
             awaiting_pong.get_or_insert(now);
             next_ping = now + config.heartbeat_interval;
