@@ -6,6 +6,7 @@
 mod bench;
 mod container;
 mod fixture;
+mod fuzz;
 mod process;
 mod test;
 mod tools;
@@ -26,6 +27,7 @@ tasks:
   wasm           build the browser client's npm package (target/npm/tidewire-client)
   web            build the dashboard into web/dist (after the client package)
   test           run the whole test suite (what CI runs)
+  fuzz [T] [S]   run the fuzz targets (or target T) for S seconds each (default 60)
   help           this text
 ";
 
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         "web" => web::run(rest),
         "demo" => web::demo(rest),
         "bench" => bench::run(rest),
+        "fuzz" => fuzz::run(rest),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())

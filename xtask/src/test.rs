@@ -5,7 +5,8 @@
 //! dashboard build; the TypeScript (bindings, package API, dashboard) compiles under
 //! `tsc --strict`; the browser client's tests run in headless Chromium against a real
 //! node (the `fixture` example); the dashboard passes its end-to-end test against
-//! `tidewire demo`; and the container's static binary passes its healthcheck.
+//! `tidewire demo`; the container's static binary passes its healthcheck; and every
+//! fuzz target runs for a bounded time without a crash.
 
 use crate::process::{self, cargo, output};
 use crate::step;
@@ -34,6 +35,7 @@ fn run_suite() -> Result<(), String> {
     browser_tests()?;
     dashboard_test()?;
     crate::container::test()?;
+    crate::fuzz::run_targets(&crate::fuzz::TARGETS, crate::fuzz::SUITE_SECONDS)?;
 
     println!("\nall checks passed");
     Ok(())

@@ -18,7 +18,8 @@ impl Node {
         let mut command = Command::new(bin);
         command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--jwt-secret", SECRET])
-            .args(["--max-connections", "1000000", "--max-connections-per-user", "1000000", "--log-format", "json"])
+            .args(["--max-connections", "1000000", "--max-connections-per-user", "1000000", "--max-connections-per-ip", "1000000"])
+            .args(["--log-format", "json"])
             .env("TIDEWIRE_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());

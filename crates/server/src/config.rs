@@ -143,6 +143,10 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_MAX_CONNECTIONS_PER_USER", default_value_t = 100)]
     pub max_connections_per_user: usize,
 
+    /// Connections from one IP address (more: close 1013). Clients behind one NAT share it.
+    #[arg(long, env = "TIDEWIRE_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
+    pub max_connections_per_ip: usize,
+
     /// WebSocket ping period, and the idle time after which a `heartbeat` message is sent.
     #[arg(long, env = "TIDEWIRE_HEARTBEAT_INTERVAL", default_value = "25s", value_parser = duration)]
     pub heartbeat_interval: Duration,

@@ -28,7 +28,13 @@ use session::{Next, Session};
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves one upgraded WebSocket until it closes.
-pub async fn serve(mut socket: WebSocket, hub: Hub, auth: Result<Grant, AuthError>, channels: Vec<String>) {
+pub async fn serve(
+    mut socket: WebSocket,
+    hub: Hub,
+    auth: Result<Grant, AuthError>,
+    channels: Vec<String>,
+    address: Option<std::net::IpAddr>,
+) {
     let grant = match auth {
         Ok(grant) => grant,
         Err(error) => {
@@ -47,7 +53,7 @@ pub async fn serve(mut socket: WebSocket, hub: Hub, auth: Result<Grant, AuthErro
         close(&hub, &mut socket, CloseCode::SERVICE_RESTART, "node is shutting down").await;
         return;
     }
-    let Some(slot) = hub.admit(&grant.user) else {
+    let Some(slot) = hub.admit(&grant.user, address) else {
         tracing::warn!(user = %grant.user, "connection limit reached");
         close(&hub, &mut socket, CloseCode::TRY_AGAIN_LATER, "connection limit reached").await;
         return;

@@ -12,7 +12,10 @@
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Query, State};
+use axum::Extension;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -32,6 +35,7 @@ pub struct Params {
 
 pub async fn upgrade(
     State(hub): State<Hub>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     Query(params): Query<Params>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -63,7 +67,7 @@ pub async fn upgrade(
         .max_frame_size(config.max_message_bytes)
         .read_buffer_size(1024)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| connection::serve(socket, hub, auth, channels))
+        .on_upgrade(move |socket| connection::serve(socket, hub, auth, channels, peer.map(|Extension(ConnectInfo(a))| a.ip())))
 }
 
 fn token(params: &Params, headers: &HeaderMap, ws: &WebSocketUpgrade) -> Option<String> {

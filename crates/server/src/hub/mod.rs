@@ -91,6 +91,7 @@ struct Inner {
     engine: Box<dyn Engine>,
     verifier: Verifier,
     users: Mutex<HashMap<String, usize>>,
+    addresses: Mutex<HashMap<std::net::IpAddr, usize>>,
     connections: AtomicUsize,
     next_connection: AtomicU64,
     /// Cancelled when the current serving run starts draining; replaced when the hub is
@@ -133,6 +134,7 @@ impl Hub {
                 publish_limits,
                 verifier,
                 users: Mutex::new(HashMap::new()),
+                addresses: Mutex::new(HashMap::new()),
                 connections: AtomicUsize::new(0),
                 next_connection: AtomicU64::new(1),
                 shutdown: Mutex::new(CancellationToken::new()),
@@ -188,32 +190,45 @@ impl Hub {
         self.inner.connections.load(Ordering::SeqCst)
     }
 
-    /// Admits a connection for `user` within the global and per-user limits; the
-    /// returned guard releases the slot when dropped.
-    pub fn admit(&self, user: &str) -> Option<ConnectionSlot> {
+    /// Admits a connection for `user` from `address` within the global, per-user and
+    /// per-address limits; the returned guard releases the slot when dropped.
+    pub fn admit(&self, user: &str, address: Option<std::net::IpAddr>) -> Option<ConnectionSlot> {
         let config = &self.inner.shared.config;
         let mut users = lock(&self.inner.users);
+        let mut addresses = lock(&self.inner.addresses);
         if self.inner.connections.load(Ordering::SeqCst) >= config.max_connections {
             return None;
         }
-        let count = users.entry(user.to_owned()).or_insert(0);
-        if *count >= config.max_connections_per_user {
+        if users.get(user).is_some_and(|&n| n >= config.max_connections_per_user) {
             return None;
         }
-        *count += 1;
+        if let Some(ip) = address {
+            if addresses.get(&ip).is_some_and(|&n| n >= config.max_connections_per_ip) {
+                return None;
+            }
+            *addresses.entry(ip).or_insert(0) += 1;
+        }
+        *users.entry(user.to_owned()).or_insert(0) += 1;
         self.inner.connections.fetch_add(1, Ordering::SeqCst);
         self.inner.shared.metrics.connections.inc();
         self.inner.shared.metrics.connections_total.inc();
         let id = self.inner.next_connection.fetch_add(1, Ordering::Relaxed);
-        Some(ConnectionSlot { hub: self.clone(), user: user.to_owned(), id })
+        Some(ConnectionSlot { hub: self.clone(), user: user.to_owned(), address, id })
     }
 
-    fn release(&self, user: &str) {
+    fn release(&self, user: &str, address: Option<std::net::IpAddr>) {
         let mut users = lock(&self.inner.users);
+        let mut addresses = lock(&self.inner.addresses);
         if let Some(count) = users.get_mut(user) {
             *count -= 1;
             if *count == 0 {
                 users.remove(user);
+            }
+        }
+        if let Some(count) = address.and_then(|ip| addresses.get_mut(&ip)) {
+            *count -= 1;
+            if *count == 0 {
+                addresses.retain(|_, n| *n > 0);
             }
         }
         self.inner.connections.fetch_sub(1, Ordering::SeqCst);
@@ -323,11 +338,12 @@ pub fn invalid_channel(name: &str, error: ChannelError) -> String {
 pub struct ConnectionSlot {
     hub: Hub,
     user: String,
+    address: Option<std::net::IpAddr>,
     pub id: u64,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.hub.release(&self.user);
+        self.hub.release(&self.user, self.address);
     }
 }

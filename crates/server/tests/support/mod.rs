@@ -101,6 +101,10 @@ pub struct Closed {
 impl Client {
     pub async fn connect(url: &str) -> Client {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+        Client::from_ws(ws)
+    }
+
+    pub fn from_ws(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
         Client { ws, pending: Default::default(), frame_sizes: Vec::new() }
     }
 
