@@ -2,6 +2,8 @@
 
 #![cfg(not(target_arch = "wasm32"))]
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tidewire_client::core::{ConnectionState, SubscriptionEvent, TokenError};
@@ -175,4 +177,128 @@ async fn a_bad_token_stops_without_retrying() {
     let stopped = tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| s.stopped.is_some())).await.unwrap().unwrap().clone();
     assert_eq!(stopped.state, ConnectionState::Disconnected);
     assert!(matches!(stopped.stopped, Some(tidewire_client::core::StopReason::Terminal { code: 4501, .. })), "{stopped:?}");
+}
+
+/// A TCP proxy in the test that can cut or stall every connection passing through it.
+struct Proxy {
+    port: u16,
+    stalled: Arc<AtomicBool>,
+    generation: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    async fn start(target: std::net::SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let generation = Arc::new(AtomicU64::new(0));
+        let (s, g) = (stalled.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else { continue };
+                let born = g.load(Ordering::SeqCst);
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(cr, sw, s.clone(), g.clone(), born));
+                tokio::spawn(pump(sr, cw, s.clone(), g.clone(), born));
+            }
+        });
+        Proxy { port, stalled, generation }
+    }
+
+    /// Cuts every current connection (new ones pass).
+    fn cut(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Stalls every connection: bytes are held, nothing is closed, like a dead route.
+    fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets new connections through again (stalled ones stay dead once cut).
+    fn resume(&self) {
+        self.stalled.store(false, Ordering::SeqCst);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    stalled: Arc<AtomicBool>,
+    generation: Arc<AtomicU64>,
+    born: u64,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let alive = || generation.load(Ordering::SeqCst) == born;
+        let n = tokio::select! {
+            n = from.read(&mut buf) => match n { Ok(0) | Err(_) => return, Ok(n) => n },
+            () = tokio::time::sleep(Duration::from_millis(20)) => {
+                if !alive() { return; }
+                continue;
+            }
+        };
+        while stalled.load(Ordering::SeqCst) && alive() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !alive() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn every_seq_once(ticks: &mut tidewire_client::native::Subscription, total: u64) -> (Vec<u64>, Vec<Option<bool>>) {
+    let mut seqs = Vec::new();
+    let mut recovered = Vec::new();
+    while seqs.last() != Some(&total) {
+        match tokio::time::timeout(Duration::from_secs(20), ticks.next()).await.expect("progress").expect("open") {
+            Item::Message(delivery) => seqs.push(delivery.seq),
+            Item::Event(SubscriptionEvent::Subscribed { recovered: r }) => recovered.push(r),
+            Item::Event(_) => {}
+        }
+    }
+    (seqs, recovered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_and_a_stalled_link_are_both_survived_without_loss() {
+    let hub = hub(|c| c.heartbeat_interval = Duration::from_millis(400));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, _task) = serve(listener, &hub);
+    let proxy = Proxy::start(addr).await;
+    let mut config = Config::new(format!("ws://127.0.0.1:{}/ws", proxy.port)).token(token(3600));
+    config.core.heartbeat_grace = Duration::from_millis(400);
+    config.core.backoff.max = Duration::from_millis(500);
+    let client = Client::connect(config);
+    let mut ticks = client.subscribe("ticks");
+    assert_eq!(next_event(&mut ticks).await, SubscriptionEvent::Subscribing);
+    assert_eq!(next_event(&mut ticks).await, SubscriptionEvent::Subscribed { recovered: None });
+
+    const TOTAL: u64 = 600;
+    let publisher = {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            for n in 1..=TOTAL {
+                tick(&hub, "ticks", n).await;
+                tokio::time::sleep(Duration::from_millis(4)).await;
+            }
+        })
+    };
+    // A cut: the client sees the connection drop at once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.cut();
+    // A stall: nothing arrives and nothing closes; only the heartbeat deadline notices.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    proxy.stall();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.cut();
+    proxy.resume();
+
+    let (seqs, recovered) = every_seq_once(&mut ticks, TOTAL).await;
+    publisher.await.unwrap();
+    assert_eq!(seqs, (1..=TOTAL).collect::<Vec<_>>(), "every seq exactly once, in order");
+    assert_eq!(recovered, vec![Some(true), Some(true)], "recovered after the cut and after the stall");
 }

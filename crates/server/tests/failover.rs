@@ -27,12 +27,18 @@ struct NodeProcess {
 
 impl NodeProcess {
     fn start(url: &str, prefix: &str) -> NodeProcess {
+        NodeProcess::start_with(url, prefix, &[], false)
+    }
+
+    /// With `logs`, stdout (JSON logs at info) is captured for the test to read.
+    fn start_with(url: &str, prefix: &str, extra: &[&str], logs: bool) -> NodeProcess {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(env!("CARGO_BIN_EXE_tidewire"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--jwt-secret", support::SECRET])
             .args(["--redis-url", url, "--redis-prefix", prefix, "--log-format", "json"])
-            .env("TIDEWIRE_LOG", "warn")
-            .stdout(Stdio::null())
+            .args(extra)
+            .env("TIDEWIRE_LOG", if logs { "info" } else { "warn" })
+            .stdout(if logs { Stdio::piped() } else { Stdio::null() })
             .spawn()
             .expect("start tidewire");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -115,4 +121,89 @@ async fn sigkill_of_a_node_loses_nothing() {
     publishing.await.unwrap();
     assert_eq!(seqs, (1..=TOTAL).collect::<Vec<_>>(), "every seq exactly once, in order, across the kill");
     assert_eq!(recovered, vec![Some(true)], "the client recovered on the other node");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_every_client_reconnects_elsewhere_and_loses_nothing() {
+    use std::io::BufRead;
+    let url = redis_url();
+    let prefix = format!("tw-test-term-{:08x}", fastrand::u32(..));
+    let mut a = NodeProcess::start_with(&url, &prefix, &["--drain-window", "1s"], true);
+    let b = NodeProcess::start(&url, &prefix);
+    let publisher = support::TestServer::with({
+        let (url, prefix) = (url.clone(), prefix.clone());
+        move |c| {
+            c.redis_url = Some(url);
+            c.redis_prefix = prefix;
+        }
+    })
+    .await;
+    while !publisher.hub.is_ready() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    const CLIENTS: usize = 20;
+    const TOTAL: u64 = 500;
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let mut config = Config::new(a.url()).urls([a.url(), b.url()]).token(support::token(&format!("user{i}")));
+        config.core.backoff.max = Duration::from_secs(2);
+        let client = Client::connect(config);
+        let mut ticks = client.subscribe("ticks");
+        loop {
+            if let Some(Item::Event(SubscriptionEvent::Subscribed { .. })) = ticks.next().await {
+                break;
+            }
+        }
+        clients.push((client, ticks));
+    }
+    let hub = publisher.hub.clone();
+    let publishing = tokio::spawn(async move {
+        for n in 1..=TOTAL {
+            let new = tidewire_protocol::NewPublication { channel: "ticks".into(), kind: "tick".into(), data: serde_json::json!(n), key: None };
+            hub.publish(new).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(4)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let terminated = Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &a.child.id().to_string()]).status().unwrap().success());
+
+    let mut handles = Vec::new();
+    for (client, mut ticks) in clients {
+        handles.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            let mut recovered_at = None;
+            while seqs.last() != Some(&TOTAL) {
+                match tokio::time::timeout(Duration::from_secs(30), ticks.next()).await.expect("progress").expect("open") {
+                    Item::Message(delivery) => seqs.push(delivery.seq),
+                    Item::Event(SubscriptionEvent::Subscribed { recovered }) => {
+                        assert_eq!(recovered, Some(true), "recovered on the other node");
+                        recovered_at.get_or_insert_with(Instant::now);
+                    }
+                    Item::Event(_) => {}
+                }
+            }
+            drop(client);
+            (seqs, recovered_at)
+        }));
+    }
+    for handle in handles {
+        let (seqs, recovered_at) = handle.await.unwrap();
+        assert_eq!(seqs, (1..=TOTAL).collect::<Vec<_>>(), "zero loss, in order");
+        let took = recovered_at.expect("reconnected").duration_since(terminated);
+        assert!(took < Duration::from_secs(1 + 2 + 2), "reconnected within the drain window plus the backoff window ({took:?})");
+    }
+    publishing.await.unwrap();
+
+    // Node A told every client to reconnect (1012) and exited cleanly.
+    let status = a.child.wait().unwrap();
+    assert!(status.success(), "SIGTERM ends in exit 0");
+    let logs = std::io::BufReader::new(a.child.stdout.take().unwrap());
+    let restarts = logs
+        .lines()
+        .map_while(Result::ok)
+        .filter(|line| line.contains("client disconnected") && line.contains("\"code\":1012"))
+        .count();
+    assert_eq!(restarts, CLIENTS, "every client got the service-restart code");
 }
