@@ -5,8 +5,8 @@
 //! dashboard build; the TypeScript (bindings, package API, dashboard) compiles under
 //! `tsc --strict`; the browser client's tests run in headless Chromium against a real
 //! node (the `fixture` example); the dashboard passes its end-to-end test against
-//! `tidewire demo`; the container's static binary passes its healthcheck; and every
-//! fuzz target runs for a bounded time without a crash.
+//! `tidewire demo`; the container's static binary passes its healthcheck; a short soak
+//! loses nothing; and every fuzz target runs for a bounded time without a crash.
 
 use crate::process::{self, cargo, output};
 use crate::step;
@@ -35,6 +35,7 @@ fn run_suite() -> Result<(), String> {
     browser_tests()?;
     dashboard_test()?;
     crate::container::test()?;
+    soak()?;
     crate::fuzz::run_targets(&crate::fuzz::TARGETS, crate::fuzz::SUITE_SECONDS)?;
 
     println!("\nall checks passed");
@@ -86,6 +87,18 @@ fn dashboard_test() -> Result<(), String> {
     )?;
     println!("    screenshot: {}", screenshot.display());
     Ok(())
+}
+
+/// A short soak: 20 s of connection and subscription churn with steady subscribers that
+/// must lose nothing (`cargo xtask bench soak` runs the ten-minute version).
+fn soak() -> Result<(), String> {
+    let root = crate::root();
+    step("short soak: churn and publishes for 20 s, healthy subscribers lose nothing");
+    process::run(&root, &cargo(), &["build", "--locked", "-p", "tidewire-bench", "-p", "tidewire-server", "--bin", "tidewire", "--bin", "tidewire-bench"])?;
+    let bench = root.join("target/debug/tidewire-bench");
+    // Twenty seconds are too short for a meaningful memory trend; the bound only
+    // catches a gross leak.
+    process::run(&root, bench.to_str().unwrap_or_default(), &["soak", "--duration", "20s", "--max-trend-kib-per-min", "8192"])
 }
 
 /// Adds the wasm target through rustup when it is missing.

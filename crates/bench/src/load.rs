@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::process::{own_cpu_seconds, server_bin, Node, SECRET};
-use crate::{FanoutArgs, IdleArgs, ServerArgs, SuiteArgs};
+use crate::{FanoutArgs, IdleArgs, ServerArgs, SoakArgs, SuiteArgs};
 
 /// One run's figures.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -39,6 +39,10 @@ pub struct RunResult {
     /// Idle runs: resident memory per connection.
     pub rss_per_connection_kib: f64,
     pub connects_per_second: f64,
+    /// Soak: connections opened and closed by the churn, and the server RSS trend over
+    /// the second half of the run (least squares, KiB per minute).
+    pub churn_connections: u64,
+    pub rss_trend_kib_per_min: f64,
     pub notes: String,
 }
 
@@ -408,4 +412,110 @@ pub async fn suite(args: &SuiteArgs) -> Result<Vec<RunResult>, String> {
     eprintln!("idle C={}", args.connections);
     results.push(idle(&IdleArgs { connections: args.connections, server: server(&[], None, 1) }).await?);
     Ok(results)
+}
+
+/// Mixed load for a long time: steady subscribers that must lose nothing, workers that
+/// keep connecting, subscribing, unsubscribing and disconnecting, and publications on
+/// both. Server RSS is sampled every second.
+pub async fn soak(args: &SoakArgs) -> Result<RunResult, String> {
+    let nodes = start_nodes(&args.server).await?;
+    let port = nodes[0].port;
+    let (stop, stopped) = watch::channel(false);
+    let tok = token("soak", false);
+    let mut healthy = Vec::new();
+    for _ in 0..args.healthy {
+        healthy.push(tokio::spawn(read(connect(port, &tok, "soak", false).await?, stopped.clone())));
+    }
+    let churned = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for worker in 0..args.churn {
+        let (tok, churned, mut stopped) = (tok.clone(), churned.clone(), stopped.clone());
+        workers.push(tokio::spawn(async move {
+            let mut round = 0u64;
+            while !*stopped.borrow() {
+                round += 1;
+                let channel = format!("churn-{}", (worker as u64 * 7 + round) % 50);
+                if let Ok(mut ws) = connect(port, &tok, &channel, false).await {
+                    use futures_util::SinkExt;
+                    let other = format!("churn-{}", (round * 13) % 50);
+                    let _ = ws.send(Message::Text(format!(r#"{{"action":"subscribe","channels":["{other}","soak"]}}"#).into())).await;
+                    let _ = tokio::time::timeout(Duration::from_millis(50 + (round % 5) * 40), async {
+                        while let Some(Ok(_)) = ws.next().await {}
+                    })
+                    .await;
+                    let _ = ws.send(Message::Text(format!(r#"{{"action":"unsubscribe","channels":["{other}"]}}"#).into())).await;
+                    let _ = ws.close(None).await;
+                    churned.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    _ = stopped.changed() => {}
+                }
+            }
+        }));
+    }
+    let sent = Arc::new(AtomicU64::new(0));
+    let publisher = tokio::spawn({
+        let (rate, duration, sent) = (args.rate, args.duration, sent.clone());
+        async move { publish(port, "soak", rate, duration, sent).await }
+    });
+    let started = Instant::now();
+    let mut samples: Vec<(f64, f64)> = Vec::new();
+    while !publisher.is_finished() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss = nodes[0].rss_kib().0 as f64;
+        samples.push((started.elapsed().as_secs_f64(), rss));
+        progress(&format!(
+            "  {:>5.0}s published {:>8}  churned {:>7}  server RSS {:>7.1} MiB",
+            started.elapsed().as_secs_f64(),
+            sent.load(Ordering::Relaxed),
+            churned.load(Ordering::Relaxed),
+            rss / 1024.0
+        ));
+    }
+    let published = publisher.await.map_err(|e| e.to_string())??;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = stop.send(true);
+    for worker in workers {
+        let _ = worker.await;
+    }
+    let (mut delivered, mut gapped) = (0u64, 0u64);
+    for reader in healthy {
+        let seen = reader.await.map_err(|e| e.to_string())?;
+        delivered += seen.delivered;
+        gapped += seen.gapped;
+    }
+    progress("");
+    let expected = published * args.healthy as u64;
+    let second_half: Vec<(f64, f64)> = samples.iter().copied().skip(samples.len() / 2).collect();
+    let trend = slope(&second_half) * 60.0;
+    let (first, last) = (samples.first().map_or(0.0, |s| s.1), samples.last().map_or(0.0, |s| s.1));
+    let max = samples.iter().map(|s| s.1).fold(0.0, f64::max);
+    Ok(RunResult {
+        name: "soak".to_owned(),
+        subscribers: args.healthy,
+        rate: args.rate,
+        seconds: started.elapsed().as_secs_f64(),
+        published,
+        delivered_per_second: delivered as f64 / started.elapsed().as_secs_f64(),
+        loss_percent: if expected == 0 { 0.0 } else { expected.saturating_sub(delivered) as f64 * 100.0 / expected as f64 },
+        gaps_account_for_percent: if gapped == 0 { 100.0 } else { 0.0 },
+        server_peak_rss_mib: max / 1024.0,
+        churn_connections: churned.load(Ordering::Relaxed),
+        rss_trend_kib_per_min: trend,
+        notes: format!("RSS {:.1} → {:.1} MiB (max {:.1})", first / 1024.0, last / 1024.0, max / 1024.0),
+        ..RunResult::default()
+    })
+}
+
+/// Least-squares slope of (x, y) points.
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let (sx, sy) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (mx, my) = (sx / n, sy / n);
+    let (num, den) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + (x - mx) * (y - my), b + (x - mx) * (x - mx)));
+    if den == 0.0 { 0.0 } else { num / den }
 }

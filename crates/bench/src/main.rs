@@ -42,6 +42,30 @@ enum Command {
     Idle(IdleArgs),
     /// The default runs.
     Suite(SuiteArgs),
+    /// Mixed load for a long time (connection and subscription churn plus publishes):
+    /// healthy subscribers must lose nothing and RSS must not trend upward. Fails
+    /// (exit 1) when either does not hold.
+    Soak(SoakArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct SoakArgs {
+    #[arg(long, short = 'd', default_value = "10m", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Steady subscribers that must lose nothing.
+    #[arg(long, default_value_t = 50)]
+    pub healthy: usize,
+    /// Workers that connect, subscribe, unsubscribe and disconnect in a loop.
+    #[arg(long, default_value_t = 20)]
+    pub churn: usize,
+    /// Publications per second on the steady channel.
+    #[arg(long, short = 'r', default_value_t = 200)]
+    pub rate: u32,
+    /// Largest acceptable RSS trend over the second half, KiB per minute.
+    #[arg(long, default_value_t = 1024.0)]
+    pub max_trend_kib_per_min: f64,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -113,13 +137,25 @@ fn main() -> std::process::ExitCode {
             Command::Fanout(args) => load::fanout(&args).await.map(|r| vec![r]),
             Command::Idle(args) => load::idle(&args).await.map(|r| vec![r]),
             Command::Suite(args) => load::suite(&args).await,
+            Command::Soak(args) => load::soak(&args).await.and_then(|r| {
+                let healthy = r.loss_percent == 0.0 && r.rss_trend_kib_per_min <= args.max_trend_kib_per_min;
+                if healthy {
+                    Ok(vec![r])
+                } else {
+                    report::table(std::slice::from_ref(&r));
+                    Err(format!(
+                        "soak failed: loss {:.3}% (must be 0), RSS trend {:.0} KiB/min (at most {:.0})",
+                        r.loss_percent, r.rss_trend_kib_per_min, args.max_trend_kib_per_min
+                    ))
+                }
+            }),
         }
     });
     match result {
         Ok(results) => {
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&results).unwrap_or_default());
-            } else {
+            } else if !results.is_empty() {
                 report::table(&results);
             }
             std::process::ExitCode::SUCCESS

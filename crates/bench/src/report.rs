@@ -3,11 +3,27 @@
 use crate::load::RunResult;
 
 pub fn table(results: &[RunResult]) {
+    if results.iter().any(|r| r.name != "idle" && r.name != "soak") {
+        fanout_header();
+    }
+    rows(results);
+}
+
+fn fanout_header() {
     println!(
         "{:<22} {:>6} {:>6} {:>11} {:>7} {:>6} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>8} {:>9}",
         "run", "S", "R", "deliv/s", "loss%", "gaps%", "p50ms", "p90ms", "p99ms", "maxms", "srvCPU", "CPU/1M", "RSS MiB", "genCPU"
     );
-    for r in results.iter().filter(|r| r.name != "idle") {
+}
+
+fn rows(results: &[RunResult]) {
+    for r in results.iter().filter(|r| r.name == "soak") {
+        println!(
+            "soak: {:.0} s, {} healthy subscribers lost {:.3}% of {} publications, {} churned connections, RSS trend {:.0} KiB/min over the second half, {}",
+            r.seconds, r.subscribers, r.loss_percent, r.published, r.churn_connections, r.rss_trend_kib_per_min, r.notes
+        );
+    }
+    for r in results.iter().filter(|r| r.name != "idle" && r.name != "soak") {
         println!(
             "{:<22} {:>6} {:>6} {:>11.0} {:>7.2} {:>6.0} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>8.2} {:>9.3} {:>8.1} {:>9.2}  {}",
             r.name,
