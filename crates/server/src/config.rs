@@ -185,6 +185,10 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_REDIS_PREFIX", default_value = "tidewire")]
     pub redis_prefix: String,
 
+    /// A routing file (TOML) of broker sources (RabbitMQ, NATS) and routes to channels.
+    #[arg(long, env = "TIDEWIRE_INGEST")]
+    pub ingest: Option<PathBuf>,
+
     /// A directory of static files (a dashboard) to serve at `/`.
     #[arg(long, env = "TIDEWIRE_WEB_DIR")]
     pub web_dir: Option<PathBuf>,

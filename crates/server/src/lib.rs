@@ -30,6 +30,7 @@ mod connection;
 pub mod demo;
 pub mod http;
 pub mod hub;
+pub mod ingest;
 pub mod metrics;
 mod publisher;
 pub mod server;

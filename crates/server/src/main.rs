@@ -133,6 +133,15 @@ fn serve(mut config: Config, demo_rate: Option<u32>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if let Some(path) = hub.config().ingest.clone() {
+            match tidewire_server::ingest::IngestConfig::load(&path) {
+                Ok(ingest) => tidewire_server::ingest::start(&hub, ingest),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         let listener = match server::bind(&hub).await {
             Ok(listener) => listener,
             Err(e) => {

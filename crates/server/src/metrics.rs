@@ -21,6 +21,12 @@ pub struct CodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IngestLabel {
+    pub source: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabel {
     pub code: &'static str,
 }
@@ -42,6 +48,7 @@ pub struct Metrics {
     pub auth_failures: Family<ErrorLabel, Counter>,
     pub rate_limited: Counter,
     pub command_errors: Family<ErrorLabel, Counter>,
+    pub ingest_events: Family<IngestLabel, Counter>,
 }
 
 impl Metrics {
@@ -64,6 +71,7 @@ impl Metrics {
             auth_failures: Family::default(),
             rate_limited: Counter::default(),
             command_errors: Family::default(),
+            ingest_events: Family::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open WebSocket connections", metrics.connections.clone());
@@ -84,6 +92,7 @@ impl Metrics {
         registry.register("auth_failures", "Refused tokens, by error code", metrics.auth_failures.clone());
         registry.register("rate_limited_commands", "Commands refused by the rate limit", metrics.rate_limited.clone());
         registry.register("command_errors", "Error replies to commands, by error code", metrics.command_errors.clone());
+        registry.register("ingest_events", "Broker events, by source and outcome (published, dead_lettered, retried)", metrics.ingest_events.clone());
         Metrics { registry, ..metrics }
     }
 

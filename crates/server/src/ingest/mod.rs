@@ -1,0 +1,242 @@
+//! Ingest: events from the brokers users already run, routed to channels.
+//!
+//! `--ingest FILE` names a routing file (TOML) with sources and routes:
+//!
+//! ```toml
+//! [[amqp]]                        # RabbitMQ (AMQP 0.9.1)
+//! url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+//! exchange = "freqsearch_events"  # declared if missing (topic, durable)
+//! queue = "tidewire.events"       # durable; dead letters go to "<exchange>.dead" → "<queue>.dead"
+//! bindings = ["#"]
+//!
+//! [[nats]]
+//! url = "nats://127.0.0.1:4222"
+//! subject = "events.>"
+//! jetstream = { stream = "EVENTS", durable = "tidewire" }   # omit for core NATS
+//!
+//! [[route]]
+//! when_field = "assessmentId"
+//! channel = "assessment#{assessmentId}"
+//!
+//! [[route]]
+//! when_key = "#"
+//! channel = "events"
+//! ```
+//!
+//! Delivery is at least once where the broker allows it: an AMQP message and a
+//! JetStream message are acknowledged only after the node accepted the publication, so
+//! a node that stops or fails to publish (Redis down) gets them redelivered. Events no
+//! route can publish go to a dead-letter path (an AMQP dead-letter exchange and queue, a
+//! NATS subject) with the reason, and are counted. Core NATS is at most once by nature.
+//! Sources reconnect with exponential backoff. Kafka fits the same [`Source`] shape
+//! (a consumer group committing offsets after acceptance) but is not implemented: no
+//! Kafka-compatible broker runs where the tests run.
+
+mod amqp;
+mod nats;
+pub mod routing;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tidewire_protocol::ErrorCode;
+
+use crate::hub::Hub;
+use crate::metrics::IngestLabel;
+use routing::Route;
+
+fn default_backoff_min() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(30)
+}
+
+mod duration_text {
+    use serde::{Deserialize, Deserializer};
+    pub fn parse<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An AMQP source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSource {
+    #[serde(default = "default_name")]
+    pub name: String,
+    pub url: String,
+    pub exchange: String,
+    #[serde(default = "default_exchange_type")]
+    pub exchange_type: String,
+    pub queue: String,
+    #[serde(default = "default_bindings")]
+    pub bindings: Vec<String>,
+    /// Defaults to `<exchange>.dead`; its queue is `<queue>.dead`.
+    #[serde(default)]
+    pub dead_letter_exchange: Option<String>,
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+    #[serde(default = "default_backoff_min", deserialize_with = "duration_text::parse")]
+    pub reconnect_delay: Duration,
+    #[serde(default = "default_backoff_max", deserialize_with = "duration_text::parse")]
+    pub max_reconnect_wait: Duration,
+}
+
+/// JetStream settings of a NATS source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JetStream {
+    pub stream: String,
+    pub durable: String,
+}
+
+/// A NATS source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSource {
+    #[serde(default = "default_name")]
+    pub name: String,
+    pub url: String,
+    pub subject: String,
+    #[serde(default)]
+    pub queue_group: Option<String>,
+    #[serde(default)]
+    pub jetstream: Option<JetStream>,
+    /// Where unroutable events go (default `tidewire.dead`).
+    #[serde(default = "default_dead_subject")]
+    pub dead_letter_subject: String,
+    #[serde(default = "default_backoff_min", deserialize_with = "duration_text::parse")]
+    pub reconnect_delay: Duration,
+    #[serde(default = "default_backoff_max", deserialize_with = "duration_text::parse")]
+    pub max_reconnect_wait: Duration,
+}
+
+fn default_name() -> String {
+    "ingest".to_owned()
+}
+fn default_exchange_type() -> String {
+    "topic".to_owned()
+}
+fn default_bindings() -> Vec<String> {
+    vec!["#".to_owned()]
+}
+fn default_prefetch() -> u16 {
+    256
+}
+fn default_dead_subject() -> String {
+    "tidewire.dead".to_owned()
+}
+
+/// The routing file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    #[serde(default)]
+    pub amqp: Vec<AmqpSource>,
+    #[serde(default)]
+    pub nats: Vec<NatsSource>,
+    #[serde(default)]
+    pub route: Vec<Route>,
+}
+
+/// A routing file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("cannot read the routing file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("the routing file {path} is invalid: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl IngestConfig {
+    pub fn load(path: &Path) -> Result<IngestConfig, IngestError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| IngestError::Read { path: shown.clone(), source })?;
+        let config: IngestConfig = toml::from_str(&text).map_err(|e| IngestError::Invalid { path: shown.clone(), message: e.to_string() })?;
+        if config.route.is_empty() && (!config.amqp.is_empty() || !config.nats.is_empty()) {
+            return Err(IngestError::Invalid { path: shown, message: "sources need at least one [[route]]".to_owned() });
+        }
+        Ok(config)
+    }
+}
+
+/// What became of one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Published: acknowledge.
+    Published,
+    /// Never publishable: dead-letter it (with the reason) and acknowledge.
+    DeadLetter(String),
+    /// The node could not take it now (the broker behind it is down): redeliver later.
+    Retry(String),
+}
+
+/// Routes and publishes one event.
+pub async fn deliver(hub: &Hub, routes: &[Route], source: &str, key: &str, payload: &[u8]) -> Outcome {
+    let outcome = match routing::route(routes, key, payload) {
+        Err(unroutable) => Outcome::DeadLetter(unroutable.to_string()),
+        Ok(publication) => match hub.publish(publication).await {
+            Ok(_) => Outcome::Published,
+            Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::InternalError | ErrorCode::RateLimitExceeded) => {
+                Outcome::Retry(e.to_string())
+            }
+            Err(e) => Outcome::DeadLetter(e.to_string()),
+        },
+    };
+    let label = match &outcome {
+        Outcome::Published => "published",
+        Outcome::DeadLetter(reason) => {
+            tracing::warn!(source, key, reason, "event dead-lettered");
+            "dead_lettered"
+        }
+        Outcome::Retry(reason) => {
+            tracing::debug!(source, key, reason, "event will be redelivered");
+            "retried"
+        }
+    };
+    hub.metrics().ingest_events.get_or_create(&IngestLabel { source: source.to_owned(), outcome: label }).inc();
+    outcome
+}
+
+/// Starts every source of the routing file (they run until the node drains).
+pub fn start(hub: &Hub, config: IngestConfig) {
+    let routes: std::sync::Arc<[Route]> = config.route.into();
+    for source in config.amqp {
+        tokio::spawn(amqp::run(hub.clone(), source, routes.clone()));
+    }
+    for source in config.nats {
+        tokio::spawn(nats::run(hub.clone(), source, routes.clone()));
+    }
+}
+
+/// Exponential backoff between reconnects, cut short by the node draining.
+pub(crate) struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff { next: min, min, max }
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    /// Waits before the next attempt; false when the node is draining.
+    pub async fn wait(&mut self, hub: &Hub) -> bool {
+        let delay = self.next.mul_f64(0.5 + fastrand::f64() * 0.5);
+        self.next = (self.next * 2).min(self.max);
+        let shutdown = hub.shutdown_token();
+        tokio::select! {
+            () = tokio::time::sleep(delay) => !hub.is_draining(),
+            () = shutdown.cancelled() => false,
+        }
+    }
+}

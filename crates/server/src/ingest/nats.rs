@@ -1,0 +1,110 @@
+//! The NATS source: core NATS (at most once) or a JetStream durable pull consumer (at
+//! least once, acknowledged after the node accepted the publication).
+//!
+//! Unroutable events are published to the dead-letter subject with the reason in a
+//! `Tidewire-Dead-Letter-Reason` header (and terminated, on JetStream, so they are not
+//! redelivered). The client reconnects by itself; a failed consumer is re-created with
+//! exponential backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, AckKind};
+use futures_util::StreamExt;
+
+use super::routing::Route;
+use super::{deliver, Backoff, NatsSource, Outcome};
+use crate::hub::Hub;
+
+/// Runs the source until the node drains.
+pub async fn run(hub: Hub, source: NatsSource, routes: Arc<[Route]>) {
+    let mut backoff = Backoff::new(source.reconnect_delay, source.max_reconnect_wait);
+    loop {
+        let result = match &source.jetstream {
+            Some(js) => consume_jetstream(&hub, &source, js, &routes, &mut backoff).await,
+            None => consume_core(&hub, &source, &routes, &mut backoff).await,
+        };
+        match result {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(source = %source.name, "NATS source failed: {e}; reconnecting"),
+        }
+        if !backoff.wait(&hub).await {
+            return;
+        }
+    }
+}
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+async fn connect(source: &NatsSource) -> Result<async_nats::Client, Error> {
+    let options = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .retry_on_initial_connect();
+    let client = tokio::time::timeout(Duration::from_secs(5), options.connect(source.url.as_str()))
+        .await
+        .map_err(|_| "NATS connect timed out")??;
+    Ok(client)
+}
+
+async fn dead_letter(client: &async_nats::Client, source: &NatsSource, reason: &str, payload: bytes::Bytes) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Tidewire-Dead-Letter-Reason", reason.chars().filter(|c| !c.is_control()).take(200).collect::<String>().as_str());
+    if let Err(e) = client.publish_with_headers(source.dead_letter_subject.clone(), headers, payload).await {
+        tracing::warn!(source = %source.name, "cannot publish a dead letter: {e}");
+    }
+}
+
+async fn consume_core(hub: &Hub, source: &NatsSource, routes: &[Route], backoff: &mut Backoff) -> Result<(), Error> {
+    let client = connect(source).await?;
+    let mut subscription = match &source.queue_group {
+        Some(group) => client.queue_subscribe(source.subject.clone(), group.clone()).await?,
+        None => client.subscribe(source.subject.clone()).await?,
+    };
+    tracing::info!(source = %source.name, subject = %source.subject, "NATS source subscribed");
+    backoff.reset();
+    let shutdown = hub.shutdown_token();
+    loop {
+        let message = tokio::select! {
+            message = subscription.next() => message.ok_or("NATS subscription ended")?,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        match deliver(hub, routes, &source.name, message.subject.as_str(), &message.payload).await {
+            Outcome::Published => {}
+            Outcome::DeadLetter(reason) => dead_letter(&client, source, &reason, message.payload.clone()).await,
+            // Core NATS cannot redeliver: the event is lost, and said so (use JetStream).
+            Outcome::Retry(reason) => dead_letter(&client, source, &format!("not accepted: {reason}"), message.payload.clone()).await,
+        }
+    }
+}
+
+async fn consume_jetstream(hub: &Hub, source: &NatsSource, js: &super::JetStream, routes: &[Route], backoff: &mut Backoff) -> Result<(), Error> {
+    let client = connect(source).await?;
+    let context = jetstream::new(client.clone());
+    let stream = context
+        .get_or_create_stream(jetstream::stream::Config { name: js.stream.clone(), subjects: vec![source.subject.clone()], ..Default::default() })
+        .await?;
+    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+        .get_or_create_consumer(
+            &js.durable,
+            pull::Config { durable_name: Some(js.durable.clone()), ack_policy: jetstream::consumer::AckPolicy::Explicit, ..Default::default() },
+        )
+        .await?;
+    let mut messages = consumer.messages().await?;
+    tracing::info!(source = %source.name, stream = %js.stream, durable = %js.durable, "JetStream source consuming");
+    backoff.reset();
+    let shutdown = hub.shutdown_token();
+    loop {
+        let message = tokio::select! {
+            message = messages.next() => message.ok_or("JetStream consumer ended")??,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        match deliver(hub, routes, &source.name, message.subject.as_str(), &message.payload).await {
+            Outcome::Published => message.ack().await?,
+            Outcome::DeadLetter(reason) => {
+                dead_letter(&client, source, &reason, message.payload.clone()).await;
+                message.ack_with(AckKind::Term).await?;
+            }
+            Outcome::Retry(_) => message.ack_with(AckKind::Nak(Some(Duration::from_millis(500)))).await?,
+        }
+    }
+}
