@@ -19,9 +19,12 @@ use crate::hub::Hub;
 /// Runs the source until the node drains.
 pub async fn run(hub: Hub, source: NatsSource, routes: Arc<[Route]>) {
     let mut backoff = Backoff::new(source.reconnect_delay, source.max_reconnect_wait);
+    // The highest JetStream stream sequence this node published: a broker that crashed
+    // before persisting an acknowledgement redelivers, and those repeats are skipped.
+    let mut published_up_to = 0u64;
     loop {
         let result = match &source.jetstream {
-            Some(js) => consume_jetstream(&hub, &source, js, &routes, &mut backoff).await,
+            Some(js) => consume_jetstream(&hub, &source, js, &routes, &mut backoff, &mut published_up_to).await,
             None => consume_core(&hub, &source, &routes, &mut backoff).await,
         };
         match result {
@@ -77,7 +80,14 @@ async fn consume_core(hub: &Hub, source: &NatsSource, routes: &[Route], backoff:
     }
 }
 
-async fn consume_jetstream(hub: &Hub, source: &NatsSource, js: &super::JetStream, routes: &[Route], backoff: &mut Backoff) -> Result<(), Error> {
+async fn consume_jetstream(
+    hub: &Hub,
+    source: &NatsSource,
+    js: &super::JetStream,
+    routes: &[Route],
+    backoff: &mut Backoff,
+    published_up_to: &mut u64,
+) -> Result<(), Error> {
     let client = connect(source).await?;
     let context = jetstream::new(client.clone());
     let stream = context
@@ -98,8 +108,17 @@ async fn consume_jetstream(hub: &Hub, source: &NatsSource, js: &super::JetStream
             message = messages.next() => message.ok_or("JetStream consumer ended")??,
             () = shutdown.cancelled() => return Ok(()),
         };
+        let sequence = message.info().map(|info| info.stream_sequence).unwrap_or(0);
+        if sequence != 0 && sequence <= *published_up_to {
+            message.double_ack().await?;
+            continue;
+        }
         match deliver(hub, routes, &source.name, message.subject.as_str(), &message.payload).await {
-            Outcome::Published => message.ack().await?,
+            Outcome::Published => {
+                *published_up_to = (*published_up_to).max(sequence);
+                // Wait for the broker to confirm, so a restart redelivers as little as possible.
+                message.double_ack().await?;
+            }
             Outcome::DeadLetter(reason) => {
                 dead_letter(&client, source, &reason, message.payload.clone()).await;
                 message.ack_with(AckKind::Term).await?;
