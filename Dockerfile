@@ -10,14 +10,14 @@
 
 FROM rust:1.95-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends nodejs npm \
+ && apt-get install -y --no-install-recommends nodejs npm musl-tools \
  && rm -rf /var/lib/apt/lists/*
 RUN rustup target add x86_64-unknown-linux-musl wasm32-unknown-unknown
 WORKDIR /src
 COPY . .
 # The dashboard (wasm client package + esbuild bundle), then the static binary.
 RUN cargo xtask web \
- && cargo build --release --locked --target x86_64-unknown-linux-musl -p tidewire-server --bin tidewire
+ && CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target x86_64-unknown-linux-musl -p tidewire-server --bin tidewire
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /src/target/x86_64-unknown-linux-musl/release/tidewire /usr/local/bin/tidewire

@@ -21,7 +21,13 @@ pub fn test() -> Result<(), String> {
     if !installed.lines().any(|l| l.trim() == TARGET) {
         process::run(&root, "rustup", &["target", "add", TARGET])?;
     }
-    process::run(&root, &cargo(), &["build", "--release", "--locked", "--target", TARGET, "-p", "tidewire-server", "--bin", "tidewire"])?;
+    ensure_musl_gcc()?;
+    process::run_with_env(
+        &root,
+        &cargo(),
+        &["build", "--release", "--locked", "--target", TARGET, "-p", "tidewire-server", "--bin", "tidewire"],
+        &[("CC_x86_64_unknown_linux_musl", "musl-gcc")],
+    )?;
     let binary = root.join("target").join(TARGET).join("release").join("tidewire");
     let linkage = Command::new("ldd").arg(&binary).output().map(|o| String::from_utf8_lossy(&[o.stdout, o.stderr].concat()).into_owned());
     let linkage = linkage.unwrap_or_default();
@@ -58,6 +64,20 @@ pub fn test() -> Result<(), String> {
     }
     println!("    healthcheck passed, {} JSON log lines, exit 0 on SIGTERM", lines.len());
     Ok(())
+}
+
+/// The C parts of some dependencies (ring, for the NATS client's TLS) need a musl C
+/// compiler: Debian's `musl-tools`, installed through apt-get when run as root.
+fn ensure_musl_gcc() -> Result<(), String> {
+    if output("musl-gcc", &["--version"]).is_some() || output("which", &["musl-gcc"]).is_some() {
+        return Ok(());
+    }
+    if output("id", &["-u"]).map(|u| u.trim() == "0") != Some(true) {
+        return Err("musl-gcc is missing: install the package `musl-tools` (as root), then run again".to_owned());
+    }
+    println!("    installing musl-tools (apt-get)");
+    process::run(&crate::root(), "apt-get", &["update", "-qq"])?;
+    process::run_with_env(&crate::root(), "apt-get", &["install", "-y", "-qq", "musl-tools"], &[("DEBIAN_FRONTEND", "noninteractive")])
 }
 
 fn probe(binary: &std::path::Path, listen: &str, child: &mut std::process::Child) -> Result<(), String> {
