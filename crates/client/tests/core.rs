@@ -575,3 +575,36 @@ fn subscription_events_follow_the_lifecycle() {
         vec![SubscriptionEvent::Subscribing, SubscriptionEvent::Subscribed { recovered: None }, SubscriptionEvent::Unsubscribed]
     );
 }
+
+#[test]
+fn commands_refused_by_the_rate_limit_are_sent_again() {
+    let mut h = Harness::new(|_| {});
+    let t = h.connect();
+    h.take();
+    h.event(Event::Subscribe { channel: "a".into() });
+    assert_eq!(h.sent().len(), 1);
+    // The server refused it without saying which command it was.
+    h.frame(t, json!([{"type":"error","timestamp":TS,"code":"RATE_LIMIT_EXCEEDED","message":"slow down"}]));
+    h.take();
+    h.advance(Duration::from_millis(1100));
+    let sent = h.sent();
+    assert_eq!(sent.len(), 1, "the pending subscribe goes out again");
+    assert_eq!(sent[0]["action"], "subscribe");
+    h.subscribed(t, "a", 0, None);
+    assert_eq!(h.core.subscription_state("a"), SubscriptionState::Subscribed);
+}
+
+#[test]
+fn a_refused_recovery_does_not_leave_the_channel_stuck() {
+    let mut h = Harness::new(|_| {});
+    h.event(Event::Subscribe { channel: "a".into() });
+    let t = h.connect();
+    h.subscribed(t, "a", 0, None);
+    h.publish(t, "a", [1, 5]);
+    h.take();
+    // The recovery subscribe is refused (the token's grants changed).
+    h.frame(t, json!([{"type":"error","timestamp":TS,"code":"FORBIDDEN","message":"no","channel":"a"}]));
+    let actions = h.take();
+    assert!(actions.iter().any(|a| matches!(a, Action::Subscription { event: SubscriptionEvent::Refused { .. }, .. })));
+    assert_eq!(h.core.subscription_state("a"), SubscriptionState::Unsubscribed);
+}

@@ -73,8 +73,12 @@ impl Grant {
 
     /// Time left before expiry, zero once expired.
     pub fn time_left(&self, now: SystemTime) -> Duration {
-        let expiry = UNIX_EPOCH + Duration::from_secs(self.expires_at);
-        expiry.duration_since(now).unwrap_or(Duration::ZERO)
+        // A token may say `exp` = 2^64 - 1; cap what is left at a century.
+        const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+        match UNIX_EPOCH.checked_add(Duration::from_secs(self.expires_at)) {
+            Some(expiry) => expiry.duration_since(now).unwrap_or(Duration::ZERO).min(CENTURY),
+            None => CENTURY,
+        }
     }
 }
 

@@ -521,3 +521,22 @@ async fn a_slow_handshake_is_dropped() {
     let mut client = server.client("u").await;
     assert_eq!(client.next().await["type"], "connected");
 }
+
+#[tokio::test]
+async fn idle_channels_are_forgotten_and_work_again() {
+    let server = TestServer::start().await;
+    let mut client = server.client("u").await;
+    client.next().await;
+    for i in 0..50 {
+        client.send(&format!(r#"{{"action":"subscribe","channels":["random-{i}"]}}"#)).await;
+        client.expect_type("subscribed").await;
+        client.send(&format!(r#"{{"action":"unsubscribe","channels":["random-{i}"]}}"#)).await;
+        client.expect_type("unsubscribed").await;
+    }
+    assert!(server.hub.channels().await.is_empty(), "subscribing to random names leaves nothing behind");
+    // A forgotten channel comes back on the next use.
+    client.send(r#"{"action":"subscribe","channels":["random-1"]}"#).await;
+    client.expect_type("subscribed").await;
+    publish_many(&server.hub, "random-1", 2).await;
+    assert_eq!(client.expect_type("routing-decision").await["seq"], 1);
+}

@@ -259,6 +259,8 @@ pub struct ClientCore {
     reconnect_at: Option<Duration>,
     dead_at: Option<Duration>,
     refresh_at: Option<Duration>,
+    /// Commands were refused by the server's rate limit: re-send what is pending then.
+    retry_at: Option<Duration>,
     /// A refresh token was requested while connected (not for a connect).
     refreshing: bool,
     actions: VecDeque<Action>,
@@ -294,6 +296,7 @@ impl ClientCore {
             reconnect_at: None,
             dead_at: None,
             refresh_at: None,
+            retry_at: None,
             refreshing: false,
             actions: VecDeque::new(),
             now: Duration::ZERO,
@@ -335,7 +338,7 @@ impl ClientCore {
             Link::Connected(_) => self.publishes.poll_timeout(),
             _ => None,
         };
-        [self.reconnect_at, self.dead_at, self.refresh_at, publishes].into_iter().flatten().min()
+        [self.reconnect_at, self.dead_at, self.refresh_at, self.retry_at, publishes].into_iter().flatten().min()
     }
 
     /// Feeds one event.
@@ -400,7 +403,31 @@ impl ClientCore {
                 self.push(Action::FetchToken);
             }
         }
+        if self.retry_at.is_some_and(|at| at <= now) {
+            self.retry_at = None;
+            self.retry_pending();
+        }
         self.flush_publishes();
+    }
+
+    /// Re-sends the subscribes (and recoveries) the server may have dropped unanswered.
+    fn retry_pending(&mut self) {
+        let Link::Connected(transport) = self.link else { return };
+        let mut recover = Vec::new();
+        for (channel, subscription) in &mut self.subscriptions {
+            if subscription.server == ServerSide::SubscribeSent {
+                subscription.server = ServerSide::None;
+            }
+            if subscription.recovering {
+                subscription.recovering = false;
+                recover.push(channel.clone());
+            }
+        }
+        recover.sort();
+        for channel in recover {
+            self.recover(transport, &channel);
+        }
+        self.reconcile_all();
     }
 
     // ---- connecting -------------------------------------------------------------
@@ -500,6 +527,7 @@ impl ClientCore {
         self.emit_subscription_states();
         self.dead_at = None;
         self.refresh_at = None;
+        self.retry_at = None;
         self.refreshing = false;
         self.schedule_reconnect();
     }
@@ -691,9 +719,14 @@ impl ClientCore {
             "error" => {
                 let code = m.code.unwrap_or(ErrorCode::InternalError);
                 let message = m.message.map(|t| t.into_owned()).unwrap_or_default();
+                if code == ErrorCode::RateLimitExceeded {
+                    // The refused command is not named: re-send whatever is pending soon.
+                    self.retry_at.get_or_insert(self.now + Duration::from_secs(1));
+                }
                 let refusal = matches!(code, ErrorCode::Forbidden | ErrorCode::InvalidChannel | ErrorCode::TooManyChannels);
                 if let Some(subscription) = self.subscriptions.get_mut(&channel) {
-                    if refusal && subscription.server == ServerSide::SubscribeSent {
+                    if refusal && (subscription.server == ServerSide::SubscribeSent || subscription.recovering) {
+                        subscription.recovering = false;
                         subscription.server = ServerSide::None;
                         subscription.refused = true;
                         self.push(Action::Subscription { channel, event: SubscriptionEvent::Refused { code, message } });

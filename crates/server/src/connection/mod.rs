@@ -81,8 +81,6 @@ pub async fn serve(
     session.leave_all();
     if let Some(code) = code {
         close(&hub, &mut socket, code, &reason).await;
-    } else {
-        hub.metrics().disconnects.get_or_create(&CodeLabel { code: CloseCode::NORMAL.0 }).inc();
     }
     tracing::info!(
         connection = session.id(),
@@ -129,8 +127,17 @@ async fn run(session: &mut Session, socket: &mut WebSocket) -> (Option<CloseCode
         tokio::select! {
             // `recv` is cancel-safe: a frame is never lost when another branch wins.
             inbound = socket.recv() => match inbound {
-                None => return (None, "client went away".to_owned()),
-                Some(Err(error)) => return read_error(error),
+                None => {
+                    hub.metrics().disconnects.get_or_create(&CodeLabel { code: CloseCode::ABNORMAL.0 }).inc();
+                    return (None, "client went away".to_owned());
+                }
+                Some(Err(error)) => {
+                    let (code, reason) = read_error(error);
+                    if code.is_none() {
+                        hub.metrics().disconnects.get_or_create(&CodeLabel { code: CloseCode::ABNORMAL.0 }).inc();
+                    }
+                    return (code, reason);
+                }
                 Some(Ok(Message::Text(text))) => {
                     if let Next::Close(code, reason) = session.on_text(text.as_str()) {
                         // Let the client read the errors that explain the close.

@@ -151,7 +151,7 @@ impl Session {
     /// Leaves every channel (on disconnect).
     pub fn leave_all(&mut self) {
         for channel in self.subscriptions.drain() {
-            self.hub.unsubscribe(self.slot.id, &channel);
+            self.hub.unsubscribe(self.slot.id, &channel, None);
         }
     }
 }

@@ -45,7 +45,10 @@ fn bearer(hub: &Hub, headers: &HeaderMap) -> Result<Grant, Response> {
 }
 
 /// Publishes one message (answers `{channel, seq}`) or an array (answers an array).
-/// A batch is checked whole before anything is published: all or nothing.
+/// A batch is validated whole (permissions, channels, types, sizes) before anything is
+/// published. What only publishing can tell (a channel's publish rate, the broker being
+/// down) may still stop a batch part way: the error then lists, under `published`, the
+/// items that went out, so a retry can skip them.
 pub async fn publish(State(hub): State<Hub>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let grant = match bearer(&hub, &headers) {
         Ok(grant) => grant,
@@ -78,7 +81,11 @@ pub async fn publish(State(hub): State<Hub>, headers: HeaderMap, body: axum::bod
     for item in items {
         match hub.publish(item).await {
             Ok(a) => accepted.push(a),
-            Err(e) => return error_response(e.code, e.message),
+            Err(e) if accepted.is_empty() => return error_response(e.code, e.message),
+            Err(e) => {
+                let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return (status, Json(json!({ "code": e.code, "message": e.message, "published": accepted }))).into_response();
+            }
         }
     }
     if single {

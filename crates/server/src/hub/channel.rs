@@ -50,11 +50,28 @@ pub struct Channel {
     history: VecDeque<Stored>,
     latest: HashMap<Arc<str>, Stored>,
     subscribers: HashMap<u64, Arc<Outbox>>,
+    /// Set, under the lock, when the channel was dropped from the engine's map for being
+    /// idle: whoever still holds it looks it up again.
+    pub removed: bool,
 }
 
 impl Channel {
     pub fn new(name: Arc<str>, epoch: Arc<str>) -> Channel {
-        Channel { name, epoch, head: 0, history: VecDeque::new(), latest: HashMap::new(), subscribers: HashMap::new() }
+        Channel {
+            name,
+            epoch,
+            head: 0,
+            history: VecDeque::new(),
+            latest: HashMap::new(),
+            subscribers: HashMap::new(),
+            removed: false,
+        }
+    }
+
+    /// Nothing would be lost by forgetting the channel: no subscribers, no history, no
+    /// latest values.
+    pub fn is_idle(&self) -> bool {
+        self.subscribers.is_empty() && self.history.is_empty() && self.latest.is_empty()
     }
 
     pub fn subscriber_count(&self) -> usize {

@@ -53,6 +53,10 @@ pub struct SubscribeRequest {
     pub id: Option<CommandId>,
 }
 
+/// A reply to queue once an unsubscribe took effect (after anything the engine still
+/// owes the subscriber for that channel, such as a pending `subscribed`).
+pub type Reply = (Arc<Outbox>, EncodedMessage);
+
 /// Where channels live. See the module docs.
 pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
     /// Numbers, stores and delivers one validated publication.
@@ -62,8 +66,9 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
     /// possibly later (an engine may need a round trip first).
     fn subscribe(&self, request: SubscribeRequest);
 
-    /// Ends a subscription; false when the connection was not subscribed.
-    fn unsubscribe(&self, connection: u64, channel: &str) -> bool;
+    /// Ends a subscription and then queues `reply`; false when the connection was not
+    /// subscribed.
+    fn unsubscribe(&self, connection: u64, channel: &str, reply: Option<Reply>) -> bool;
 
     /// Channels this node knows, sorted by name.
     fn channels(&self) -> BoxFuture<'_, Vec<ChannelInfo>>;

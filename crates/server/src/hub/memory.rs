@@ -16,7 +16,7 @@ use tidewire_protocol::message::Subscribed;
 use tidewire_protocol::{Control, EncodedMessage, ErrorCode, NewPublication, Publication, ServerMessage};
 
 use super::channel::{Channel, Start, Stored};
-use super::engine::{control, Engine, Shared, SubscribeRequest};
+use super::engine::{control, Engine, Reply, Shared, SubscribeRequest};
 use super::{lock, now_timestamp, too_big, Accepted, ChannelInfo, PublishError, ENVELOPE_ALLOWANCE};
 
 #[derive(Debug)]
@@ -44,10 +44,39 @@ impl MemoryEngine {
         channel
     }
 
-    fn publish_now(&self, new: NewPublication) -> Result<Accepted, PublishError> {
-        let config = &self.shared.config;
-        let channel = self.channel(&new.channel);
+    /// Runs `f` on the live channel `name` (creating it), retrying when it was dropped as
+    /// idle between the lookup and the lock.
+    fn with_channel<T>(&self, name: &str, f: impl FnOnce(&mut Channel) -> T) -> T {
+        loop {
+            let channel = self.channel(name);
+            let mut channel = lock(&channel);
+            if !channel.removed {
+                return f(&mut channel);
+            }
+        }
+    }
+
+    /// Drops `name` from the map when it is idle (nothing to lose), so subscribing to
+    /// random names cannot grow memory without bound.
+    fn forget_if_idle(&self, name: &str) {
+        let mut channels = lock(&self.channels);
+        let Some(channel) = channels.get(name).cloned() else { return };
         let mut channel = lock(&channel);
+        channel.expire(Instant::now(), self.shared.config.history_ttl);
+        if channel.is_idle() {
+            channel.removed = true;
+            channels.remove(name);
+            self.shared.metrics.channels.set(channels.len() as i64);
+        }
+    }
+
+    fn publish_now(&self, new: NewPublication) -> Result<Accepted, PublishError> {
+        let name = new.channel.clone();
+        self.with_channel(&name, move |channel| self.publish_locked(channel, new))
+    }
+
+    fn publish_locked(&self, channel: &mut Channel, new: NewPublication) -> Result<Accepted, PublishError> {
+        let config = &self.shared.config;
         let seq = channel.head + 1;
         let key: Option<Arc<str>> = new.key.as_deref().map(Into::into);
         let publication = ServerMessage::Publication(Publication {
@@ -72,20 +101,11 @@ impl MemoryEngine {
         self.shared.count_drops(dropped);
         Ok(Accepted { channel: channel.name.to_string(), seq })
     }
-}
-
-impl Engine for MemoryEngine {
-    fn publish(&self, new: NewPublication) -> BoxFuture<'_, Result<Accepted, PublishError>> {
-        let result = self.publish_now(new);
-        Box::pin(std::future::ready(result))
-    }
 
     /// Queues `subscribed`, then the recovered publications or the keyed snapshot, then
     /// registers the subscriber, all under the channel's lock.
-    fn subscribe(&self, request: SubscribeRequest) {
-        let SubscribeRequest { connection, outbox, channel: channel_name, since, id } = request;
-        let channel = self.channel(&channel_name);
-        let mut channel = lock(&channel);
+    fn subscribe_locked(&self, channel: &mut Channel, request: SubscribeRequest) {
+        let SubscribeRequest { connection, outbox, since, id, .. } = request;
         channel.expire(Instant::now(), self.shared.config.history_ttl);
         let start = match &since {
             Some(position) if position.epoch.as_deref().is_none_or(|e| e == &*channel.epoch) => {
@@ -117,16 +137,35 @@ impl Engine for MemoryEngine {
             self.shared.metrics.subscriptions.inc();
         }
     }
+}
 
-    fn unsubscribe(&self, connection: u64, channel_name: &str) -> bool {
-        let Some(channel) = lock(&self.channels).get(channel_name).cloned() else { return false };
-        let removed = lock(&channel).remove(connection);
+impl Engine for MemoryEngine {
+    fn publish(&self, new: NewPublication) -> BoxFuture<'_, Result<Accepted, PublishError>> {
+        let result = self.publish_now(new);
+        Box::pin(std::future::ready(result))
+    }
+
+    /// Queues `subscribed`, then the recovered publications or the keyed snapshot, then
+    /// registers the subscriber, all under the channel's lock.
+    fn subscribe(&self, request: SubscribeRequest) {
+        let name = request.channel.clone();
+        self.with_channel(&name, move |channel| self.subscribe_locked(channel, request));
+    }
+
+    fn unsubscribe(&self, connection: u64, channel_name: &str, reply: Option<Reply>) -> bool {
+        let removed = match lock(&self.channels).get(channel_name).cloned() {
+            Some(channel) => lock(&channel).remove(connection),
+            None => false,
+        };
         if removed {
             self.shared.metrics.subscriptions.dec();
+            self.forget_if_idle(channel_name);
+        }
+        if let Some((outbox, message)) = reply {
+            outbox.push(Outbound::control(message));
         }
         removed
     }
-
     fn channels(&self) -> BoxFuture<'_, Vec<ChannelInfo>> {
         let channels: Vec<_> = lock(&self.channels).values().cloned().collect();
         let mut infos: Vec<ChannelInfo> = channels

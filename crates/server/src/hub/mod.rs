@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{KeyError, Verifier};
 use crate::config::Config;
 use crate::metrics::Metrics;
-pub use engine::{control, Engine, Shared, SubscribeRequest};
+pub use engine::{control, Engine, Reply, Shared, SubscribeRequest};
 pub use outbox::Outbox;
 
 /// Now, as a wire timestamp.
@@ -225,10 +225,12 @@ impl Hub {
                 users.remove(user);
             }
         }
-        if let Some(count) = address.and_then(|ip| addresses.get_mut(&ip)) {
-            *count -= 1;
-            if *count == 0 {
-                addresses.retain(|_, n| *n > 0);
+        if let Some(ip) = address {
+            if let Some(count) = addresses.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    addresses.remove(&ip);
+                }
             }
         }
         self.inner.connections.fetch_sub(1, Ordering::SeqCst);
@@ -296,9 +298,10 @@ impl Hub {
         });
     }
 
-    /// Removes a connection from a channel; false when it was not subscribed.
-    pub fn unsubscribe(&self, connection: u64, channel: &str) -> bool {
-        self.inner.engine.unsubscribe(connection, channel)
+    /// Removes a connection from a channel, then queues `reply` (in order with what the
+    /// engine still owes that subscriber); false when it was not subscribed.
+    pub fn unsubscribe(&self, connection: u64, channel: &str, reply: Option<Reply>) -> bool {
+        self.inner.engine.unsubscribe(connection, channel, reply)
     }
 
     /// Channels with their subscriber counts and heads, sorted by name.

@@ -36,7 +36,7 @@ use tidewire_protocol::message::{GapNotice, GapReason, Subscribed};
 use tidewire_protocol::{Control, EncodedMessage, ErrorCode, NewPublication, Publication, PublicationTemplate};
 use tokio::sync::{mpsc, oneshot};
 
-use super::engine::{control, Engine, Shared, SubscribeRequest};
+use super::engine::{control, Engine, Reply, Shared, SubscribeRequest};
 use super::{lock, now_timestamp, too_big, Accepted, ChannelInfo, Outbox, PublishError, ENVELOPE_ALLOWANCE};
 
 const PUBLISH_SCRIPT: &str = r#"
@@ -150,7 +150,7 @@ fn parse_delivered(payload: &[u8]) -> Option<Delivered> {
 enum Input {
     Delivered(Delivered),
     Subscribe(SubscribeRequest),
-    Unsubscribe(u64),
+    Unsubscribe(u64, Option<Reply>),
     /// Pub/sub was re-established: catch up from Redis.
     Resync,
     Stop,
@@ -303,6 +303,18 @@ impl EngineInner {
         let recovered: i64 = redis::from_redis_value(items.next().unwrap_or(redis::Value::Int(0)))?;
         let texts: Vec<String> = items.map(redis::from_redis_value).collect::<Result<_, _>>()?;
         Ok(Start { epoch, head, recovered: recovered == 1, texts })
+    }
+
+    /// Gives the channel a new epoch: its seqs went backwards (Redis restored an older
+    /// snapshot, or failed over to a replica that was behind) while the epoch survived,
+    /// so positions in the old epoch no longer name the same publications.
+    async fn rotate_epoch(&self, channel: &str) -> redis::RedisResult<String> {
+        let keys = Keys::new(&self.prefix, channel);
+        let epoch = self.new_epoch();
+        let mut conn = self.conn.clone();
+        redis::cmd("SET").arg(&keys.epoch).arg(&epoch).query_async::<()>(&mut conn).await?;
+        tracing::warn!(channel, %epoch, "channel seqs went backwards: new epoch");
+        Ok(epoch)
     }
 
     /// Fetches `from..=to` from the stream; `None` when some of it is gone.
@@ -478,8 +490,11 @@ impl Actor {
         while let Some(input) = inbox.recv().await {
             match input {
                 Input::Subscribe(request) => self.subscribe(request).await,
-                Input::Unsubscribe(connection) => {
+                Input::Unsubscribe(connection, reply) => {
                     self.subscribers.remove(&connection);
+                    if let Some((outbox, message)) = reply {
+                        outbox.push(Outbound::control(message));
+                    }
                 }
                 Input::Delivered(delivered) => self.deliver(delivered).await,
                 Input::Resync => self.resync().await,
@@ -499,6 +514,15 @@ impl Actor {
                 }
             }
         };
+        let mut start = start;
+        let rolled_back = self.epoch.as_deref() == Some(start.epoch.as_str()) && start.head < self.head;
+        if rolled_back {
+            if let Ok(epoch) = self.engine.rotate_epoch(&self.channel).await {
+                start.epoch = epoch;
+                start.recovered = false;
+                start.texts.clear();
+            }
+        }
         let epoch: Arc<str> = start.epoch.as_str().into();
         if self.epoch.as_deref() != Some(&*epoch) {
             if self.epoch.is_some() {
@@ -612,6 +636,12 @@ impl Actor {
             self.epoch_changed(epoch, range.head);
             return;
         }
+        if range.head < self.head {
+            if let Ok(epoch) = self.engine.rotate_epoch(&self.channel).await {
+                self.epoch_changed(epoch.as_str().into(), range.head);
+            }
+            return;
+        }
         if range.head > self.head {
             let (from, to) = (self.head + 1, range.head);
             match range.texts {
@@ -670,15 +700,19 @@ impl Engine for RedisEngine {
         inner.shared.metrics.channels.set(channels.len() as i64);
     }
 
-    fn unsubscribe(&self, connection: u64, channel: &str) -> bool {
+    fn unsubscribe(&self, connection: u64, channel: &str, reply: Option<Reply>) -> bool {
         let inner = &self.inner;
         let mut channels = lock(&inner.channels);
-        let Some(handle) = channels.get_mut(channel) else { return false };
-        if !handle.members.remove(&connection) {
+        let member = channels.get_mut(channel).filter(|h| h.members.contains(&connection));
+        let Some(handle) = member else {
+            if let Some((outbox, message)) = reply {
+                outbox.push(Outbound::control(message));
+            }
             return false;
-        }
+        };
+        handle.members.remove(&connection);
         inner.shared.metrics.subscriptions.dec();
-        let _ = handle.inbox.send(Input::Unsubscribe(connection));
+        let _ = handle.inbox.send(Input::Unsubscribe(connection, reply));
         if handle.members.is_empty() {
             // The last local subscriber left: stop listening to this channel.
             let _ = handle.inbox.send(Input::Stop);

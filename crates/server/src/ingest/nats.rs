@@ -19,12 +19,12 @@ use crate::hub::Hub;
 /// Runs the source until the node drains.
 pub async fn run(hub: Hub, source: NatsSource, routes: Arc<[Route]>) {
     let mut backoff = Backoff::new(source.reconnect_delay, source.max_reconnect_wait);
-    // The highest JetStream stream sequence this node published: a broker that crashed
-    // before persisting an acknowledgement redelivers, and those repeats are skipped.
-    let mut published_up_to = 0u64;
+    // Stream sequences this node published recently: a broker that crashed before
+    // persisting an acknowledgement redelivers them, and those repeats are skipped.
+    let mut published = Recent::default();
     loop {
         let result = match &source.jetstream {
-            Some(js) => consume_jetstream(&hub, &source, js, &routes, &mut backoff, &mut published_up_to).await,
+            Some(js) => consume_jetstream(&hub, &source, js, &routes, &mut backoff, &mut published).await,
             None => consume_core(&hub, &source, &routes, &mut backoff).await,
         };
         match result {
@@ -86,7 +86,7 @@ async fn consume_jetstream(
     js: &super::JetStream,
     routes: &[Route],
     backoff: &mut Backoff,
-    published_up_to: &mut u64,
+    published: &mut Recent,
 ) -> Result<(), Error> {
     let client = connect(source).await?;
     let context = jetstream::new(client.clone());
@@ -108,14 +108,17 @@ async fn consume_jetstream(
             message = messages.next() => message.ok_or("JetStream consumer ended")??,
             () = shutdown.cancelled() => return Ok(()),
         };
+        // Skip only what this node itself published before (a broker that lost our ack
+        // redelivers it, with its delivery count reset by a restart); a NAK'd message
+        // was never published, so it is not in the set and goes through again.
         let sequence = message.info().map(|info| info.stream_sequence).unwrap_or(0);
-        if sequence != 0 && sequence <= *published_up_to {
+        if published.contains(sequence) {
             message.double_ack().await?;
             continue;
         }
         match deliver(hub, routes, &source.name, message.subject.as_str(), &message.payload).await {
             Outcome::Published => {
-                *published_up_to = (*published_up_to).max(sequence);
+                published.insert(sequence);
                 // Wait for the broker to confirm, so a restart redelivers as little as possible.
                 message.double_ack().await?;
             }
@@ -125,5 +128,32 @@ async fn consume_jetstream(
             }
             Outcome::Retry(_) => message.ack_with(AckKind::Nak(Some(Duration::from_millis(500)))).await?,
         }
+    }
+}
+
+/// The last stream sequences published (bounded), to recognise redeliveries.
+#[derive(Default)]
+struct Recent {
+    order: std::collections::VecDeque<u64>,
+    set: std::collections::HashSet<u64>,
+}
+
+impl Recent {
+    const KEEP: usize = 65_536;
+
+    fn insert(&mut self, sequence: u64) {
+        if sequence == 0 || !self.set.insert(sequence) {
+            return;
+        }
+        self.order.push_back(sequence);
+        if self.order.len() > Self::KEEP {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    fn contains(&self, sequence: u64) -> bool {
+        self.set.contains(&sequence)
     }
 }

@@ -6,16 +6,21 @@ use tidewire_protocol::command::Unsubscribe;
 use tidewire_protocol::message::Unsubscribed;
 use tidewire_protocol::Control;
 
+use tidewire_protocol::batch::Outbound;
+
 use crate::connection::session::{Next, Session};
-use crate::hub::now_timestamp;
+use crate::hub::{control, now_timestamp};
 
 pub fn apply(session: &mut Session, command: Unsubscribe) -> Next {
     for channel in command.channels {
+        let reply = control(Control::Unsubscribed(Unsubscribed { timestamp: now_timestamp(), id: command.id.clone(), channel: channel.clone() }));
         if session.subscriptions.remove(channel.as_str()) {
-            session.hub.unsubscribe(session.id(), &channel);
+            // The engine queues the reply after anything it still owes for the channel.
+            session.hub.unsubscribe(session.id(), &channel, Some((session.outbox.clone(), reply)));
             tracing::debug!(connection = session.id(), user = %session.grant.user, %channel, "unsubscribed");
+        } else {
+            session.outbox.push(Outbound::control(reply));
         }
-        session.send(Control::Unsubscribed(Unsubscribed { timestamp: now_timestamp(), id: command.id.clone(), channel }));
     }
     Next::Continue
 }
