@@ -70,6 +70,20 @@ impl Drop for NodeProcess {
     }
 }
 
+/// An in-process node on the same Redis prefix, ready to publish.
+async fn publishing_node(url: &str, prefix: &str) -> support::TestServer {
+    let (url, prefix) = (url.to_owned(), prefix.to_owned());
+    let node = support::TestServer::with(move |c| {
+        c.redis_url = Some(url);
+        c.redis_prefix = prefix;
+    })
+    .await;
+    while !node.hub.is_ready() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_a_node_loses_nothing() {
     let url = redis_url();
@@ -77,17 +91,7 @@ async fn sigkill_of_a_node_loses_nothing() {
     let mut a = NodeProcess::start(&url, &prefix);
     let b = NodeProcess::start(&url, &prefix);
     // The publisher is a third node, in process, on the same Redis prefix.
-    let publisher = support::TestServer::with({
-        let (url, prefix) = (url.clone(), prefix.clone());
-        move |c| {
-            c.redis_url = Some(url);
-            c.redis_prefix = prefix;
-        }
-    })
-    .await;
-    while !publisher.hub.is_ready() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let publisher = publishing_node(&url, &prefix).await;
 
     let client = Client::connect(Config::new(a.url()).urls([a.url(), b.url()]).token(support::token("kill")));
     let mut ticks = client.subscribe("ticks");
@@ -130,17 +134,7 @@ async fn sigterm_under_load_every_client_reconnects_elsewhere_and_loses_nothing(
     let prefix = format!("tw-test-term-{:08x}", fastrand::u32(..));
     let mut a = NodeProcess::start_with(&url, &prefix, &["--drain-window", "1s"], true);
     let b = NodeProcess::start(&url, &prefix);
-    let publisher = support::TestServer::with({
-        let (url, prefix) = (url.clone(), prefix.clone());
-        move |c| {
-            c.redis_url = Some(url);
-            c.redis_prefix = prefix;
-        }
-    })
-    .await;
-    while !publisher.hub.is_ready() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let publisher = publishing_node(&url, &prefix).await;
 
     const CLIENTS: usize = 20;
     const TOTAL: u64 = 500;
