@@ -339,7 +339,7 @@ pub async fn fanout(args: &FanoutArgs) -> Result<RunResult, String> {
         published,
         delivered_per_second: delivered as f64 / elapsed,
         loss_percent: if expected == 0 { 0.0 } else { missing as f64 * 100.0 / expected as f64 },
-        gaps_account_for_percent: if missing == 0 { 100.0 } else { gapped.min(missing) as f64 * 100.0 / missing as f64 },
+        gaps_account_for_percent: accounted_for(missing, gapped),
         latency_ms: Latency { p50: ms(0.5), p90: ms(0.9), p99: ms(0.99), max: histogram.max() as f64 / 1000.0, samples: histogram.len() },
         server_cpu_seconds: cpu,
         server_cpu_per_million: if delivered == 0 { 0.0 } else { cpu * 1e6 / delivered as f64 },
@@ -499,13 +499,18 @@ pub async fn soak(args: &SoakArgs) -> Result<RunResult, String> {
         published,
         delivered_per_second: delivered as f64 / started.elapsed().as_secs_f64(),
         loss_percent: if expected == 0 { 0.0 } else { expected.saturating_sub(delivered) as f64 * 100.0 / expected as f64 },
-        gaps_account_for_percent: if gapped == 0 { 100.0 } else { 0.0 },
+        gaps_account_for_percent: accounted_for(expected.saturating_sub(delivered), gapped),
         server_peak_rss_mib: max / 1024.0,
         churn_connections: churned.load(Ordering::Relaxed),
         rss_trend_kib_per_min: trend,
         notes: format!("RSS {:.1} → {:.1} MiB (max {:.1})", first / 1024.0, last / 1024.0, max / 1024.0),
         ..RunResult::default()
     })
+}
+
+/// Share of the missing messages that gap notices announced (100 when none is missing).
+fn accounted_for(missing: u64, gapped: u64) -> f64 {
+    if missing == 0 { 100.0 } else { gapped.min(missing) as f64 * 100.0 / missing as f64 }
 }
 
 /// Least-squares slope of (x, y) points.

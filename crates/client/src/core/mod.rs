@@ -17,7 +17,7 @@
 mod backoff;
 mod subscription;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -911,10 +911,5 @@ impl ClientCore {
 
     fn push(&mut self, action: Action) {
         self.actions.push_back(action);
-    }
-
-    /// Channels the app wants (for drivers that re-register handlers).
-    pub fn wanted_channels(&self) -> HashSet<&str> {
-        self.subscriptions.iter().filter(|(_, s)| s.wanted).map(|(c, _)| c.as_str()).collect()
     }
 }
