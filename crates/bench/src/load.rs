@@ -7,8 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use serde::Serialize;
 use tidewire_protocol::Timestamp;
 use tidewire_server::auth::{mint_hs256, unix_now, Claims};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,8 +15,11 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::process::{own_cpu_seconds, server_bin, Node, SECRET};
+use crate::process::{Node, SECRET, own_cpu_seconds, server_bin};
+use crate::scan::{Item, message_timestamp, scan};
 use crate::{FanoutArgs, IdleArgs, ServerArgs, SoakArgs, SuiteArgs};
+use tidewire_client::core::SubscriptionEvent;
+use tidewire_client::native::{Client, Config as ClientConfig, Item as ClientItem, Subscription};
 
 /// One run's figures.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -83,24 +85,28 @@ pub async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
 struct Seen {
     delivered: u64,
     gapped: u64,
+    /// Frames the scanner could not read (their messages count as lost).
+    unreadable: u64,
     histogram: Option<Histogram<u64>>,
 }
 
-#[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: &'a str,
-    #[serde(default)]
-    seq: u64,
-    #[serde(default)]
-    from: u64,
-    #[serde(default)]
-    to: u64,
-    #[serde(borrow)]
-    timestamp: &'a str,
-}
+/// The subscribers' read buffer. tungstenite's default (128 KiB) is zeroed on every read,
+/// which made that the load generator's largest cost; frames here are a few KiB.
+const READ_BUFFER: usize = 4 * 1024;
 
 const SAMPLE_EVERY: u64 = 8;
+
+/// Source addresses the subscribers' connections take turns with. From a single
+/// address, the kernel's search for a free port made connecting the load generator's
+/// largest cost once a few thousand connections were open; every 127.0.0.0/8 address
+/// is loopback, each with its own ports.
+const SOURCE_ADDRESSES: u32 = 16;
+
+fn next_source_address() -> std::net::SocketAddr {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) % u64::from(SOURCE_ADDRESSES);
+    std::net::SocketAddr::from(([127, 0, 0, 2 + n as u8], 0))
+}
 
 /// Connects one subscriber to `channel` and waits for `subscribed`.
 async fn connect(port: u16, token: &str, channel: &str, small_buffer: bool) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, String> {
@@ -108,9 +114,11 @@ async fn connect(port: u16, token: &str, channel: &str, small_buffer: bool) -> R
     if small_buffer {
         let _ = socket.set_recv_buffer_size(4096);
     }
+    socket.bind(next_source_address()).map_err(|e| format!("cannot bind a source address: {e}"))?;
     let stream = socket.connect(([127, 0, 0, 1], port).into()).await.map_err(|e| e.to_string())?;
     let url = format!("ws://127.0.0.1:{port}/ws?token={token}&channels={channel}");
-    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.map_err(|e| e.to_string())?;
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await.map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let message = tokio::time::timeout_at(deadline.into(), ws.next()).await.map_err(|_| "no subscribed in time".to_owned())?;
@@ -136,21 +144,22 @@ async fn read(mut ws: tokio_tungstenite::WebSocketStream<TcpStream>, mut stop: w
             }
             break;
         };
-        let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(text.as_str()) else { continue };
+        let Some(items) = scan(text.as_str()) else {
+            seen.unreadable += 1;
+            continue;
+        };
         for item in items {
-            let Ok(head) = serde_json::from_str::<Head<'_>>(item.get()) else { continue };
-            match head.kind {
-                "gap" => seen.gapped += head.to - head.from + 1,
-                "heartbeat" => {}
-                _ if head.seq > 0 => {
+            match item {
+                Item::Gap { from, to } => seen.gapped += to.saturating_sub(from) + 1,
+                Item::Control => {}
+                Item::Publication { seq, timestamp } => {
                     seen.delivered += 1;
-                    if head.seq % SAMPLE_EVERY == 0 {
-                        if let (Some(histogram), Ok(ts)) = (seen.histogram.as_mut(), Timestamp::parse(head.timestamp)) {
+                    if seq % SAMPLE_EVERY == 0 {
+                        if let (Some(histogram), Ok(ts)) = (seen.histogram.as_mut(), Timestamp::parse(timestamp)) {
                             let _ = histogram.record((now_micros() - ts.unix_micros()).max(1) as u64);
                         }
                     }
                 }
-                _ => {}
             }
         }
     }
@@ -233,6 +242,82 @@ async fn read_response(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<(
     }
 }
 
+/// Subscribers through the native client crate, spread over the nodes: each a
+/// `tidewire_client::native::Client` with one subscription, read until `stop`.
+async fn connect_clients(
+    nodes: &[Node],
+    count: usize,
+    channel: &str,
+    stop: &watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<Seen>>, String> {
+    let tok = token("bench-subscriber", false);
+    let mut readers = Vec::with_capacity(count);
+    while readers.len() < count {
+        let batch: Vec<_> = (readers.len()..(readers.len() + 250).min(count))
+            .map(|i| {
+                let url = format!("ws://127.0.0.1:{}/ws", nodes[i % nodes.len()].port);
+                let (tok, channel) = (tok.clone(), channel.to_owned());
+                tokio::spawn(async move { subscribe_client(&url, &tok, &channel).await })
+            })
+            .collect();
+        for joined in futures_util::future::join_all(batch).await {
+            let (client, subscription) = joined.map_err(|e| e.to_string())??;
+            readers.push(tokio::spawn(read_client(client, subscription, stop.clone())));
+        }
+        progress(&format!("  connecting clients: {}/{count}", readers.len()));
+    }
+    Ok(readers)
+}
+
+async fn subscribe_client(url: &str, token: &str, channel: &str) -> Result<(Client, Subscription), String> {
+    let client = Client::connect(ClientConfig::new(url).token(token));
+    let mut subscription = client.subscribe(channel);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::time::timeout_at(deadline.into(), subscription.next()).await {
+            Ok(Some(ClientItem::Event(SubscriptionEvent::Subscribed { .. }))) => {
+                return Ok((client, subscription));
+            }
+            Ok(Some(ClientItem::Event(SubscriptionEvent::Refused { code, message }))) => {
+                return Err(format!("subscription refused: {code}: {message}"));
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) => return Err("the client stopped before subscribing".to_owned()),
+            Err(_) => return Err(format!("client not subscribed to {channel} within 30 s")),
+        }
+    }
+}
+
+/// Counts what a client delivers. The client closes gaps itself (it recovers with
+/// `since`), so anything missing at the end is loss that recovery could not repair.
+async fn read_client(client: Client, mut subscription: Subscription, mut stop: watch::Receiver<bool>) -> Seen {
+    let mut seen = Seen { histogram: Histogram::new_with_bounds(1, 60_000_000, 3).ok(), ..Seen::default() };
+    loop {
+        let item = tokio::select! {
+            item = subscription.next() => item,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        match item {
+            Some(ClientItem::Message(delivery)) => {
+                seen.delivered += 1;
+                if delivery.seq % SAMPLE_EVERY == 0 {
+                    match (seen.histogram.as_mut(), message_timestamp(&delivery.json).map(Timestamp::parse)) {
+                        (Some(histogram), Some(Ok(ts))) => {
+                            let _ = histogram.record((now_micros() - ts.unix_micros()).max(1) as u64);
+                        }
+                        _ => seen.unreadable += 1,
+                    }
+                }
+            }
+            Some(ClientItem::Event(_)) => {}
+            None => break,
+        }
+    }
+    drop(subscription);
+    client.close().await;
+    seen
+}
+
 async fn start_nodes(server: &ServerArgs) -> Result<Vec<Node>, String> {
     let bin = server_bin(server.server_bin.as_ref())?;
     if server.nodes > 1 && server.redis_url.is_none() {
@@ -260,19 +345,24 @@ pub async fn fanout(args: &FanoutArgs) -> Result<RunResult, String> {
 
     // Subscribers, spread over the nodes, connected a few hundred at a time.
     let mut readers = Vec::with_capacity(fast_count);
+    if args.via_client {
+        readers = connect_clients(&nodes, args.subscribers, channel, &stopped).await?;
+    }
     let mut stalled = Vec::with_capacity(slow_count);
     let tok = token("bench-subscriber", false);
-    let mut connected = 0;
+    let mut connected = readers.len();
     while connected < args.subscribers {
         let batch: Vec<_> = (connected..(connected + 250).min(args.subscribers))
             .map(|i| {
                 let port = nodes[i % nodes.len()].port;
                 let slow = i >= fast_count;
                 let tok = tok.clone();
-                async move { (slow, connect(port, &tok, channel, slow).await) }
+                let channel = channel.to_owned();
+                tokio::spawn(async move { (slow, connect(port, &tok, &channel, slow).await) })
             })
             .collect();
-        for (slow, ws) in futures_util::future::join_all(batch).await {
+        for joined in futures_util::future::join_all(batch).await {
+            let (slow, ws) = joined.map_err(|e| e.to_string())?;
             let ws = ws?;
             if slow {
                 stalled.push(ws);
@@ -314,11 +404,12 @@ pub async fn fanout(args: &FanoutArgs) -> Result<RunResult, String> {
     drop(stalled);
 
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
-    let (mut delivered, mut gapped) = (0u64, 0u64);
+    let (mut delivered, mut gapped, mut unreadable) = (0u64, 0u64, 0u64);
     for reader in readers {
         let seen = reader.await.map_err(|e| e.to_string())?;
         delivered += seen.delivered;
         gapped += seen.gapped;
+        unreadable += seen.unreadable;
         if let Some(h) = seen.histogram {
             let _ = histogram.add(h);
         }
@@ -329,9 +420,16 @@ pub async fn fanout(args: &FanoutArgs) -> Result<RunResult, String> {
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     Ok(RunResult {
         name: format!(
-            "fanout{}{}",
-            if args.server.nodes > 1 { " cross-node" } else if args.server.redis_url.is_some() { " redis" } else { "" },
-            if args.slow > 0.0 { " +slow" } else { "" }
+            "fanout{}{}{}",
+            if args.server.nodes > 1 {
+                " cross-node"
+            } else if args.server.redis_url.is_some() {
+                " redis"
+            } else {
+                ""
+            },
+            if args.slow > 0.0 { " +slow" } else { "" },
+            if args.via_client { " via client" } else { "" }
         ),
         subscribers: args.subscribers,
         rate: args.rate,
@@ -345,7 +443,7 @@ pub async fn fanout(args: &FanoutArgs) -> Result<RunResult, String> {
         server_cpu_per_million: if delivered == 0 { 0.0 } else { cpu * 1e6 / delivered as f64 },
         server_peak_rss_mib: peak as f64 / 1024.0,
         loadgen_cpu_seconds: own,
-        notes: args.server.server_args.join(" "),
+        notes: with_unreadable(args.server.server_args.join(" "), unreadable),
         ..RunResult::default()
     })
 }
@@ -356,18 +454,26 @@ pub async fn idle(args: &IdleArgs) -> Result<RunResult, String> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (before, _) = node.rss_kib();
     let tok = token("bench-idle", false);
+    let cpu_before = node.cpu_seconds();
+    let own_before = own_cpu_seconds();
     let started = Instant::now();
     let mut sockets = Vec::with_capacity(args.connections);
     while sockets.len() < args.connections {
         let batch: Vec<_> = (sockets.len()..(sockets.len() + 500).min(args.connections))
-            .map(|_| connect(node.port, &tok, "idle", false))
+            .map(|_| {
+                let tok = tok.clone();
+                let port = node.port;
+                tokio::spawn(async move { connect(port, &tok, "idle", false).await })
+            })
             .collect();
         for ws in futures_util::future::join_all(batch).await {
-            sockets.push(ws?);
+            sockets.push(ws.map_err(|e| e.to_string())??);
         }
         progress(&format!("  connected {}/{}", sockets.len(), args.connections));
     }
     let connect_seconds = started.elapsed().as_secs_f64();
+    let server_cpu = node.cpu_seconds() - cpu_before;
+    let own_cpu = own_cpu_seconds() - own_before;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (after, peak) = node.rss_kib();
     progress("");
@@ -378,7 +484,14 @@ pub async fn idle(args: &IdleArgs) -> Result<RunResult, String> {
         server_peak_rss_mib: peak as f64 / 1024.0,
         rss_per_connection_kib: after.saturating_sub(before) as f64 / args.connections as f64,
         connects_per_second: args.connections as f64 / connect_seconds,
-        notes: format!("RSS {:.1} → {:.1} MiB", before as f64 / 1024.0, after as f64 / 1024.0),
+        server_cpu_seconds: server_cpu,
+        loadgen_cpu_seconds: own_cpu,
+        notes: format!(
+            "RSS {:.1} → {:.1} MiB; server CPU {:.0} µs per connect",
+            before as f64 / 1024.0,
+            after as f64 / 1024.0,
+            server_cpu * 1e6 / args.connections as f64
+        ),
         ..RunResult::default()
     })
 }
@@ -390,7 +503,7 @@ pub async fn suite(args: &SuiteArgs) -> Result<Vec<RunResult>, String> {
         redis_url: redis,
         nodes,
     };
-    let run = |subscribers, rate, slow, server| FanoutArgs { subscribers, rate, duration: args.duration, slow, server };
+    let run = |subscribers, rate, slow, server| FanoutArgs { subscribers, rate, duration: args.duration, slow, server, via_client: false };
     let mut results = Vec::new();
     let plan = [
         run(1000, 1000, 0.0, server(&[], None, 1)),
@@ -398,9 +511,16 @@ pub async fn suite(args: &SuiteArgs) -> Result<Vec<RunResult>, String> {
         run(100, 10_000, 0.0, server(&["--max-batch=200", "--batch-interval=8ms"], None, 1)),
         run(10_000, 100, 0.0, server(&[], None, 1)),
         run(1000, 1000, 0.1, server(&[], None, 1)),
+        FanoutArgs { via_client: true, ..run(100, 1000, 0.0, server(&[], None, 1)) },
     ];
     for fanout_args in plan {
-        eprintln!("fanout S={} R={} slow={}", fanout_args.subscribers, fanout_args.rate, fanout_args.slow);
+        eprintln!(
+            "fanout S={} R={} slow={}{}",
+            fanout_args.subscribers,
+            fanout_args.rate,
+            fanout_args.slow,
+            if fanout_args.via_client { " via the client crate" } else { "" }
+        );
         results.push(fanout(&fanout_args).await?);
     }
     if let Some(url) = &args.redis_url {
@@ -479,11 +599,12 @@ pub async fn soak(args: &SoakArgs) -> Result<RunResult, String> {
     for worker in workers {
         let _ = worker.await;
     }
-    let (mut delivered, mut gapped) = (0u64, 0u64);
+    let (mut delivered, mut gapped, mut unreadable) = (0u64, 0u64, 0u64);
     for reader in healthy {
         let seen = reader.await.map_err(|e| e.to_string())?;
         delivered += seen.delivered;
         gapped += seen.gapped;
+        unreadable += seen.unreadable;
     }
     progress("");
     let expected = published * args.healthy as u64;
@@ -503,12 +624,17 @@ pub async fn soak(args: &SoakArgs) -> Result<RunResult, String> {
         server_peak_rss_mib: max / 1024.0,
         churn_connections: churned.load(Ordering::Relaxed),
         rss_trend_kib_per_min: trend,
-        notes: format!("RSS {:.1} → {:.1} MiB (max {:.1})", first / 1024.0, last / 1024.0, max / 1024.0),
+        notes: with_unreadable(format!("RSS {:.1} → {:.1} MiB (max {:.1})", first / 1024.0, last / 1024.0, max / 1024.0), unreadable),
         ..RunResult::default()
     })
 }
 
 /// Share of the missing messages that gap notices announced (100 when none is missing).
+/// Notes, plus a warning when subscribers got frames they could not read.
+fn with_unreadable(notes: String, unreadable: u64) -> String {
+    if unreadable == 0 { notes } else { format!("{notes} {unreadable} UNREADABLE FRAMES (counted as loss)").trim_start().to_owned() }
+}
+
 fn accounted_for(missing: u64, gapped: u64) -> f64 {
     if missing == 0 { 100.0 } else { gapped.min(missing) as f64 * 100.0 / missing as f64 }
 }

@@ -12,13 +12,15 @@
 //!   and authenticated connects per second.
 //! - `suite`: the default runs, as one table.
 //!
-//! Subscribers are plain WebSocket readers that decode frames with the protocol crate
-//! and count seqs and gap notices, so the figures describe the server, not a client's
-//! recovery logic. Everything targets 127.0.0.1 and stops by itself.
+//! Subscribers are plain WebSocket readers that read each frame's seqs, timestamps and
+//! gap notices, so the figures describe the server, not a client's recovery logic;
+//! `--via-client` subscribes through the native client crate instead (one suite run
+//! does). Everything targets 127.0.0.1 and stops by itself.
 
 mod load;
 mod process;
 mod report;
+mod scan;
 
 use std::time::Duration;
 
@@ -94,8 +96,13 @@ pub struct FanoutArgs {
     #[arg(long, short = 'd', default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Fraction of subscribers that stop reading (slow consumers).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, conflicts_with = "via_client")]
     pub slow: f64,
+    /// Subscribe through the native client crate (`tidewire_client::native`) instead
+    /// of plain WebSocket readers: the figures then include the client's decoding,
+    /// ordering and gap recovery, and loss is what recovery could not repair.
+    #[arg(long)]
+    pub via_client: bool,
     #[command(flatten)]
     pub server: ServerArgs,
 }

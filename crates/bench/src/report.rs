@@ -45,8 +45,9 @@ fn rows(results: &[RunResult]) {
     }
     for r in results.iter().filter(|r| r.name == "idle") {
         println!(
-            "idle: {} subscribed connections, {:.2} KiB server RSS per connection, {:.0} authenticated connects/s ({})",
-            r.subscribers, r.rss_per_connection_kib, r.connects_per_second, r.notes
+            "idle: {} subscribed connections, {:.2} KiB server RSS per connection, {:.0} authenticated connects/s \
+             (server {:.2} CPU-s, load generator {:.2} CPU-s; {})",
+            r.subscribers, r.rss_per_connection_kib, r.connects_per_second, r.server_cpu_seconds, r.loadgen_cpu_seconds, r.notes
         );
     }
 }

@@ -60,19 +60,38 @@ pub struct Position {
 
 /// A message waiting to be framed: a publication (with its position) or a control
 /// message (without one).
+///
+/// Fan-out clones one per subscriber, so a clone is a single reference-count increment
+/// on the publication's own allocation. Cloning the message and its channel name
+/// separately cost two, and the channel name's count, shared by every publication in
+/// flight, was incremented by the publishing thread while the connections' threads
+/// decremented it: at a million deliveries a second that cache line bouncing between
+/// cores was the fan-out loop's largest cost.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outbound {
-    pub message: EncodedMessage,
-    pub position: Option<Position>,
+pub struct Outbound(Arc<Queued>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct Queued {
+    message: EncodedMessage,
+    position: Option<Position>,
 }
 
 impl Outbound {
     pub fn control(message: EncodedMessage) -> Outbound {
-        Outbound { message, position: None }
+        Outbound(Arc::new(Queued { message, position: None }))
     }
 
     pub fn publication(message: EncodedMessage, position: Position) -> Outbound {
-        Outbound { message, position: Some(position) }
+        Outbound(Arc::new(Queued { message, position: Some(position) }))
+    }
+
+    pub fn message(&self) -> &EncodedMessage {
+        &self.0.message
+    }
+
+    /// The channel position; `None` for control messages.
+    pub fn position(&self) -> Option<&Position> {
+        self.0.position.as_ref()
     }
 }
 
@@ -117,7 +136,7 @@ impl Dropped {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadyFrame {
     pub gaps: Vec<Gap>,
-    pub messages: Vec<EncodedMessage>,
+    pub messages: Vec<Outbound>,
 }
 
 impl ReadyFrame {
@@ -133,16 +152,11 @@ impl ReadyFrame {
     /// The frame's JSON text; `timestamp` stamps the gap notices.
     pub fn encode(&self, timestamp: Timestamp) -> String {
         if self.gaps.is_empty() {
-            return encode_frame(&self.messages);
+            return encode_frame(self.messages.iter().map(Outbound::message));
         }
-        let notices: Vec<EncodedMessage> = self
-            .gaps
-            .iter()
-            .filter_map(|gap| {
-                EncodedMessage::encode(&ServerMessage::Control(Control::Gap(gap.notice(timestamp)))).ok()
-            })
-            .collect();
-        encode_frame(notices.iter().chain(&self.messages))
+        let notices: Vec<EncodedMessage> =
+            self.gaps.iter().filter_map(|gap| EncodedMessage::encode(&ServerMessage::Control(Control::Gap(gap.notice(timestamp)))).ok()).collect();
+        encode_frame(notices.iter().chain(self.messages.iter().map(Outbound::message)))
     }
 }
 
@@ -153,13 +167,17 @@ pub struct Batcher {
     queue: VecDeque<Outbound>,
     /// Publications in `queue` (control messages are not counted or dropped).
     publications: usize,
+    /// Publications in `queue` with a key. Below two, none can supersede another, and
+    /// an overflowing push skips the search for one: a client that stopped reading
+    /// overflows on every push, so that search ran per message per slow subscriber.
+    keyed: usize,
     gaps: Vec<Gap>,
     last_frame_at: Option<Duration>,
 }
 
 impl Batcher {
     pub fn new(config: BatchConfig) -> Batcher {
-        Batcher { config, queue: VecDeque::new(), publications: 0, gaps: Vec::new(), last_frame_at: None }
+        Batcher { config, queue: VecDeque::new(), publications: 0, keyed: 0, gaps: Vec::new(), last_frame_at: None }
     }
 
     pub fn config(&self) -> &BatchConfig {
@@ -179,21 +197,25 @@ impl Batcher {
     /// Queues a message; when that overflows the queue, drops per the module rules and
     /// says what it dropped.
     pub fn push(&mut self, outbound: Outbound) -> Dropped {
-        if outbound.position.is_some() {
-            self.publications += 1;
-        }
+        self.count(&outbound, 1);
         self.queue.push_back(outbound);
         let mut dropped = Dropped::default();
         while self.publications > self.config.capacity() {
-            let (index, reason) = match self.oldest_superseded() {
+            let superseded = if self.keyed >= 2 { self.oldest_superseded() } else { None };
+            let (index, reason) = match superseded {
                 Some(index) => (index, GapReason::Superseded),
-                None => match self.queue.iter().position(|o| o.position.is_some()) {
+                None => match self.queue.iter().position(|o| o.position().is_some()) {
                     Some(index) => (index, GapReason::Overflow),
                     None => break,
                 },
             };
-            let Some(Outbound { position: Some(position), .. }) = self.queue.remove(index) else { break };
-            self.publications -= 1;
+            let Some(removed) = self.queue.remove(index) else {
+                break;
+            };
+            self.count(&removed, -1);
+            let Some(position) = removed.position().cloned() else {
+                break;
+            };
             self.record_gap(position, reason);
             match reason {
                 GapReason::Superseded => dropped.superseded += 1,
@@ -203,13 +225,25 @@ impl Batcher {
         dropped
     }
 
+    /// Keeps the publication counts as `outbound` joins (+1) or leaves (-1) the queue.
+    fn count(&mut self, outbound: &Outbound, delta: isize) {
+        if let Some(position) = outbound.position() {
+            self.publications = self.publications.saturating_add_signed(delta);
+            if position.key.is_some() {
+                self.keyed = self.keyed.saturating_add_signed(delta);
+            }
+        }
+    }
+
     /// The oldest keyed publication that a newer queued one with the same channel and
     /// key makes redundant.
     fn oldest_superseded(&self) -> Option<usize> {
         let mut newer: HashSet<(&str, &str)> = HashSet::new();
         let mut oldest = None;
         for (index, outbound) in self.queue.iter().enumerate().rev() {
-            let Some(Position { channel, key: Some(key), .. }) = &outbound.position else { continue };
+            let Some(Position { channel, key: Some(key), .. }) = outbound.position() else {
+                continue;
+            };
             if !newer.insert((channel, key)) {
                 oldest = Some(index);
             }
@@ -240,6 +274,13 @@ impl Batcher {
         })
     }
 
+    /// The earliest moment the next frame may go, whether or not anything waits yet:
+    /// one interval after the last frame (zero before the first). A driver that looks
+    /// again at this moment sees anything queued in between without being woken for it.
+    pub fn pacing_until(&self) -> Duration {
+        self.last_frame_at.map_or(Duration::ZERO, |last| last + self.config.interval)
+    }
+
     /// The next frame, if one is due at `now`.
     pub fn poll_frame(&mut self, now: Duration) -> Option<ReadyFrame> {
         if self.poll_timeout()? > now {
@@ -250,11 +291,9 @@ impl Batcher {
         let gaps: Vec<Gap> = self.gaps.drain(..gap_count).collect();
         let take = (max - gaps.len()).min(self.queue.len());
         let mut messages = Vec::with_capacity(take);
-        for outbound in self.queue.drain(..take) {
-            if outbound.position.is_some() {
-                self.publications -= 1;
-            }
-            messages.push(outbound.message);
+        messages.extend(self.queue.drain(..take));
+        for outbound in &messages {
+            self.count(outbound, -1);
         }
         self.last_frame_at = Some(now);
         Some(ReadyFrame { gaps, messages })
@@ -279,11 +318,7 @@ mod tests {
     }
 
     fn seqs(frame: &ReadyFrame) -> Vec<u64> {
-        frame
-            .messages
-            .iter()
-            .filter_map(|m| serde_json::from_str::<serde_json::Value>(m.as_str()).ok()?["seq"].as_u64())
-            .collect()
+        frame.messages.iter().filter_map(|m| serde_json::from_str::<serde_json::Value>(m.message().as_str()).ok()?["seq"].as_u64()).collect()
     }
 
     fn small(max_batch: usize, max_queued_batches: usize) -> Batcher {
@@ -294,10 +329,13 @@ mod tests {
     fn first_message_goes_at_once_then_frames_wait_for_the_interval() {
         let mut b = Batcher::new(BatchConfig::default());
         assert_eq!(b.poll_timeout(), None);
+        assert_eq!(b.pacing_until(), Duration::ZERO);
         b.push(publication("a", 1, None));
         assert_eq!(b.poll_timeout(), Some(Duration::ZERO));
         let frame = b.poll_frame(ms(100)).unwrap();
         assert_eq!(seqs(&frame), vec![1]);
+        assert_eq!(b.poll_timeout(), None, "nothing waits");
+        assert_eq!(b.pacing_until(), ms(116), "but the next frame may not go before 116");
         b.push(publication("a", 2, None));
         b.push(publication("a", 3, None));
         assert_eq!(b.poll_timeout(), Some(ms(116)));
@@ -372,9 +410,9 @@ mod tests {
         let frame = b.poll_frame(ms(0)).unwrap();
         assert_eq!(frame.gaps.len(), 1);
         assert_eq!(frame.messages.len(), 1);
-        assert!(frame.messages[0].as_str().contains("\"n\":1"));
+        assert!(frame.messages[0].message().as_str().contains("\"n\":1"));
         let frame = b.poll_frame(ms(16)).unwrap();
-        assert!(frame.messages[0].as_str().contains("\"n\":2"));
+        assert!(frame.messages[0].message().as_str().contains("\"n\":2"));
         assert_eq!(seqs(&frame), vec![2]);
     }
 

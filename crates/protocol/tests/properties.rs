@@ -195,7 +195,7 @@ proptest! {
                     }
                 }
                 for message in &frame.messages {
-                    let v: Value = serde_json::from_str(message.as_str()).unwrap();
+                    let v: Value = serde_json::from_str(message.message().as_str()).unwrap();
                     let channel = v["channel"].as_str().unwrap().to_owned();
                     let seq = v["seq"].as_u64().unwrap();
                     if let Some(prev) = last.insert(channel.clone(), seq) {

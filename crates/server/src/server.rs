@@ -81,6 +81,11 @@ pub async fn serve_app(
             () = &mut stop_accepting => break,
         };
         let _ = stream.set_nodelay(true);
+        if hub.config().send_buffer > 0 {
+            if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(hub.config().send_buffer) {
+                tracing::debug!(%peer, "cannot set the send buffer size: {e}");
+            }
+        }
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));

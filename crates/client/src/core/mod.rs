@@ -892,7 +892,7 @@ impl ClientCore {
         let Link::Connected(transport) = self.link else { return };
         while let Some(frame) = self.publishes.poll_frame(self.now) {
             for message in frame.messages {
-                self.push(Action::Send { transport, text: message.as_str().to_owned() });
+                self.push(Action::Send { transport, text: message.message().as_str().to_owned() });
             }
         }
     }

@@ -10,13 +10,18 @@
 mod commands;
 pub mod session;
 
+use std::future::Future;
+
+use futures_util::Sink;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use tidewire_protocol::command::Subscribe;
 use tidewire_protocol::message::{Connected, Heartbeat};
 use tidewire_protocol::{CloseCode, Control, ErrorCode, PROTOCOL_VERSION};
-use tokio::time::timeout;
+use tokio::time::{Sleep, timeout};
 
 use crate::auth::{AuthError, Grant};
 use crate::hub::{now_timestamp, Hub};
@@ -28,13 +33,66 @@ use session::{Next, Session};
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves one upgraded WebSocket until it closes.
-pub async fn serve(
-    mut socket: WebSocket,
+///
+/// This future lives as long as the connection, in every idle connection's task, so
+/// its size is memory per connection: the rare paths (refusal, the closing handshake)
+/// are boxed rather than laid out inside it.
+pub fn serve(
+    socket: WebSocket,
     hub: Hub,
     auth: Result<Grant, AuthError>,
     channels: Vec<String>,
     address: Option<std::net::IpAddr>,
-) {
+) -> impl Future<Output = ()> + Send {
+    // Decided before the future exists, and everything the future needs is used where
+    // it was captured (never moved into a second local), so each is stored once.
+    let mut admitted = admit(&hub, auth, address);
+    let mut socket = socket;
+    async move {
+        let session = match &mut admitted {
+            Ok(session) => session,
+            Err((code, reason)) => {
+                Box::pin(close(&hub, &mut socket, *code, reason)).await;
+                return;
+            }
+        };
+        tracing::info!(
+            connection = session.id(),
+            user = %session.grant.user,
+            total = hub.connection_count(),
+            "client connected"
+        );
+        session.send(Control::Connected(Connected {
+            timestamp: now_timestamp(),
+            connection_id: hub.connection_label(session.id()),
+            user_id: session.grant.user.clone(),
+            version: PROTOCOL_VERSION,
+            heartbeat_interval_ms: hub.config().heartbeat_interval.as_millis().try_into().unwrap_or(u64::MAX),
+            expires_at: Some(session.grant.expires_at_timestamp()),
+            limits: hub.config().limits(),
+        }));
+        if !channels.is_empty() {
+            session.on_subscribe(Subscribe { id: None, channels, since: None });
+        }
+        let (code, reason) = run(session, &mut socket).await;
+        session.leave_all();
+        if let Some(code) = code {
+            Box::pin(close(&hub, &mut socket, code, &reason)).await;
+        }
+        tracing::info!(
+            connection = session.id(),
+            user = %session.grant.user,
+            code = code.map(|c| c.0),
+            reason,
+            total = hub.connection_count().saturating_sub(1),
+            "client disconnected"
+        );
+    }
+}
+
+/// The session for an authenticated connection within the limits, or the close code
+/// and reason that refuse it.
+fn admit(hub: &Hub, auth: Result<Grant, AuthError>, address: Option<std::net::IpAddr>) -> Result<Session, (CloseCode, String)> {
     let grant = match auth {
         Ok(grant) => grant,
         Err(error) => {
@@ -45,51 +103,17 @@ pub async fn serve(
             };
             hub.metrics().auth_failures.get_or_create(&ErrorLabel { code: error.code().as_str() }).inc();
             tracing::info!(code = %error.code(), "refused connection: {error}");
-            close(&hub, &mut socket, code, &error.to_string()).await;
-            return;
+            return Err((code, error.to_string()));
         }
     };
     if hub.is_draining() {
-        close(&hub, &mut socket, CloseCode::SERVICE_RESTART, "node is shutting down").await;
-        return;
+        return Err((CloseCode::SERVICE_RESTART, "node is shutting down".to_owned()));
     }
     let Some(slot) = hub.admit(&grant.user, address) else {
         tracing::warn!(user = %grant.user, "connection limit reached");
-        close(&hub, &mut socket, CloseCode::TRY_AGAIN_LATER, "connection limit reached").await;
-        return;
+        return Err((CloseCode::TRY_AGAIN_LATER, "connection limit reached".to_owned()));
     };
-    let mut session = Session::new(hub.clone(), slot, grant);
-    tracing::info!(
-        connection = session.id(),
-        user = %session.grant.user,
-        total = hub.connection_count(),
-        "client connected"
-    );
-    session.send(Control::Connected(Connected {
-        timestamp: now_timestamp(),
-        connection_id: hub.connection_label(session.id()),
-        user_id: session.grant.user.clone(),
-        version: PROTOCOL_VERSION,
-        heartbeat_interval_ms: hub.config().heartbeat_interval.as_millis().try_into().unwrap_or(u64::MAX),
-        expires_at: Some(session.grant.expires_at_timestamp()),
-        limits: hub.config().limits(),
-    }));
-    if !channels.is_empty() {
-        session.on_subscribe(Subscribe { id: None, channels, since: None });
-    }
-    let (code, reason) = run(&mut session, &mut socket).await;
-    session.leave_all();
-    if let Some(code) = code {
-        close(&hub, &mut socket, code, &reason).await;
-    }
-    tracing::info!(
-        connection = session.id(),
-        user = %session.grant.user,
-        code = code.map(|c| c.0),
-        reason,
-        total = hub.connection_count().saturating_sub(1),
-        "client disconnected"
-    );
+    Ok(Session::new(hub.clone(), slot, grant))
 }
 
 /// The loop; returns the close code to send (`None` when the client closed or vanished)
@@ -103,23 +127,25 @@ async fn run(session: &mut Session, socket: &mut WebSocket) -> (Option<CloseCode
     let mut next_ping = last_write + config.heartbeat_interval;
     let mut awaiting_pong: Option<Instant> = None;
     let mut drain_at: Option<Instant> = None;
-    // One timer, reset each round, rather than a new one per wake-up.
+    // One timer, reset each round, and one registration with the shutdown signal,
+    // rather than new ones per wake-up: at fan-out rates a connection wakes about 60
+    // times a second, and registering with the shutdown signal takes a lock that every
+    // connection shares.
     let sleep = tokio::time::sleep_until(last_write.into());
-    tokio::pin!(sleep);
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(sleep, cancelled);
 
     loop {
         let now = Instant::now();
         let token_deadline = now + session.grant.time_left(SystemTime::now());
         let mut deadline = next_ping.min(last_write + config.heartbeat_interval).min(token_deadline);
-        if let Some(at) = outbox.next_frame_at() {
-            deadline = deadline.min(at);
-        }
         if let Some(sent) = awaiting_pong {
             deadline = deadline.min(sent + config.pong_timeout);
         }
         if let Some(at) = drain_at {
             deadline = deadline.min(at);
         }
+        let deadline = outbox.plan_look(now, deadline);
 
         if sleep.deadline() != deadline.into() {
             sleep.as_mut().reset(deadline.into());
@@ -141,7 +167,7 @@ async fn run(session: &mut Session, socket: &mut WebSocket) -> (Option<CloseCode
                 Some(Ok(Message::Text(text))) => {
                     if let Next::Close(code, reason) = session.on_text(text.as_str()) {
                         // Let the client read the errors that explain the close.
-                        let _ = flush(session, socket, Instant::now(), true).await;
+                        let _ = flush(session, socket, sleep.as_mut(), Instant::now(), true).await;
                         return (Some(code), reason);
                     }
                 }
@@ -156,9 +182,9 @@ async fn run(session: &mut Session, socket: &mut WebSocket) -> (Option<CloseCode
                     return (None, format!("client closed ({code})"));
                 }
             },
-            _ = outbox.woken() => {}
+            () = std::future::poll_fn(|cx| outbox.poll_woken(cx)) => {}
             () = &mut sleep => {}
-            _ = shutdown.cancelled(), if drain_at.is_none() => {
+            () = &mut cancelled, if drain_at.is_none() => {
                 // Spread closes over the drain window so clients don't reconnect at once.
                 let offset = config.drain_window.mul_f64(fastrand::f64());
                 drain_at = Some(Instant::now() + offset);
@@ -167,13 +193,13 @@ async fn run(session: &mut Session, socket: &mut WebSocket) -> (Option<CloseCode
 
         let now = Instant::now();
         if drain_at.is_some_and(|at| now >= at) {
-            if flush(session, socket, now, true).await.is_err() {
+            if flush(session, socket, sleep.as_mut(), now, true).await.is_err() {
                 return slow_consumer(config);
             }
             return (Some(CloseCode::SERVICE_RESTART), "node is shutting down".to_owned());
         }
         if session.grant.time_left(SystemTime::now()).is_zero() {
-            let _ = flush(session, socket, now, true).await;
+            let _ = flush(session, socket, sleep.as_mut(), now, true).await;
             return (Some(CloseCode::TOKEN_EXPIRED), "token expired; reconnect with a new token".to_owned());
         }
         if awaiting_pong.is_some_and(|sent| now >= sent + config.pong_timeout) {
@@ -182,13 +208,13 @@ async fn run(session: &mut Session, socket: &mut WebSocket) -> (Option<CloseCode
         if now >= last_write + config.heartbeat_interval && outbox.next_frame_at().is_none() {
             session.send(Control::Heartbeat(Heartbeat { timestamp: now_timestamp() }));
         }
-        match flush(session, socket, now, false).await {
+        match flush(session, socket, sleep.as_mut(), now, false).await {
             Ok(0) => {}
             Ok(_) => last_write = Instant::now(),
             Err(()) => return slow_consumer(config),
         }
         if now >= next_ping {
-            if !write(socket, Message::Ping(Default::default()), config.write_timeout).await {
+            if !write(socket, Message::Ping(Default::default()), sleep.as_mut(), config.write_timeout).await {
                 return slow_consumer(config);
             }
             awaiting_pong.get_or_insert(now);
@@ -199,25 +225,10 @@ async fn run(session: &mut Session, socket: &mut WebSocket) -> (Option<CloseCode
 
 /// Writes the frames due at `now` (every waiting frame when `all`) and counts them; an
 /// error when a write timed out or failed.
-async fn flush(session: &Session, socket: &mut WebSocket, now: Instant, all: bool) -> Result<usize, ()> {
-    let hub = session.hub.clone();
-    let write_timeout = hub.config().write_timeout;
+async fn flush(session: &Session, socket: &mut WebSocket, mut timer: Pin<&mut Sleep>, now: Instant, all: bool) -> Result<usize, ()> {
     let mut written = 0;
-    loop {
-        // Flushing everything means not waiting out the intervals: ask for each frame
-        // at the moment it would be due.
-        let due = if all { session.outbox.next_frame_at().map(|at| at.max(now)) } else { Some(now) };
-        let Some((frame, waited)) = due.and_then(|at| session.outbox.poll_frame(at)) else { break };
-        if !frame.gaps.is_empty() {
-            let dropped: u64 = frame.gaps.iter().map(|g| g.len()).sum();
-            tracing::warn!(connection = session.id(), user = %session.grant.user, dropped, "client buffer full, dropped messages");
-        }
-        let metrics = hub.metrics();
-        metrics.frames_sent.inc();
-        metrics.batch_size.observe(frame.len() as f64);
-        metrics.publish_to_write_seconds.observe(waited.as_secs_f64());
-        let text = frame.encode(now_timestamp());
-        if !write(socket, Message::Text(text.into()), write_timeout).await {
+    while let Some(text) = next_frame(session, now, all) {
+        if !write(socket, Message::Text(text.into()), timer.as_mut(), session.hub.config().write_timeout).await {
             return Err(());
         }
         written += 1;
@@ -228,8 +239,60 @@ async fn flush(session: &Session, socket: &mut WebSocket, now: Instant, all: boo
     Ok(written)
 }
 
-async fn write(socket: &mut WebSocket, message: Message, write_timeout: Duration) -> bool {
-    matches!(timeout(write_timeout, socket.send(message)).await, Ok(Ok(())))
+/// The next frame's text, counted in the metrics: the frame due at `now`, or with `all`
+/// the next waiting frame without waiting out the interval. (Kept out of [`flush`] so
+/// the frame is not part of every connection's future while a write is pending.)
+fn next_frame(session: &Session, now: Instant, all: bool) -> Option<String> {
+    let due = if all { session.outbox.next_frame_at()?.max(now) } else { now };
+    let (frame, waited) = session.outbox.poll_frame(due)?;
+    if !frame.gaps.is_empty() {
+        let dropped: u64 = frame.gaps.iter().map(|g| g.len()).sum();
+        tracing::warn!(connection = session.id(), user = %session.grant.user, dropped, "client buffer full, dropped messages");
+    }
+    let metrics = session.hub.metrics();
+    metrics.frames_sent.inc();
+    metrics.batch_size.observe(frame.len() as f64);
+    metrics.publish_to_write_seconds.observe(waited.as_secs_f64());
+    Some(frame.encode(now_timestamp()))
+}
+
+/// Sends one message; false when it failed or did not go out within `write_timeout`.
+///
+/// The connection's own timer measures the timeout, armed only when the socket pushes
+/// back: almost every write completes at once, and a timer per write (plus its space in
+/// every connection's future) would be paid for nothing. The loop re-arms the timer for
+/// its own deadline afterwards. The sink is driven by hand, rather than through a send
+/// future, for the same reason: this state is part of every connection's memory.
+fn write<'a>(socket: &'a mut WebSocket, message: Message, mut timer: Pin<&'a mut Sleep>, write_timeout: Duration) -> impl Future<Output = bool> + 'a {
+    let mut message = Some(message);
+    let mut armed = false;
+    std::future::poll_fn(move |cx| {
+        let sent = loop {
+            let Some(pending) = message.take() else {
+                break Pin::new(&mut *socket).poll_flush(cx);
+            };
+            match Pin::new(&mut *socket).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    if let Err(error) = Pin::new(&mut *socket).start_send(pending) {
+                        break Poll::Ready(Err(error));
+                    }
+                }
+                Poll::Ready(Err(error)) => break Poll::Ready(Err(error)),
+                Poll::Pending => {
+                    message = Some(pending);
+                    break Poll::Pending;
+                }
+            }
+        };
+        if let Poll::Ready(result) = sent {
+            return Poll::Ready(result.is_ok());
+        }
+        if !armed {
+            timer.as_mut().reset(tokio::time::Instant::now() + write_timeout);
+            armed = true;
+        }
+        timer.as_mut().poll(cx).map(|()| false)
+    })
 }
 
 fn slow_consumer(config: &crate::config::Config) -> (Option<CloseCode>, String) {
@@ -272,4 +335,21 @@ async fn close(hub: &Hub, socket: &mut WebSocket, code: CloseCode, detail: &str)
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    /// The size of the future an async fn returns, from the fn item alone.
+    fn future_size<F: FnOnce(A, B, C, D, E) -> Fut, A, B, C, D, E, Fut>(_: F) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every connection's task holds this future for its whole life, so its size is most
+    /// of the memory an idle connection costs (docs/performance.md). It was 2.3 KiB
+    /// before the rare paths were boxed and the write path stopped nesting futures.
+    #[test]
+    fn the_connection_future_stays_small() {
+        let size = future_size(super::serve);
+        assert!(size <= 1600, "the connection future grew to {size} bytes; keep rare paths boxed");
+    }
 }

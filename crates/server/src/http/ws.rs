@@ -65,7 +65,7 @@ pub async fn upgrade(
     ws.protocols([PROTOCOL_NAME])
         .max_message_size(config.max_message_bytes)
         .max_frame_size(config.max_message_bytes)
-        .read_buffer_size(1024)
+        .read_buffer_size(256)
         .write_buffer_size(0)
         .on_upgrade(move |socket| connection::serve(socket, hub, auth, channels, peer.map(|Extension(ConnectInfo(a))| a.ip())))
 }

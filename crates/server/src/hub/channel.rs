@@ -18,18 +18,26 @@ use super::outbox::Outbox;
 /// A publication kept for recovery and snapshots.
 #[derive(Debug, Clone)]
 pub struct Stored {
-    pub seq: u64,
     pub at: Instant,
-    pub message: EncodedMessage,
-    pub key: Option<Arc<str>>,
+    /// The publication as subscribers queue it: one shared allocation for all of them.
+    pub outbound: Outbound,
 }
 
 impl Stored {
-    fn outbound(&self, channel: &Arc<str>) -> Outbound {
-        Outbound::publication(
-            self.message.clone(),
-            Position { channel: channel.clone(), seq: self.seq, key: self.key.clone() },
-        )
+    pub fn new(channel: &Arc<str>, seq: u64, key: Option<Arc<str>>, message: EncodedMessage, at: Instant) -> Stored {
+        Stored { at, outbound: Outbound::publication(message, Position { channel: channel.clone(), seq, key }) }
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.outbound.position().map_or(0, |p| p.seq)
+    }
+
+    pub fn key(&self) -> Option<&Arc<str>> {
+        self.outbound.position().and_then(|p| p.key.as_ref())
+    }
+
+    pub fn message(&self) -> &EncodedMessage {
+        self.outbound.message()
     }
 }
 
@@ -80,16 +88,16 @@ impl Channel {
 
     /// Records a publication at `head + 1` and fans it out; returns what the fan-out cost.
     pub fn publish(&mut self, stored: Stored, history_size: usize) -> (usize, Dropped) {
-        debug_assert_eq!(stored.seq, self.head + 1);
-        self.head = stored.seq;
+        debug_assert_eq!(stored.seq(), self.head + 1);
+        self.head = stored.seq();
         let mut dropped = Dropped::default();
         for outbox in self.subscribers.values() {
-            let d = outbox.push(stored.outbound(&self.name));
+            let d = outbox.push(stored.outbound.clone());
             dropped.superseded += d.superseded;
             dropped.overflow += d.overflow;
         }
         let delivered = self.subscribers.len();
-        if let Some(key) = &stored.key {
+        if let Some(key) = stored.key() {
             self.latest.insert(key.clone(), stored.clone());
         }
         if history_size > 0 {
@@ -121,19 +129,19 @@ impl Channel {
         if missing > max as u64 {
             return None;
         }
-        let first = self.history.front()?.seq;
+        let first = self.history.front()?.seq();
         if first > since + 1 {
             return None;
         }
         let skip = usize::try_from(since + 1 - first).ok()?;
-        Some(self.history.iter().skip(skip).map(|s| s.outbound(&self.name)).collect())
+        Some(self.history.iter().skip(skip).map(|s| s.outbound.clone()).collect())
     }
 
     /// The latest value per key, oldest first, marked as snapshot messages.
     pub fn snapshot(&self) -> Vec<EncodedMessage> {
         let mut latest: Vec<&Stored> = self.latest.values().collect();
-        latest.sort_by_key(|s| s.seq);
-        latest.into_iter().map(|s| s.message.marked_as_snapshot()).collect()
+        latest.sort_by_key(|s| s.seq());
+        latest.into_iter().map(|s| s.message().marked_as_snapshot()).collect()
     }
 
     pub fn add(&mut self, connection: u64, outbox: Arc<Outbox>) -> bool {

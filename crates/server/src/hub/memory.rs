@@ -96,7 +96,8 @@ impl MemoryEngine {
         }
         let now = Instant::now();
         channel.expire(now, config.history_ttl);
-        let (delivered, dropped) = channel.publish(Stored { seq, at: now, message, key }, config.history_size);
+        let stored = Stored::new(&channel.name, seq, key, message, now);
+        let (delivered, dropped) = channel.publish(stored, config.history_size);
         self.shared.metrics.delivered.inc_by(delivered as u64);
         self.shared.count_drops(dropped);
         Ok(Accepted { channel: channel.name.to_string(), seq })

@@ -2,19 +2,29 @@
 //! picks frames up.
 //!
 //! The fan-out must never wait for a client, so pushing is a short, synchronous lock
-//! around the protocol crate's [`Batcher`] and a wake-up; the batcher decides what to
-//! drop when the client falls behind. The lock is never held across an await.
+//! around the protocol crate's [`Batcher`] and, rarely, a wake-up; the batcher decides
+//! what to drop when the client falls behind. The lock is never held across an await.
+//!
+//! Wake-ups are what fan-out costs most at high rates (a task switch per subscriber), so
+//! the connection tells the outbox when it will look again ([`Outbox::plan_look`]) and a
+//! push wakes it only when that is later than the new message's frame is due. A busy
+//! connection looks again one batch interval after each frame, so pushes in between
+//! never wake it: one wake-up per frame, not per message.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures_util::task::AtomicWaker;
 use tidewire_protocol::batch::{BatchConfig, Batcher, Dropped, Outbound, ReadyFrame};
-use tokio::sync::Notify;
 
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
-    wake: Notify,
+    /// The connection's waker, and whether a push asked for it since the last look.
+    waker: AtomicWaker,
+    woken: AtomicBool,
     /// The batcher's clock origin.
     origin: Instant,
 }
@@ -24,13 +34,26 @@ struct State {
     batcher: Batcher,
     /// When the oldest message now waiting was queued (for the latency metric).
     waiting_since: Option<Instant>,
+    /// When the connection will look at the outbox next, whether woken or not.
+    looks_at: Option<Instant>,
+}
+
+impl State {
+    /// Whether the connection will look in time for the frame now waiting.
+    fn will_look_in_time(&self, origin: Instant) -> bool {
+        match (self.looks_at, self.batcher.poll_timeout()) {
+            (Some(looks_at), Some(due)) => looks_at <= origin + due,
+            _ => false,
+        }
+    }
 }
 
 impl Outbox {
     pub fn new(config: BatchConfig) -> Outbox {
         Outbox {
-            state: Mutex::new(State { batcher: Batcher::new(config), waiting_since: None }),
-            wake: Notify::new(),
+            state: Mutex::new(State { batcher: Batcher::new(config), waiting_since: None, looks_at: None }),
+            waker: AtomicWaker::new(),
+            woken: AtomicBool::new(false),
             origin: Instant::now(),
         }
     }
@@ -41,21 +64,21 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues a message and, when the outbox was empty, wakes the connection. Never
+    /// Queues a message and wakes the connection if it would not look in time. Never
     /// blocks on the client.
     ///
-    /// A connection whose outbox already holds messages is asleep until its next frame
-    /// is due (it armed that timer), so waking it again would only cost a task switch
-    /// per message per subscriber, which at fan-out rates is most of the work.
+    /// A connection whose outbox already held messages has planned to look when their
+    /// frame is due, so only a push into an empty outbox may need a wake-up.
     pub fn push(&self, outbound: Outbound) -> Dropped {
-        let (dropped, was_empty) = {
+        let (dropped, wake) = {
             let mut state = self.lock();
             let was_empty = state.waiting_since.is_none();
             state.waiting_since.get_or_insert_with(Instant::now);
-            (state.batcher.push(outbound), was_empty)
+            let dropped = state.batcher.push(outbound);
+            (dropped, was_empty && !state.will_look_in_time(self.origin))
         };
-        if was_empty {
-            self.wake.notify_one();
+        if wake {
+            self.wake();
         }
         dropped
     }
@@ -63,7 +86,7 @@ impl Outbox {
     /// Queues several messages under one lock (a subscription's replay or snapshot).
     pub fn push_all(&self, outbounds: impl IntoIterator<Item = Outbound>) -> Dropped {
         let mut total = Dropped::default();
-        let was_empty = {
+        let wake = {
             let mut state = self.lock();
             let was_empty = state.waiting_since.is_none();
             state.waiting_since.get_or_insert_with(Instant::now);
@@ -72,10 +95,10 @@ impl Outbox {
                 total.superseded += dropped.superseded;
                 total.overflow += dropped.overflow;
             }
-            was_empty
+            was_empty && !state.will_look_in_time(self.origin)
         };
-        if was_empty {
-            self.wake.notify_one();
+        if wake {
+            self.wake();
         }
         total
     }
@@ -94,8 +117,34 @@ impl Outbox {
         self.lock().batcher.poll_timeout().map(|at| self.origin + at)
     }
 
-    /// Resolves when something was pushed since the last call.
-    pub async fn woken(&self) {
-        self.wake.notified().await;
+    /// When the connection, which would otherwise sleep until `deadline`, must look at
+    /// the outbox next: when the waiting frame is due, or, with nothing waiting, when
+    /// the batch interval since the last frame ends (whatever arrives by then goes in one
+    /// frame without a wake-up). The connection must look no later than the returned
+    /// moment; until then, pushes that it will see in time don't wake it.
+    pub fn plan_look(&self, now: Instant, deadline: Instant) -> Instant {
+        let mut state = self.lock();
+        let frame_at = match state.batcher.poll_timeout() {
+            Some(due) => Some(self.origin + due),
+            None => Some(self.origin + state.batcher.pacing_until()).filter(|&at| at > now),
+        };
+        let look = frame_at.map_or(deadline, |at| at.min(deadline));
+        state.looks_at = Some(look);
+        look
+    }
+
+    fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready when a push needed the connection to look before it planned to. Polling
+    /// registers the connection's waker; it holds no lock and no registration to undo.
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.woken.swap(false, Ordering::AcqRel) { Poll::Ready(()) } else { Poll::Pending }
     }
 }

@@ -581,11 +581,11 @@ impl Actor {
 
     /// Fans out one publication to the subscribers whose start is before it.
     fn fan_out(&mut self, seq: u64, key: Option<Arc<str>>, message: EncodedMessage) {
-        let position = Position { channel: self.channel.clone(), seq, key };
+        let outbound = Outbound::publication(message, Position { channel: self.channel.clone(), seq, key });
         let mut delivered = 0;
         for (outbox, start) in self.subscribers.values() {
             if seq > *start {
-                let dropped = outbox.push(Outbound::publication(message.clone(), position.clone()));
+                let dropped = outbox.push(outbound.clone());
                 self.engine.shared.count_drops(dropped);
                 delivered += 1;
             }

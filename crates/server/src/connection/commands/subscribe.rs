@@ -35,7 +35,7 @@ pub fn apply(session: &mut Session, command: Subscribe) -> Next {
         let since = command.since.as_ref().and_then(|since| since.get(channel));
         session.hub.subscribe(session.id(), &session.outbox, channel, since, id);
         if !already {
-            session.subscriptions.insert(channel.as_str().into());
+            session.subscriptions.insert(channel);
             tracing::debug!(connection = session.id(), user = %session.grant.user, %channel, "subscribed");
         }
     }
