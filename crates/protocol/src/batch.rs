@@ -400,6 +400,30 @@ mod tests {
     }
 
     #[test]
+    fn conflation_still_applies_after_frames_and_drops_take_keyed_messages_out() {
+        let mut b = small(2, 2);
+        // Keyed messages leave the queue in a frame and through overflow; the count of
+        // keyed messages that decides whether to look for superseded ones must follow.
+        b.push(publication("lp", 1, Some("OANDA")));
+        b.push(publication("lp", 2, None));
+        assert_eq!(seqs(&b.poll_frame(ms(0)).unwrap()), vec![1, 2]);
+        for seq in 3..=6 {
+            b.push(publication("lp", seq, None));
+        }
+        assert_eq!(b.push(publication("lp", 7, Some("OANDA"))), Dropped { superseded: 0, overflow: 1 });
+        assert_eq!(b.push(publication("lp", 8, Some("OANDA"))), Dropped { superseded: 1, overflow: 0 }, "7 is superseded by 8");
+        assert_eq!(b.push(publication("lp", 9, None)), Dropped { superseded: 0, overflow: 1 });
+        let frame = b.poll_frame(ms(16)).unwrap();
+        assert_eq!(
+            frame.gaps,
+            vec![
+                Gap { channel: "lp".into(), from: 3, to: 4, reason: GapReason::Overflow },
+                Gap { channel: "lp".into(), from: 7, to: 7, reason: GapReason::Superseded },
+            ]
+        );
+    }
+
+    #[test]
     fn control_messages_are_never_dropped_or_reordered() {
         let mut b = small(2, 1);
         b.push(control(1));

@@ -148,3 +148,93 @@ impl Outbox {
         if self.woken.swap(false, Ordering::AcqRel) { Poll::Ready(()) } else { Poll::Pending }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    use tidewire_protocol::EncodedMessage;
+    use tidewire_protocol::batch::Position;
+
+    use super::*;
+
+    /// Counts wake-ups.
+    struct Counter(AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn publication(seq: u64) -> Outbound {
+        let message = EncodedMessage::encode(&serde_json::json!({"type": "t", "seq": seq})).unwrap();
+        Outbound::publication(message, Position { channel: "c".into(), seq, key: None })
+    }
+
+    /// Polls `woken` with the counting waker: true when it was ready.
+    fn woken(outbox: &Outbox, counter: &Arc<Counter>) -> bool {
+        let waker = std::task::Waker::from(counter.clone());
+        outbox.poll_woken(&mut Context::from_waker(&waker)).is_ready()
+    }
+
+    #[test]
+    fn pushes_wake_the_connection_only_when_it_would_not_look_in_time() {
+        let interval = Duration::from_millis(16);
+        let outbox = Outbox::new(BatchConfig { interval, ..BatchConfig::default() });
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let wakes = || counter.0.load(Ordering::SeqCst);
+        let start = outbox.origin;
+        let far = start + Duration::from_secs(25);
+
+        // Idle: the connection sleeps until its own deadline, so a push must wake it.
+        assert_eq!(outbox.plan_look(start, far), far);
+        assert!(!woken(&outbox, &counter));
+        outbox.push(publication(1));
+        assert_eq!(wakes(), 1);
+        assert!(woken(&outbox, &counter));
+
+        // It sends the frame and plans to look again when the next may go.
+        assert_eq!(outbox.poll_frame(start).map(|(frame, _)| frame.len()), Some(1));
+        let next = start + interval;
+        assert_eq!(outbox.plan_look(start, far), next);
+        assert!(!woken(&outbox, &counter));
+
+        // Pushes before then are seen in time without a wake-up.
+        outbox.push(publication(2));
+        outbox.push(publication(3));
+        assert_eq!(wakes(), 1, "no wake-up within the interval");
+        assert!(!woken(&outbox, &counter));
+        assert_eq!(outbox.plan_look(start + Duration::from_millis(5), far), next);
+        assert_eq!(outbox.poll_frame(next).map(|(frame, _)| frame.len()), Some(2));
+
+        // Once the interval has passed with nothing waiting, it sleeps again and a push
+        // wakes it.
+        let later = next + interval * 2;
+        assert_eq!(outbox.plan_look(later, far), far);
+        outbox.push(publication(4));
+        assert_eq!(wakes(), 2);
+        assert!(woken(&outbox, &counter));
+    }
+
+    #[test]
+    fn a_connection_that_planned_an_earlier_look_is_not_woken() {
+        let outbox = Outbox::new(BatchConfig::default());
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let start = outbox.origin;
+        // A ping is due in 1 ms: the connection will look then anyway.
+        outbox.plan_look(start, start + Duration::from_millis(1));
+        assert!(!woken(&outbox, &counter));
+        outbox.push(publication(1));
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "the frame is due at once, before the planned look");
+        assert!(woken(&outbox, &counter));
+        // With the next frame not due before the planned look, no wake-up.
+        outbox.poll_frame(start);
+        outbox.plan_look(start, start + Duration::from_millis(1));
+        assert!(!woken(&outbox, &counter));
+        outbox.push(publication(2));
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+    }
+}
