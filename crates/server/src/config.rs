@@ -163,7 +163,7 @@ pub struct Config {
     /// kernel's autotuning (up to 4 MiB on Linux). It bounds the kernel memory a client
     /// that stops reading can hold, and how soon it is noticed: writes block once the
     /// buffer is full, and then the write timeout runs. 256 KiB carries 2.5 MB/s to a
-    /// client 100 ms away.
+    /// client 100 ms away. The kernel caps it at `net.core.wmem_max`.
     #[arg(long, env = "TIDEWIRE_SEND_BUFFER", default_value_t = 256 * 1024)]
     pub send_buffer: usize,
 

@@ -213,7 +213,8 @@ fn healthcheck(url: &str) -> ExitCode {
 }
 
 /// With glibc's allocator, keeps all threads' allocations in one arena, unless the
-/// operator chose otherwise with `MALLOC_ARENA_MAX`.
+/// operator chose otherwise (`MALLOC_ARENA_MAX`, or `glibc.malloc.arena_max` in
+/// `GLIBC_TUNABLES`). Measured on two cores; on many cores, one arena may contend.
 ///
 /// Fan-out allocates on one runtime thread what another frees (a publication queued by
 /// the publisher's thread, framed and released by each connection's). glibc's default of
@@ -222,7 +223,9 @@ fn healthcheck(url: &str) -> ExitCode {
 /// difference in CPU at a million deliveries a second (docs/performance.md).
 fn use_one_malloc_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none()
+        && !std::env::var("GLIBC_TUNABLES").is_ok_and(|tunables| tunables.contains("arena_max"))
+    {
         // SAFETY: mallopt only adjusts allocator parameters; it is called before the
         // runtime starts its threads.
         unsafe {

@@ -9,7 +9,8 @@
 //! the connection tells the outbox when it will look again ([`Outbox::plan_look`]) and a
 //! push wakes it only when that is later than the new message's frame is due. A busy
 //! connection looks again one batch interval after each frame, so pushes in between
-//! never wake it: one wake-up per frame, not per message.
+//! never wake it: one wake-up per frame, not per message. A quiet one is woken by each
+//! push instead: one wake-up per message, not two.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +37,9 @@ struct State {
     waiting_since: Option<Instant>,
     /// When the connection will look at the outbox next, whether woken or not.
     looks_at: Option<Instant>,
+    /// Whether the last push into the empty outbox came while the batch interval since
+    /// the previous frame was still running (see [`Outbox::push_with_clock`]).
+    dense: bool,
 }
 
 impl State {
@@ -51,7 +55,7 @@ impl State {
 impl Outbox {
     pub fn new(config: BatchConfig) -> Outbox {
         Outbox {
-            state: Mutex::new(State { batcher: Batcher::new(config), waiting_since: None, looks_at: None }),
+            state: Mutex::new(State { batcher: Batcher::new(config), waiting_since: None, looks_at: None, dense: false }),
             waker: AtomicWaker::new(),
             woken: AtomicBool::new(false),
             origin: Instant::now(),
@@ -66,36 +70,44 @@ impl Outbox {
 
     /// Queues a message and wakes the connection if it would not look in time. Never
     /// blocks on the client.
-    ///
-    /// A connection whose outbox already held messages has planned to look when their
-    /// frame is due, so only a push into an empty outbox may need a wake-up.
     pub fn push(&self, outbound: Outbound) -> Dropped {
-        let (dropped, wake) = {
-            let mut state = self.lock();
-            let was_empty = state.waiting_since.is_none();
-            state.waiting_since.get_or_insert_with(Instant::now);
-            let dropped = state.batcher.push(outbound);
-            (dropped, was_empty && !state.will_look_in_time(self.origin))
-        };
-        if wake {
-            self.wake();
-        }
-        dropped
+        self.push_with_clock([outbound], Instant::now)
     }
 
     /// Queues several messages under one lock (a subscription's replay or snapshot).
     pub fn push_all(&self, outbounds: impl IntoIterator<Item = Outbound>) -> Dropped {
+        self.push_with_clock(outbounds, Instant::now)
+    }
+
+    /// [`Outbox::push_all`], reading the clock only when the outbox was empty (the hot
+    /// path pushes into outboxes that already wait for a frame).
+    ///
+    /// A connection whose outbox already held messages has planned to look when their
+    /// frame is due, so only a push into an empty outbox may need a wake-up. That push
+    /// also tells whether traffic is dense: when the frame it starts cannot go yet (a
+    /// frame went out less than an interval ago), more is likely to follow within an
+    /// interval of each frame, and the connection plans a look one interval after each
+    /// frame instead of being woken for each message.
+    fn push_with_clock(&self, outbounds: impl IntoIterator<Item = Outbound>, clock: impl FnOnce() -> Instant) -> Dropped {
         let mut total = Dropped::default();
         let wake = {
             let mut state = self.lock();
             let was_empty = state.waiting_since.is_none();
-            state.waiting_since.get_or_insert_with(Instant::now);
+            let now = was_empty.then(clock);
             for outbound in outbounds {
                 let dropped = state.batcher.push(outbound);
                 total.superseded += dropped.superseded;
                 total.overflow += dropped.overflow;
             }
-            was_empty && !state.will_look_in_time(self.origin)
+            match now {
+                Some(now) if !state.batcher.is_empty() => {
+                    state.waiting_since = Some(now);
+                    let due = state.batcher.poll_timeout().map(|d| self.origin + d);
+                    state.dense = due.is_some_and(|due| due > now);
+                    !state.will_look_in_time(self.origin)
+                }
+                _ => false,
+            }
         };
         if wake {
             self.wake();
@@ -118,15 +130,18 @@ impl Outbox {
     }
 
     /// When the connection, which would otherwise sleep until `deadline`, must look at
-    /// the outbox next: when the waiting frame is due, or, with nothing waiting, when
-    /// the batch interval since the last frame ends (whatever arrives by then goes in one
-    /// frame without a wake-up). The connection must look no later than the returned
-    /// moment; until then, pushes that it will see in time don't wake it.
+    /// the outbox next: when the waiting frame is due, or, with nothing waiting and dense
+    /// traffic, when the batch interval since the last frame ends (whatever arrives by
+    /// then goes in one frame without a wake-up; with sparse traffic that look would
+    /// mostly find nothing, so a push wakes the connection instead). The connection must
+    /// look no later than the returned moment; until then, pushes that it will see in
+    /// time don't wake it.
     pub fn plan_look(&self, now: Instant, deadline: Instant) -> Instant {
         let mut state = self.lock();
         let frame_at = match state.batcher.poll_timeout() {
             Some(due) => Some(self.origin + due),
-            None => Some(self.origin + state.batcher.pacing_until()).filter(|&at| at > now),
+            None if state.dense => Some(self.origin + state.batcher.pacing_until()).filter(|&at| at > now),
+            None => None,
         };
         let look = frame_at.map_or(deadline, |at| at.min(deadline));
         state.looks_at = Some(look);
@@ -180,43 +195,76 @@ mod tests {
         outbox.poll_woken(&mut Context::from_waker(&waker)).is_ready()
     }
 
+    /// Pushes one publication as if at `at`.
+    fn push_at(outbox: &Outbox, seq: u64, at: Instant) {
+        outbox.push_with_clock([publication(seq)], || at);
+    }
+
     #[test]
-    fn pushes_wake_the_connection_only_when_it_would_not_look_in_time() {
+    fn dense_traffic_wakes_the_connection_once_per_frame() {
         let interval = Duration::from_millis(16);
         let outbox = Outbox::new(BatchConfig { interval, ..BatchConfig::default() });
         let counter = Arc::new(Counter(AtomicUsize::new(0)));
         let wakes = || counter.0.load(Ordering::SeqCst);
         let start = outbox.origin;
-        let far = start + Duration::from_secs(25);
+        let ms = |n: u64| start + Duration::from_millis(n);
+        let far = ms(25_000);
 
         // Idle: the connection sleeps until its own deadline, so a push must wake it.
         assert_eq!(outbox.plan_look(start, far), far);
         assert!(!woken(&outbox, &counter));
-        outbox.push(publication(1));
+        push_at(&outbox, 1, start);
         assert_eq!(wakes(), 1);
         assert!(woken(&outbox, &counter));
-
-        // It sends the frame and plans to look again when the next may go.
         assert_eq!(outbox.poll_frame(start).map(|(frame, _)| frame.len()), Some(1));
-        let next = start + interval;
-        assert_eq!(outbox.plan_look(start, far), next);
+        assert_eq!(outbox.plan_look(start, far), far, "one message alone says nothing of what follows");
         assert!(!woken(&outbox, &counter));
 
-        // Pushes before then are seen in time without a wake-up.
-        outbox.push(publication(2));
-        outbox.push(publication(3));
-        assert_eq!(wakes(), 1, "no wake-up within the interval");
-        assert!(!woken(&outbox, &counter));
-        assert_eq!(outbox.plan_look(start + Duration::from_millis(5), far), next);
-        assert_eq!(outbox.poll_frame(next).map(|(frame, _)| frame.len()), Some(2));
-
-        // Once the interval has passed with nothing waiting, it sleeps again and a push
-        // wakes it.
-        let later = next + interval * 2;
-        assert_eq!(outbox.plan_look(later, far), far);
-        outbox.push(publication(4));
+        // A message within the interval cannot go at once: traffic is dense. It wakes
+        // the connection (which planned to sleep), which plans to look when it is due.
+        push_at(&outbox, 2, ms(5));
         assert_eq!(wakes(), 2);
         assert!(woken(&outbox, &counter));
+        assert_eq!(outbox.plan_look(ms(5), far), ms(16));
+        push_at(&outbox, 3, ms(9));
+        assert_eq!(wakes(), 2, "the connection looks at 16 anyway");
+        assert_eq!(outbox.poll_frame(ms(16)).map(|(frame, _)| frame.len()), Some(2));
+
+        // From now on it looks one interval after each frame, and pushes in between never
+        // wake it.
+        assert_eq!(outbox.plan_look(ms(16), far), ms(32));
+        push_at(&outbox, 4, ms(20));
+        push_at(&outbox, 5, ms(30));
+        assert_eq!(wakes(), 2);
+        assert!(!woken(&outbox, &counter));
+        assert_eq!(outbox.plan_look(ms(30), far), ms(32));
+        assert_eq!(outbox.poll_frame(ms(32)).map(|(frame, _)| frame.len()), Some(2));
+
+        // When the traffic stops, one look finds nothing and the connection sleeps again;
+        // the next push wakes it.
+        assert_eq!(outbox.plan_look(ms(32), far), ms(48));
+        assert_eq!(outbox.poll_frame(ms(48)).map(|(frame, _)| frame.len()), None);
+        assert_eq!(outbox.plan_look(ms(48), far), far);
+        push_at(&outbox, 6, ms(500));
+        assert_eq!(wakes(), 3);
+    }
+
+    #[test]
+    fn sparse_traffic_wakes_the_connection_once_per_message() {
+        let outbox = Outbox::new(BatchConfig::default());
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let start = outbox.origin;
+        let far = start + Duration::from_secs(25);
+        for (seq, at_ms) in [(1, 0), (2, 100), (3, 250), (4, 400)] {
+            let at = start + Duration::from_millis(at_ms);
+            assert_eq!(outbox.plan_look(at, far), far, "no look planned between messages");
+            assert!(!woken(&outbox, &counter));
+            push_at(&outbox, seq, at);
+            assert_eq!(counter.0.load(Ordering::SeqCst), seq as usize);
+            assert!(woken(&outbox, &counter));
+            assert!(outbox.plan_look(at, far) <= at, "due at once");
+            assert!(outbox.poll_frame(at).is_some());
+        }
     }
 
     #[test]
@@ -224,17 +272,18 @@ mod tests {
         let outbox = Outbox::new(BatchConfig::default());
         let counter = Arc::new(Counter(AtomicUsize::new(0)));
         let start = outbox.origin;
+        let soon = start + Duration::from_millis(1);
         // A ping is due in 1 ms: the connection will look then anyway.
-        outbox.plan_look(start, start + Duration::from_millis(1));
+        outbox.plan_look(start, soon);
         assert!(!woken(&outbox, &counter));
-        outbox.push(publication(1));
+        push_at(&outbox, 1, start);
         assert_eq!(counter.0.load(Ordering::SeqCst), 1, "the frame is due at once, before the planned look");
         assert!(woken(&outbox, &counter));
         // With the next frame not due before the planned look, no wake-up.
         outbox.poll_frame(start);
-        outbox.plan_look(start, start + Duration::from_millis(1));
+        outbox.plan_look(start, soon);
         assert!(!woken(&outbox, &counter));
-        outbox.push(publication(2));
+        push_at(&outbox, 2, start);
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
     }
 }
