@@ -72,12 +72,7 @@ fn ensure_musl_gcc() -> Result<(), String> {
     if output("musl-gcc", &["--version"]).is_some() || output("which", &["musl-gcc"]).is_some() {
         return Ok(());
     }
-    if output("id", &["-u"]).map(|u| u.trim() == "0") != Some(true) {
-        return Err("musl-gcc is missing: install the package `musl-tools` (as root), then run again".to_owned());
-    }
-    println!("    installing musl-tools (apt-get)");
-    process::run(&crate::root(), "apt-get", &["update", "-qq"])?;
-    process::run_with_env(&crate::root(), "apt-get", &["install", "-y", "-qq", "musl-tools"], &[("DEBIAN_FRONTEND", "noninteractive")])
+    crate::tools::apt_install("musl-gcc", &["musl-tools"])
 }
 
 fn probe(binary: &std::path::Path, listen: &str, child: &mut std::process::Child) -> Result<(), String> {

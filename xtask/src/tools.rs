@@ -47,6 +47,20 @@ pub fn wasm_bindgen() -> Result<(PathBuf, PathBuf), String> {
     Ok((cli, runner))
 }
 
+/// Installs Debian packages with apt-get when run as root; otherwise says which to
+/// install, naming the `missing` tool.
+pub fn apt_install(missing: &str, packages: &[&str]) -> Result<(), String> {
+    let list = packages.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(" and ");
+    if output("id", &["-u"]).map(|u| u.trim() == "0") != Some(true) {
+        return Err(format!("{missing} is missing: install the package(s) {list} (as root), then run again"));
+    }
+    println!("    installing {} (apt-get)", packages.join(" and "));
+    process::run(&crate::root(), "apt-get", &["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq"];
+    args.extend_from_slice(packages);
+    process::run_with_env(&crate::root(), "apt-get", &args, &[("DEBIAN_FRONTEND", "noninteractive")])
+}
+
 /// Chromium and ChromeDriver, installed from the system's packages when missing.
 pub fn chromium() -> Result<(PathBuf, PathBuf), String> {
     let browser = Path::new("/usr/bin/chromium");
@@ -54,17 +68,7 @@ pub fn chromium() -> Result<(PathBuf, PathBuf), String> {
     if browser.exists() && driver.exists() {
         return Ok((browser.to_path_buf(), driver.to_path_buf()));
     }
-    if output("id", &["-u"]).map(|u| u.trim() == "0") != Some(true) {
-        return Err("Chromium is missing: install the packages `chromium` and `chromium-driver` (as root), then run again".to_owned());
-    }
-    println!("    installing chromium and chromium-driver (apt-get)");
-    process::run(&crate::root(), "apt-get", &["update", "-qq"])?;
-    process::run_with_env(
-        &crate::root(),
-        "apt-get",
-        &["install", "-y", "-qq", "chromium", "chromium-driver"],
-        &[("DEBIAN_FRONTEND", "noninteractive")],
-    )?;
+    apt_install("Chromium", &["chromium", "chromium-driver"])?;
     if browser.exists() && driver.exists() {
         Ok((browser.to_path_buf(), driver.to_path_buf()))
     } else {

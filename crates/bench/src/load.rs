@@ -90,6 +90,37 @@ struct Seen {
     histogram: Option<Histogram<u64>>,
 }
 
+impl Seen {
+    fn sampling() -> Seen {
+        Seen { histogram: Histogram::new_with_bounds(1, 60_000_000, 3).ok(), ..Seen::default() }
+    }
+
+    fn record_latency(&mut self, timestamp: &str) -> bool {
+        match (self.histogram.as_mut(), Timestamp::parse(timestamp)) {
+            (Some(histogram), Ok(ts)) => {
+                let _ = histogram.record((now_micros() - ts.unix_micros()).max(1) as u64);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// What all `readers` saw, together.
+    async fn total(readers: Vec<tokio::task::JoinHandle<Seen>>) -> Result<Seen, String> {
+        let mut total = Seen::sampling();
+        for reader in readers {
+            let seen = reader.await.map_err(|e| e.to_string())?;
+            total.delivered += seen.delivered;
+            total.gapped += seen.gapped;
+            total.unreadable += seen.unreadable;
+            if let (Some(all), Some(one)) = (total.histogram.as_mut(), seen.histogram) {
+                let _ = all.add(one);
+            }
+        }
+        Ok(total)
+    }
+}
+
 /// The subscribers' read buffer. tungstenite's default (128 KiB) is zeroed on every read,
 /// which made that the load generator's largest cost; frames here are a few KiB.
 const READ_BUFFER: usize = 4 * 1024;
@@ -132,7 +163,7 @@ async fn connect(port: u16, token: &str, channel: &str, small_buffer: bool) -> R
 
 /// Reads until `stop`, counting seqs and gap notices and sampling latency.
 async fn read(mut ws: tokio_tungstenite::WebSocketStream<TcpStream>, mut stop: watch::Receiver<bool>) -> Seen {
-    let mut seen = Seen { histogram: Histogram::new_with_bounds(1, 60_000_000, 3).ok(), ..Seen::default() };
+    let mut seen = Seen::sampling();
     loop {
         let message = tokio::select! {
             message = ws.next() => message,
@@ -155,9 +186,7 @@ async fn read(mut ws: tokio_tungstenite::WebSocketStream<TcpStream>, mut stop: w
                 Item::Publication { seq, timestamp } => {
                     seen.delivered += 1;
                     if seq % SAMPLE_EVERY == 0 {
-                        if let (Some(histogram), Ok(ts)) = (seen.histogram.as_mut(), Timestamp::parse(timestamp)) {
-                            let _ = histogram.record((now_micros() - ts.unix_micros()).max(1) as u64);
-                        }
+                        seen.record_latency(timestamp);
                     }
                 }
             }
@@ -251,21 +280,13 @@ async fn connect_clients(
     stop: &watch::Receiver<bool>,
 ) -> Result<Vec<tokio::task::JoinHandle<Seen>>, String> {
     let tok = token("bench-subscriber", false);
-    let mut readers = Vec::with_capacity(count);
-    while readers.len() < count {
-        let batch: Vec<_> = (readers.len()..(readers.len() + 250).min(count))
-            .map(|i| {
-                let url = format!("ws://127.0.0.1:{}/ws", nodes[i % nodes.len()].port);
-                let (tok, channel) = (tok.clone(), channel.to_owned());
-                tokio::spawn(async move { subscribe_client(&url, &tok, &channel).await })
-            })
-            .collect();
-        for joined in futures_util::future::join_all(batch).await {
-            let (client, subscription) = joined.map_err(|e| e.to_string())??;
-            readers.push(tokio::spawn(read_client(client, subscription, stop.clone())));
-        }
-        progress(&format!("  connecting clients: {}/{count}", readers.len()));
-    }
+    let clients = in_batches(count, 250, "connecting clients", |i| {
+        let url = format!("ws://127.0.0.1:{}/ws", nodes[i % nodes.len()].port);
+        let (tok, channel) = (tok.clone(), channel.to_owned());
+        async move { subscribe_client(&url, &tok, &channel).await }
+    })
+    .await?;
+    let readers = clients.into_iter().map(|(client, subscription)| tokio::spawn(read_client(client, subscription, stop.clone()))).collect();
     Ok(readers)
 }
 
@@ -291,7 +312,7 @@ async fn subscribe_client(url: &str, token: &str, channel: &str) -> Result<(Clie
 /// Counts what a client delivers. The client closes gaps itself (it recovers with
 /// `since`), so anything missing at the end is loss that recovery could not repair.
 async fn read_client(client: Client, mut subscription: Subscription, mut stop: watch::Receiver<bool>) -> Seen {
-    let mut seen = Seen { histogram: Histogram::new_with_bounds(1, 60_000_000, 3).ok(), ..Seen::default() };
+    let mut seen = Seen::sampling();
     loop {
         let item = tokio::select! {
             item = subscription.next() => item,
@@ -300,13 +321,8 @@ async fn read_client(client: Client, mut subscription: Subscription, mut stop: w
         match item {
             Some(ClientItem::Message(delivery)) => {
                 seen.delivered += 1;
-                if delivery.seq % SAMPLE_EVERY == 0 {
-                    match (seen.histogram.as_mut(), message_timestamp(&delivery.json).map(Timestamp::parse)) {
-                        (Some(histogram), Some(Ok(ts))) => {
-                            let _ = histogram.record((now_micros() - ts.unix_micros()).max(1) as u64);
-                        }
-                        _ => seen.unreadable += 1,
-                    }
+                if delivery.seq % SAMPLE_EVERY == 0 && !message_timestamp(&delivery.json).is_some_and(|ts| seen.record_latency(ts)) {
+                    seen.unreadable += 1;
                 }
             }
             Some(ClientItem::Event(_)) => {}
@@ -331,6 +347,25 @@ async fn start_nodes(server: &ServerArgs) -> Result<Vec<Node>, String> {
     Ok(nodes)
 }
 
+/// Runs `count` connects, `batch` at a time, each in its own task (so they spread over
+/// the runtime's threads), reporting progress as `label`; the first failure stops it.
+async fn in_batches<T, F, Fut>(count: usize, batch: usize, label: &str, connect: F) -> Result<Vec<T>, String>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>> + Send + 'static,
+{
+    let mut done = Vec::with_capacity(count);
+    while done.len() < count {
+        let tasks: Vec<_> = (done.len()..(done.len() + batch).min(count)).map(|i| tokio::spawn(connect(i))).collect();
+        for joined in futures_util::future::join_all(tasks).await {
+            done.push(joined.map_err(|e| e.to_string())??);
+        }
+        progress(&format!("  {label}: {}/{count}", done.len()));
+    }
+    Ok(done)
+}
+
 fn progress(line: &str) {
     eprint!("\r\x1b[2K{line}");
     let _ = std::io::stderr().flush();
@@ -345,33 +380,23 @@ pub async fn fanout(args: &FanoutArgs) -> Result<RunResult, String> {
 
     // Subscribers, spread over the nodes, connected a few hundred at a time.
     let mut readers = Vec::with_capacity(fast_count);
+    let mut stalled = Vec::with_capacity(slow_count);
     if args.via_client {
         readers = connect_clients(&nodes, args.subscribers, channel, &stopped).await?;
-    }
-    let mut stalled = Vec::with_capacity(slow_count);
-    let tok = token("bench-subscriber", false);
-    let mut connected = readers.len();
-    while connected < args.subscribers {
-        let batch: Vec<_> = (connected..(connected + 250).min(args.subscribers))
-            .map(|i| {
-                let port = nodes[i % nodes.len()].port;
-                let slow = i >= fast_count;
-                let tok = tok.clone();
-                let channel = channel.to_owned();
-                tokio::spawn(async move { (slow, connect(port, &tok, &channel, slow).await) })
-            })
-            .collect();
-        for joined in futures_util::future::join_all(batch).await {
-            let (slow, ws) = joined.map_err(|e| e.to_string())?;
-            let ws = ws?;
+    } else {
+        let tok = token("bench-subscriber", false);
+        let sockets = in_batches(args.subscribers, 250, "connecting subscribers", |i| {
+            let (port, slow, tok) = (nodes[i % nodes.len()].port, i >= fast_count, tok.clone());
+            async move { connect(port, &tok, channel, slow).await.map(|ws| (slow, ws)) }
+        })
+        .await?;
+        for (slow, ws) in sockets {
             if slow {
                 stalled.push(ws);
             } else {
                 readers.push(tokio::spawn(read(ws, stopped.clone())));
             }
-            connected += 1;
         }
-        progress(&format!("  connecting subscribers: {connected}/{}", args.subscribers));
     }
 
     // Publish and watch.
@@ -403,17 +428,8 @@ pub async fn fanout(args: &FanoutArgs) -> Result<RunResult, String> {
     let _ = stop.send(true);
     drop(stalled);
 
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
-    let (mut delivered, mut gapped, mut unreadable) = (0u64, 0u64, 0u64);
-    for reader in readers {
-        let seen = reader.await.map_err(|e| e.to_string())?;
-        delivered += seen.delivered;
-        gapped += seen.gapped;
-        unreadable += seen.unreadable;
-        if let Some(h) = seen.histogram {
-            let _ = histogram.add(h);
-        }
-    }
+    let Seen { delivered, gapped, unreadable, histogram } = Seen::total(readers).await?;
+    let histogram = histogram.ok_or("cannot make a latency histogram")?;
     progress("");
     let expected = published * fast_count as u64;
     let missing = expected.saturating_sub(delivered);
@@ -458,25 +474,18 @@ pub async fn idle(args: &IdleArgs) -> Result<RunResult, String> {
     let cpu_before = node.cpu_seconds();
     let own_before = own_cpu_seconds();
     let started = Instant::now();
-    let mut sockets = Vec::with_capacity(args.connections);
-    while sockets.len() < args.connections {
-        let batch: Vec<_> = (sockets.len()..(sockets.len() + 500).min(args.connections))
-            .map(|_| {
-                let tok = tok.clone();
-                let port = node.port;
-                tokio::spawn(async move { connect(port, &tok, "idle", false).await })
-            })
-            .collect();
-        for ws in futures_util::future::join_all(batch).await {
-            sockets.push(ws.map_err(|e| e.to_string())??);
-        }
-        progress(&format!("  connected {}/{}", sockets.len(), args.connections));
-    }
+    let sockets = in_batches(args.connections, 500, "connected", |_| {
+        let (port, tok) = (node.port, tok.clone());
+        async move { connect(port, &tok, "idle", false).await }
+    })
+    .await?;
     let connect_seconds = started.elapsed().as_secs_f64();
     let server_cpu = node.cpu_seconds() - cpu_before;
     let own_cpu = own_cpu_seconds() - own_before;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (after, peak) = node.rss_kib();
+    // Open until measured.
+    drop(sockets);
     progress("");
     Ok(RunResult {
         name: "idle".to_owned(),
@@ -600,13 +609,7 @@ pub async fn soak(args: &SoakArgs) -> Result<RunResult, String> {
     for worker in workers {
         let _ = worker.await;
     }
-    let (mut delivered, mut gapped, mut unreadable) = (0u64, 0u64, 0u64);
-    for reader in healthy {
-        let seen = reader.await.map_err(|e| e.to_string())?;
-        delivered += seen.delivered;
-        gapped += seen.gapped;
-        unreadable += seen.unreadable;
-    }
+    let Seen { delivered, gapped, unreadable, .. } = Seen::total(healthy).await?;
     progress("");
     let expected = published * args.healthy as u64;
     let second_half: Vec<(f64, f64)> = samples.iter().copied().skip(samples.len() / 2).collect();

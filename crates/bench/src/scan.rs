@@ -27,7 +27,7 @@ pub enum Item<'a> {
     Control,
 }
 
-const MESSAGE_START: &[u8] = br#"{"type":""#;
+const MESSAGE_START: &str = r#"{"type":""#;
 
 /// The messages of `frame`, or `None` when it is not shaped as tidewire writes frames.
 pub fn scan(frame: &str) -> Option<Vec<Item<'_>>> {
@@ -35,14 +35,11 @@ pub fn scan(frame: &str) -> Option<Vec<Item<'_>>> {
         return None;
     }
     let mut items = Vec::new();
-    for start in memmem::find_iter(frame.as_bytes(), MESSAGE_START) {
-        let mut cursor = Cursor(&frame[start + MESSAGE_START.len()..]);
-        let kind = cursor.until_quote()?;
-        cursor.expect(r#","timestamp":""#)?;
-        let timestamp = cursor.until_quote()?;
+    for start in memmem::find_iter(frame.as_bytes(), MESSAGE_START.as_bytes()) {
+        let mut cursor = Cursor(&frame[start..]);
+        let (kind, timestamp) = cursor.head()?;
         items.push(if kind == "gap" {
-            cursor.expect(r#","channel":""#)?;
-            cursor.until_quote()?;
+            cursor.channel()?;
             cursor.expect(r#","from":"#)?;
             let from = cursor.number()?;
             cursor.expect(r#","to":"#)?;
@@ -50,8 +47,7 @@ pub fn scan(frame: &str) -> Option<Vec<Item<'_>>> {
         } else if CONTROL_TYPES.contains(&kind) {
             Item::Control
         } else {
-            cursor.expect(r#","channel":""#)?;
-            cursor.until_quote()?;
+            cursor.channel()?;
             cursor.expect(r#","seq":"#)?;
             Item::Publication { seq: cursor.number()?, timestamp }
         });
@@ -61,10 +57,7 @@ pub fn scan(frame: &str) -> Option<Vec<Item<'_>>> {
 
 /// The `timestamp` of one encoded message (`{"type":…,"timestamp":…}`).
 pub fn message_timestamp(message: &str) -> Option<&str> {
-    let mut cursor = Cursor(message.strip_prefix(r#"{"type":""#)?);
-    cursor.until_quote()?;
-    cursor.expect(r#","timestamp":""#)?;
-    cursor.until_quote()
+    Cursor(message).head().map(|(_, timestamp)| timestamp)
 }
 
 /// Reads fields in the order tidewire writes them (channel names and timestamps never
@@ -72,6 +65,20 @@ pub fn message_timestamp(message: &str) -> Option<&str> {
 struct Cursor<'a>(&'a str);
 
 impl<'a> Cursor<'a> {
+    /// A message's `type` and `timestamp`, the first two fields of every message.
+    fn head(&mut self) -> Option<(&'a str, &'a str)> {
+        self.0 = self.0.strip_prefix(MESSAGE_START)?;
+        let kind = self.until_quote()?;
+        self.expect(r#","timestamp":""#)?;
+        Some((kind, self.until_quote()?))
+    }
+
+    /// Skips the `channel` field that follows the head of publications and gap notices.
+    fn channel(&mut self) -> Option<()> {
+        self.expect(r#","channel":""#)?;
+        self.until_quote().map(drop)
+    }
+
     fn expect(&mut self, literal: &str) -> Option<()> {
         self.0 = self.0.strip_prefix(literal)?;
         Some(())

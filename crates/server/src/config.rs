@@ -60,7 +60,7 @@ impl std::str::FromStr for PublishRateLimit {
     }
 }
 
-fn duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (write durations like 16ms, 25s, 5m)"))
 }
 

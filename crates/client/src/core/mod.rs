@@ -410,13 +410,17 @@ impl ClientCore {
         self.flush_publishes();
     }
 
-    /// Re-sends the subscribes (and recoveries) the server may have dropped unanswered.
+    /// Re-sends the subscribes, unsubscribes (and recoveries) the server may have
+    /// dropped unanswered.
     fn retry_pending(&mut self) {
         let Link::Connected(transport) = self.link else { return };
         let mut recover = Vec::new();
         for (channel, subscription) in &mut self.subscriptions {
-            if subscription.server == ServerSide::SubscribeSent {
-                subscription.server = ServerSide::None;
+            match subscription.server {
+                ServerSide::SubscribeSent => subscription.server = ServerSide::None,
+                // The server answers `unsubscribed` even when it had nothing to remove.
+                ServerSide::UnsubscribeSent => subscription.server = ServerSide::Subscribed,
+                ServerSide::None | ServerSide::Subscribed => {}
             }
             if subscription.recovering {
                 subscription.recovering = false;
@@ -719,8 +723,10 @@ impl ClientCore {
             "error" => {
                 let code = m.code.unwrap_or(ErrorCode::InternalError);
                 let message = m.message.map(|t| t.into_owned()).unwrap_or_default();
-                if code == ErrorCode::RateLimitExceeded {
-                    // The refused command is not named: re-send whatever is pending soon.
+                if code == ErrorCode::RateLimitExceeded && channel.is_empty() {
+                    // The command limiter's refusal names no command: re-send whatever is
+                    // pending soon. (A channel's publish limit names the channel, and
+                    // leaves subscriptions alone.)
                     self.retry_at.get_or_insert(self.now + Duration::from_secs(1));
                 }
                 let refusal = matches!(code, ErrorCode::Forbidden | ErrorCode::InvalidChannel | ErrorCode::TooManyChannels);

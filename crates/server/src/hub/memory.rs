@@ -56,16 +56,19 @@ impl MemoryEngine {
         }
     }
 
-    /// Drops `name` from the map when it is idle (nothing to lose), so subscribing to
-    /// random names cannot grow memory without bound.
-    fn forget_if_idle(&self, name: &str) {
+    /// Drops `channel` (locked by the caller as `locked`) from the map when it is idle
+    /// (nothing to lose), so subscribing to random names cannot grow memory without
+    /// bound. The channel's lock is taken before the map's, never the other way round,
+    /// so a busy channel never holds up lookups of the others.
+    fn forget_if_idle(&self, channel: &Arc<Mutex<Channel>>, locked: &mut Channel) {
+        locked.expire(Instant::now(), self.shared.config.history_ttl);
+        if !locked.is_idle() {
+            return;
+        }
+        locked.removed = true;
         let mut channels = lock(&self.channels);
-        let Some(channel) = channels.get(name).cloned() else { return };
-        let mut channel = lock(&channel);
-        channel.expire(Instant::now(), self.shared.config.history_ttl);
-        if channel.is_idle() {
-            channel.removed = true;
-            channels.remove(name);
+        if channels.get(&*locked.name).is_some_and(|mapped| Arc::ptr_eq(mapped, channel)) {
+            channels.remove(&*locked.name);
             self.shared.metrics.channels.set(channels.len() as i64);
         }
     }
@@ -154,13 +157,17 @@ impl Engine for MemoryEngine {
     }
 
     fn unsubscribe(&self, connection: u64, channel_name: &str, reply: Option<Reply>) -> bool {
-        let removed = match lock(&self.channels).get(channel_name).cloned() {
-            Some(channel) => lock(&channel).remove(connection),
-            None => false,
-        };
+        let found = lock(&self.channels).get(channel_name).cloned();
+        let removed = found.is_some_and(|channel| {
+            let mut locked = lock(&channel);
+            let removed = locked.remove(connection);
+            if removed {
+                self.forget_if_idle(&channel, &mut locked);
+            }
+            removed
+        });
         if removed {
             self.shared.metrics.subscriptions.dec();
-            self.forget_if_idle(channel_name);
         }
         if let Some((outbox, message)) = reply {
             outbox.push(Outbound::control(message));

@@ -308,13 +308,23 @@ impl EngineInner {
     /// Gives the channel a new epoch: its seqs went backwards (Redis restored an older
     /// snapshot, or failed over to a replica that was behind) while the epoch survived,
     /// so positions in the old epoch no longer name the same publications.
-    async fn rotate_epoch(&self, channel: &str) -> redis::RedisResult<String> {
+    /// Waits for Redis like the other actor steps: a channel left in the old epoch would
+    /// deliver nothing between the rolled-back head and the one it had seen.
+    async fn rotate_epoch(&self, channel: &str) -> String {
         let keys = Keys::new(&self.prefix, channel);
         let epoch = self.new_epoch();
-        let mut conn = self.conn.clone();
-        redis::cmd("SET").arg(&keys.epoch).arg(&epoch).query_async::<()>(&mut conn).await?;
+        loop {
+            let mut conn = self.conn.clone();
+            match redis::cmd("SET").arg(&keys.epoch).arg(&epoch).query_async::<()>(&mut conn).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::debug!(channel, "new epoch waits for the broker: {e}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
         tracing::warn!(channel, %epoch, "channel seqs went backwards: new epoch");
-        Ok(epoch)
+        epoch
     }
 
     /// Fetches `from..=to` from the stream; `None` when some of it is gone.
@@ -517,11 +527,9 @@ impl Actor {
         let mut start = start;
         let rolled_back = self.epoch.as_deref() == Some(start.epoch.as_str()) && start.head < self.head;
         if rolled_back {
-            if let Ok(epoch) = self.engine.rotate_epoch(&self.channel).await {
-                start.epoch = epoch;
-                start.recovered = false;
-                start.texts.clear();
-            }
+            start.epoch = self.engine.rotate_epoch(&self.channel).await;
+            start.recovered = false;
+            start.texts.clear();
         }
         let epoch: Arc<str> = start.epoch.as_str().into();
         if self.epoch.as_deref() != Some(&*epoch) {
@@ -637,9 +645,8 @@ impl Actor {
             return;
         }
         if range.head < self.head {
-            if let Ok(epoch) = self.engine.rotate_epoch(&self.channel).await {
-                self.epoch_changed(epoch.as_str().into(), range.head);
-            }
+            let epoch = self.engine.rotate_epoch(&self.channel).await;
+            self.epoch_changed(epoch.as_str().into(), range.head);
             return;
         }
         if range.head > self.head {

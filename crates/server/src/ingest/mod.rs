@@ -56,9 +56,9 @@ fn default_backoff_max() -> Duration {
 
 mod duration_text {
     use serde::{Deserialize, Deserializer};
+    /// Durations in the routing file read as on the command line (`100ms`, `30s`).
     pub fn parse<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+        crate::config::duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 

@@ -110,7 +110,7 @@ pub fn render(template: &str, event: &Map<String, Value>, key: &str) -> Result<S
 /// Routes one event. The publication still goes through the hub's validation (channel
 /// names, types, sizes), whose refusals are dead-lettered too.
 pub fn route(routes: &[Route], key: &str, payload: &[u8]) -> Result<NewPublication, Unroutable> {
-    let event: Map<String, Value> = match serde_json::from_slice(payload) {
+    let mut event: Map<String, Value> = match serde_json::from_slice(payload) {
         Ok(Value::Object(map)) => map,
         Ok(_) => return Err(Unroutable::NotJson("expected an object".to_owned())),
         Err(e) => return Err(Unroutable::NotJson(e.to_string())),
@@ -131,7 +131,7 @@ pub fn route(routes: &[Route], key: &str, payload: &[u8]) -> Result<NewPublicati
     };
     let publication_key = route.key.as_deref().map(|t| render(t, &event, key)).transpose()?;
     let data = match &route.data {
-        Some(field) => event.get(field).cloned().ok_or_else(|| Unroutable::MissingField(field.clone()))?,
+        Some(field) => event.remove(field).ok_or_else(|| Unroutable::MissingField(field.clone()))?,
         None => Value::Object(event),
     };
     Ok(NewPublication { channel, kind, data, key: publication_key })
