@@ -280,6 +280,30 @@ impl Drop for OwnNats {
     }
 }
 
+/// Publishes event `n` to JetStream, retrying until the stream exists and acknowledges it.
+async fn publish_to_jetstream(js: &async_nats::jetstream::Context, subject: &str, n: u32) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let sent = js.publish(format!("{subject}.strategy.found"), format!(r#"{{"type":"strategy.found","n":{n}}}"#).into()).await;
+        if let Ok(ack) = sent {
+            if ack.await.is_ok() {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "could not publish {n} to JetStream");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the source has created its stream.
+async fn stream_exists(js: &async_nats::jetstream::Context, stream: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while js.get_stream(stream).await.is_err() {
+        assert!(Instant::now() < deadline, "the JetStream source never created its stream");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_resumes_after_the_broker_restarts() {
     let mut own = OwnNats::start();
@@ -289,29 +313,9 @@ async fn jetstream_resumes_after_the_broker_restarts() {
     let mut strategies = listener(&server, "strategies").await;
     let client = nats(&own.url()).await;
     let js = async_nats::jetstream::new(client.clone());
-    let publish = |n: u32| {
-        let js = js.clone();
-        let subject = subject.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(15);
-            loop {
-                let sent = js.publish(format!("{subject}.strategy.found"), format!(r#"{{"type":"strategy.found","n":{n}}}"#).into()).await;
-                if let Ok(ack) = sent {
-                    if ack.await.is_ok() {
-                        return;
-                    }
-                }
-                assert!(Instant::now() < deadline, "could not publish {n} to JetStream");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
+    let publish = |n: u32| publish_to_jetstream(&js, &subject, n);
     // The source creates the stream; publish once it exists.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while js.get_stream("EVENTS").await.is_err() {
-        assert!(Instant::now() < deadline, "the JetStream source never created its stream");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stream_exists(&js, "EVENTS").await;
     for n in 0..5 {
         publish(n).await;
     }
@@ -332,4 +336,30 @@ async fn jetstream_resumes_after_the_broker_restarts() {
     }
     assert_eq!(seen, (0..10).collect::<Vec<_>>(), "reconnected and resumed, in order, nothing lost");
     assert_eq!(metric(&server, "published").await, 10);
+}
+
+/// A stream deleted and created again numbers its messages from 1 again; the source
+/// must not mistake the new stream's first messages for redeliveries of the old one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_delivers_from_a_stream_that_was_deleted_and_created_again() {
+    let (subject, stream) = (unique("jsre"), unique("STREAM"));
+    let server = TestServer::start().await;
+    ingest::start(&server.hub, nats_config(NATS_URL, &subject, "tidewire.dead", Some((&stream, "tidewire"))));
+    let mut strategies = listener(&server, "strategies").await;
+    let js = async_nats::jetstream::new(nats(NATS_URL).await);
+    stream_exists(&js, &stream).await;
+    let mut seen = Vec::new();
+    for n in 0..3 {
+        publish_to_jetstream(&js, &subject, n).await;
+        seen.push(strategies.expect_type("strategy.found").await["data"]["n"].as_u64().unwrap());
+    }
+    js.delete_stream(&stream).await.expect("delete the stream");
+    // The source's consumer went with the stream: it reconnects and creates both again,
+    // and the new stream's sequences start at 1.
+    for n in 3..6 {
+        publish_to_jetstream(&js, &subject, n).await;
+        seen.push(strategies.expect_type("strategy.found").await["data"]["n"].as_u64().unwrap());
+    }
+    assert_eq!(seen, (0..6).collect::<Vec<_>>(), "the recreated stream's events are published, not skipped");
+    let _ = js.delete_stream(&stream).await;
 }

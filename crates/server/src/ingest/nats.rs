@@ -93,6 +93,9 @@ async fn consume_jetstream(
     let stream = context
         .get_or_create_stream(jetstream::stream::Config { name: js.stream.clone(), subjects: vec![source.subject.clone()], ..Default::default() })
         .await?;
+    // A stream deleted and created again numbers its messages from 1 again: what this
+    // node published from the old one says nothing about the new one.
+    published.for_stream(stream.cached_info().created.unix_timestamp_nanos());
     let consumer: jetstream::consumer::Consumer<pull::Config> = stream
         .get_or_create_consumer(
             &js.durable,
@@ -131,15 +134,26 @@ async fn consume_jetstream(
     }
 }
 
-/// The last stream sequences published (bounded), to recognise redeliveries.
+/// The last stream sequences published (bounded), to recognise redeliveries, for one
+/// incarnation of the stream (its creation time).
 #[derive(Default)]
 struct Recent {
+    stream_created: Option<i128>,
     order: std::collections::VecDeque<u64>,
     set: std::collections::HashSet<u64>,
 }
 
 impl Recent {
     const KEEP: usize = 65_536;
+
+    /// Forgets every sequence when the stream is not the one they were published from.
+    fn for_stream(&mut self, created: i128) {
+        if self.stream_created != Some(created) {
+            self.stream_created = Some(created);
+            self.order.clear();
+            self.set.clear();
+        }
+    }
 
     fn insert(&mut self, sequence: u64) {
         if sequence == 0 || !self.set.insert(sequence) {
@@ -155,5 +169,32 @@ impl Recent {
 
     fn contains(&self, sequence: u64) -> bool {
         self.set.contains(&sequence)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Recent;
+
+    #[test]
+    fn recent_sequences_belong_to_one_incarnation_of_the_stream() {
+        let mut recent = Recent::default();
+        recent.for_stream(1);
+        recent.insert(1);
+        recent.insert(2);
+        recent.for_stream(1);
+        assert!(recent.contains(1) && recent.contains(2), "a reconnect to the same stream keeps them");
+        recent.for_stream(2);
+        assert!(!recent.contains(1) && !recent.contains(2), "a recreated stream starts over");
+    }
+
+    #[test]
+    fn recent_keeps_a_bounded_window() {
+        let mut recent = Recent::default();
+        for sequence in 1..=(Recent::KEEP as u64 + 10) {
+            recent.insert(sequence);
+        }
+        assert!(!recent.contains(10) && recent.contains(11) && recent.contains(Recent::KEEP as u64 + 10));
+        assert_eq!(recent.set.len(), Recent::KEEP);
     }
 }
