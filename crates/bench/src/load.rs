@@ -280,7 +280,7 @@ async fn connect_clients(
     stop: &watch::Receiver<bool>,
 ) -> Result<Vec<tokio::task::JoinHandle<Seen>>, String> {
     let tok = token("bench-subscriber", false);
-    let clients = in_batches(count, 250, "connecting clients", |i| {
+    let clients = concurrently(count, 250, "connecting clients", |i| {
         let url = format!("ws://127.0.0.1:{}/ws", nodes[i % nodes.len()].port);
         let (tok, channel) = (tok.clone(), channel.to_owned());
         async move { subscribe_client(&url, &tok, &channel).await }
@@ -347,21 +347,23 @@ async fn start_nodes(server: &ServerArgs) -> Result<Vec<Node>, String> {
     Ok(nodes)
 }
 
-/// Runs `count` connects, `batch` at a time, each in its own task (so they spread over
-/// the runtime's threads), reporting progress as `label`; the first failure stops it.
-async fn in_batches<T, F, Fut>(count: usize, batch: usize, label: &str, connect: F) -> Result<Vec<T>, String>
+/// Runs `count` connects with at most `in_flight` under way at once, each in its own
+/// task (so they spread over the runtime's threads), reporting progress as `label`; the
+/// first failure stops it. A sliding window rather than batches: waiting for a whole
+/// batch to finish left the cores idle while its slowest handshakes completed.
+async fn concurrently<T, F, Fut>(count: usize, in_flight: usize, label: &str, connect: F) -> Result<Vec<T>, String>
 where
     T: Send + 'static,
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Result<T, String>> + Send + 'static,
 {
     let mut done = Vec::with_capacity(count);
-    while done.len() < count {
-        let tasks: Vec<_> = (done.len()..(done.len() + batch).min(count)).map(|i| tokio::spawn(connect(i))).collect();
-        for joined in futures_util::future::join_all(tasks).await {
-            done.push(joined.map_err(|e| e.to_string())??);
+    let mut joined = futures_util::stream::iter(0..count).map(|i| tokio::spawn(connect(i))).buffered(in_flight);
+    while let Some(result) = joined.next().await {
+        done.push(result.map_err(|e| e.to_string())??);
+        if done.len() % 250 == 0 || done.len() == count {
+            progress(&format!("  {label}: {}/{count}", done.len()));
         }
-        progress(&format!("  {label}: {}/{count}", done.len()));
     }
     Ok(done)
 }
@@ -385,7 +387,7 @@ pub async fn fanout(args: &FanoutArgs) -> Result<RunResult, String> {
         readers = connect_clients(&nodes, args.subscribers, channel, &stopped).await?;
     } else {
         let tok = token("bench-subscriber", false);
-        let sockets = in_batches(args.subscribers, 250, "connecting subscribers", |i| {
+        let sockets = concurrently(args.subscribers, 250, "connecting subscribers", |i| {
             let (port, slow, tok) = (nodes[i % nodes.len()].port, i >= fast_count, tok.clone());
             async move { connect(port, &tok, channel, slow).await.map(|ws| (slow, ws)) }
         })
@@ -474,7 +476,7 @@ pub async fn idle(args: &IdleArgs) -> Result<RunResult, String> {
     let cpu_before = node.cpu_seconds();
     let own_before = own_cpu_seconds();
     let started = Instant::now();
-    let sockets = in_batches(args.connections, 500, "connected", |_| {
+    let sockets = concurrently(args.connections, 500, "connected", |_| {
         let (port, tok) = (node.port, tok.clone());
         async move { connect(port, &tok, "idle", false).await }
     })
