@@ -132,6 +132,10 @@ pub struct SuiteArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Each subscriber is an open file here as in the server: use what the hard limit allows.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("tidewire-bench: cannot raise the open-file limit: {e}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -103,6 +103,7 @@ const DEMO_SECRET: &str = "tidewire-demo-secret";
 fn serve(mut config: Config, demo_rate: Option<u32>) -> ExitCode {
     init_logging(config.log_format);
     use_one_malloc_arena();
+    raise_open_file_limit();
     if demo_rate.is_some() {
         if config.jwt_secret.is_none() {
             tracing::warn!("demo: no --jwt-secret given, using the built-in demo secret (never do this in production)");
@@ -209,6 +210,18 @@ fn healthcheck(url: &str) -> ExitCode {
             eprintln!("healthcheck: {url}: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: every connection is a file,
+/// and a soft limit of 1024 (a common default) would refuse connections long before
+/// memory or CPU run short. Going past the hard limit is the operator's decision
+/// (`ulimit -Hn`, `LimitNOFILE=`, the container runtime's `--ulimit nofile`).
+fn raise_open_file_limit() {
+    #[cfg(unix)]
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open-file limit"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
 }
 

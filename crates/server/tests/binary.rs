@@ -128,3 +128,37 @@ fn sigterm_drains_clients_with_1012_and_exits_0() {
         assert!(text.contains(event), "no {event:?} in the logs:\n{text}");
     }
 }
+
+/// The (soft, hard) open-file limits of a process, from /proc.
+#[cfg(target_os = "linux")]
+fn open_file_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let numbers: Vec<u64> =
+        line.split_whitespace().filter_map(|w| if w == "unlimited" { Some(u64::MAX) } else { w.parse().ok() }).collect();
+    (numbers[0], numbers[1])
+}
+
+/// Every connection is a file: a server started under a low soft limit (1024 is a
+/// common default) raises it to the hard limit rather than refusing connections early.
+#[cfg(target_os = "linux")]
+#[test]
+fn serve_raises_the_open_file_limit_to_the_hard_limit() {
+    let (_, hard) = open_file_limits(std::process::id());
+    assert!(hard > 256, "this test needs a hard open-file limit above 256 (it is {hard})");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new("sh")
+        .args(["-c", r#"ulimit -Sn 256 && exec "$0" serve --listen "$1" --jwt-secret bin-secret"#, BIN, &listen])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tidewire through sh");
+    let running = Running { child, port };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", running.port)).is_err() {
+        assert!(Instant::now() < deadline, "tidewire did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(open_file_limits(running.child.id()), (hard, hard));
+}
