@@ -36,6 +36,9 @@ pub struct RunResult {
     pub latency_ms: Latency,
     pub server_cpu_seconds: f64,
     pub server_cpu_per_million: f64,
+    /// Share of the server's CPU spent in the kernel (system time): on loopback this
+    /// includes the kernel's delivery of each frame to the receiving socket.
+    pub server_kernel_percent: f64,
     pub server_peak_rss_mib: f64,
     pub loadgen_cpu_seconds: f64,
     /// Idle runs: resident memory per connection.
@@ -403,6 +406,7 @@ pub async fn fanout(args: &FanoutArgs) -> Result<RunResult, String> {
 
     // Publish and watch.
     let cpu_before: f64 = nodes.iter().map(Node::cpu_seconds).sum();
+    let kernel_before: f64 = nodes.iter().map(Node::kernel_cpu_seconds).sum();
     let own_before = own_cpu_seconds();
     let sent = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -425,6 +429,7 @@ pub async fn fanout(args: &FanoutArgs) -> Result<RunResult, String> {
     // Let the last frames arrive.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let cpu: f64 = nodes.iter().map(Node::cpu_seconds).sum::<f64>() - cpu_before;
+    let kernel: f64 = nodes.iter().map(Node::kernel_cpu_seconds).sum::<f64>() - kernel_before;
     let own = own_cpu_seconds() - own_before;
     let peak: u64 = nodes.iter().map(|n| n.rss_kib().1).sum();
     let _ = stop.send(true);
@@ -460,6 +465,7 @@ pub async fn fanout(args: &FanoutArgs) -> Result<RunResult, String> {
         latency_ms: Latency { p50: ms(0.5), p90: ms(0.9), p99: ms(0.99), max: histogram.max() as f64 / 1000.0, samples: histogram.len() },
         server_cpu_seconds: cpu,
         server_cpu_per_million: if delivered == 0 { 0.0 } else { cpu * 1e6 / delivered as f64 },
+        server_kernel_percent: if cpu > 0.0 { kernel * 100.0 / cpu } else { 0.0 },
         server_peak_rss_mib: peak as f64 / 1024.0,
         loadgen_cpu_seconds: own,
         notes: with_unreadable(args.server.server_args.join(" "), unreadable),

@@ -48,7 +48,13 @@ impl Node {
     }
 
     pub fn cpu_seconds(&self) -> f64 {
-        cpu_seconds(&format!("/proc/{}/stat", self.pid()))
+        let (user, system) = cpu_times(&format!("/proc/{}/stat", self.pid()));
+        user + system
+    }
+
+    /// CPU seconds spent in the kernel (system time).
+    pub fn kernel_cpu_seconds(&self) -> f64 {
+        cpu_times(&format!("/proc/{}/stat", self.pid())).1
     }
 
     /// (current, peak) resident memory in KiB.
@@ -73,19 +79,20 @@ impl Drop for Node {
     }
 }
 
-/// CPU seconds (user + system) of a process, from its `/proc/…/stat`.
-pub fn cpu_seconds(stat_path: &str) -> f64 {
+/// CPU seconds (user, system) of a process, from its `/proc/…/stat`.
+fn cpu_times(stat_path: &str) -> (f64, f64) {
     let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
     // Fields after the command name (which may contain spaces) start after ')'.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / clock_ticks()
+    (ticks(11) / clock_ticks(), ticks(12) / clock_ticks())
 }
 
 /// The load generator's own CPU seconds.
 pub fn own_cpu_seconds() -> f64 {
-    cpu_seconds("/proc/self/stat")
+    let (user, system) = cpu_times("/proc/self/stat");
+    user + system
 }
 
 fn clock_ticks() -> f64 {

@@ -11,8 +11,8 @@ pub fn table(results: &[RunResult]) {
 
 fn fanout_header() {
     println!(
-        "{:<22} {:>6} {:>6} {:>11} {:>7} {:>6} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>8} {:>9}",
-        "run", "S", "R", "deliv/s", "loss%", "gaps%", "p50ms", "p90ms", "p99ms", "maxms", "srvCPU", "CPU/1M", "RSS MiB", "genCPU"
+        "{:<22} {:>6} {:>6} {:>11} {:>7} {:>6} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>5} {:>8} {:>9}",
+        "run", "S", "R", "deliv/s", "loss%", "gaps%", "p50ms", "p90ms", "p99ms", "maxms", "srvCPU", "CPU/1M", "sys%", "RSS MiB", "genCPU"
     );
 }
 
@@ -25,7 +25,7 @@ fn rows(results: &[RunResult]) {
     }
     for r in results.iter().filter(|r| r.name != "idle" && r.name != "soak") {
         println!(
-            "{:<22} {:>6} {:>6} {:>11.0} {:>7.2} {:>6.0} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>8.2} {:>9.3} {:>8.1} {:>9.2}  {}",
+            "{:<22} {:>6} {:>6} {:>11.0} {:>7.2} {:>6.0} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>8.2} {:>9.3} {:>5.0} {:>8.1} {:>9.2}  {}",
             r.name,
             r.subscribers,
             r.rate,
@@ -38,6 +38,7 @@ fn rows(results: &[RunResult]) {
             r.latency_ms.max,
             r.server_cpu_seconds,
             r.server_cpu_per_million,
+            r.server_kernel_percent,
             r.server_peak_rss_mib,
             r.loadgen_cpu_seconds,
             r.notes
