@@ -431,6 +431,36 @@ fn offline_publishes_queue_bounded_and_go_out_in_order_paced() {
 }
 
 #[test]
+fn publishes_are_paced_to_the_command_rate_the_server_announces() {
+    let mut h = Harness::new(|_| {});
+    h.event(Event::Connect);
+    let t = h.opened();
+    let mut connected = connected_message(25_000, None);
+    connected["limits"]["commandsPerSecond"] = json!(100);
+    h.frame(t, json!([connected]));
+    h.take();
+    for i in 0..50u32 {
+        let publish = OutgoingPublish::new(NewPublication { channel: "p".into(), kind: "t".into(), data: json!(i), key: None }).unwrap();
+        h.event(Event::Publish(publish));
+    }
+    // 100/s: the first at once, then two every 20 ms, so the server's limiter never
+    // refuses one.
+    let mut sent = h.sent();
+    assert_eq!(sent.len(), 1);
+    let started = h.now;
+    while sent.len() < 50 {
+        h.advance(Duration::from_millis(10));
+        let more = h.sent();
+        assert!(more.len() <= 2, "{} in 10 ms", more.len());
+        sent.extend(more);
+        assert!(h.now - started <= Duration::from_secs(1), "paced far below the announced rate");
+    }
+    assert_eq!(h.now - started, Duration::from_millis(500), "then 25 frames of two, 20 ms apart");
+    let data: Vec<u64> = sent.iter().map(|c| c["data"].as_u64().unwrap()).collect();
+    assert_eq!(data, (0..50).collect::<Vec<_>>(), "nothing dropped, in order");
+}
+
+#[test]
 fn a_silent_link_is_closed_and_replaced() {
     let mut h = Harness::new(|c| c.heartbeat_grace = Duration::from_secs(2));
     let t = h.connect();

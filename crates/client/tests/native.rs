@@ -302,3 +302,32 @@ async fn a_cut_link_and_a_stalled_link_are_both_survived_without_loss() {
     assert_eq!(seqs, (1..=TOTAL).collect::<Vec<_>>(), "every seq exactly once, in order");
     assert_eq!(recovered, vec![Some(true), Some(true)], "recovered after the cut and after the stall");
 }
+
+/// A server with a low command rate: the client paces its publishes to the rate the
+/// server announced, so none is refused and every one arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_beyond_the_server_command_rate_wait_instead_of_being_refused() {
+    let hub = hub(|c| {
+        c.commands_per_second = 50;
+        c.command_burst = 10;
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, _task) = serve(listener, &hub);
+    let url = format!("ws://{addr}/ws");
+    let watcher = Client::connect(Config::new(url.clone()).token(token(60)));
+    let mut ticks = watcher.subscribe("paced");
+    while !matches!(next_event(&mut ticks).await, SubscriptionEvent::Subscribed { .. }) {}
+    let publisher_token =
+        mint_hs256(SECRET, &Claims { sub: "pub".into(), exp: unix_now() + 60, publish: Some(vec!["paced".into()]), ..Claims::default() }).unwrap();
+    let publisher = Client::connect(Config::new(url).token(publisher_token));
+    let mut errors = publisher.errors();
+    publisher.connected().await;
+    let total = 40u64;
+    for n in 0..total {
+        publisher.publish(NewPublication { channel: "paced".into(), kind: "tick".into(), data: serde_json::json!(n), key: None });
+    }
+    let (seqs, _) = every_seq_once(&mut ticks, total).await;
+    assert_eq!(seqs.len() as u64, total);
+    assert!(errors.try_recv().is_err(), "no publish was refused");
+}

@@ -199,6 +199,19 @@ impl Batcher {
     pub fn push(&mut self, outbound: Outbound) -> Dropped {
         self.count(&outbound, 1);
         self.queue.push_back(outbound);
+        self.shed()
+    }
+
+    /// Takes new limits (a peer announced its own). What waits stays queued, down to
+    /// the new capacity: the excess is dropped and reported as on a push.
+    pub fn reconfigure(&mut self, config: BatchConfig) -> Dropped {
+        self.config = config;
+        self.shed()
+    }
+
+    /// Drops publications until the queue fits its capacity: superseded ones first,
+    /// then the oldest.
+    fn shed(&mut self) -> Dropped {
         let mut dropped = Dropped::default();
         while self.publications > self.config.capacity() {
             let superseded = if self.keyed >= 2 { self.oldest_superseded() } else { None };
@@ -323,6 +336,21 @@ mod tests {
 
     fn small(max_batch: usize, max_queued_batches: usize) -> Batcher {
         Batcher::new(BatchConfig { max_batch, interval: ms(16), max_queued_batches })
+    }
+
+    #[test]
+    fn reconfigure_keeps_what_fits_and_reports_the_rest() {
+        let mut b = small(4, 4);
+        for seq in 1..=10 {
+            b.push(publication("a", seq, None));
+        }
+        let dropped = b.reconfigure(BatchConfig { max_batch: 2, interval: ms(20), max_queued_batches: 3 });
+        assert_eq!(dropped.overflow, 4, "capacity 16 → 6: the oldest four go");
+        let frame = b.poll_frame(ms(0)).unwrap();
+        assert_eq!(frame.gaps, vec![Gap { channel: "a".into(), from: 1, to: 4, reason: GapReason::Overflow }]);
+        assert_eq!(seqs(&frame), vec![5], "two per frame now, the gap notice included");
+        assert_eq!(b.poll_timeout(), Some(ms(20)), "and the new interval");
+        assert_eq!(b.reconfigure(BatchConfig::default()).total(), 0, "a larger capacity drops nothing");
     }
 
     #[test]

@@ -307,6 +307,8 @@ pub struct ControlFields<'a> {
     pub code: Option<ErrorCode>,
     #[serde(default, borrow)]
     pub message: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    pub limits: Option<Limits>,
 }
 
 impl Control {
@@ -459,6 +461,7 @@ mod tests {
         let fields: ControlFields<'_> = serde_json::from_str(connected).unwrap();
         assert_eq!((fields.version, fields.heartbeat_interval_ms), (Some(1), Some(25_000)));
         assert!(fields.expires_at.is_some());
+        assert_eq!(fields.limits.map(|l| (l.max_batch, l.commands_per_second)), Some((50, 1000)));
     }
 
     #[test]

@@ -267,16 +267,28 @@ pub struct ClientCore {
     now: Duration,
 }
 
+/// The server's default command rate (`commandsPerSecond`), assumed until one announces
+/// its own.
+const DEFAULT_COMMANDS_PER_SECOND: u32 = 1000;
+
+/// Pacing that keeps publishes within a server's command rate: as many per frame as a
+/// 16 ms frame's share of the rate (at least one), and the interval stretched so the
+/// average is the rate itself (1000/s: 16 every 16 ms; 100/s: 2 every 20 ms; 1/s: one a
+/// second). Publishes beyond it wait, up to `max_queued` (rounded up to a whole frame),
+/// instead of being refused by the server's limiter.
+fn publish_pacing(commands_per_second: u32, max_queued: usize) -> BatchConfig {
+    const FRAME_MICROS: u64 = 16_000;
+    let rate = u64::from(commands_per_second.max(1));
+    let per_frame = (rate * FRAME_MICROS).div_ceil(1_000_000).max(1);
+    let interval = Duration::from_micros((per_frame * 1_000_000).div_ceil(rate));
+    let per_frame = usize::try_from(per_frame).unwrap_or(usize::MAX);
+    BatchConfig { max_batch: per_frame, interval, max_queued_batches: max_queued.div_ceil(per_frame).max(1) }
+}
+
 impl ClientCore {
     pub fn new(config: ClientConfig) -> ClientCore {
-        // Publishes go out at most 16 per 16 ms (1000/s, the server's default command
-        // rate), and up to `max_queued_publishes` wait.
-        let per_frame = 16;
-        let publishes = Batcher::new(BatchConfig {
-            max_batch: per_frame,
-            interval: Duration::from_millis(16),
-            max_queued_batches: config.max_queued_publishes.div_ceil(per_frame).max(1),
-        });
+        // Until a server announces its command rate, publishes are paced at its default.
+        let publishes = Batcher::new(publish_pacing(DEFAULT_COMMANDS_PER_SECOND, config.max_queued_publishes));
         ClientCore {
             jitter: Jitter::new(config.seed),
             token: config.token.clone(),
@@ -680,6 +692,13 @@ impl ClientCore {
                 self.heartbeat_interval = Duration::from_millis(m.heartbeat_interval_ms.unwrap_or(25_000));
                 self.dead_at = Some(self.now + self.heartbeat_interval + self.config.heartbeat_grace);
                 self.schedule_refresh(m.timestamp, m.expires_at);
+                if let Some(limits) = &m.limits {
+                    let pacing = publish_pacing(limits.commands_per_second, self.config.max_queued_publishes);
+                    let dropped = self.publishes.reconfigure(pacing);
+                    if dropped.total() > 0 {
+                        self.push(Action::Error(ClientError::PublishesDropped { count: dropped.total() }));
+                    }
+                }
                 self.emit_state();
                 self.resubscribe_all(transport);
             }
