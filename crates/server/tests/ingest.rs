@@ -133,13 +133,21 @@ async fn rabbitmq_events_flow_to_channels_and_bad_ones_are_dead_lettered() {
     let deadline = Instant::now() + Duration::from_secs(10);
     while dead.len() < 3 {
         if let Some(message) = channel.basic_get(dead_queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap() {
-            dead.push(String::from_utf8_lossy(&message.delivery.data).into_owned());
+            let reason = message.delivery.properties.headers().as_ref().and_then(|h| h.inner().iter().find(|(k, _)| k.as_str() == "Tidewire-Dead-Letter-Reason").map(|(_, v)| v.clone()));
+            let reason = match reason {
+                Some(lapin::types::AMQPValue::LongString(reason)) => reason.to_string(),
+                other => panic!("a dead letter without its reason header: {other:?}"),
+            };
+            dead.push((String::from_utf8_lossy(&message.delivery.data).into_owned(), reason));
         } else {
             assert!(Instant::now() < deadline, "dead letters missing: {dead:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    assert!(dead.contains(&"not json".to_owned()));
+    let reason_of = |body: &str| dead.iter().find(|(b, _)| b == body).map(|(_, r)| r.clone()).unwrap_or_default();
+    assert!(reason_of("not json").contains("not a JSON object"), "{dead:?}");
+    assert!(reason_of("[1,2]").contains("not a JSON object"), "{dead:?}");
+    assert!(!reason_of(r#"{"type":"backtest.completed"}"#).is_empty(), "{dead:?}");
     assert_eq!(metric(&server, "dead_lettered").await, 3);
     publish_amqp(&rabbit, &exchange, "backtest.completed", r#"{"type":"backtest.completed","job_id":"after"}"#).await;
     assert_eq!(backtests.expect_type("backtest.completed").await["key"], "after", "still consuming");

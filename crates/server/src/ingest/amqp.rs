@@ -1,20 +1,25 @@
 //! The RabbitMQ (AMQP 0.9.1) source: a durable queue bound to an exchange, consumed with
 //! manual acknowledgements.
 //!
-//! The queue is declared with `x-dead-letter-exchange`, so rejecting an unroutable event
-//! (`nack` without requeue) sends it, by the broker, to `<exchange>.dead` and its queue
-//! `<queue>.dead`, where it can be inspected. An event the node cannot take right now is
-//! requeued after a short pause; a connection or channel failure reconnects with
-//! exponential backoff, and the broker redelivers what was not acknowledged.
+//! An unroutable event is published to the dead-letter exchange (`<exchange>.dead` unless
+//! configured, with its queue `<queue>.dead`) with the reason in a
+//! `Tidewire-Dead-Letter-Reason` header, and acknowledged once the broker confirms that
+//! publish. The queue is also declared with `x-dead-letter-exchange`: should the broker
+//! not confirm, the event is rejected and still lands there, without the reason (which
+//! is logged). An event the node cannot take right now is requeued after a short pause;
+//! a connection or channel failure reconnects with exponential backoff, and the broker
+//! redelivers what was not acknowledged.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::Confirmation;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 
@@ -52,6 +57,8 @@ async fn consume(hub: &Hub, source: &AmqpSource, routes: &[Route], backoff: &mut
     let connection = Connection::connect(&source.url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     channel.basic_qos(source.prefetch, BasicQosOptions::default()).await?;
+    // Dead letters are acknowledged only once the broker confirms their publish.
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
     let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
     channel.exchange_declare(source.exchange.as_str().into(), exchange_kind(&source.exchange_type), durable, FieldTable::default()).await?;
     let dead_exchange = source.dead_letter_exchange.clone().unwrap_or_else(|| format!("{}.dead", source.exchange));
@@ -88,13 +95,31 @@ async fn consume(hub: &Hub, source: &AmqpSource, routes: &[Route], backoff: &mut
             Outcome::Published => {
                 delivery.ack(BasicAckOptions::default()).await?;
             }
-            Outcome::DeadLetter(_) => {
-                delivery.nack(BasicNackOptions { requeue: false, ..BasicNackOptions::default() }).await?;
-            }
+            Outcome::DeadLetter(reason) => dead_letter(&channel, &dead_exchange, &source.name, delivery, &reason).await?,
             Outcome::Retry(_) => {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await?;
             }
         }
     }
+}
+
+/// Publishes an unroutable event to the dead-letter exchange with the reason in a
+/// header, then acknowledges it; rejects it instead when the broker does not confirm
+/// that publish (the queue's own dead-lettering then takes it there, without the reason).
+async fn dead_letter(channel: &lapin::Channel, exchange: &str, source: &str, delivery: Delivery, reason: &str) -> Result<(), Error> {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(super::DEAD_LETTER_REASON_HEADER.into(), AMQPValue::LongString(super::header_reason(reason).as_str().into()));
+    let properties = delivery.properties.clone().with_headers(headers);
+    let confirmation = channel
+        .basic_publish(exchange.into(), delivery.routing_key.clone(), BasicPublishOptions::default(), &delivery.data, properties)
+        .await?
+        .await?;
+    if matches!(confirmation, Confirmation::Ack(_)) {
+        delivery.ack(BasicAckOptions::default()).await?;
+    } else {
+        tracing::warn!(source, reason, "the dead-letter exchange did not confirm; rejecting the event without its reason");
+        delivery.nack(BasicNackOptions { requeue: false, ..BasicNackOptions::default() }).await?;
+    }
+    Ok(())
 }

@@ -164,6 +164,14 @@ impl IngestConfig {
     }
 }
 
+/// The header that carries why an event was dead-lettered (NATS and AMQP alike).
+pub const DEAD_LETTER_REASON_HEADER: &str = "Tidewire-Dead-Letter-Reason";
+
+/// A dead-letter reason as a header value: no control characters, at most 200 characters.
+fn header_reason(reason: &str) -> String {
+    reason.chars().filter(|c| !c.is_control()).take(200).collect()
+}
+
 /// What became of one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

@@ -51,7 +51,7 @@ async fn connect(source: &NatsSource) -> Result<async_nats::Client, Error> {
 
 async fn dead_letter(client: &async_nats::Client, source: &NatsSource, reason: &str, payload: bytes::Bytes) {
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Tidewire-Dead-Letter-Reason", reason.chars().filter(|c| !c.is_control()).take(200).collect::<String>().as_str());
+    headers.insert(super::DEAD_LETTER_REASON_HEADER, super::header_reason(reason).as_str());
     if let Err(e) = client.publish_with_headers(source.dead_letter_subject.clone(), headers, payload).await {
         tracing::warn!(source = %source.name, "cannot publish a dead letter: {e}");
     }
