@@ -129,16 +129,40 @@ async fn rabbitmq_events_flow_to_channels_and_bad_ones_are_dead_lettered() {
     }
     let dead_queue = format!("{queue}.dead");
     let channel = rabbit.create_channel().await.unwrap();
+    // A dead letter keeps neither the original's expiration (it would vanish from the
+    // dead-letter queue) nor its user-id (the broker checks that against the publisher).
+    channel
+        .basic_publish(
+            exchange.as_str().into(),
+            "backtest.failed".into(),
+            BasicPublishOptions::default(),
+            b"expiring junk",
+            BasicProperties::default().with_expiration("600000".into()).with_user_id("guest".into()).with_message_id("m-9".into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let header = |message: &lapin::message::BasicGetMessage, name: &str| match message.delivery.properties.headers().as_ref().and_then(|h| {
+        h.inner().iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v.clone())
+    }) {
+        Some(lapin::types::AMQPValue::LongString(value)) => value.to_string(),
+        other => panic!("a dead letter without its {name} header: {other:?}"),
+    };
     let mut dead = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while dead.len() < 3 {
+    while dead.len() < 4 {
         if let Some(message) = channel.basic_get(dead_queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap() {
-            let reason = message.delivery.properties.headers().as_ref().and_then(|h| h.inner().iter().find(|(k, _)| k.as_str() == "Tidewire-Dead-Letter-Reason").map(|(_, v)| v.clone()));
-            let reason = match reason {
-                Some(lapin::types::AMQPValue::LongString(reason)) => reason.to_string(),
-                other => panic!("a dead letter without its reason header: {other:?}"),
-            };
-            dead.push((String::from_utf8_lossy(&message.delivery.data).into_owned(), reason));
+            let body = String::from_utf8_lossy(&message.delivery.data).into_owned();
+            assert_eq!(header(&message, "Tidewire-Original-Exchange"), exchange);
+            assert_eq!(message.delivery.routing_key.as_str(), "backtest.failed", "the routing key is kept");
+            assert_eq!(*message.delivery.properties.delivery_mode(), Some(2), "persistent");
+            if body == "expiring junk" {
+                let properties = &message.delivery.properties;
+                assert_eq!((properties.expiration(), properties.user_id()), (&None, &None));
+                assert_eq!(properties.message_id().as_ref().map(|m| m.as_str()), Some("m-9"));
+            }
+            dead.push((body, header(&message, "Tidewire-Dead-Letter-Reason")));
         } else {
             assert!(Instant::now() < deadline, "dead letters missing: {dead:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -148,7 +172,7 @@ async fn rabbitmq_events_flow_to_channels_and_bad_ones_are_dead_lettered() {
     assert!(reason_of("not json").contains("not a JSON object"), "{dead:?}");
     assert!(reason_of("[1,2]").contains("not a JSON object"), "{dead:?}");
     assert!(!reason_of(r#"{"type":"backtest.completed"}"#).is_empty(), "{dead:?}");
-    assert_eq!(metric(&server, "dead_lettered").await, 3);
+    assert_eq!(metric(&server, "dead_lettered").await, 4);
     publish_amqp(&rabbit, &exchange, "backtest.completed", r#"{"type":"backtest.completed","job_id":"after"}"#).await;
     assert_eq!(backtests.expect_type("backtest.completed").await["key"], "after", "still consuming");
 }

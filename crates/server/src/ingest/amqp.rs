@@ -3,11 +3,16 @@
 //!
 //! An unroutable event is published to the dead-letter exchange (`<exchange>.dead` unless
 //! configured, with its queue `<queue>.dead`) with the reason in a
-//! `Tidewire-Dead-Letter-Reason` header, and acknowledged once the broker confirms that
-//! publish. The queue is also declared with `x-dead-letter-exchange`: should the broker
-//! not confirm, the event is rejected and still lands there, without the reason (which
-//! is logged). An event the node cannot take right now is requeued after a short pause;
-//! a connection or channel failure reconnects with exponential backoff, and the broker
+//! `Tidewire-Dead-Letter-Reason` header and the exchange it came from in
+//! `Tidewire-Original-Exchange` (its routing key is kept), then acknowledged once the
+//! broker confirms that publish. Dead letters go out on a connection of their own: the
+//! broker blocks publishing connections during a memory or disk alarm, and consuming
+//! must not stop with them. The queue is also declared with `x-dead-letter-exchange`,
+//! so an event whose dead letter is refused, or not confirmed within five seconds, is
+//! rejected and still lands there, without the reason (which is logged).
+//!
+//! An event the node cannot take right now is requeued after a short pause; a
+//! connection or channel failure reconnects with exponential backoff, and the broker
 //! redelivers what was not acknowledged.
 
 use std::sync::Arc;
@@ -21,7 +26,7 @@ use lapin::options::{
 };
 use lapin::Confirmation;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 
 use super::routing::Route;
 use super::{deliver, AmqpSource, Backoff, Outcome};
@@ -57,8 +62,6 @@ async fn consume(hub: &Hub, source: &AmqpSource, routes: &[Route], backoff: &mut
     let connection = Connection::connect(&source.url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     channel.basic_qos(source.prefetch, BasicQosOptions::default()).await?;
-    // Dead letters are acknowledged only once the broker confirms their publish.
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
     let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
     channel.exchange_declare(source.exchange.as_str().into(), exchange_kind(&source.exchange_type), durable, FieldTable::default()).await?;
     let dead_exchange = source.dead_letter_exchange.clone().unwrap_or_else(|| format!("{}.dead", source.exchange));
@@ -75,6 +78,7 @@ async fn consume(hub: &Hub, source: &AmqpSource, routes: &[Route], backoff: &mut
             .queue_bind(source.queue.as_str().into(), source.exchange.as_str().into(), binding.as_str().into(), QueueBindOptions::default(), FieldTable::default())
             .await?;
     }
+    let dead_letters = DeadLetters::connect(&source.url, dead_exchange, &source.name).await?;
     let tag = format!("tidewire-{}", fastrand::u32(..));
     let mut consumer = channel.basic_consume(source.queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
     tracing::info!(source = %source.name, queue = %source.queue, "AMQP source consuming");
@@ -84,6 +88,7 @@ async fn consume(hub: &Hub, source: &AmqpSource, routes: &[Route], backoff: &mut
         let delivery = tokio::select! {
             delivery = consumer.next() => delivery,
             () = shutdown.cancelled() => {
+                let _ = dead_letters.connection.close(200, "tidewire is shutting down".into()).await;
                 let _ = connection.close(200, "tidewire is shutting down".into()).await;
                 return Ok(());
             }
@@ -95,7 +100,7 @@ async fn consume(hub: &Hub, source: &AmqpSource, routes: &[Route], backoff: &mut
             Outcome::Published => {
                 delivery.ack(BasicAckOptions::default()).await?;
             }
-            Outcome::DeadLetter(reason) => dead_letter(&channel, &dead_exchange, &source.name, delivery, &reason).await?,
+            Outcome::DeadLetter(reason) => dead_letters.send(delivery, &reason).await?,
             Outcome::Retry(_) => {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await?;
@@ -104,22 +109,95 @@ async fn consume(hub: &Hub, source: &AmqpSource, routes: &[Route], backoff: &mut
     }
 }
 
-/// Publishes an unroutable event to the dead-letter exchange with the reason in a
-/// header, then acknowledges it; rejects it instead when the broker does not confirm
-/// that publish (the queue's own dead-lettering then takes it there, without the reason).
-async fn dead_letter(channel: &lapin::Channel, exchange: &str, source: &str, delivery: Delivery, reason: &str) -> Result<(), Error> {
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(super::DEAD_LETTER_REASON_HEADER.into(), AMQPValue::LongString(super::header_reason(reason).as_str().into()));
-    let properties = delivery.properties.clone().with_headers(headers);
-    let confirmation = channel
-        .basic_publish(exchange.into(), delivery.routing_key.clone(), BasicPublishOptions::default(), &delivery.data, properties)
-        .await?
-        .await?;
-    if matches!(confirmation, Confirmation::Ack(_)) {
-        delivery.ack(BasicAckOptions::default()).await?;
-    } else {
-        tracing::warn!(source, reason, "the dead-letter exchange did not confirm; rejecting the event without its reason");
-        delivery.nack(BasicNackOptions { requeue: false, ..BasicNackOptions::default() }).await?;
+/// How long the broker may take to confirm a dead letter before the event is rejected
+/// instead (a memory or disk alarm blocks publishing).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The publishing side of dead-lettering: its own connection and a channel in confirm
+/// mode.
+struct DeadLetters {
+    connection: Connection,
+    channel: lapin::Channel,
+    exchange: String,
+    source: String,
+}
+
+impl DeadLetters {
+    async fn connect(url: &str, exchange: String, source: &str) -> Result<DeadLetters, Error> {
+        let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(DeadLetters { connection, channel, exchange, source: source.to_owned() })
     }
-    Ok(())
+
+    /// Publishes `delivery` to the dead-letter exchange with `reason`, then acknowledges
+    /// it; rejects it instead (the queue's own dead-lettering takes it there, without the
+    /// reason) when the broker refuses or does not confirm in time. An error means the
+    /// publishing connection failed: the event was rejected, and the source reconnects.
+    async fn send(&self, delivery: Delivery, reason: &str) -> Result<(), Error> {
+        let published = async {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    self.exchange.as_str().into(),
+                    delivery.routing_key.clone(),
+                    BasicPublishOptions::default(),
+                    &delivery.data,
+                    dead_letter_properties(&delivery, reason),
+                )
+                .await?;
+            confirm.await
+        };
+        let failure = match tokio::time::timeout(CONFIRM_TIMEOUT, published).await {
+            Ok(Ok(Confirmation::Ack(_))) => {
+                delivery.ack(BasicAckOptions::default()).await?;
+                return Ok(());
+            }
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => {
+                tracing::warn!(source = %self.source, "the broker did not confirm a dead letter in {CONFIRM_TIMEOUT:?}");
+                None
+            }
+        };
+        tracing::warn!(source = %self.source, reason, "dead letter not confirmed; rejecting the event, whose reason is only in this log");
+        delivery.nack(BasicNackOptions { requeue: false, ..BasicNackOptions::default() }).await?;
+        match failure {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The dead letter's properties: the original's descriptive ones (not `user-id`, which
+/// the broker checks against the publishing login, nor `expiration`, which would let it
+/// vanish from the dead-letter queue), persistent, and headers that say why and whence.
+fn dead_letter_properties(delivery: &Delivery, reason: &str) -> BasicProperties {
+    let original = &delivery.properties;
+    let mut headers = original.headers().clone().unwrap_or_default();
+    headers.insert(super::DEAD_LETTER_REASON_HEADER.into(), AMQPValue::LongString(super::header_reason(reason).as_str().into()));
+    headers.insert("Tidewire-Original-Exchange".into(), AMQPValue::LongString(delivery.exchange.as_str().into()));
+    let mut properties = BasicProperties::default().with_headers(headers).with_delivery_mode(2);
+    if let Some(v) = original.content_type() {
+        properties = properties.with_content_type(v.clone());
+    }
+    if let Some(v) = original.content_encoding() {
+        properties = properties.with_content_encoding(v.clone());
+    }
+    if let Some(v) = original.correlation_id() {
+        properties = properties.with_correlation_id(v.clone());
+    }
+    if let Some(v) = original.message_id() {
+        properties = properties.with_message_id(v.clone());
+    }
+    if let Some(v) = original.timestamp() {
+        properties = properties.with_timestamp(*v);
+    }
+    if let Some(v) = original.kind() {
+        properties = properties.with_type(v.clone());
+    }
+    if let Some(v) = original.app_id() {
+        properties = properties.with_app_id(v.clone());
+    }
+    properties
 }
