@@ -353,7 +353,8 @@ async fn start_nodes(server: &ServerArgs) -> Result<Vec<Node>, String> {
 /// Runs `count` connects with at most `in_flight` under way at once, each in its own
 /// task (so they spread over the runtime's threads), reporting progress as `label`; the
 /// first failure stops it. A sliding window rather than batches: waiting for a whole
-/// batch to finish left the cores idle while its slowest handshakes completed.
+/// batch to finish left the cores idle while its slowest handshakes completed. Results
+/// come in completion order.
 async fn concurrently<T, F, Fut>(count: usize, in_flight: usize, label: &str, connect: F) -> Result<Vec<T>, String>
 where
     T: Send + 'static,
@@ -361,7 +362,7 @@ where
     Fut: std::future::Future<Output = Result<T, String>> + Send + 'static,
 {
     let mut done = Vec::with_capacity(count);
-    let mut joined = futures_util::stream::iter(0..count).map(|i| tokio::spawn(connect(i))).buffered(in_flight);
+    let mut joined = futures_util::stream::iter(0..count).map(|i| tokio::spawn(connect(i))).buffer_unordered(in_flight);
     while let Some(result) = joined.next().await {
         done.push(result.map_err(|e| e.to_string())??);
         if done.len() % 250 == 0 || done.len() == count {

@@ -460,6 +460,65 @@ fn publishes_are_paced_to_the_command_rate_the_server_announces() {
     assert_eq!(data, (0..50).collect::<Vec<_>>(), "nothing dropped, in order");
 }
 
+/// `connected` with `commandsPerSecond` set to `rate`, or with no limits at all.
+fn connected_at(rate: Option<u32>) -> Value {
+    let mut m = connected_message(25_000, None);
+    match rate {
+        Some(rate) => m["limits"]["commandsPerSecond"] = json!(rate),
+        None => {
+            m.as_object_mut().unwrap().remove("limits");
+        }
+    }
+    m
+}
+
+fn publish_n(h: &mut Harness, range: std::ops::Range<u32>) -> u32 {
+    let mut dropped = 0;
+    for i in range {
+        let publish = OutgoingPublish::new(NewPublication { channel: "p".into(), kind: "t".into(), data: json!(i), key: None }).unwrap();
+        h.event(Event::Publish(publish));
+        for action in h.take() {
+            if let Action::Error(ClientError::PublishesDropped { count }) = action {
+                dropped += count;
+            }
+        }
+    }
+    dropped
+}
+
+#[test]
+fn dropped_publishes_do_not_take_the_place_of_sent_ones_at_a_low_rate() {
+    let mut h = Harness::new(|c| c.max_queued_publishes = 4);
+    assert_eq!(publish_n(&mut h, 0..10), 6, "offline, the newest 4 wait");
+    h.event(Event::Connect);
+    let t = h.opened();
+    h.frame(t, json!([connected_at(Some(1))]));
+    let mut data: Vec<u64> = h.sent().iter().map(|c| c["data"].as_u64().unwrap()).collect();
+    for _ in 0..3 {
+        h.advance(Duration::from_secs(1));
+        data.extend(h.sent().iter().map(|c| c["data"].as_u64().unwrap()));
+    }
+    assert_eq!(data, vec![6, 7, 8, 9], "one a second from the first second on, none lost to drop records");
+}
+
+#[test]
+fn a_server_without_announced_limits_gets_the_default_pace() {
+    let mut h = Harness::new(|_| {});
+    h.event(Event::Connect);
+    let t = h.opened();
+    h.frame(t, json!([connected_at(Some(1))]));
+    h.take();
+    // Reconnected to a server that announces no limits: back to 1000/s, 16 per 16 ms.
+    h.event(Event::TransportClosed { transport: t, code: 1006, reason: String::new() });
+    h.advance(Duration::from_secs(30));
+    let t = h.opened();
+    h.frame(t, json!([connected_at(None)]));
+    h.take();
+    assert_eq!(publish_n(&mut h, 0..40), 0, "the first went at once");
+    h.advance(Duration::from_millis(16));
+    assert_eq!(h.sent().len(), 16);
+}
+
 #[test]
 fn a_silent_link_is_closed_and_replaced() {
     let mut h = Harness::new(|c| c.heartbeat_grace = Duration::from_secs(2));

@@ -209,6 +209,12 @@ impl Batcher {
         self.shed()
     }
 
+    /// Forgets the drops recorded for gap notices, for a user that reports drops its own
+    /// way (the client's publish queue): unsent notices would take frame slots.
+    pub fn discard_gaps(&mut self) {
+        self.gaps.clear();
+    }
+
     /// Drops publications until the queue fits its capacity: superseded ones first,
     /// then the oldest.
     fn shed(&mut self) -> Dropped {

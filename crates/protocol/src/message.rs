@@ -308,7 +308,16 @@ pub struct ControlFields<'a> {
     #[serde(default, borrow)]
     pub message: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
-    pub limits: Option<Limits>,
+    pub limits: Option<AnnouncedLimits>,
+}
+
+/// The part of `connected`'s [`Limits`] a lean reader acts on, each field optional, so a
+/// server that announces more limits, or fewer, is still understood.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnnouncedLimits {
+    #[serde(default)]
+    pub commands_per_second: Option<u32>,
 }
 
 impl Control {
@@ -461,7 +470,10 @@ mod tests {
         let fields: ControlFields<'_> = serde_json::from_str(connected).unwrap();
         assert_eq!((fields.version, fields.heartbeat_interval_ms), (Some(1), Some(25_000)));
         assert!(fields.expires_at.is_some());
-        assert_eq!(fields.limits.map(|l| (l.max_batch, l.commands_per_second)), Some((50, 1000)));
+        assert_eq!(fields.limits.and_then(|l| l.commands_per_second), Some(1000));
+        let partial = r#"{"type":"connected","version":1,"limits":{"maxChannels":128,"somethingNew":true}}"#;
+        let fields: ControlFields<'_> = serde_json::from_str(partial).unwrap();
+        assert_eq!(fields.limits, Some(AnnouncedLimits { commands_per_second: None }), "partial limits still read");
     }
 
     #[test]

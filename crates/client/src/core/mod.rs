@@ -272,14 +272,15 @@ pub struct ClientCore {
 const DEFAULT_COMMANDS_PER_SECOND: u32 = 1000;
 
 /// Pacing that keeps publishes within a server's command rate: as many per frame as a
-/// 16 ms frame's share of the rate (at least one), and the interval stretched so the
-/// average is the rate itself (1000/s: 16 every 16 ms; 100/s: 2 every 20 ms; 1/s: one a
-/// second). Publishes beyond it wait, up to `max_queued` (rounded up to a whole frame),
-/// instead of being refused by the server's limiter.
+/// 16 ms frame's share of the rate (at least one, at most `max_queued`), and the interval
+/// stretched so the average is the rate itself (1000/s: 16 every 16 ms; 100/s: 2 every
+/// 20 ms; 1/s: one a second). Publishes beyond it wait, up to `max_queued` rounded up to
+/// a whole frame, instead of being refused by the server's limiter.
 fn publish_pacing(commands_per_second: u32, max_queued: usize) -> BatchConfig {
     const FRAME_MICROS: u64 = 16_000;
     let rate = u64::from(commands_per_second.max(1));
-    let per_frame = (rate * FRAME_MICROS).div_ceil(1_000_000).max(1);
+    let most = u64::try_from(max_queued.max(1)).unwrap_or(u64::MAX);
+    let per_frame = (rate * FRAME_MICROS).div_ceil(1_000_000).clamp(1, most);
     let interval = Duration::from_micros((per_frame * 1_000_000).div_ceil(rate));
     let per_frame = usize::try_from(per_frame).unwrap_or(usize::MAX);
     BatchConfig { max_batch: per_frame, interval, max_queued_batches: max_queued.div_ceil(per_frame).max(1) }
@@ -692,12 +693,11 @@ impl ClientCore {
                 self.heartbeat_interval = Duration::from_millis(m.heartbeat_interval_ms.unwrap_or(25_000));
                 self.dead_at = Some(self.now + self.heartbeat_interval + self.config.heartbeat_grace);
                 self.schedule_refresh(m.timestamp, m.expires_at);
-                if let Some(limits) = &m.limits {
-                    let pacing = publish_pacing(limits.commands_per_second, self.config.max_queued_publishes);
-                    let dropped = self.publishes.reconfigure(pacing);
-                    if dropped.total() > 0 {
-                        self.push(Action::Error(ClientError::PublishesDropped { count: dropped.total() }));
-                    }
+                let rate = m.limits.and_then(|l| l.commands_per_second).unwrap_or(DEFAULT_COMMANDS_PER_SECOND);
+                let dropped = self.publishes.reconfigure(publish_pacing(rate, self.config.max_queued_publishes));
+                self.publishes.discard_gaps();
+                if dropped.total() > 0 {
+                    self.push(Action::Error(ClientError::PublishesDropped { count: dropped.total() }));
                 }
                 self.emit_state();
                 self.resubscribe_all(transport);
@@ -906,6 +906,7 @@ impl ClientCore {
             key: publish.key.as_deref().map(Into::into),
         };
         let dropped = self.publishes.push(Outbound::publication(publish.command, position));
+        self.publishes.discard_gaps();
         if dropped.total() > 0 {
             self.push(Action::Error(ClientError::PublishesDropped { count: dropped.total() }));
         }
