@@ -3,4 +3,9 @@
 /**
  * The limits a connection lives under, so a client can stay within them.
  */
-export type Limits = { maxBatch: number, batchIntervalMs: number, maxQueuedBatches: number, maxChannels: number, maxMessageBytes: number, commandsPerSecond: number, };
+export type Limits = { maxBatch: number, batchIntervalMs: number, maxQueuedBatches: number, maxChannels: number, maxMessageBytes: number, commandsPerSecond: number, 
+/**
+ * Most commands the rate limit accepts at once (its bucket, refilled at
+ * `commands_per_second`).
+ */
+commandBurst: number, };

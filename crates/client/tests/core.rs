@@ -121,7 +121,7 @@ fn connected_message(heartbeat_ms: u64, expires_in_secs: Option<i64>) -> Value {
     let mut m = json!({
         "type":"connected","timestamp":TS,"connectionId":"c","userId":"u","version":1,
         "heartbeatIntervalMs":heartbeat_ms,
-        "limits":{"maxBatch":50,"batchIntervalMs":16,"maxQueuedBatches":10,"maxChannels":128,"maxMessageBytes":4096,"commandsPerSecond":1000}
+        "limits":{"maxBatch":50,"batchIntervalMs":16,"maxQueuedBatches":10,"maxChannels":128,"maxMessageBytes":4096,"commandsPerSecond":1000,"commandBurst":200}
     });
     if let Some(secs) = expires_in_secs {
         let expires = tidewire_protocol::Timestamp::from_unix_micros(
@@ -443,8 +443,8 @@ fn publishes_are_paced_to_the_command_rate_the_server_announces() {
         let publish = OutgoingPublish::new(NewPublication { channel: "p".into(), kind: "t".into(), data: json!(i), key: None }).unwrap();
         h.event(Event::Publish(publish));
     }
-    // 100/s: the first at once, then two every 20 ms, so the server's limiter never
-    // refuses one.
+    // 100/s announced: the first at once, then two every 22.2 ms (nine tenths of it), so
+    // the server's limiter never refuses one.
     let mut sent = h.sent();
     assert_eq!(sent.len(), 1);
     let started = h.now;
@@ -455,7 +455,7 @@ fn publishes_are_paced_to_the_command_rate_the_server_announces() {
         sent.extend(more);
         assert!(h.now - started <= Duration::from_secs(1), "paced far below the announced rate");
     }
-    assert_eq!(h.now - started, Duration::from_millis(500), "then 25 frames of two, 20 ms apart");
+    assert_eq!(h.now - started, Duration::from_millis(560), "then 25 frames of two, 22.2 ms apart (90/s)");
     let data: Vec<u64> = sent.iter().map(|c| c["data"].as_u64().unwrap()).collect();
     assert_eq!(data, (0..50).collect::<Vec<_>>(), "nothing dropped, in order");
 }
@@ -502,21 +502,40 @@ fn dropped_publishes_do_not_take_the_place_of_sent_ones_at_a_low_rate() {
 }
 
 #[test]
+fn a_small_announced_burst_splits_frames() {
+    let mut h = Harness::new(|_| {});
+    h.event(Event::Connect);
+    let t = h.opened();
+    let mut connected = connected_at(Some(1000));
+    connected["limits"]["commandBurst"] = json!(10);
+    h.frame(t, json!([connected]));
+    h.take();
+    assert_eq!(publish_n(&mut h, 0..21), 0, "the first went at once");
+    let mut frames = Vec::new();
+    for _ in 0..4 {
+        h.advance(Duration::from_micros(5_556));
+        frames.push(h.sent().len());
+    }
+    assert_eq!(frames, vec![5, 5, 5, 5], "half the burst every 5.6 ms: still 900/s");
+}
+
+#[test]
 fn a_server_without_announced_limits_gets_the_default_pace() {
     let mut h = Harness::new(|_| {});
     h.event(Event::Connect);
     let t = h.opened();
     h.frame(t, json!([connected_at(Some(1))]));
     h.take();
-    // Reconnected to a server that announces no limits: back to 1000/s, 16 per 16 ms.
+    // Reconnected to a server that announces no limits: back to its default, 1000/s (15
+    // every 16.7 ms).
     h.event(Event::TransportClosed { transport: t, code: 1006, reason: String::new() });
     h.advance(Duration::from_secs(30));
     let t = h.opened();
     h.frame(t, json!([connected_at(None)]));
     h.take();
     assert_eq!(publish_n(&mut h, 0..40), 0, "the first went at once");
-    h.advance(Duration::from_millis(16));
-    assert_eq!(h.sent().len(), 16);
+    h.advance(Duration::from_millis(17));
+    assert_eq!(h.sent().len(), 15);
 }
 
 #[test]

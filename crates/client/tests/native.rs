@@ -303,13 +303,13 @@ async fn a_cut_link_and_a_stalled_link_are_both_survived_without_loss() {
     assert_eq!(recovered, vec![Some(true), Some(true)], "recovered after the cut and after the stall");
 }
 
-/// A server with a low command rate: the client paces its publishes to the rate the
-/// server announced, so none is refused and every one arrives.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publishes_beyond_the_server_command_rate_wait_instead_of_being_refused() {
+/// Publishes `total` through a client connected to a server whose command limit is
+/// `rate`/s with a bucket of `burst`, and checks that every one arrives: the client paces
+/// to what the server announced, so the limiter refuses none.
+async fn paced_publishes_all_arrive(rate: u32, burst: u32, total: u64) {
     let hub = hub(|c| {
-        c.commands_per_second = 50;
-        c.command_burst = 10;
+        c.commands_per_second = rate;
+        c.command_burst = burst;
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -323,11 +323,15 @@ async fn publishes_beyond_the_server_command_rate_wait_instead_of_being_refused(
     let publisher = Client::connect(Config::new(url).token(publisher_token));
     let mut errors = publisher.errors();
     publisher.connected().await;
-    let total = 40u64;
     for n in 0..total {
         publisher.publish(NewPublication { channel: "paced".into(), kind: "tick".into(), data: serde_json::json!(n), key: None });
     }
     let (seqs, _) = every_seq_once(&mut ticks, total).await;
     assert_eq!(seqs.len() as u64, total);
     assert!(errors.try_recv().is_err(), "no publish was refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_beyond_the_server_command_rate_wait_instead_of_being_refused() {
+    paced_publishes_all_arrive(50, 10, 40).await;
 }

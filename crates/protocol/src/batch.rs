@@ -173,11 +173,26 @@ pub struct Batcher {
     keyed: usize,
     gaps: Vec<Gap>,
     last_frame_at: Option<Duration>,
+    /// Publications that may wait, when set apart from the frame size (see
+    /// [`Batcher::with_capacity`]).
+    capacity: Option<usize>,
 }
 
 impl Batcher {
     pub fn new(config: BatchConfig) -> Batcher {
-        Batcher { config, queue: VecDeque::new(), publications: 0, keyed: 0, gaps: Vec::new(), last_frame_at: None }
+        Batcher { config, queue: VecDeque::new(), publications: 0, keyed: 0, gaps: Vec::new(), last_frame_at: None, capacity: None }
+    }
+
+    /// Bounds the queue at `capacity` publications whatever the frame size, for a queue
+    /// whose bound is its own setting rather than frames' worth (the client's publishes).
+    pub fn with_capacity(mut self, capacity: usize) -> Batcher {
+        self.capacity = Some(capacity.max(1));
+        self
+    }
+
+    /// How many publications may wait.
+    pub fn capacity(&self) -> usize {
+        self.capacity.unwrap_or_else(|| self.config.capacity())
     }
 
     pub fn config(&self) -> &BatchConfig {
@@ -219,7 +234,7 @@ impl Batcher {
     /// then the oldest.
     fn shed(&mut self) -> Dropped {
         let mut dropped = Dropped::default();
-        while self.publications > self.config.capacity() {
+        while self.publications > self.capacity() {
             let superseded = if self.keyed >= 2 { self.oldest_superseded() } else { None };
             let (index, reason) = match superseded {
                 Some(index) => (index, GapReason::Superseded),

@@ -146,6 +146,9 @@ pub struct Limits {
     pub max_channels: u32,
     pub max_message_bytes: u32,
     pub commands_per_second: u32,
+    /// Most commands the rate limit accepts at once (its bucket, refilled at
+    /// `commands_per_second`).
+    pub command_burst: u32,
 }
 
 /// A channel subscription took effect.
@@ -318,6 +321,8 @@ pub struct ControlFields<'a> {
 pub struct AnnouncedLimits {
     #[serde(default)]
     pub commands_per_second: Option<u32>,
+    #[serde(default)]
+    pub command_burst: Option<u32>,
 }
 
 impl Control {
@@ -392,9 +397,10 @@ mod tests {
                         max_channels: 128,
                         max_message_bytes: 4096,
                         commands_per_second: 1000,
+                        command_burst: 200,
                     },
                 }),
-                r#"{"type":"connected","timestamp":"2026-01-19T10:30:45.123456Z","connectionId":"c1","userId":"alice","version":1,"heartbeatIntervalMs":25000,"limits":{"maxBatch":50,"batchIntervalMs":16,"maxQueuedBatches":10,"maxChannels":128,"maxMessageBytes":4096,"commandsPerSecond":1000}}"#,
+                r#"{"type":"connected","timestamp":"2026-01-19T10:30:45.123456Z","connectionId":"c1","userId":"alice","version":1,"heartbeatIntervalMs":25000,"limits":{"maxBatch":50,"batchIntervalMs":16,"maxQueuedBatches":10,"maxChannels":128,"maxMessageBytes":4096,"commandsPerSecond":1000,"commandBurst":200}}"#,
             ),
             (
                 Control::Subscribed(Subscribed {
@@ -466,14 +472,14 @@ mod tests {
                 _ => assert_eq!(fields.channel.as_deref(), Some("c")),
             }
         }
-        let connected = r#"{"type":"connected","timestamp":"2026-01-19T10:30:45.123456Z","connectionId":"c1","userId":"alice","version":1,"heartbeatIntervalMs":25000,"expiresAt":"2026-01-19T11:30:45.123456Z","limits":{"maxBatch":50,"batchIntervalMs":16,"maxQueuedBatches":10,"maxChannels":128,"maxMessageBytes":4096,"commandsPerSecond":1000}}"#;
+        let connected = r#"{"type":"connected","timestamp":"2026-01-19T10:30:45.123456Z","connectionId":"c1","userId":"alice","version":1,"heartbeatIntervalMs":25000,"expiresAt":"2026-01-19T11:30:45.123456Z","limits":{"maxBatch":50,"batchIntervalMs":16,"maxQueuedBatches":10,"maxChannels":128,"maxMessageBytes":4096,"commandsPerSecond":1000,"commandBurst":200}}"#;
         let fields: ControlFields<'_> = serde_json::from_str(connected).unwrap();
         assert_eq!((fields.version, fields.heartbeat_interval_ms), (Some(1), Some(25_000)));
         assert!(fields.expires_at.is_some());
-        assert_eq!(fields.limits.and_then(|l| l.commands_per_second), Some(1000));
+        assert_eq!(fields.limits.map(|l| (l.commands_per_second, l.command_burst)), Some((Some(1000), Some(200))));
         let partial = r#"{"type":"connected","version":1,"limits":{"maxChannels":128,"somethingNew":true}}"#;
         let fields: ControlFields<'_> = serde_json::from_str(partial).unwrap();
-        assert_eq!(fields.limits, Some(AnnouncedLimits { commands_per_second: None }), "partial limits still read");
+        assert_eq!(fields.limits, Some(AnnouncedLimits { commands_per_second: None, command_burst: None }), "partial limits still read");
     }
 
     #[test]

@@ -106,6 +106,7 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
                         max_channels: 128,
                         max_message_bytes: 4096,
                         commands_per_second: 1000,
+                        command_burst: 200,
                     },
                 })
             }

@@ -243,6 +243,8 @@ impl Config {
             max_channels: clamp(self.max_channels),
             max_message_bytes: clamp(self.max_message_bytes),
             commands_per_second: self.commands_per_second,
+            // What the limiter uses: zero means a burst of one second's worth.
+            command_burst: if self.command_burst == 0 { self.commands_per_second.max(1) } else { self.command_burst },
         }
     }
 

@@ -18,6 +18,7 @@ async fn seed_dashboard_flow() {
     assert_eq!(connected["userId"], "admin");
     assert_eq!(connected["version"], 1);
     assert_eq!(connected["limits"]["maxBatch"], 50);
+    assert_eq!((&connected["limits"]["commandsPerSecond"], &connected["limits"]["commandBurst"]), (&serde_json::json!(1000), &serde_json::json!(200)));
 
     client.send(r#"{"action":"subscribe","channels":["routing-metrics","lp-performance","exposure-updates","alerts"]}"#).await;
     for channel in ["routing-metrics", "lp-performance", "exposure-updates", "alerts"] {

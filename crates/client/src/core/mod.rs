@@ -271,15 +271,18 @@ pub struct ClientCore {
 /// its own.
 const DEFAULT_COMMANDS_PER_SECOND: u32 = 1000;
 
-/// Pacing that keeps publishes within a server's command rate: as many per frame as a
-/// 16 ms frame's share of the rate (at least one, at most `max_queued`), and the interval
-/// stretched so the average is the rate itself (1000/s: 16 every 16 ms; 100/s: 2 every
-/// 20 ms; 1/s: one a second). Publishes beyond it wait, up to `max_queued` rounded up to
-/// a whole frame, instead of being refused by the server's limiter.
-fn publish_pacing(commands_per_second: u32, max_queued: usize) -> BatchConfig {
+/// Pacing that keeps publishes within a server's command limit: nine tenths of its rate,
+/// leaving room for other commands and for frames that reach the server closer together
+/// than they left; as many per frame as a 16 ms frame's share of that (at least one; at
+/// most half the announced burst; at most `max_queued`), with the interval set so the
+/// average is that rate (1000/s: 15 every 16.7 ms; 100/s: 2 every 22.2 ms; 1000/s with a
+/// burst of 10: 5 every 5.6 ms). Publishes beyond it wait (the queue's own bound is set
+/// apart, with [`Batcher::with_capacity`]) instead of being refused by the server's limiter.
+fn publish_pacing(commands_per_second: u32, burst: Option<u32>, max_queued: usize) -> BatchConfig {
     const FRAME_MICROS: u64 = 16_000;
-    let rate = u64::from(commands_per_second.max(1));
-    let most = u64::try_from(max_queued.max(1)).unwrap_or(u64::MAX);
+    let rate = (u64::from(commands_per_second) * 9 / 10).max(1);
+    let half_burst = burst.map_or(u64::MAX, |b| u64::from(b / 2).max(1));
+    let most = u64::try_from(max_queued.max(1)).unwrap_or(u64::MAX).min(half_burst);
     let per_frame = (rate * FRAME_MICROS).div_ceil(1_000_000).clamp(1, most);
     let interval = Duration::from_micros((per_frame * 1_000_000).div_ceil(rate));
     let per_frame = usize::try_from(per_frame).unwrap_or(usize::MAX);
@@ -289,7 +292,8 @@ fn publish_pacing(commands_per_second: u32, max_queued: usize) -> BatchConfig {
 impl ClientCore {
     pub fn new(config: ClientConfig) -> ClientCore {
         // Until a server announces its command rate, publishes are paced at its default.
-        let publishes = Batcher::new(publish_pacing(DEFAULT_COMMANDS_PER_SECOND, config.max_queued_publishes));
+        let publishes = Batcher::new(publish_pacing(DEFAULT_COMMANDS_PER_SECOND, None, config.max_queued_publishes))
+            .with_capacity(config.max_queued_publishes);
         ClientCore {
             jitter: Jitter::new(config.seed),
             token: config.token.clone(),
@@ -693,8 +697,10 @@ impl ClientCore {
                 self.heartbeat_interval = Duration::from_millis(m.heartbeat_interval_ms.unwrap_or(25_000));
                 self.dead_at = Some(self.now + self.heartbeat_interval + self.config.heartbeat_grace);
                 self.schedule_refresh(m.timestamp, m.expires_at);
-                let rate = m.limits.and_then(|l| l.commands_per_second).unwrap_or(DEFAULT_COMMANDS_PER_SECOND);
-                let dropped = self.publishes.reconfigure(publish_pacing(rate, self.config.max_queued_publishes));
+                let limits = m.limits.unwrap_or_default();
+                let rate = limits.commands_per_second.unwrap_or(DEFAULT_COMMANDS_PER_SECOND);
+                let pacing = publish_pacing(rate, limits.command_burst, self.config.max_queued_publishes);
+                let dropped = self.publishes.reconfigure(pacing);
                 self.publishes.discard_gaps();
                 if dropped.total() > 0 {
                     self.push(Action::Error(ClientError::PublishesDropped { count: dropped.total() }));
