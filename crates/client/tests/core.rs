@@ -82,9 +82,14 @@ impl Harness {
 
     /// Connect → open → `connected`; returns the transport.
     fn connect(&mut self) -> TransportId {
+        self.connect_with(connected_message(25_000, None))
+    }
+
+    /// Connect → open → the given `connected` message; returns the transport.
+    fn connect_with(&mut self, connected: Value) -> TransportId {
         self.event(Event::Connect);
         let transport = self.opened();
-        self.connected(transport);
+        self.frame(transport, json!([connected]));
         transport
     }
 
@@ -404,17 +409,7 @@ fn refused_channels_are_reported_and_not_retried() {
 #[test]
 fn offline_publishes_queue_bounded_and_go_out_in_order_paced() {
     let mut h = Harness::new(|c| c.max_queued_publishes = 32);
-    let mut dropped = 0;
-    for i in 0..100u32 {
-        let publish = OutgoingPublish::new(NewPublication { channel: "p".into(), kind: "t".into(), data: json!(i), key: None }).unwrap();
-        h.event(Event::Publish(publish));
-        for action in h.take() {
-            if let Action::Error(ClientError::PublishesDropped { count }) = action {
-                dropped += count;
-            }
-        }
-    }
-    assert_eq!(dropped, 100 - 32);
+    assert_eq!(publish_n(&mut h, 0..100), 100 - 32);
     let t = h.connect();
     let _ = t;
     let mut sent = h.sent();
@@ -433,15 +428,10 @@ fn offline_publishes_queue_bounded_and_go_out_in_order_paced() {
 #[test]
 fn publishes_are_paced_to_the_command_rate_the_server_announces() {
     let mut h = Harness::new(|_| {});
-    h.event(Event::Connect);
-    let t = h.opened();
-    let mut connected = connected_message(25_000, None);
-    connected["limits"]["commandsPerSecond"] = json!(100);
-    h.frame(t, json!([connected]));
+    h.connect_with(connected_at(Some(100)));
     h.take();
     for i in 0..50u32 {
-        let publish = OutgoingPublish::new(NewPublication { channel: "p".into(), kind: "t".into(), data: json!(i), key: None }).unwrap();
-        h.event(Event::Publish(publish));
+        publish_data(&mut h, i);
     }
     // 100/s announced: the first at once, then two every 22.2 ms (nine tenths of it), so
     // the server's limiter never refuses one.
@@ -472,11 +462,18 @@ fn connected_at(rate: Option<u32>) -> Value {
     m
 }
 
+/// Publishes `data: i` to channel `p`.
+fn publish_data(h: &mut Harness, i: u32) {
+    let publish = OutgoingPublish::new(NewPublication { channel: "p".into(), kind: "t".into(), data: json!(i), key: None }).unwrap();
+    h.event(Event::Publish(publish));
+}
+
+/// Publishes `data: i` for each `i` in `range` to channel `p`, taking every action
+/// since; returns how many publishes the client said it dropped.
 fn publish_n(h: &mut Harness, range: std::ops::Range<u32>) -> u32 {
     let mut dropped = 0;
     for i in range {
-        let publish = OutgoingPublish::new(NewPublication { channel: "p".into(), kind: "t".into(), data: json!(i), key: None }).unwrap();
-        h.event(Event::Publish(publish));
+        publish_data(h, i);
         for action in h.take() {
             if let Action::Error(ClientError::PublishesDropped { count }) = action {
                 dropped += count;
@@ -490,9 +487,7 @@ fn publish_n(h: &mut Harness, range: std::ops::Range<u32>) -> u32 {
 fn dropped_publishes_do_not_take_the_place_of_sent_ones_at_a_low_rate() {
     let mut h = Harness::new(|c| c.max_queued_publishes = 4);
     assert_eq!(publish_n(&mut h, 0..10), 6, "offline, the newest 4 wait");
-    h.event(Event::Connect);
-    let t = h.opened();
-    h.frame(t, json!([connected_at(Some(1))]));
+    h.connect_with(connected_at(Some(1)));
     let mut data: Vec<u64> = h.sent().iter().map(|c| c["data"].as_u64().unwrap()).collect();
     for _ in 0..3 {
         h.advance(Duration::from_secs(1));
@@ -504,11 +499,9 @@ fn dropped_publishes_do_not_take_the_place_of_sent_ones_at_a_low_rate() {
 #[test]
 fn a_small_announced_burst_splits_frames() {
     let mut h = Harness::new(|_| {});
-    h.event(Event::Connect);
-    let t = h.opened();
     let mut connected = connected_at(Some(1000));
     connected["limits"]["commandBurst"] = json!(10);
-    h.frame(t, json!([connected]));
+    h.connect_with(connected);
     h.take();
     assert_eq!(publish_n(&mut h, 0..21), 0, "the first went at once");
     let mut frames = Vec::new();
@@ -522,9 +515,7 @@ fn a_small_announced_burst_splits_frames() {
 #[test]
 fn a_server_without_announced_limits_gets_the_default_pace() {
     let mut h = Harness::new(|_| {});
-    h.event(Event::Connect);
-    let t = h.opened();
-    h.frame(t, json!([connected_at(Some(1))]));
+    let t = h.connect_with(connected_at(Some(1)));
     h.take();
     // Reconnected to a server that announces no limits: back to its default, 1000/s (15
     // every 16.7 ms).
@@ -635,11 +626,9 @@ fn background_mode_leaves_and_catches_up_with_since() {
 #[test]
 fn an_incompatible_server_is_refused() {
     let mut h = Harness::new(|_| {});
-    h.event(Event::Connect);
-    let t = h.opened();
     let mut connected = connected_message(25_000, None);
     connected["version"] = json!(99);
-    h.frame(t, json!([connected]));
+    h.connect_with(connected);
     let actions = h.take();
     assert!(actions.iter().any(|a| matches!(a, Action::Close { code: 4503, .. })));
     assert_eq!(h.core.state(), ConnectionState::Disconnected);

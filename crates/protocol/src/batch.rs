@@ -174,20 +174,32 @@ pub struct Batcher {
     gaps: Vec<Gap>,
     last_frame_at: Option<Duration>,
     /// Publications that may wait, when set apart from the frame size (see
-    /// [`Batcher::with_capacity`]).
+    /// [`Batcher::for_own_queue`]).
     capacity: Option<usize>,
+    /// Whether drops are recorded for gap notices (see [`Batcher::for_own_queue`]).
+    notices: bool,
 }
 
 impl Batcher {
     pub fn new(config: BatchConfig) -> Batcher {
-        Batcher { config, queue: VecDeque::new(), publications: 0, keyed: 0, gaps: Vec::new(), last_frame_at: None, capacity: None }
+        Batcher {
+            config,
+            queue: VecDeque::new(),
+            publications: 0,
+            keyed: 0,
+            gaps: Vec::new(),
+            last_frame_at: None,
+            capacity: None,
+            notices: true,
+        }
     }
 
-    /// Bounds the queue at `capacity` publications whatever the frame size, for a queue
-    /// whose bound is its own setting rather than frames' worth (the client's publishes).
-    pub fn with_capacity(mut self, capacity: usize) -> Batcher {
-        self.capacity = Some(capacity.max(1));
-        self
+    /// A batcher for a sender's own queue (the client's publishes): bounded at
+    /// `capacity` publications whatever the frame size, and recording no gap notices,
+    /// since its owner reports drops itself (the counts [`Batcher::push`] returns) and
+    /// notices would take frame slots without ever being sent.
+    pub fn for_own_queue(config: BatchConfig, capacity: usize) -> Batcher {
+        Batcher { capacity: Some(capacity.max(1)), notices: false, ..Batcher::new(config) }
     }
 
     /// How many publications may wait.
@@ -222,12 +234,6 @@ impl Batcher {
     pub fn reconfigure(&mut self, config: BatchConfig) -> Dropped {
         self.config = config;
         self.shed()
-    }
-
-    /// Forgets the drops recorded for gap notices, for a user that reports drops its own
-    /// way (the client's publish queue): unsent notices would take frame slots.
-    pub fn discard_gaps(&mut self) {
-        self.gaps.clear();
     }
 
     /// Drops publications until the queue fits its capacity: superseded ones first,
@@ -286,6 +292,9 @@ impl Batcher {
     }
 
     fn record_gap(&mut self, position: Position, reason: GapReason) {
+        if !self.notices {
+            return;
+        }
         let extends = self
             .gaps
             .iter_mut()

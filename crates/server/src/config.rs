@@ -5,6 +5,7 @@
 //! (`16ms`, `25s`, `5m`).
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -243,9 +244,16 @@ impl Config {
             max_channels: clamp(self.max_channels),
             max_message_bytes: clamp(self.max_message_bytes),
             commands_per_second: self.commands_per_second,
-            // What the limiter uses: zero means a burst of one second's worth.
-            command_burst: if self.command_burst == 0 { self.commands_per_second.max(1) } else { self.command_burst },
+            command_burst: self.command_quota().burst_size().get(),
         }
+    }
+
+    /// Each connection's command rate limit: `commands_per_second` (at least one) with a
+    /// bucket of `command_burst` (zero: one second's worth).
+    pub fn command_quota(&self) -> governor::Quota {
+        let rate = NonZeroU32::new(self.commands_per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(self.command_burst).unwrap_or(rate);
+        governor::Quota::per_second(rate).allow_burst(burst)
     }
 
     /// A config for tests and embedding: listen on an ephemeral loopback port, HS256

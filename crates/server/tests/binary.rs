@@ -38,12 +38,19 @@ fn start(extra: &[&str]) -> Running {
         .spawn()
         .expect("start tidewire");
     let running = Running { child, port };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "tidewire did not start listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    running.wait_listening();
     running
+}
+
+impl Running {
+    /// Waits until the server accepts connections.
+    fn wait_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "tidewire did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 fn mint(args: &[&str]) -> String {
@@ -155,10 +162,6 @@ fn serve_raises_the_open_file_limit_to_the_hard_limit() {
         .spawn()
         .expect("start tidewire through sh");
     let running = Running { child, port };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", running.port)).is_err() {
-        assert!(Instant::now() < deadline, "tidewire did not start listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    running.wait_listening();
     assert_eq!(open_file_limits(running.child.id()), (hard, hard));
 }

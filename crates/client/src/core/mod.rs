@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tidewire_protocol::batch::{BatchConfig, Batcher, Outbound, Position};
+use tidewire_protocol::batch::{BatchConfig, Batcher, Dropped, Outbound, Position};
 use tidewire_protocol::command::{Publish, Refresh, Subscribe, Unsubscribe};
 use tidewire_protocol::message::{ControlFields, GapReason, CONTROL_TYPES};
 use tidewire_protocol::{
@@ -273,27 +273,24 @@ const DEFAULT_COMMANDS_PER_SECOND: u32 = 1000;
 
 /// Pacing that keeps publishes within a server's command limit: nine tenths of its rate,
 /// leaving room for other commands and for frames that reach the server closer together
-/// than they left; as many per frame as a 16 ms frame's share of that (at least one; at
-/// most half the announced burst; at most `max_queued`), with the interval set so the
-/// average is that rate (1000/s: 15 every 16.7 ms; 100/s: 2 every 22.2 ms; 1000/s with a
-/// burst of 10: 5 every 5.6 ms). Publishes beyond it wait (the queue's own bound is set
-/// apart, with [`Batcher::with_capacity`]) instead of being refused by the server's limiter.
-fn publish_pacing(commands_per_second: u32, burst: Option<u32>, max_queued: usize) -> BatchConfig {
+/// than they left; as many per frame as a 16 ms frame's share of that (at least one, at
+/// most half the announced burst), with the interval set so the average is that rate
+/// (1000/s: 15 every 16.7 ms; 100/s: 2 every 22.2 ms; 1000/s with a burst of 10: 5 every
+/// 5.6 ms). Publishes beyond it wait instead of being refused by the server's limiter;
+/// how many may wait is the queue's own bound ([`Batcher::for_own_queue`]), not frames'.
+fn publish_pacing(commands_per_second: u32, burst: Option<u32>) -> BatchConfig {
     const FRAME_MICROS: u64 = 16_000;
     let rate = (u64::from(commands_per_second) * 9 / 10).max(1);
     let half_burst = burst.map_or(u64::MAX, |b| u64::from(b / 2).max(1));
-    let most = u64::try_from(max_queued.max(1)).unwrap_or(u64::MAX).min(half_burst);
-    let per_frame = (rate * FRAME_MICROS).div_ceil(1_000_000).clamp(1, most);
+    let per_frame = (rate * FRAME_MICROS).div_ceil(1_000_000).clamp(1, half_burst);
     let interval = Duration::from_micros((per_frame * 1_000_000).div_ceil(rate));
-    let per_frame = usize::try_from(per_frame).unwrap_or(usize::MAX);
-    BatchConfig { max_batch: per_frame, interval, max_queued_batches: max_queued.div_ceil(per_frame).max(1) }
+    BatchConfig { max_batch: usize::try_from(per_frame).unwrap_or(usize::MAX), interval, max_queued_batches: 1 }
 }
 
 impl ClientCore {
     pub fn new(config: ClientConfig) -> ClientCore {
         // Until a server announces its command rate, publishes are paced at its default.
-        let publishes = Batcher::new(publish_pacing(DEFAULT_COMMANDS_PER_SECOND, None, config.max_queued_publishes))
-            .with_capacity(config.max_queued_publishes);
+        let publishes = Batcher::for_own_queue(publish_pacing(DEFAULT_COMMANDS_PER_SECOND, None), config.max_queued_publishes);
         ClientCore {
             jitter: Jitter::new(config.seed),
             token: config.token.clone(),
@@ -699,12 +696,8 @@ impl ClientCore {
                 self.schedule_refresh(m.timestamp, m.expires_at);
                 let limits = m.limits.unwrap_or_default();
                 let rate = limits.commands_per_second.unwrap_or(DEFAULT_COMMANDS_PER_SECOND);
-                let pacing = publish_pacing(rate, limits.command_burst, self.config.max_queued_publishes);
-                let dropped = self.publishes.reconfigure(pacing);
-                self.publishes.discard_gaps();
-                if dropped.total() > 0 {
-                    self.push(Action::Error(ClientError::PublishesDropped { count: dropped.total() }));
-                }
+                let dropped = self.publishes.reconfigure(publish_pacing(rate, limits.command_burst));
+                self.report_dropped(dropped);
                 self.emit_state();
                 self.resubscribe_all(transport);
             }
@@ -912,11 +905,15 @@ impl ClientCore {
             key: publish.key.as_deref().map(Into::into),
         };
         let dropped = self.publishes.push(Outbound::publication(publish.command, position));
-        self.publishes.discard_gaps();
+        self.report_dropped(dropped);
+        self.flush_publishes();
+    }
+
+    /// Tells the app about publishes its queue dropped.
+    fn report_dropped(&mut self, dropped: Dropped) {
         if dropped.total() > 0 {
             self.push(Action::Error(ClientError::PublishesDropped { count: dropped.total() }));
         }
-        self.flush_publishes();
     }
 
     /// Sends the publishes that are due, paced by the batcher.

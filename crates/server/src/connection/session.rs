@@ -4,12 +4,11 @@
 //! Handling a command only queues replies into the outbox or asks the IO loop to close;
 //! it never touches the socket, so the IO loop stays the only place that awaits.
 
-use std::num::NonZeroU32;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use governor::clock::DefaultClock;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, RateLimiter};
 use tidewire_protocol::batch::Outbound;
 use tidewire_protocol::message::ErrorMessage;
 use tidewire_protocol::{decode_command, CloseCode, Command, CommandId, Control, ErrorCode};
@@ -101,11 +100,9 @@ struct FloodWindow {
 impl Session {
     pub fn new(hub: Hub, slot: ConnectionSlot, grant: Grant) -> Session {
         let config = hub.config();
-        let rate = NonZeroU32::new(config.commands_per_second).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(config.command_burst).unwrap_or(rate);
         let outbox = Arc::new(Outbox::new(config.batch()));
         Session {
-            limiter: RateLimiter::direct_with_clock(Quota::per_second(rate).allow_burst(burst), rate_limit_clock()),
+            limiter: RateLimiter::direct_with_clock(config.command_quota(), rate_limit_clock()),
             flood: FloodWindow { started: Instant::now(), refused: 0 },
             subscriptions: Subscriptions::default(),
             outbox,

@@ -195,6 +195,14 @@ mod tests {
         outbox.poll_woken(&mut Context::from_waker(&waker)).is_ready()
     }
 
+    /// An outbox with the default 16 ms interval, a waker that counts, and the outbox's
+    /// clock origin.
+    fn counted_outbox() -> (Outbox, Arc<Counter>, Instant) {
+        let outbox = Outbox::new(BatchConfig::default());
+        let start = outbox.origin;
+        (outbox, Arc::new(Counter(AtomicUsize::new(0))), start)
+    }
+
     /// Pushes one publication as if at `at`.
     fn push_at(outbox: &Outbox, seq: u64, at: Instant) {
         outbox.push_with_clock([publication(seq)], || at);
@@ -202,11 +210,8 @@ mod tests {
 
     #[test]
     fn dense_traffic_wakes_the_connection_once_per_frame() {
-        let interval = Duration::from_millis(16);
-        let outbox = Outbox::new(BatchConfig { interval, ..BatchConfig::default() });
-        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let (outbox, counter, start) = counted_outbox();
         let wakes = || counter.0.load(Ordering::SeqCst);
-        let start = outbox.origin;
         let ms = |n: u64| start + Duration::from_millis(n);
         let far = ms(25_000);
 
@@ -251,9 +256,7 @@ mod tests {
 
     #[test]
     fn sparse_traffic_wakes_the_connection_once_per_message() {
-        let outbox = Outbox::new(BatchConfig::default());
-        let counter = Arc::new(Counter(AtomicUsize::new(0)));
-        let start = outbox.origin;
+        let (outbox, counter, start) = counted_outbox();
         let far = start + Duration::from_secs(25);
         for (seq, at_ms) in [(1, 0), (2, 100), (3, 250), (4, 400)] {
             let at = start + Duration::from_millis(at_ms);
@@ -269,9 +272,7 @@ mod tests {
 
     #[test]
     fn a_connection_that_planned_an_earlier_look_is_not_woken() {
-        let outbox = Outbox::new(BatchConfig::default());
-        let counter = Arc::new(Counter(AtomicUsize::new(0)));
-        let start = outbox.origin;
+        let (outbox, counter, start) = counted_outbox();
         let soon = start + Duration::from_millis(1);
         // A ping is due in 1 ms: the connection will look then anyway.
         outbox.plan_look(start, soon);

@@ -313,16 +313,12 @@ impl EngineInner {
     async fn rotate_epoch(&self, channel: &str) -> String {
         let keys = Keys::new(&self.prefix, channel);
         let epoch = self.new_epoch();
-        loop {
+        until_redis_answers(channel, "new epoch", || {
             let mut conn = self.conn.clone();
-            match redis::cmd("SET").arg(&keys.epoch).arg(&epoch).query_async::<()>(&mut conn).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::debug!(channel, "new epoch waits for the broker: {e}");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            }
-        }
+            let (key, epoch) = (keys.epoch.clone(), epoch.clone());
+            async move { redis::cmd("SET").arg(key).arg(epoch).query_async::<()>(&mut conn).await }
+        })
+        .await;
         tracing::warn!(channel, %epoch, "channel seqs went backwards: new epoch");
         epoch
     }
@@ -353,6 +349,27 @@ struct Range {
     epoch: String,
     head: u64,
     texts: Option<Vec<String>>,
+}
+
+/// How often a channel actor's step asks Redis again while it does not answer.
+const BROKER_RETRY: Duration = Duration::from_millis(250);
+
+/// Runs a channel actor's step until Redis answers. Steps wait for the broker rather
+/// than being skipped: the channel's subscribers stay connected meanwhile, and a skipped
+/// step would leave the actor's view of the channel behind Redis's.
+async fn until_redis_answers<T, Fut>(channel: &str, step: &str, mut attempt: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(e) => {
+                tracing::debug!(channel, "{step} waits for the broker: {e}");
+                tokio::time::sleep(BROKER_RETRY).await;
+            }
+        }
+    }
 }
 
 /// Keeps the readiness flag true only while Redis answers.
@@ -514,17 +531,7 @@ impl Actor {
     }
 
     async fn subscribe(&mut self, request: SubscribeRequest) {
-        let start = loop {
-            match self.engine.start(&self.channel, request.since.as_ref()).await {
-                Ok(start) => break start,
-                Err(e) => {
-                    // Redis is down: the subscription waits (the client stays connected).
-                    tracing::debug!(channel = %self.channel, "subscribe waits for the broker: {e}");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            }
-        };
-        let mut start = start;
+        let mut start = until_redis_answers(&self.channel, "subscribe", || self.engine.start(&self.channel, request.since.as_ref())).await;
         let rolled_back = self.epoch.as_deref() == Some(start.epoch.as_str()) && start.head < self.head;
         if rolled_back {
             start.epoch = self.engine.rotate_epoch(&self.channel).await;
@@ -633,12 +640,7 @@ impl Actor {
 
     /// After pub/sub came back: deliver what was published meanwhile.
     async fn resync(&mut self) {
-        let range = loop {
-            match self.engine.range(&self.channel, self.head + 1, u64::MAX).await {
-                Ok(range) => break range,
-                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-            }
-        };
+        let range = until_redis_answers(&self.channel, "resync", || self.engine.range(&self.channel, self.head + 1, u64::MAX)).await;
         let epoch: Arc<str> = range.epoch.as_str().into();
         if !range.epoch.is_empty() && self.epoch.as_deref() != Some(&*epoch) {
             self.epoch_changed(epoch, range.head);
