@@ -7,7 +7,7 @@ export const PROTOCOL_VERSION = 1;
 export const CONTROL_TYPES = ["connected","subscribed","unsubscribed","published","refreshed","error","pong","heartbeat","gap"] as const;
 
 /** Every error code, as `error` messages carry it. */
-export const ERROR_CODES = ["AUTH_REQUIRED","AUTH_INVALID","TOKEN_EXPIRED","FORBIDDEN","RATE_LIMIT_EXCEEDED","BAD_REQUEST","UNKNOWN_ACTION","INVALID_CHANNEL","TOO_MANY_CHANNELS","MESSAGE_TOO_BIG","UNAVAILABLE","INTERNAL_ERROR"] as const;
+export const ERROR_CODES = ["AUTH_REQUIRED","AUTH_INVALID","TOKEN_EXPIRED","FORBIDDEN","RATE_LIMIT_EXCEEDED","BAD_REQUEST","UNKNOWN_ACTION","INVALID_CHANNEL","TOO_MANY_CHANNELS","MESSAGE_TOO_BIG","UNAVAILABLE","INTERNAL_ERROR","REQUEST_TIMEOUT","TOO_MANY_KEYS"] as const;
 
 /** Close codes: name, whether to reconnect, and what it means. */
 export const CLOSE_CODES = {
@@ -21,6 +21,7 @@ export const CLOSE_CODES = {
   TRY_AGAIN_LATER: { code: 1013, reconnect: true, meaning: "connection limit reached" },
   SLOW_CONSUMER: { code: 4000, reconnect: true, meaning: "client stopped reading; recover after reconnect" },
   HEARTBEAT_TIMEOUT: { code: 4001, reconnect: true, meaning: "no pong in time" },
+  QUEUE_OVERFLOW: { code: 4002, reconnect: true, meaning: "the client's queue exceeded its byte budget (it asked for more than it read)" },
   AUTH_REQUIRED: { code: 4500, reconnect: false, meaning: "no token presented" },
   AUTH_INVALID: { code: 4501, reconnect: false, meaning: "token failed verification" },
   TOKEN_EXPIRED: { code: 4502, reconnect: false, meaning: "token expired: reconnect with a new token" },

@@ -44,7 +44,7 @@ async function waitForHealth(port, ms = 15000) {
 
 function startDemo(port) {
   const child = spawn(bin, ["demo", "--listen", `127.0.0.1:${port}`, "--web-dir", join(here, "..", "dist"), "--drain-window", "300ms", "--rate", "300"], {
-    env: { ...process.env, TIDEWIRE_JWT_SECRET: "e2e-secret", TIDEWIRE_LOG: "warn" },
+    env: { ...process.env, TIDEWIRE_JWT_SECRET: "e2e-secret-of-at-least-thirty-two-bytes", TIDEWIRE_LOG: "warn" },
     stdio: ["ignore", "ignore", "inherit"],
   });
   const exited = new Promise((resolve) => child.on("exit", (code) => resolve(code)));

@@ -41,7 +41,7 @@ pub fn test() -> Result<(), String> {
     let mut child = Command::new(&binary)
         .env_clear()
         .env("TIDEWIRE_LISTEN", &listen)
-        .env("TIDEWIRE_JWT_SECRET", "container-test-secret")
+        .env("TIDEWIRE_JWT_SECRET", "container-test-secret-of-32-bytes-or-more")
         .env("TIDEWIRE_LOG_FORMAT", "json")
         .arg("serve")
         .stdout(Stdio::piped())

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const SECRET: &str = "tidewire-bench-secret";
+pub const SECRET: &str = "tidewire-bench-secret-of-32-bytes-or-more";
 
 /// A running `tidewire serve`.
 pub struct Node {

@@ -14,7 +14,7 @@ use tidewire_server::{server, Hub};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-const SECRET: &str = "native-secret";
+const SECRET: &str = "native-secret-of-at-least-32-bytes";
 
 fn token(ttl: u64) -> String {
     mint_hs256(SECRET, &Claims { sub: "native".into(), exp: unix_now() + ttl, ..Claims::default() }).unwrap()

@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use tidewire_server::auth::Verifier;
 use tidewire_server::Config;
 
-const SECRET: &str = "fuzz-secret";
+const SECRET: &str = "fuzz-secret-of-at-least-32-bytes";
 
 fuzz_target!(|data: &[u8]| {
     thread_local! {

@@ -15,10 +15,19 @@
 //!    (conflation: the client keeps only the latest value per key anyway);
 //! 2. otherwise the **oldest** publication (overflow).
 //!
-//! It never drops control messages (replies, errors) and never reorders anything. Every
-//! drop is recorded as a seq range per channel and reason, and the next frame starts
-//! with one [`GapNotice`](crate::message::GapNotice) per range, so a client always knows
-//! exactly what it missed and why.
+//! It never drops control messages (replies, errors, snapshot items) and never reorders
+//! anything. Every drop is recorded as a seq range per channel and reason, and the next
+//! frame starts with one [`GapNotice`](crate::message::GapNotice) per range, so a client
+//! always knows exactly what it missed and why.
+//!
+//! **The byte budget.** What waits is also bounded in bytes (`max_bytes`): every queued
+//! message counts its encoded length, control messages and pending gap notices included,
+//! so a peer that asks for many replies and reads them slowly cannot grow its queue
+//! without bound. Over the budget, publications are shed by the rules above; when what
+//! is left (messages that are never dropped) still exceeds it, the batcher is
+//! **over budget**: it refuses every further message and says so
+//! ([`Batcher::is_over_budget`]), and its owner ends the session (the server closes the
+//! connection with [`CloseCode::QUEUE_OVERFLOW`](crate::CloseCode::QUEUE_OVERFLOW)).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -28,18 +37,26 @@ use crate::codec::{encode_frame, EncodedMessage};
 use crate::message::{Control, GapNotice, GapReason, ServerMessage};
 use crate::Timestamp;
 
-/// Batching limits. The defaults are 50 messages per frame, one frame per 16 ms (60 fps)
-/// and 10 frames' worth queued.
+/// Batching limits. The defaults are 50 messages per frame, one frame per 16 ms (60 fps),
+/// 10 frames' worth of publications queued, and 1 MiB queued in all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchConfig {
     pub max_batch: usize,
     pub interval: Duration,
     pub max_queued_batches: usize,
+    /// Bytes that may wait, every message and gap notice counted (see the module docs).
+    pub max_bytes: usize,
 }
+
+/// The default byte budget of a queue.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 1 << 20;
+
+/// What a pending gap notice counts against the byte budget: about its encoded size.
+pub const GAP_NOTICE_BYTES: usize = 128;
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        BatchConfig { max_batch: 50, interval: Duration::from_millis(16), max_queued_batches: 10 }
+        BatchConfig { max_batch: 50, interval: Duration::from_millis(16), max_queued_batches: 10, max_bytes: DEFAULT_MAX_QUEUED_BYTES }
     }
 }
 
@@ -124,11 +141,21 @@ impl Gap {
 pub struct Dropped {
     pub superseded: u32,
     pub overflow: u32,
+    /// Messages not queued at all because the batcher is over its byte budget.
+    pub refused: u32,
 }
 
 impl Dropped {
+    /// Publications dropped (superseded or overflow), each announced by a gap notice.
     pub fn total(&self) -> u32 {
         self.superseded + self.overflow
+    }
+
+    /// Adds another push's cost to this one.
+    pub fn add(&mut self, other: Dropped) {
+        self.superseded += other.superseded;
+        self.overflow += other.overflow;
+        self.refused += other.refused;
     }
 }
 
@@ -172,6 +199,11 @@ pub struct Batcher {
     /// overflows on every push, so that search ran per message per slow subscriber.
     keyed: usize,
     gaps: Vec<Gap>,
+    /// Encoded bytes of `queue`, plus [`GAP_NOTICE_BYTES`] per pending gap.
+    bytes: usize,
+    /// Set once what may not be dropped exceeded the byte budget; from then on every
+    /// push is refused.
+    over_budget: bool,
     last_frame_at: Option<Duration>,
     /// Publications that may wait, when set apart from the frame size (see
     /// [`Batcher::for_own_queue`]).
@@ -188,6 +220,8 @@ impl Batcher {
             publications: 0,
             keyed: 0,
             gaps: Vec::new(),
+            bytes: 0,
+            over_budget: false,
             last_frame_at: None,
             capacity: None,
             notices: true,
@@ -221,9 +255,23 @@ impl Batcher {
         self.queue.is_empty() && self.gaps.is_empty()
     }
 
+    /// Bytes waiting, as the byte budget counts them.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether messages that are never dropped exceeded the byte budget: the batcher
+    /// refuses everything from then on, and its owner should end the session.
+    pub fn is_over_budget(&self) -> bool {
+        self.over_budget
+    }
+
     /// Queues a message; when that overflows the queue, drops per the module rules and
-    /// says what it dropped.
+    /// says what it dropped. Over the byte budget, the message is refused.
     pub fn push(&mut self, outbound: Outbound) -> Dropped {
+        if self.over_budget {
+            return Dropped { refused: 1, ..Dropped::default() };
+        }
         self.count(&outbound, 1);
         self.queue.push_back(outbound);
         self.shed()
@@ -236,17 +284,25 @@ impl Batcher {
         self.shed()
     }
 
-    /// Drops publications until the queue fits its capacity: superseded ones first,
-    /// then the oldest.
+    /// Drops publications until the queue fits its capacity and its byte budget:
+    /// superseded ones first, then the oldest. When only messages that are never dropped
+    /// are left and they still exceed the budget, the batcher goes over budget.
     fn shed(&mut self) -> Dropped {
         let mut dropped = Dropped::default();
-        while self.publications > self.capacity() {
+        while self.publications > self.capacity() || self.bytes > self.config.max_bytes {
+            if self.publications == 0 {
+                self.over_budget = true;
+                break;
+            }
             let superseded = if self.keyed >= 2 { self.oldest_superseded() } else { None };
             let (index, reason) = match superseded {
                 Some(index) => (index, GapReason::Superseded),
                 None => match self.queue.iter().position(|o| o.position().is_some()) {
                     Some(index) => (index, GapReason::Overflow),
-                    None => break,
+                    None => {
+                        self.over_budget = true;
+                        break;
+                    }
                 },
             };
             let Some(removed) = self.queue.remove(index) else {
@@ -265,8 +321,10 @@ impl Batcher {
         dropped
     }
 
-    /// Keeps the publication counts as `outbound` joins (+1) or leaves (-1) the queue.
+    /// Keeps the counts as `outbound` joins (+1) or leaves (-1) the queue.
     fn count(&mut self, outbound: &Outbound, delta: isize) {
+        let size = outbound.message().len();
+        self.bytes = if delta > 0 { self.bytes.saturating_add(size) } else { self.bytes.saturating_sub(size) };
         if let Some(position) = outbound.position() {
             self.publications = self.publications.saturating_add_signed(delta);
             if position.key.is_some() {
@@ -302,7 +360,10 @@ impl Batcher {
             .find(|gap| gap.channel == position.channel && gap.reason == reason && gap.to + 1 == position.seq);
         match extends {
             Some(gap) => gap.to = position.seq,
-            None => self.gaps.push(Gap { channel: position.channel, from: position.seq, to: position.seq, reason }),
+            None => {
+                self.gaps.push(Gap { channel: position.channel, from: position.seq, to: position.seq, reason });
+                self.bytes = self.bytes.saturating_add(GAP_NOTICE_BYTES);
+            }
         }
     }
 
@@ -332,6 +393,7 @@ impl Batcher {
         let max = self.config.max_batch.max(1);
         let gap_count = self.gaps.len().min(max);
         let gaps: Vec<Gap> = self.gaps.drain(..gap_count).collect();
+        self.bytes = self.bytes.saturating_sub(gaps.len() * GAP_NOTICE_BYTES);
         let take = (max - gaps.len()).min(self.queue.len());
         let mut messages = Vec::with_capacity(take);
         messages.extend(self.queue.drain(..take));
@@ -365,7 +427,7 @@ mod tests {
     }
 
     fn small(max_batch: usize, max_queued_batches: usize) -> Batcher {
-        Batcher::new(BatchConfig { max_batch, interval: ms(16), max_queued_batches })
+        Batcher::new(BatchConfig { max_batch, interval: ms(16), max_queued_batches, ..BatchConfig::default() })
     }
 
     #[test]
@@ -374,7 +436,7 @@ mod tests {
         for seq in 1..=10 {
             b.push(publication("a", seq, None));
         }
-        let dropped = b.reconfigure(BatchConfig { max_batch: 2, interval: ms(20), max_queued_batches: 3 });
+        let dropped = b.reconfigure(BatchConfig { max_batch: 2, interval: ms(20), max_queued_batches: 3, ..BatchConfig::default() });
         assert_eq!(dropped.overflow, 4, "capacity 16 → 6: the oldest four go");
         let frame = b.poll_frame(ms(0)).unwrap();
         assert_eq!(frame.gaps, vec![Gap { channel: "a".into(), from: 1, to: 4, reason: GapReason::Overflow }]);
@@ -442,11 +504,11 @@ mod tests {
         b.push(publication("lp", 3, Some("OANDA")));
         b.push(publication("other", 1, None));
         let d = b.push(publication("lp", 4, Some("LMAX")));
-        assert_eq!(d, Dropped { superseded: 1, overflow: 0 });
+        assert_eq!(d, Dropped { superseded: 1, overflow: 0, refused: 0 });
         let d = b.push(publication("lp", 5, Some("CITI")));
-        assert_eq!(d, Dropped { superseded: 1, overflow: 0 });
+        assert_eq!(d, Dropped { superseded: 1, overflow: 0, refused: 0 });
         let d = b.push(publication("lp", 6, Some("HSBC")));
-        assert_eq!(d, Dropped { superseded: 0, overflow: 1 });
+        assert_eq!(d, Dropped { superseded: 0, overflow: 1, refused: 0 });
         let frame = b.poll_frame(ms(0)).unwrap();
         assert_eq!(
             frame.gaps,
@@ -468,9 +530,9 @@ mod tests {
         for seq in 3..=6 {
             b.push(publication("lp", seq, None));
         }
-        assert_eq!(b.push(publication("lp", 7, Some("OANDA"))), Dropped { superseded: 0, overflow: 1 });
-        assert_eq!(b.push(publication("lp", 8, Some("OANDA"))), Dropped { superseded: 1, overflow: 0 }, "7 is superseded by 8");
-        assert_eq!(b.push(publication("lp", 9, None)), Dropped { superseded: 0, overflow: 1 });
+        assert_eq!(b.push(publication("lp", 7, Some("OANDA"))), Dropped { superseded: 0, overflow: 1, refused: 0 });
+        assert_eq!(b.push(publication("lp", 8, Some("OANDA"))), Dropped { superseded: 1, overflow: 0, refused: 0 }, "7 is superseded by 8");
+        assert_eq!(b.push(publication("lp", 9, None)), Dropped { superseded: 0, overflow: 1, refused: 0 });
         let frame = b.poll_frame(ms(16)).unwrap();
         assert_eq!(
             frame.gaps,
@@ -496,6 +558,30 @@ mod tests {
         let frame = b.poll_frame(ms(16)).unwrap();
         assert!(frame.messages[0].message().as_str().contains("\"n\":2"));
         assert_eq!(seqs(&frame), vec![2]);
+    }
+
+    #[test]
+    fn the_byte_budget_sheds_publications_before_it_refuses_anything() {
+        let message = |n: usize| EncodedMessage::encode(&serde_json::json!({"p": "x".repeat(n)})).unwrap();
+        let size = message(90).len();
+        let mut b = Batcher::new(BatchConfig { max_bytes: 4 * size, ..BatchConfig::default() });
+        for seq in 1..=4 {
+            b.push(Outbound::publication(message(90), Position { channel: "a".into(), seq, key: None }));
+        }
+        assert_eq!(b.bytes(), 4 * size);
+        // A control message sheds the oldest publications: one to make room, and two more
+        // for the gap notice that now reports them (GAP_NOTICE_BYTES).
+        let d = b.push(Outbound::control(message(90)));
+        assert_eq!((d.overflow, d.refused), (3, 0));
+        assert!(!b.is_over_budget());
+        assert!(b.bytes() <= 4 * size);
+        // Control messages alone over the budget: over budget, and everything is refused.
+        for _ in 0..3 {
+            b.push(Outbound::control(message(90)));
+        }
+        assert!(b.is_over_budget());
+        assert_eq!(b.push(Outbound::publication(message(1), Position { channel: "a".into(), seq: 5, key: None })).refused, 1);
+        assert_eq!(b.push(Outbound::control(message(1))).refused, 1);
     }
 
     #[test]

@@ -61,6 +61,9 @@ impl CloseCode {
     pub const SLOW_CONSUMER: CloseCode = CloseCode(4000);
     /// The client did not answer a WebSocket ping in time.
     pub const HEARTBEAT_TIMEOUT: CloseCode = CloseCode(4001);
+    /// What the server queued for the client (replies, errors, snapshots) exceeded the
+    /// connection's byte budget: it asked for more than it read.
+    pub const QUEUE_OVERFLOW: CloseCode = CloseCode(4002);
     /// No token was presented.
     pub const AUTH_REQUIRED: CloseCode = CloseCode(4500);
     /// The token failed verification.
@@ -71,7 +74,7 @@ impl CloseCode {
     pub const UNSUPPORTED_PROTOCOL: CloseCode = CloseCode(4503);
 
     /// Every code tidewire sends or expects, in the order of the reference table.
-    pub const TABLE: [CloseCodeInfo; 14] = [
+    pub const TABLE: [CloseCodeInfo; 15] = [
         info(Self::NORMAL, "NORMAL", Disposition::Terminal, "the session ended on purpose"),
         info(Self::GOING_AWAY, "GOING_AWAY", Disposition::Reconnect, "the peer is going away"),
         info(Self::ABNORMAL, "ABNORMAL", Disposition::Reconnect, "transport lost without a close frame (never sent)"),
@@ -82,6 +85,7 @@ impl CloseCode {
         info(Self::TRY_AGAIN_LATER, "TRY_AGAIN_LATER", Disposition::Reconnect, "connection limit reached"),
         info(Self::SLOW_CONSUMER, "SLOW_CONSUMER", Disposition::Reconnect, "client stopped reading; recover after reconnect"),
         info(Self::HEARTBEAT_TIMEOUT, "HEARTBEAT_TIMEOUT", Disposition::Reconnect, "no pong in time"),
+        info(Self::QUEUE_OVERFLOW, "QUEUE_OVERFLOW", Disposition::Reconnect, "the client's queue exceeded its byte budget (it asked for more than it read)"),
         info(Self::AUTH_REQUIRED, "AUTH_REQUIRED", Disposition::Terminal, "no token presented"),
         info(Self::AUTH_INVALID, "AUTH_INVALID", Disposition::Terminal, "token failed verification"),
         info(Self::TOKEN_EXPIRED, "TOKEN_EXPIRED", Disposition::Terminal, "token expired: reconnect with a new token"),

@@ -18,7 +18,12 @@ use serde_json::Value;
 
 use crate::ErrorCode;
 
-/// A command's correlation id, echoed in the reply: a number or a string.
+/// The longest string a command id may be, in bytes: ids are echoed in every reply, so a
+/// long one would multiply what a command costs the server.
+pub const MAX_COMMAND_ID_BYTES: usize = 64;
+
+/// A command's correlation id, echoed in the reply: a number or a string of at most
+/// [`MAX_COMMAND_ID_BYTES`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(untagged)]
@@ -35,7 +40,7 @@ impl<'de> Deserialize<'de> for CommandId {
         impl serde::de::Visitor<'_> for Visitor {
             type Value = CommandId;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a non-negative integer or a string")
+                f.write_str("a non-negative integer or a string of at most 64 bytes")
             }
             fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<CommandId, E> {
                 Ok(CommandId::Number(n))
@@ -44,6 +49,9 @@ impl<'de> Deserialize<'de> for CommandId {
                 u64::try_from(n).map(CommandId::Number).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(n), &self))
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<CommandId, E> {
+                if s.len() > MAX_COMMAND_ID_BYTES {
+                    return Err(E::invalid_length(s.len(), &self));
+                }
                 Ok(CommandId::Text(s.to_owned()))
             }
         }
@@ -252,7 +260,7 @@ pub fn decode_command(text: &str) -> Result<Command, CommandError> {
 fn head_shape_error(text: &str) -> String {
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(map)) => match map.get("action") {
-            Some(Value::String(_)) | None => "\"id\" must be a non-negative integer or a string".to_owned(),
+            Some(Value::String(_)) | None => format!("\"id\" must be a non-negative integer or a string of at most {MAX_COMMAND_ID_BYTES} bytes"),
             Some(_) => "\"action\" must be a string".to_owned(),
         },
         Ok(_) => "a command must be a JSON object".to_owned(),
@@ -328,6 +336,7 @@ mod tests {
             (r#"{"action":5}"#, ErrorCode::BadRequest, None),
             (r#"{"action":"subscribe","id":{"x":1}}"#, ErrorCode::BadRequest, None),
             (r#"{"action":"subscribe","id":-1}"#, ErrorCode::BadRequest, None),
+            (r#"{"action":"ping","id":"0123456789012345678901234567890123456789012345678901234567890123X"}"#, ErrorCode::BadRequest, None),
             (r#"{"action":"dance","id":3}"#, ErrorCode::UnknownAction, Some(CommandId::Number(3))),
             (r#"{"action":"subscribe","id":"s","channels":"alerts"}"#, ErrorCode::BadRequest, Some(CommandId::Text("s".into()))),
             (r#"{"action":"subscribe","id":4}"#, ErrorCode::BadRequest, Some(CommandId::Number(4))),

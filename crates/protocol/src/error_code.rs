@@ -35,11 +35,16 @@ pub enum ErrorCode {
     Unavailable,
     /// The server failed in a way that is not the client's fault.
     InternalError,
+    /// A request did not arrive in time (an HTTP body sent too slowly).
+    RequestTimeout,
+    /// A publication would give its channel more keys (or latest-value bytes) than
+    /// allowed.
+    TooManyKeys,
 }
 
 impl ErrorCode {
     /// Every code, in the order of the reference table.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::AuthRequired,
         ErrorCode::AuthInvalid,
         ErrorCode::TokenExpired,
@@ -52,6 +57,8 @@ impl ErrorCode {
         ErrorCode::MessageTooBig,
         ErrorCode::Unavailable,
         ErrorCode::InternalError,
+        ErrorCode::RequestTimeout,
+        ErrorCode::TooManyKeys,
     ];
 
     /// The code as it appears on the wire, e.g. `"AUTH_REQUIRED"`.
@@ -69,6 +76,8 @@ impl ErrorCode {
             ErrorCode::MessageTooBig => "MESSAGE_TOO_BIG",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::InternalError => "INTERNAL_ERROR",
+            ErrorCode::RequestTimeout => "REQUEST_TIMEOUT",
+            ErrorCode::TooManyKeys => "TOO_MANY_KEYS",
         }
     }
 
@@ -88,6 +97,8 @@ impl ErrorCode {
             ErrorCode::MessageTooBig => 413,
             ErrorCode::Unavailable => 503,
             ErrorCode::InternalError => 500,
+            ErrorCode::RequestTimeout => 408,
+            ErrorCode::TooManyKeys => 409,
         }
     }
 }

@@ -180,7 +180,7 @@ proptest! {
         max_queued_batches in 1usize..4,
     ) {
         let channels = ["a", "b", "c"];
-        let mut batcher = Batcher::new(BatchConfig { max_batch, interval: Duration::from_millis(16), max_queued_batches });
+        let mut batcher = Batcher::new(BatchConfig { max_batch, interval: Duration::from_millis(16), max_queued_batches, ..BatchConfig::default() });
         let mut next_seq: HashMap<&str, u64> = HashMap::new();
         let mut outcome: HashMap<(String, u64), &str> = HashMap::new();
         let mut last_delivered: HashMap<String, u64> = HashMap::new();
@@ -230,6 +230,54 @@ proptest! {
             drain(&mut batcher, now, &mut outcome, &mut last_delivered)?;
         }
         prop_assert_eq!(outcome.len() as u64, pushed, "every publication delivered or reported");
+    }
+
+    /// With a byte budget and control messages in the mix: what waits never exceeds the
+    /// budget unless the batcher went over budget, and from then on it refuses every
+    /// message; publications are delivered, reported in a gap, or refused (counted).
+    #[test]
+    fn batcher_stays_within_its_byte_budget(
+        ops in prop::collection::vec((0u8..5, 1usize..300, 0u64..40), 1..400),
+        max_bytes in 200usize..4000,
+    ) {
+        let mut batcher = Batcher::new(BatchConfig { max_bytes, ..BatchConfig::default() });
+        let (mut seq, mut now) = (0u64, Duration::ZERO);
+        let (mut accounted, mut refused) = (0u64, 0u64);
+        for (op, size, advance) in ops {
+            let padding = "x".repeat(size);
+            let dropped = match op {
+                0..=2 => {
+                    seq += 1;
+                    let message = EncodedMessage::encode(&json!({"channel": "a", "seq": seq, "p": padding})).unwrap();
+                    batcher.push(Outbound::publication(message, Position { channel: "a".into(), seq, key: None }))
+                }
+                3 => batcher.push(Outbound::control(EncodedMessage::encode(&json!({"type": "pong", "p": padding})).unwrap())),
+                _ => {
+                    now += Duration::from_millis(advance);
+                    if let Some(frame) = batcher.poll_frame(now) {
+                        accounted += frame.gaps.iter().map(|g| g.len()).sum::<u64>();
+                        accounted += frame.messages.iter().filter(|m| m.position().is_some()).count() as u64;
+                    }
+                    Default::default()
+                }
+            };
+            if op <= 2 {
+                refused += u64::from(dropped.refused);
+            }
+            if batcher.is_over_budget() {
+                prop_assert_eq!(batcher.push(Outbound::control(EncodedMessage::encode(&json!({})).unwrap())).refused, 1);
+            } else {
+                prop_assert!(batcher.bytes() <= max_bytes, "{} bytes wait, budget {}", batcher.bytes(), max_bytes);
+            }
+        }
+        while let Some(at) = batcher.poll_timeout() {
+            now = now.max(at);
+            if let Some(frame) = batcher.poll_frame(now) {
+                accounted += frame.gaps.iter().map(|g| g.len()).sum::<u64>();
+                accounted += frame.messages.iter().filter(|m| m.position().is_some()).count() as u64;
+            }
+        }
+        prop_assert_eq!(accounted + refused, seq, "every publication delivered, reported or refused");
     }
 }
 

@@ -32,7 +32,7 @@ use tidewire_server::{server, Config, Hub};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Mutex};
 
-const SECRET: &str = "fixture-secret";
+const SECRET: &str = "fixture-secret-of-at-least-32-bytes";
 
 struct Fixture {
     hub: Hub,

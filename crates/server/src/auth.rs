@@ -108,6 +108,8 @@ impl AuthError {
 pub enum KeyError {
     #[error("--jwt-secret (TIDEWIRE_JWT_SECRET) is required for HS256")]
     MissingSecret,
+    #[error("--jwt-secret (TIDEWIRE_JWT_SECRET) is {0} bytes; HS256 needs at least {MIN_SECRET_BYTES} (e.g. `openssl rand -base64 32`)")]
+    ShortSecret(usize),
     #[error("--jwt-public-key (TIDEWIRE_JWT_PUBLIC_KEY) is required for {0:?}")]
     MissingPublicKey(JwtAlgorithm),
     #[error("cannot read the public key {path}: {source}")]
@@ -134,7 +136,11 @@ impl Verifier {
         let algorithm = config.jwt_algorithm;
         let key = match algorithm {
             JwtAlgorithm::Hs256 => {
-                DecodingKey::from_secret(config.jwt_secret.as_deref().ok_or(KeyError::MissingSecret)?.as_bytes())
+                let secret = config.jwt_secret.as_deref().ok_or(KeyError::MissingSecret)?;
+                if secret.len() < MIN_SECRET_BYTES {
+                    return Err(KeyError::ShortSecret(secret.len()));
+                }
+                DecodingKey::from_secret(secret.as_bytes())
             }
             other => {
                 let path = config.jwt_public_key.as_ref().ok_or(KeyError::MissingPublicKey(other))?;
@@ -150,13 +156,20 @@ impl Verifier {
         let mut validation = Validation::new(jwt_algorithm(algorithm));
         validation.leeway = 0;
         validation.validate_nbf = true;
+        // A configured audience or issuer is required, not only checked when present:
+        // jsonwebtoken checks `aud` and `iss` only in tokens that have them unless they
+        // are required claims too.
         validation.required_spec_claims = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
         match &config.jwt_audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                validation.required_spec_claims.insert("aud".to_owned());
+            }
             None => validation.validate_aud = false,
         }
         if let Some(iss) = &config.jwt_issuer {
             validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".to_owned());
         }
         Ok(Verifier { key, validation })
     }
@@ -212,6 +225,9 @@ pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// The shortest HS256 secret accepted: the hash's size (RFC 7518 §3.2).
+pub const MIN_SECRET_BYTES: usize = 32;
+
 /// The subprotocol prefix that carries a token from browsers (which cannot set headers).
 pub const TOKEN_PROTOCOL_PREFIX: &str = "tidewire.token.";
 /// The subprotocol the server selects, so browsers accept the handshake.
@@ -220,6 +236,8 @@ pub const PROTOCOL_NAME: &str = "tidewire.v1";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const S: &str = "a-secret-of-at-least-thirty-two-bytes";
 
     fn verifier(secret: &str) -> Verifier {
         Verifier::from_config(&Config::for_tests(secret)).unwrap()
@@ -234,7 +252,7 @@ mod tests {
         let mut c = claims("alice", 60);
         c.channels = Some(vec!["lp-*".into()]);
         c.publish = Some(vec!["alerts".into()]);
-        let grant = verifier("s").verify(&mint_hs256("s", &c).unwrap()).unwrap();
+        let grant = verifier(S).verify(&mint_hs256(S, &c).unwrap()).unwrap();
         assert_eq!(grant.user, "alice");
         assert_eq!(grant.subscribe_access("lp-performance"), Access::Allowed);
         assert_eq!(grant.subscribe_access("alerts"), Access::Forbidden);
@@ -244,13 +262,34 @@ mod tests {
 
     #[test]
     fn refusals() {
-        let v = verifier("s");
-        assert_eq!(v.verify(&mint_hs256("s", &claims("a", -5)).unwrap()), Err(AuthError::Expired));
-        assert!(matches!(v.verify(&mint_hs256("other", &claims("a", 60)).unwrap()), Err(AuthError::Invalid(_))));
+        let v = verifier(S);
+        assert_eq!(v.verify(&mint_hs256(S, &claims("a", -5)).unwrap()), Err(AuthError::Expired));
+        assert!(matches!(v.verify(&mint_hs256("another-secret-of-at-least-32-bytes", &claims("a", 60)).unwrap()), Err(AuthError::Invalid(_))));
         assert!(matches!(v.verify("garbage"), Err(AuthError::Invalid(_))));
-        assert!(matches!(v.verify(&mint_hs256("s", &claims("", 60)).unwrap()), Err(AuthError::Invalid(_))));
+        assert!(matches!(v.verify(&mint_hs256(S, &claims("", 60)).unwrap()), Err(AuthError::Invalid(_))));
         let mut bad = claims("a", 60);
         bad.channels = Some(vec!["a*b".into()]);
-        assert!(matches!(v.verify(&mint_hs256("s", &bad).unwrap()), Err(AuthError::Invalid(_))));
+        assert!(matches!(v.verify(&mint_hs256(S, &bad).unwrap()), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn short_secrets_are_refused_at_start() {
+        let error = Verifier::from_config(&Config::for_tests("31-bytes-are-one-byte-too-short")).unwrap_err();
+        assert!(matches!(error, KeyError::ShortSecret(31)), "{error}");
+        assert!(error.to_string().contains("at least 32"));
+    }
+
+    #[test]
+    fn a_configured_audience_and_issuer_are_required() {
+        let mut config = Config::for_tests(S);
+        config.jwt_audience = Some("desk".into());
+        config.jwt_issuer = Some("idp".into());
+        let v = Verifier::from_config(&config).unwrap();
+        let full = Claims { aud: Some("desk".into()), iss: Some("idp".into()), ..claims("a", 60) };
+        assert!(v.verify(&mint_hs256(S, &full).unwrap()).is_ok());
+        for (what, token) in [("aud", Claims { aud: None, ..full.clone() }), ("iss", Claims { iss: None, ..full.clone() })] {
+            let refused = v.verify(&mint_hs256(S, &token).unwrap());
+            assert_eq!(refused, Err(AuthError::Invalid(format!("missing claim {what}"))), "{what}");
+        }
     }
 }

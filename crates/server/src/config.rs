@@ -61,6 +61,14 @@ impl std::str::FromStr for PublishRateLimit {
     }
 }
 
+/// An address or a CIDR range.
+fn proxy_range(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is neither an IP address nor a CIDR range (e.g. 10.0.0.0/8)"))
+}
+
 pub(crate) fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (write durations like 16ms, 25s, 5m)"))
 }
@@ -110,6 +118,12 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_MAX_QUEUED_BATCHES", default_value_t = 10)]
     pub max_queued_batches: usize,
 
+    /// Bytes the server may queue for one client (publications, replies, errors,
+    /// snapshots, gap notices). Over it, the oldest publications are dropped (with gap
+    /// notices); when what is left still exceeds it, the client is closed (4002).
+    #[arg(long, env = "TIDEWIRE_MAX_QUEUED_BYTES", default_value_t = tidewire_protocol::batch::DEFAULT_MAX_QUEUED_BYTES)]
+    pub max_queued_bytes: usize,
+
     /// Channels one connection may subscribe to.
     #[arg(long, env = "TIDEWIRE_MAX_CHANNELS", default_value_t = 128)]
     pub max_channels: usize,
@@ -147,6 +161,39 @@ pub struct Config {
     /// Connections from one IP address (more: close 1013). Clients behind one NAT share it.
     #[arg(long, env = "TIDEWIRE_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
     pub max_connections_per_ip: usize,
+
+    /// Open HTTP connections the node accepts in total, WebSocket handshakes included
+    /// (an upgraded WebSocket counts as a connection instead). More are closed at once.
+    #[arg(long, env = "TIDEWIRE_MAX_HTTP_CONNECTIONS", default_value_t = 10_000)]
+    pub max_http_connections: usize,
+
+    /// Open HTTP connections (not yet WebSockets) from one peer address; trusted proxies
+    /// are exempt. More are closed at once.
+    #[arg(long, env = "TIDEWIRE_MAX_HTTP_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_http_connections_per_ip: usize,
+
+    /// Proxies whose `X-Forwarded-For` is believed, as addresses or CIDR ranges,
+    /// comma-separated (e.g. `10.0.0.0/8`). Behind them, per-IP limits count the client's
+    /// address; without this, every client behind a proxy shares the proxy's.
+    #[arg(long, env = "TIDEWIRE_TRUSTED_PROXIES", value_delimiter = ',', value_parser = proxy_range)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Largest HTTP request body (`POST /api/publish`), in bytes (larger: 413).
+    #[arg(long, env = "TIDEWIRE_MAX_HTTP_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_http_body_bytes: usize,
+
+    /// Time allowed to send a request body, once its headers are in (longer: 408).
+    #[arg(long, env = "TIDEWIRE_HTTP_BODY_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub http_body_timeout: Duration,
+
+    /// Bytes of request bodies the node reads at once, all requests together; a request
+    /// that would exceed it is answered 503 without reading its body.
+    #[arg(long, env = "TIDEWIRE_MAX_HTTP_BODY_MEMORY", default_value_t = 64 << 20)]
+    pub max_http_body_memory: usize,
+
+    /// Publications in one `POST /api/publish` array (more: 400).
+    #[arg(long, env = "TIDEWIRE_MAX_PUBLISH_BATCH", default_value_t = 100)]
+    pub max_publish_batch: usize,
 
     /// WebSocket ping period, and the idle time after which a `heartbeat` message is sent.
     #[arg(long, env = "TIDEWIRE_HEARTBEAT_INTERVAL", default_value = "25s", value_parser = duration)]
@@ -231,6 +278,7 @@ impl Config {
             max_batch: self.max_batch.max(1),
             interval: self.batch_interval,
             max_queued_batches: self.max_queued_batches.max(1),
+            max_bytes: self.max_queued_bytes.max(1),
         }
     }
 
@@ -254,6 +302,12 @@ impl Config {
         let rate = NonZeroU32::new(self.commands_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(self.command_burst).unwrap_or(rate);
         governor::Quota::per_second(rate).allow_burst(burst)
+    }
+
+    /// Whether `peer` is a proxy whose `X-Forwarded-For` is believed.
+    pub fn is_trusted_proxy(&self, peer: std::net::IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.trusted_proxies.iter().any(|range| range.contains(&peer))
     }
 
     /// A config for tests and embedding: listen on an ephemeral loopback port, HS256

@@ -14,7 +14,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let hub = tidewire_server::Hub::new(tidewire_server::Config::for_tests("secret"))?;
+//! let hub = tidewire_server::Hub::new(tidewire_server::Config::for_tests("a-secret-of-at-least-thirty-two-bytes"))?;
 //! let app = axum::Router::new().merge(tidewire_server::router(hub.clone()));
 //! hub.publisher().notify_alert(
 //!     tidewire_protocol::analytics::Severity::Info,

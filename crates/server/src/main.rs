@@ -96,7 +96,7 @@ fn init_logging(format: LogFormat) {
 }
 
 /// The secret `tidewire demo` uses when none is configured.
-const DEMO_SECRET: &str = "tidewire-demo-secret";
+const DEMO_SECRET: &str = "tidewire-demo-secret-never-use-in-production";
 
 /// Runs the gateway; with `demo_rate`, also the synthetic desk, the dashboard and the
 /// demo token endpoint.

@@ -15,9 +15,25 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// A close code as a label: the codes of RFC 6455 and tidewire's table by number,
+/// anything else (a client may send any code from 3000 to 4999) as `other`, so a client
+/// cannot create label values at will.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
-    pub code: u16,
+    pub code: &'static str,
+}
+
+impl CodeLabel {
+    pub fn of(code: u16) -> CodeLabel {
+        static LABELS: std::sync::OnceLock<std::collections::HashMap<u16, &'static str>> = std::sync::OnceLock::new();
+        let labels = LABELS.get_or_init(|| {
+            let standard = 1000..=1015;
+            let table = tidewire_protocol::CloseCode::TABLE.iter().map(|row| row.code.0);
+            // A few dozen strings made once for the process's life.
+            standard.chain(table).map(|code| (code, &*Box::leak(code.to_string().into_boxed_str()))).collect()
+        });
+        CodeLabel { code: labels.get(&code).copied().unwrap_or("other") }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -47,6 +63,8 @@ pub struct Metrics {
     pub disconnects: Family<CodeLabel, Counter>,
     pub auth_failures: Family<ErrorLabel, Counter>,
     pub rate_limited: Counter,
+    pub refused_connections: Family<ReasonLabel, Counter>,
+    pub http_connections: Gauge,
     pub command_errors: Family<ErrorLabel, Counter>,
     pub ingest_events: Family<IngestLabel, Counter>,
 }
@@ -70,6 +88,8 @@ impl Metrics {
             disconnects: Family::default(),
             auth_failures: Family::default(),
             rate_limited: Counter::default(),
+            refused_connections: Family::default(),
+            http_connections: Gauge::default(),
             command_errors: Family::default(),
             ingest_events: Family::default(),
             registry: Registry::default(),
@@ -91,6 +111,12 @@ impl Metrics {
         registry.register("disconnects", "Connections closed, by close code", metrics.disconnects.clone());
         registry.register("auth_failures", "Refused tokens, by error code", metrics.auth_failures.clone());
         registry.register("rate_limited_commands", "Commands refused by the rate limit", metrics.rate_limited.clone());
+        registry.register(
+            "connections_refused",
+            "Connections refused by a limit (http_node, http_address: at accept; node, user, address: WebSocket sessions)",
+            metrics.refused_connections.clone(),
+        );
+        registry.register("http_connections", "Open HTTP connections that are not WebSockets", metrics.http_connections.clone());
         registry.register("command_errors", "Error replies to commands, by error code", metrics.command_errors.clone());
         registry.register("ingest_events", "Broker events, by source and outcome (published, dead_lettered, retried)", metrics.ingest_events.clone());
         Metrics { registry, ..metrics }

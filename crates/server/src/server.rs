@@ -30,6 +30,10 @@ use crate::router;
 /// and every overflowed SYN costs its client a one-second retransmit.
 const LISTEN_BACKLOG: u32 = 4096;
 
+/// The largest request head (request line and headers, a token included) the server
+/// buffers; larger requests are refused with 431.
+const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+
 /// Binds the configured address.
 pub async fn bind(hub: &Hub) -> std::io::Result<TcpListener> {
     let addr = hub.config().listen;
@@ -55,7 +59,10 @@ pub async fn serve_app(
 ) -> std::io::Result<()> {
     hub.resume_serving();
     let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1().timer(TokioTimer::new()).header_read_timeout(hub.config().handshake_timeout);
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(hub.config().handshake_timeout)
+        .max_buf_size(MAX_REQUEST_HEAD_BYTES);
     let graceful = GracefulShutdown::new();
 
     let draining = hub.clone();
@@ -80,6 +87,21 @@ pub async fn serve_app(
             },
             () = &mut stop_accepting => break,
         };
+        // Counted from accept until the connection closes or becomes a WebSocket, before
+        // a byte of it is read: what unauthenticated peers can hold open is bounded.
+        let slot = match hub.admit_http(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                let reason = match refusal {
+                    crate::hub::Refusal::Node => "http_node",
+                    _ => "http_address",
+                };
+                hub.metrics().refused_connections.get_or_create(&crate::metrics::ReasonLabel { reason }).inc();
+                tracing::debug!(%peer, limit = reason, "refused an HTTP connection");
+                drop(stream);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         if hub.config().send_buffer > 0 {
             if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(hub.config().send_buffer) {
@@ -87,16 +109,26 @@ pub async fn serve_app(
             }
         }
         let app = app.clone();
+        let loopback_only = hub.config().listen.ip().is_loopback();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(request)
+            let app = app.clone();
+            async move {
+                if loopback_only && !names_loopback(&request) {
+                    // DNS rebinding: see `http::origin`.
+                    return Ok(foreign_host());
+                }
+                app.oneshot(request).await
+            }
         });
         let connection = http.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
+            // Resolves when the connection closes, or hands its socket to a WebSocket.
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, "HTTP connection ended: {e}");
             }
+            drop(slot);
         });
     }
     drop(listener);
@@ -109,6 +141,19 @@ pub async fn serve_app(
     }
     tracing::info!(remaining = hub.connection_count(), "drained");
     Ok(())
+}
+
+/// Whether a request's `Host` (when it has one) names loopback.
+fn names_loopback<B>(request: &hyper::Request<B>) -> bool {
+    match request.headers().get(hyper::header::HOST) {
+        None => true,
+        Some(host) => host.to_str().is_ok_and(crate::http::origin::is_loopback_host),
+    }
+}
+
+fn foreign_host() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (hyper::StatusCode::FORBIDDEN, "this node listens on loopback only and answers only requests to a loopback host name").into_response()
 }
 
 /// Resolves on SIGINT or SIGTERM.

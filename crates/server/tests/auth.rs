@@ -54,7 +54,7 @@ async fn public_key_algorithms() {
 
 #[test]
 fn a_missing_or_bad_key_is_a_startup_error() {
-    let mut config = tidewire_server::Config::for_tests("s");
+    let mut config = tidewire_server::Config::for_tests("a-secret-of-at-least-thirty-two-bytes");
     config.jwt_secret = None;
     assert!(tidewire_server::Hub::new(config.clone()).is_err(), "HS256 without a secret");
     config.jwt_algorithm = JwtAlgorithm::Rs256;

@@ -264,7 +264,7 @@ async fn every_bad_input_gets_its_documented_answer_and_nobody_else_notices() {
 
     // 46: slowloris — request headers dribbled out are cut off at the handshake timeout.
     let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    slow.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    slow.write_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap();
     let started = Instant::now();
     let mut buf = [0u8; 256];
     let _ = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf)).await.expect("dropped");

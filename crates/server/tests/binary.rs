@@ -31,7 +31,7 @@ fn start(extra: &[&str]) -> Running {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let child = Command::new(BIN)
-        .args(["serve", "--listen", &listen, "--jwt-secret", "bin-secret", "--log-format", "json", "--drain-window", "300ms"])
+        .args(["serve", "--listen", &listen, "--jwt-secret", "bin-secret-of-at-least-thirty-two-bytes", "--log-format", "json", "--drain-window", "300ms"])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -54,7 +54,7 @@ impl Running {
 }
 
 fn mint(args: &[&str]) -> String {
-    let out = Command::new(BIN).args(["token", "--jwt-secret", "bin-secret"]).args(args).output().unwrap();
+    let out = Command::new(BIN).args(["token", "--jwt-secret", "bin-secret-of-at-least-thirty-two-bytes"]).args(args).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
@@ -62,8 +62,8 @@ fn mint(args: &[&str]) -> String {
 #[test]
 fn token_subcommand_mints_what_the_server_accepts() {
     let token = mint(&["--sub", "alice", "--channels", "routing-metrics,lp-*", "--publish", "alerts", "--ttl", "1h"]);
-    let mut config = tidewire_server::Config::for_tests("bin-secret");
-    config.jwt_secret = Some("bin-secret".into());
+    let mut config = tidewire_server::Config::for_tests("bin-secret-of-at-least-thirty-two-bytes");
+    config.jwt_secret = Some("bin-secret-of-at-least-thirty-two-bytes".into());
     let verifier = tidewire_server::auth::Verifier::from_config(&config).unwrap();
     let grant = verifier.verify(&token).unwrap();
     assert_eq!(grant.user, "alice");
@@ -156,7 +156,7 @@ fn serve_raises_the_open_file_limit_to_the_hard_limit() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let child = Command::new("sh")
-        .args(["-c", r#"ulimit -Sn 256 && exec "$0" serve --listen "$1" --jwt-secret bin-secret"#, BIN, &listen])
+        .args(["-c", r#"ulimit -Sn 256 && exec "$0" serve --listen "$1" --jwt-secret bin-secret-of-at-least-thirty-two-bytes"#, BIN, &listen])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

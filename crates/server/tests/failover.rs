@@ -45,7 +45,7 @@ impl NodeProcess {
         loop {
             let ready = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut s| {
                 use std::io::{Read, Write};
-                let _ = write!(s, "GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let _ = write!(s, "GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
                 let mut response = String::new();
                 let _ = s.read_to_string(&mut response);
                 response.starts_with("HTTP/1.1 200")

@@ -436,7 +436,13 @@ async fn too_many_channels() {
     let server = TestServer::with(|c| c.max_channels = 2).await;
     let mut client = server.client("u").await;
     client.next().await;
-    client.send(r#"{"action":"subscribe","channels":["a","b","c","a"]}"#).await;
+    // A command naming more distinct channels than a connection may hold is refused
+    // whole, with one error; repeats count once.
+    client.send(r#"{"action":"subscribe","id":1,"channels":["a","b","c","a"]}"#).await;
+    let refused = client.next().await;
+    assert_eq!((refused["type"].as_str(), refused["code"].as_str(), refused["id"].as_u64()), (Some("error"), Some("TOO_MANY_CHANNELS"), Some(1)));
+    client.send(r#"{"action":"subscribe","channels":["a","b","a","b"]}"#).await;
+    client.send(r#"{"action":"subscribe","channels":["c","a"]}"#).await;
     let mut summary = Vec::new();
     for _ in 0..4 {
         let m = client.next().await;
@@ -512,7 +518,7 @@ async fn a_slow_handshake_is_dropped() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = TestServer::with(|c| c.handshake_timeout = Duration::from_millis(500)).await;
     let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    stream.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    stream.write_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap();
     let started = std::time::Instant::now();
     // Reading to the end finishes only when the server closes the connection.
     let mut rest = Vec::new();

@@ -284,7 +284,7 @@ fn publish_pacing(commands_per_second: u32, burst: Option<u32>) -> BatchConfig {
     let half_burst = burst.map_or(u64::MAX, |b| u64::from(b / 2).max(1));
     let per_frame = (rate * FRAME_MICROS).div_ceil(1_000_000).clamp(1, half_burst);
     let interval = Duration::from_micros((per_frame * 1_000_000).div_ceil(rate));
-    BatchConfig { max_batch: usize::try_from(per_frame).unwrap_or(usize::MAX), interval, max_queued_batches: 1 }
+    BatchConfig { max_batch: usize::try_from(per_frame).unwrap_or(usize::MAX), interval, max_queued_batches: 1, max_bytes: usize::MAX }
 }
 
 impl ClientCore {

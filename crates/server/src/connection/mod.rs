@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use tidewire_protocol::command::Subscribe;
 use tidewire_protocol::message::{Connected, Heartbeat};
-use tidewire_protocol::{CloseCode, Control, ErrorCode, PROTOCOL_VERSION};
+use tidewire_protocol::{CloseCode, Control, PROTOCOL_VERSION};
 use tokio::time::{Sleep, timeout};
 
 use crate::auth::{AuthError, Grant};
@@ -109,9 +109,13 @@ fn admit(hub: &Hub, auth: Result<Grant, AuthError>, address: Option<std::net::Ip
     if hub.is_draining() {
         return Err((CloseCode::SERVICE_RESTART, "node is shutting down".to_owned()));
     }
-    let Some(slot) = hub.admit(&grant.user, address) else {
-        tracing::warn!(user = %grant.user, "connection limit reached");
-        return Err((CloseCode::TRY_AGAIN_LATER, "connection limit reached".to_owned()));
+    let slot = match hub.admit(&grant.user, address) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            hub.metrics().refused_connections.get_or_create(&crate::metrics::ReasonLabel { reason: refusal.label() }).inc();
+            tracing::warn!(user = %grant.user, limit = refusal.label(), "connection limit reached");
+            return Err((CloseCode::TRY_AGAIN_LATER, format!("connection limit reached ({})", refusal.label())));
+        }
     };
     Ok(Session::new(hub.clone(), slot, grant))
 }
@@ -154,32 +158,38 @@ async fn run(session: &mut Session, socket: &mut WebSocket) -> (Option<CloseCode
             // `recv` is cancel-safe: a frame is never lost when another branch wins.
             inbound = socket.recv() => match inbound {
                 None => {
-                    hub.metrics().disconnects.get_or_create(&CodeLabel { code: CloseCode::ABNORMAL.0 }).inc();
+                    hub.metrics().disconnects.get_or_create(&CodeLabel::of(CloseCode::ABNORMAL.0)).inc();
                     return (None, "client went away".to_owned());
                 }
                 Some(Err(error)) => {
                     let (code, reason) = read_error(error);
                     if code.is_none() {
-                        hub.metrics().disconnects.get_or_create(&CodeLabel { code: CloseCode::ABNORMAL.0 }).inc();
+                        hub.metrics().disconnects.get_or_create(&CodeLabel::of(CloseCode::ABNORMAL.0)).inc();
                     }
                     return (code, reason);
                 }
-                Some(Ok(Message::Text(text))) => {
-                    if let Next::Close(code, reason) = session.on_text(text.as_str()) {
+                Some(Ok(Message::Close(frame))) => {
+                    let code = frame.as_ref().map_or(1005, |f| f.code);
+                    hub.metrics().disconnects.get_or_create(&CodeLabel::of(code)).inc();
+                    return (None, format!("client closed ({code})"));
+                }
+                Some(Ok(message)) => {
+                    // Every frame counts against the rate limit, whatever its kind.
+                    let next = match message {
+                        Message::Text(text) => session.on_text(text.as_str()),
+                        Message::Binary(_) => session.on_binary(),
+                        Message::Pong(_) => {
+                            awaiting_pong = None;
+                            session.on_frame()
+                        }
+                        // Answered by the WebSocket layer (one pending pong at most).
+                        Message::Ping(_) | Message::Close(_) => session.on_frame(),
+                    };
+                    if let Next::Close(code, reason) = next {
                         // Let the client read the errors that explain the close.
                         let _ = flush(session, socket, sleep.as_mut(), Instant::now(), true).await;
                         return (Some(code), reason);
                     }
-                }
-                Some(Ok(Message::Binary(_))) => {
-                    session.send_error(None, ErrorCode::BadRequest, "binary frames are not supported: send JSON text frames", None);
-                }
-                Some(Ok(Message::Pong(_))) => awaiting_pong = None,
-                Some(Ok(Message::Ping(_))) => {} // answered by the WebSocket layer
-                Some(Ok(Message::Close(frame))) => {
-                    let code = frame.as_ref().map_or(1005, |f| f.code);
-                    hub.metrics().disconnects.get_or_create(&CodeLabel { code }).inc();
-                    return (None, format!("client closed ({code})"));
                 }
             },
             () = std::future::poll_fn(|cx| outbox.poll_woken(cx)) => {}
@@ -191,6 +201,9 @@ async fn run(session: &mut Session, socket: &mut WebSocket) -> (Option<CloseCode
             }
         }
 
+        if outbox.is_over_budget() {
+            return (Some(CloseCode::QUEUE_OVERFLOW), format!("more than {} bytes queued for this client", config.max_queued_bytes));
+        }
         let now = Instant::now();
         if drain_at.is_some_and(|at| now >= at) {
             if flush(session, socket, sleep.as_mut(), now, true).await.is_err() {
@@ -322,7 +335,7 @@ fn read_error(error: axum::Error) -> (Option<CloseCode>, String) {
 /// unread input makes the kernel reset it, and the client would then lose the close
 /// frame (and its code) we just sent.
 async fn close(hub: &Hub, socket: &mut WebSocket, code: CloseCode, detail: &str) {
-    hub.metrics().disconnects.get_or_create(&CodeLabel { code: code.0 }).inc();
+    hub.metrics().disconnects.get_or_create(&CodeLabel::of(code.0)).inc();
     let frame = CloseFrame { code: code.0, reason: code.reason(detail).into() };
     if timeout(CLOSE_WRITE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await.is_err() {
         return;

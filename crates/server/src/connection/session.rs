@@ -14,7 +14,7 @@ use tidewire_protocol::message::ErrorMessage;
 use tidewire_protocol::{decode_command, CloseCode, Command, CommandId, Control, ErrorCode};
 
 use crate::auth::Grant;
-use crate::hub::{control, now_timestamp, ConnectionSlot, Hub, Outbox};
+use crate::hub::{control, now_timestamp, Hub, Outbox, SessionSlot};
 use crate::metrics::ErrorLabel;
 
 use super::commands;
@@ -44,7 +44,7 @@ const RATE_LIMIT_REPLIES_PER_WINDOW: u32 = 10;
 
 pub struct Session {
     pub hub: Hub,
-    pub slot: ConnectionSlot,
+    pub slot: SessionSlot,
     pub grant: Grant,
     pub outbox: Arc<Outbox>,
     pub subscriptions: Subscriptions,
@@ -98,7 +98,7 @@ struct FloodWindow {
 }
 
 impl Session {
-    pub fn new(hub: Hub, slot: ConnectionSlot, grant: Grant) -> Session {
+    pub fn new(hub: Hub, slot: SessionSlot, grant: Grant) -> Session {
         let config = hub.config();
         let outbox = Arc::new(Outbox::new(config.batch()));
         Session {
@@ -139,6 +139,24 @@ impl Session {
                 Next::Continue
             }
         }
+    }
+
+    /// A binary frame: refused (the protocol is JSON text), and counted like a command.
+    pub fn on_binary(&mut self) -> Next {
+        if self.limiter.check().is_err() {
+            return self.on_rate_limited();
+        }
+        self.send_error(None, ErrorCode::BadRequest, "binary frames are not supported: send JSON text frames", None);
+        Next::Continue
+    }
+
+    /// A WebSocket ping or pong: no command, but it costs the server a wake-up (and a
+    /// ping a pong), so it counts against the rate limit like one.
+    pub fn on_frame(&mut self) -> Next {
+        if self.limiter.check().is_err() {
+            return self.on_rate_limited();
+        }
+        Next::Continue
     }
 
     /// Applies a subscribe built by the server (the `channels` query parameter).

@@ -2,8 +2,9 @@
 //! `publish` grant (`Authorization: Bearer`). Errors are JSON `{code, message}` with the
 //! HTTP status of the error code.
 
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -29,14 +30,9 @@ pub fn error_response(code: ErrorCode, message: impl Into<String>) -> Response {
 }
 
 fn bearer(hub: &Hub, headers: &HeaderMap) -> Result<Grant, Response> {
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let result = match token {
-        Some(token) if !token.is_empty() => hub.verifier().verify(token),
-        _ => Err(AuthError::Missing),
+    let result = match super::bearer_token(headers) {
+        Some(token) => hub.verifier().verify(token),
+        None => Err(AuthError::Missing),
     };
     result.map_err(|error| {
         hub.metrics().auth_failures.get_or_create(&ErrorLabel { code: error.code().as_str() }).inc();
@@ -44,19 +40,50 @@ fn bearer(hub: &Hub, headers: &HeaderMap) -> Result<Grant, Response> {
     })
 }
 
+/// Reads a request body once its sender is known to be allowed: at most
+/// `--max-http-body-bytes`, within `--http-body-timeout`, and only while the node's
+/// budget for bodies being read (`--max-http-body-memory`) has room for it.
+async fn read_body(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+    let config = hub.config();
+    let limit = config.max_http_body_bytes;
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(error_response(ErrorCode::MessageTooBig, format!("the body may be at most {limit} bytes")));
+    }
+    let Some(_reserved) = hub.reserve_body_memory(declared.unwrap_or(limit)) else {
+        return Err(error_response(ErrorCode::Unavailable, "the node is reading too many request bodies; retry shortly"));
+    };
+    match tokio::time::timeout(config.http_body_timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(error_response(ErrorCode::MessageTooBig, format!("the body may be at most {limit} bytes, sent in full"))),
+        Err(_) => Err(error_response(
+            ErrorCode::RequestTimeout,
+            format!("the body did not arrive within {:?}", config.http_body_timeout),
+        )),
+    }
+}
+
 /// Publishes one message (answers `{channel, seq}`) or an array (answers an array).
-/// A batch is validated whole (permissions, channels, types, sizes) before anything is
+/// The token is checked from the headers before a byte of the body is read. A batch is
+/// validated whole (size, permissions, channels, types, sizes) before anything is
 /// published. What only publishing can tell (a channel's publish rate, the broker being
 /// down) may still stop a batch part way: the error then lists, under `published`, the
 /// items that went out, so a retry can skip them.
-pub async fn publish(State(hub): State<Hub>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+pub async fn publish(State(hub): State<Hub>, headers: HeaderMap, body: Body) -> Response {
     let grant = match bearer(&hub, &headers) {
         Ok(grant) => grant,
         Err(response) => return response,
     };
+    if !grant.can_publish() {
+        return error_response(ErrorCode::Forbidden, "the token has no publish grant");
+    }
     if hub.is_draining() {
         return error_response(ErrorCode::Unavailable, "node is shutting down");
     }
+    let body = match read_body(&hub, &headers, body).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     let body: PublishBody = match serde_json::from_slice(&body) {
         Ok(body) => body,
         Err(e) => return error_response(ErrorCode::BadRequest, format!("expected {{channel, type, data, key?}} or an array of them: {e}")),
@@ -65,6 +92,10 @@ pub async fn publish(State(hub): State<Hub>, headers: HeaderMap, body: axum::bod
         PublishBody::One(one) => (vec![one], true),
         PublishBody::Many(many) => (many, false),
     };
+    let max = hub.config().max_publish_batch;
+    if items.len() > max {
+        return error_response(ErrorCode::BadRequest, format!("a batch may hold at most {max} publications, not {}", items.len()));
+    }
     for item in &items {
         if let Err(e) = hub.check(item) {
             return error_response(e.code, e.message);

@@ -3,8 +3,12 @@
 
 mod api;
 mod ops;
+pub mod origin;
 mod ws;
 
+use std::net::IpAddr;
+
+use axum::http::{header, HeaderMap};
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -26,4 +30,35 @@ pub fn router(hub: Hub) -> Router {
         Some(dir) => router.fallback_service(tower_http::services::ServeDir::new(dir)),
         None => router,
     }
+}
+
+/// The token of an `Authorization: Bearer` header, if there is one.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// The client's address: the TCP peer's, or, when the peer is a trusted proxy, the
+/// nearest address in `X-Forwarded-For` that is not itself a trusted proxy (read from
+/// the right, since each proxy appends what it saw; what a client wrote on the left is
+/// not believed).
+pub(crate) fn client_address(hub: &Hub, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    let config = hub.config();
+    if !config.is_trusted_proxy(peer) {
+        return peer;
+    }
+    let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+    let hops: Vec<IpAddr> = forwarded.flat_map(|v| v.split(',')).filter_map(|hop| hop.trim().parse().ok()).collect();
+    let mut client = peer;
+    for hop in hops.into_iter().rev() {
+        client = hop;
+        if !config.is_trusted_proxy(hop) {
+            break;
+        }
+    }
+    client
 }

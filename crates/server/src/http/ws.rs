@@ -40,7 +40,8 @@ pub async fn upgrade(
     Query(params): Query<Params>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    if !origin_allowed(&hub, &headers) {
+    let peer_ip = peer.as_ref().map(|Extension(ConnectInfo(a))| a.ip());
+    if !super::origin::allowed(&hub, peer_ip, &headers) {
         tracing::warn!(origin = ?headers.get(header::ORIGIN), "refused a WebSocket from a disallowed origin");
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
@@ -61,26 +62,21 @@ pub async fn upgrade(
         .as_deref()
         .map(|list| list.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned).collect())
         .unwrap_or_default();
+    let address = peer_ip.map(|ip| super::client_address(&hub, ip, &headers));
     let config = hub.config();
     ws.protocols([PROTOCOL_NAME])
         .max_message_size(config.max_message_bytes)
         .max_frame_size(config.max_message_bytes)
         .read_buffer_size(256)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| connection::serve(socket, hub, auth, channels, peer.map(|Extension(ConnectInfo(a))| a.ip())))
+        .on_upgrade(move |socket| connection::serve(socket, hub, auth, channels, address))
 }
 
 fn token(params: &Params, headers: &HeaderMap, ws: &WebSocketUpgrade) -> Option<String> {
     if let Some(token) = params.token.as_deref().filter(|t| !t.is_empty()) {
         return Some(token.to_owned());
     }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
-    if let Some(token) = bearer {
+    if let Some(token) = super::bearer_token(headers) {
         return Some(token.to_owned());
     }
     ws.requested_protocols()
@@ -89,17 +85,4 @@ fn token(params: &Params, headers: &HeaderMap, ws: &WebSocketUpgrade) -> Option<
         .map(str::trim)
         .find_map(|p| p.strip_prefix(TOKEN_PROTOCOL_PREFIX))
         .map(str::to_owned)
-}
-
-/// Browsers send Origin; others may not, and are not subject to this check. The node's
-/// own origin (same host) is always allowed.
-fn origin_allowed(hub: &Hub, headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return true };
-    let allowed = &hub.config().allowed_origins;
-    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
-        return true;
-    }
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
 }

@@ -92,9 +92,7 @@ impl Channel {
         self.head = stored.seq();
         let mut dropped = Dropped::default();
         for outbox in self.subscribers.values() {
-            let d = outbox.push(stored.outbound.clone());
-            dropped.superseded += d.superseded;
-            dropped.overflow += d.overflow;
+            dropped.add(outbox.push(stored.outbound.clone()));
         }
         let delivered = self.subscribers.len();
         if let Some(key) = stored.key() {

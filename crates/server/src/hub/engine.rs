@@ -28,12 +28,22 @@ pub struct Shared {
 impl Shared {
     /// Counts what a fan-out dropped.
     pub fn count_drops(&self, dropped: Dropped) {
+        if dropped.refused > 0 {
+            // Messages for a client over its byte budget, which is being closed (4002).
+            self.metrics.dropped.get_or_create(&ReasonLabel { reason: "queue_overflow" }).inc_by(dropped.refused.into());
+        }
         if dropped.total() == 0 {
             return;
         }
         let metrics = &self.metrics;
         metrics.dropped.get_or_create(&ReasonLabel { reason: "superseded" }).inc_by(dropped.superseded.into());
         metrics.dropped.get_or_create(&ReasonLabel { reason: "overflow" }).inc_by(dropped.overflow.into());
+    }
+
+    /// Bytes a subscription's start (its replay, or its snapshot) may queue at once: half
+    /// a client's queue, so a start always fits and live messages still have room.
+    pub fn max_start_bytes(&self) -> usize {
+        self.config.max_queued_bytes / 2
     }
 
     /// Replay and snapshots are bounded by what a client's queue can take.

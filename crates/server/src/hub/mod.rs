@@ -9,15 +9,15 @@
 //! The hub also keeps the node-wide counts (connections per user, readiness) and the
 //! shutdown signal, so the WebSocket handler and the HTTP endpoints share one state.
 
+pub mod admission;
 mod channel;
 pub mod engine;
 mod memory;
 pub mod outbox;
 mod redis;
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -30,6 +30,8 @@ use crate::auth::{KeyError, Verifier};
 use crate::config::Config;
 use crate::metrics::Metrics;
 pub use engine::{control, Engine, Reply, Shared, SubscribeRequest};
+pub use admission::{HttpSlot, Refusal, SessionSlot};
+use admission::Admission;
 pub use outbox::Outbox;
 
 /// Now, as a wire timestamp.
@@ -90,10 +92,9 @@ struct Inner {
     shared: Arc<Shared>,
     engine: Box<dyn Engine>,
     verifier: Verifier,
-    users: Mutex<HashMap<String, usize>>,
-    addresses: Mutex<HashMap<std::net::IpAddr, usize>>,
-    connections: AtomicUsize,
-    next_connection: AtomicU64,
+    admission: Arc<Admission>,
+    /// Bytes of HTTP request bodies being read, all requests together.
+    body_memory: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the current serving run starts draining; replaced when the hub is
     /// served again.
     shutdown: Mutex<CancellationToken>,
@@ -122,6 +123,7 @@ impl Hub {
                 governor::RateLimiter::keyed(governor::Quota::per_minute(per_minute).allow_burst(burst))
             })
             .collect();
+        let body_memory = config.max_http_body_memory.min(tokio::sync::Semaphore::MAX_PERMITS);
         let shared = Arc::new(Shared { config, metrics: Metrics::new(), instance });
         let engine: Box<dyn Engine> = match &shared.config.redis_url {
             Some(url) => Box::new(redis::RedisEngine::start(shared.clone(), url, &shared.config.redis_prefix)?),
@@ -133,10 +135,8 @@ impl Hub {
                 engine,
                 publish_limits,
                 verifier,
-                users: Mutex::new(HashMap::new()),
-                addresses: Mutex::new(HashMap::new()),
-                connections: AtomicUsize::new(0),
-                next_connection: AtomicU64::new(1),
+                admission: Arc::new(Admission::new()),
+                body_memory: Arc::new(tokio::sync::Semaphore::new(body_memory)),
                 shutdown: Mutex::new(CancellationToken::new()),
                 draining: AtomicBool::new(false),
             }),
@@ -186,55 +186,32 @@ impl Hub {
         self.inner.draining.load(Ordering::SeqCst)
     }
 
+    /// Open WebSocket sessions.
     pub fn connection_count(&self) -> usize {
-        self.inner.connections.load(Ordering::SeqCst)
+        self.inner.admission.sessions()
     }
 
-    /// Admits a connection for `user` from `address` within the global, per-user and
-    /// per-address limits; the returned guard releases the slot when dropped.
-    pub fn admit(&self, user: &str, address: Option<std::net::IpAddr>) -> Option<ConnectionSlot> {
-        let config = &self.inner.shared.config;
-        let mut users = lock(&self.inner.users);
-        let mut addresses = lock(&self.inner.addresses);
-        if self.inner.connections.load(Ordering::SeqCst) >= config.max_connections {
-            return None;
-        }
-        if users.get(user).is_some_and(|&n| n >= config.max_connections_per_user) {
-            return None;
-        }
-        if let Some(ip) = address {
-            if addresses.get(&ip).is_some_and(|&n| n >= config.max_connections_per_ip) {
-                return None;
-            }
-            *addresses.entry(ip).or_insert(0) += 1;
-        }
-        *users.entry(user.to_owned()).or_insert(0) += 1;
-        self.inner.connections.fetch_add(1, Ordering::SeqCst);
-        self.inner.shared.metrics.connections.inc();
-        self.inner.shared.metrics.connections_total.inc();
-        let id = self.inner.next_connection.fetch_add(1, Ordering::Relaxed);
-        Some(ConnectionSlot { hub: self.clone(), user: user.to_owned(), address, id })
+    /// Open HTTP connections that are not WebSockets (yet).
+    pub fn http_connection_count(&self) -> usize {
+        self.inner.admission.http_connections()
     }
 
-    fn release(&self, user: &str, address: Option<std::net::IpAddr>) {
-        let mut users = lock(&self.inner.users);
-        let mut addresses = lock(&self.inner.addresses);
-        if let Some(count) = users.get_mut(user) {
-            *count -= 1;
-            if *count == 0 {
-                users.remove(user);
-            }
-        }
-        if let Some(ip) = address {
-            if let Some(count) = addresses.get_mut(&ip) {
-                *count -= 1;
-                if *count == 0 {
-                    addresses.remove(&ip);
-                }
-            }
-        }
-        self.inner.connections.fetch_sub(1, Ordering::SeqCst);
-        self.inner.shared.metrics.connections.dec();
+    /// Admits a WebSocket session for `user` from `address` within the global, per-user
+    /// and per-address limits; the returned guard releases the place when dropped.
+    pub fn admit(&self, user: &str, address: Option<std::net::IpAddr>) -> Result<SessionSlot, Refusal> {
+        Admission::admit_session(&self.inner.admission, &self.inner.shared, user, address)
+    }
+
+    /// Admits an HTTP connection from `peer` (at accept, before anything is read).
+    pub fn admit_http(&self, peer: std::net::IpAddr) -> Result<HttpSlot, Refusal> {
+        Admission::admit_http(&self.inner.admission, &self.inner.shared, peer)
+    }
+
+    /// Reserves room to read a request body of up to `bytes` within
+    /// `--max-http-body-memory`; `None` when the node is reading too much already.
+    pub fn reserve_body_memory(&self, bytes: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let bytes = u32::try_from(bytes.max(1)).unwrap_or(u32::MAX);
+        self.inner.body_memory.clone().try_acquire_many_owned(bytes).ok()
     }
 
     /// A connection id unique to this node's run.
@@ -334,19 +311,4 @@ pub(crate) const ENVELOPE_ALLOWANCE: usize = 1024;
 pub fn invalid_channel(name: &str, error: ChannelError) -> String {
     let shown: String = name.chars().take(64).collect();
     format!("invalid channel {shown:?}: {error}")
-}
-
-/// A connection's place in the node's limits; dropping it frees the place.
-#[derive(Debug)]
-pub struct ConnectionSlot {
-    hub: Hub,
-    user: String,
-    address: Option<std::net::IpAddr>,
-    pub id: u64,
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.hub.release(&self.user, self.address);
-    }
 }

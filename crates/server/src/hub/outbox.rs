@@ -26,6 +26,8 @@ pub struct Outbox {
     /// The connection's waker, and whether a push asked for it since the last look.
     waker: AtomicWaker,
     woken: AtomicBool,
+    /// Set once the batcher went over its byte budget (read without the lock).
+    over_budget: AtomicBool,
     /// The batcher's clock origin.
     origin: Instant,
 }
@@ -58,6 +60,7 @@ impl Outbox {
             state: Mutex::new(State { batcher: Batcher::new(config), waiting_since: None, looks_at: None, dense: false }),
             waker: AtomicWaker::new(),
             woken: AtomicBool::new(false),
+            over_budget: AtomicBool::new(false),
             origin: Instant::now(),
         }
     }
@@ -94,10 +97,16 @@ impl Outbox {
             let mut state = self.lock();
             let was_empty = state.waiting_since.is_none();
             let now = was_empty.then(clock);
+            let was_over_budget = state.batcher.is_over_budget();
             for outbound in outbounds {
-                let dropped = state.batcher.push(outbound);
-                total.superseded += dropped.superseded;
-                total.overflow += dropped.overflow;
+                total.add(state.batcher.push(outbound));
+            }
+            if !was_over_budget && state.batcher.is_over_budget() {
+                // The connection must close now: wake it whatever it planned.
+                drop(state);
+                self.over_budget.store(true, Ordering::Release);
+                self.wake();
+                return total;
             }
             match now {
                 Some(now) if !state.batcher.is_empty() => {
@@ -122,6 +131,12 @@ impl Outbox {
         let waited = state.waiting_since.map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
         state.waiting_since = if state.batcher.is_empty() { None } else { Some(now) };
         Some((frame, waited))
+    }
+
+    /// Whether what is queued exceeded the byte budget with nothing left to drop: the
+    /// connection must be closed (4002).
+    pub fn is_over_budget(&self) -> bool {
+        self.over_budget.load(Ordering::Acquire)
     }
 
     /// When the next frame may go, if anything waits.

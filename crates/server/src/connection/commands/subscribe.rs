@@ -1,7 +1,8 @@
 //! `subscribe`: join channels, each checked on its own. A forbidden or invalid channel
 //! gets an `error` naming it while the others in the same command still succeed.
 //! Subscribing to a channel already joined answers `subscribed` again with the current
-//! head and changes nothing.
+//! head and changes nothing. A command names at most `--max-channels` distinct channels
+//! (repeats count once).
 
 use tidewire_protocol::channel::{validate, Access};
 use tidewire_protocol::command::Subscribe;
@@ -12,7 +13,10 @@ use crate::hub::invalid_channel;
 
 pub fn apply(session: &mut Session, command: Subscribe) -> Next {
     let max = session.hub.config().max_channels;
-    for channel in &command.channels {
+    let Some(channels) = super::distinct_channels(session, command.id.as_ref(), command.channels) else {
+        return Next::Continue;
+    };
+    for channel in &channels {
         let id = command.id.clone();
         match session.grant.subscribe_access(channel) {
             Access::Allowed => {}
