@@ -407,6 +407,35 @@ fn refused_channels_are_reported_and_not_retried() {
 }
 
 #[test]
+fn a_subscription_the_server_ends_is_reported_and_not_retried() {
+    let mut h = Harness::new(|_| {});
+    h.event(Event::Subscribe { channel: "book".into() });
+    let t = h.connect();
+    h.subscribed(t, "book", 0, None);
+    h.take();
+    // A refreshed token no longer grants the channel: the server ends it.
+    let ended = json!({"type":"unsubscribed","timestamp":TS,"channel":"book","code":"FORBIDDEN","message":"no longer granted"});
+    h.frame(t, json!([ended]));
+    let actions = h.take();
+    let refused = actions.iter().any(|a| matches!(a, Action::Subscription { channel, event: SubscriptionEvent::Refused { code, .. } }
+        if channel == "book" && *code == tidewire_protocol::ErrorCode::Forbidden));
+    assert!(refused, "{actions:?}");
+    assert!(!actions.iter().any(|a| matches!(a, Action::Send { .. })), "not subscribed again: {actions:?}");
+    assert_eq!(h.core.subscription_state("book"), SubscriptionState::Unsubscribed);
+    h.publish(t, "book", [1]);
+    assert_eq!(h.delivered(), Vec::<u64>::new());
+    h.event(Event::TransportClosed { transport: t, code: 1012, reason: String::new() });
+    let delay = h.reconnect_delay().unwrap();
+    h.advance(delay);
+    let t2 = h.opened();
+    h.connected(t2);
+    assert_eq!(h.sent(), Vec::<Value>::new(), "nor after a reconnect");
+    // The app may ask again (after getting a token that grants it).
+    h.event(Event::Subscribe { channel: "book".into() });
+    assert_eq!(h.sent().len(), 1);
+}
+
+#[test]
 fn offline_publishes_queue_bounded_and_go_out_in_order_paced() {
     let mut h = Harness::new(|c| c.max_queued_publishes = 32);
     assert_eq!(publish_n(&mut h, 0..100), 100 - 32);

@@ -173,7 +173,9 @@ pub struct Subscribed {
     pub recovered: Option<bool>,
 }
 
-/// A channel subscription ended.
+/// A channel subscription ended: the answer to an `unsubscribe`, or, with `code`, the
+/// server ending it (a refreshed token no longer grants the channel). A client must not
+/// subscribe again by itself after a `code`: it would be refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Unsubscribed {
@@ -182,6 +184,14 @@ pub struct Unsubscribed {
     #[cfg_attr(feature = "ts", ts(optional))]
     pub id: Option<CommandId>,
     pub channel: String,
+    /// Why the server ended the subscription; absent when the client asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub code: Option<ErrorCode>,
+    /// A human explanation next to `code`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub message: Option<String>,
 }
 
 /// A `publish` command was accepted at this seq.
@@ -453,7 +463,7 @@ mod tests {
             }),
             Control::Refreshed(Refreshed { timestamp: ts, id: None, expires_at: Some(ts) }),
             Control::Published(Published { timestamp: ts, id: None, channel: "c".into(), seq: 9 }),
-            Control::Unsubscribed(Unsubscribed { timestamp: ts, id: None, channel: "c".into() }),
+            Control::Unsubscribed(Unsubscribed { timestamp: ts, id: None, channel: "c".into(), code: None, message: None }),
         ];
         for control in samples {
             let json = serde_json::to_string(&control).unwrap();
@@ -489,7 +499,7 @@ mod tests {
             Control::Pong(Pong { timestamp: ts(), id: None }),
             Control::Refreshed(Refreshed { timestamp: ts(), id: None, expires_at: None }),
             Control::Published(Published { timestamp: ts(), id: None, channel: "a".into(), seq: 1 }),
-            Control::Unsubscribed(Unsubscribed { timestamp: ts(), id: None, channel: "a".into() }),
+            Control::Unsubscribed(Unsubscribed { timestamp: ts(), id: None, channel: "a".into(), code: Some(ErrorCode::Forbidden), message: Some("no longer granted".into()) }),
         ];
         for sample in samples {
             let value = serde_json::to_value(&sample).unwrap();

@@ -116,7 +116,7 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
                 Control::Subscribed(Subscribed { timestamp, id, channel, seq, epoch, recovered })
             }),
         (timestamp(), command_id(), channel_name())
-            .prop_map(|(timestamp, id, channel)| Control::Unsubscribed(Unsubscribed { timestamp, id, channel })),
+            .prop_map(|(timestamp, id, channel)| Control::Unsubscribed(Unsubscribed { timestamp, id, channel, code: None, message: None })),
         (timestamp(), command_id(), channel_name(), any::<u64>())
             .prop_map(|(timestamp, id, channel, seq)| Control::Published(Published { timestamp, id, channel, seq })),
         (timestamp(), command_id(), prop::option::of(timestamp()))

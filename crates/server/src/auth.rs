@@ -10,6 +10,7 @@
 //! | `exp`      | yes      | expiry (seconds since the epoch)                                |
 //! | `channels` | no       | patterns the user may subscribe to; absent = every shared channel |
 //! | `publish`  | no       | patterns the user may publish to; absent = none                 |
+//! | `operator` | no       | `true` grants the operator endpoints (`GET /api/channels`); never give it to browsers |
 //! | `aud`, `iss`, `nbf` | when configured / present | checked                           |
 //!
 //! The channel rules themselves live in the protocol crate; this module turns claims
@@ -41,6 +42,9 @@ pub struct Claims {
     pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+    /// Grants the operator endpoints; distinct from any publish grant.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub operator: bool,
 }
 
 /// What a verified token allows.
@@ -51,6 +55,8 @@ pub struct Grant {
     pub publish: Option<PatternSet>,
     /// Seconds since the epoch.
     pub expires_at: u64,
+    /// May use the operator endpoints.
+    pub operator: bool,
 }
 
 impl Grant {
@@ -62,7 +68,7 @@ impl Grant {
         channel::publish_access(channel, self.publish.as_ref())
     }
 
-    /// Whether the token grants publishing anywhere (operators' endpoints need it).
+    /// Whether the token grants publishing anywhere.
     pub fn can_publish(&self) -> bool {
         self.publish.as_ref().is_some_and(|set| !set.patterns().is_empty())
     }
@@ -202,6 +208,7 @@ impl Verifier {
             publish: patterns(&claims.publish, "publish")?,
             user: claims.sub,
             expires_at: claims.exp,
+            operator: claims.operator,
         })
     }
 }

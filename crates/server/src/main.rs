@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tidewire_server::auth::{mint_hs256, unix_now, Claims};
 use tidewire_server::config::LogFormat;
 use tidewire_server::{server, Config, Hub};
@@ -39,6 +39,9 @@ enum Command {
         /// Channel patterns the token may publish to, comma-separated (default: none).
         #[arg(long, value_delimiter = ',')]
         publish: Option<Vec<String>>,
+        /// Grant the operator endpoints (`GET /api/channels`); never for browsers.
+        #[arg(long)]
+        operator: bool,
         /// Lifetime, e.g. 1h.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
@@ -58,18 +61,35 @@ enum Command {
     },
 }
 
+/// Where `tidewire demo` listens unless told otherwise: this machine only. The demo hands
+/// a token to anyone who asks (`/demo/token`), which is only safe on loopback.
+const DEMO_LISTEN: &str = "127.0.0.1:7999";
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let Some(command) = cli.command else { return serve(cli.config, None) };
     match command {
         Command::Serve { config } => serve(*config, None),
-        Command::Demo { config, rate } => serve(*config, Some(rate)),
-        Command::Token { jwt_secret, sub, channels, publish, ttl } => {
+        Command::Demo { mut config, rate } => {
+            let listen_given = matches
+                .subcommand_matches("demo")
+                .and_then(|demo| demo.value_source("listen"))
+                .is_some_and(|source| source != clap::parser::ValueSource::DefaultValue);
+            if !listen_given {
+                config.listen = DEMO_LISTEN.parse().unwrap_or(config.listen);
+            }
+            serve(*config, Some(rate))
+        }
+        Command::Token { jwt_secret, sub, channels, publish, operator, ttl } => {
             let Some(secret) = jwt_secret else {
                 eprintln!("tidewire token: --jwt-secret (TIDEWIRE_JWT_SECRET) is required");
                 return ExitCode::FAILURE;
             };
-            let claims = Claims { sub, exp: unix_now() + ttl.as_secs(), channels, publish, ..Claims::default() };
+            let claims = Claims { sub, exp: unix_now() + ttl.as_secs(), channels, publish, operator, ..Claims::default() };
             match mint_hs256(&secret, &claims) {
                 Ok(token) => {
                     println!("{token}");

@@ -95,7 +95,7 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register("connections", "Open WebSocket connections", metrics.connections.clone());
-        registry.register("connections", "WebSocket connections accepted", metrics.connections_total.clone());
+        registry.register("connections_accepted", "WebSocket connections accepted", metrics.connections_total.clone());
         registry.register("subscriptions", "Active channel subscriptions", metrics.subscriptions.clone());
         registry.register("channels", "Channels with state on this node", metrics.channels.clone());
         registry.register("messages_published", "Publications accepted", metrics.published.clone());
@@ -122,7 +122,7 @@ impl Metrics {
         Metrics { registry, ..metrics }
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition (`# TYPE x counter`, samples `x_total`, `# EOF`).
     pub fn render(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {

@@ -62,20 +62,26 @@ async fn publish_errors_have_codes_and_statuses() {
 }
 
 #[tokio::test]
-async fn channels_listing_needs_a_publish_grant() {
+async fn channels_listing_needs_an_operator_and_hides_user_channels() {
     let server = TestServer::start().await;
     let mut client = server.client("u").await;
     client.next().await;
-    client.send(r#"{"action":"subscribe","channels":["alerts"]}"#).await;
+    client.send(r#"{"action":"subscribe","channels":["alerts","positions#u"]}"#).await;
+    client.expect_type("subscribed").await;
     client.expect_type("subscribed").await;
     publish_many(&server.hub, "alerts", 2).await;
-    let (status, body) = http_request(&server, "GET", "/api/channels", Some(&publisher_token()), None).await;
+    publish_many(&server.hub, "positions#u", 1).await;
+    let (status, body) = http_request(&server, "GET", "/api/channels", Some(&operator_token()), None).await;
     assert_eq!(status, 200);
+    assert_eq!(body.as_array().map(Vec::len), Some(1), "user channels are never listed: {body}");
     assert_eq!(body[0]["channel"], "alerts");
     assert_eq!(body[0]["subscribers"], 1);
     assert_eq!(body[0]["seq"], 2);
-    let (status, _) = http_request(&server, "GET", "/api/channels", Some(&support::token("u")), None).await;
-    assert_eq!(status, 403);
+    // A publish grant, even on every channel, is not an operator grant.
+    for token in [publisher_token(), support::token("u")] {
+        let (status, body) = http_request(&server, "GET", "/api/channels", Some(&token), None).await;
+        assert_eq!((status, body["code"].as_str()), (403, Some("FORBIDDEN")));
+    }
     let (status, _) = http_request(&server, "GET", "/api/channels", None, None).await;
     assert_eq!(status, 401);
 }
@@ -95,20 +101,23 @@ async fn health_ready_and_metrics() {
     assert_eq!((status, health["connections"].as_u64()), (200, Some(1)));
     assert_eq!(http_request(&server, "GET", "/ready", None, None).await.0, 200);
 
-    let (status, text) = http_text(&server, "GET", "/metrics", None, None).await;
+    let (status, head, text) = http_exchange(&server, "GET", "/metrics", None, None).await;
     assert_eq!(status, 200);
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
-    let value = |name: &str| {
-        scrape.samples.iter().find(|s| s.metric == name).map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+    assert!(head.contains("content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"), "{head}");
+    // A strict OpenMetrics parser: types, `_total` suffixes and `# EOF` must all be right.
+    let exposition = openmetrics_parser::openmetrics::parse_openmetrics(&text).expect("OpenMetrics text format");
+    let value = |family: &str| {
+        let family = exposition.families.get(family)?;
+        family.iter_samples().next().map(|sample| match &sample.value {
+            openmetrics_parser::OpenMetricsValue::Counter(counter) => counter.value.as_f64(),
+            openmetrics_parser::OpenMetricsValue::Gauge(gauge) => gauge.as_f64(),
             _ => f64::NAN,
         })
     };
     assert_eq!(value("tidewire_connections"), Some(1.0));
-    assert_eq!(value("tidewire_messages_published_total"), Some(3.0));
-    assert_eq!(value("tidewire_messages_delivered_total"), Some(3.0));
-    assert!(value("tidewire_frames_sent_total").unwrap() >= 2.0);
+    assert_eq!(value("tidewire_messages_published"), Some(3.0), "a counter, read as one");
+    assert_eq!(value("tidewire_messages_delivered"), Some(3.0));
+    assert!(value("tidewire_frames_sent").unwrap() >= 2.0);
     assert!(text.contains("tidewire_batch_size_bucket"));
     assert!(text.contains("tidewire_publish_to_write_seconds_bucket"));
 

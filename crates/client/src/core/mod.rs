@@ -725,6 +725,18 @@ impl ClientCore {
                 let Some(subscription) = self.subscriptions.get_mut(&channel) else { return };
                 subscription.server = ServerSide::None;
                 subscription.recovering = false;
+                if let Some(code) = m.code {
+                    // The server ended it (the token no longer grants it): subscribing
+                    // again would be refused, so tell the app instead.
+                    let message = m.message.map(|t| t.into_owned()).unwrap_or_default();
+                    if subscription.wanted {
+                        subscription.refused = true;
+                        self.push(Action::Subscription { channel, event: SubscriptionEvent::Refused { code, message } });
+                    } else {
+                        self.subscriptions.remove(&channel);
+                    }
+                    return;
+                }
                 if !subscription.wanted {
                     self.subscriptions.remove(&channel);
                 } else {

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use governor::clock::DefaultClock;
 use governor::{DefaultDirectRateLimiter, RateLimiter};
 use tidewire_protocol::batch::Outbound;
-use tidewire_protocol::message::ErrorMessage;
+use tidewire_protocol::channel::Access;
+use tidewire_protocol::message::{ErrorMessage, Unsubscribed};
 use tidewire_protocol::{decode_command, CloseCode, Command, CommandId, Control, ErrorCode};
 
 use crate::auth::Grant;
@@ -200,6 +201,25 @@ impl Session {
             );
         }
         Next::Continue
+    }
+
+    /// Leaves `channel` and queues its `unsubscribed` (after anything the engine still
+    /// owes the subscription), with the reason when the server ended it. Leaving a
+    /// channel one is not in still answers, so a client's bookkeeping converges.
+    pub fn unsubscribe(&mut self, channel: &str, id: Option<CommandId>, why: Option<(ErrorCode, String)>) {
+        let (code, message) = why.map_or((None, None), |(code, message)| (Some(code), Some(message)));
+        let reply = control(Control::Unsubscribed(Unsubscribed { timestamp: now_timestamp(), id, channel: channel.to_owned(), code, message }));
+        if self.subscriptions.remove(channel) {
+            self.hub.unsubscribe(self.slot.id, channel, Some((self.outbox.clone(), reply)));
+            tracing::debug!(connection = self.id(), user = %self.grant.user, %channel, ?code, "unsubscribed");
+        } else {
+            self.outbox.push(Outbound::control(reply));
+        }
+    }
+
+    /// The subscribed channels the current grant no longer allows.
+    pub fn channels_not_granted(&self) -> Vec<String> {
+        self.subscriptions.0.iter().filter(|c| self.grant.subscribe_access(c) != Access::Allowed).map(|c| c.to_string()).collect()
     }
 
     /// Leaves every channel (on disconnect).

@@ -1,5 +1,5 @@
-//! `POST /api/publish` and `GET /api/channels`, for services holding a token with a
-//! `publish` grant (`Authorization: Bearer`). Errors are JSON `{code, message}` with the
+//! `POST /api/publish`, for services holding a token with a `publish` grant, and
+//! `GET /api/channels`, for operators (`Authorization: Bearer` either way). Errors are JSON `{code, message}` with the
 //! HTTP status of the error code.
 
 use axum::body::{Body, Bytes};
@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
-use tidewire_protocol::channel::Access;
+use tidewire_protocol::channel::{Access, USER_SEPARATOR};
 use tidewire_protocol::{ErrorCode, NewPublication};
 
 use crate::auth::{AuthError, Grant};
@@ -126,11 +126,17 @@ pub async fn publish(State(hub): State<Hub>, headers: HeaderMap, body: Body) -> 
     }
 }
 
-/// Channels with subscriber counts and heads.
+/// Channels with subscriber counts and heads, for operators (a token with
+/// `operator: true`). User-scoped channels (`name#user`) are never listed: they would
+/// tell one user's activity to someone else.
 pub async fn channels(State(hub): State<Hub>, headers: HeaderMap) -> Response {
     match bearer(&hub, &headers) {
-        Ok(grant) if grant.can_publish() => Json(hub.channels().await).into_response(),
-        Ok(_) => error_response(ErrorCode::Forbidden, "listing channels needs a token with a publish grant"),
+        Ok(grant) if grant.operator => {
+            let mut channels = hub.channels().await;
+            channels.retain(|info| !info.channel.contains(USER_SEPARATOR));
+            Json(channels).into_response()
+        }
+        Ok(_) => error_response(ErrorCode::Forbidden, "listing channels needs an operator token (operator: true)"),
         Err(response) => response,
     }
 }

@@ -24,7 +24,12 @@ pub async fn ready(State(hub): State<Hub>) -> impl IntoResponse {
     }
 }
 
-/// Prometheus text format.
+/// The content type of what [`Metrics::render`](crate::metrics::Metrics::render) writes.
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The metrics in the OpenMetrics text format (which Prometheus scrapes natively), served
+/// as what it is: under the older text format's content type, parsers of that format
+/// would read each counter as an untyped metric named `x_total`.
 pub async fn metrics(State(hub): State<Hub>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], hub.metrics().render())
+    ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], hub.metrics().render())
 }

@@ -83,6 +83,10 @@ pub fn publisher_token() -> String {
     token_with(&c)
 }
 
+pub fn operator_token() -> String {
+    token_with(&Claims { operator: true, ..claims("operator") })
+}
+
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// Messages received but not yet taken by a test.
@@ -196,6 +200,13 @@ pub async fn http_request(server: &TestServer, method: &str, path: &str, token: 
 }
 
 pub async fn http_text(server: &TestServer, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let (status, _, text) = http_exchange(server, method, path, token, body).await;
+    (status, text)
+}
+
+/// One request on its own connection: the status, the response head (lowercased) and
+/// the body.
+pub async fn http_exchange(server: &TestServer, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     let body = body.unwrap_or("");
@@ -211,8 +222,9 @@ pub async fn http_text(server: &TestServer, method: &str, path: &str, token: Opt
     let response = String::from_utf8_lossy(&response).into_owned();
     let status: u16 = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
     let (head, rest) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let text = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_owned() };
-    (status, text)
+    let head = head.to_ascii_lowercase();
+    let text = if head.contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_owned() };
+    (status, head, text)
 }
 
 fn dechunk(mut body: &str) -> String {

@@ -1,7 +1,8 @@
 //! `refresh`: replace the connection's token before it expires. The new token must be
-//! valid and belong to the same user; its grants replace the old ones for future
-//! commands (existing subscriptions stay). A bad token gets an error and the old one
-//! keeps running until it expires.
+//! valid and belong to the same user; its grants replace the old ones at once: every
+//! subscription the new token no longer allows ends, with an `unsubscribed` that says
+//! `FORBIDDEN` (before the `refreshed`). A bad token gets an error and the old one keeps
+//! running until it expires.
 
 use tidewire_protocol::command::Refresh;
 use tidewire_protocol::message::Refreshed;
@@ -15,6 +16,10 @@ pub fn apply(session: &mut Session, command: Refresh) -> Next {
     match verifier.verify(&command.token) {
         Ok(grant) if grant.user == session.grant.user => {
             session.grant = grant;
+            for channel in session.channels_not_granted() {
+                let why = (ErrorCode::Forbidden, format!("the refreshed token does not allow subscribing to {channel}"));
+                session.unsubscribe(&channel, None, Some(why));
+            }
             tracing::debug!(connection = session.id(), user = %session.grant.user, "token refreshed");
             session.send(Control::Refreshed(Refreshed {
                 timestamp: now_timestamp(),
