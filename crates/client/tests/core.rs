@@ -274,6 +274,29 @@ fn a_seq_jump_triggers_recovery_and_every_seq_arrives_once() {
 }
 
 #[test]
+fn a_channel_created_under_a_subscription_renews_its_epoch_quietly() {
+    let mut h = Harness::new(|_| {});
+    h.event(Event::Subscribe { channel: "a".into() });
+    let t1 = h.connect();
+    h.take();
+    // No state yet (the empty epoch); the first publication creates the epoch.
+    let empty = json!({"type":"subscribed","timestamp":TS,"channel":"a","seq":0,"epoch":""});
+    h.frame(t1, json!([empty]));
+    h.take();
+    let created = json!({"type":"subscribed","timestamp":TS,"channel":"a","seq":0,"epoch":"e7","recovered":true});
+    h.frame(t1, json!([created]));
+    assert!(!h.take().iter().any(|a| matches!(a, Action::Subscription { .. })), "no event for the app");
+    h.publish(t1, "a", 1..=2);
+    assert_eq!(h.delivered(), vec![1, 2]);
+    h.event(Event::TransportClosed { transport: t1, code: 1012, reason: String::new() });
+    let delay = h.reconnect_delay().unwrap();
+    h.advance(delay);
+    let t2 = h.opened();
+    h.connected(t2);
+    assert_eq!(h.sent()[0]["since"]["a"], json!({"seq":2,"epoch":"e7"}), "recovers in the new epoch");
+}
+
+#[test]
 fn recovery_command_carries_since() {
     let mut h = Harness::new(|_| {});
     h.event(Event::Subscribe { channel: "a".into() });

@@ -223,6 +223,24 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_HISTORY_TTL", default_value = "5m", value_parser = duration)]
     pub history_ttl: Duration,
 
+    /// Distinct keys a channel keeps latest values for (its snapshot). A publication
+    /// with a new key beyond it is refused (TOO_MANY_KEYS), as is one that would make the
+    /// channel's latest values exceed half of --max-queued-bytes, so a snapshot always fits
+    /// a subscriber's queue.
+    #[arg(long, env = "TIDEWIRE_MAX_KEYS_PER_CHANNEL", default_value_t = 1000)]
+    pub max_keys_per_channel: usize,
+
+    /// How long a channel's state (its head seq, epoch and latest values) outlives its
+    /// last publication. After it, the channel starts again (a new epoch); in memory, a
+    /// channel is kept while it has subscribers.
+    #[arg(long, env = "TIDEWIRE_CHANNEL_TTL", default_value = "24h", value_parser = duration)]
+    pub channel_ttl: Duration,
+
+    /// Channels this node holds at once (with state or local subscribers). A new one
+    /// beyond it is refused (TOO_MANY_CHANNELS).
+    #[arg(long, env = "TIDEWIRE_MAX_NODE_CHANNELS", default_value_t = 200_000)]
+    pub max_node_channels: usize,
+
     /// How long a client may take to send its HTTP request headers (the WebSocket
     /// handshake included) before the connection is dropped (slowloris defence).
     #[arg(long, env = "TIDEWIRE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub connections_total: Counter,
     pub subscriptions: Gauge,
     pub channels: Gauge,
+    pub keys: Gauge,
+    pub publish_limiters: Gauge,
     pub published: Counter,
     pub delivered: Counter,
     pub dropped: Family<ReasonLabel, Counter>,
@@ -79,6 +81,8 @@ impl Metrics {
             connections_total: Counter::default(),
             subscriptions: Gauge::default(),
             channels: Gauge::default(),
+            keys: Gauge::default(),
+            publish_limiters: Gauge::default(),
             published: Counter::default(),
             delivered: Counter::default(),
             dropped: Family::default(),
@@ -98,6 +102,8 @@ impl Metrics {
         registry.register("connections_accepted", "WebSocket connections accepted", metrics.connections_total.clone());
         registry.register("subscriptions", "Active channel subscriptions", metrics.subscriptions.clone());
         registry.register("channels", "Channels with state on this node", metrics.channels.clone());
+        registry.register("channel_keys", "Latest values kept for snapshots, all channels together (in-memory engine)", metrics.keys.clone());
+        registry.register("publish_limiters", "Channels with publish-rate state (swept when back to a full bucket)", metrics.publish_limiters.clone());
         registry.register("messages_published", "Publications accepted", metrics.published.clone());
         registry.register("messages_delivered", "Publications queued to subscribers", metrics.delivered.clone());
         registry.register("messages_dropped", "Publications dropped for a subscriber, by reason", metrics.dropped.clone());

@@ -418,3 +418,112 @@ async fn a_loopback_node_answers_only_loopback_host_names() {
     let head = format!("GET /health HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\n\r\n", server.addr.port());
     assert_eq!(raw_http(&server, &head, b"", Duration::from_secs(2)).await.unwrap().0, 200);
 }
+
+fn keyed(channel: &str, key: &str, data: serde_json::Value) -> tidewire_protocol::NewPublication {
+    tidewire_protocol::NewPublication { channel: channel.into(), kind: "row".into(), data, key: Some(key.into()) }
+}
+
+/// A metric's value in the hub's exposition (`None` when absent).
+fn metric(server: &TestServer, name: &str) -> Option<f64> {
+    server.hub.metrics().render().lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn keys_and_latest_bytes_per_channel_are_capped_in_memory() {
+    let server = TestServer::with(|c| {
+        c.max_keys_per_channel = 3;
+        c.max_queued_bytes = 4096;
+    })
+    .await;
+    for key in ["a", "b", "c"] {
+        server.hub.publish(keyed("lp", key, json!(1))).await.unwrap();
+    }
+    let refused = server.hub.publish(keyed("lp", "d", json!(1))).await.unwrap_err();
+    assert_eq!(refused.code, tidewire_protocol::ErrorCode::TooManyKeys);
+    server.hub.publish(keyed("lp", "a", json!(2))).await.expect("a known key may change");
+    let refused = server.hub.publish(keyed("lp", "b", json!("x".repeat(2100)))).await.unwrap_err();
+    assert!(refused.message.contains("bytes"), "{refused}");
+    // The snapshot a subscriber gets stays what fits.
+    let mut client = server.client("u").await;
+    client.next().await;
+    client.send(r#"{"action":"subscribe","channels":["lp"]}"#).await;
+    client.expect_type("subscribed").await;
+    let keys: Vec<String> = [client.next().await, client.next().await, client.next().await].iter().map(|m| m["key"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(keys, ["b", "c", "a"]);
+}
+
+#[tokio::test]
+async fn the_node_holds_at_most_max_node_channels() {
+    let server = TestServer::with(|c| c.max_node_channels = 3).await;
+    let mut client = server.client("u").await;
+    client.next().await;
+    client.send(r#"{"action":"subscribe","channels":["a","b","c","d"]}"#).await;
+    let answers: Vec<String> = [client.next().await, client.next().await, client.next().await, client.next().await]
+        .iter()
+        .map(|m| format!("{}:{}", m["type"].as_str().unwrap(), m.get("code").and_then(|c| c.as_str()).unwrap_or(m["channel"].as_str().unwrap())))
+        .collect();
+    assert_eq!(answers, ["subscribed:a", "subscribed:b", "subscribed:c", "error:TOO_MANY_CHANNELS"]);
+    let refused = server.hub.publish(tidewire_protocol::NewPublication { channel: "e".into(), kind: "t".into(), data: json!(1), key: None }).await;
+    assert_eq!(refused.unwrap_err().code, tidewire_protocol::ErrorCode::TooManyChannels);
+    client.send(r#"{"action":"unsubscribe","channels":["a"]}"#).await;
+    client.expect_type("unsubscribed").await;
+    client.send(r#"{"action":"subscribe","channels":["d"]}"#).await;
+    assert_eq!(client.expect_type("subscribed").await["channel"], "d", "room again once a channel is forgotten");
+}
+
+#[tokio::test]
+async fn channels_nobody_touches_are_swept() {
+    let server = TestServer::with(|c| c.history_ttl = Duration::from_millis(200)).await;
+    for i in 0..50 {
+        let new = tidewire_protocol::NewPublication { channel: format!("once-{i}"), kind: "t".into(), data: json!(i), key: None };
+        server.hub.publish(new).await.unwrap();
+    }
+    assert_eq!(metric(&server, "tidewire_channels"), Some(50.0));
+    // Nothing touches these channels again: the sweep forgets them once their history
+    // expired.
+    let deadline = Instant::now() + tidewire_server::hub::SWEEP_INTERVAL * 3;
+    while metric(&server, "tidewire_channels") != Some(0.0) {
+        assert!(Instant::now() < deadline, "channels kept: {:?}", metric(&server, "tidewire_channels"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(server.hub.channels().await.is_empty());
+}
+
+#[tokio::test]
+async fn publish_limiters_of_quiet_channels_are_swept() {
+    let server = TestServer::with(|c| c.publish_rate_limits = vec!["burst.*=5/60000".parse().unwrap()]).await;
+    for i in 0..40 {
+        let new = tidewire_protocol::NewPublication { channel: format!("burst.{i}"), kind: "t".into(), data: json!(i), key: None };
+        server.hub.publish(new).await.unwrap();
+    }
+    // At 1000 a second the buckets are full again at once; the sweep drops their state.
+    let deadline = Instant::now() + tidewire_server::hub::SWEEP_INTERVAL * 3;
+    loop {
+        if metric(&server, "tidewire_publish_limiters") == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "limiters kept: {:?}", metric(&server, "tidewire_publish_limiters"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_replay_larger_than_half_the_queue_is_not_attempted() {
+    let server = TestServer::with(|c| c.max_queued_bytes = 64 * 1024).await;
+    let mut client = server.client("u").await;
+    client.next().await;
+    client.send(r#"{"action":"subscribe","channels":["big"]}"#).await;
+    let epoch = client.expect_type("subscribed").await["epoch"].as_str().unwrap().to_owned();
+    for i in 0..40 {
+        let new = tidewire_protocol::NewPublication { channel: "big".into(), kind: "t".into(), data: json!({"i": i, "pad": "x".repeat(2000)}), key: None };
+        server.hub.publish(new).await.unwrap();
+    }
+    // 40 × 2 KB is more than half of 64 KiB: recovery says so instead of overflowing the
+    // queue (which would announce a gap, and the client would ask again, forever).
+    let mut again = server.client("u").await;
+    again.next().await;
+    again.send_value(json!({"action":"subscribe","channels":["big"],"since":{"big":{"seq":0,"epoch":epoch}}})).await;
+    assert_eq!(again.expect_type("subscribed").await["recovered"], false);
+    again.send_value(json!({"action":"subscribe","channels":["big"],"since":{"big":{"seq":30,"epoch":epoch}}})).await;
+    assert_eq!(again.expect_type("subscribed").await["recovered"], true, "ten of them fit");
+}

@@ -309,3 +309,129 @@ async fn a_lost_pubsub_link_is_filled_from_the_stream() {
     publish(&a, "ticks", 21, None).await;
     assert_eq!(seqs(&mut client, 1).await, vec![21]);
 }
+
+/// The keys under `prefix`, each with its time to live in ms (-1: none).
+fn keys_with_ttl(url: &str, prefix: &str) -> Vec<(String, i64)> {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query(&mut conn).unwrap();
+    keys.into_iter().map(|key| {
+        let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).unwrap();
+        (key, ttl)
+    }).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_client_leaves_nothing_in_redis() {
+    let url = shared_redis();
+    let prefix = unique_prefix("readonly");
+    let server = node(&url, &prefix).await;
+    let mut client = server.client("mallory").await;
+    client.next().await;
+    for round in 0..5 {
+        let names: Vec<String> = (0..100).map(|i| format!("nobody-publishes-{round}-{i}")).collect();
+        client.send_value(json!({"action":"subscribe","channels":names})).await;
+        for _ in 0..100 {
+            client.expect_type("subscribed").await;
+        }
+        client.send_value(json!({"action":"unsubscribe","channels":names})).await;
+        for _ in 0..100 {
+            client.expect_type("unsubscribed").await;
+        }
+    }
+    assert_eq!(keys_with_ttl(&url, &prefix), Vec::<(String, i64)>::new(), "subscribing wrote nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_expires_and_an_expired_channel_starts_a_new_epoch() {
+    let url = shared_redis();
+    let prefix = unique_prefix("ttl");
+    let (url2, prefix2) = (url.clone(), prefix.clone());
+    let server = TestServer::with(move |c| {
+        c.redis_url = Some(url2);
+        c.redis_prefix = prefix2;
+        c.history_ttl = Duration::from_millis(500);
+        c.channel_ttl = Duration::from_millis(1500);
+    })
+    .await;
+    wait_ready(&server).await;
+    let mut client = subscriber(&server, "book").await;
+    publish(&server, "book", 1, Some("EURUSD")).await;
+    publish(&server, "book", 2, None).await;
+    assert_eq!(seqs(&mut client, 2).await, vec![1, 2]);
+    let keys = keys_with_ttl(&url, &prefix);
+    assert_eq!(keys.len(), 5, "seq, epoch, latest, lbytes, hist: {keys:?}");
+    for (key, ttl) in &keys {
+        assert!(*ttl > 0 && *ttl <= 1500, "{key} expires ({ttl} ms)");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !keys_with_ttl(&url, &prefix).is_empty() {
+        assert!(Instant::now() < deadline, "keys outlived the channel TTL: {:?}", keys_with_ttl(&url, &prefix));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The channel starts again: seq 1 in a new epoch, announced as a loss to those who
+    // held a position in the old one.
+    assert_eq!(publish(&server, "book", 3, None).await, 1);
+    let renewed = client.expect_type("subscribed").await;
+    assert_eq!((renewed["recovered"].as_bool(), renewed["seq"].as_u64()), (Some(false), Some(0)));
+    assert_eq!(seqs(&mut client, 1).await, vec![1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_created_under_its_subscribers_continues_without_loss() {
+    let url = shared_redis();
+    let prefix = unique_prefix("create");
+    let server = node(&url, &prefix).await;
+    let mut client = Client::connect(&server.url(&format!("token={}", token("u")))).await;
+    client.next().await;
+    client.send(r#"{"action":"subscribe","channels":["fresh"]}"#).await;
+    let subscribed = client.expect_type("subscribed").await;
+    assert_eq!((subscribed["seq"].as_u64(), subscribed["epoch"].as_str()), (Some(0), Some("")), "no state yet: the empty epoch");
+    for n in 1..=3 {
+        publish(&server, "fresh", n, None).await;
+    }
+    let created = client.next().await;
+    assert_eq!((created["type"].as_str(), created["recovered"].as_bool(), created["seq"].as_u64()), (Some("subscribed"), Some(true), Some(0)));
+    let epoch = created["epoch"].as_str().unwrap().to_owned();
+    assert!(!epoch.is_empty());
+    assert_eq!(seqs(&mut client, 3).await, vec![1, 2, 3]);
+    // The position in the new epoch recovers; the empty epoch's no longer does (the
+    // channel may have lived and died meanwhile), honestly.
+    let mut again = Client::connect(&server.url(&format!("token={}", token("u")))).await;
+    again.next().await;
+    again.send_value(json!({"action":"subscribe","channels":["fresh"],"since":{"fresh":{"seq":1,"epoch":epoch}}})).await;
+    assert_eq!(again.expect_type("subscribed").await["recovered"], true);
+    assert_eq!(seqs(&mut again, 2).await, vec![2, 3]);
+    let mut stale = Client::connect(&server.url(&format!("token={}", token("u")))).await;
+    stale.next().await;
+    stale.send(r#"{"action":"subscribe","channels":["fresh"],"since":{"fresh":{"seq":0,"epoch":""}}}"#).await;
+    assert_eq!(stale.expect_type("subscribed").await["recovered"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_per_channel_are_capped_in_redis() {
+    let url = shared_redis();
+    let prefix = unique_prefix("keys");
+    let (url2, prefix2) = (url.clone(), prefix.clone());
+    let server = TestServer::with(move |c| {
+        c.redis_url = Some(url2);
+        c.redis_prefix = prefix2;
+        c.max_keys_per_channel = 3;
+        c.max_queued_bytes = 4096;
+    })
+    .await;
+    wait_ready(&server).await;
+    let keyed = |key: &str, data: Value| tidewire_protocol::NewPublication { channel: "lp".into(), kind: "lp".into(), data, key: Some(key.into()) };
+    for key in ["a", "b", "c"] {
+        server.hub.publish(keyed(key, json!(1))).await.unwrap();
+    }
+    let refused = server.hub.publish(keyed("d", json!(1))).await.unwrap_err();
+    assert_eq!(refused.code, tidewire_protocol::ErrorCode::TooManyKeys, "{refused}");
+    server.hub.publish(keyed("a", json!(2))).await.expect("a known key may change");
+    // Latest values over half of --max-queued-bytes.
+    let refused = server.hub.publish(keyed("b", json!("x".repeat(2100)))).await.unwrap_err();
+    assert_eq!(refused.code, tidewire_protocol::ErrorCode::TooManyKeys, "{refused}");
+    assert!(refused.message.contains("bytes"));
+    let (status, body) = post_publish(&server, Some(&publisher_token()), r#"{"channel":"lp","type":"lp","data":1,"key":"e"}"#).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("TOO_MANY_KEYS")));
+}

@@ -706,6 +706,15 @@ impl ClientCore {
                 if !matches!(subscription.server, ServerSide::SubscribeSent | ServerSide::Subscribed) {
                     return;
                 }
+                // Unasked, on a live subscription, with nothing missed: the channel's first
+                // publication gave it an epoch. Only the position's epoch changes.
+                let renewal = subscription.server == ServerSide::Subscribed && !subscription.recovering && m.recovered == Some(true);
+                if renewal {
+                    if let Some(position) = &mut subscription.position {
+                        position.epoch = m.epoch.map(|e| e.into_owned());
+                    }
+                    return;
+                }
                 subscription.server = ServerSide::Subscribed;
                 subscription.recovering = false;
                 let recovered = m.recovered;

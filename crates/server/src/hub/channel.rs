@@ -57,6 +57,10 @@ pub struct Channel {
     pub head: u64,
     history: VecDeque<Stored>,
     latest: HashMap<Arc<str>, Stored>,
+    /// Encoded bytes of `latest`'s messages.
+    latest_bytes: usize,
+    /// When the last publication was accepted.
+    last_published: Option<Instant>,
     subscribers: HashMap<u64, Arc<Outbox>>,
     /// Set, under the lock, when the channel was dropped from the engine's map for being
     /// idle: whoever still holds it looks it up again.
@@ -71,15 +75,36 @@ impl Channel {
             head: 0,
             history: VecDeque::new(),
             latest: HashMap::new(),
+            latest_bytes: 0,
+            last_published: None,
             subscribers: HashMap::new(),
             removed: false,
         }
     }
 
-    /// Nothing would be lost by forgetting the channel: no subscribers, no history, no
-    /// latest values.
-    pub fn is_idle(&self) -> bool {
-        self.subscribers.is_empty() && self.history.is_empty() && self.latest.is_empty()
+    /// Nothing would be lost by forgetting the channel: no subscribers, no history, and
+    /// no latest values, or none published within `ttl` (the channel's state expired).
+    pub fn is_idle(&self, now: Instant, ttl: Duration) -> bool {
+        let expired = self.last_published.is_none_or(|at| now.saturating_duration_since(at) > ttl);
+        self.subscribers.is_empty() && self.history.is_empty() && (self.latest.is_empty() || expired)
+    }
+
+    /// Whether a publication with `key` and `size` bytes fits the channel's limits on
+    /// latest values: `Err(true)` for too many keys, `Err(false)` for too many bytes.
+    pub fn admits_latest(&self, key: &str, size: usize, max_keys: usize, max_bytes: usize) -> Result<(), bool> {
+        let old = self.latest.get(key).map(|s| s.message().len());
+        if old.is_none() && self.latest.len() >= max_keys {
+            return Err(true);
+        }
+        if self.latest_bytes - old.unwrap_or(0) + size > max_bytes {
+            return Err(false);
+        }
+        Ok(())
+    }
+
+    /// Keys with a latest value.
+    pub fn key_count(&self) -> usize {
+        self.latest.len()
     }
 
     pub fn subscriber_count(&self) -> usize {
@@ -95,8 +120,12 @@ impl Channel {
             dropped.add(outbox.push(stored.outbound.clone()));
         }
         let delivered = self.subscribers.len();
+        self.last_published = Some(stored.at);
         if let Some(key) = stored.key() {
-            self.latest.insert(key.clone(), stored.clone());
+            self.latest_bytes += stored.message().len();
+            if let Some(old) = self.latest.insert(key.clone(), stored.clone()) {
+                self.latest_bytes -= old.message().len();
+            }
         }
         if history_size > 0 {
             if self.history.len() >= history_size {
@@ -115,8 +144,8 @@ impl Channel {
     }
 
     /// Whether `since` (a seq in this channel's current epoch) can be recovered with at
-    /// most `max` messages, and if so the messages.
-    pub fn recover(&self, since: u64, max: usize) -> Option<Vec<Outbound>> {
+    /// most `max` messages of at most `max_bytes` in all, and if so the messages.
+    pub fn recover(&self, since: u64, max: usize, max_bytes: usize) -> Option<Vec<Outbound>> {
         if since > self.head {
             return None;
         }
@@ -132,6 +161,10 @@ impl Channel {
             return None;
         }
         let skip = usize::try_from(since + 1 - first).ok()?;
+        let bytes: usize = self.history.iter().skip(skip).map(|s| s.message().len()).sum();
+        if bytes > max_bytes {
+            return None;
+        }
         Some(self.history.iter().skip(skip).map(|s| s.outbound.clone()).collect())
     }
 

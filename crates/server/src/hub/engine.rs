@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use tidewire_protocol::batch::Dropped;
-use tidewire_protocol::{CommandId, Control, EncodedMessage, NewPublication, ServerMessage, StreamPosition};
+use tidewire_protocol::{CommandId, Control, EncodedMessage, ErrorCode, NewPublication, ServerMessage, StreamPosition};
 
 use super::{Accepted, ChannelInfo, Outbox, PublishError};
 use crate::config::Config;
@@ -41,9 +41,25 @@ impl Shared {
     }
 
     /// Bytes a subscription's start (its replay, or its snapshot) may queue at once: half
-    /// a client's queue, so a start always fits and live messages still have room.
+    /// a client's queue, so a start always fits and live messages still have room. A
+    /// channel's latest values are bounded by the same figure.
     pub fn max_start_bytes(&self) -> usize {
         self.config.max_queued_bytes / 2
+    }
+
+    pub fn too_many_keys(&self, channel: &str) -> PublishError {
+        let max = self.config.max_keys_per_channel;
+        PublishError::new(ErrorCode::TooManyKeys, format!("{channel} already holds latest values for {max} keys (--max-keys-per-channel)"))
+    }
+
+    pub fn too_many_latest_bytes(&self, channel: &str) -> PublishError {
+        let max = self.max_start_bytes();
+        PublishError::new(ErrorCode::TooManyKeys, format!("{channel}'s latest values would exceed {max} bytes (half of --max-queued-bytes)"))
+    }
+
+    pub fn node_full(&self) -> PublishError {
+        let max = self.config.max_node_channels;
+        PublishError::new(ErrorCode::TooManyChannels, format!("this node holds its limit of {max} channels (--max-node-channels)"))
     }
 
     /// Replay and snapshots are bounded by what a client's queue can take.
@@ -73,8 +89,9 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
     fn publish(&self, new: NewPublication) -> BoxFuture<'_, Result<Accepted, PublishError>>;
 
     /// Starts a subscription (access already checked). The answer goes to the outbox,
-    /// possibly later (an engine may need a round trip first).
-    fn subscribe(&self, request: SubscribeRequest);
+    /// possibly later (an engine may need a round trip first). Refused only when the node
+    /// holds as many channels as it may.
+    fn subscribe(&self, request: SubscribeRequest) -> Result<(), PublishError>;
 
     /// Ends a subscription and then queues `reply`; false when the connection was not
     /// subscribed.
@@ -87,6 +104,9 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
     fn is_ready(&self) -> bool {
         true
     }
+
+    /// Forgets what has expired (called every few seconds by the hub).
+    fn sweep(&self) {}
 }
 
 /// Encodes a control message.

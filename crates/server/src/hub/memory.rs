@@ -31,27 +31,31 @@ impl MemoryEngine {
         MemoryEngine { shared, channels: Mutex::new(HashMap::new()), next_epoch: AtomicU64::new(1) }
     }
 
-    fn channel(&self, name: &str) -> Arc<Mutex<Channel>> {
+    /// The channel `name`, created when new, unless the node is at `--max-node-channels`.
+    fn channel(&self, name: &str) -> Result<Arc<Mutex<Channel>>, PublishError> {
         let mut channels = lock(&self.channels);
         if let Some(channel) = channels.get(name) {
-            return channel.clone();
+            return Ok(channel.clone());
+        }
+        if channels.len() >= self.shared.config.max_node_channels {
+            return Err(self.shared.node_full());
         }
         let epoch = format!("{}-{}", self.shared.instance, self.next_epoch.fetch_add(1, Ordering::Relaxed));
         let name: Arc<str> = name.into();
         let channel = Arc::new(Mutex::new(Channel::new(name.clone(), epoch.into())));
         channels.insert(name, channel.clone());
         self.shared.metrics.channels.set(channels.len() as i64);
-        channel
+        Ok(channel)
     }
 
     /// Runs `f` on the live channel `name` (creating it), retrying when it was dropped as
     /// idle between the lookup and the lock.
-    fn with_channel<T>(&self, name: &str, f: impl FnOnce(&mut Channel) -> T) -> T {
+    fn with_channel<T>(&self, name: &str, f: impl FnOnce(&mut Channel) -> T) -> Result<T, PublishError> {
         loop {
-            let channel = self.channel(name);
+            let channel = self.channel(name)?;
             let mut channel = lock(&channel);
             if !channel.removed {
-                return f(&mut channel);
+                return Ok(f(&mut channel));
             }
         }
     }
@@ -61,8 +65,9 @@ impl MemoryEngine {
     /// bound. The channel's lock is taken before the map's, never the other way round,
     /// so a busy channel never holds up lookups of the others.
     fn forget_if_idle(&self, channel: &Arc<Mutex<Channel>>, locked: &mut Channel) {
-        locked.expire(Instant::now(), self.shared.config.history_ttl);
-        if !locked.is_idle() {
+        let now = Instant::now();
+        locked.expire(now, self.shared.config.history_ttl);
+        if !locked.is_idle(now, self.shared.config.channel_ttl) {
             return;
         }
         locked.removed = true;
@@ -75,7 +80,7 @@ impl MemoryEngine {
 
     fn publish_now(&self, new: NewPublication) -> Result<Accepted, PublishError> {
         let name = new.channel.clone();
-        self.with_channel(&name, move |channel| self.publish_locked(channel, new))
+        self.with_channel(&name, move |channel| self.publish_locked(channel, new))?
     }
 
     fn publish_locked(&self, channel: &mut Channel, new: NewPublication) -> Result<Accepted, PublishError> {
@@ -97,6 +102,13 @@ impl MemoryEngine {
         if message.len() > config.max_publication_bytes + ENVELOPE_ALLOWANCE {
             return Err(too_big(message.len() - ENVELOPE_ALLOWANCE.min(message.len()), config.max_publication_bytes));
         }
+        if let Some(key) = &key {
+            match channel.admits_latest(key, message.len(), config.max_keys_per_channel, self.shared.max_start_bytes()) {
+                Ok(()) => {}
+                Err(true) => return Err(self.shared.too_many_keys(&channel.name)),
+                Err(false) => return Err(self.shared.too_many_latest_bytes(&channel.name)),
+            }
+        }
         let now = Instant::now();
         channel.expire(now, config.history_ttl);
         let stored = Stored::new(&channel.name, seq, key, message, now);
@@ -113,7 +125,7 @@ impl MemoryEngine {
         channel.expire(Instant::now(), self.shared.config.history_ttl);
         let start = match &since {
             Some(position) if position.epoch.as_deref().is_none_or(|e| e == &*channel.epoch) => {
-                match channel.recover(position.seq, self.shared.max_recovery()) {
+                match channel.recover(position.seq, self.shared.max_recovery(), self.shared.max_start_bytes()) {
                     Some(replay) => Start::Recovered(replay),
                     None => Start::Snapshot(channel.snapshot()),
                 }
@@ -151,9 +163,24 @@ impl Engine for MemoryEngine {
 
     /// Queues `subscribed`, then the recovered publications or the keyed snapshot, then
     /// registers the subscriber, all under the channel's lock.
-    fn subscribe(&self, request: SubscribeRequest) {
+    fn subscribe(&self, request: SubscribeRequest) -> Result<(), PublishError> {
         let name = request.channel.clone();
-        self.with_channel(&name, move |channel| self.subscribe_locked(channel, request));
+        self.with_channel(&name, move |channel| self.subscribe_locked(channel, request))
+    }
+
+    /// Expires history, and forgets idle channels, across the node: a channel nobody
+    /// touches any more must not keep its memory until someone does.
+    fn sweep(&self) {
+        let channels: Vec<_> = lock(&self.channels).values().cloned().collect();
+        let mut keys = 0;
+        for channel in &channels {
+            let mut locked = lock(channel);
+            self.forget_if_idle(channel, &mut locked);
+            if !locked.removed {
+                keys += locked.key_count();
+            }
+        }
+        self.shared.metrics.keys.set(i64::try_from(keys).unwrap_or(i64::MAX));
     }
 
     fn unsubscribe(&self, connection: u64, channel_name: &str, reply: Option<Reply>) -> bool {

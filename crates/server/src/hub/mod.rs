@@ -101,6 +101,26 @@ struct Inner {
     draining: AtomicBool,
     /// One keyed limiter per configured publish rule, keyed by channel.
     publish_limits: Vec<governor::DefaultKeyedRateLimiter<Arc<str>>>,
+    /// Whether the sweeping task runs.
+    sweeping: AtomicBool,
+}
+
+/// How often the node forgets what expired: idle channels, history past its TTL, and
+/// publish limiters of channels that went quiet.
+pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Inner {
+    fn sweep(&self) {
+        self.engine.sweep();
+        let mut limiters = 0;
+        for limiter in &self.publish_limits {
+            // A limiter's state for a channel that is back to a full bucket says nothing.
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+            limiters += limiter.len();
+        }
+        self.shared.metrics.publish_limiters.set(i64::try_from(limiters).unwrap_or(i64::MAX));
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -129,7 +149,7 @@ impl Hub {
             Some(url) => Box::new(redis::RedisEngine::start(shared.clone(), url, &shared.config.redis_prefix)?),
             None => Box::new(memory::MemoryEngine::new(shared.clone())),
         };
-        Ok(Hub {
+        let hub = Hub {
             inner: Arc::new(Inner {
                 shared,
                 engine,
@@ -139,8 +159,31 @@ impl Hub {
                 body_memory: Arc::new(tokio::sync::Semaphore::new(body_memory)),
                 shutdown: Mutex::new(CancellationToken::new()),
                 draining: AtomicBool::new(false),
+                sweeping: AtomicBool::new(false),
             }),
-        })
+        };
+        hub.start_sweeping();
+        Ok(hub)
+    }
+
+    /// Starts the task that sweeps the node every [`SWEEP_INTERVAL`], once, on the
+    /// current tokio runtime (a hub made outside one starts it when first served). It
+    /// holds the hub weakly and ends with it.
+    pub(crate) fn start_sweeping(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        if self.inner.sweeping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let hub = Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(inner) = hub.upgrade() else { return };
+                inner.sweep();
+            }
+        });
     }
 
     pub fn verifier(&self) -> &Verifier {
@@ -265,14 +308,14 @@ impl Hub {
         channel: &str,
         since: Option<&StreamPosition>,
         id: Option<CommandId>,
-    ) {
+    ) -> Result<(), PublishError> {
         self.inner.engine.subscribe(SubscribeRequest {
             connection,
             outbox: outbox.clone(),
             channel: channel.to_owned(),
             since: since.cloned(),
             id,
-        });
+        })
     }
 
     /// Removes a connection from a channel, then queues `reply` (in order with what the

@@ -37,7 +37,10 @@ pub fn apply(session: &mut Session, command: Subscribe) -> Next {
             continue;
         }
         let since = command.since.as_ref().and_then(|since| since.get(channel));
-        session.hub.subscribe(session.id(), &session.outbox, channel, since, id);
+        if let Err(refused) = session.hub.subscribe(session.id(), &session.outbox, channel, since, id.clone()) {
+            session.send_error(id, refused.code, refused.message, Some(channel));
+            continue;
+        }
         if !already {
             session.subscriptions.insert(channel);
             tracing::debug!(connection = session.id(), user = %session.grant.user, %channel, "subscribed");

@@ -1,0 +1,292 @@
+//! One channel's local fan-out on this node.
+//!
+//! A channel with local subscribers has one actor task: the only place that fans the
+//! channel out on this node. It handles, in order, what pub/sub delivers and the
+//! subscribe and unsubscribe requests. A new subscription reads its start (head, epoch,
+//! and either the replay after `since` or the snapshot) after the node's pub/sub
+//! subscription is confirmed, so anything published later arrives through pub/sub and
+//! the subscriber's start position separates the two exactly.
+//!
+//! **Epochs.** A channel nobody has published to has no state in Redis and the empty
+//! epoch. When its first publication creates the epoch, the actor re-announces the
+//! subscription with the new epoch and `recovered: true` (nothing was missed); any other
+//! change of epoch means Redis lost the channel and is announced with `recovered: false`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidewire_protocol::batch::{Outbound, Position};
+use tidewire_protocol::message::{GapNotice, GapReason, Subscribed};
+use tidewire_protocol::{Control, EncodedMessage, PublicationTemplate};
+use tokio::sync::{mpsc, oneshot};
+
+use super::scripts::{Delivered, Range};
+use super::EngineInner;
+use crate::hub::engine::{control, Reply, SubscribeRequest};
+use crate::hub::{now_timestamp, Outbox};
+
+/// What an actor is asked to do.
+pub enum Input {
+    Delivered(Delivered),
+    Subscribe(SubscribeRequest),
+    Unsubscribe(u64, Option<Reply>),
+    /// Pub/sub was re-established: catch up from Redis.
+    Resync,
+    Stop,
+}
+
+/// How often a channel actor's step asks Redis again while it does not answer.
+const BROKER_RETRY: Duration = Duration::from_millis(250);
+
+/// Runs a channel actor's step until Redis answers. Steps wait for the broker rather
+/// than being skipped: the channel's subscribers stay connected meanwhile, and a skipped
+/// step would leave the actor's view of the channel behind Redis's.
+pub async fn until_redis_answers<T, Fut>(channel: &str, step: &str, mut attempt: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(e) => {
+                tracing::debug!(channel, "{step} waits for the broker: {e}");
+                tokio::time::sleep(BROKER_RETRY).await;
+            }
+        }
+    }
+}
+
+pub struct Actor {
+    engine: Arc<EngineInner>,
+    channel: Arc<str>,
+    /// Local subscribers and the seq after which each receives live publications.
+    subscribers: HashMap<u64, (Arc<Outbox>, u64)>,
+    /// `None` until the first start is read; `Some("")` while the channel has no state.
+    epoch: Option<Arc<str>>,
+    /// Last seq fanned out (or known to be before every local subscriber's start).
+    head: u64,
+}
+
+impl Actor {
+    pub fn new(engine: Arc<EngineInner>, channel: &str) -> Actor {
+        Actor { engine, channel: channel.into(), subscribers: HashMap::new(), epoch: None, head: 0 }
+    }
+
+    pub async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Input>, ready: oneshot::Receiver<()>) {
+        // Listen before reading state, so nothing published after the read is missed.
+        let _ = ready.await;
+        while let Some(input) = inbox.recv().await {
+            match input {
+                Input::Subscribe(request) => self.subscribe(request).await,
+                Input::Unsubscribe(connection, reply) => {
+                    self.subscribers.remove(&connection);
+                    if let Some((outbox, message)) = reply {
+                        outbox.push(Outbound::control(message));
+                    }
+                }
+                Input::Delivered(delivered) => self.deliver(delivered).await,
+                Input::Resync => self.resync().await,
+                Input::Stop => return,
+            }
+        }
+    }
+
+    /// Whether the actor has seen the channel without state, so that `epoch` appearing
+    /// is its creation rather than a loss.
+    fn awaits_creation(&self) -> bool {
+        self.epoch.as_deref() == Some("") && self.head == 0
+    }
+
+    async fn subscribe(&mut self, request: SubscribeRequest) {
+        let mut start = until_redis_answers(&self.channel, "subscribe", || self.engine.start(&self.channel, request.since.as_ref())).await;
+        let rolled_back = !start.epoch.is_empty() && self.epoch.as_deref() == Some(start.epoch.as_str()) && start.head < self.head;
+        if rolled_back {
+            start.epoch = self.engine.rotate_epoch(&self.channel).await;
+            start.recovered = false;
+            start.texts.clear();
+        }
+        let epoch: Arc<str> = start.epoch.as_str().into();
+        if self.epoch.as_deref() != Some(&*epoch) {
+            if self.awaits_creation() {
+                // Created since the last start: what the others missed arrives through
+                // pub/sub, which delivers every seq after their start of 0.
+                self.epoch_created(epoch.clone());
+            } else {
+                if self.epoch.is_some() {
+                    self.epoch_changed(epoch.clone(), start.head);
+                }
+                self.epoch = Some(epoch.clone());
+                self.head = start.head;
+            }
+        }
+        let mut outbounds = vec![Outbound::control(control(Control::Subscribed(Subscribed {
+            timestamp: now_timestamp(),
+            id: request.id,
+            channel: self.channel.to_string(),
+            seq: start.head,
+            epoch: epoch.to_string(),
+            recovered: request.since.as_ref().map(|_| start.recovered),
+        })))];
+        if start.recovered {
+            let first = start.head + 1 - start.texts.len() as u64;
+            for (i, text) in start.texts.into_iter().enumerate() {
+                let message = PublicationTemplate::message_from_text(text);
+                let position = Position { channel: self.channel.clone(), seq: first + i as u64, key: None };
+                outbounds.push(Outbound::publication(message, position));
+            }
+        } else {
+            let mut latest: Vec<(u64, String)> = start
+                .texts
+                .into_iter()
+                .filter_map(|t| t.split_once('\n').and_then(|(seq, msg)| Some((seq.parse().ok()?, msg.to_owned()))))
+                .collect();
+            latest.sort_by_key(|(seq, _)| *seq);
+            for (_, text) in latest {
+                let message = PublicationTemplate::message_from_text(text).marked_as_snapshot();
+                outbounds.push(Outbound::control(message));
+            }
+        }
+        let dropped = request.outbox.push_all(outbounds);
+        self.engine.shared.count_drops(dropped);
+        self.subscribers.insert(request.connection, (request.outbox, start.head));
+    }
+
+    async fn deliver(&mut self, delivered: Delivered) {
+        if self.epoch.as_deref() != Some(&*delivered.epoch) {
+            if self.epoch.is_none() && self.subscribers.is_empty() {
+                return; // nobody to tell yet; the first subscribe sets the epoch
+            }
+            if self.awaits_creation() {
+                self.epoch_created(delivered.epoch.clone());
+            } else {
+                self.epoch_changed(delivered.epoch.clone(), delivered.seq.saturating_sub(1));
+            }
+        }
+        if delivered.seq <= self.head {
+            return;
+        }
+        if delivered.seq > self.head + 1 {
+            self.fill(self.head + 1, delivered.seq - 1).await;
+        }
+        self.fan_out(delivered.seq, delivered.key, delivered.message);
+    }
+
+    /// Fans out one publication to the subscribers whose start is before it.
+    fn fan_out(&mut self, seq: u64, key: Option<Arc<str>>, message: EncodedMessage) {
+        let outbound = Outbound::publication(message, Position { channel: self.channel.clone(), seq, key });
+        let mut delivered = 0;
+        for (outbox, start) in self.subscribers.values() {
+            if seq > *start {
+                let dropped = outbox.push(outbound.clone());
+                self.engine.shared.count_drops(dropped);
+                delivered += 1;
+            }
+        }
+        self.engine.shared.metrics.delivered.inc_by(delivered);
+        self.head = seq;
+    }
+
+    /// Delivers `from..=to` from the stream, or announces it as lost.
+    async fn fill(&mut self, from: u64, to: u64) {
+        match self.engine.range(&self.channel, from, to).await {
+            Ok(Range { texts: Some(texts), .. }) => {
+                for (i, text) in texts.into_iter().enumerate() {
+                    self.fan_out(from + i as u64, None, PublicationTemplate::message_from_text(text));
+                }
+            }
+            _ => {
+                tracing::warn!(channel = %self.channel, from, to, "publications missed while disconnected are gone; announcing a gap");
+                for (outbox, start) in self.subscribers.values() {
+                    let first = from.max(start + 1);
+                    if first > to {
+                        continue;
+                    }
+                    let notice = Control::Gap(GapNotice {
+                        timestamp: now_timestamp(),
+                        channel: self.channel.to_string(),
+                        from: first,
+                        to,
+                        reason: GapReason::Overflow,
+                    });
+                    outbox.push(Outbound::control(control(notice)));
+                }
+                self.head = to;
+            }
+        }
+    }
+
+    /// After pub/sub came back: deliver what was published meanwhile.
+    async fn resync(&mut self) {
+        if self.epoch.is_none() {
+            return; // no start read yet: the first subscribe reads the current state
+        }
+        let range = until_redis_answers(&self.channel, "resync", || self.engine.range(&self.channel, self.head + 1, u64::MAX)).await;
+        let epoch: Arc<str> = range.epoch.as_str().into();
+        if self.epoch.as_deref() != Some(&*epoch) {
+            if range.epoch.is_empty() {
+                // Lost, or expired, while pub/sub was down: nothing to deliver, and the
+                // next publication creates a new epoch.
+                self.epoch_changed(epoch, 0);
+                return;
+            }
+            if self.awaits_creation() {
+                self.epoch_created(epoch);
+            } else {
+                self.epoch_changed(epoch, range.head);
+                return;
+            }
+        }
+        if range.head < self.head {
+            let epoch = self.engine.rotate_epoch(&self.channel).await;
+            self.epoch_changed(epoch.as_str().into(), range.head);
+            return;
+        }
+        if range.head > self.head {
+            let (from, to) = (self.head + 1, range.head);
+            match range.texts {
+                Some(texts) => {
+                    for (i, text) in texts.into_iter().enumerate() {
+                        self.fan_out(from + i as u64, None, PublicationTemplate::message_from_text(text));
+                    }
+                }
+                None => self.fill(from, to).await,
+            }
+        }
+    }
+
+    /// Re-announces every local subscription with a new epoch.
+    fn announce(&mut self, epoch: &Arc<str>, head: u64, recovered: bool) {
+        for (outbox, start) in self.subscribers.values_mut() {
+            let notice = Control::Subscribed(Subscribed {
+                timestamp: now_timestamp(),
+                id: None,
+                channel: self.channel.to_string(),
+                seq: head,
+                epoch: epoch.to_string(),
+                recovered: Some(recovered),
+            });
+            outbox.push(Outbound::control(control(notice)));
+            *start = head;
+        }
+    }
+
+    /// The channel's first publication created its epoch: subscribers learn it, at their
+    /// position 0, as a continuation (nothing was missed).
+    fn epoch_created(&mut self, epoch: Arc<str>) {
+        tracing::debug!(channel = %self.channel, %epoch, "channel created");
+        self.announce(&epoch, 0, true);
+        self.epoch = Some(epoch);
+        self.head = 0;
+    }
+
+    /// Redis lost the channel (or was flushed, or its state expired): tell every local
+    /// subscriber that its position is void, with a fresh `subscribed` that says
+    /// `recovered: false`.
+    fn epoch_changed(&mut self, epoch: Arc<str>, head: u64) {
+        tracing::warn!(channel = %self.channel, %epoch, "channel epoch changed: history was lost");
+        self.announce(&epoch, head, false);
+        self.epoch = Some(epoch);
+        self.head = head;
+    }
+}

@@ -1,0 +1,316 @@
+//! The Redis engine: several nodes act as one.
+//!
+//! - `scripts`: what lives in Redis (the keys of a channel and their TTLs) and the Lua
+//!   scripts that number a publication (`PUBLISH`), read a subscription's start
+//!   (`START`) and a stretch of history (`RANGE`), with their reply parsing.
+//! - `pubsub`: the node's one pub/sub connection and its route table.
+//! - `actor`: one task per channel with local subscribers, the only place that fans
+//!   that channel out on this node.
+//! - here: the [`Engine`] implementation that ties them together, and readiness.
+//!
+//! One Lua script numbers a publication, appends it to the channel's stream, records the
+//! latest value per key and `PUBLISH`es it, atomically, so the seq is global and every
+//! node sees each channel's publications in seq order. Only publications write: a
+//! subscriber creates nothing in Redis, and every key expires (see `scripts`).
+//!
+//! **Faults.** While Redis is unreachable, publishes fail with `UNAVAILABLE` (HTTP 503),
+//! `/ready` answers 503, subscriptions wait, and connected clients stay connected. The
+//! pub/sub connection is re-established with backoff; every channel then resyncs: a
+//! seq jump is filled from the stream, or announced with an overflow gap notice when the
+//! stream no longer has it; a changed epoch (Redis lost the channel) re-announces the
+//! subscription with `recovered: false`. Nothing is lost silently.
+
+mod actor;
+mod pubsub;
+mod scripts;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use redis::aio::ConnectionManager;
+use tidewire_protocol::batch::Outbound;
+use tidewire_protocol::{ErrorCode, NewPublication, Publication, PublicationTemplate, StreamPosition};
+use tokio::sync::{mpsc, oneshot};
+
+use super::engine::{Engine, Reply, Shared, SubscribeRequest};
+use super::{lock, now_timestamp, too_big, Accepted, ChannelInfo, PublishError, ENVELOPE_ALLOWANCE};
+use actor::{until_redis_answers, Actor, Input};
+use pubsub::PubSubCommand;
+use scripts::{Keys, Published, Range, Start};
+
+/// A channel this node listens to, and its actor.
+struct Handle {
+    id: u64,
+    inbox: mpsc::UnboundedSender<Input>,
+    members: HashSet<u64>,
+}
+
+#[derive(Debug)]
+pub struct RedisEngine {
+    inner: Arc<EngineInner>,
+}
+
+pub(crate) struct EngineInner {
+    shared: Arc<Shared>,
+    prefix: String,
+    conn: ConnectionManager,
+    publish_script: redis::Script,
+    start_script: redis::Script,
+    range_script: redis::Script,
+    channels: Mutex<HashMap<String, Handle>>,
+    next_actor: AtomicU64,
+    pubsub: mpsc::UnboundedSender<PubSubCommand>,
+    /// Redis answers commands (watched every 250 ms, and by every publish).
+    answers: Arc<AtomicBool>,
+    /// The pub/sub connection is up with every channel subscribed.
+    listening: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for EngineInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisEngine").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+/// A configuration the engine cannot start with.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid --redis-url: {0}")]
+pub struct RedisUrlError(#[from] redis::RedisError);
+
+impl RedisEngine {
+    /// Starts the engine's background tasks (on the current tokio runtime). Redis need
+    /// not be up yet: the engine connects, and reconnects, on its own.
+    pub fn start(shared: Arc<Shared>, url: &str, prefix: &str) -> Result<RedisEngine, RedisUrlError> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = client.get_connection_manager_lazy(config)?;
+        let answers = Arc::new(AtomicBool::new(false));
+        let listening = Arc::new(AtomicBool::new(false));
+        let (pubsub, commands) = mpsc::unbounded_channel();
+        let inner = Arc::new(EngineInner {
+            shared,
+            prefix: prefix.to_owned(),
+            conn,
+            publish_script: redis::Script::new(scripts::PUBLISH),
+            start_script: redis::Script::new(scripts::START),
+            range_script: redis::Script::new(scripts::RANGE),
+            channels: Mutex::new(HashMap::new()),
+            next_actor: AtomicU64::new(1),
+            pubsub,
+            answers: answers.clone(),
+            listening: listening.clone(),
+        });
+        tokio::spawn(pubsub::run(client, prefix.to_owned(), commands, listening));
+        tokio::spawn(watch_health(Arc::downgrade(&inner)));
+        Ok(RedisEngine { inner })
+    }
+}
+
+impl EngineInner {
+    fn new_epoch(&self) -> String {
+        format!("{}-{:08x}", self.shared.instance, fastrand::u32(..))
+    }
+
+    fn unavailable(&self, error: &redis::RedisError) -> PublishError {
+        self.answers.store(false, Ordering::SeqCst);
+        PublishError::new(ErrorCode::Unavailable, format!("the broker is unreachable: {error}"))
+    }
+
+    fn ttl_ms(ttl: Duration) -> u64 {
+        u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+    }
+
+    async fn publish(&self, new: NewPublication) -> Result<Accepted, PublishError> {
+        let config = &self.shared.config;
+        let key = new.key.clone().unwrap_or_default();
+        let publication = Publication {
+            kind: new.kind,
+            timestamp: now_timestamp(),
+            channel: new.channel,
+            seq: 0,
+            key: new.key,
+            snapshot: false,
+            data: new.data,
+        };
+        let template = PublicationTemplate::new(&publication).map_err(|e| PublishError::new(ErrorCode::BadRequest, e.to_string()))?;
+        let size = template.len(20);
+        if size > config.max_publication_bytes + ENVELOPE_ALLOWANCE {
+            return Err(too_big(size - ENVELOPE_ALLOWANCE.min(size), config.max_publication_bytes));
+        }
+        let keys = Keys::new(&self.prefix, &publication.channel);
+        let mut conn = self.conn.clone();
+        let reply: Vec<redis::Value> = self
+            .publish_script
+            .key(&keys.seq)
+            .key(&keys.hist)
+            .key(&keys.latest)
+            .key(&keys.latest_bytes)
+            .key(&keys.epoch)
+            .arg(&template.prefix)
+            .arg(&template.suffix)
+            .arg(&key)
+            .arg(config.history_size.max(1))
+            .arg(Self::ttl_ms(config.history_ttl))
+            .arg(self.new_epoch())
+            .arg(&keys.pubsub)
+            .arg(Self::ttl_ms(config.channel_ttl))
+            .arg(config.max_keys_per_channel)
+            .arg(self.shared.max_start_bytes())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.unavailable(&e))?;
+        self.answers.store(true, Ordering::SeqCst);
+        match scripts::parse_published(reply).map_err(|e| PublishError::new(ErrorCode::InternalError, e.to_string()))? {
+            Published::Accepted { seq } => Ok(Accepted { channel: publication.channel, seq }),
+            Published::TooManyKeys => Err(self.shared.too_many_keys(&publication.channel)),
+            Published::TooManyBytes => Err(self.shared.too_many_latest_bytes(&publication.channel)),
+        }
+    }
+
+    /// Reads a subscription's start (writing nothing).
+    async fn start(&self, channel: &str, since: Option<&StreamPosition>) -> redis::RedisResult<Start> {
+        let keys = Keys::new(&self.prefix, channel);
+        let since_seq = since.map_or(-1, |position| i64::try_from(position.seq).unwrap_or(i64::MAX));
+        let mut conn = self.conn.clone();
+        let reply: Vec<redis::Value> = self
+            .start_script
+            .key(&keys.seq)
+            .key(&keys.hist)
+            .key(&keys.latest)
+            .key(&keys.epoch)
+            .arg(since_seq)
+            .arg(self.shared.max_recovery())
+            .arg(scripts::since_epoch(since))
+            .arg(self.shared.max_start_bytes())
+            .invoke_async(&mut conn)
+            .await?;
+        scripts::parse_start(reply)
+    }
+
+    /// Gives the channel a new epoch: its seqs went backwards (Redis restored an older
+    /// snapshot, or failed over to a replica that was behind) while the epoch survived,
+    /// so positions in the old epoch no longer name the same publications.
+    /// Waits for Redis like the other actor steps: a channel left in the old epoch would
+    /// deliver nothing between the rolled-back head and the one it had seen.
+    async fn rotate_epoch(&self, channel: &str) -> String {
+        let keys = Keys::new(&self.prefix, channel);
+        let epoch = self.new_epoch();
+        let ttl = Self::ttl_ms(self.shared.config.channel_ttl);
+        until_redis_answers(channel, "new epoch", || {
+            let mut conn = self.conn.clone();
+            let (key, epoch) = (keys.epoch.clone(), epoch.clone());
+            async move { redis::cmd("SET").arg(key).arg(epoch).arg("PX").arg(ttl).query_async::<()>(&mut conn).await }
+        })
+        .await;
+        tracing::warn!(channel, %epoch, "channel seqs went backwards: new epoch");
+        epoch
+    }
+
+    /// Fetches `from..=to` from the stream.
+    async fn range(&self, channel: &str, from: u64, to: u64) -> redis::RedisResult<Range> {
+        let keys = Keys::new(&self.prefix, channel);
+        let mut conn = self.conn.clone();
+        let reply: Vec<redis::Value> =
+            self.range_script.key(&keys.seq).key(&keys.epoch).key(&keys.hist).arg(from).arg(to).invoke_async(&mut conn).await?;
+        scripts::parse_range(reply, from, to)
+    }
+}
+
+/// Keeps the "Redis answers" flag true only while it does.
+async fn watch_health(engine: std::sync::Weak<EngineInner>) {
+    loop {
+        let Some(inner) = engine.upgrade() else { return };
+        let mut conn = inner.conn.clone();
+        let ping = tokio::time::timeout(Duration::from_secs(1), redis::cmd("PING").query_async::<String>(&mut conn)).await;
+        let up = matches!(ping, Ok(Ok(_)));
+        if inner.answers.swap(up, Ordering::SeqCst) != up {
+            if up {
+                tracing::info!("broker reachable");
+            } else {
+                tracing::warn!("broker unreachable");
+            }
+        }
+        drop(inner);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+impl Engine for RedisEngine {
+    fn publish(&self, new: NewPublication) -> BoxFuture<'_, Result<Accepted, PublishError>> {
+        Box::pin(self.inner.publish(new))
+    }
+
+    fn subscribe(&self, request: SubscribeRequest) -> Result<(), PublishError> {
+        let inner = &self.inner;
+        let mut channels = lock(&inner.channels);
+        if !channels.contains_key(&request.channel) && channels.len() >= inner.shared.config.max_node_channels {
+            return Err(inner.shared.node_full());
+        }
+        let handle = channels.entry(request.channel.clone()).or_insert_with(|| {
+            let id = inner.next_actor.fetch_add(1, Ordering::Relaxed);
+            let (inbox, input) = mpsc::unbounded_channel();
+            let (done, ready) = oneshot::channel();
+            let _ = inner.pubsub.send(PubSubCommand::Subscribe { channel: request.channel.clone(), actor: id, inbox: inbox.clone(), done });
+            tokio::spawn(Actor::new(inner.clone(), &request.channel).run(input, ready));
+            Handle { id, inbox, members: HashSet::new() }
+        });
+        if handle.members.insert(request.connection) {
+            inner.shared.metrics.subscriptions.inc();
+        }
+        let _ = handle.inbox.send(Input::Subscribe(request));
+        inner.shared.metrics.channels.set(channels.len() as i64);
+        Ok(())
+    }
+
+    fn unsubscribe(&self, connection: u64, channel: &str, reply: Option<Reply>) -> bool {
+        let inner = &self.inner;
+        let mut channels = lock(&inner.channels);
+        let member = channels.get_mut(channel).filter(|h| h.members.contains(&connection));
+        let Some(handle) = member else {
+            if let Some((outbox, message)) = reply {
+                outbox.push(Outbound::control(message));
+            }
+            return false;
+        };
+        handle.members.remove(&connection);
+        inner.shared.metrics.subscriptions.dec();
+        let _ = handle.inbox.send(Input::Unsubscribe(connection, reply));
+        if handle.members.is_empty() {
+            // The last local subscriber left: stop listening to this channel.
+            let _ = handle.inbox.send(Input::Stop);
+            let _ = inner.pubsub.send(PubSubCommand::Unsubscribe { channel: channel.to_owned(), actor: handle.id });
+            channels.remove(channel);
+            inner.shared.metrics.channels.set(channels.len() as i64);
+        }
+        true
+    }
+
+    fn channels(&self) -> BoxFuture<'_, Vec<ChannelInfo>> {
+        Box::pin(async move {
+            let local: Vec<(String, usize)> =
+                lock(&self.inner.channels).iter().map(|(name, handle)| (name.clone(), handle.members.len())).collect();
+            let mut infos = Vec::with_capacity(local.len());
+            for (channel, subscribers) in local {
+                let keys = Keys::new(&self.inner.prefix, &channel);
+                let mut conn = self.inner.conn.clone();
+                let state: redis::RedisResult<(Option<u64>, Option<String>, usize)> =
+                    redis::pipe().get(&keys.seq).get(&keys.epoch).xlen(&keys.hist).query_async(&mut conn).await;
+                let (seq, epoch, history) = state.unwrap_or_default();
+                infos.push(ChannelInfo { channel, subscribers, seq: seq.unwrap_or(0), epoch: epoch.unwrap_or_default(), history });
+            }
+            infos.sort_by(|a, b| a.channel.cmp(&b.channel));
+            infos
+        })
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.answers.load(Ordering::SeqCst) && self.inner.listening.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,148 @@
+//! The node's one pub/sub connection: it (re)connects with backoff, keeps the set of
+//! channels this node listens to, and routes each message to its channel's actor.
+//!
+//! The routes live in one table whatever the connection's state: while it is down,
+//! subscribe requests wait in the table (and their confirmations with them) and are
+//! subscribed when it is back. The backoff is reset only once every route is subscribed
+//! again, so a Redis that accepts connections but refuses `SUBSCRIBE` is retried at the
+//! backoff's pace, and the node stays unready (`/ready` 503) until pub/sub works.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+
+use super::actor::Input;
+use super::scripts::{parse_delivered, Keys};
+
+/// What the engine asks of the pub/sub task.
+pub enum PubSubCommand {
+    Subscribe { channel: String, actor: u64, inbox: mpsc::UnboundedSender<Input>, done: oneshot::Sender<()> },
+    Unsubscribe { channel: String, actor: u64 },
+}
+
+/// What the table asks the live connection to do after a command.
+enum Change {
+    Subscribe(String),
+    Unsubscribe(String),
+    None,
+}
+
+/// Channel → its actor, and the confirmations owed once subscribed.
+#[derive(Default)]
+struct Routes {
+    actors: HashMap<String, (u64, mpsc::UnboundedSender<Input>)>,
+    waiting: Vec<(String, oneshot::Sender<()>)>,
+}
+
+impl Routes {
+    /// Records a command; says what the connection must do for it. A subscribe's
+    /// confirmation waits until [`Routes::confirm`].
+    fn apply(&mut self, command: PubSubCommand) -> Change {
+        match command {
+            PubSubCommand::Subscribe { channel, actor, inbox, done } => {
+                let fresh = self.actors.insert(channel.clone(), (actor, inbox)).is_none();
+                self.waiting.push((channel.clone(), done));
+                if fresh { Change::Subscribe(channel) } else { Change::None }
+            }
+            PubSubCommand::Unsubscribe { channel, actor } => {
+                if self.actors.get(&channel).is_some_and(|(id, _)| *id == actor) {
+                    self.actors.remove(&channel);
+                    return Change::Unsubscribe(channel);
+                }
+                Change::None
+            }
+        }
+    }
+
+    /// Every route is subscribed: the actors may read their starts.
+    fn confirm(&mut self) {
+        for (_, done) in self.waiting.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Backoff between connection attempts.
+const FIRST_DELAY: Duration = Duration::from_millis(100);
+const MAX_DELAY: Duration = Duration::from_secs(5);
+
+pub async fn run(client: redis::Client, prefix: String, mut commands: mpsc::UnboundedReceiver<PubSubCommand>, up: Arc<AtomicBool>) {
+    let pubsub_prefix = Keys::pubsub(&prefix, "");
+    let mut routes = Routes::default();
+    let mut delay = FIRST_DELAY;
+    let mut first = true;
+    loop {
+        let connected = match tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub()).await {
+            Ok(Ok(pubsub)) => Some(pubsub.split()),
+            _ => None,
+        };
+        let subscribed = match connected {
+            Some((mut sink, stream)) => {
+                let mut all = true;
+                for channel in routes.actors.keys() {
+                    if sink.subscribe(format!("{pubsub_prefix}{channel}")).await.is_err() {
+                        all = false;
+                        break;
+                    }
+                }
+                all.then_some((sink, stream))
+            }
+            None => None,
+        };
+        let Some((mut sink, mut stream)) = subscribed else {
+            // Keep taking commands while down, so subscribers queue up.
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    () = &mut sleep => break,
+                    command = commands.recv() => match command {
+                        None => return,
+                        Some(command) => { routes.apply(command); }
+                    },
+                }
+            }
+            delay = (delay * 2).min(MAX_DELAY);
+            continue;
+        };
+        delay = FIRST_DELAY;
+        up.store(true, Ordering::SeqCst);
+        routes.confirm();
+        if !first {
+            tracing::info!(channels = routes.actors.len(), "pub/sub re-established; resyncing channels");
+            for (_, inbox) in routes.actors.values() {
+                let _ = inbox.send(Input::Resync);
+            }
+        }
+        first = false;
+        loop {
+            tokio::select! {
+                message = stream.next() => {
+                    let Some(message) = message else { break };
+                    let Some(channel) = message.get_channel_name().strip_prefix(&pubsub_prefix) else { continue };
+                    let (Some((_, inbox)), Some(delivered)) = (routes.actors.get(channel), parse_delivered(message.get_payload_bytes())) else { continue };
+                    let _ = inbox.send(Input::Delivered(delivered));
+                }
+                command = commands.recv() => {
+                    let Some(command) = command else { return };
+                    let ok = match routes.apply(command) {
+                        Change::Subscribe(channel) => sink.subscribe(format!("{pubsub_prefix}{channel}")).await.is_ok(),
+                        Change::Unsubscribe(channel) => sink.unsubscribe(format!("{pubsub_prefix}{channel}")).await.is_ok(),
+                        Change::None => true,
+                    };
+                    if !ok {
+                        break;
+                    }
+                    routes.confirm();
+                }
+            }
+        }
+        up.store(false, Ordering::SeqCst);
+        tracing::warn!("pub/sub connection lost; reconnecting");
+        tokio::time::sleep(delay).await;
+    }
+}
