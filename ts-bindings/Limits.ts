@@ -8,4 +8,13 @@ export type Limits = { maxBatch: number, batchIntervalMs: number, maxQueuedBatch
  * Most commands the rate limit accepts at once (its bucket, refilled at
  * `commands_per_second`).
  */
-commandBurst: number, };
+commandBurst: number, 
+/**
+ * Bytes the server queues for this client before it drops publications (and,
+ * when replies alone exceed it, closes with 4002).
+ */
+maxQueuedBytes: number, 
+/**
+ * How long the server remembers a publish's `idempotencyKey`.
+ */
+idempotencyWindowMs: number, };

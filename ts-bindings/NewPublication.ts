@@ -12,4 +12,11 @@ type: string, data: unknown,
  * Publications with a key are conflated under backpressure and kept as the
  * channel's latest value for that key (the snapshot a new subscriber gets first).
  */
-key?: string, };
+key?: string, 
+/**
+ * A key the publisher chooses (at most [`MAX_IDEMPOTENCY_KEY_BYTES`]) so that the
+ * same publication sent twice (resent after a lost link, retried after a timeout) is
+ * published once: within the server's idempotency window, a publish with a key it
+ * has seen on the channel is answered with the first one's seq and not published.
+ */
+idempotencyKey?: string, };

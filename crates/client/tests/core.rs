@@ -516,7 +516,7 @@ fn connected_at(rate: Option<u32>) -> Value {
 
 /// Publishes `data: i` to channel `p`.
 fn publish_data(h: &mut Harness, i: u32) {
-    let publish = OutgoingPublish::new(NewPublication { channel: "p".into(), kind: "t".into(), data: json!(i), key: None }).unwrap();
+    let publish = OutgoingPublish::new(NewPublication { channel: "p".into(), kind: "t".into(), data: json!(i), key: None, idempotency_key: None }).unwrap();
     h.event(Event::Publish(publish));
 }
 

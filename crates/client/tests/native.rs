@@ -37,7 +37,7 @@ fn serve(listener: TcpListener, hub: &Hub) -> (oneshot::Sender<()>, tokio::task:
 }
 
 async fn tick(hub: &Hub, channel: &str, n: u64) -> u64 {
-    hub.publish(NewPublication { channel: channel.into(), kind: "tick".into(), data: serde_json::json!(n), key: None })
+    hub.publish(NewPublication { channel: channel.into(), kind: "tick".into(), data: serde_json::json!(n), key: None, idempotency_key: None })
         .await
         .unwrap()
         .seq
@@ -324,7 +324,7 @@ async fn paced_publishes_all_arrive(rate: u32, burst: u32, total: u64) {
     let mut errors = publisher.errors();
     publisher.connected().await;
     for n in 0..total {
-        publisher.publish(NewPublication { channel: "paced".into(), kind: "tick".into(), data: serde_json::json!(n), key: None });
+        publisher.publish(NewPublication { channel: "paced".into(), kind: "tick".into(), data: serde_json::json!(n), key: None, idempotency_key: None });
     }
     let (seqs, _) = every_seq_once(&mut ticks, total).await;
     assert_eq!(seqs.len() as u64, total);

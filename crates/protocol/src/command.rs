@@ -156,7 +156,17 @@ pub struct NewPublication {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", ts(optional))]
     pub key: Option<String>,
+    /// A key the publisher chooses (at most [`MAX_IDEMPOTENCY_KEY_BYTES`]) so that the
+    /// same publication sent twice (resent after a lost link, retried after a timeout) is
+    /// published once: within the server's idempotency window, a publish with a key it
+    /// has seen on the channel is answered with the first one's seq and not published.
+    #[serde(default, rename = "idempotencyKey", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub idempotency_key: Option<String>,
 }
+
+/// The longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 64;
 
 /// Where a client last was in a channel's stream.
 ///
@@ -370,6 +380,7 @@ mod tests {
                 kind: "lp-metrics".into(),
                 data: serde_json::json!({"b": 1, "a": [true, null, 1.5]}),
                 key: Some("OANDA".into()),
+                idempotency_key: None,
             },
         });
         assert_eq!(decoded, expected);

@@ -149,6 +149,11 @@ pub struct Limits {
     /// Most commands the rate limit accepts at once (its bucket, refilled at
     /// `commands_per_second`).
     pub command_burst: u32,
+    /// Bytes the server queues for this client before it drops publications (and,
+    /// when replies alone exceed it, closes with 4002).
+    pub max_queued_bytes: u32,
+    /// How long the server remembers a publish's `idempotencyKey`.
+    pub idempotency_window_ms: u64,
 }
 
 /// A channel subscription took effect.
@@ -333,6 +338,12 @@ pub struct AnnouncedLimits {
     pub commands_per_second: Option<u32>,
     #[serde(default)]
     pub command_burst: Option<u32>,
+    #[serde(default)]
+    pub max_message_bytes: Option<u32>,
+    #[serde(default)]
+    pub max_channels: Option<u32>,
+    #[serde(default)]
+    pub idempotency_window_ms: Option<u64>,
 }
 
 impl Control {
@@ -408,9 +419,11 @@ mod tests {
                         max_message_bytes: 4096,
                         commands_per_second: 1000,
                         command_burst: 200,
+                        max_queued_bytes: 1_048_576,
+                        idempotency_window_ms: 120_000,
                     },
                 }),
-                r#"{"type":"connected","timestamp":"2026-01-19T10:30:45.123456Z","connectionId":"c1","userId":"alice","version":1,"heartbeatIntervalMs":25000,"limits":{"maxBatch":50,"batchIntervalMs":16,"maxQueuedBatches":10,"maxChannels":128,"maxMessageBytes":4096,"commandsPerSecond":1000,"commandBurst":200}}"#,
+                r#"{"type":"connected","timestamp":"2026-01-19T10:30:45.123456Z","connectionId":"c1","userId":"alice","version":1,"heartbeatIntervalMs":25000,"limits":{"maxBatch":50,"batchIntervalMs":16,"maxQueuedBatches":10,"maxChannels":128,"maxMessageBytes":4096,"commandsPerSecond":1000,"commandBurst":200,"maxQueuedBytes":1048576,"idempotencyWindowMs":120000}}"#,
             ),
             (
                 Control::Subscribed(Subscribed {
@@ -489,7 +502,8 @@ mod tests {
         assert_eq!(fields.limits.map(|l| (l.commands_per_second, l.command_burst)), Some((Some(1000), Some(200))));
         let partial = r#"{"type":"connected","version":1,"limits":{"maxChannels":128,"somethingNew":true}}"#;
         let fields: ControlFields<'_> = serde_json::from_str(partial).unwrap();
-        assert_eq!(fields.limits, Some(AnnouncedLimits { commands_per_second: None, command_burst: None }), "partial limits still read");
+        let expected = AnnouncedLimits { max_channels: Some(128), ..AnnouncedLimits::default() };
+        assert_eq!(fields.limits, Some(expected), "partial limits still read");
     }
 
     #[test]

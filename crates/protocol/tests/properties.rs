@@ -62,7 +62,7 @@ fn stream_position() -> impl Strategy<Value = StreamPosition> {
 
 fn new_publication() -> impl Strategy<Value = NewPublication> {
     (channel_name(), message_type(), json_data(), prop::option::of("[A-Z]{1,6}"))
-        .prop_map(|(channel, kind, data, key)| NewPublication { channel, kind, data, key })
+        .prop_map(|(channel, kind, data, key)| NewPublication { channel, kind, data, key, idempotency_key: None })
 }
 
 fn command() -> impl Strategy<Value = Command> {
@@ -107,6 +107,8 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
                         max_message_bytes: 4096,
                         commands_per_second: 1000,
                         command_burst: 200,
+                        max_queued_bytes: 1 << 20,
+                        idempotency_window_ms: 120_000,
                     },
                 })
             }

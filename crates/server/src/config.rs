@@ -236,6 +236,18 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_CHANNEL_TTL", default_value = "24h", value_parser = duration)]
     pub channel_ttl: Duration,
 
+    /// How long a publication's idempotency key is remembered: the same key on the same
+    /// channel within it is answered with the first publication's seq, not published
+    /// again. Clients drop (and report) unacknowledged publishes older than this rather
+    /// than resend them.
+    #[arg(long, env = "TIDEWIRE_IDEMPOTENCY_WINDOW", default_value = "2m", value_parser = duration)]
+    pub idempotency_window: Duration,
+
+    /// Idempotency keys remembered per channel; beyond it the oldest are forgotten
+    /// early (the window shrinks for a channel published faster than this per window).
+    #[arg(long, env = "TIDEWIRE_IDEMPOTENCY_KEYS_PER_CHANNEL", default_value_t = 10_000)]
+    pub idempotency_keys_per_channel: usize,
+
     /// Channels this node holds at once (with state or local subscribers). A new one
     /// beyond it is refused (TOO_MANY_CHANNELS).
     #[arg(long, env = "TIDEWIRE_MAX_NODE_CHANNELS", default_value_t = 200_000)]
@@ -311,6 +323,8 @@ impl Config {
             max_message_bytes: clamp(self.max_message_bytes),
             commands_per_second: self.commands_per_second,
             command_burst: self.command_quota().burst_size().get(),
+            max_queued_bytes: clamp(self.max_queued_bytes),
+            idempotency_window_ms: self.idempotency_window.as_millis().try_into().unwrap_or(u64::MAX),
         }
     }
 

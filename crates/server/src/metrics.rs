@@ -57,6 +57,7 @@ pub struct Metrics {
     pub keys: Gauge,
     pub publish_limiters: Gauge,
     pub published: Counter,
+    pub duplicates: Counter,
     pub delivered: Counter,
     pub dropped: Family<ReasonLabel, Counter>,
     pub frames_sent: Counter,
@@ -84,6 +85,7 @@ impl Metrics {
             keys: Gauge::default(),
             publish_limiters: Gauge::default(),
             published: Counter::default(),
+            duplicates: Counter::default(),
             delivered: Counter::default(),
             dropped: Family::default(),
             frames_sent: Counter::default(),
@@ -105,6 +107,11 @@ impl Metrics {
         registry.register("channel_keys", "Latest values kept for snapshots, all channels together (in-memory engine)", metrics.keys.clone());
         registry.register("publish_limiters", "Channels with publish-rate state (swept when back to a full bucket)", metrics.publish_limiters.clone());
         registry.register("messages_published", "Publications accepted", metrics.published.clone());
+        registry.register(
+            "duplicate_publishes",
+            "Publishes answered with an earlier publication's seq (same idempotency key)",
+            metrics.duplicates.clone(),
+        );
         registry.register("messages_delivered", "Publications queued to subscribers", metrics.delivered.clone());
         registry.register("messages_dropped", "Publications dropped for a subscriber, by reason", metrics.dropped.clone());
         registry.register("frames_sent", "Frames written to clients", metrics.frames_sent.clone());

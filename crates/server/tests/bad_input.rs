@@ -131,7 +131,7 @@ async fn every_bad_input_gets_its_documented_answer_and_nobody_else_notices() {
         let mut n = 0u64;
         while !*stopped.borrow() {
             n += 1;
-            let new = tidewire_protocol::NewPublication { channel: "steady".into(), kind: "tick".into(), data: json!(n), key: None };
+            let new = tidewire_protocol::NewPublication { channel: "steady".into(), kind: "tick".into(), data: json!(n), key: None, idempotency_key: None };
             hub.publish(new).await.unwrap();
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(5)) => {}

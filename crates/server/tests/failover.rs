@@ -104,7 +104,7 @@ async fn sigkill_of_a_node_loses_nothing() {
     let hub = publisher.hub.clone();
     let publishing = tokio::spawn(async move {
         for n in 1..=TOTAL {
-            let new = tidewire_protocol::NewPublication { channel: "ticks".into(), kind: "tick".into(), data: serde_json::json!(n), key: None };
+            let new = tidewire_protocol::NewPublication { channel: "ticks".into(), kind: "tick".into(), data: serde_json::json!(n), key: None, idempotency_key: None };
             assert_eq!(hub.publish(new).await.unwrap().seq, n);
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
@@ -154,7 +154,7 @@ async fn sigterm_under_load_every_client_reconnects_elsewhere_and_loses_nothing(
     let hub = publisher.hub.clone();
     let publishing = tokio::spawn(async move {
         for n in 1..=TOTAL {
-            let new = tidewire_protocol::NewPublication { channel: "ticks".into(), kind: "tick".into(), data: serde_json::json!(n), key: None };
+            let new = tidewire_protocol::NewPublication { channel: "ticks".into(), kind: "tick".into(), data: serde_json::json!(n), key: None, idempotency_key: None };
             hub.publish(new).await.unwrap();
             tokio::time::sleep(Duration::from_millis(4)).await;
         }

@@ -93,7 +93,7 @@ async fn a_command_names_each_channel_once_and_at_most_max_channels() {
 async fn a_repeated_keyed_subscribe_queues_its_snapshot_once() {
     let server = TestServer::start().await;
     for lp in ["OANDA", "LMAX", "CITI"] {
-        let new = tidewire_protocol::NewPublication { channel: "lp".into(), kind: "lp-metrics".into(), data: json!({"lp": lp}), key: Some(lp.into()) };
+        let new = tidewire_protocol::NewPublication { channel: "lp".into(), kind: "lp-metrics".into(), data: json!({"lp": lp}), key: Some(lp.into()), idempotency_key: None };
         server.hub.publish(new).await.unwrap();
     }
     let mut client = server.client("u").await;
@@ -127,6 +127,7 @@ async fn resubscribing_a_keyed_channel_again_and_again_hits_the_byte_budget() {
             kind: "row".into(),
             data: json!({"pad": "x".repeat(600)}),
             key: Some(format!("k{key}")),
+            idempotency_key: None,
         };
         server.hub.publish(new).await.unwrap();
     }
@@ -420,7 +421,7 @@ async fn a_loopback_node_answers_only_loopback_host_names() {
 }
 
 fn keyed(channel: &str, key: &str, data: serde_json::Value) -> tidewire_protocol::NewPublication {
-    tidewire_protocol::NewPublication { channel: channel.into(), kind: "row".into(), data, key: Some(key.into()) }
+    tidewire_protocol::NewPublication { channel: channel.into(), kind: "row".into(), data, key: Some(key.into()), idempotency_key: None }
 }
 
 /// A metric's value in the hub's exposition (`None` when absent).
@@ -463,7 +464,7 @@ async fn the_node_holds_at_most_max_node_channels() {
         .map(|m| format!("{}:{}", m["type"].as_str().unwrap(), m.get("code").and_then(|c| c.as_str()).unwrap_or(m["channel"].as_str().unwrap())))
         .collect();
     assert_eq!(answers, ["subscribed:a", "subscribed:b", "subscribed:c", "error:TOO_MANY_CHANNELS"]);
-    let refused = server.hub.publish(tidewire_protocol::NewPublication { channel: "e".into(), kind: "t".into(), data: json!(1), key: None }).await;
+    let refused = server.hub.publish(tidewire_protocol::NewPublication { channel: "e".into(), kind: "t".into(), data: json!(1), key: None, idempotency_key: None }).await;
     assert_eq!(refused.unwrap_err().code, tidewire_protocol::ErrorCode::TooManyChannels);
     client.send(r#"{"action":"unsubscribe","channels":["a"]}"#).await;
     client.expect_type("unsubscribed").await;
@@ -475,7 +476,7 @@ async fn the_node_holds_at_most_max_node_channels() {
 async fn channels_nobody_touches_are_swept() {
     let server = TestServer::with(|c| c.history_ttl = Duration::from_millis(200)).await;
     for i in 0..50 {
-        let new = tidewire_protocol::NewPublication { channel: format!("once-{i}"), kind: "t".into(), data: json!(i), key: None };
+        let new = tidewire_protocol::NewPublication { channel: format!("once-{i}"), kind: "t".into(), data: json!(i), key: None, idempotency_key: None };
         server.hub.publish(new).await.unwrap();
     }
     assert_eq!(metric(&server, "tidewire_channels"), Some(50.0));
@@ -493,7 +494,7 @@ async fn channels_nobody_touches_are_swept() {
 async fn publish_limiters_of_quiet_channels_are_swept() {
     let server = TestServer::with(|c| c.publish_rate_limits = vec!["burst.*=5/60000".parse().unwrap()]).await;
     for i in 0..40 {
-        let new = tidewire_protocol::NewPublication { channel: format!("burst.{i}"), kind: "t".into(), data: json!(i), key: None };
+        let new = tidewire_protocol::NewPublication { channel: format!("burst.{i}"), kind: "t".into(), data: json!(i), key: None, idempotency_key: None };
         server.hub.publish(new).await.unwrap();
     }
     // At 1000 a second the buckets are full again at once; the sweep drops their state.
@@ -515,7 +516,7 @@ async fn a_replay_larger_than_half_the_queue_is_not_attempted() {
     client.send(r#"{"action":"subscribe","channels":["big"]}"#).await;
     let epoch = client.expect_type("subscribed").await["epoch"].as_str().unwrap().to_owned();
     for i in 0..40 {
-        let new = tidewire_protocol::NewPublication { channel: "big".into(), kind: "t".into(), data: json!({"i": i, "pad": "x".repeat(2000)}), key: None };
+        let new = tidewire_protocol::NewPublication { channel: "big".into(), kind: "t".into(), data: json!({"i": i, "pad": "x".repeat(2000)}), key: None, idempotency_key: None };
         server.hub.publish(new).await.unwrap();
     }
     // 40 × 2 KB is more than half of 64 KiB: recovery says so instead of overflowing the
@@ -526,4 +527,36 @@ async fn a_replay_larger_than_half_the_queue_is_not_attempted() {
     assert_eq!(again.expect_type("subscribed").await["recovered"], false);
     again.send_value(json!({"action":"subscribe","channels":["big"],"since":{"big":{"seq":30,"epoch":epoch}}})).await;
     assert_eq!(again.expect_type("subscribed").await["recovered"], true, "ten of them fit");
+}
+
+#[tokio::test]
+async fn a_publish_sent_twice_with_one_idempotency_key_is_published_once() {
+    let server = TestServer::start().await;
+    let mut watcher = server.client("watcher").await;
+    watcher.next().await;
+    watcher.send(r#"{"action":"subscribe","channels":["orders"]}"#).await;
+    watcher.expect_type("subscribed").await;
+    let mut publisher = Client::connect(&server.url(&format!("token={}", publisher_token()))).await;
+    publisher.next().await;
+    let publish = |id: u64, key: &str| json!({"action":"publish","id":id,"channel":"orders","type":"order","data":{"n":1},"idempotencyKey":key});
+    publisher.send_value(publish(1, "order-77")).await;
+    publisher.send_value(publish(2, "order-77")).await;
+    publisher.send_value(publish(3, "order-78")).await;
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let m = publisher.expect_type("published").await;
+        answers.push((m["id"].as_u64().unwrap(), m["seq"].as_u64().unwrap()));
+    }
+    assert_eq!(answers, [(1, 1), (2, 1), (3, 2)], "the resend is answered with the first seq");
+    // Over HTTP too, across transports.
+    let body = r#"{"channel":"orders","type":"order","data":{"n":1},"idempotencyKey":"order-77"}"#;
+    let (status, accepted) = post_publish(&server, Some(&publisher_token()), body).await;
+    assert_eq!((status, accepted["seq"].as_u64(), accepted["duplicate"].as_bool()), (200, Some(1), Some(true)));
+    let delivered: Vec<u64> = [watcher.next().await, watcher.next().await].iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(delivered, [1, 2]);
+    watcher.send(r#"{"action":"ping","id":"end"}"#).await;
+    assert_eq!(watcher.next().await["type"], "pong", "nothing else was published");
+    let long = "k".repeat(65);
+    publisher.send_value(publish(4, &long)).await;
+    assert_eq!(publisher.expect_type("error").await["code"], "BAD_REQUEST");
 }

@@ -63,7 +63,7 @@ async fn subscriber(server: &TestServer, channels: &str) -> Client {
 async fn publish(server: &TestServer, channel: &str, n: u64, key: Option<&str>) -> u64 {
     server
         .hub
-        .publish(tidewire_protocol::NewPublication { channel: channel.into(), kind: "tick".into(), data: json!(n), key: key.map(Into::into) })
+        .publish(tidewire_protocol::NewPublication { channel: channel.into(), kind: "tick".into(), data: json!(n), key: key.map(Into::into), idempotency_key: None })
         .await
         .expect("publish")
         .seq
@@ -247,7 +247,7 @@ async fn redis_down_means_503_and_clients_stay_then_everything_resumes() {
     wait_ready(&a).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let seq = loop {
-        match a.hub.publish(tidewire_protocol::NewPublication { channel: "ticks".into(), kind: "tick".into(), data: json!(5), key: None }).await {
+        match a.hub.publish(tidewire_protocol::NewPublication { channel: "ticks".into(), kind: "tick".into(), data: json!(5), key: None, idempotency_key: None }).await {
             Ok(accepted) => break accepted.seq,
             Err(e) => {
                 assert!(Instant::now() < deadline, "publishing did not resume: {e}");
@@ -421,7 +421,7 @@ async fn keys_per_channel_are_capped_in_redis() {
     })
     .await;
     wait_ready(&server).await;
-    let keyed = |key: &str, data: Value| tidewire_protocol::NewPublication { channel: "lp".into(), kind: "lp".into(), data, key: Some(key.into()) };
+    let keyed = |key: &str, data: Value| tidewire_protocol::NewPublication { channel: "lp".into(), kind: "lp".into(), data, key: Some(key.into()), idempotency_key: None };
     for key in ["a", "b", "c"] {
         server.hub.publish(keyed(key, json!(1))).await.unwrap();
     }
@@ -434,4 +434,42 @@ async fn keys_per_channel_are_capped_in_redis() {
     assert!(refused.message.contains("bytes"));
     let (status, body) = post_publish(&server, Some(&publisher_token()), r#"{"channel":"lp","type":"lp","data":1,"key":"e"}"#).await;
     assert_eq!((status, body["code"].as_str()), (409, Some("TOO_MANY_KEYS")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_hold_across_nodes_and_expire() {
+    let url = shared_redis();
+    let prefix = unique_prefix("idem");
+    let (url2, prefix2) = (url.clone(), prefix.clone());
+    let config = move |c: &mut tidewire_server::Config| {
+        c.redis_url = Some(url2.clone());
+        c.redis_prefix = prefix2.clone();
+        c.idempotency_window = Duration::from_millis(800);
+        c.idempotency_keys_per_channel = 2;
+    };
+    let a = TestServer::with(config.clone()).await;
+    let b = TestServer::with(config).await;
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+    let once = |key: &str| tidewire_protocol::NewPublication {
+        channel: "orders".into(),
+        kind: "order".into(),
+        data: json!(1),
+        key: None,
+        idempotency_key: Some(key.into()),
+    };
+    let first = a.hub.publish(once("k1")).await.unwrap();
+    let again = b.hub.publish(once("k1")).await.unwrap();
+    assert_eq!((first.seq, first.duplicate, again.seq, again.duplicate), (1, false, 1, true), "one publication, on any node");
+    // At most two keys per channel: a third forgets the oldest.
+    b.hub.publish(once("k2")).await.unwrap();
+    b.hub.publish(once("k3")).await.unwrap();
+    assert!(!a.hub.publish(once("k1")).await.unwrap().duplicate, "k1 was forgotten early");
+    // And after the window, every key is gone, from Redis too.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(!a.hub.publish(once("k3")).await.unwrap().duplicate);
+    let keys = keys_with_ttl(&url, &prefix);
+    for (key, ttl) in keys.iter().filter(|(k, _)| k.ends_with(":idem") || k.ends_with(":idemt")) {
+        assert!(*ttl > 0 && *ttl <= 800, "{key}: {ttl}");
+    }
 }

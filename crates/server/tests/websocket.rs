@@ -324,7 +324,7 @@ async fn a_stalled_reader_does_not_slow_a_fast_one_and_is_closed_as_slow() {
     let hub = server.hub.clone();
     let publishing = tokio::spawn(async move {
         for _ in 0..300 {
-            hub.publish(tidewire_protocol::NewPublication { channel: "big".into(), kind: "blob".into(), data: json!(payload), key: None })
+            hub.publish(tidewire_protocol::NewPublication { channel: "big".into(), kind: "blob".into(), data: json!(payload), key: None, idempotency_key: None })
                 .await
                 .unwrap();
             tokio::time::sleep(Duration::from_millis(3)).await;

@@ -62,6 +62,9 @@ pub struct Channel {
     /// When the last publication was accepted.
     last_published: Option<Instant>,
     subscribers: HashMap<u64, Arc<Outbox>>,
+    /// Idempotency keys of recent publications, oldest first, and their seqs.
+    recent: VecDeque<(Arc<str>, u64, Instant)>,
+    recent_seqs: HashMap<Arc<str>, u64>,
     /// Set, under the lock, when the channel was dropped from the engine's map for being
     /// idle: whoever still holds it looks it up again.
     pub removed: bool,
@@ -77,6 +80,8 @@ impl Channel {
             latest: HashMap::new(),
             latest_bytes: 0,
             last_published: None,
+            recent: VecDeque::new(),
+            recent_seqs: HashMap::new(),
             subscribers: HashMap::new(),
             removed: false,
         }
@@ -86,7 +91,37 @@ impl Channel {
     /// no latest values, or none published within `ttl` (the channel's state expired).
     pub fn is_idle(&self, now: Instant, ttl: Duration) -> bool {
         let expired = self.last_published.is_none_or(|at| now.saturating_duration_since(at) > ttl);
-        self.subscribers.is_empty() && self.history.is_empty() && (self.latest.is_empty() || expired)
+        self.subscribers.is_empty() && self.history.is_empty() && self.recent.is_empty() && (self.latest.is_empty() || expired)
+    }
+
+    /// The seq of a publication with this idempotency key within the window, if any.
+    pub fn published_with(&self, idempotency_key: &str) -> Option<u64> {
+        self.recent_seqs.get(idempotency_key).copied()
+    }
+
+    /// Remembers a publication's idempotency key, forgetting the oldest beyond `max`.
+    pub fn remember(&mut self, idempotency_key: &str, seq: u64, at: Instant, max: usize) {
+        let key: Arc<str> = idempotency_key.into();
+        self.recent_seqs.insert(key.clone(), seq);
+        self.recent.push_back((key, seq, at));
+        while self.recent.len() > max.max(1) {
+            self.forget_oldest_key();
+        }
+    }
+
+    fn forget_oldest_key(&mut self) {
+        if let Some((key, seq, _)) = self.recent.pop_front() {
+            if self.recent_seqs.get(&key) == Some(&seq) {
+                self.recent_seqs.remove(&key);
+            }
+        }
+    }
+
+    /// Forgets idempotency keys older than `window`.
+    pub fn expire_keys(&mut self, now: Instant, window: Duration) {
+        while self.recent.front().is_some_and(|(_, _, at)| now.saturating_duration_since(*at) > window) {
+            self.forget_oldest_key();
+        }
     }
 
     /// Whether a publication with `key` and `size` bytes fits the channel's limits on

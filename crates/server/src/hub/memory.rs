@@ -67,6 +67,7 @@ impl MemoryEngine {
     fn forget_if_idle(&self, channel: &Arc<Mutex<Channel>>, locked: &mut Channel) {
         let now = Instant::now();
         locked.expire(now, self.shared.config.history_ttl);
+        locked.expire_keys(now, self.shared.config.idempotency_window);
         if !locked.is_idle(now, self.shared.config.channel_ttl) {
             return;
         }
@@ -85,6 +86,14 @@ impl MemoryEngine {
 
     fn publish_locked(&self, channel: &mut Channel, new: NewPublication) -> Result<Accepted, PublishError> {
         let config = &self.shared.config;
+        let now = Instant::now();
+        if let Some(idempotency_key) = &new.idempotency_key {
+            channel.expire_keys(now, config.idempotency_window);
+            if let Some(seq) = channel.published_with(idempotency_key) {
+                return Ok(Accepted { channel: channel.name.to_string(), seq, duplicate: true });
+            }
+        }
+        let idempotency_key = new.idempotency_key.clone();
         let seq = channel.head + 1;
         let key: Option<Arc<str>> = new.key.as_deref().map(Into::into);
         let publication = ServerMessage::Publication(Publication {
@@ -109,13 +118,15 @@ impl MemoryEngine {
                 Err(false) => return Err(self.shared.too_many_latest_bytes(&channel.name)),
             }
         }
-        let now = Instant::now();
         channel.expire(now, config.history_ttl);
         let stored = Stored::new(&channel.name, seq, key, message, now);
         let (delivered, dropped) = channel.publish(stored, config.history_size);
+        if let Some(idempotency_key) = &idempotency_key {
+            channel.remember(idempotency_key, seq, now, config.idempotency_keys_per_channel);
+        }
         self.shared.metrics.delivered.inc_by(delivered as u64);
         self.shared.count_drops(dropped);
-        Ok(Accepted { channel: channel.name.to_string(), seq })
+        Ok(Accepted { channel: channel.name.to_string(), seq, duplicate: false })
     }
 
     /// Queues `subscribed`, then the recovered publications or the keyed snapshot, then

@@ -68,6 +68,10 @@ impl PublishError {
 pub struct Accepted {
     pub channel: String,
     pub seq: u64,
+    /// The publication carried an idempotency key already published on the channel
+    /// within the window: `seq` is the first one's, and nothing was published now.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 /// A channel as `GET /api/channels` lists it.
@@ -279,7 +283,11 @@ impl Hub {
         check_envelope(&new)?;
         self.check_publish_rate(&new.channel)?;
         let accepted = self.inner.engine.publish(new).await?;
-        self.inner.shared.metrics.published.inc();
+        if accepted.duplicate {
+            self.inner.shared.metrics.duplicates.inc();
+        } else {
+            self.inner.shared.metrics.published.inc();
+        }
         Ok(accepted)
     }
 
@@ -340,6 +348,10 @@ fn check_envelope(new: &NewPublication) -> Result<(), PublishError> {
     validate_message_type(&new.kind).map_err(|e| PublishError::new(ErrorCode::BadRequest, e.to_string()))?;
     if new.key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 255) {
         return Err(PublishError::new(ErrorCode::BadRequest, "key must be 1..=255 bytes"));
+    }
+    let max = tidewire_protocol::command::MAX_IDEMPOTENCY_KEY_BYTES;
+    if new.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > max) {
+        return Err(PublishError::new(ErrorCode::BadRequest, format!("idempotencyKey must be 1..={max} bytes")));
     }
     Ok(())
 }

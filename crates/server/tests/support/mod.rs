@@ -248,6 +248,7 @@ pub async fn publish_many(hub: &Hub, channel: &str, count: usize) {
             kind: "routing-decision".to_owned(),
             data: serde_json::json!({"i": i}),
             key: None,
+            idempotency_key: None,
         })
         .await
         .expect("publish");

@@ -130,6 +130,7 @@ impl EngineInner {
     async fn publish(&self, new: NewPublication) -> Result<Accepted, PublishError> {
         let config = &self.shared.config;
         let key = new.key.clone().unwrap_or_default();
+        let idempotency_key = new.idempotency_key;
         let publication = Publication {
             kind: new.kind,
             timestamp: now_timestamp(),
@@ -153,6 +154,8 @@ impl EngineInner {
             .key(&keys.latest)
             .key(&keys.latest_bytes)
             .key(&keys.epoch)
+            .key(&keys.idempotency)
+            .key(&keys.idempotency_times)
             .arg(&template.prefix)
             .arg(&template.suffix)
             .arg(&key)
@@ -163,12 +166,15 @@ impl EngineInner {
             .arg(Self::ttl_ms(config.channel_ttl))
             .arg(config.max_keys_per_channel)
             .arg(self.shared.max_start_bytes())
+            .arg(idempotency_key.as_deref().unwrap_or_default())
+            .arg(Self::ttl_ms(config.idempotency_window))
+            .arg(config.idempotency_keys_per_channel.max(1))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.unavailable(&e))?;
         self.answers.store(true, Ordering::SeqCst);
         match scripts::parse_published(reply).map_err(|e| PublishError::new(ErrorCode::InternalError, e.to_string()))? {
-            Published::Accepted { seq } => Ok(Accepted { channel: publication.channel, seq }),
+            Published::Accepted { seq, duplicate } => Ok(Accepted { channel: publication.channel, seq, duplicate }),
             Published::TooManyKeys => Err(self.shared.too_many_keys(&publication.channel)),
             Published::TooManyBytes => Err(self.shared.too_many_latest_bytes(&publication.channel)),
         }

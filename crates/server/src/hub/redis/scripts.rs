@@ -10,6 +10,8 @@
 //! | `latest`  | hash   | key → `seq\nmessage`: the snapshot                 | `--channel-ttl` |
 //! | `lbytes`  | string | the bytes of `latest`'s values                    | `--channel-ttl` |
 //! | `hist`    | stream | the last publications, ids `<seq>-1`              | `--history-ttl` |
+//! | `idem`    | hash   | idempotency key → seq of recent publications      | `--idempotency-window` |
+//! | `idemt`   | sorted set | idempotency key → when (ms), to expire them one by one | `--idempotency-window` |
 //!
 //! Only publications write. Subscribing reads: a channel nobody publishes leaves nothing
 //! in Redis, and its start reports the empty epoch `""` (no state); the first publication
@@ -27,6 +29,8 @@ pub struct Keys {
     pub latest: String,
     pub latest_bytes: String,
     pub epoch: String,
+    pub idempotency: String,
+    pub idempotency_times: String,
     pub pubsub: String,
 }
 
@@ -39,6 +43,8 @@ impl Keys {
             latest: format!("{base}:latest"),
             latest_bytes: format!("{base}:lbytes"),
             epoch: format!("{base}:epoch"),
+            idempotency: format!("{base}:idem"),
+            idempotency_times: format!("{base}:idemt"),
             pubsub: Keys::pubsub(prefix, channel),
         }
     }
@@ -49,16 +55,30 @@ impl Keys {
     }
 }
 
-/// Numbers, stores and publishes one publication, atomically. Refuses (`{0, reason}`)
-/// a new key beyond the channel's key limit, or latest values over their byte limit,
-/// without storing the publication. Every write renews the channel's TTLs. A channel without an
-/// epoch starts a new stream at seq 1, clearing what an older one may have left (a
-/// stream that outlived its seq would refuse the new ids).
+/// Numbers, stores and publishes one publication, atomically. A publication whose
+/// idempotency key the channel has seen within the window is answered with that seq
+/// (`{seq, '', 1}`) and not published. Refuses (`{0, reason}`) a new key beyond the
+/// channel's key limit, or latest values over their byte limit, without storing the
+/// publication. Every write renews the channel's TTLs. A channel without an epoch
+/// starts a new stream at seq 1, clearing what an older one may have left (a stream that
+/// outlived its seq would refuse the new ids).
 ///
-/// KEYS: seq, hist, latest, lbytes, epoch. ARGV: message prefix, message suffix, key
-/// (`''` for none), history length, history TTL (ms), a fresh epoch, the pub/sub
-/// channel, channel TTL (ms), max keys, max latest bytes.
+/// KEYS: seq, hist, latest, lbytes, epoch, idem, idemt. ARGV: message prefix, message
+/// suffix, key (`''` for none), history length, history TTL (ms), a fresh epoch, the
+/// pub/sub channel, channel TTL (ms), max keys, max latest bytes, idempotency key
+/// (`''` for none), idempotency window (ms), max idempotency keys.
 pub const PUBLISH: &str = r#"
+local ikey = ARGV[11]
+local now = 0
+if ikey ~= '' then
+  local time = redis.call('TIME')
+  now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  local old = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now - tonumber(ARGV[12]))
+  for _, k in ipairs(old) do redis.call('HDEL', KEYS[6], k) end
+  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - tonumber(ARGV[12]))
+  local seen = redis.call('HGET', KEYS[6], ikey)
+  if seen then return {tonumber(seen), '', 1} end
+end
 local epoch = redis.call('GET', KEYS[5])
 local seq = 1
 if epoch then
@@ -85,6 +105,16 @@ redis.call('PEXPIRE', KEYS[3], ttl)
 redis.call('PEXPIRE', KEYS[4], ttl)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-1', 'm', msg)
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
+if ikey ~= '' then
+  redis.call('HSET', KEYS[6], ikey, seq)
+  redis.call('ZADD', KEYS[7], now, ikey)
+  while redis.call('ZCARD', KEYS[7]) > tonumber(ARGV[13]) do
+    local oldest = redis.call('ZPOPMIN', KEYS[7])
+    redis.call('HDEL', KEYS[6], oldest[1])
+  end
+  redis.call('PEXPIRE', KEYS[6], ARGV[12])
+  redis.call('PEXPIRE', KEYS[7], ARGV[12])
+end
 redis.call('PUBLISH', ARGV[7], epoch .. '\n' .. seq .. '\n' .. string.len(key) .. '\n' .. key .. msg)
 return {seq, epoch}
 "#;
@@ -151,7 +181,7 @@ pub fn since_epoch(since: Option<&StreamPosition>) -> String {
 
 /// What [`PUBLISH`] answered.
 pub enum Published {
-    Accepted { seq: u64 },
+    Accepted { seq: u64, duplicate: bool },
     /// A new key beyond the channel's limit.
     TooManyKeys,
     /// Latest values over their byte limit.
@@ -162,7 +192,9 @@ pub fn parse_published(reply: Vec<redis::Value>) -> redis::RedisResult<Published
     let mut items = reply.into_iter();
     let seq: u64 = redis::from_redis_value(items.next().unwrap_or(redis::Value::Int(0)))?;
     if seq > 0 {
-        return Ok(Published::Accepted { seq });
+        let _epoch = items.next();
+        let duplicate = items.next().is_some();
+        return Ok(Published::Accepted { seq, duplicate });
     }
     let reason: String = redis::from_redis_value(items.next().unwrap_or(redis::Value::Nil))?;
     Ok(if reason == "keys" { Published::TooManyKeys } else { Published::TooManyBytes })
