@@ -78,7 +78,7 @@ export type TidewireSubscriptionEvent =
 
 /** Errors that do not stop the client. */
 export interface TidewireError {
-  kind: "server" | "decode" | "publishes-dropped" | "token";
+  kind: "server" | "decode" | "publishes-dropped" | "publish-too-large" | "publish-unconfirmed" | "token";
   message: string;
   code?: string;
   channel?: string;
@@ -639,6 +639,16 @@ fn error_object(error: &ClientError) -> JsValue {
         ClientError::PublishesDropped { count } => {
             set(&object, "kind", "publishes-dropped");
             set(&object, "message", format!("{count} queued publishes were dropped"));
+        }
+        ClientError::PublishTooLarge { channel, size, max } => {
+            set(&object, "kind", "publish-too-large");
+            set(&object, "message", format!("a publish of {size} bytes was not sent: the server takes at most {max}"));
+            set(&object, "channel", channel.as_str());
+        }
+        ClientError::PublishUnconfirmed { channel } => {
+            set(&object, "kind", "publish-unconfirmed");
+            set(&object, "message", "a publish got no answer within the server's idempotency window; it was not sent again");
+            set(&object, "channel", channel.as_str());
         }
         ClientError::Token(message) => {
             set(&object, "kind", "token");

@@ -757,3 +757,165 @@ fn a_refused_recovery_does_not_leave_the_channel_stuck() {
     assert!(actions.iter().any(|a| matches!(a, Action::Subscription { event: SubscriptionEvent::Refused { .. }, .. })));
     assert_eq!(h.core.subscription_state("a"), SubscriptionState::Unsubscribed);
 }
+
+/// Answers each publish command in `sent` with `published` (the server's seq = its
+/// place in the list, from `first_seq`).
+fn acknowledge(h: &mut Harness, t: TransportId, sent: &[Value], first_seq: u64) {
+    let answers: Vec<Value> = sent
+        .iter()
+        .enumerate()
+        .map(|(i, c)| json!({"type":"published","timestamp":TS,"id":c["id"],"channel":c["channel"],"seq":first_seq + i as u64}))
+        .collect();
+    h.frame(t, Value::Array(answers));
+}
+
+#[test]
+fn unanswered_publishes_are_sent_again_after_a_reconnect_with_the_same_keys() {
+    let mut h = Harness::new(|_| {});
+    let t1 = h.connect();
+    h.take();
+    for i in 0..4 {
+        publish_data(&mut h, i);
+    }
+    h.advance(Duration::from_millis(50));
+    let sent = h.sent();
+    assert_eq!(sent.len(), 4);
+    let keys: Vec<String> = sent.iter().map(|c| c["idempotencyKey"].as_str().unwrap().to_owned()).collect();
+    assert!(sent.iter().all(|c| c["id"].is_u64()), "each publish carries an id: {sent:?}");
+    let distinct: std::collections::HashSet<&String> = keys.iter().collect();
+    assert_eq!(distinct.len(), 4, "one key per publish");
+    // The server answers the first two; the link is cut before the others' answers.
+    acknowledge(&mut h, t1, &sent[..2], 1);
+    h.event(Event::TransportClosed { transport: t1, code: 1012, reason: String::new() });
+    publish_data(&mut h, 4);
+    let delay = h.reconnect_delay().unwrap();
+    h.advance(delay);
+    let t2 = h.opened();
+    h.connected(t2);
+    h.advance(Duration::from_millis(50));
+    let again: Vec<Value> = h.sent().into_iter().filter(|c| c["action"] == "publish").collect();
+    let data: Vec<u64> = again.iter().map(|c| c["data"].as_u64().unwrap()).collect();
+    assert_eq!(data, [2, 3, 4], "the unanswered two first, in order, then the new one");
+    assert_eq!(again[0]["idempotencyKey"], keys[2], "the same key: the server publishes it once");
+    assert_eq!(again[1]["idempotencyKey"], keys[3]);
+    acknowledge(&mut h, t2, &again, 3);
+    h.event(Event::TransportClosed { transport: t2, code: 1012, reason: String::new() });
+    let delay = h.reconnect_delay().unwrap();
+    h.advance(delay);
+    let t3 = h.opened();
+    h.connected(t3);
+    assert_eq!(h.sent(), Vec::<Value>::new(), "answered publishes are never sent again");
+}
+
+#[test]
+fn two_clients_never_share_idempotency_keys() {
+    let key = |seed: u64| {
+        let mut h = Harness::new(|c| c.seed = seed);
+        h.connect();
+        h.take();
+        publish_data(&mut h, 0);
+        h.sent()[0]["idempotencyKey"].as_str().unwrap().to_owned()
+    };
+    assert_ne!(key(1), key(2));
+}
+
+#[test]
+fn a_publish_too_large_for_the_server_is_refused_before_sending() {
+    let mut h = Harness::new(|_| {});
+    let mut connected = connected_message(25_000, None);
+    connected["limits"]["maxMessageBytes"] = json!(512);
+    h.connect_with(connected);
+    h.take();
+    let big = OutgoingPublish::new(NewPublication { channel: "p".into(), kind: "t".into(), data: json!("x".repeat(600)), key: None, idempotency_key: None }).unwrap();
+    h.event(Event::Publish(big));
+    let actions = h.take();
+    assert!(actions.iter().any(|a| matches!(a, Action::Error(ClientError::PublishTooLarge { channel, max: 512, .. }) if channel == "p")), "{actions:?}");
+    assert!(!actions.iter().any(|a| matches!(a, Action::Send { .. })), "not sent: the server would close the connection (1009)");
+    publish_data(&mut h, 1);
+    assert_eq!(h.sent().len(), 1, "the client carries on");
+}
+
+#[test]
+fn a_publish_unanswered_past_the_idempotency_window_is_reported_not_resent() {
+    let mut h = Harness::new(|_| {});
+    let mut connected = connected_message(25_000, None);
+    connected["limits"]["idempotencyWindowMs"] = json!(10_000);
+    let t1 = h.connect_with(connected.clone());
+    h.take();
+    publish_data(&mut h, 0);
+    assert_eq!(h.sent().len(), 1);
+    h.event(Event::TransportClosed { transport: t1, code: 1012, reason: String::new() });
+    // Offline for longer than the server remembers keys.
+    h.event(Event::Offline);
+    h.advance(Duration::from_secs(30));
+    h.event(Event::Online);
+    let t2 = h.opened();
+    h.frame(t2, json!([connected]));
+    let actions = h.take();
+    assert!(actions.iter().any(|a| matches!(a, Action::Error(ClientError::PublishUnconfirmed { channel }) if channel == "p")), "{actions:?}");
+    assert!(!actions.iter().any(|a| matches!(a, Action::Send { text, .. } if text.contains("publish"))));
+}
+
+#[test]
+fn publishes_refused_by_the_command_limiter_are_sent_again() {
+    let mut h = Harness::new(|_| {});
+    let t = h.connect();
+    h.take();
+    publish_data(&mut h, 0);
+    let first = h.sent();
+    // The command limiter's refusal names no command: everything unanswered goes again.
+    h.frame(t, json!([{"type":"error","timestamp":TS,"code":"RATE_LIMIT_EXCEEDED","message":"slow down"}]));
+    h.take();
+    h.advance(Duration::from_secs(1));
+    let again = h.sent();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0]["idempotencyKey"], first[0]["idempotencyKey"]);
+    // A refusal for the publish itself ends it (and is reported).
+    h.frame(t, json!([{"type":"error","timestamp":TS,"id":again[0]["id"],"code":"FORBIDDEN","message":"no","channel":"p"}]));
+    h.take();
+    h.event(Event::TransportClosed { transport: t, code: 1012, reason: String::new() });
+    let delay = h.reconnect_delay().unwrap();
+    h.advance(delay);
+    let t2 = h.opened();
+    h.connected(t2);
+    assert_eq!(h.sent(), Vec::<Value>::new(), "a refused publish is not retried");
+}
+
+#[test]
+fn resubscribing_many_channels_splits_the_commands_to_fit_the_server() {
+    let mut h = Harness::new(|_| {});
+    let channels: Vec<String> = (0..300).map(|i| format!("desk.instrument.{i:04}.with-a-rather-long-name")).collect();
+    for channel in &channels {
+        h.event(Event::Subscribe { channel: channel.clone() });
+    }
+    let mut connected = connected_message(25_000, None);
+    connected["limits"]["maxChannels"] = json!(400);
+    let t = h.connect_with(connected.clone());
+    let commands = h.sent();
+    assert!(commands.len() > 1, "one command would be {} bytes", channels.iter().map(|c| c.len() + 3).sum::<usize>());
+    let mut named = Vec::new();
+    for command in &commands {
+        assert!(command.to_string().len() <= 4096, "within maxMessageBytes");
+        named.extend(command["channels"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()));
+    }
+    let mut expected = channels.clone();
+    expected.sort();
+    assert_eq!(named, expected, "every channel once");
+    // With positions, and a lower channel limit per command.
+    let answers: Vec<Value> = channels.iter().map(|c| json!({"type":"subscribed","timestamp":TS,"channel":c,"seq":3,"epoch":"e1"})).collect();
+    h.frame(t, Value::Array(answers));
+    h.event(Event::TransportClosed { transport: t, code: 1012, reason: String::new() });
+    let delay = h.reconnect_delay().unwrap();
+    h.advance(delay);
+    let t2 = h.opened();
+    connected["limits"]["maxChannels"] = json!(50);
+    h.frame(t2, json!([connected]));
+    let commands = h.sent();
+    assert!(commands.len() >= 6);
+    for command in &commands {
+        let listed = command["channels"].as_array().unwrap();
+        assert!(listed.len() <= 50);
+        assert!(command.to_string().len() <= 4096);
+        assert_eq!(command["since"].as_object().unwrap().len(), listed.len(), "each with its position");
+    }
+}

@@ -277,6 +277,21 @@ impl Batcher {
         self.shed()
     }
 
+    /// Empties the queue (its gaps stay), handing back what waited, oldest first: an
+    /// owner that must put something in front of it pushes that, then these back.
+    pub fn take_queue(&mut self) -> Vec<Outbound> {
+        let queued: Vec<Outbound> = self.queue.drain(..).collect();
+        self.publications = 0;
+        self.keyed = 0;
+        self.bytes = self.gaps.len() * GAP_NOTICE_BYTES;
+        queued
+    }
+
+    /// What waits, oldest first.
+    pub fn queued(&self) -> impl Iterator<Item = &Outbound> {
+        self.queue.iter()
+    }
+
     /// Takes new limits (a peer announced its own). What waits stays queued, down to
     /// the new capacity: the excess is dropped and reported as on a push.
     pub fn reconfigure(&mut self, config: BatchConfig) -> Dropped {

@@ -226,6 +226,26 @@ pub fn encode_publish(channel: &str, kind: &str, data_json: &str, key: Option<&s
     crate::EncodedMessage::from_json_object_text(command)
 }
 
+/// A `publish` command made by [`encode_publish`] (or the serde form, which starts the
+/// same way) with its `id` and `idempotencyKey` put in front, without re-encoding `data`:
+/// what a client sends, and sends again after a lost link.
+pub fn publish_with_id(command: &crate::EncodedMessage, id: u64, idempotency_key: &str) -> String {
+    const HEAD: &str = r#"{"action":"publish","#;
+    let quoted = serde_json::to_string(idempotency_key).unwrap_or_else(|_| "\"\"".to_owned());
+    match command.as_str().strip_prefix(HEAD) {
+        Some(rest) => format!(r#"{HEAD}"id":{id},"idempotencyKey":{quoted},{rest}"#),
+        // Not a form this crate makes: go through a JSON tree.
+        None => {
+            let mut value: Value = serde_json::from_str(command.as_str()).unwrap_or(Value::Null);
+            if let Some(object) = value.as_object_mut() {
+                object.insert("id".to_owned(), Value::from(id));
+                object.insert("idempotencyKey".to_owned(), Value::from(idempotency_key));
+            }
+            value.to_string()
+        }
+    }
+}
+
 /// A command that could not be decoded, with everything the `error` reply needs.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{code}: {message}")]
@@ -387,6 +407,17 @@ mod tests {
         assert_eq!(encoded.as_str(), serde_json::to_string(&expected).unwrap());
         let no_key = encode_publish("a", "t", "7", None);
         assert_eq!(no_key.as_str(), r#"{"action":"publish","channel":"a","type":"t","data":7}"#);
+    }
+
+    #[test]
+    fn publish_with_id_adds_the_envelope_without_touching_data() {
+        let command = encode_publish("orders", "order", r#"{"n":1}"#, Some("k"));
+        let text = publish_with_id(&command, 7, "c0ffee-12");
+        let Command::Publish(publish) = decode_command(&text).unwrap() else { panic!() };
+        assert_eq!(publish.id, Some(CommandId::Number(7)));
+        assert_eq!(publish.publication.idempotency_key.as_deref(), Some("c0ffee-12"));
+        assert_eq!(publish.publication.data, serde_json::json!({"n": 1}));
+        assert_eq!(publish.publication.key.as_deref(), Some("k"));
     }
 
     #[test]

@@ -300,6 +300,8 @@ pub struct ControlFields<'a> {
     #[serde(rename = "type", borrow)]
     pub kind: std::borrow::Cow<'a, str>,
     #[serde(default)]
+    pub id: Option<CommandId>,
+    #[serde(default)]
     pub timestamp: Option<Timestamp>,
     #[serde(default, borrow)]
     pub channel: Option<std::borrow::Cow<'a, str>>,

@@ -18,13 +18,17 @@ impl Jitter {
         Jitter { state: seed.max(1) }
     }
 
-    /// A uniform float in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         self.state ^= self.state >> 12;
         self.state ^= self.state << 25;
         self.state ^= self.state >> 27;
-        let n = self.state.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        (n >> 11) as f64 / (1u64 << 53) as f64
+        self.state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A uniform float in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// A uniform duration in [min, max).

@@ -6,7 +6,17 @@
 //! reconnect, at most one command in flight per channel), which publications to deliver
 //! (in order, once, recovering by itself when a seq jumps or a gap notice arrives), when
 //! the link is dead (no frame for the heartbeat interval plus a grace), and the bounded
-//! queue of publishes made while offline.
+//! queue of publishes.
+//!
+//! **Publishes are kept until the server answers.** Each goes out with a command id and
+//! an idempotency key of this client's (`<instance>-<n>`), and stays in `unacked` until
+//! its `published` (or a refusal) arrives. When the link is lost, the unanswered ones go
+//! back to the front of the queue and are sent again, with the same keys, after the next
+//! `connected`: the server publishes a key it has seen once, so a publish caught in a
+//! cut link or a node's shutdown arrives exactly once. One still unanswered after the
+//! server's idempotency window is not resent (it might then be published twice) but
+//! reported as unconfirmed. A publish too large for the server's message limit is
+//! refused here, with an error, rather than sent to be closed for.
 //!
 //! It has no clock, no sockets and no timers. A driver feeds it [`Event`]s with the
 //! current time (`now`, a [`Duration`] since any fixed origin), performs the
@@ -133,6 +143,11 @@ pub enum ClientError {
     Decode(String),
     /// Publishes were dropped from the offline queue (it was full).
     PublishesDropped { count: u32 },
+    /// A publish was not sent: its command would exceed the server's message limit.
+    PublishTooLarge { channel: String, size: usize, max: usize },
+    /// A publish was sent but never answered, and is older than the server's idempotency
+    /// window: it may or may not have been published, and is not sent again.
+    PublishUnconfirmed { channel: String },
     /// The token provider failed; retrying.
     Token(String),
 }
@@ -251,6 +266,13 @@ pub struct ClientCore {
     subscriptions: HashMap<String, Subscription>,
     publishes: Batcher,
     next_publish_seq: u64,
+    /// Publishes sent and not answered yet, oldest first.
+    unacked: VecDeque<Unacked>,
+    /// When each publish (by its local number) was first sent, for the idempotency window.
+    first_sent: HashMap<u64, Duration>,
+    /// This client's idempotency keys are `<key_prefix>-<local number>`.
+    key_prefix: String,
+    limits: ServerLimits,
     paused: bool,
     offline: bool,
     next_id: u64,
@@ -270,6 +292,30 @@ pub struct ClientCore {
 /// The server's default command rate (`commandsPerSecond`), assumed until one announces
 /// its own.
 const DEFAULT_COMMANDS_PER_SECOND: u32 = 1000;
+
+/// What a publish's `id` and `idempotencyKey` add to its command, at most.
+const PUBLISH_ENVELOPE_BYTES: usize = 120;
+
+/// A publish on the wire, waiting for its answer.
+#[derive(Debug)]
+struct Unacked {
+    id: u64,
+    outbound: Outbound,
+}
+
+/// The server limits the core keeps to (the server's defaults until it announces its own).
+#[derive(Debug, Clone, Copy)]
+struct ServerLimits {
+    max_message_bytes: usize,
+    max_channels: usize,
+    idempotency_window: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits { max_message_bytes: 4096, max_channels: 128, idempotency_window: Duration::from_secs(120) }
+    }
+}
 
 /// Pacing that keeps publishes within a server's command limit: nine tenths of its rate,
 /// leaving room for other commands and for frames that reach the server closer together
@@ -291,6 +337,8 @@ impl ClientCore {
     pub fn new(config: ClientConfig) -> ClientCore {
         // Until a server announces its command rate, publishes are paced at its default.
         let publishes = Batcher::for_own_queue(publish_pacing(DEFAULT_COMMANDS_PER_SECOND, None), config.max_queued_publishes);
+        // Its own draw from the seed: one client's idempotency keys are no other's.
+        let key_prefix = format!("{:016x}", Jitter::new(config.seed ^ 0x1de4_907e_c0de_5eed).next_u64());
         ClientCore {
             jitter: Jitter::new(config.seed),
             token: config.token.clone(),
@@ -303,6 +351,10 @@ impl ClientCore {
             subscriptions: HashMap::new(),
             publishes,
             next_publish_seq: 0,
+            unacked: VecDeque::new(),
+            first_sent: HashMap::new(),
+            key_prefix,
+            limits: ServerLimits::default(),
             paused: false,
             offline: false,
             next_id: 1,
@@ -446,6 +498,7 @@ impl ClientCore {
             self.recover(transport, &channel);
         }
         self.reconcile_all();
+        self.requeue_unacked();
     }
 
     // ---- connecting -------------------------------------------------------------
@@ -542,6 +595,7 @@ impl ClientCore {
         for subscription in self.subscriptions.values_mut() {
             subscription.transport_lost();
         }
+        self.requeue_unacked();
         self.emit_subscription_states();
         self.dead_at = None;
         self.refresh_at = None;
@@ -568,6 +622,7 @@ impl ClientCore {
         for subscription in self.subscriptions.values_mut() {
             subscription.transport_lost();
         }
+        self.requeue_unacked();
         self.emit_subscription_states();
         self.link = Link::Idle;
         self.stopped = Some(reason);
@@ -698,6 +753,12 @@ impl ClientCore {
                 let rate = limits.commands_per_second.unwrap_or(DEFAULT_COMMANDS_PER_SECOND);
                 let dropped = self.publishes.reconfigure(publish_pacing(rate, limits.command_burst));
                 self.report_dropped(dropped);
+                let defaults = ServerLimits::default();
+                self.limits = ServerLimits {
+                    max_message_bytes: limits.max_message_bytes.map_or(defaults.max_message_bytes, |n| n as usize),
+                    max_channels: limits.max_channels.map_or(defaults.max_channels, |n| (n as usize).max(1)),
+                    idempotency_window: limits.idempotency_window_ms.map_or(defaults.idempotency_window, Duration::from_millis),
+                };
                 self.emit_state();
                 self.resubscribe_all(transport);
             }
@@ -764,9 +825,19 @@ impl ClientCore {
                 let message = m.message.map(|t| t.into_owned()).unwrap_or_default();
                 if code == ErrorCode::RateLimitExceeded && channel.is_empty() {
                     // The command limiter's refusal names no command: re-send whatever is
-                    // pending soon. (A channel's publish limit names the channel, and
+                    // pending soon, unanswered publishes included (their idempotency keys
+                    // make that safe). (A channel's publish limit names the channel, and
                     // leaves subscriptions alone.)
                     self.retry_at.get_or_insert(self.now + Duration::from_secs(1));
+                }
+                if let Some(CommandId::Number(id)) = m.id {
+                    if code == ErrorCode::Unavailable && self.unacked.iter().any(|u| u.id == id) {
+                        // The server cannot publish right now (its broker is down): the
+                        // publish stays unanswered and goes again with the others.
+                        self.retry_at.get_or_insert(self.now + Duration::from_secs(1));
+                    } else {
+                        self.acknowledged(id);
+                    }
                 }
                 let refusal = matches!(code, ErrorCode::Forbidden | ErrorCode::InvalidChannel | ErrorCode::TooManyChannels);
                 if let Some(subscription) = self.subscriptions.get_mut(&channel) {
@@ -782,7 +853,12 @@ impl ClientCore {
                 self.push(Action::Error(ClientError::Server { code, message, channel }));
             }
             "refreshed" => self.schedule_refresh(m.timestamp, m.expires_at),
-            "published" => self.push(Action::Published { channel, seq: m.seq.unwrap_or(0) }),
+            "published" => {
+                if let Some(CommandId::Number(id)) = m.id {
+                    self.acknowledged(id);
+                }
+                self.push(Action::Published { channel, seq: m.seq.unwrap_or(0) });
+            }
             _ => {} // pong, heartbeat: only proof of life
         }
     }
@@ -898,9 +974,50 @@ impl ClientCore {
             return;
         }
         channels.sort();
-        let id = self.id();
-        let since = (!since.is_empty()).then_some(since);
-        self.send(transport, &Command::Subscribe(Subscribe { id: Some(id), channels, since }));
+        for (channels, since) in self.split_subscribe(channels, since) {
+            let id = self.id();
+            let since = (!since.is_empty()).then_some(since);
+            self.send(transport, &Command::Subscribe(Subscribe { id: Some(id), channels, since }));
+        }
+    }
+
+    /// Splits one resubscription into commands the server takes: each within its message
+    /// size (with room for the id) and its channel limit, so that restoring many
+    /// subscriptions never gets the connection closed for a message too big.
+    fn split_subscribe(
+        &self,
+        channels: Vec<String>,
+        mut since: BTreeMap<String, StreamPosition>,
+    ) -> Vec<(Vec<String>, BTreeMap<String, StreamPosition>)> {
+        const ID_ROOM: usize = 32;
+        let budget = self.limits.max_message_bytes.saturating_sub(ID_ROOM);
+        let size = |channels: &[String], since: &BTreeMap<String, StreamPosition>| {
+            let command = Command::Subscribe(Subscribe { id: None, channels: channels.to_vec(), since: Some(since.clone()) });
+            serde_json::to_string(&command).map_or(usize::MAX, |text| text.len())
+        };
+        let mut commands = Vec::new();
+        let (mut current, mut current_since) = (Vec::new(), BTreeMap::new());
+        for channel in channels {
+            let position = since.remove(&channel);
+            current.push(channel.clone());
+            if let Some(position) = position.clone() {
+                current_since.insert(channel.clone(), position);
+            }
+            let full = current.len() > self.limits.max_channels || size(&current, &current_since) > budget;
+            if full && current.len() > 1 {
+                current.pop();
+                current_since.remove(&channel);
+                commands.push((std::mem::take(&mut current), std::mem::take(&mut current_since)));
+                current.push(channel.clone());
+                if let Some(position) = position {
+                    current_since.insert(channel, position);
+                }
+            }
+        }
+        if !current.is_empty() {
+            commands.push((current, current_since));
+        }
+        commands
     }
 
     fn emit_subscription_states(&mut self) {
@@ -919,6 +1036,12 @@ impl ClientCore {
     // ---- outbound ---------------------------------------------------------------
 
     fn on_publish(&mut self, publish: OutgoingPublish) {
+        let size = publish.command.len() + PUBLISH_ENVELOPE_BYTES;
+        let max = self.limits.max_message_bytes;
+        if size > max {
+            self.push(Action::Error(ClientError::PublishTooLarge { channel: publish.channel, size, max }));
+            return;
+        }
         self.next_publish_seq += 1;
         let position = Position {
             channel: publish.channel.as_str().into(),
@@ -934,17 +1057,89 @@ impl ClientCore {
     fn report_dropped(&mut self, dropped: Dropped) {
         if dropped.total() > 0 {
             self.push(Action::Error(ClientError::PublishesDropped { count: dropped.total() }));
+            self.forget_dropped_publishes();
         }
     }
 
-    /// Sends the publishes that are due, paced by the batcher.
+    /// Sends the publishes that are due, paced by the batcher, while fewer than the
+    /// queue's bound wait for an answer.
     fn flush_publishes(&mut self) {
         let Link::Connected(transport) = self.link else { return };
-        while let Some(frame) = self.publishes.poll_frame(self.now) {
-            for message in frame.messages {
-                self.push(Action::Send { transport, text: message.message().as_str().to_owned() });
+        while self.unacked.len() < self.config.max_queued_publishes {
+            let Some(frame) = self.publishes.poll_frame(self.now) else { break };
+            for outbound in frame.messages {
+                self.send_publish(transport, outbound);
             }
         }
+    }
+
+    /// The idempotency key of this client's publish number `n`.
+    fn idempotency_key(&self, n: u64) -> String {
+        format!("{}-{n}", self.key_prefix)
+    }
+
+    fn send_publish(&mut self, transport: TransportId, outbound: Outbound) {
+        let Some(position) = outbound.position() else { return };
+        let (n, channel) = (position.seq, position.channel.to_string());
+        let first_sent = *self.first_sent.entry(n).or_insert(self.now);
+        if self.now.saturating_sub(first_sent) > self.limits.idempotency_window {
+            // The server may have forgotten its key: sending it again could publish it twice.
+            self.first_sent.remove(&n);
+            self.push(Action::Error(ClientError::PublishUnconfirmed { channel }));
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let text = tidewire_protocol::command::publish_with_id(outbound.message(), id, &self.idempotency_key(n));
+        let max = self.limits.max_message_bytes;
+        if text.len() > max {
+            self.first_sent.remove(&n);
+            self.push(Action::Error(ClientError::PublishTooLarge { channel, size: text.len(), max }));
+            return;
+        }
+        self.push(Action::Send { transport, text });
+        self.unacked.push_back(Unacked { id, outbound });
+    }
+
+    /// The server answered the command `id`: if it was a publish, it is done.
+    fn acknowledged(&mut self, id: u64) {
+        if let Some(index) = self.unacked.iter().position(|u| u.id == id) {
+            if let Some(done) = self.unacked.remove(index) {
+                if let Some(position) = done.outbound.position() {
+                    self.first_sent.remove(&position.seq);
+                }
+            }
+        }
+    }
+
+    /// Puts every unanswered publish back in front of the queue, in order, to be sent
+    /// again (with its idempotency key) when the link allows.
+    fn requeue_unacked(&mut self) {
+        if self.unacked.is_empty() {
+            return;
+        }
+        let waiting = self.publishes.take_queue();
+        let again: Vec<Outbound> = self.unacked.drain(..).map(|u| u.outbound).collect();
+        let mut dropped = Dropped::default();
+        for outbound in again.into_iter().chain(waiting) {
+            dropped.add(self.publishes.push(outbound));
+        }
+        self.report_dropped(dropped);
+    }
+
+    /// Forgets the first-send times of publishes that are neither queued nor unanswered
+    /// any more (dropped by the queue), once they outnumber what may wait.
+    fn forget_dropped_publishes(&mut self) {
+        if self.first_sent.len() <= self.config.max_queued_publishes * 2 {
+            return;
+        }
+        let live: std::collections::HashSet<u64> = self
+            .publishes
+            .queued()
+            .chain(self.unacked.iter().map(|u| &u.outbound))
+            .filter_map(|o| o.position().map(|p| p.seq))
+            .collect();
+        self.first_sent.retain(|n, _| live.contains(n));
     }
 
     fn send(&mut self, transport: TransportId, command: &Command) {
