@@ -74,7 +74,10 @@ function describeError(code: ErrorCode): string {
     case "INVALID_CHANNEL":
     case "TOO_MANY_CHANNELS":
     case "MESSAGE_TOO_BIG":
+    case "TOO_MANY_KEYS":
       return "rejected input";
+    case "REQUEST_TIMEOUT":
+      return "send faster";
     case "UNAVAILABLE":
     case "INTERNAL_ERROR":
       return "server trouble";

@@ -226,24 +226,15 @@ pub fn encode_publish(channel: &str, kind: &str, data_json: &str, key: Option<&s
     crate::EncodedMessage::from_json_object_text(command)
 }
 
-/// A `publish` command made by [`encode_publish`] (or the serde form, which starts the
-/// same way) with its `id` and `idempotencyKey` put in front, without re-encoding `data`:
-/// what a client sends, and sends again after a lost link.
-pub fn publish_with_id(command: &crate::EncodedMessage, id: u64, idempotency_key: &str) -> String {
+/// A `publish` command made by [`encode_publish`] (or the serde form of
+/// [`Command::Publish`] without an id, which starts the same way) with its `id` and
+/// `idempotencyKey` put in front, without re-encoding `data`: what a client sends, and
+/// sends again after a lost link. `None` for text of another shape.
+pub fn publish_with_id(command: &crate::EncodedMessage, id: u64, idempotency_key: &str) -> Option<String> {
     const HEAD: &str = r#"{"action":"publish","#;
-    let quoted = serde_json::to_string(idempotency_key).unwrap_or_else(|_| "\"\"".to_owned());
-    match command.as_str().strip_prefix(HEAD) {
-        Some(rest) => format!(r#"{HEAD}"id":{id},"idempotencyKey":{quoted},{rest}"#),
-        // Not a form this crate makes: go through a JSON tree.
-        None => {
-            let mut value: Value = serde_json::from_str(command.as_str()).unwrap_or(Value::Null);
-            if let Some(object) = value.as_object_mut() {
-                object.insert("id".to_owned(), Value::from(id));
-                object.insert("idempotencyKey".to_owned(), Value::from(idempotency_key));
-            }
-            value.to_string()
-        }
-    }
+    let rest = command.as_str().strip_prefix(HEAD)?;
+    let quoted = serde_json::to_string(idempotency_key).ok()?;
+    Some(format!(r#"{HEAD}"id":{id},"idempotencyKey":{quoted},{rest}"#))
 }
 
 /// A command that could not be decoded, with everything the `error` reply needs.
@@ -412,12 +403,15 @@ mod tests {
     #[test]
     fn publish_with_id_adds_the_envelope_without_touching_data() {
         let command = encode_publish("orders", "order", r#"{"n":1}"#, Some("k"));
-        let text = publish_with_id(&command, 7, "c0ffee-12");
+        let text = publish_with_id(&command, 7, "c0ffee-12").unwrap();
         let Command::Publish(publish) = decode_command(&text).unwrap() else { panic!() };
         assert_eq!(publish.id, Some(CommandId::Number(7)));
         assert_eq!(publish.publication.idempotency_key.as_deref(), Some("c0ffee-12"));
         assert_eq!(publish.publication.data, serde_json::json!({"n": 1}));
         assert_eq!(publish.publication.key.as_deref(), Some("k"));
+        let serde_form = crate::EncodedMessage::encode(&Command::Publish(Publish { id: None, publication: publish.publication })).unwrap();
+        assert!(publish_with_id(&serde_form, 8, "k2").is_some(), "the serde form starts the same way");
+        assert_eq!(publish_with_id(&crate::EncodedMessage::encode(&serde_json::json!({"a": 1})).unwrap(), 1, "k"), None);
     }
 
     #[test]

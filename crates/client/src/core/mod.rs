@@ -268,8 +268,9 @@ pub struct ClientCore {
     next_publish_seq: u64,
     /// Publishes sent and not answered yet, oldest first.
     unacked: VecDeque<Unacked>,
-    /// When each publish (by its local number) was first sent, for the idempotency window.
-    first_sent: HashMap<u64, Duration>,
+    /// When queued publishes that were sent before (and came back unanswered) were first
+    /// sent, by local number, in increasing order like the queue itself.
+    first_sent: VecDeque<(u64, Duration)>,
     /// This client's idempotency keys are `<key_prefix>-<local number>`.
     key_prefix: String,
     limits: ServerLimits,
@@ -301,6 +302,7 @@ const PUBLISH_ENVELOPE_BYTES: usize = 120;
 struct Unacked {
     id: u64,
     outbound: Outbound,
+    first_sent: Duration,
 }
 
 /// The server limits the core keeps to (the server's defaults until it announces its own).
@@ -352,7 +354,7 @@ impl ClientCore {
             publishes,
             next_publish_seq: 0,
             unacked: VecDeque::new(),
-            first_sent: HashMap::new(),
+            first_sent: VecDeque::new(),
             key_prefix,
             limits: ServerLimits::default(),
             paused: false,
@@ -949,20 +951,16 @@ impl ClientCore {
         }
     }
 
-    /// After `connected`: one subscribe for every wanted channel, with `since` where a
-    /// position is known.
+    /// After `connected`: subscribes for every wanted channel, with `since` where a
+    /// position is known, in as few commands as the server's limits allow.
     fn resubscribe_all(&mut self, transport: TransportId) {
         let paused = self.paused;
-        let mut channels = Vec::new();
-        let mut since = BTreeMap::new();
+        let mut wanted: Vec<(String, Option<StreamPosition>)> = Vec::new();
         let mut forget = Vec::new();
         for (channel, subscription) in &mut self.subscriptions {
             if subscription.should_be_subscribed(paused) {
                 subscription.server = ServerSide::SubscribeSent;
-                channels.push(channel.clone());
-                if let Some(position) = &subscription.position {
-                    since.insert(channel.clone(), position.clone());
-                }
+                wanted.push((channel.clone(), subscription.position.clone()));
             } else if !subscription.wanted {
                 forget.push(channel.clone());
             }
@@ -970,54 +968,43 @@ impl ClientCore {
         for channel in forget {
             self.subscriptions.remove(&channel);
         }
-        if channels.is_empty() {
-            return;
+        wanted.sort_by(|a, b| a.0.cmp(&b.0));
+        // Each command within the server's message size (with room for the id and the
+        // JSON around the lists) and its channel limit, so that restoring many
+        // subscriptions never gets the connection closed for a message too big.
+        const FRAME_ROOM: usize = 96;
+        let budget = self.limits.max_message_bytes.saturating_sub(FRAME_ROOM);
+        let json_len = |text: &str| serde_json::to_string(text).map_or(usize::MAX / 4, |t| t.len());
+        let mut batch: Vec<(String, Option<StreamPosition>)> = Vec::new();
+        let mut size = 0;
+        for (channel, position) in wanted {
+            let name = json_len(&channel) + 1;
+            let since = position.as_ref().map_or(0, |p| name + 1 + p.seq.to_string().len() + p.epoch.as_deref().map_or(0, |e| json_len(e) + 20));
+            let full = batch.len() >= self.limits.max_channels || size + name + since > budget;
+            if full && !batch.is_empty() {
+                self.send_subscribe(transport, std::mem::take(&mut batch));
+                size = 0;
+            }
+            size += name + since;
+            batch.push((channel, position));
         }
-        channels.sort();
-        for (channels, since) in self.split_subscribe(channels, since) {
-            let id = self.id();
-            let since = (!since.is_empty()).then_some(since);
-            self.send(transport, &Command::Subscribe(Subscribe { id: Some(id), channels, since }));
+        if !batch.is_empty() {
+            self.send_subscribe(transport, batch);
         }
     }
 
-    /// Splits one resubscription into commands the server takes: each within its message
-    /// size (with room for the id) and its channel limit, so that restoring many
-    /// subscriptions never gets the connection closed for a message too big.
-    fn split_subscribe(
-        &self,
-        channels: Vec<String>,
-        mut since: BTreeMap<String, StreamPosition>,
-    ) -> Vec<(Vec<String>, BTreeMap<String, StreamPosition>)> {
-        const ID_ROOM: usize = 32;
-        let budget = self.limits.max_message_bytes.saturating_sub(ID_ROOM);
-        let size = |channels: &[String], since: &BTreeMap<String, StreamPosition>| {
-            let command = Command::Subscribe(Subscribe { id: None, channels: channels.to_vec(), since: Some(since.clone()) });
-            serde_json::to_string(&command).map_or(usize::MAX, |text| text.len())
-        };
-        let mut commands = Vec::new();
-        let (mut current, mut current_since) = (Vec::new(), BTreeMap::new());
-        for channel in channels {
-            let position = since.remove(&channel);
-            current.push(channel.clone());
-            if let Some(position) = position.clone() {
-                current_since.insert(channel.clone(), position);
+    fn send_subscribe(&mut self, transport: TransportId, channels: Vec<(String, Option<StreamPosition>)>) {
+        let mut since = BTreeMap::new();
+        let mut names = Vec::with_capacity(channels.len());
+        for (channel, position) in channels {
+            if let Some(position) = position {
+                since.insert(channel.clone(), position);
             }
-            let full = current.len() > self.limits.max_channels || size(&current, &current_since) > budget;
-            if full && current.len() > 1 {
-                current.pop();
-                current_since.remove(&channel);
-                commands.push((std::mem::take(&mut current), std::mem::take(&mut current_since)));
-                current.push(channel.clone());
-                if let Some(position) = position {
-                    current_since.insert(channel, position);
-                }
-            }
+            names.push(channel);
         }
-        if !current.is_empty() {
-            commands.push((current, current_since));
-        }
-        commands
+        let id = self.id();
+        let since = (!since.is_empty()).then_some(since);
+        self.send(transport, &Command::Subscribe(Subscribe { id: Some(id), channels: names, since }));
     }
 
     fn emit_subscription_states(&mut self) {
@@ -1057,7 +1044,6 @@ impl ClientCore {
     fn report_dropped(&mut self, dropped: Dropped) {
         if dropped.total() > 0 {
             self.push(Action::Error(ClientError::PublishesDropped { count: dropped.total() }));
-            self.forget_dropped_publishes();
         }
     }
 
@@ -1081,34 +1067,41 @@ impl ClientCore {
     fn send_publish(&mut self, transport: TransportId, outbound: Outbound) {
         let Some(position) = outbound.position() else { return };
         let (n, channel) = (position.seq, position.channel.to_string());
-        let first_sent = *self.first_sent.entry(n).or_insert(self.now);
+        // The queue goes out in increasing local numbers: earlier entries belong to
+        // publishes the queue dropped since.
+        while self.first_sent.front().is_some_and(|(m, _)| *m < n) {
+            self.first_sent.pop_front();
+        }
+        let first_sent = match self.first_sent.front() {
+            Some((m, at)) if *m == n => {
+                let at = *at;
+                self.first_sent.pop_front();
+                at
+            }
+            _ => self.now,
+        };
         if self.now.saturating_sub(first_sent) > self.limits.idempotency_window {
             // The server may have forgotten its key: sending it again could publish it twice.
-            self.first_sent.remove(&n);
             self.push(Action::Error(ClientError::PublishUnconfirmed { channel }));
             return;
         }
         let id = self.next_id;
         self.next_id += 1;
-        let text = tidewire_protocol::command::publish_with_id(outbound.message(), id, &self.idempotency_key(n));
+        // `OutgoingPublish` always makes a command of this shape.
+        let Some(text) = tidewire_protocol::command::publish_with_id(outbound.message(), id, &self.idempotency_key(n)) else { return };
         let max = self.limits.max_message_bytes;
         if text.len() > max {
-            self.first_sent.remove(&n);
             self.push(Action::Error(ClientError::PublishTooLarge { channel, size: text.len(), max }));
             return;
         }
         self.push(Action::Send { transport, text });
-        self.unacked.push_back(Unacked { id, outbound });
+        self.unacked.push_back(Unacked { id, outbound, first_sent });
     }
 
     /// The server answered the command `id`: if it was a publish, it is done.
     fn acknowledged(&mut self, id: u64) {
         if let Some(index) = self.unacked.iter().position(|u| u.id == id) {
-            if let Some(done) = self.unacked.remove(index) {
-                if let Some(position) = done.outbound.position() {
-                    self.first_sent.remove(&position.seq);
-                }
-            }
+            self.unacked.remove(index);
         }
     }
 
@@ -1119,27 +1112,20 @@ impl ClientCore {
             return;
         }
         let waiting = self.publishes.take_queue();
-        let again: Vec<Outbound> = self.unacked.drain(..).map(|u| u.outbound).collect();
+        let mut again = Vec::with_capacity(self.unacked.len());
+        // Everything still in `first_sent` comes after every sent publish.
+        for unacked in self.unacked.drain(..).rev() {
+            if let Some(position) = unacked.outbound.position() {
+                self.first_sent.push_front((position.seq, unacked.first_sent));
+            }
+            again.push(unacked.outbound);
+        }
+        again.reverse();
         let mut dropped = Dropped::default();
         for outbound in again.into_iter().chain(waiting) {
             dropped.add(self.publishes.push(outbound));
         }
         self.report_dropped(dropped);
-    }
-
-    /// Forgets the first-send times of publishes that are neither queued nor unanswered
-    /// any more (dropped by the queue), once they outnumber what may wait.
-    fn forget_dropped_publishes(&mut self) {
-        if self.first_sent.len() <= self.config.max_queued_publishes * 2 {
-            return;
-        }
-        let live: std::collections::HashSet<u64> = self
-            .publishes
-            .queued()
-            .chain(self.unacked.iter().map(|u| &u.outbound))
-            .filter_map(|o| o.position().map(|p| p.seq))
-            .collect();
-        self.first_sent.retain(|n, _| live.contains(n));
     }
 
     fn send(&mut self, transport: TransportId, command: &Command) {
