@@ -64,7 +64,7 @@ fn now_micros() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
-fn token(sub: &str, publish: bool) -> String {
+pub(crate) fn token(sub: &str, publish: bool) -> String {
     let claims = Claims {
         sub: sub.to_owned(),
         exp: unix_now() + 3600,
@@ -85,12 +85,12 @@ pub async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
 
 /// What one subscriber saw.
 #[derive(Default)]
-struct Seen {
-    delivered: u64,
+pub(crate) struct Seen {
+    pub(crate) delivered: u64,
     gapped: u64,
     /// Frames the scanner could not read (their messages count as lost).
     unreadable: u64,
-    histogram: Option<Histogram<u64>>,
+    pub(crate) histogram: Option<Histogram<u64>>,
 }
 
 impl Seen {
@@ -109,7 +109,7 @@ impl Seen {
     }
 
     /// What all `readers` saw, together.
-    async fn total(readers: Vec<tokio::task::JoinHandle<Seen>>) -> Result<Seen, String> {
+    pub(crate) async fn total(readers: Vec<tokio::task::JoinHandle<Seen>>) -> Result<Seen, String> {
         let mut total = Seen::sampling();
         for reader in readers {
             let seen = reader.await.map_err(|e| e.to_string())?;
@@ -143,7 +143,7 @@ fn next_source_address() -> std::net::SocketAddr {
 }
 
 /// Connects one subscriber to `channel` and waits for `subscribed`.
-async fn connect(port: u16, token: &str, channel: &str, small_buffer: bool) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, String> {
+pub(crate) async fn connect(port: u16, token: &str, channel: &str, small_buffer: bool) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, String> {
     let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
     if small_buffer {
         let _ = socket.set_recv_buffer_size(4096);
@@ -165,7 +165,7 @@ async fn connect(port: u16, token: &str, channel: &str, small_buffer: bool) -> R
 }
 
 /// Reads until `stop`, counting seqs and gap notices and sampling latency.
-async fn read(mut ws: tokio_tungstenite::WebSocketStream<TcpStream>, mut stop: watch::Receiver<bool>) -> Seen {
+pub(crate) async fn read(mut ws: tokio_tungstenite::WebSocketStream<TcpStream>, mut stop: watch::Receiver<bool>) -> Seen {
     let mut seen = Seen::sampling();
     loop {
         let message = tokio::select! {
@@ -200,7 +200,7 @@ async fn read(mut ws: tokio_tungstenite::WebSocketStream<TcpStream>, mut stop: w
 
 /// Publishes `rate` per second to `channel` for `duration` through one keep-alive HTTP
 /// connection, in batches every 10 ms; returns how many were accepted.
-async fn publish(port: u16, channel: &str, rate: u32, duration: Duration, progress: Arc<AtomicU64>) -> Result<u64, String> {
+pub(crate) async fn publish(port: u16, channel: &str, rate: u32, duration: Duration, progress: Arc<AtomicU64>) -> Result<u64, String> {
     let token = token("bench-publisher", true);
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
@@ -372,7 +372,7 @@ where
     Ok(done)
 }
 
-fn progress(line: &str) {
+pub(crate) fn progress(line: &str) {
     eprint!("\r\x1b[2K{line}");
     let _ = std::io::stderr().flush();
 }

@@ -11,12 +11,17 @@
 //! - `idle`: C subscribed connections that receive nothing: server RSS per connection
 //!   and authenticated connects per second.
 //! - `suite`: the default runs, as one table.
+//! - `attack`: hostile clients at full speed against one node with its default limits
+//!   while healthy subscribers read a live channel: each attack's outcome, the node's
+//!   peak RSS, the healthy subscribers' loss and p99 against a quiet run, and the Redis
+//!   key count.
 //!
 //! Subscribers are plain WebSocket readers that read each frame's seqs, timestamps and
 //! gap notices, so the figures describe the server, not a client's recovery logic;
 //! `--via-client` subscribes through the native client crate instead (one suite run
 //! does). Everything targets 127.0.0.1 and stops by itself.
 
+mod attack;
 mod load;
 mod process;
 mod report;
@@ -48,6 +53,33 @@ enum Command {
     /// healthy subscribers must lose nothing and RSS must not trend upward. Fails
     /// (exit 1) when either does not hold.
     Soak(SoakArgs),
+    /// Hostile clients at full speed while healthy subscribers read (see the module docs).
+    Attack(AttackArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct AttackArgs {
+    /// Length of each phase (quiet, then attacked).
+    #[arg(long, short = 'd', default_value = "20s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Healthy subscribers.
+    #[arg(long, default_value_t = 50)]
+    pub healthy: usize,
+    /// Publications per second on the healthy channel.
+    #[arg(long, short = 'r', default_value_t = 200)]
+    pub rate: u32,
+    /// Run the node on this Redis (and count its keys).
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// Fail (exit 1) unless the node stays under this peak RSS (MiB) and the healthy
+    /// subscribers lose nothing.
+    #[arg(long)]
+    pub check_rss_mib: Option<f64>,
+    #[arg(long)]
+    pub server_bin: Option<std::path::PathBuf>,
+    /// Extra flags for the node.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -143,8 +175,31 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if let Command::Attack(args) = &cli.command {
+        return match runtime.block_on(attack::attack(args)) {
+            Ok(report) => {
+                if cli.json {
+                    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                } else {
+                    attack::print(&report);
+                }
+                let failed = args.check_rss_mib.is_some_and(|max| report.peak_rss_mib > max || report.attacked.loss_percent > 0.0);
+                if failed {
+                    eprintln!("tidewire-bench: the node failed the attack check");
+                    std::process::ExitCode::FAILURE
+                } else {
+                    std::process::ExitCode::SUCCESS
+                }
+            }
+            Err(e) => {
+                eprintln!("tidewire-bench: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Attack(_) => unreachable!("handled above"),
             Command::Fanout(args) => load::fanout(&args).await.map(|r| vec![r]),
             Command::Idle(args) => load::idle(&args).await.map(|r| vec![r]),
             Command::Suite(args) => load::suite(&args).await,

@@ -13,12 +13,23 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node with connection limits out of the way of the load.
     pub async fn start(bin: &PathBuf, extra: &[String], redis: Option<(&str, &str)>) -> Result<Node, String> {
+        let generous = ["--max-connections", "1000000", "--max-connections-per-user", "1000000", "--max-connections-per-ip", "1000000"];
+        let generous = generous.iter().map(|a| (*a).to_owned());
+        Node::spawn(bin, &generous.chain(extra.iter().cloned()).collect::<Vec<_>>(), redis).await
+    }
+
+    /// A node with every default limit (what the attack runs meet).
+    pub async fn start_with_defaults(bin: &PathBuf, extra: &[String], redis: Option<(&str, &str)>) -> Result<Node, String> {
+        Node::spawn(bin, extra, redis).await
+    }
+
+    async fn spawn(bin: &PathBuf, extra: &[String], redis: Option<(&str, &str)>) -> Result<Node, String> {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
         let mut command = Command::new(bin);
         command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--jwt-secret", SECRET])
-            .args(["--max-connections", "1000000", "--max-connections-per-user", "1000000", "--max-connections-per-ip", "1000000"])
             .args(["--log-format", "json"])
             .env("TIDEWIRE_LOG", "warn")
             .stdout(Stdio::null())
