@@ -55,6 +55,14 @@ enum Command {
     Soak(SoakArgs),
     /// Hostile clients at full speed while healthy subscribers read (see the module docs).
     Attack(AttackArgs),
+    /// The attackers of `attack`, in their own process (started by it).
+    #[command(hide = true)]
+    AttackWorker {
+        #[arg(long)]
+        port: u16,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
 }
 
 #[derive(Args, Clone, Debug)]
@@ -175,6 +183,15 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if let Command::AttackWorker { port, duration } = &cli.command {
+        return match runtime.block_on(attack::attack_worker(*port, *duration)) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tidewire-bench attack-worker: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     if let Command::Attack(args) = &cli.command {
         return match runtime.block_on(attack::attack(args)) {
             Ok(report) => {
@@ -199,7 +216,7 @@ fn main() -> std::process::ExitCode {
     }
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Attack(_) => unreachable!("handled above"),
+            Command::Attack(_) | Command::AttackWorker { .. } => Ok(Vec::new()),
             Command::Fanout(args) => load::fanout(&args).await.map(|r| vec![r]),
             Command::Idle(args) => load::idle(&args).await.map(|r| vec![r]),
             Command::Suite(args) => load::suite(&args).await,

@@ -473,3 +473,40 @@ async fn idempotency_keys_hold_across_nodes_and_expire() {
         assert!(*ttl > 0 && *ttl <= 800, "{key}: {ttl}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_subscription_start_at_a_time_per_connection_and_channel() {
+    // Each start reads the snapshot from Redis: a client that asks again before the
+    // answer must not queue that work faster than it is done.
+    let url = shared_redis();
+    let prefix = unique_prefix("starts");
+    let server = node(&url, &prefix).await;
+    for key in 0..800 {
+        let new = tidewire_protocol::NewPublication {
+            channel: "book".into(),
+            kind: "row".into(),
+            data: json!({"pad": "x".repeat(300)}),
+            key: Some(format!("k{key}")),
+            idempotency_key: None,
+        };
+        server.hub.publish(new).await.unwrap();
+    }
+    let mut client = server.client("u").await;
+    client.next().await;
+    for id in 0..40 {
+        client.send_value(json!({"action":"subscribe","id":id,"channels":["book"]})).await;
+    }
+    let (mut started, mut refused) = (0, 0);
+    while started + refused < 40 {
+        let m = client.next().await;
+        match m["type"].as_str() {
+            Some("subscribed") => started += 1,
+            Some("error") => {
+                assert_eq!((m["code"].as_str(), m["channel"].as_str()), (Some("RATE_LIMIT_EXCEEDED"), Some("book")), "{m}");
+                refused += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(refused > 0, "40 starts at once were all queued");
+}

@@ -12,8 +12,8 @@
 //! subscription with the new epoch and `recovered: true` (nothing was missed); any other
 //! change of epoch means Redis lost the channel and is announced with `recovered: false`.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tidewire_protocol::batch::{Outbound, Position};
@@ -66,11 +66,13 @@ pub struct Actor {
     epoch: Option<Arc<str>>,
     /// Last seq fanned out (or known to be before every local subscriber's start).
     head: u64,
+    /// Connections with a start queued here (shared with the engine's handle).
+    starting: Arc<Mutex<HashSet<u64>>>,
 }
 
 impl Actor {
-    pub fn new(engine: Arc<EngineInner>, channel: &str) -> Actor {
-        Actor { engine, channel: channel.into(), subscribers: HashMap::new(), epoch: None, head: 0 }
+    pub fn new(engine: Arc<EngineInner>, channel: &str, starting: Arc<Mutex<HashSet<u64>>>) -> Actor {
+        Actor { engine, channel: channel.into(), subscribers: HashMap::new(), epoch: None, head: 0, starting }
     }
 
     pub async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Input>, ready: oneshot::Receiver<()>) {
@@ -78,7 +80,11 @@ impl Actor {
         let _ = ready.await;
         while let Some(input) = inbox.recv().await {
             match input {
-                Input::Subscribe(request) => self.subscribe(request).await,
+                Input::Subscribe(request) => {
+                    let connection = request.connection;
+                    self.subscribe(request).await;
+                    crate::hub::lock(&self.starting).remove(&connection);
+                }
                 Input::Unsubscribe(connection, reply) => {
                     self.subscribers.remove(&connection);
                     if let Some((outbox, message)) = reply {

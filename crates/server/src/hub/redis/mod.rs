@@ -46,6 +46,10 @@ struct Handle {
     id: u64,
     inbox: mpsc::UnboundedSender<Input>,
     members: HashSet<u64>,
+    /// Connections whose subscription start the actor has not answered yet: each may
+    /// have one at a time, so a client cannot queue Redis work (a snapshot read each)
+    /// faster than it is done.
+    starting: Arc<Mutex<HashSet<u64>>>,
 }
 
 #[derive(Debug)]
@@ -264,9 +268,16 @@ impl Engine for RedisEngine {
             let (inbox, input) = mpsc::unbounded_channel();
             let (done, ready) = oneshot::channel();
             let _ = inner.pubsub.send(PubSubCommand::Subscribe { channel: request.channel.clone(), actor: id, inbox: inbox.clone(), done });
-            tokio::spawn(Actor::new(inner.clone(), &request.channel).run(input, ready));
-            Handle { id, inbox, members: HashSet::new() }
+            let starting = Arc::new(Mutex::new(HashSet::new()));
+            tokio::spawn(Actor::new(inner.clone(), &request.channel, starting.clone()).run(input, ready));
+            Handle { id, inbox, members: HashSet::new(), starting }
         });
+        if !lock(&handle.starting).insert(request.connection) {
+            return Err(PublishError::new(
+                ErrorCode::RateLimitExceeded,
+                format!("a subscription to {} is starting already on this connection; wait for its answer", request.channel),
+            ));
+        }
         if handle.members.insert(request.connection) {
             inner.shared.metrics.subscriptions.inc();
         }
