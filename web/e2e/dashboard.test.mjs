@@ -52,6 +52,13 @@ function startDemo(port) {
 }
 
 const count = (page, id) => page.locator(`[data-testid="${id}"]`).getAttribute("data-count").then(Number);
+// Waits (at most 15 s) until the routing panel has counted more than `floor` messages.
+const routingCountAbove = (page, floor) =>
+  page.waitForFunction(
+    (floor) => Number(document.querySelector('[data-testid="routing"]')?.getAttribute("data-count") ?? 0) > floor,
+    floor,
+    { timeout: 15_000 },
+  );
 const text = (page, id) => page.locator(`[data-testid="${id}"]`).innerText();
 
 test("the dashboard fills, counts, and survives a server restart", { timeout: 120_000 }, async () => {
@@ -79,9 +86,7 @@ test("the dashboard fills, counts, and survives a server restart", { timeout: 12
 
     // Counters rise.
     const before = await count(page, "routing");
-    await page.waitForTimeout(1500);
-    const after = await count(page, "routing");
-    assert.ok(after > before + 100, `routing count rose from ${before} to ${after}`);
+    await routingCountAbove(page, before + 100);
     const rate = Number((await text(page, "msgs")).replace(/,/g, ""));
     assert.ok(rate > 100, `status bar shows ${rate} msg/s`);
     const batch = Number(await text(page, "batch"));
@@ -95,8 +100,7 @@ test("the dashboard fills, counts, and survives a server restart", { timeout: 12
     await waitForHealth(port);
     await page.waitForFunction(() => document.querySelector('[data-testid="connection"]')?.textContent === "connected", null, { timeout: 30_000 });
     const resumed = await count(page, "routing");
-    await page.waitForTimeout(1500);
-    assert.ok((await count(page, "routing")) > resumed + 100, "data flows again after the restart");
+    await routingCountAbove(page, resumed + 100); // data flows again after the restart
     assert.equal(await page.locator('[data-testid="lp-rows"] tr').count(), 6);
 
     mkdirSync(dirname(screenshot), { recursive: true });

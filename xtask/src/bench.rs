@@ -8,7 +8,11 @@ use crate::step;
 pub fn run(args: &[String]) -> Result<(), String> {
     let root = crate::root();
     step("release builds of tidewire and tidewire-bench");
-    process::run(&root, &cargo(), &["build", "--release", "--locked", "-p", "tidewire-server", "-p", "tidewire-bench", "--bins"])?;
+    process::run(
+        &root,
+        &cargo(),
+        &["build", "--release", "--locked", "-p", "tidewire-server", "-p", "tidewire-bench", "--bins"],
+    )?;
     let bench = root.join("target/release/tidewire-bench");
     let mut arguments: Vec<&str> = args.iter().map(String::as_str).collect();
     if arguments.is_empty() {

@@ -29,14 +29,18 @@ pub fn test() -> Result<(), String> {
         &[("CC_x86_64_unknown_linux_musl", "musl-gcc")],
     )?;
     let binary = root.join("target").join(TARGET).join("release").join("tidewire");
-    let linkage = Command::new("ldd").arg(&binary).output().map(|o| String::from_utf8_lossy(&[o.stdout, o.stderr].concat()).into_owned());
+    let linkage = Command::new("ldd")
+        .arg(&binary)
+        .output()
+        .map(|o| String::from_utf8_lossy(&[o.stdout, o.stderr].concat()).into_owned());
     let linkage = linkage.unwrap_or_default();
     if !(linkage.contains("statically linked") || linkage.contains("not a dynamic executable")) {
         return Err(format!("{} is not static: {linkage}", binary.display()));
     }
     println!("    {} is statically linked", binary.display());
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+    let port =
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
     let listen = format!("127.0.0.1:{port}");
     let mut child = Command::new(&binary)
         .env_clear()
@@ -58,7 +62,8 @@ pub fn test() -> Result<(), String> {
     if !status.success() {
         return Err(format!("tidewire exited with {status} after SIGTERM"));
     }
-    let lines: Vec<String> = stdout.map(|s| BufReader::new(s).lines().map_while(Result::ok).collect()).unwrap_or_default();
+    let lines: Vec<String> =
+        stdout.map(|s| BufReader::new(s).lines().map_while(Result::ok).collect()).unwrap_or_default();
     if lines.is_empty() || lines.iter().any(|l| serde_json::from_str::<serde_json::Value>(l).is_err()) {
         return Err(format!("stdout is not JSON log lines: {lines:?}"));
     }
@@ -88,7 +93,10 @@ fn probe(binary: &std::path::Path, listen: &str, child: &mut std::process::Child
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let dead = Command::new(binary).args(["healthcheck", "--url", "http://127.0.0.1:9/health"]).output().map_err(|e| e.to_string())?;
+    let dead = Command::new(binary)
+        .args(["healthcheck", "--url", "http://127.0.0.1:9/health"])
+        .output()
+        .map_err(|e| e.to_string())?;
     if dead.status.success() {
         return Err("healthcheck passed against a closed port".to_owned());
     }

@@ -21,7 +21,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let (targets, seconds): (Vec<&str>, u32) = match args {
         [] => (TARGETS.to_vec(), 60),
         [target] => (vec![target.as_str()], 60),
-        [target, seconds] => (vec![target.as_str()], seconds.parse().map_err(|_| "SECONDS must be a number".to_owned())?),
+        [target, seconds] => {
+            (vec![target.as_str()], seconds.parse().map_err(|_| "SECONDS must be a number".to_owned())?)
+        }
         _ => return Err("usage: cargo xtask fuzz [TARGET] [SECONDS]".to_owned()),
     };
     for target in &targets {
@@ -59,7 +61,9 @@ pub fn run_targets(targets: &[&str], seconds: u32) -> Result<(), String> {
             ],
             &[("RUSTUP_TOOLCHAIN", "nightly")],
         )
-        .map_err(|e| format!("{e}\nfuzz target {target} failed: the crashing input is in crates/fuzz/artifacts/{target}/"))?;
+        .map_err(|e| {
+            format!("{e}\nfuzz target {target} failed: the crashing input is in crates/fuzz/artifacts/{target}/")
+        })?;
     }
     Ok(())
 }
@@ -78,7 +82,11 @@ fn ensure_cargo_fuzz() -> Result<PathBuf, String> {
     if !bin.exists() {
         println!("    building cargo-fuzz into target/tools (once)");
         let root = crate::tools::tools_dir();
-        process::run(&crate::root(), &cargo(), &["install", "cargo-fuzz", "--root", root.to_str().unwrap_or("target/tools")])?;
+        process::run(
+            &crate::root(),
+            &cargo(),
+            &["install", "cargo-fuzz", "--root", root.to_str().unwrap_or("target/tools")],
+        )?;
     }
     Ok(bin)
 }

@@ -29,9 +29,5 @@ pub fn run_with_env(dir: &Path, program: &str, args: &[&str], env: &[(&str, &str
         .current_dir(dir)
         .status()
         .map_err(|e| format!("could not start `{program}`: {e} (is it installed and on PATH?)"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("`{program} {}` failed ({status})", args.join(" ")))
-    }
+    if status.success() { Ok(()) } else { Err(format!("`{program} {}` failed ({status})", args.join(" "))) }
 }

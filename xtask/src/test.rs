@@ -1,6 +1,8 @@
 //! `cargo xtask test`: the whole suite, exactly what CI runs.
 //!
-//! Steps, in order: the generated TypeScript is current; every Rust test passes; the
+//! Steps, in order: the generated TypeScript is current; the code is rustfmt-formatted
+//! and clippy finds nothing (`-D warnings`, native and wasm, with the workspace's lints);
+//! every Rust test passes (the tidy tests among them); the
 //! protocol crate builds for `wasm32-unknown-unknown`; the client's npm package and the
 //! dashboard build; the TypeScript (bindings, package API, dashboard) compiles under
 //! `tsc --strict`; the browser client's tests run in headless Chromium against a real
@@ -8,7 +10,7 @@
 //! `tidewire demo`; the container's static binary passes its healthcheck; a short soak
 //! loses nothing; and every fuzz target runs for a bounded time without a crash.
 
-use crate::process::{self, cargo, output};
+use crate::process::{self, cargo};
 use crate::step;
 
 fn run_suite() -> Result<(), String> {
@@ -16,13 +18,18 @@ fn run_suite() -> Result<(), String> {
     let cargo = cargo();
 
     crate::ts::run(&["--check".to_owned()])?;
+    lint()?;
 
     step("Rust tests (cargo test --workspace)");
     process::run(&root, &cargo, &["test", "--workspace", "--locked"])?;
 
     step("the protocol crate builds for wasm32-unknown-unknown");
-    ensure_wasm_target()?;
-    process::run(&root, &cargo, &["build", "--locked", "-p", "tidewire-protocol", "--target", "wasm32-unknown-unknown"])?;
+    crate::tools::ensure_wasm_target()?;
+    process::run(
+        &root,
+        &cargo,
+        &["build", "--locked", "-p", "tidewire-protocol", "--target", "wasm32-unknown-unknown"],
+    )?;
 
     // The client package and the dashboard: the type check, the browser tests and the
     // end-to-end test all use them.
@@ -47,6 +54,35 @@ pub fn run(args: &[String]) -> Result<(), String> {
         return Err("usage: cargo xtask test".to_owned());
     }
     run_suite()
+}
+
+/// Formatting and clippy, as errors: the rules ARCHITECTURE.md states that a compiler
+/// can check (`[workspace.lints]` in Cargo.toml) hold on every commit.
+fn lint() -> Result<(), String> {
+    let root = crate::root();
+    let cargo = cargo();
+    step("formatting (cargo fmt --check, workspace and fuzz targets)");
+    process::run(&root, &cargo, &["fmt", "--all", "--check"])?;
+    process::run(&root.join("crates/fuzz"), &cargo, &["fmt", "--check"])?;
+    step("clippy -D warnings (native: every target; wasm: the client)");
+    process::run(&root, &cargo, &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
+    crate::tools::ensure_wasm_target()?;
+    process::run(
+        &root,
+        &cargo,
+        &[
+            "clippy",
+            "--locked",
+            "-p",
+            "tidewire-client",
+            "--target",
+            "wasm32-unknown-unknown",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )
 }
 
 /// The wasm client in headless Chromium (wasm-bindgen-test), against a live node.
@@ -83,7 +119,10 @@ fn dashboard_test() -> Result<(), String> {
         &root.join("web"),
         "node",
         &["--test", "e2e/"],
-        &[("TIDEWIRE_BIN", binary.to_str().unwrap_or_default()), ("TIDEWIRE_E2E_SCREENSHOT", screenshot.to_str().unwrap_or_default())],
+        &[
+            ("TIDEWIRE_BIN", binary.to_str().unwrap_or_default()),
+            ("TIDEWIRE_E2E_SCREENSHOT", screenshot.to_str().unwrap_or_default()),
+        ],
     )?;
     println!("    screenshot: {}", screenshot.display());
     Ok(())
@@ -94,37 +133,28 @@ fn dashboard_test() -> Result<(), String> {
 fn soak() -> Result<(), String> {
     let root = crate::root();
     step("short soak: churn and publishes for 20 s, healthy subscribers lose nothing");
-    process::run(&root, &cargo(), &["build", "--locked", "-p", "tidewire-bench", "-p", "tidewire-server", "--bin", "tidewire", "--bin", "tidewire-bench"])?;
+    process::run(
+        &root,
+        &cargo(),
+        &[
+            "build",
+            "--locked",
+            "-p",
+            "tidewire-bench",
+            "-p",
+            "tidewire-server",
+            "--bin",
+            "tidewire",
+            "--bin",
+            "tidewire-bench",
+        ],
+    )?;
     let bench = root.join("target/debug/tidewire-bench");
     // Twenty seconds are too short for a meaningful memory trend; the bound only
     // catches a gross leak.
-    process::run(&root, bench.to_str().unwrap_or_default(), &["soak", "--duration", "20s", "--max-trend-kib-per-min", "8192"])
-}
-
-/// Adds the wasm target through rustup when it is missing.
-pub fn ensure_wasm_target() -> Result<(), String> {
-    let installed = output("rustup", &["target", "list", "--installed"]).unwrap_or_default();
-    if installed.lines().any(|line| line.trim() == "wasm32-unknown-unknown") {
-        return Ok(());
-    }
-    println!("    installing the wasm32-unknown-unknown target");
-    process::run(&crate::root(), "rustup", &["target", "add", "wasm32-unknown-unknown"])
-}
-
-/// Installs `web/`'s npm packages from the lockfile when they are missing or stale.
-pub fn ensure_npm_packages(web: &std::path::Path) -> Result<(), String> {
-    let lock = web.join("package-lock.json");
-    let stamp = web.join("node_modules").join(".package-lock.json");
-    let fresh = match (std::fs::metadata(&lock), std::fs::metadata(&stamp)) {
-        (Ok(lock), Ok(stamp)) => match (lock.modified(), stamp.modified()) {
-            (Ok(lock), Ok(stamp)) => stamp >= lock,
-            _ => false,
-        },
-        _ => false,
-    };
-    if fresh {
-        return Ok(());
-    }
-    println!("    installing npm packages for web/ (npm ci)");
-    process::run(web, "npm", &["ci", "--no-audit", "--no-fund"])
+    process::run(
+        &root,
+        bench.to_str().unwrap_or_default(),
+        &["soak", "--duration", "20s", "--max-trend-kib-per-min", "8192"],
+    )
 }

@@ -11,13 +11,14 @@ use crate::process::{self, cargo, output};
 
 /// The `wasm-bindgen` version pinned in `Cargo.lock`.
 pub fn wasm_bindgen_version() -> Result<String, String> {
-    let lock = std::fs::read_to_string(crate::root().join("Cargo.lock")).map_err(|e| format!("cannot read Cargo.lock: {e}"))?;
+    let lock = std::fs::read_to_string(crate::root().join("Cargo.lock"))
+        .map_err(|e| format!("cannot read Cargo.lock: {e}"))?;
     let mut lines = lock.lines();
     while let Some(line) = lines.next() {
-        if line.trim() == "name = \"wasm-bindgen\"" {
-            if let Some(version) = lines.next().and_then(|l| l.trim().strip_prefix("version = \"")) {
-                return Ok(version.trim_end_matches('"').to_owned());
-            }
+        if line.trim() == "name = \"wasm-bindgen\""
+            && let Some(version) = lines.next().and_then(|l| l.trim().strip_prefix("version = \""))
+        {
+            return Ok(version.trim_end_matches('"').to_owned());
         }
     }
     Err("wasm-bindgen is not in Cargo.lock".to_owned())
@@ -41,7 +42,15 @@ pub fn wasm_bindgen() -> Result<(PathBuf, PathBuf), String> {
         process::run(
             &crate::root(),
             &cargo(),
-            &["install", "wasm-bindgen-cli", "--version", &version, "--root", root.to_str().unwrap_or("target/tools"), "--force"],
+            &[
+                "install",
+                "wasm-bindgen-cli",
+                "--version",
+                &version,
+                "--root",
+                root.to_str().unwrap_or("target/tools"),
+                "--force",
+            ],
         )?;
     }
     Ok((cli, runner))
@@ -74,4 +83,32 @@ pub fn chromium() -> Result<(PathBuf, PathBuf), String> {
     } else {
         Err("apt-get ran, but /usr/bin/chromium or /usr/bin/chromedriver is still missing".to_owned())
     }
+}
+
+/// Adds the wasm target through rustup when it is missing.
+pub fn ensure_wasm_target() -> Result<(), String> {
+    let installed = crate::process::output("rustup", &["target", "list", "--installed"]).unwrap_or_default();
+    if installed.lines().any(|line| line.trim() == "wasm32-unknown-unknown") {
+        return Ok(());
+    }
+    println!("    installing the wasm32-unknown-unknown target");
+    crate::process::run(&crate::root(), "rustup", &["target", "add", "wasm32-unknown-unknown"])
+}
+
+/// Installs `web/`'s npm packages from the lockfile when they are missing or stale.
+pub fn ensure_npm_packages(web: &std::path::Path) -> Result<(), String> {
+    let lock = web.join("package-lock.json");
+    let stamp = web.join("node_modules").join(".package-lock.json");
+    let fresh = match (std::fs::metadata(&lock), std::fs::metadata(&stamp)) {
+        (Ok(lock), Ok(stamp)) => match (lock.modified(), stamp.modified()) {
+            (Ok(lock), Ok(stamp)) => stamp >= lock,
+            _ => false,
+        },
+        _ => false,
+    };
+    if fresh {
+        return Ok(());
+    }
+    println!("    installing npm packages for web/ (npm ci)");
+    crate::process::run(web, "npm", &["ci", "--no-audit", "--no-fund"])
 }

@@ -14,6 +14,10 @@ use crate::step;
 
 pub const PACKAGE: &str = "tidewire-client";
 
+/// The most the package (wasm + JS, each gzipped) may weigh; the build fails above it.
+/// Lower it when the package shrinks, so a regression cannot hide under old slack.
+pub const PACKAGE_BUDGET_BYTES: u64 = 110 * 1024;
+
 /// Where the package is written.
 pub fn package_dir() -> PathBuf {
     crate::root().join("target").join("npm").join(PACKAGE)
@@ -29,12 +33,22 @@ pub fn run(args: &[String]) -> Result<(), String> {
 /// Builds the package; returns its directory.
 pub fn build_package() -> Result<PathBuf, String> {
     let root = crate::root();
-    crate::test::ensure_wasm_target()?;
+    crate::tools::ensure_wasm_target()?;
     step("building tidewire-client for wasm32 (profile wasm-release)");
     process::run(
         &root,
         &cargo(),
-        &["build", "--locked", "-p", "tidewire-client", "--lib", "--target", "wasm32-unknown-unknown", "--profile", "wasm-release"],
+        &[
+            "build",
+            "--locked",
+            "-p",
+            "tidewire-client",
+            "--lib",
+            "--target",
+            "wasm32-unknown-unknown",
+            "--profile",
+            "wasm-release",
+        ],
     )?;
     let wasm = root.join("target/wasm32-unknown-unknown/wasm-release/tidewire_client.wasm");
     let (bindgen, _) = crate::tools::wasm_bindgen()?;
@@ -49,20 +63,41 @@ pub fn build_package() -> Result<PathBuf, String> {
         process::run(
             &root,
             &bindgen,
-            &["--target", target, "--typescript", "--remove-name-section", "--remove-producers-section", "--out-name", "tidewire_client", "--out-dir", dir.to_str().unwrap_or_default(), wasm_path],
+            &[
+                "--target",
+                target,
+                "--typescript",
+                "--remove-name-section",
+                "--remove-producers-section",
+                "--out-name",
+                "tidewire_client",
+                "--out-dir",
+                dir.to_str().unwrap_or_default(),
+                wasm_path,
+            ],
         )?;
         copy_types(&root.join("ts-bindings"), &dir.join("types"))?;
     }
     fs::write(out.join("package.json"), package_json()?).map_err(|e| format!("cannot write package.json: {e}"))?;
     let wasm_size = gzipped(&out.join("tidewire_client_bg.wasm"))?;
     let js_size = gzipped(&out.join("tidewire_client.js"))?;
+    let kib = |bytes: u64| bytes as f64 / 1024.0;
+    let total = wasm_size + js_size;
     println!(
-        "    package: {}\n    gzipped: {:.1} KiB wasm + {:.1} KiB js = {:.1} KiB",
+        "    package: {}\n    gzipped: {:.1} KiB wasm + {:.1} KiB js = {:.1} KiB (budget {:.1} KiB)",
         out.display(),
-        wasm_size as f64 / 1024.0,
-        js_size as f64 / 1024.0,
-        (wasm_size + js_size) as f64 / 1024.0
+        kib(wasm_size),
+        kib(js_size),
+        kib(total),
+        kib(PACKAGE_BUDGET_BYTES)
     );
+    if total > PACKAGE_BUDGET_BYTES {
+        return Err(format!(
+            "the client package weighs {:.1} KiB gzipped, over its budget of {:.1} KiB (xtask/src/wasm.rs)",
+            kib(total),
+            kib(PACKAGE_BUDGET_BYTES)
+        ));
+    }
     Ok(out)
 }
 
@@ -89,7 +124,8 @@ fn package_json() -> Result<String, String> {
     let package = serde_json::json!({
         "name": PACKAGE,
         "version": version,
-        "description": "tidewire browser client: typed, batched, authenticated real-time channels over WebSocket (wasm)",
+        "description": "tidewire browser client: typed, batched, authenticated real-time channels \
+                        over WebSocket (wasm)",
         "license": "MIT OR Apache-2.0",
         "type": "module",
         "main": "./tidewire_client.js",

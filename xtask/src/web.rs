@@ -10,7 +10,7 @@ use crate::step;
 pub fn build() -> Result<PathBuf, String> {
     crate::wasm::build_package()?;
     let web = crate::root().join("web");
-    crate::test::ensure_npm_packages(&web)?;
+    crate::tools::ensure_npm_packages(&web)?;
     step("bundling the dashboard (esbuild) into web/dist");
     process::run(&web, "node", &["build.mjs"])?;
     Ok(web.join("dist"))
@@ -27,10 +27,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
 pub fn demo(args: &[String]) -> Result<(), String> {
     let dist = build()?;
     step("running tidewire demo (Ctrl-C to stop)");
-    let mut command: Vec<String> = ["run", "--release", "--locked", "-p", "tidewire-server", "--bin", "tidewire", "--", "demo", "--web-dir"]
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
+    let mut command: Vec<String> =
+        ["run", "--release", "--locked", "-p", "tidewire-server", "--bin", "tidewire", "--", "demo", "--web-dir"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
     command.push(dist.to_string_lossy().into_owned());
     command.extend(args.iter().cloned());
     let command: Vec<&str> = command.iter().map(String::as_str).collect();

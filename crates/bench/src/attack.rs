@@ -28,12 +28,12 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 
-use crate::load::{connect, progress, publish, read, token, Seen};
-use crate::process::{server_bin, Node};
 use crate::AttackArgs;
+use crate::load::{Seen, connect, progress, publish, read, token};
+use crate::process::{Node, server_bin};
 
 /// What the attacks met, by attack and outcome.
 #[derive(Default)]
@@ -196,8 +196,15 @@ async fn redis_key_count(url: &str, prefix: &str) -> Result<u64, String> {
     let mut cursor = 0u64;
     let mut count = 0u64;
     loop {
-        let (next, keys): (u64, Vec<String>) =
-            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(format!("{prefix}:*")).arg("COUNT").arg(1000).query_async(&mut conn).await.map_err(|e| e.to_string())?;
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
         count += keys.len() as u64;
         if next == 0 {
             return Ok(count);
@@ -241,8 +248,12 @@ async fn phase(node: &Node, args: &AttackArgs, outcomes: Option<&Arc<Outcomes>>)
     let published = publisher.await.map_err(|e| e.to_string())??;
     let server_cpu_seconds = node.cpu_seconds() - cpu_before;
     if let (Some(worker), Some(outcomes)) = (worker, outcomes) {
-        let output = tokio::task::spawn_blocking(move || worker.wait_with_output()).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-        let rows: Vec<(String, String, u64)> = serde_json::from_slice(&output.stdout).map_err(|e| format!("the attack worker's report: {e}"))?;
+        let output = tokio::task::spawn_blocking(move || worker.wait_with_output())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let rows: Vec<(String, String, u64)> =
+            serde_json::from_slice(&output.stdout).map_err(|e| format!("the attack worker's report: {e}"))?;
         let mut map = outcomes.0.lock().unwrap_or_else(|p| p.into_inner());
         for (attack, outcome, count) in rows {
             let attack: &'static str = ATTACKS.iter().find(|name| **name == attack).copied().unwrap_or("other");
@@ -257,7 +268,11 @@ async fn phase(node: &Node, args: &AttackArgs, outcomes: Option<&Arc<Outcomes>>)
     let histogram = seen.histogram.ok_or("cannot make a latency histogram")?;
     Ok(Healthy {
         published,
-        loss_percent: if expected == 0 { 0.0 } else { expected.saturating_sub(seen.delivered) as f64 * 100.0 / expected as f64 },
+        loss_percent: if expected == 0 {
+            0.0
+        } else {
+            expected.saturating_sub(seen.delivered) as f64 * 100.0 / expected as f64
+        },
         p99_ms: histogram.value_at_quantile(0.99) as f64 / 1000.0,
         max_ms: histogram.max() as f64 / 1000.0,
         server_cpu_seconds,
@@ -329,12 +344,24 @@ fn start_attacks(tasks: &mut Vec<tokio::task::JoinHandle<()>>, outcomes: &Arc<Ou
     // The keyed snapshot asked for again and again: 4002.
     spawn_workers(tasks, outcomes, "snapshot resubscribe", 4, 8, deadline, move |n, round| async move {
         match ws_from(n, port, &format!("snap-{n}-{round}"), "").await {
-            Ok(mut ws) => command_flood(&mut ws, r#"{"action":"subscribe","channels":["book"]}"#, Duration::from_millis(2), true, deadline).await,
+            Ok(mut ws) => {
+                command_flood(
+                    &mut ws,
+                    r#"{"action":"subscribe","channels":["book"]}"#,
+                    Duration::from_millis(2),
+                    true,
+                    deadline,
+                )
+                .await
+            }
             Err(e) => format!("refused: {}", short(&e)),
         }
     });
     // Frames the rate limiter must count: 1008.
-    for (name, frame, first) in [("binary flood", Message::Binary(vec![0u8; 64].into()), 12), ("ping flood", Message::Ping(vec![1u8].into()), 14)] {
+    for (name, frame, first) in [
+        ("binary flood", Message::Binary(vec![0u8; 64].into()), 12),
+        ("ping flood", Message::Ping(vec![1u8].into()), 14),
+    ] {
         spawn_workers(tasks, outcomes, name, 2, first, deadline, move |n, round| {
             let frame = frame.clone();
             async move {
@@ -350,7 +377,9 @@ fn start_attacks(tasks: &mut Vec<tokio::task::JoinHandle<()>>, outcomes: &Arc<Ou
     spawn_workers(tasks, outcomes, "?channels= of 300", 2, 16, deadline, move |n, round| {
         let query = format!("&channels={many}");
         async move {
-            let Ok(mut ws) = ws_from(n, port, &format!("query-{n}-{round}"), &query).await else { return "refused".to_owned() };
+            let Ok(mut ws) = ws_from(n, port, &format!("query-{n}-{round}"), &query).await else {
+                return "refused".to_owned();
+            };
             let mut errors = 0;
             let until = Instant::now() + Duration::from_millis(300);
             while let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout_at(until.into(), ws.next()).await {
@@ -376,7 +405,9 @@ fn start_attacks(tasks: &mut Vec<tokio::task::JoinHandle<()>>, outcomes: &Arc<Ou
     });
     // Close codes of the client's choosing: counted as `other`.
     spawn_workers(tasks, outcomes, "random close codes", 1, 22, deadline, move |n, round| async move {
-        let Ok(mut ws) = ws_from(n, port, &format!("closer-{n}-{round}"), "").await else { return "refused".to_owned() };
+        let Ok(mut ws) = ws_from(n, port, &format!("closer-{n}-{round}"), "").await else {
+            return "refused".to_owned();
+        };
         let code = 3000 + fastrand::u16(..2000);
         let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame { code: code.into(), reason: "".into() };
         let _ = ws.close(Some(frame)).await;
@@ -384,7 +415,8 @@ fn start_attacks(tasks: &mut Vec<tokio::task::JoinHandle<()>>, outcomes: &Arc<Ou
     });
     // Unauthenticated publishes that announce 2 MB and send none of it, from 8 addresses.
     spawn_workers(tasks, outcomes, "unauthenticated 2 MB publish", 64, 30, deadline, move |n, _| async move {
-        let head = "POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\n\r\n";
+        let head = "POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                    Content-Type: application/json\r\nContent-Length: 2000000\r\n\r\n";
         http_outcome(n % 8 + 30, port, head, b"", deadline).await
     });
     // Authenticated publishes whose bodies dribble in: 503 (body memory) or 408 (timeout).
@@ -393,7 +425,8 @@ fn start_attacks(tasks: &mut Vec<tokio::task::JoinHandle<()>>, outcomes: &Arc<Ou
         let publisher = publisher.clone();
         async move {
             let head = format!(
-                "POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {publisher}\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
+                "POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {publisher}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
             );
             http_outcome(n % 4 + 40, port, &head, b"[", deadline).await
         }
@@ -443,12 +476,16 @@ async fn fill_book(port: u16) -> Result<(), String> {
     let tok = token("book-publisher", true);
     for chunk in 0..10 {
         let items: Vec<serde_json::Value> = (0..100)
-            .map(|i| serde_json::json!({"channel":"book","type":"row","key":format!("k{}", chunk * 100 + i),"data":{"pad":"x".repeat(400)}}))
+            .map(|i| {
+                let key = format!("k{}", chunk * 100 + i);
+                serde_json::json!({"channel":"book","type":"row","key":key,"data":{"pad":"x".repeat(400)}})
+            })
             .collect();
         let body = serde_json::Value::Array(items).to_string();
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
         let request = format!(
-            "POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {tok}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {tok}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
         stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
@@ -464,7 +501,9 @@ async fn fill_book(port: u16) -> Result<(), String> {
 pub async fn attack(args: &AttackArgs) -> Result<AttackReport, String> {
     let bin = server_bin(args.server_bin.as_ref())?;
     let prefix = format!("tw-attack-{:08x}", fastrand::u32(..));
-    let node = Node::start_with_defaults(&bin, &args.server_args, args.redis_url.as_deref().map(|u| (u, prefix.as_str()))).await?;
+    let node =
+        Node::start_with_defaults(&bin, &args.server_args, args.redis_url.as_deref().map(|u| (u, prefix.as_str())))
+            .await?;
     fill_book(node.port).await?;
     let quiet = phase(&node, args, None).await?;
     let peak_quiet = node.rss_kib().1;
@@ -482,7 +521,7 @@ pub async fn attack(args: &AttackArgs) -> Result<AttackReport, String> {
         Some(url) => Some(redis_key_count(url, &prefix).await?),
         None => None,
     };
-    let metrics = crate::load::http_get(node.port, "/metrics").await.map_err(|e| e.to_string())?;
+    let metrics = crate::process::http_get(node.port, "/metrics").await.map_err(|e| e.to_string())?;
     let series = metrics.lines().filter(|l| l.starts_with("tidewire_disconnects_total{")).count();
     Ok(AttackReport {
         seconds_per_phase: args.duration.as_secs_f64(),
@@ -516,7 +555,10 @@ pub fn print(report: &AttackReport) {
     println!("healthy subscribers:");
     row("quiet", &report.quiet);
     row("attacked", &report.attacked);
-    println!("server peak RSS: {:.1} MiB quiet, {:.1} MiB through the attacks", report.peak_rss_mib_quiet, report.peak_rss_mib);
+    println!(
+        "server peak RSS: {:.1} MiB quiet, {:.1} MiB through the attacks",
+        report.peak_rss_mib_quiet, report.peak_rss_mib
+    );
     if let (Some(before), Some(after)) = (report.redis_keys_before, report.redis_keys_after) {
         println!("Redis keys under the node's prefix: {before} before, {after} after");
     }

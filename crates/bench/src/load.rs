@@ -1,15 +1,15 @@
 //! The runs: subscribers, a publisher, and the arithmetic that turns them into figures.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tidewire_protocol::Timestamp;
-use tidewire_server::auth::{mint_hs256, unix_now, Claims};
+use tidewire_server::auth::{Claims, mint_hs256, unix_now};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -74,15 +74,6 @@ pub(crate) fn token(sub: &str, publish: bool) -> String {
     mint_hs256(SECRET, &claims).unwrap_or_default()
 }
 
-/// A minimal HTTP/1.1 GET on a fresh connection.
-pub async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    Ok(response)
-}
-
 /// What one subscriber saw.
 #[derive(Default)]
 pub(crate) struct Seen {
@@ -143,7 +134,12 @@ fn next_source_address() -> std::net::SocketAddr {
 }
 
 /// Connects one subscriber to `channel` and waits for `subscribed`.
-pub(crate) async fn connect(port: u16, token: &str, channel: &str, small_buffer: bool) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, String> {
+pub(crate) async fn connect(
+    port: u16,
+    token: &str,
+    channel: &str,
+    small_buffer: bool,
+) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, String> {
     let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
     if small_buffer {
         let _ = socket.set_recv_buffer_size(4096);
@@ -152,10 +148,13 @@ pub(crate) async fn connect(port: u16, token: &str, channel: &str, small_buffer:
     let stream = socket.connect(([127, 0, 0, 1], port).into()).await.map_err(|e| e.to_string())?;
     let url = format!("ws://127.0.0.1:{port}/ws?token={token}&channels={channel}");
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(READ_BUFFER);
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await.map_err(|e| e.to_string())?;
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await.map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let message = tokio::time::timeout_at(deadline.into(), ws.next()).await.map_err(|_| "no subscribed in time".to_owned())?;
+        let message = tokio::time::timeout_at(deadline.into(), ws.next())
+            .await
+            .map_err(|_| "no subscribed in time".to_owned())?;
         match message {
             Some(Ok(Message::Text(text))) if text.as_str().contains("\"type\":\"subscribed\"") => return Ok(ws),
             Some(Ok(_)) => continue,
@@ -165,7 +164,10 @@ pub(crate) async fn connect(port: u16, token: &str, channel: &str, small_buffer:
 }
 
 /// Reads until `stop`, counting seqs and gap notices and sampling latency.
-pub(crate) async fn read(mut ws: tokio_tungstenite::WebSocketStream<TcpStream>, mut stop: watch::Receiver<bool>) -> Seen {
+pub(crate) async fn read(
+    mut ws: tokio_tungstenite::WebSocketStream<TcpStream>,
+    mut stop: watch::Receiver<bool>,
+) -> Seen {
     let mut seen = Seen::sampling();
     loop {
         let message = tokio::select! {
@@ -200,7 +202,13 @@ pub(crate) async fn read(mut ws: tokio_tungstenite::WebSocketStream<TcpStream>, 
 
 /// Publishes `rate` per second to `channel` for `duration` through one keep-alive HTTP
 /// connection, in batches every 10 ms; returns how many were accepted.
-pub(crate) async fn publish(port: u16, channel: &str, rate: u32, duration: Duration, progress: Arc<AtomicU64>) -> Result<u64, String> {
+pub(crate) async fn publish(
+    port: u16,
+    channel: &str,
+    rate: u32,
+    duration: Duration,
+    progress: Arc<AtomicU64>,
+) -> Result<u64, String> {
     let token = token("bench-publisher", true);
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
@@ -227,15 +235,22 @@ pub(crate) async fn publish(port: u16, channel: &str, rate: u32, duration: Durat
             }
             let n = sent + i;
             body.push_str(&format!(
-                r#"{{"channel":"{channel}","type":"routing-decision","data":{{"symbol":"EURUSD","side":"{}","volume":{},"routingDecision":"ABOOK","lpSelected":"OANDA","executionTimeMs":{},"spread":0.00015,"slippage":0.00002}}}}"#,
+                concat!(
+                    r#"{{"channel":"{channel}","type":"routing-decision","data":{{"symbol":"EURUSD","side":"{}","#,
+                    r#""volume":{},"routingDecision":"ABOOK","lpSelected":"OANDA","executionTimeMs":{},"#,
+                    r#""spread":0.00015,"slippage":0.00002}}}}"#,
+                ),
                 if n % 2 == 0 { "BUY" } else { "SELL" },
                 10_000 + n % 1000,
-                20 + n % 30
+                20 + n % 30,
+                // A format string from concat! cannot capture variables implicitly.
+                channel = channel,
             ));
         }
         body.push(']');
         let request = format!(
-            "POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
@@ -289,7 +304,10 @@ async fn connect_clients(
         async move { subscribe_client(&url, &tok, &channel).await }
     })
     .await?;
-    let readers = clients.into_iter().map(|(client, subscription)| tokio::spawn(read_client(client, subscription, stop.clone()))).collect();
+    let readers = clients
+        .into_iter()
+        .map(|(client, subscription)| tokio::spawn(read_client(client, subscription, stop.clone())))
+        .collect();
     Ok(readers)
 }
 
@@ -324,7 +342,9 @@ async fn read_client(client: Client, mut subscription: Subscription, mut stop: w
         match item {
             Some(ClientItem::Message(delivery)) => {
                 seen.delivered += 1;
-                if delivery.seq % SAMPLE_EVERY == 0 && !message_timestamp(&delivery.json).is_some_and(|ts| seen.record_latency(ts)) {
+                if delivery.seq % SAMPLE_EVERY == 0
+                    && !message_timestamp(&delivery.json).is_some_and(|ts| seen.record_latency(ts))
+                {
                     seen.unreadable += 1;
                 }
             }
@@ -345,7 +365,9 @@ async fn start_nodes(server: &ServerArgs) -> Result<Vec<Node>, String> {
     let prefix = format!("tw-bench-{:08x}", fastrand::u32(..));
     let mut nodes = Vec::new();
     for _ in 0..server.nodes.max(1) {
-        nodes.push(Node::start(&bin, &server.server_args, server.redis_url.as_deref().map(|u| (u, prefix.as_str()))).await?);
+        nodes.push(
+            Node::start(&bin, &server.server_args, server.redis_url.as_deref().map(|u| (u, prefix.as_str()))).await?,
+        );
     }
     Ok(nodes)
 }
@@ -462,8 +484,18 @@ pub async fn fanout(args: &FanoutArgs) -> Result<RunResult, String> {
         delivered_per_second: delivered as f64 / elapsed,
         loss_percent: if expected == 0 { 0.0 } else { missing as f64 * 100.0 / expected as f64 },
         // Through the client crate gaps are recovered, not announced to the bench.
-        gaps_account_for_percent: if args.via_client && missing > 0 { f64::NAN } else { accounted_for(missing, gapped) },
-        latency_ms: Latency { p50: ms(0.5), p90: ms(0.9), p99: ms(0.99), max: histogram.max() as f64 / 1000.0, samples: histogram.len() },
+        gaps_account_for_percent: if args.via_client && missing > 0 {
+            f64::NAN
+        } else {
+            accounted_for(missing, gapped)
+        },
+        latency_ms: Latency {
+            p50: ms(0.5),
+            p90: ms(0.9),
+            p99: ms(0.99),
+            max: histogram.max() as f64 / 1000.0,
+            samples: histogram.len(),
+        },
         server_cpu_seconds: cpu,
         server_cpu_per_million: if delivered == 0 { 0.0 } else { cpu * 1e6 / delivered as f64 },
         server_kernel_percent: if cpu > 0.0 { kernel * 100.0 / cpu } else { 0.0 },
@@ -522,7 +554,14 @@ pub async fn suite(args: &SuiteArgs) -> Result<Vec<RunResult>, String> {
         redis_url: redis,
         nodes,
     };
-    let run = |subscribers, rate, slow, server| FanoutArgs { subscribers, rate, duration: args.duration, slow, server, via_client: false };
+    let run = |subscribers, rate, slow, server| FanoutArgs {
+        subscribers,
+        rate,
+        duration: args.duration,
+        slow,
+        server,
+        via_client: false,
+    };
     let mut results = Vec::new();
     let plan = [
         run(1000, 1000, 0.0, server(&[], None, 1)),
@@ -577,12 +616,18 @@ pub async fn soak(args: &SoakArgs) -> Result<RunResult, String> {
                 if let Ok(mut ws) = connect(port, &tok, &channel, false).await {
                     use futures_util::SinkExt;
                     let other = format!("churn-{}", (round * 13) % 50);
-                    let _ = ws.send(Message::Text(format!(r#"{{"action":"subscribe","channels":["{other}","soak"]}}"#).into())).await;
+                    let _ = ws
+                        .send(Message::Text(
+                            format!(r#"{{"action":"subscribe","channels":["{other}","soak"]}}"#).into(),
+                        ))
+                        .await;
                     let _ = tokio::time::timeout(Duration::from_millis(50 + (round % 5) * 40), async {
                         while let Some(Ok(_)) = ws.next().await {}
                     })
                     .await;
-                    let _ = ws.send(Message::Text(format!(r#"{{"action":"unsubscribe","channels":["{other}"]}}"#).into())).await;
+                    let _ = ws
+                        .send(Message::Text(format!(r#"{{"action":"unsubscribe","channels":["{other}"]}}"#).into()))
+                        .await;
                     let _ = ws.close(None).await;
                     churned.fetch_add(1, Ordering::Relaxed);
                 }
@@ -632,12 +677,19 @@ pub async fn soak(args: &SoakArgs) -> Result<RunResult, String> {
         seconds: started.elapsed().as_secs_f64(),
         published,
         delivered_per_second: delivered as f64 / started.elapsed().as_secs_f64(),
-        loss_percent: if expected == 0 { 0.0 } else { expected.saturating_sub(delivered) as f64 * 100.0 / expected as f64 },
+        loss_percent: if expected == 0 {
+            0.0
+        } else {
+            expected.saturating_sub(delivered) as f64 * 100.0 / expected as f64
+        },
         gaps_account_for_percent: accounted_for(expected.saturating_sub(delivered), gapped),
         server_peak_rss_mib: max / 1024.0,
         churn_connections: churned.load(Ordering::Relaxed),
         rss_trend_kib_per_min: trend,
-        notes: with_unreadable(format!("RSS {:.1} → {:.1} MiB (max {:.1})", first / 1024.0, last / 1024.0, max / 1024.0), unreadable),
+        notes: with_unreadable(
+            format!("RSS {:.1} → {:.1} MiB (max {:.1})", first / 1024.0, last / 1024.0, max / 1024.0),
+            unreadable,
+        ),
         ..RunResult::default()
     })
 }
@@ -645,7 +697,13 @@ pub async fn soak(args: &SoakArgs) -> Result<RunResult, String> {
 /// Notes, plus a warning when subscribers got frames (or, through the client crate,
 /// messages) they could not read.
 fn with_unreadable(notes: String, unreadable: u64) -> String {
-    if unreadable == 0 { notes } else { format!("{notes} {unreadable} UNREADABLE (frames: counted as loss; messages via the client: not sampled)").trim_start().to_owned() }
+    if unreadable == 0 {
+        notes
+    } else {
+        format!("{notes} {unreadable} UNREADABLE (frames: counted as loss; messages via the client: not sampled)")
+            .trim_start()
+            .to_owned()
+    }
 }
 
 /// Share of the missing messages that gap notices announced (100 when none is missing).
@@ -661,6 +719,7 @@ fn slope(points: &[(f64, f64)]) -> f64 {
     }
     let (sx, sy) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
     let (mx, my) = (sx / n, sy / n);
-    let (num, den) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + (x - mx) * (y - my), b + (x - mx) * (x - mx)));
+    let (num, den) =
+        points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + (x - mx) * (y - my), b + (x - mx) * (x - mx)));
     if den == 0.0 { 0.0 } else { num / den }
 }

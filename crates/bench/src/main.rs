@@ -200,7 +200,9 @@ fn main() -> std::process::ExitCode {
                 } else {
                     attack::print(&report);
                 }
-                let failed = args.check_rss_mib.is_some_and(|max| report.peak_rss_mib > max || report.attacked.loss_percent > 0.0);
+                let failed = args
+                    .check_rss_mib
+                    .is_some_and(|max| report.peak_rss_mib > max || report.attacked.loss_percent > 0.0);
                 if failed {
                     eprintln!("tidewire-bench: the node failed the attack check");
                     std::process::ExitCode::FAILURE

@@ -15,18 +15,30 @@ pub struct Node {
 impl Node {
     /// A node with connection limits out of the way of the load.
     pub async fn start(bin: &PathBuf, extra: &[String], redis: Option<(&str, &str)>) -> Result<Node, String> {
-        let generous = ["--max-connections", "1000000", "--max-connections-per-user", "1000000", "--max-connections-per-ip", "1000000"];
+        let generous = [
+            "--max-connections",
+            "1000000",
+            "--max-connections-per-user",
+            "1000000",
+            "--max-connections-per-ip",
+            "1000000",
+        ];
         let generous = generous.iter().map(|a| (*a).to_owned());
         Node::spawn(bin, &generous.chain(extra.iter().cloned()).collect::<Vec<_>>(), redis).await
     }
 
     /// A node with every default limit (what the attack runs meet).
-    pub async fn start_with_defaults(bin: &PathBuf, extra: &[String], redis: Option<(&str, &str)>) -> Result<Node, String> {
+    pub async fn start_with_defaults(
+        bin: &PathBuf,
+        extra: &[String],
+        redis: Option<(&str, &str)>,
+    ) -> Result<Node, String> {
         Node::spawn(bin, extra, redis).await
     }
 
     async fn spawn(bin: &PathBuf, extra: &[String], redis: Option<(&str, &str)>) -> Result<Node, String> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
         let mut command = Command::new(bin);
         command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--jwt-secret", SECRET])
@@ -42,7 +54,7 @@ impl Node {
         let node = Node { child, port };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(response) = crate::load::http_get(port, "/ready").await {
+            if let Ok(response) = http_get(port, "/ready").await {
                 if response.starts_with("HTTP/1.1 200") {
                     return Ok(node);
                 }
@@ -131,4 +143,14 @@ pub fn server_bin(given: Option<&PathBuf>) -> Result<PathBuf, String> {
     } else {
         Err(format!("no tidewire binary at {} (build it, or pass --server-bin)", bin.display()))
     }
+}
+
+/// A minimal HTTP/1.1 GET on a fresh connection.
+pub async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
 }

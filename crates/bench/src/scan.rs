@@ -121,8 +121,14 @@ mod tests {
         };
         let messages = [
             EncodedMessage::encode(&publication(7)).unwrap(),
-            EncodedMessage::encode(&Control::Gap(GapNotice { timestamp, channel: "bench".into(), from: 8, to: 12, reason: GapReason::Overflow }))
-                .unwrap(),
+            EncodedMessage::encode(&Control::Gap(GapNotice {
+                timestamp,
+                channel: "bench".into(),
+                from: 8,
+                to: 12,
+                reason: GapReason::Overflow,
+            }))
+            .unwrap(),
             EncodedMessage::encode(&Control::Heartbeat(Heartbeat { timestamp })).unwrap(),
             EncodedMessage::encode(&publication(13)).unwrap(),
         ];
@@ -141,14 +147,21 @@ mod tests {
 
     #[test]
     fn reads_the_timestamp_of_one_message() {
-        assert_eq!(message_timestamp(r#"{"type":"x","timestamp":"2026-01-19T10:30:45.123456Z","seq":1}"#), Some("2026-01-19T10:30:45.123456Z"));
+        assert_eq!(
+            message_timestamp(r#"{"type":"x","timestamp":"2026-01-19T10:30:45.123456Z","seq":1}"#),
+            Some("2026-01-19T10:30:45.123456Z")
+        );
         assert_eq!(message_timestamp(r#"{"seq":1}"#), None);
     }
 
     #[test]
     fn refuses_what_it_cannot_read() {
         assert_eq!(scan("not a frame"), None);
-        assert_eq!(scan(r#"[{"type":"routing-decision","timestamp":"t","channel":"c"}]"#), None, "a publication without a seq");
+        assert_eq!(
+            scan(r#"[{"type":"routing-decision","timestamp":"t","channel":"c"}]"#),
+            None,
+            "a publication without a seq"
+        );
         assert_eq!(scan(r#"[{"type":"gap","timestamp":"t","channel":"c","from":3}]"#), None, "a gap without its end");
         assert_eq!(scan(r#"[{"type":"routing-decision","channel":"c","seq":1}]"#), None, "fields in another order");
         assert_eq!(scan("[]"), Some(vec![]));

@@ -26,13 +26,13 @@ use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 
 use js_sys::{Function, Object, Reflect};
-use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
 use web_sys::{CloseEvent, MessageEvent, WebSocket};
 
 use crate::core::{
-    Action, ClientConfig, ClientCore, ClientError, ConnectionState, Event, OutgoingPublish, StopReason, SubscriptionEvent,
-    TokenError, TransportId,
+    Action, ClientConfig, ClientCore, ClientError, ConnectionState, Event, OutgoingPublish, StopReason,
+    SubscriptionEvent, TokenError, TransportId,
 };
 
 #[wasm_bindgen(typescript_custom_section)]
@@ -65,7 +65,11 @@ export interface TidewireState {
   /** Failed attempts since the last successful connect. */
   attempt: number;
   /** Why the client stopped, when it is not trying to reconnect. */
-  stopped?: { reason: "closed" | "offline" | "terminal" | "unauthorized" | "unsupported-protocol"; code?: number; message?: string };
+  stopped?: {
+    reason: "closed" | "offline" | "terminal" | "unauthorized" | "unsupported-protocol";
+    code?: number;
+    message?: string;
+  };
 }
 
 /** A subscription's lifecycle. `recovered`: true when everything missed was replayed,
@@ -141,6 +145,9 @@ struct Counters {
     reconnects: f64,
 }
 
+/// A page event listener kept registered for the client's life: target, event, handler.
+type PageListener = (web_sys::EventTarget, &'static str, Closure<dyn FnMut(web_sys::Event)>);
+
 struct Inner {
     core: ClientCore,
     socket: Option<Socket>,
@@ -151,7 +158,7 @@ struct Inner {
     timer: Option<gloo_timers::callback::Timeout>,
     next_listener: u32,
     counters: Counters,
-    _page_events: Vec<(web_sys::EventTarget, &'static str, Closure<dyn FnMut(web_sys::Event)>)>,
+    _page_events: Vec<PageListener>,
 }
 
 /// A tidewire connection. See the module docs for an example.
@@ -252,13 +259,22 @@ impl TidewireClient {
 
     /// Subscribes `handler` to a channel; `onEvent` (optional) hears the subscription's
     /// lifecycle. Snapshot messages (`snapshot: true`) reach the handler first.
-    pub fn subscribe(&self, channel: String, handler: Handler, on_event: Option<EventListener>) -> TidewireSubscription {
+    pub fn subscribe(
+        &self,
+        channel: String,
+        handler: Handler,
+        on_event: Option<EventListener>,
+    ) -> TidewireSubscription {
         let first = {
             let mut inner = self.inner.borrow_mut();
             let id = inner.next_listener;
             inner.next_listener += 1;
             let listeners = inner.handlers.entry(channel.clone()).or_default();
-            listeners.push(Listener { id, handler: handler.unchecked_into(), events: on_event.map(|f| f.unchecked_into()) });
+            listeners.push(Listener {
+                id,
+                handler: handler.unchecked_into(),
+                events: on_event.map(|f| f.unchecked_into()),
+            });
             (listeners.len() == 1, id)
         };
         if first.0 {
@@ -383,7 +399,10 @@ fn perform(inner: &Rc<RefCell<Inner>>, action: Action) {
                 }
             };
             if failed {
-                inner.borrow_mut().core.handle(Event::TransportClosed { transport, code: 1006, reason: "send failed".into() }, now());
+                inner
+                    .borrow_mut()
+                    .core
+                    .handle(Event::TransportClosed { transport, code: 1006, reason: "send failed".into() }, now());
             }
         }
         Action::Close { transport, code, reason } => {
@@ -404,7 +423,11 @@ fn perform(inner: &Rc<RefCell<Inner>>, action: Action) {
             let handlers: Vec<Function> = {
                 let mut state = inner.borrow_mut();
                 state.counters.messages += 1.0;
-                state.handlers.get(&delivery.channel).map(|ls| ls.iter().map(|l| l.handler.clone()).collect()).unwrap_or_default()
+                state
+                    .handlers
+                    .get(&delivery.channel)
+                    .map(|ls| ls.iter().map(|l| l.handler.clone()).collect())
+                    .unwrap_or_default()
             };
             if handlers.is_empty() {
                 return;
@@ -442,7 +465,6 @@ fn perform(inner: &Rc<RefCell<Inner>>, action: Action) {
                 let _ = listener.call1(&JsValue::NULL, &object);
             }
         }
-        Action::Published { .. } => {}
         Action::Error(error) => {
             let listeners = inner.borrow().error_listeners.clone();
             let object = error_object(&error);
@@ -647,7 +669,11 @@ fn error_object(error: &ClientError) -> JsValue {
         }
         ClientError::PublishUnconfirmed { channel } => {
             set(&object, "kind", "publish-unconfirmed");
-            set(&object, "message", "a publish got no answer within the server's idempotency window; it was not sent again");
+            set(
+                &object,
+                "message",
+                "a publish got no answer within the server's idempotency window; it was not sent again",
+            );
             set(&object, "channel", channel.as_str());
         }
         ClientError::Token(message) => {

@@ -28,9 +28,9 @@ use futures_util::{SinkExt, StreamExt};
 use tidewire_protocol::NewPublication;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::core::{
@@ -39,6 +39,9 @@ use crate::core::{
 };
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long one frame's write may take before the link counts as dead (1006).
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A token provider: called before each connect and before the token expires.
 pub type TokenProvider =
@@ -214,6 +217,11 @@ impl Drop for Client {
     }
 }
 
+/// Transports opened in the background, by id (or why they could not be).
+type Opened = (TransportId, Result<Socket, String>);
+/// A channel's two ends.
+type Pipe<T> = (mpsc::UnboundedSender<T>, mpsc::UnboundedReceiver<T>);
+
 struct Driver {
     core: ClientCore,
     origin: Instant,
@@ -222,13 +230,17 @@ struct Driver {
     errors: Arc<std::sync::Mutex<Option<mpsc::UnboundedSender<ClientError>>>>,
     handlers: HashMap<String, Vec<(u64, mpsc::UnboundedSender<Item>)>>,
     socket: Option<(TransportId, Socket)>,
-    opened: (mpsc::UnboundedSender<(TransportId, Result<Socket, String>)>, mpsc::UnboundedReceiver<(TransportId, Result<Socket, String>)>),
-    tokens: (mpsc::UnboundedSender<Result<String, TokenError>>, mpsc::UnboundedReceiver<Result<String, TokenError>>),
+    opened: Pipe<Opened>,
+    tokens: Pipe<Result<String, TokenError>>,
     closing: bool,
 }
 
 impl Driver {
-    fn new(config: Config, status: watch::Sender<Status>, errors: Arc<std::sync::Mutex<Option<mpsc::UnboundedSender<ClientError>>>>) -> Driver {
+    fn new(
+        config: Config,
+        status: watch::Sender<Status>,
+        errors: Arc<std::sync::Mutex<Option<mpsc::UnboundedSender<ClientError>>>>,
+    ) -> Driver {
         Driver {
             core: ClientCore::new(config.core),
             origin: Instant::now(),
@@ -325,7 +337,11 @@ impl Driver {
         }
     }
 
-    fn on_inbound(&mut self, transport: TransportId, message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) {
+    fn on_inbound(
+        &mut self,
+        transport: TransportId,
+        message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) {
         match message {
             Some(Ok(Message::Text(text))) => self.handle(Event::Frame { transport, text: text.as_str().to_owned() }),
             Some(Ok(Message::Close(frame))) => {
@@ -376,9 +392,20 @@ impl Driver {
                 }
                 Action::Send { transport, text } => {
                     if let Some((current, socket)) = &mut self.socket {
-                        if *current == transport && socket.send(Message::Text(text.into())).await.is_err() {
+                        if *current != transport {
+                            continue;
+                        }
+                        // A server that stops reading must not stall the client: the
+                        // write gets as long as the core would wait for a dead link.
+                        let sent = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await;
+                        let failure = match sent {
+                            Ok(Ok(())) => None,
+                            Ok(Err(_)) => Some("write failed"),
+                            Err(_) => Some("write timed out"),
+                        };
+                        if let Some(reason) = failure {
                             self.socket = None;
-                            self.handle(Event::TransportClosed { transport, code: 1006, reason: "write failed".into() });
+                            self.handle(Event::TransportClosed { transport, code: 1006, reason: reason.into() });
                         }
                     }
                 }
@@ -409,7 +436,6 @@ impl Driver {
                 Action::State { state, attempt, stopped } => {
                     let _ = self.status.send(Status { state, attempt, stopped });
                 }
-                Action::Published { .. } => {}
                 Action::Error(error) => self.report(error),
             }
         }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tidewire_client::core::{
     Action, ClientConfig, ClientCore, ClientError, ConnectionState, Event, OutgoingPublish, StopReason,
     SubscriptionEvent, SubscriptionState, TokenError, TransportId,
@@ -102,8 +102,10 @@ impl Harness {
     }
 
     fn publish(&mut self, transport: TransportId, channel: &str, seqs: impl IntoIterator<Item = u64>) {
-        let messages: Vec<Value> =
-            seqs.into_iter().map(|seq| json!({"type":"tick","timestamp":TS,"channel":channel,"seq":seq,"data":seq})).collect();
+        let messages: Vec<Value> = seqs
+            .into_iter()
+            .map(|seq| json!({"type":"tick","timestamp":TS,"channel":channel,"seq":seq,"data":seq}))
+            .collect();
         self.frame(transport, Value::Array(messages));
     }
 
@@ -126,7 +128,10 @@ fn connected_message(heartbeat_ms: u64, expires_in_secs: Option<i64>) -> Value {
     let mut m = json!({
         "type":"connected","timestamp":TS,"connectionId":"c","userId":"u","version":1,
         "heartbeatIntervalMs":heartbeat_ms,
-        "limits":{"maxBatch":50,"batchIntervalMs":16,"maxQueuedBatches":10,"maxChannels":128,"maxMessageBytes":4096,"commandsPerSecond":1000,"commandBurst":200}
+        "limits":{
+            "maxBatch":50,"batchIntervalMs":16,"maxQueuedBatches":10,"maxChannels":128,"maxMessageBytes":4096,
+            "commandsPerSecond":1000,"commandBurst":200
+        }
     });
     if let Some(secs) = expires_in_secs {
         let expires = tidewire_protocol::Timestamp::from_unix_micros(
@@ -194,7 +199,16 @@ fn backoff_grows_with_full_jitter_and_rotates_urls() {
 
 #[test]
 fn terminal_codes_stop_and_reconnect_codes_retry() {
-    for (code, terminal) in [(4501, true), (4500, true), (1008, true), (4502, true), (1012, false), (4000, false), (1006, false), (4001, false)] {
+    for (code, terminal) in [
+        (4501, true),
+        (4500, true),
+        (1008, true),
+        (4502, true),
+        (1012, false),
+        (4000, false),
+        (1006, false),
+        (4001, false),
+    ] {
         let mut h = Harness::new(|_| {});
         let transport = h.connect();
         h.take();
@@ -234,7 +248,10 @@ fn reconnect_resubscribes_with_since_and_reports_recovery() {
     );
     h.subscribed(t2, "a", 5, Some(true));
     let events: Vec<Action> = h.take();
-    assert!(events.contains(&Action::Subscription { channel: "a".into(), event: SubscriptionEvent::Subscribed { recovered: Some(true) } }));
+    assert!(events.contains(&Action::Subscription {
+        channel: "a".into(),
+        event: SubscriptionEvent::Subscribed { recovered: Some(true) }
+    }));
     h.publish(t2, "a", [4, 5, 6]);
     assert_eq!(h.delivered(), vec![4, 5, 6]);
 
@@ -246,7 +263,10 @@ fn reconnect_resubscribes_with_since_and_reports_recovery() {
     h.connected(t3);
     h.take();
     h.subscribed(t3, "a", 900, Some(false));
-    assert!(h.take().contains(&Action::Subscription { channel: "a".into(), event: SubscriptionEvent::Subscribed { recovered: Some(false) } }));
+    assert!(h.take().contains(&Action::Subscription {
+        channel: "a".into(),
+        event: SubscriptionEvent::Subscribed { recovered: Some(false) }
+    }));
     h.publish(t3, "a", [901]);
     assert_eq!(h.delivered(), vec![901]);
     assert_eq!(h.core.position("a").unwrap().seq, 901);
@@ -437,11 +457,14 @@ fn a_subscription_the_server_ends_is_reported_and_not_retried() {
     h.subscribed(t, "book", 0, None);
     h.take();
     // A refreshed token no longer grants the channel: the server ends it.
-    let ended = json!({"type":"unsubscribed","timestamp":TS,"channel":"book","code":"FORBIDDEN","message":"no longer granted"});
+    let ended =
+        json!({"type":"unsubscribed","timestamp":TS,"channel":"book","code":"FORBIDDEN","message":"no longer granted"});
     h.frame(t, json!([ended]));
     let actions = h.take();
-    let refused = actions.iter().any(|a| matches!(a, Action::Subscription { channel, event: SubscriptionEvent::Refused { code, .. } }
-        if channel == "book" && *code == tidewire_protocol::ErrorCode::Forbidden));
+    let refused = actions.iter().any(|a| {
+        matches!(a, Action::Subscription { channel, event: SubscriptionEvent::Refused { code, .. } }
+        if channel == "book" && *code == tidewire_protocol::ErrorCode::Forbidden)
+    });
     assert!(refused, "{actions:?}");
     assert!(!actions.iter().any(|a| matches!(a, Action::Send { .. })), "not subscribed again: {actions:?}");
     assert_eq!(h.core.subscription_state("book"), SubscriptionState::Unsubscribed);
@@ -516,7 +539,14 @@ fn connected_at(rate: Option<u32>) -> Value {
 
 /// Publishes `data: i` to channel `p`.
 fn publish_data(h: &mut Harness, i: u32) {
-    let publish = OutgoingPublish::new(NewPublication { channel: "p".into(), kind: "t".into(), data: json!(i), key: None, idempotency_key: None }).unwrap();
+    let publish = OutgoingPublish::new(NewPublication {
+        channel: "p".into(),
+        kind: "t".into(),
+        data: json!(i),
+        key: None,
+        idempotency_key: None,
+    })
+    .unwrap();
     h.event(Event::Publish(publish));
 }
 
@@ -695,7 +725,14 @@ fn garbage_frames_are_reported_and_skipped() {
     h.subscribed(t, "a", 0, None);
     h.take();
     h.event(Event::Frame { transport: t, text: "not json".into() });
-    h.frame(t, json!([{"type":"future-control-type-without-channel"}, {"type":"tick","timestamp":TS,"channel":"a","seq":1,"data":1}, 17]));
+    h.frame(
+        t,
+        json!([
+            {"type":"future-control-type-without-channel"},
+            {"type":"tick","timestamp":TS,"channel":"a","seq":1,"data":1},
+            17
+        ]),
+    );
     let actions = h.take();
     let errors = actions.iter().filter(|a| matches!(a, Action::Error(ClientError::Decode(_)))).count();
     assert_eq!(errors, 3);
@@ -721,7 +758,11 @@ fn subscription_events_follow_the_lifecycle() {
         .collect();
     assert_eq!(
         events,
-        vec![SubscriptionEvent::Subscribing, SubscriptionEvent::Subscribed { recovered: None }, SubscriptionEvent::Unsubscribed]
+        vec![
+            SubscriptionEvent::Subscribing,
+            SubscriptionEvent::Subscribed { recovered: None },
+            SubscriptionEvent::Unsubscribed
+        ]
     );
 }
 
@@ -741,6 +782,22 @@ fn commands_refused_by_the_rate_limit_are_sent_again() {
     assert_eq!(sent[0]["action"], "subscribe");
     h.subscribed(t, "a", 0, None);
     assert_eq!(h.core.subscription_state("a"), SubscriptionState::Subscribed);
+}
+
+#[test]
+fn closing_clears_every_timer_a_link_had() {
+    // Stopping and losing a link end it through one path: no timer of the old link
+    // (here a pending retry after a rate-limit refusal) fires after a stop.
+    let mut h = Harness::new(|_| {});
+    let t = h.connect();
+    h.event(Event::Subscribe { channel: "a".into() });
+    h.frame(t, json!([{"type":"error","timestamp":TS,"code":"RATE_LIMIT_EXCEEDED","message":"slow down"}]));
+    assert!(h.core.poll_timeout().is_some());
+    h.event(Event::Close);
+    h.take();
+    assert_eq!(h.core.poll_timeout(), None, "a stopped client has nothing due");
+    h.advance(Duration::from_secs(5));
+    assert!(h.take().is_empty(), "nothing fires after a stop");
 }
 
 #[test]
@@ -764,7 +821,9 @@ fn acknowledge(h: &mut Harness, t: TransportId, sent: &[Value], first_seq: u64) 
     let answers: Vec<Value> = sent
         .iter()
         .enumerate()
-        .map(|(i, c)| json!({"type":"published","timestamp":TS,"id":c["id"],"channel":c["channel"],"seq":first_seq + i as u64}))
+        .map(|(i, c)| {
+            json!({"type":"published","timestamp":TS,"id":c["id"],"channel":c["channel"],"seq":first_seq + i as u64})
+        })
         .collect();
     h.frame(t, Value::Array(answers));
 }
@@ -826,11 +885,26 @@ fn a_publish_too_large_for_the_server_is_refused_before_sending() {
     connected["limits"]["maxMessageBytes"] = json!(512);
     h.connect_with(connected);
     h.take();
-    let big = OutgoingPublish::new(NewPublication { channel: "p".into(), kind: "t".into(), data: json!("x".repeat(600)), key: None, idempotency_key: None }).unwrap();
+    let big = OutgoingPublish::new(NewPublication {
+        channel: "p".into(),
+        kind: "t".into(),
+        data: json!("x".repeat(600)),
+        key: None,
+        idempotency_key: None,
+    })
+    .unwrap();
     h.event(Event::Publish(big));
     let actions = h.take();
-    assert!(actions.iter().any(|a| matches!(a, Action::Error(ClientError::PublishTooLarge { channel, max: 512, .. }) if channel == "p")), "{actions:?}");
-    assert!(!actions.iter().any(|a| matches!(a, Action::Send { .. })), "not sent: the server would close the connection (1009)");
+    assert!(
+        actions.iter().any(
+            |a| matches!(a, Action::Error(ClientError::PublishTooLarge { channel, max: 512, .. }) if channel == "p")
+        ),
+        "{actions:?}"
+    );
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Send { .. })),
+        "not sent: the server would close the connection (1009)"
+    );
     publish_data(&mut h, 1);
     assert_eq!(h.sent().len(), 1, "the client carries on");
 }
@@ -852,7 +926,12 @@ fn a_publish_unanswered_past_the_idempotency_window_is_reported_not_resent() {
     let t2 = h.opened();
     h.frame(t2, json!([connected]));
     let actions = h.take();
-    assert!(actions.iter().any(|a| matches!(a, Action::Error(ClientError::PublishUnconfirmed { channel }) if channel == "p")), "{actions:?}");
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Error(ClientError::PublishUnconfirmed { channel }) if channel == "p")),
+        "{actions:?}"
+    );
     assert!(!actions.iter().any(|a| matches!(a, Action::Send { text, .. } if text.contains("publish"))));
 }
 
@@ -871,7 +950,10 @@ fn publishes_refused_by_the_command_limiter_are_sent_again() {
     assert_eq!(again.len(), 1);
     assert_eq!(again[0]["idempotencyKey"], first[0]["idempotencyKey"]);
     // A refusal for the publish itself ends it (and is reported).
-    h.frame(t, json!([{"type":"error","timestamp":TS,"id":again[0]["id"],"code":"FORBIDDEN","message":"no","channel":"p"}]));
+    h.frame(
+        t,
+        json!([{"type":"error","timestamp":TS,"id":again[0]["id"],"code":"FORBIDDEN","message":"no","channel":"p"}]),
+    );
     h.take();
     h.event(Event::TransportClosed { transport: t, code: 1012, reason: String::new() });
     let delay = h.reconnect_delay().unwrap();
@@ -902,7 +984,8 @@ fn resubscribing_many_channels_splits_the_commands_to_fit_the_server() {
     expected.sort();
     assert_eq!(named, expected, "every channel once");
     // With positions, and a lower channel limit per command.
-    let answers: Vec<Value> = channels.iter().map(|c| json!({"type":"subscribed","timestamp":TS,"channel":c,"seq":3,"epoch":"e1"})).collect();
+    let answers: Vec<Value> =
+        channels.iter().map(|c| json!({"type":"subscribed","timestamp":TS,"channel":c,"seq":3,"epoch":"e1"})).collect();
     h.frame(t, Value::Array(answers));
     h.event(Event::TransportClosed { transport: t, code: 1012, reason: String::new() });
     let delay = h.reconnect_delay().unwrap();

@@ -2,15 +2,15 @@
 
 #![cfg(not(target_arch = "wasm32"))]
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tidewire_client::core::{ConnectionState, SubscriptionEvent, TokenError};
 use tidewire_client::native::{Client, Config, Item};
 use tidewire_protocol::NewPublication;
-use tidewire_server::auth::{mint_hs256, unix_now, Claims};
-use tidewire_server::{server, Hub};
+use tidewire_server::auth::{Claims, mint_hs256, unix_now};
+use tidewire_server::{Hub, server};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -37,15 +37,25 @@ fn serve(listener: TcpListener, hub: &Hub) -> (oneshot::Sender<()>, tokio::task:
 }
 
 async fn tick(hub: &Hub, channel: &str, n: u64) -> u64 {
-    hub.publish(NewPublication { channel: channel.into(), kind: "tick".into(), data: serde_json::json!(n), key: None, idempotency_key: None })
-        .await
-        .unwrap()
-        .seq
+    hub.publish(NewPublication {
+        channel: channel.into(),
+        kind: "tick".into(),
+        data: serde_json::json!(n),
+        key: None,
+        idempotency_key: None,
+    })
+    .await
+    .unwrap()
+    .seq
 }
 
 async fn next_event(subscription: &mut tidewire_client::native::Subscription) -> SubscriptionEvent {
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), subscription.next()).await.expect("an event in time").expect("open") {
+        match tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("an event in time")
+            .expect("open")
+        {
             Item::Event(event) => return event,
             Item::Message(_) => continue,
         }
@@ -161,7 +171,8 @@ async fn a_token_provider_keeps_a_short_lived_session_alive() {
     client.connected().await;
     let mut status = client.state();
     // Tokens live 3 s; refreshed in band, the connection outlives several of them.
-    let dropped = tokio::time::timeout(Duration::from_secs(7), status.wait_for(|s| s.state != ConnectionState::Connected)).await;
+    let dropped =
+        tokio::time::timeout(Duration::from_secs(7), status.wait_for(|s| s.state != ConnectionState::Connected)).await;
     assert!(dropped.is_err(), "the connection never dropped");
     assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= 3, "fetched at connect and before each expiry");
 }
@@ -174,9 +185,16 @@ async fn a_bad_token_stops_without_retrying() {
     let (_stop, _task) = serve(listener, &hub);
     let client = Client::connect(Config::new(format!("ws://{addr}/ws")).token("not-a-token"));
     let mut status = client.state();
-    let stopped = tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| s.stopped.is_some())).await.unwrap().unwrap().clone();
+    let stopped = tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| s.stopped.is_some()))
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
     assert_eq!(stopped.state, ConnectionState::Disconnected);
-    assert!(matches!(stopped.stopped, Some(tidewire_client::core::StopReason::Terminal { code: 4501, .. })), "{stopped:?}");
+    assert!(
+        matches!(stopped.stopped, Some(tidewire_client::core::StopReason::Terminal { code: 4501, .. })),
+        "{stopped:?}"
+    );
 }
 
 /// A TCP proxy in the test that can cut or stall every connection passing through it.
@@ -249,7 +267,10 @@ async fn pump(
     }
 }
 
-async fn every_seq_once(ticks: &mut tidewire_client::native::Subscription, total: u64) -> (Vec<u64>, Vec<Option<bool>>) {
+async fn every_seq_once(
+    ticks: &mut tidewire_client::native::Subscription,
+    total: u64,
+) -> (Vec<u64>, Vec<Option<bool>>) {
     let mut seqs = Vec::new();
     let mut recovered = Vec::new();
     while seqs.last() != Some(&total) {
@@ -318,13 +339,22 @@ async fn paced_publishes_all_arrive(rate: u32, burst: u32, total: u64) {
     let watcher = Client::connect(Config::new(url.clone()).token(token(60)));
     let mut ticks = watcher.subscribe("paced");
     while !matches!(next_event(&mut ticks).await, SubscriptionEvent::Subscribed { .. }) {}
-    let publisher_token =
-        mint_hs256(SECRET, &Claims { sub: "pub".into(), exp: unix_now() + 60, publish: Some(vec!["paced".into()]), ..Claims::default() }).unwrap();
+    let publisher_token = mint_hs256(
+        SECRET,
+        &Claims { sub: "pub".into(), exp: unix_now() + 60, publish: Some(vec!["paced".into()]), ..Claims::default() },
+    )
+    .unwrap();
     let publisher = Client::connect(Config::new(url).token(publisher_token));
     let mut errors = publisher.errors();
     publisher.connected().await;
     for n in 0..total {
-        publisher.publish(NewPublication { channel: "paced".into(), kind: "tick".into(), data: serde_json::json!(n), key: None, idempotency_key: None });
+        publisher.publish(NewPublication {
+            channel: "paced".into(),
+            kind: "tick".into(),
+            data: serde_json::json!(n),
+            key: None,
+            idempotency_key: None,
+        });
     }
     let (seqs, _) = every_seq_once(&mut ticks, total).await;
     assert_eq!(seqs.len() as u64, total);
@@ -348,8 +378,16 @@ async fn publishes_across_cut_links_arrive_exactly_once() {
     let mut orders = watcher.subscribe("orders");
     while !matches!(next_event(&mut orders).await, SubscriptionEvent::Subscribed { .. }) {}
     let proxy = Proxy::start(addr).await;
-    let publisher_token =
-        mint_hs256(SECRET, &Claims { sub: "pub".into(), exp: unix_now() + 3600, publish: Some(vec!["orders".into()]), ..Claims::default() }).unwrap();
+    let publisher_token = mint_hs256(
+        SECRET,
+        &Claims {
+            sub: "pub".into(),
+            exp: unix_now() + 3600,
+            publish: Some(vec!["orders".into()]),
+            ..Claims::default()
+        },
+    )
+    .unwrap();
     let mut config = Config::new(format!("ws://127.0.0.1:{}/ws", proxy.port)).token(publisher_token);
     config.core.backoff.max = Duration::from_millis(300);
     let publisher = Arc::new(Client::connect(config));
@@ -359,7 +397,13 @@ async fn publishes_across_cut_links_arrive_exactly_once() {
         let publisher = publisher.clone();
         tokio::spawn(async move {
             for n in 0..TOTAL {
-                publisher.publish(NewPublication { channel: "orders".into(), kind: "order".into(), data: serde_json::json!(n), key: None, idempotency_key: None });
+                publisher.publish(NewPublication {
+                    channel: "orders".into(),
+                    kind: "order".into(),
+                    data: serde_json::json!(n),
+                    key: None,
+                    idempotency_key: None,
+                });
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         })
@@ -371,8 +415,14 @@ async fn publishes_across_cut_links_arrive_exactly_once() {
     publishing.await.unwrap();
     let mut seen = Vec::new();
     while (seen.len() as u64) < TOTAL {
-        match tokio::time::timeout(Duration::from_secs(20), orders.next()).await.expect("every order arrives").expect("open") {
-            Item::Message(delivery) => seen.push(serde_json::from_str::<serde_json::Value>(&delivery.json).unwrap()["data"].as_u64().unwrap()),
+        match tokio::time::timeout(Duration::from_secs(20), orders.next())
+            .await
+            .expect("every order arrives")
+            .expect("open")
+        {
+            Item::Message(delivery) => {
+                seen.push(serde_json::from_str::<serde_json::Value>(&delivery.json).unwrap()["data"].as_u64().unwrap())
+            }
             Item::Event(_) => {}
         }
     }

@@ -4,8 +4,8 @@
 
 use jsonwebtoken::{EncodingKey, Header};
 use libfuzzer_sys::fuzz_target;
-use tidewire_server::auth::Verifier;
 use tidewire_server::Config;
+use tidewire_server::auth::Verifier;
 
 const SECRET: &str = "fuzz-secret-of-at-least-32-bytes";
 
@@ -19,7 +19,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(!grant.user.is_empty());
         }
         let Ok(claims) = serde_json::from_str::<serde_json::Value>(text) else { return };
-        let Ok(token) = jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes())) else { return };
+        let Ok(token) = jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes()))
+        else {
+            return;
+        };
         if let Ok(grant) = verifier.verify(&token) {
             assert!(!grant.user.is_empty());
             assert_eq!(claims["sub"].as_str(), Some(grant.user.as_str()));

@@ -21,9 +21,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Timestamp;
 use crate::event::Event;
 use crate::message::Publication;
-use crate::Timestamp;
 
 /// The catalogue's channel names.
 pub mod channels {
@@ -471,7 +471,10 @@ mod tests {
             uptime: 99.5,
         };
         let new = metrics.to_publication().unwrap();
-        assert_eq!((new.channel.as_str(), new.kind.as_str(), new.key.as_deref()), ("lp-performance", "lp-metrics", Some("LMAX")));
+        assert_eq!(
+            (new.channel.as_str(), new.kind.as_str(), new.key.as_deref()),
+            ("lp-performance", "lp-metrics", Some("LMAX"))
+        );
         let publication = Publication {
             kind: new.kind,
             timestamp: Timestamp::UNIX_EPOCH,
@@ -488,7 +491,11 @@ mod tests {
 
     #[test]
     fn analytics_publication_reads_a_wire_message() {
-        let text = r#"{"type":"alert","timestamp":"2026-01-19T10:30:45.123456Z","channel":"alerts","seq":3,"data":{"id":"x","severity":"info","category":"system","title":"t","message":"m","source":"s","actionItems":[]}}"#;
+        let text = concat!(
+            r#"{"type":"alert","timestamp":"2026-01-19T10:30:45.123456Z","channel":"alerts","seq":3,"#,
+            r#""data":{"id":"x","severity":"info","category":"system","title":"t","message":"m","source":"s","#,
+            r#""actionItems":[]}}"#,
+        );
         let typed: AnalyticsPublication = serde_json::from_str(text).unwrap();
         assert_eq!((typed.seq, typed.snapshot), (3, false));
         assert!(matches!(typed.event, AnalyticsEvent::Alert(ref a) if a.severity == Severity::Info));

@@ -33,9 +33,9 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::codec::{encode_frame, EncodedMessage};
-use crate::message::{Control, GapNotice, GapReason, ServerMessage};
 use crate::Timestamp;
+use crate::codec::{EncodedMessage, encode_frame};
+use crate::message::{Control, GapNotice, GapReason, ServerMessage};
 
 /// Batching limits. The defaults are 50 messages per frame, one frame per 16 ms (60 fps),
 /// 10 frames' worth of publications queued, and 1 MiB queued in all.
@@ -56,7 +56,12 @@ pub const GAP_NOTICE_BYTES: usize = 128;
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        BatchConfig { max_batch: 50, interval: Duration::from_millis(16), max_queued_batches: 10, max_bytes: DEFAULT_MAX_QUEUED_BYTES }
+        BatchConfig {
+            max_batch: 50,
+            interval: Duration::from_millis(16),
+            max_queued_batches: 10,
+            max_bytes: DEFAULT_MAX_QUEUED_BYTES,
+        }
     }
 }
 
@@ -94,7 +99,16 @@ struct Queued {
 }
 
 impl Outbound {
+    /// A control message (a reply, an error, a gap notice): never dropped or conflated,
+    /// only counted against the byte budget.
     pub fn control(message: EncodedMessage) -> Outbound {
+        Outbound(Arc::new(Queued { message, position: None }))
+    }
+
+    /// A snapshot item of a subscription's start: queued like a control message (never
+    /// dropped; the start as a whole is bounded in bytes where it is built), since a
+    /// snapshot with a hole would show the app a table with a row missing.
+    pub fn snapshot(message: EncodedMessage) -> Outbound {
         Outbound(Arc::new(Queued { message, position: None }))
     }
 
@@ -181,8 +195,11 @@ impl ReadyFrame {
         if self.gaps.is_empty() {
             return encode_frame(self.messages.iter().map(Outbound::message));
         }
-        let notices: Vec<EncodedMessage> =
-            self.gaps.iter().filter_map(|gap| EncodedMessage::encode(&ServerMessage::Control(Control::Gap(gap.notice(timestamp)))).ok()).collect();
+        let notices: Vec<EncodedMessage> = self
+            .gaps
+            .iter()
+            .filter_map(|gap| EncodedMessage::encode(&ServerMessage::Control(Control::Gap(gap.notice(timestamp)))).ok())
+            .collect();
         encode_frame(notices.iter().chain(self.messages.iter().map(Outbound::message)))
     }
 }
@@ -438,7 +455,11 @@ mod tests {
     }
 
     fn seqs(frame: &ReadyFrame) -> Vec<u64> {
-        frame.messages.iter().filter_map(|m| serde_json::from_str::<serde_json::Value>(m.message().as_str()).ok()?["seq"].as_u64()).collect()
+        frame
+            .messages
+            .iter()
+            .filter_map(|m| serde_json::from_str::<serde_json::Value>(m.message().as_str()).ok()?["seq"].as_u64())
+            .collect()
     }
 
     fn small(max_batch: usize, max_queued_batches: usize) -> Batcher {
@@ -451,7 +472,12 @@ mod tests {
         for seq in 1..=10 {
             b.push(publication("a", seq, None));
         }
-        let dropped = b.reconfigure(BatchConfig { max_batch: 2, interval: ms(20), max_queued_batches: 3, ..BatchConfig::default() });
+        let dropped = b.reconfigure(BatchConfig {
+            max_batch: 2,
+            interval: ms(20),
+            max_queued_batches: 3,
+            ..BatchConfig::default()
+        });
         assert_eq!(dropped.overflow, 4, "capacity 16 → 6: the oldest four go");
         let frame = b.poll_frame(ms(0)).unwrap();
         assert_eq!(frame.gaps, vec![Gap { channel: "a".into(), from: 1, to: 4, reason: GapReason::Overflow }]);
@@ -546,7 +572,11 @@ mod tests {
             b.push(publication("lp", seq, None));
         }
         assert_eq!(b.push(publication("lp", 7, Some("OANDA"))), Dropped { superseded: 0, overflow: 1, refused: 0 });
-        assert_eq!(b.push(publication("lp", 8, Some("OANDA"))), Dropped { superseded: 1, overflow: 0, refused: 0 }, "7 is superseded by 8");
+        assert_eq!(
+            b.push(publication("lp", 8, Some("OANDA"))),
+            Dropped { superseded: 1, overflow: 0, refused: 0 },
+            "7 is superseded by 8"
+        );
         assert_eq!(b.push(publication("lp", 9, None)), Dropped { superseded: 0, overflow: 1, refused: 0 });
         let frame = b.poll_frame(ms(16)).unwrap();
         assert_eq!(
@@ -595,7 +625,10 @@ mod tests {
             b.push(Outbound::control(message(90)));
         }
         assert!(b.is_over_budget());
-        assert_eq!(b.push(Outbound::publication(message(1), Position { channel: "a".into(), seq: 5, key: None })).refused, 1);
+        assert_eq!(
+            b.push(Outbound::publication(message(1), Position { channel: "a".into(), seq: 5, key: None })).refused,
+            1
+        );
         assert_eq!(b.push(Outbound::control(message(1))).refused, 1);
     }
 
@@ -607,7 +640,10 @@ mod tests {
         let text = b.poll_frame(ms(0)).unwrap().encode(Timestamp::UNIX_EPOCH);
         assert_eq!(
             text,
-            r#"[{"type":"gap","timestamp":"1970-01-01T00:00:00.000000Z","channel":"a","from":1,"to":1,"reason":"overflow"}]"#
+            concat!(
+                r#"[{"type":"gap","timestamp":"1970-01-01T00:00:00.000000Z","#,
+                r#""channel":"a","from":1,"to":1,"reason":"overflow"}]"#,
+            )
         );
         let text = b.poll_frame(ms(16)).unwrap().encode(Timestamp::UNIX_EPOCH);
         assert_eq!(text, r#"[{"channel":"a","seq":2}]"#);

@@ -78,18 +78,43 @@ impl CloseCode {
         info(Self::NORMAL, "NORMAL", Disposition::Terminal, "the session ended on purpose"),
         info(Self::GOING_AWAY, "GOING_AWAY", Disposition::Reconnect, "the peer is going away"),
         info(Self::ABNORMAL, "ABNORMAL", Disposition::Reconnect, "transport lost without a close frame (never sent)"),
-        info(Self::POLICY_VIOLATION, "POLICY_VIOLATION", Disposition::Terminal, "kept flooding after rate-limit errors, or broke the protocol"),
-        info(Self::MESSAGE_TOO_BIG, "MESSAGE_TOO_BIG", Disposition::Terminal, "an inbound message exceeded the size limit"),
+        info(
+            Self::POLICY_VIOLATION,
+            "POLICY_VIOLATION",
+            Disposition::Terminal,
+            "kept flooding after rate-limit errors, or broke the protocol",
+        ),
+        info(
+            Self::MESSAGE_TOO_BIG,
+            "MESSAGE_TOO_BIG",
+            Disposition::Terminal,
+            "an inbound message exceeded the size limit",
+        ),
         info(Self::INTERNAL_ERROR, "INTERNAL_ERROR", Disposition::Reconnect, "unexpected server error"),
         info(Self::SERVICE_RESTART, "SERVICE_RESTART", Disposition::Reconnect, "server restarting or draining"),
         info(Self::TRY_AGAIN_LATER, "TRY_AGAIN_LATER", Disposition::Reconnect, "connection limit reached"),
-        info(Self::SLOW_CONSUMER, "SLOW_CONSUMER", Disposition::Reconnect, "client stopped reading; recover after reconnect"),
+        info(
+            Self::SLOW_CONSUMER,
+            "SLOW_CONSUMER",
+            Disposition::Reconnect,
+            "client stopped reading; recover after reconnect",
+        ),
         info(Self::HEARTBEAT_TIMEOUT, "HEARTBEAT_TIMEOUT", Disposition::Reconnect, "no pong in time"),
-        info(Self::QUEUE_OVERFLOW, "QUEUE_OVERFLOW", Disposition::Reconnect, "the client's queue exceeded its byte budget (it asked for more than it read)"),
+        info(
+            Self::QUEUE_OVERFLOW,
+            "QUEUE_OVERFLOW",
+            Disposition::Reconnect,
+            "the client's queue exceeded its byte budget (it asked for more than it read)",
+        ),
         info(Self::AUTH_REQUIRED, "AUTH_REQUIRED", Disposition::Terminal, "no token presented"),
         info(Self::AUTH_INVALID, "AUTH_INVALID", Disposition::Terminal, "token failed verification"),
         info(Self::TOKEN_EXPIRED, "TOKEN_EXPIRED", Disposition::Terminal, "token expired: reconnect with a new token"),
-        info(Self::UNSUPPORTED_PROTOCOL, "UNSUPPORTED_PROTOCOL", Disposition::Terminal, "the client refuses the server's protocol version"),
+        info(
+            Self::UNSUPPORTED_PROTOCOL,
+            "UNSUPPORTED_PROTOCOL",
+            Disposition::Terminal,
+            "the client refuses the server's protocol version",
+        ),
     ];
 
     /// The table row for a code tidewire knows.

@@ -76,7 +76,8 @@ impl PublicationTemplate {
         let text = serde_json::to_string(&crate::ServerMessage::Publication(open))?;
         // `type`, `timestamp` and `channel` come first and cannot contain the placeholder
         // (types and channel names have no quotes), so the first match is the seq.
-        let at = text.find(PLACEHOLDER).ok_or_else(|| EncodeError(serde::ser::Error::custom("no seq in publication")))?;
+        let at =
+            text.find(PLACEHOLDER).ok_or_else(|| EncodeError(serde::ser::Error::custom("no seq in publication")))?;
         let seq_at = at + "\"seq\":".len();
         Ok(PublicationTemplate {
             prefix: text[..seq_at].to_owned(),
@@ -150,13 +151,17 @@ pub fn decode_frame(text: &str) -> Result<Vec<ServerMessage>, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Control, Heartbeat};
     use crate::Timestamp;
+    use crate::message::{Control, Heartbeat};
 
     #[test]
     fn frame_is_a_json_array_of_the_encoded_messages() {
-        let a = EncodedMessage::encode(&[("type", "x"), ("n", "1")].into_iter().collect::<std::collections::BTreeMap<_, _>>()).unwrap();
-        let b = EncodedMessage::encode(&[("type", "y")].into_iter().collect::<std::collections::BTreeMap<_, _>>()).unwrap();
+        let a = EncodedMessage::encode(
+            &[("type", "x"), ("n", "1")].into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+        )
+        .unwrap();
+        let b =
+            EncodedMessage::encode(&[("type", "y")].into_iter().collect::<std::collections::BTreeMap<_, _>>()).unwrap();
         assert_eq!(encode_frame([&a, &b]), r#"[{"n":"1","type":"x"},{"type":"y"}]"#);
         assert_eq!(encode_frame([&a]), r#"[{"n":"1","type":"x"}]"#);
         assert_eq!(encode_frame(std::iter::empty::<&EncodedMessage>()), "[]");

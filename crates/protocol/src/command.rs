@@ -46,7 +46,9 @@ impl<'de> Deserialize<'de> for CommandId {
                 Ok(CommandId::Number(n))
             }
             fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<CommandId, E> {
-                u64::try_from(n).map(CommandId::Number).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(n), &self))
+                u64::try_from(n)
+                    .map(CommandId::Number)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(n), &self))
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<CommandId, E> {
                 if s.len() > MAX_COMMAND_ID_BYTES {
@@ -218,7 +220,8 @@ impl<'de> Deserialize<'de> for StreamPosition {
 /// `data_json` must be valid JSON (it is embedded as is).
 pub fn encode_publish(channel: &str, kind: &str, data_json: &str, key: Option<&str>) -> crate::EncodedMessage {
     let quote = |text: &str| serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned());
-    let mut command = format!(r#"{{"action":"publish","channel":{},"type":{},"data":{data_json}"#, quote(channel), quote(kind));
+    let mut command =
+        format!(r#"{{"action":"publish","channel":{},"type":{},"data":{data_json}"#, quote(channel), quote(kind));
     if let Some(key) = key {
         command.push_str(&format!(r#","key":{}"#, quote(key)));
     }
@@ -281,7 +284,9 @@ pub fn decode_command(text: &str) -> Result<Command, CommandError> {
 fn head_shape_error(text: &str) -> String {
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(map)) => match map.get("action") {
-            Some(Value::String(_)) | None => format!("\"id\" must be a non-negative integer or a string of at most {MAX_COMMAND_ID_BYTES} bytes"),
+            Some(Value::String(_)) | None => {
+                format!("\"id\" must be a non-negative integer or a string of at most {MAX_COMMAND_ID_BYTES} bytes")
+            }
             Some(_) => "\"action\" must be a string".to_owned(),
         },
         Ok(_) => "a command must be a JSON object".to_owned(),
@@ -304,17 +309,26 @@ mod tests {
                 since: None
             })
         );
-        assert_eq!(serde_json::to_string(&sub).unwrap(), r#"{"action":"subscribe","channels":["routing-metrics","alerts"]}"#);
+        assert_eq!(
+            serde_json::to_string(&sub).unwrap(),
+            r#"{"action":"subscribe","channels":["routing-metrics","alerts"]}"#
+        );
 
         let unsub = decode_command(r#"{"action":"unsubscribe","channels":["routing-metrics"]}"#).unwrap();
-        assert_eq!(serde_json::to_string(&unsub).unwrap(), r#"{"action":"unsubscribe","channels":["routing-metrics"]}"#);
+        assert_eq!(
+            serde_json::to_string(&unsub).unwrap(),
+            r#"{"action":"unsubscribe","channels":["routing-metrics"]}"#
+        );
     }
 
     #[test]
     fn seed_four_channel_subscribe_with_whitespace() {
         let text = "{\n  action: 'x' }";
         assert_eq!(decode_command(text).unwrap_err().code, ErrorCode::BadRequest);
-        let text = r#"{ "action": "subscribe", "channels": ["routing-metrics", "lp-performance", "exposure-updates", "alerts"] }"#;
+        let text = concat!(
+            r#"{ "action": "subscribe", "channels": "#,
+            r#"["routing-metrics", "lp-performance", "exposure-updates", "alerts"] }"#,
+        );
         let Command::Subscribe(sub) = decode_command(text).unwrap() else { panic!() };
         assert_eq!(sub.channels.len(), 4);
     }
@@ -333,13 +347,19 @@ mod tests {
 
     #[test]
     fn publish_ping_refresh() {
-        let text = r#"{"action":"publish","id":"p1","channel":"lp-performance","type":"lp-metrics","data":{"lpName":"OANDA"},"key":"OANDA"}"#;
+        let text = concat!(
+            r#"{"action":"publish","id":"p1","channel":"lp-performance","type":"lp-metrics","#,
+            r#""data":{"lpName":"OANDA"},"key":"OANDA"}"#,
+        );
         let cmd = decode_command(text).unwrap();
         let Command::Publish(p) = &cmd else { panic!() };
         assert_eq!(p.publication.kind, "lp-metrics");
         assert_eq!(p.publication.key.as_deref(), Some("OANDA"));
         assert_eq!(serde_json::to_string(&cmd).unwrap(), text);
-        assert_eq!(decode_command(r#"{"action":"ping","id":1}"#).unwrap(), Command::Ping(Ping { id: Some(CommandId::Number(1)) }));
+        assert_eq!(
+            decode_command(r#"{"action":"ping","id":1}"#).unwrap(),
+            Command::Ping(Ping { id: Some(CommandId::Number(1)) })
+        );
         assert_eq!(
             decode_command(r#"{"action":"refresh","token":"t"}"#).unwrap(),
             Command::Refresh(Refresh { id: None, token: "t".into() })
@@ -357,12 +377,24 @@ mod tests {
             (r#"{"action":5}"#, ErrorCode::BadRequest, None),
             (r#"{"action":"subscribe","id":{"x":1}}"#, ErrorCode::BadRequest, None),
             (r#"{"action":"subscribe","id":-1}"#, ErrorCode::BadRequest, None),
-            (r#"{"action":"ping","id":"0123456789012345678901234567890123456789012345678901234567890123X"}"#, ErrorCode::BadRequest, None),
+            (
+                r#"{"action":"ping","id":"0123456789012345678901234567890123456789012345678901234567890123X"}"#,
+                ErrorCode::BadRequest,
+                None,
+            ),
             (r#"{"action":"dance","id":3}"#, ErrorCode::UnknownAction, Some(CommandId::Number(3))),
-            (r#"{"action":"subscribe","id":"s","channels":"alerts"}"#, ErrorCode::BadRequest, Some(CommandId::Text("s".into()))),
+            (
+                r#"{"action":"subscribe","id":"s","channels":"alerts"}"#,
+                ErrorCode::BadRequest,
+                Some(CommandId::Text("s".into())),
+            ),
             (r#"{"action":"subscribe","id":4}"#, ErrorCode::BadRequest, Some(CommandId::Number(4))),
             (r#"{"action":"subscribe","channels":["a"],"since":{"a":-1}}"#, ErrorCode::BadRequest, None),
-            (r#"{"action":"subscribe","channels":["a"],"since":{"a":18446744073709551616}}"#, ErrorCode::BadRequest, None),
+            (
+                r#"{"action":"subscribe","channels":["a"],"since":{"a":18446744073709551616}}"#,
+                ErrorCode::BadRequest,
+                None,
+            ),
             (r#"{"action":"publish","channel":"a","type":"t"}"#, ErrorCode::BadRequest, None),
             (r#"{"action":"refresh"}"#, ErrorCode::BadRequest, None),
         ];
@@ -376,7 +408,11 @@ mod tests {
 
     #[test]
     fn deep_nesting_is_an_error() {
-        let text = format!(r#"{{"action":"publish","channel":"a","type":"t","data":{}{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        let text = format!(
+            r#"{{"action":"publish","channel":"a","type":"t","data":{}{}}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
         assert_eq!(decode_command(&text).unwrap_err().code, ErrorCode::BadRequest);
     }
 
@@ -409,9 +445,14 @@ mod tests {
         assert_eq!(publish.publication.idempotency_key.as_deref(), Some("c0ffee-12"));
         assert_eq!(publish.publication.data, serde_json::json!({"n": 1}));
         assert_eq!(publish.publication.key.as_deref(), Some("k"));
-        let serde_form = crate::EncodedMessage::encode(&Command::Publish(Publish { id: None, publication: publish.publication })).unwrap();
+        let serde_form =
+            crate::EncodedMessage::encode(&Command::Publish(Publish { id: None, publication: publish.publication }))
+                .unwrap();
         assert!(publish_with_id(&serde_form, 8, "k2").is_some(), "the serde form starts the same way");
-        assert_eq!(publish_with_id(&crate::EncodedMessage::encode(&serde_json::json!({"a": 1})).unwrap(), 1, "k"), None);
+        assert_eq!(
+            publish_with_id(&crate::EncodedMessage::encode(&serde_json::json!({"a": 1})).unwrap(), 1, "k"),
+            None
+        );
     }
 
     #[test]

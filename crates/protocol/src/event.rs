@@ -7,8 +7,8 @@
 //! [`Event::from_publication`] reads it back, checking the type. The analytics catalogue
 //! ([`crate::analytics`]) is one such application and the model for others.
 
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::command::NewPublication;
 use crate::message::Publication;

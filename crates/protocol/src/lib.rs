@@ -34,8 +34,8 @@ pub mod message;
 pub mod timestamp;
 
 pub use close_code::{CloseCode, Disposition};
-pub use codec::{decode_frame, encode_frame, DecodeError, EncodedMessage, PublicationTemplate};
-pub use command::{decode_command, Command, CommandError, CommandId, NewPublication, StreamPosition};
+pub use codec::{DecodeError, EncodedMessage, PublicationTemplate, decode_frame, encode_frame};
+pub use command::{Command, CommandError, CommandId, NewPublication, StreamPosition, decode_command};
 pub use error_code::ErrorCode;
 pub use event::Event;
 pub use message::{Control, Publication, ServerMessage};

@@ -19,6 +19,47 @@ use crate::{ErrorCode, Timestamp};
 pub const CONTROL_TYPES: [&str; 9] =
     ["connected", "subscribed", "unsubscribed", "published", "refreshed", "error", "pong", "heartbeat", "gap"];
 
+/// Which control message a [`ControlFields`] holds: one per [`Control`] variant, so a
+/// reader matches on the kind instead of string literals that could drift from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlKind {
+    Connected,
+    Subscribed,
+    Unsubscribed,
+    Published,
+    Refreshed,
+    Error,
+    Pong,
+    Heartbeat,
+    Gap,
+}
+
+impl ControlKind {
+    /// Every kind, in the order of [`CONTROL_TYPES`].
+    pub const ALL: [ControlKind; 9] = [
+        ControlKind::Connected,
+        ControlKind::Subscribed,
+        ControlKind::Unsubscribed,
+        ControlKind::Published,
+        ControlKind::Refreshed,
+        ControlKind::Error,
+        ControlKind::Pong,
+        ControlKind::Heartbeat,
+        ControlKind::Gap,
+    ];
+
+    /// Its `type` on the wire.
+    pub fn as_str(self) -> &'static str {
+        CONTROL_TYPES[self as usize]
+    }
+
+    /// The kind a message `type` names, if it is a control type.
+    pub fn parse(kind: &str) -> Option<ControlKind> {
+        CONTROL_TYPES.iter().position(|t| *t == kind).map(|i| ControlKind::ALL[i])
+    }
+}
+
 /// The longest application message type, in characters.
 pub const MAX_TYPE_LEN: usize = 128;
 
@@ -294,11 +335,11 @@ pub enum GapReason {
 /// instead of the tagged [`Control`] enum: one decoder instead of nine, which matters
 /// for code size in the browser. Which fields are set depends on `type`; a test checks
 /// that every control message reads back the same through this view.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ControlFields<'a> {
-    #[serde(rename = "type", borrow)]
-    pub kind: std::borrow::Cow<'a, str>,
+    #[serde(rename = "type")]
+    pub kind: ControlKind,
     #[serde(default)]
     pub id: Option<CommandId>,
     #[serde(default)]
@@ -397,7 +438,10 @@ mod tests {
         let json = serde_json::to_string(&msg).unwrap();
         assert_eq!(
             json,
-            r#"{"type":"lp-metrics","timestamp":"2026-01-19T10:30:45.123456Z","channel":"lp-performance","seq":42,"key":"OANDA","data":{"lpName":"OANDA"}}"#
+            concat!(
+                r#"{"type":"lp-metrics","timestamp":"2026-01-19T10:30:45.123456Z","channel":"lp-performance","#,
+                r#""seq":42,"key":"OANDA","data":{"lpName":"OANDA"}}"#,
+            )
         );
         assert_eq!(serde_json::from_str::<ServerMessage>(&json).unwrap(), msg);
     }
@@ -425,7 +469,13 @@ mod tests {
                         idempotency_window_ms: 120_000,
                     },
                 }),
-                r#"{"type":"connected","timestamp":"2026-01-19T10:30:45.123456Z","connectionId":"c1","userId":"alice","version":1,"heartbeatIntervalMs":25000,"limits":{"maxBatch":50,"batchIntervalMs":16,"maxQueuedBatches":10,"maxChannels":128,"maxMessageBytes":4096,"commandsPerSecond":1000,"commandBurst":200,"maxQueuedBytes":1048576,"idempotencyWindowMs":120000}}"#,
+                concat!(
+                    r#"{"type":"connected","timestamp":"2026-01-19T10:30:45.123456Z","connectionId":"c1","#,
+                    r#""userId":"alice","version":1,"heartbeatIntervalMs":25000,"#,
+                    r#""limits":{"maxBatch":50,"batchIntervalMs":16,"maxQueuedBatches":10,"maxChannels":128,"#,
+                    r#""maxMessageBytes":4096,"commandsPerSecond":1000,"commandBurst":200,"#,
+                    r#""maxQueuedBytes":1048576,"idempotencyWindowMs":120000}}"#,
+                ),
             ),
             (
                 Control::Subscribed(Subscribed {
@@ -436,7 +486,10 @@ mod tests {
                     epoch: "e".into(),
                     recovered: Some(true),
                 }),
-                r#"{"type":"subscribed","timestamp":"2026-01-19T10:30:45.123456Z","id":1,"channel":"alerts","seq":9,"epoch":"e","recovered":true}"#,
+                concat!(
+                    r#"{"type":"subscribed","timestamp":"2026-01-19T10:30:45.123456Z","#,
+                    r#""id":1,"channel":"alerts","seq":9,"epoch":"e","recovered":true}"#,
+                ),
             ),
             (
                 Control::Error(ErrorMessage {
@@ -447,13 +500,28 @@ mod tests {
                     channel: Some("trading#bob".into()),
                     details: None,
                 }),
-                r#"{"type":"error","timestamp":"2026-01-19T10:30:45.123456Z","code":"FORBIDDEN","message":"no","channel":"trading#bob"}"#,
+                concat!(
+                    r#"{"type":"error","timestamp":"2026-01-19T10:30:45.123456Z","#,
+                    r#""code":"FORBIDDEN","message":"no","channel":"trading#bob"}"#,
+                ),
             ),
             (
-                Control::Gap(GapNotice { timestamp: ts(), channel: "a".into(), from: 3, to: 7, reason: GapReason::Overflow }),
-                r#"{"type":"gap","timestamp":"2026-01-19T10:30:45.123456Z","channel":"a","from":3,"to":7,"reason":"overflow"}"#,
+                Control::Gap(GapNotice {
+                    timestamp: ts(),
+                    channel: "a".into(),
+                    from: 3,
+                    to: 7,
+                    reason: GapReason::Overflow,
+                }),
+                concat!(
+                    r#"{"type":"gap","timestamp":"2026-01-19T10:30:45.123456Z","#,
+                    r#""channel":"a","from":3,"to":7,"reason":"overflow"}"#,
+                ),
             ),
-            (Control::Heartbeat(Heartbeat { timestamp: ts() }), r#"{"type":"heartbeat","timestamp":"2026-01-19T10:30:45.123456Z"}"#),
+            (
+                Control::Heartbeat(Heartbeat { timestamp: ts() }),
+                r#"{"type":"heartbeat","timestamp":"2026-01-19T10:30:45.123456Z"}"#,
+            ),
         ];
         for (control, expected) in cases {
             let msg = ServerMessage::Control(control);
@@ -466,8 +534,21 @@ mod tests {
     fn control_fields_read_every_control_message() {
         let ts = ts();
         let samples = [
-            Control::Subscribed(Subscribed { timestamp: ts, id: None, channel: "c".into(), seq: 4, epoch: "e".into(), recovered: Some(false) }),
-            Control::Gap(GapNotice { timestamp: ts, channel: "c".into(), from: 2, to: 3, reason: GapReason::Superseded }),
+            Control::Subscribed(Subscribed {
+                timestamp: ts,
+                id: None,
+                channel: "c".into(),
+                seq: 4,
+                epoch: "e".into(),
+                recovered: Some(false),
+            }),
+            Control::Gap(GapNotice {
+                timestamp: ts,
+                channel: "c".into(),
+                from: 2,
+                to: 3,
+                reason: GapReason::Superseded,
+            }),
             Control::Error(ErrorMessage {
                 timestamp: ts,
                 id: Some(CommandId::Number(1)),
@@ -478,26 +559,49 @@ mod tests {
             }),
             Control::Refreshed(Refreshed { timestamp: ts, id: None, expires_at: Some(ts) }),
             Control::Published(Published { timestamp: ts, id: None, channel: "c".into(), seq: 9 }),
-            Control::Unsubscribed(Unsubscribed { timestamp: ts, id: None, channel: "c".into(), code: None, message: None }),
+            Control::Unsubscribed(Unsubscribed {
+                timestamp: ts,
+                id: None,
+                channel: "c".into(),
+                code: None,
+                message: None,
+            }),
         ];
         for control in samples {
             let json = serde_json::to_string(&control).unwrap();
             let fields: ControlFields<'_> = serde_json::from_str(&json).unwrap();
             assert_eq!(fields.timestamp, Some(control.timestamp()));
+            assert_eq!(
+                Some(fields.kind),
+                ControlKind::parse(serde_json::to_value(&control).unwrap()["type"].as_str().unwrap())
+            );
             match &control {
                 Control::Subscribed(m) => {
-                    assert_eq!((fields.channel.as_deref(), fields.seq, fields.epoch.as_deref(), fields.recovered), (Some("c"), Some(m.seq), Some("e"), m.recovered))
+                    assert_eq!(
+                        (fields.channel.as_deref(), fields.seq, fields.epoch.as_deref(), fields.recovered),
+                        (Some("c"), Some(m.seq), Some("e"), m.recovered)
+                    )
                 }
-                Control::Gap(m) => assert_eq!((fields.from, fields.to, fields.reason), (Some(m.from), Some(m.to), Some(m.reason))),
+                Control::Gap(m) => {
+                    assert_eq!((fields.from, fields.to, fields.reason), (Some(m.from), Some(m.to), Some(m.reason)))
+                }
                 Control::Error(m) => {
-                    assert_eq!((fields.code, fields.message.as_deref(), fields.channel.as_deref()), (Some(m.code), Some("m"), Some("c")))
+                    assert_eq!(
+                        (fields.code, fields.message.as_deref(), fields.channel.as_deref()),
+                        (Some(m.code), Some("m"), Some("c"))
+                    )
                 }
                 Control::Refreshed(m) => assert_eq!(fields.expires_at, m.expires_at),
                 Control::Published(m) => assert_eq!(fields.seq, Some(m.seq)),
                 _ => assert_eq!(fields.channel.as_deref(), Some("c")),
             }
         }
-        let connected = r#"{"type":"connected","timestamp":"2026-01-19T10:30:45.123456Z","connectionId":"c1","userId":"alice","version":1,"heartbeatIntervalMs":25000,"expiresAt":"2026-01-19T11:30:45.123456Z","limits":{"maxBatch":50,"batchIntervalMs":16,"maxQueuedBatches":10,"maxChannels":128,"maxMessageBytes":4096,"commandsPerSecond":1000,"commandBurst":200}}"#;
+        let connected = concat!(
+            r#"{"type":"connected","timestamp":"2026-01-19T10:30:45.123456Z","connectionId":"c1","userId":"alice","#,
+            r#""version":1,"heartbeatIntervalMs":25000,"expiresAt":"2026-01-19T11:30:45.123456Z","#,
+            r#""limits":{"maxBatch":50,"batchIntervalMs":16,"maxQueuedBatches":10,"maxChannels":128,"#,
+            r#""maxMessageBytes":4096,"commandsPerSecond":1000,"commandBurst":200}}"#,
+        );
         let fields: ControlFields<'_> = serde_json::from_str(connected).unwrap();
         assert_eq!((fields.version, fields.heartbeat_interval_ms), (Some(1), Some(25_000)));
         assert!(fields.expires_at.is_some());
@@ -515,11 +619,23 @@ mod tests {
             Control::Pong(Pong { timestamp: ts(), id: None }),
             Control::Refreshed(Refreshed { timestamp: ts(), id: None, expires_at: None }),
             Control::Published(Published { timestamp: ts(), id: None, channel: "a".into(), seq: 1 }),
-            Control::Unsubscribed(Unsubscribed { timestamp: ts(), id: None, channel: "a".into(), code: Some(ErrorCode::Forbidden), message: Some("no longer granted".into()) }),
+            Control::Unsubscribed(Unsubscribed {
+                timestamp: ts(),
+                id: None,
+                channel: "a".into(),
+                code: Some(ErrorCode::Forbidden),
+                message: Some("no longer granted".into()),
+            }),
         ];
         for sample in samples {
             let value = serde_json::to_value(&sample).unwrap();
             assert!(CONTROL_TYPES.contains(&value["type"].as_str().unwrap()));
         }
+        for (kind, name) in ControlKind::ALL.into_iter().zip(CONTROL_TYPES) {
+            assert_eq!(kind.as_str(), name);
+            assert_eq!(ControlKind::parse(name), Some(kind));
+            assert_eq!(serde_json::to_value(kind).unwrap(), name, "serde and CONTROL_TYPES agree");
+        }
+        assert_eq!(ControlKind::parse("lp-metrics"), None);
     }
 }

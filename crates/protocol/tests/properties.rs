@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tidewire_protocol::batch::{BatchConfig, Batcher, Outbound, Position};
 use tidewire_protocol::command::{Ping, Publish, Refresh, Subscribe, Unsubscribe};
 use tidewire_protocol::message::{
@@ -13,8 +13,8 @@ use tidewire_protocol::message::{
     Unsubscribed,
 };
 use tidewire_protocol::{
-    channel, decode_command, decode_frame, encode_frame, Command, CommandId, Control, EncodedMessage, ErrorCode,
-    NewPublication, Publication, ServerMessage, StreamPosition, Timestamp,
+    Command, CommandId, Control, EncodedMessage, ErrorCode, NewPublication, Publication, ServerMessage, StreamPosition,
+    Timestamp, channel, decode_command, decode_frame, encode_frame,
 };
 
 fn channel_name() -> impl Strategy<Value = String> {
@@ -68,7 +68,11 @@ fn new_publication() -> impl Strategy<Value = NewPublication> {
 fn command() -> impl Strategy<Value = Command> {
     let channels = || prop::collection::vec(channel_name(), 0..5);
     prop_oneof![
-        (command_id(), channels(), prop::option::of(prop::collection::btree_map(channel_name(), stream_position(), 0..3)))
+        (
+            command_id(),
+            channels(),
+            prop::option::of(prop::collection::btree_map(channel_name(), stream_position(), 0..3))
+        )
             .prop_map(|(id, channels, since)| Command::Subscribe(Subscribe { id, channels, since })),
         (command_id(), channels()).prop_map(|(id, channels)| Command::Unsubscribe(Unsubscribe { id, channels })),
         (command_id(), new_publication()).prop_map(|(id, publication)| Command::Publish(Publish { id, publication })),
@@ -78,17 +82,18 @@ fn command() -> impl Strategy<Value = Command> {
 }
 
 fn server_message() -> impl Strategy<Value = ServerMessage> {
-    let publication = (new_publication(), timestamp(), any::<u64>(), any::<bool>()).prop_map(|(p, timestamp, seq, snapshot)| {
-        ServerMessage::Publication(Publication {
-            kind: p.kind,
-            timestamp,
-            channel: p.channel,
-            seq,
-            key: p.key,
-            snapshot,
-            data: p.data,
-        })
-    });
+    let publication =
+        (new_publication(), timestamp(), any::<u64>(), any::<bool>()).prop_map(|(p, timestamp, seq, snapshot)| {
+            ServerMessage::Publication(Publication {
+                kind: p.kind,
+                timestamp,
+                channel: p.channel,
+                seq,
+                key: p.key,
+                snapshot,
+                data: p.data,
+            })
+        });
     let control = prop_oneof![
         (timestamp(), ".{0,10}", ".{0,10}", any::<u32>(), any::<u64>(), prop::option::of(timestamp())).prop_map(
             |(timestamp, connection_id, user_id, version, heartbeat_interval_ms, expires_at)| {
@@ -117,13 +122,21 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
             .prop_map(|(timestamp, id, channel, seq, epoch, recovered)| {
                 Control::Subscribed(Subscribed { timestamp, id, channel, seq, epoch, recovered })
             }),
-        (timestamp(), command_id(), channel_name())
-            .prop_map(|(timestamp, id, channel)| Control::Unsubscribed(Unsubscribed { timestamp, id, channel, code: None, message: None })),
+        (timestamp(), command_id(), channel_name()).prop_map(|(timestamp, id, channel)| Control::Unsubscribed(
+            Unsubscribed { timestamp, id, channel, code: None, message: None }
+        )),
         (timestamp(), command_id(), channel_name(), any::<u64>())
             .prop_map(|(timestamp, id, channel, seq)| Control::Published(Published { timestamp, id, channel, seq })),
         (timestamp(), command_id(), prop::option::of(timestamp()))
             .prop_map(|(timestamp, id, expires_at)| Control::Refreshed(Refreshed { timestamp, id, expires_at })),
-        (timestamp(), command_id(), prop::sample::select(ErrorCode::ALL.to_vec()), ".{0,30}", prop::option::of(channel_name()), prop::option::of(json_data()))
+        (
+            timestamp(),
+            command_id(),
+            prop::sample::select(ErrorCode::ALL.to_vec()),
+            ".{0,30}",
+            prop::option::of(channel_name()),
+            prop::option::of(json_data())
+        )
             .prop_map(|(timestamp, id, code, message, channel, details)| {
                 // `details: null` is indistinguishable from an absent field on the wire.
                 let details = details.filter(|d| !d.is_null());
@@ -131,10 +144,12 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
             }),
         (timestamp(), command_id()).prop_map(|(timestamp, id)| Control::Pong(Pong { timestamp, id })),
         timestamp().prop_map(|timestamp| Control::Heartbeat(Heartbeat { timestamp })),
-        (timestamp(), channel_name(), any::<u64>(), 0u64..1000, prop::bool::ANY).prop_map(|(timestamp, channel, from, len, superseded)| {
-            let reason = if superseded { GapReason::Superseded } else { GapReason::Overflow };
-            Control::Gap(GapNotice { timestamp, channel, from, to: from.saturating_add(len), reason })
-        }),
+        (timestamp(), channel_name(), any::<u64>(), 0u64..1000, prop::bool::ANY).prop_map(
+            |(timestamp, channel, from, len, superseded)| {
+                let reason = if superseded { GapReason::Superseded } else { GapReason::Overflow };
+                Control::Gap(GapNotice { timestamp, channel, from, to: from.saturating_add(len), reason })
+            }
+        ),
     ];
     prop_oneof![publication, control.prop_map(ServerMessage::Control)]
 }
@@ -182,14 +197,23 @@ proptest! {
         max_queued_batches in 1usize..4,
     ) {
         let channels = ["a", "b", "c"];
-        let mut batcher = Batcher::new(BatchConfig { max_batch, interval: Duration::from_millis(16), max_queued_batches, ..BatchConfig::default() });
+        let mut batcher = Batcher::new(BatchConfig {
+            max_batch,
+            interval: Duration::from_millis(16),
+            max_queued_batches,
+            ..BatchConfig::default()
+        });
         let mut next_seq: HashMap<&str, u64> = HashMap::new();
         let mut outcome: HashMap<(String, u64), &str> = HashMap::new();
         let mut last_delivered: HashMap<String, u64> = HashMap::new();
         let mut pushed = 0u64;
         let mut now = Duration::ZERO;
 
-        let drain = |batcher: &mut Batcher, now: Duration, outcome: &mut HashMap<(String, u64), &str>, last: &mut HashMap<String, u64>| -> Result<(), TestCaseError> {
+        let drain = |batcher: &mut Batcher,
+                     now: Duration,
+                     outcome: &mut HashMap<(String, u64), &str>,
+                     last: &mut HashMap<String, u64>|
+         -> Result<(), TestCaseError> {
             if let Some(frame) = batcher.poll_frame(now) {
                 prop_assert!(frame.len() <= max_batch);
                 for gap in &frame.gaps {
@@ -217,7 +241,8 @@ proptest! {
                     let seq = next_seq.entry(channel).or_insert(0);
                     *seq += 1;
                     let message = EncodedMessage::encode(&json!({"channel": channel, "seq": *seq})).unwrap();
-                    let position = Position { channel: channel.into(), seq: *seq, key: key.map(|k| k.to_string().into()) };
+                    let position =
+                        Position { channel: channel.into(), seq: *seq, key: key.map(|k| k.to_string().into()) };
                     batcher.push(Outbound::publication(message, position));
                     pushed += 1;
                 }
@@ -253,7 +278,10 @@ proptest! {
                     let message = EncodedMessage::encode(&json!({"channel": "a", "seq": seq, "p": padding})).unwrap();
                     batcher.push(Outbound::publication(message, Position { channel: "a".into(), seq, key: None }))
                 }
-                3 => batcher.push(Outbound::control(EncodedMessage::encode(&json!({"type": "pong", "p": padding})).unwrap())),
+                3 => {
+                    let message = EncodedMessage::encode(&json!({"type": "pong", "p": padding})).unwrap();
+                    batcher.push(Outbound::control(message))
+                }
                 _ => {
                     now += Duration::from_millis(advance);
                     if let Some(frame) = batcher.poll_frame(now) {
@@ -267,7 +295,8 @@ proptest! {
                 refused += u64::from(dropped.refused);
             }
             if batcher.is_over_budget() {
-                prop_assert_eq!(batcher.push(Outbound::control(EncodedMessage::encode(&json!({})).unwrap())).refused, 1);
+                let message = EncodedMessage::encode(&json!({})).unwrap();
+                prop_assert_eq!(batcher.push(Outbound::control(message)).refused, 1);
             } else {
                 prop_assert!(batcher.bytes() <= max_bytes, "{} bytes wait, budget {}", batcher.bytes(), max_bytes);
             }
@@ -285,8 +314,14 @@ proptest! {
 
 #[test]
 fn since_map_order_is_stable() {
-    let since: BTreeMap<String, StreamPosition> =
-        [("b".to_owned(), StreamPosition { seq: 1, epoch: None }), ("a".to_owned(), StreamPosition { seq: 2, epoch: None })].into();
+    let since: BTreeMap<String, StreamPosition> = [
+        ("b".to_owned(), StreamPosition { seq: 1, epoch: None }),
+        ("a".to_owned(), StreamPosition { seq: 2, epoch: None }),
+    ]
+    .into();
     let cmd = Command::Subscribe(Subscribe { id: None, channels: vec!["a".into(), "b".into()], since: Some(since) });
-    assert_eq!(serde_json::to_string(&cmd).unwrap(), r#"{"action":"subscribe","channels":["a","b"],"since":{"a":2,"b":1}}"#);
+    assert_eq!(
+        serde_json::to_string(&cmd).unwrap(),
+        r#"{"action":"subscribe","channels":["a","b"],"since":{"a":2,"b":1}}"#
+    );
 }

@@ -9,6 +9,8 @@
 //! - `GET /restart?down_ms=MS&publish=N&channel=C` → drains the WebSocket listener (clients
 //!   get 1012), publishes N messages into the same hub while it is down, waits MS, and
 //!   serves the same hub on the same port again, answering once it listens;
+//! - `GET /subscribers?channel=C` → how many connections the node has subscribed to C
+//!   (what the server holds, not what a client believes);
 //! - `GET /info` → `{"ws": "ws://…/ws"}`.
 //!
 //! Every answer carries `Access-Control-Allow-Origin: *`, because the test page runs on
@@ -21,23 +23,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
 use tidewire_protocol::analytics::{Book, Side};
-use tidewire_server::auth::{mint_hs256, unix_now, Claims};
-use tidewire_server::{server, Config, Hub};
+use tidewire_server::auth::{Claims, mint_hs256, unix_now};
+use tidewire_server::{Config, Hub, server};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Mutex};
+use tokio::sync::{Mutex, oneshot};
 
 const SECRET: &str = "fixture-secret-of-at-least-32-bytes";
+
+/// The running server: how to stop it, and its task.
+type Running = (oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>);
 
 struct Fixture {
     hub: Hub,
     ws_addr: SocketAddr,
-    running: Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>)>>,
+    running: Mutex<Option<Running>>,
 }
 
 impl Fixture {
@@ -100,7 +105,8 @@ async fn main() -> std::io::Result<()> {
             "/token",
             get(|Query(q): Params| async move {
                 let sub = q.get("sub").cloned().unwrap_or_else(|| "browser".into());
-                let claims = Claims { sub, exp: unix_now() + 3600, publish: Some(vec!["*".into()]), ..Claims::default() };
+                let claims =
+                    Claims { sub, exp: unix_now() + 3600, publish: Some(vec!["*".into()]), ..Claims::default() };
                 cors(mint_hs256(SECRET, &claims).unwrap_or_default())
             }),
         )
@@ -132,7 +138,19 @@ async fn main() -> std::io::Result<()> {
                 }
             }),
         )
-        .route("/info", get(|State(f): State<Arc<Fixture>>| async move { cors(format!(r#"{{"ws":"ws://{}/ws"}}"#, f.ws_addr)) }))
+        .route(
+            "/subscribers",
+            get(|State(f): State<Arc<Fixture>>, Query(q): Params| async move {
+                let channel = q.get("channel").cloned().unwrap_or_default();
+                let channels = f.hub.channels().await;
+                let count = channels.iter().find(|c| c.channel == channel).map_or(0, |c| c.subscribers);
+                cors(count.to_string())
+            }),
+        )
+        .route(
+            "/info",
+            get(|State(f): State<Arc<Fixture>>| async move { cors(format!(r#"{{"ws":"ws://{}/ws"}}"#, f.ws_addr)) }),
+        )
         .with_state(fixture.clone());
     let control_listener = TcpListener::bind(("127.0.0.1", control_port)).await?;
     let control_addr = control_listener.local_addr()?;

@@ -74,7 +74,9 @@ impl Grant {
     }
 
     pub fn expires_at_timestamp(&self) -> Timestamp {
-        Timestamp::from_unix_micros(i64::try_from(self.expires_at).unwrap_or(i64::MAX / 1_000_000).saturating_mul(1_000_000))
+        Timestamp::from_unix_micros(
+            i64::try_from(self.expires_at).unwrap_or(i64::MAX / 1_000_000).saturating_mul(1_000_000),
+        )
     }
 
     /// Time left before expiry, zero once expired.
@@ -114,7 +116,10 @@ impl AuthError {
 pub enum KeyError {
     #[error("--jwt-secret (TIDEWIRE_JWT_SECRET) is required for HS256")]
     MissingSecret,
-    #[error("--jwt-secret (TIDEWIRE_JWT_SECRET) is {0} bytes; HS256 needs at least {MIN_SECRET_BYTES} (e.g. `openssl rand -base64 32`)")]
+    #[error(
+        "--jwt-secret (TIDEWIRE_JWT_SECRET) is {0} bytes; HS256 needs at least {MIN_SECRET_BYTES} \
+         (e.g. `openssl rand -base64 32`)"
+    )]
     ShortSecret(usize),
     #[error("--jwt-public-key (TIDEWIRE_JWT_PUBLIC_KEY) is required for {0:?}")]
     MissingPublicKey(JwtAlgorithm),
@@ -150,7 +155,8 @@ impl Verifier {
             }
             other => {
                 let path = config.jwt_public_key.as_ref().ok_or(KeyError::MissingPublicKey(other))?;
-                let pem = std::fs::read(path).map_err(|source| KeyError::Read { path: path.display().to_string(), source })?;
+                let pem = std::fs::read(path)
+                    .map_err(|source| KeyError::Read { path: path.display().to_string(), source })?;
                 let parsed = match other {
                     JwtAlgorithm::Rs256 => DecodingKey::from_rsa_pem(&pem),
                     JwtAlgorithm::Es256 => DecodingKey::from_ec_pem(&pem),
@@ -271,7 +277,10 @@ mod tests {
     fn refusals() {
         let v = verifier(S);
         assert_eq!(v.verify(&mint_hs256(S, &claims("a", -5)).unwrap()), Err(AuthError::Expired));
-        assert!(matches!(v.verify(&mint_hs256("another-secret-of-at-least-32-bytes", &claims("a", 60)).unwrap()), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            v.verify(&mint_hs256("another-secret-of-at-least-32-bytes", &claims("a", 60)).unwrap()),
+            Err(AuthError::Invalid(_))
+        ));
         assert!(matches!(v.verify("garbage"), Err(AuthError::Invalid(_))));
         assert!(matches!(v.verify(&mint_hs256(S, &claims("", 60)).unwrap()), Err(AuthError::Invalid(_))));
         let mut bad = claims("a", 60);
@@ -294,7 +303,9 @@ mod tests {
         let v = Verifier::from_config(&config).unwrap();
         let full = Claims { aud: Some("desk".into()), iss: Some("idp".into()), ..claims("a", 60) };
         assert!(v.verify(&mint_hs256(S, &full).unwrap()).is_ok());
-        for (what, token) in [("aud", Claims { aud: None, ..full.clone() }), ("iss", Claims { iss: None, ..full.clone() })] {
+        for (what, token) in
+            [("aud", Claims { aud: None, ..full.clone() }), ("iss", Claims { iss: None, ..full.clone() })]
+        {
             let refused = v.verify(&mint_hs256(S, &token).unwrap());
             assert_eq!(refused, Err(AuthError::Invalid(format!("missing claim {what}"))), "{what}");
         }

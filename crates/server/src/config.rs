@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use tidewire_protocol::batch::BatchConfig;
+use tidewire_protocol::batch::{BatchConfig, DEFAULT_MAX_QUEUED_BYTES};
 use tidewire_protocol::channel::ChannelPattern;
 use tidewire_protocol::message::Limits;
 
@@ -121,7 +121,7 @@ pub struct Config {
     /// Bytes the server may queue for one client (publications, replies, errors,
     /// snapshots, gap notices). Over it, the oldest publications are dropped (with gap
     /// notices); when what is left still exceeds it, the client is closed (4002).
-    #[arg(long, env = "TIDEWIRE_MAX_QUEUED_BYTES", default_value_t = tidewire_protocol::batch::DEFAULT_MAX_QUEUED_BYTES)]
+    #[arg(long, env = "TIDEWIRE_MAX_QUEUED_BYTES", default_value_t = DEFAULT_MAX_QUEUED_BYTES)]
     pub max_queued_bytes: usize,
 
     /// Channels one connection may subscribe to.
@@ -360,7 +360,10 @@ mod tests {
     #[test]
     fn publish_rate_limit_rules_parse() {
         let rule: PublishRateLimit = "prices.*=1000/100".parse().unwrap();
-        assert_eq!(rule, PublishRateLimit { pattern: ChannelPattern::Prefix("prices.".into()), burst: 1000, per_minute: 100 });
+        assert_eq!(
+            rule,
+            PublishRateLimit { pattern: ChannelPattern::Prefix("prices.".into()), burst: 1000, per_minute: 100 }
+        );
         for bad in ["prices.*", "prices.*=10", "a*b=1/1", "x=0/1", "x=1/-1", "=1/1"] {
             assert!(bad.parse::<PublishRateLimit>().is_err(), "{bad}");
         }
@@ -372,7 +375,10 @@ mod tests {
         assert_eq!(c.listen, "0.0.0.0:7999".parse().unwrap());
         assert_eq!((c.max_batch, c.batch_interval, c.max_queued_batches), (50, Duration::from_millis(16), 10));
         assert_eq!((c.max_channels, c.max_message_bytes, c.commands_per_second), (128, 4096, 1000));
-        assert_eq!((c.heartbeat_interval, c.write_timeout, c.drain_window), (Duration::from_secs(25), Duration::from_secs(10), Duration::from_secs(5)));
+        assert_eq!(
+            (c.heartbeat_interval, c.write_timeout, c.drain_window),
+            (Duration::from_secs(25), Duration::from_secs(10), Duration::from_secs(5))
+        );
         assert_eq!(c.history_size, 1000);
         assert_eq!(c.send_buffer, 256 * 1024);
         assert_eq!(c.jwt_algorithm, JwtAlgorithm::Hs256);

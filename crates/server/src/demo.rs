@@ -19,11 +19,17 @@ use std::time::Duration;
 
 use tidewire_protocol::analytics::{Book, Category, LpStatus, Severity, Side};
 
-use crate::auth::{mint_hs256, unix_now, Claims};
+use crate::auth::{Claims, mint_hs256, unix_now};
 use crate::{Hub, Publisher};
 
-const SYMBOLS: [(&str, f64); 6] =
-    [("EURUSD", 1.0842), ("GBPUSD", 1.2671), ("USDJPY", 151.42), ("AUDUSD", 0.6583), ("USDCHF", 0.8791), ("XAUUSD", 2331.5)];
+const SYMBOLS: [(&str, f64); 6] = [
+    ("EURUSD", 1.0842),
+    ("GBPUSD", 1.2671),
+    ("USDJPY", 151.42),
+    ("AUDUSD", 0.6583),
+    ("USDCHF", 0.8791),
+    ("XAUUSD", 2331.5),
+];
 const LPS: [&str; 6] = ["OANDA", "LMAX", "Citi", "HSBC", "Barclays", "Jump"];
 const EXPOSURE_LIMIT: f64 = 10_000_000.0;
 
@@ -97,7 +103,18 @@ impl Market {
             *self.by_lp.entry(lp.name.to_owned()).or_insert(0.0) += signed * 0.02;
         }
         self.gross += volume;
-        let _ = publisher.notify_routing_decision(symbol, side, volume, decision, lp.name, execution, round6(spread), round6(slippage)).await;
+        let _ = publisher
+            .notify_routing_decision(
+                symbol,
+                side,
+                volume,
+                decision,
+                lp.name,
+                execution,
+                round6(spread),
+                round6(slippage),
+            )
+            .await;
     }
 
     async fn lp_metrics(&mut self, publisher: &Publisher) {
@@ -130,27 +147,30 @@ impl Market {
             let quotes = if lp.status == LpStatus::Disconnected { 0 } else { lp.quotes.round() as u64 };
             let uptime = 100.0 * (lp.up_seconds + 3600.0) / (lp.total_seconds + 3600.0);
             let (name, status) = (lp.name, lp.status);
-            let _ = publisher.notify_lp_status_change(
-                name,
-                status,
-                round6(lp.spread),
-                round3(quality),
-                latency.round() as u64,
-                quotes,
-                round3(lp.reject_rate),
-                round3(uptime),
-            ).await;
+            let _ = publisher
+                .notify_lp_status_change(
+                    name,
+                    status,
+                    round6(lp.spread),
+                    round3(quality),
+                    latency.round() as u64,
+                    quotes,
+                    round3(lp.reject_rate),
+                    round3(uptime),
+                )
+                .await;
             if before != status && (before == LpStatus::Disconnected || status == LpStatus::Disconnected) {
-                let (severity, title, message, actions): (Severity, String, String, &[&str]) = if status == LpStatus::Disconnected {
-                    (
-                        Severity::Warning,
-                        "LP Connection Lost".to_owned(),
-                        format!("Connection to {name} LP was lost. Attempting reconnection."),
-                        &["Check LP credentials", "Verify network connectivity"],
-                    )
-                } else {
-                    (Severity::Info, "LP Reconnected".to_owned(), format!("{name} is quoting again."), &[])
-                };
+                let (severity, title, message, actions): (Severity, String, String, &[&str]) =
+                    if status == LpStatus::Disconnected {
+                        (
+                            Severity::Warning,
+                            "LP Connection Lost".to_owned(),
+                            format!("Connection to {name} LP was lost. Attempting reconnection."),
+                            &["Check LP credentials", "Verify network connectivity"],
+                        )
+                    } else {
+                        (Severity::Info, "LP Reconnected".to_owned(), format!("{name} is quoting again."), &[])
+                    };
                 let _ = publisher.notify_alert(severity, Category::Lp, &title, &message, "LPManager", actions).await;
             }
         }
@@ -170,7 +190,15 @@ impl Market {
         let net: f64 = self.by_symbol.values().sum::<f64>() * 0.6;
         let total: f64 = self.by_symbol.values().map(|v| v.abs()).sum::<f64>() * 0.6;
         let rounded = |map: &BTreeMap<String, f64>| map.iter().map(|(k, v)| (k.clone(), v.round())).collect();
-        let _ = publisher.notify_exposure_change(total.round(), net.round(), EXPOSURE_LIMIT, rounded(&self.by_symbol), rounded(&self.by_lp)).await;
+        let _ = publisher
+            .notify_exposure_change(
+                total.round(),
+                net.round(),
+                EXPOSURE_LIMIT,
+                rounded(&self.by_symbol),
+                rounded(&self.by_lp),
+            )
+            .await;
         let utilization = (net / EXPOSURE_LIMIT * 100.0).abs();
         let band = match utilization {
             u if u >= 95.0 => 2,
@@ -178,26 +206,34 @@ impl Market {
             _ => 0,
         };
         if band > self.last_band {
-            let (severity, title) = if band == 2 { (Severity::Critical, "Exposure Limit Exceeded") } else { (Severity::Error, "Exposure Near Limit") };
-            let _ = publisher.notify_alert(
-                severity,
-                Category::Exposure,
-                title,
-                &format!("Net exposure is at {utilization:.0}% of limit"),
-                "ExposureMonitor",
-                &["Review open positions", "Consider hedging large positions"],
-            ).await;
+            let (severity, title) = if band == 2 {
+                (Severity::Critical, "Exposure Limit Exceeded")
+            } else {
+                (Severity::Error, "Exposure Near Limit")
+            };
+            let _ = publisher
+                .notify_alert(
+                    severity,
+                    Category::Exposure,
+                    title,
+                    &format!("Net exposure is at {utilization:.0}% of limit"),
+                    "ExposureMonitor",
+                    &["Review open positions", "Consider hedging large positions"],
+                )
+                .await;
         }
         self.last_band = band;
         if self.rng.f64() < 0.06 {
-            let _ = publisher.notify_alert(
-                Severity::Info,
-                Category::Routing,
-                "Routing Summary",
-                &format!("{:.1}M notional routed since the last summary", self.gross / 1e6),
-                "RoutingEngine",
-                &[],
-            ).await;
+            let _ = publisher
+                .notify_alert(
+                    Severity::Info,
+                    Category::Routing,
+                    "Routing Summary",
+                    &format!("{:.1}M notional routed since the last summary", self.gross / 1e6),
+                    "RoutingEngine",
+                    &[],
+                )
+                .await;
             self.gross = 0.0;
         }
     }

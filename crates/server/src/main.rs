@@ -4,9 +4,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use tidewire_server::auth::{mint_hs256, unix_now, Claims};
+use tidewire_server::auth::{Claims, mint_hs256, unix_now};
 use tidewire_server::config::LogFormat;
-use tidewire_server::{server, Config, Hub};
+use tidewire_server::{Config, Hub, server};
 
 /// A real-time pub/sub gateway: typed, batched, authenticated updates to browsers over WebSocket.
 #[derive(Parser)]
@@ -89,7 +89,8 @@ fn main() -> ExitCode {
                 eprintln!("tidewire token: --jwt-secret (TIDEWIRE_JWT_SECRET) is required");
                 return ExitCode::FAILURE;
             };
-            let claims = Claims { sub, exp: unix_now() + ttl.as_secs(), channels, publish, operator, ..Claims::default() };
+            let claims =
+                Claims { sub, exp: unix_now() + ttl.as_secs(), channels, publish, operator, ..Claims::default() };
             match mint_hs256(&secret, &claims) {
                 Ok(token) => {
                     println!("{token}");
@@ -180,13 +181,26 @@ fn serve(mut config: Config, demo_rate: Option<u32>) -> ExitCode {
                 "/demo/token",
                 axum::routing::get(move || {
                     let secret = token_secret.clone();
-                    async move { tidewire_server::demo::demo_token(&secret, &format!("viewer-{:04x}", fastrand::u16(..))).unwrap_or_default() }
+                    async move {
+                        let user = format!("viewer-{:04x}", fastrand::u16(..));
+                        tidewire_server::demo::demo_token(&secret, &user).unwrap_or_default()
+                    }
                 }),
             );
             let browse = addr.replace("0.0.0.0", "127.0.0.1");
             let token = tidewire_server::demo::demo_token(&secret, "demo").unwrap_or_default();
             tracing::info!(rate, "demo publisher running");
-            println!("\n  tidewire demo: open http://{browse}/\n  WebSocket:     ws://{browse}/ws\n  dev token:     {token}\n");
+            println!(
+                concat!(
+                    "\n",
+                    "  tidewire demo: open http://{browse}/\n",
+                    "  WebSocket:     ws://{browse}/ws\n",
+                    "  dev token:     {token}\n",
+                ),
+                // A format string from concat! cannot capture variables implicitly.
+                browse = browse,
+                token = token,
+            );
         }
         tracing::info!(%addr, "tidewire listening (ws://{addr}/ws)");
         match server::serve_app(listener, hub, app, server::signal()).await {
@@ -254,6 +268,7 @@ fn raise_open_file_limit() {
 /// an arena per thread then keeps freed memory spread over several arenas: 10 000 idle
 /// connections cost 4.1 KiB each with it and 3.8 KiB with one arena, for no measurable
 /// difference in CPU at a million deliveries a second (docs/performance.md).
+#[allow(unsafe_code)] // the one FFI call; see the SAFETY note
 fn use_one_malloc_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none()

@@ -104,8 +104,16 @@ impl Metrics {
         registry.register("connections_accepted", "WebSocket connections accepted", metrics.connections_total.clone());
         registry.register("subscriptions", "Active channel subscriptions", metrics.subscriptions.clone());
         registry.register("channels", "Channels with state on this node", metrics.channels.clone());
-        registry.register("channel_keys", "Latest values kept for snapshots, all channels together (in-memory engine)", metrics.keys.clone());
-        registry.register("publish_limiters", "Channels with publish-rate state (swept when back to a full bucket)", metrics.publish_limiters.clone());
+        registry.register(
+            "channel_keys",
+            "Latest values kept for snapshots, all channels together (in-memory engine)",
+            metrics.keys.clone(),
+        );
+        registry.register(
+            "publish_limiters",
+            "Channels with publish-rate state (swept when back to a full bucket)",
+            metrics.publish_limiters.clone(),
+        );
         registry.register("messages_published", "Publications accepted", metrics.published.clone());
         registry.register(
             "duplicate_publishes",
@@ -113,7 +121,11 @@ impl Metrics {
             metrics.duplicates.clone(),
         );
         registry.register("messages_delivered", "Publications queued to subscribers", metrics.delivered.clone());
-        registry.register("messages_dropped", "Publications dropped for a subscriber, by reason", metrics.dropped.clone());
+        registry.register(
+            "messages_dropped",
+            "Publications dropped for a subscriber, by reason",
+            metrics.dropped.clone(),
+        );
         registry.register("frames_sent", "Frames written to clients", metrics.frames_sent.clone());
         registry.register("batch_size", "Messages per frame", metrics.batch_size.clone());
         registry.register(
@@ -126,12 +138,21 @@ impl Metrics {
         registry.register("rate_limited_commands", "Commands refused by the rate limit", metrics.rate_limited.clone());
         registry.register(
             "connections_refused",
-            "Connections refused by a limit (http_node, http_address: at accept; node, user, address: WebSocket sessions)",
+            "Connections refused by a limit (http_node, http_address: at accept; \
+             node, user, address: WebSocket sessions)",
             metrics.refused_connections.clone(),
         );
-        registry.register("http_connections", "Open HTTP connections that are not WebSockets", metrics.http_connections.clone());
+        registry.register(
+            "http_connections",
+            "Open HTTP connections that are not WebSockets",
+            metrics.http_connections.clone(),
+        );
         registry.register("command_errors", "Error replies to commands, by error code", metrics.command_errors.clone());
-        registry.register("ingest_events", "Broker events, by source and outcome (published, dead_lettered, retried)", metrics.ingest_events.clone());
+        registry.register(
+            "ingest_events",
+            "Broker events, by source and outcome (published, dead_lettered, retried)",
+            metrics.ingest_events.clone(),
+        );
         Metrics { registry, ..metrics }
     }
 

@@ -8,11 +8,11 @@
 use std::collections::BTreeMap;
 
 use tidewire_protocol::analytics::{
-    alert_id, Alert, Book, Category, ExposureChange, LpMetrics, LpStatus, RoutingDecision, Severity, Side,
+    Alert, Book, Category, ExposureChange, LpMetrics, LpStatus, RoutingDecision, Severity, Side, alert_id,
 };
 use tidewire_protocol::{ErrorCode, Event, NewPublication};
 
-use crate::hub::{now_timestamp, Accepted, Hub, PublishError};
+use crate::hub::{Accepted, Hub, PublishError, now_timestamp};
 
 /// Publishes into a hub. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -32,9 +32,8 @@ impl Publisher {
 
     /// Publishes a typed event on its home channel.
     pub async fn publish_event<E: Event>(&self, event: &E) -> Result<Accepted, PublishError> {
-        let publication = event
-            .to_publication()
-            .map_err(|e| PublishError { code: ErrorCode::BadRequest, message: e.to_string() })?;
+        let publication =
+            event.to_publication().map_err(|e| PublishError { code: ErrorCode::BadRequest, message: e.to_string() })?;
         self.hub.publish(publication).await
     }
 
@@ -60,7 +59,8 @@ impl Publisher {
             execution_time_ms,
             spread,
             slippage,
-        }).await
+        })
+        .await
     }
 
     /// When an LP's status or metrics change.
@@ -85,7 +85,8 @@ impl Publisher {
             quotes_per_second,
             reject_rate,
             uptime,
-        }).await
+        })
+        .await
     }
 
     /// When exposure changes; utilization and risk level are derived.
@@ -120,6 +121,7 @@ impl Publisher {
             message: message.to_owned(),
             source: source.to_owned(),
             action_items: action_items.iter().map(|s| (*s).to_owned()).collect(),
-        }).await
+        })
+        .await
     }
 }

@@ -44,7 +44,11 @@ pub async fn bind(hub: &Hub) -> std::io::Result<TcpListener> {
 }
 
 /// Serves tidewire's routes until `shutdown` resolves, then drains.
-pub async fn serve(listener: TcpListener, hub: Hub, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    hub: Hub,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let app = router(hub.clone());
     serve_app(listener, hub, app, shutdown).await
 }
@@ -154,7 +158,11 @@ fn names_loopback<B>(request: &hyper::Request<B>) -> bool {
 
 fn foreign_host() -> axum::response::Response {
     use axum::response::IntoResponse;
-    (hyper::StatusCode::FORBIDDEN, "this node listens on loopback only and answers only requests to a loopback host name").into_response()
+    (
+        hyper::StatusCode::FORBIDDEN,
+        "this node listens on loopback only and answers only requests to a loopback host name",
+    )
+        .into_response()
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -178,4 +186,3 @@ pub async fn signal() {
     #[cfg(not(unix))]
     let _ = interrupt.await;
 }
-

@@ -44,7 +44,11 @@ async fn public_key_algorithms() {
         })
         .await;
         let private = load(&std::fs::read(key_path(&format!("{name}-private.pem"))).unwrap()).unwrap();
-        assert_eq!(close_code(&server, &sign(algorithm, &private, &valid_claims())).await, Ok("alice".into()), "{name}");
+        assert_eq!(
+            close_code(&server, &sign(algorithm, &private, &valid_claims())).await,
+            Ok("alice".into()),
+            "{name}"
+        );
         // An HS256 token signed with the public key's bytes (the classic confusion attack).
         let public_bytes = std::fs::read(key_path(&format!("{name}-public.pem"))).unwrap();
         let confused = sign(Algorithm::HS256, &EncodingKey::from_secret(&public_bytes), &valid_claims());
@@ -109,7 +113,12 @@ async fn alg_none_and_wrong_algorithms_are_refused() {
     let encode = |value: &serde_json::Value| base64_url::encode(&value.to_string());
     let unsigned = format!("{}.{}.", encode(&json!({"alg": "none", "typ": "JWT"})), encode(&valid_claims()));
     assert_eq!(close_code(&server, &unsigned).await, Err(4501), "alg none");
-    let hs512 = jsonwebtoken::encode(&Header::new(Algorithm::HS512), &valid_claims(), &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
+    let hs512 = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS512),
+        &valid_claims(),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
     assert_eq!(close_code(&server, &hs512).await, Err(4501), "HS512 when HS256 is pinned");
     let mut tampered = token("alice");
     tampered.push('x');

@@ -31,7 +31,17 @@ fn start(extra: &[&str]) -> Running {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let child = Command::new(BIN)
-        .args(["serve", "--listen", &listen, "--jwt-secret", "bin-secret-of-at-least-thirty-two-bytes", "--log-format", "json", "--drain-window", "300ms"])
+        .args([
+            "serve",
+            "--listen",
+            &listen,
+            "--jwt-secret",
+            "bin-secret-of-at-least-thirty-two-bytes",
+            "--log-format",
+            "json",
+            "--drain-window",
+            "300ms",
+        ])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -54,7 +64,11 @@ impl Running {
 }
 
 fn mint(args: &[&str]) -> String {
-    let out = Command::new(BIN).args(["token", "--jwt-secret", "bin-secret-of-at-least-thirty-two-bytes"]).args(args).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["token", "--jwt-secret", "bin-secret-of-at-least-thirty-two-bytes"])
+        .args(args)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
@@ -141,8 +155,10 @@ fn sigterm_drains_clients_with_1012_and_exits_0() {
 fn open_file_limits(pid: u32) -> (u64, u64) {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
-    let numbers: Vec<u64> =
-        line.split_whitespace().filter_map(|w| if w == "unlimited" { Some(u64::MAX) } else { w.parse().ok() }).collect();
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| if w == "unlimited" { Some(u64::MAX) } else { w.parse().ok() })
+        .collect();
     (numbers[0], numbers[1])
 }
 
@@ -156,7 +172,12 @@ fn serve_raises_the_open_file_limit_to_the_hard_limit() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let child = Command::new("sh")
-        .args(["-c", r#"ulimit -Sn 256 && exec "$0" serve --listen "$1" --jwt-secret bin-secret-of-at-least-thirty-two-bytes"#, BIN, &listen])
+        .args([
+            "-c",
+            r#"ulimit -Sn 256 && exec "$0" serve --listen "$1" --jwt-secret bin-secret-of-at-least-thirty-two-bytes"#,
+            BIN,
+            &listen,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -16,7 +16,10 @@ fn redis_url() -> String {
         .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
         .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
         .is_ok();
-    assert!(reachable, "Redis is not reachable at {url}: start one (`redis-server --port 6379`) or set TIDEWIRE_TEST_REDIS_URL");
+    assert!(
+        reachable,
+        "Redis is not reachable at {url}: start one (`redis-server --port 6379`) or set TIDEWIRE_TEST_REDIS_URL"
+    );
     url
 }
 
@@ -41,6 +44,8 @@ impl NodeProcess {
             .stdout(if logs { Stdio::piped() } else { Stdio::null() })
             .spawn()
             .expect("start tidewire");
+        // Owned at once, so a node that never gets ready is killed when the test fails.
+        let node = NodeProcess { child, port };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let ready = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut s| {
@@ -51,7 +56,7 @@ impl NodeProcess {
                 response.starts_with("HTTP/1.1 200")
             });
             if ready {
-                return NodeProcess { child, port };
+                return node;
             }
             assert!(Instant::now() < deadline, "node did not become ready");
             std::thread::sleep(Duration::from_millis(30));
@@ -104,7 +109,13 @@ async fn sigkill_of_a_node_loses_nothing() {
     let hub = publisher.hub.clone();
     let publishing = tokio::spawn(async move {
         for n in 1..=TOTAL {
-            let new = tidewire_protocol::NewPublication { channel: "ticks".into(), kind: "tick".into(), data: serde_json::json!(n), key: None, idempotency_key: None };
+            let new = tidewire_protocol::NewPublication {
+                channel: "ticks".into(),
+                kind: "tick".into(),
+                data: serde_json::json!(n),
+                key: None,
+                idempotency_key: None,
+            };
             assert_eq!(hub.publish(new).await.unwrap().seq, n);
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
@@ -154,7 +165,13 @@ async fn sigterm_under_load_every_client_reconnects_elsewhere_and_loses_nothing(
     let hub = publisher.hub.clone();
     let publishing = tokio::spawn(async move {
         for n in 1..=TOTAL {
-            let new = tidewire_protocol::NewPublication { channel: "ticks".into(), kind: "tick".into(), data: serde_json::json!(n), key: None, idempotency_key: None };
+            let new = tidewire_protocol::NewPublication {
+                channel: "ticks".into(),
+                kind: "tick".into(),
+                data: serde_json::json!(n),
+                key: None,
+                idempotency_key: None,
+            };
             hub.publish(new).await.unwrap();
             tokio::time::sleep(Duration::from_millis(4)).await;
         }
@@ -169,7 +186,11 @@ async fn sigterm_under_load_every_client_reconnects_elsewhere_and_loses_nothing(
             let mut seqs = Vec::new();
             let mut recovered_at = None;
             while seqs.last() != Some(&TOTAL) {
-                match tokio::time::timeout(Duration::from_secs(30), ticks.next()).await.expect("progress").expect("open") {
+                match tokio::time::timeout(Duration::from_secs(30), ticks.next())
+                    .await
+                    .expect("progress")
+                    .expect("open")
+                {
                     Item::Message(delivery) => seqs.push(delivery.seq),
                     Item::Event(SubscriptionEvent::Subscribed { recovered }) => {
                         assert_eq!(recovered, Some(true), "recovered on the other node");
@@ -186,7 +207,10 @@ async fn sigterm_under_load_every_client_reconnects_elsewhere_and_loses_nothing(
         let (seqs, recovered_at) = handle.await.unwrap();
         assert_eq!(seqs, (1..=TOTAL).collect::<Vec<_>>(), "zero loss, in order");
         let took = recovered_at.expect("reconnected").duration_since(terminated);
-        assert!(took < Duration::from_secs(1 + 2 + 2), "reconnected within the drain window plus the backoff window ({took:?})");
+        assert!(
+            took < Duration::from_secs(1 + 2 + 2),
+            "reconnected within the drain window plus the backoff window ({took:?})"
+        );
     }
     publishing.await.unwrap();
 

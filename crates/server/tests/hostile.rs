@@ -10,8 +10,8 @@ use serde_json::json;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// Reads until the connection closes, counting what arrived; the close, or a panic after
 /// `within`.
@@ -36,7 +36,12 @@ async fn asking_for_more_replies_than_one_reads_is_closed_with_4002() {
     let mut client = server.client("mallory").await;
     client.next().await;
     let channels: Vec<String> = (0..128).map(|i| format!("never-subscribed-{i:03}")).collect();
-    let command = json!({"action":"unsubscribe","id":"0123456789012345678901234567890123456789012345678901234567890123","channels":channels}).to_string();
+    let command = json!({
+        "action":"unsubscribe",
+        "id":"0123456789012345678901234567890123456789012345678901234567890123",
+        "channels":channels
+    })
+    .to_string();
     // Send a command every 10 ms (100/s, under the limit) and read everything between.
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut received = 0;
@@ -93,7 +98,13 @@ async fn a_command_names_each_channel_once_and_at_most_max_channels() {
 async fn a_repeated_keyed_subscribe_queues_its_snapshot_once() {
     let server = TestServer::start().await;
     for lp in ["OANDA", "LMAX", "CITI"] {
-        let new = tidewire_protocol::NewPublication { channel: "lp".into(), kind: "lp-metrics".into(), data: json!({"lp": lp}), key: Some(lp.into()), idempotency_key: None };
+        let new = tidewire_protocol::NewPublication {
+            channel: "lp".into(),
+            kind: "lp-metrics".into(),
+            data: json!({"lp": lp}),
+            key: Some(lp.into()),
+            idempotency_key: None,
+        };
         server.hub.publish(new).await.unwrap();
     }
     let mut client = server.client("u").await;
@@ -147,7 +158,8 @@ async fn binary_frames_and_websocket_pings_count_against_the_rate_limit() {
         c.command_burst = 20;
     })
     .await;
-    for (what, frame) in [("binary", Message::Binary(vec![0u8; 16].into())), ("ping", Message::Ping(vec![1u8].into()))] {
+    for (what, frame) in [("binary", Message::Binary(vec![0u8; 16].into())), ("ping", Message::Ping(vec![1u8].into()))]
+    {
         let mut client = server.client("flood").await;
         client.next().await;
         for _ in 0..400 {
@@ -207,23 +219,37 @@ async fn raw_http(server: &TestServer, head: &str, body: &[u8], within: Duration
 
 fn post_head(server: &TestServer, token: Option<&str>, length: usize) -> String {
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    format!("POST /api/publish HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n", server.addr)
+    format!(
+        "POST /api/publish HTTP/1.1\r\nHost: {}\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n",
+        server.addr
+    )
 }
 
 #[tokio::test]
 async fn the_publish_api_checks_the_token_before_reading_a_body() {
     let server = TestServer::with(|c| c.http_body_timeout = Duration::from_millis(300)).await;
     // A 2 MB body announced, none sent: answered at once, nothing read or held.
-    let (status, _) = raw_http(&server, &post_head(&server, None, 2_000_000), b"", Duration::from_secs(2)).await.unwrap();
+    let (status, _) =
+        raw_http(&server, &post_head(&server, None, 2_000_000), b"", Duration::from_secs(2)).await.unwrap();
     assert_eq!(status, 401);
-    let (status, _) = raw_http(&server, &post_head(&server, Some(&token("browser")), 2_000_000), b"", Duration::from_secs(2)).await.unwrap();
+    let (status, _) =
+        raw_http(&server, &post_head(&server, Some(&token("browser")), 2_000_000), b"", Duration::from_secs(2))
+            .await
+            .unwrap();
     assert_eq!(status, 403, "a token without a publish grant is refused before the body too");
     // Allowed, but larger than --max-http-body-bytes: refused from the header alone.
-    let (status, _) = raw_http(&server, &post_head(&server, Some(&publisher_token()), 2_000_000), b"", Duration::from_secs(2)).await.unwrap();
+    let (status, _) =
+        raw_http(&server, &post_head(&server, Some(&publisher_token()), 2_000_000), b"", Duration::from_secs(2))
+            .await
+            .unwrap();
     assert_eq!(status, 413);
     // Allowed and within the size, but sent too slowly: 408 after the body timeout.
     let started = Instant::now();
-    let (status, _) = raw_http(&server, &post_head(&server, Some(&publisher_token()), 100), b"{\"chan", Duration::from_secs(3)).await.unwrap();
+    let (status, _) =
+        raw_http(&server, &post_head(&server, Some(&publisher_token()), 100), b"{\"chan", Duration::from_secs(3))
+            .await
+            .unwrap();
     assert_eq!(status, 408);
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
@@ -240,7 +266,10 @@ async fn request_bodies_share_one_memory_budget() {
     slow.write_all(post_head(&server, Some(&publisher_token()), 800).as_bytes()).await.unwrap();
     slow.write_all(b"[").await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (status, text) = raw_http(&server, &post_head(&server, Some(&publisher_token()), 800), b"", Duration::from_secs(2)).await.unwrap();
+    let (status, text) =
+        raw_http(&server, &post_head(&server, Some(&publisher_token()), 800), b"", Duration::from_secs(2))
+            .await
+            .unwrap();
     assert_eq!(status, 503, "{text}");
     assert!(text.contains("UNAVAILABLE"));
     drop(slow);
@@ -254,7 +283,8 @@ async fn request_bodies_share_one_memory_budget() {
 async fn a_publish_batch_has_an_item_cap() {
     let server = TestServer::with(|c| c.max_publish_batch = 3).await;
     let item = json!({"channel":"alerts","type":"alert","data":{}});
-    let (status, body) = post_publish(&server, Some(&publisher_token()), &json!([item, item, item, item]).to_string()).await;
+    let (status, body) =
+        post_publish(&server, Some(&publisher_token()), &json!([item, item, item, item]).to_string()).await;
     assert_eq!((status, body["code"].as_str()), (400, Some("BAD_REQUEST")));
     assert!(server.hub.channels().await.iter().all(|c| c.seq == 0), "nothing published");
     let (status, _) = post_publish(&server, Some(&publisher_token()), &json!([item, item, item]).to_string()).await;
@@ -276,7 +306,10 @@ async fn http_connections_are_capped_per_peer_and_per_node() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut fifth = TcpStream::connect(server.addr).await.unwrap();
-    assert!(closed_at_once(&mut fifth, Duration::from_secs(2)).await, "the fifth idle connection from one address is dropped");
+    assert!(
+        closed_at_once(&mut fifth, Duration::from_secs(2)).await,
+        "the fifth idle connection from one address is dropped"
+    );
     // A WebSocket no longer counts as an HTTP connection once upgraded.
     drop(held.pop());
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -284,7 +317,10 @@ async fn http_connections_are_capped_per_peer_and_per_node() {
     assert_eq!(upgraded.next().await["type"], "connected");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut again = TcpStream::connect(server.addr).await.unwrap();
-    again.write_all(format!("GET /health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", server.addr).as_bytes()).await.unwrap();
+    again
+        .write_all(format!("GET /health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", server.addr).as_bytes())
+        .await
+        .unwrap();
     let mut answer = String::new();
     again.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -292,7 +328,8 @@ async fn http_connections_are_capped_per_peer_and_per_node() {
     assert!(metrics.contains("tidewire_connections_refused_total{reason=\"http_address\"} 1"), "{metrics}");
 
     let server = TestServer::with(|c| c.max_http_connections = 2).await;
-    let _held: Vec<TcpStream> = vec![TcpStream::connect(server.addr).await.unwrap(), TcpStream::connect(server.addr).await.unwrap()];
+    let _held: Vec<TcpStream> =
+        vec![TcpStream::connect(server.addr).await.unwrap(), TcpStream::connect(server.addr).await.unwrap()];
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut third = TcpStream::connect(server.addr).await.unwrap();
     assert!(closed_at_once(&mut third, Duration::from_secs(2)).await, "over the node's cap");
@@ -347,7 +384,9 @@ async fn forwarded_addresses_count_only_behind_trusted_proxies() {
         request.headers_mut().insert("X-Forwarded-For", forwarded.parse().unwrap());
         tokio_tungstenite::connect_async(request)
     };
-    async fn first_close(ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>) -> Option<u16> {
+    async fn first_close(
+        ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    ) -> Option<u16> {
         let mut client = Client::from_ws(ws);
         match client.try_next(Duration::from_secs(2)).await {
             Ok(Some(m)) if m["type"] == "connected" => None,
@@ -377,7 +416,7 @@ async fn forwarded_addresses_count_only_behind_trusted_proxies() {
 
 #[tokio::test]
 async fn close_codes_a_client_chooses_do_not_become_metric_labels() {
-    use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode as WsCloseCode, CloseFrame};
+    use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode as WsCloseCode};
     let server = TestServer::start().await;
     for code in [4321u16, 3999, 4777] {
         let mut client = server.client("u").await;
@@ -401,7 +440,9 @@ async fn origins_match_on_scheme_host_and_port() {
     };
     let port = server.addr.port();
     assert!(connect(format!("http://127.0.0.1:{port}")).await.is_ok());
-    for other in [format!("https://127.0.0.1:{port}"), format!("http://127.0.0.1:{}", port + 1), "http://127.0.0.1".to_owned()] {
+    for other in
+        [format!("https://127.0.0.1:{port}"), format!("http://127.0.0.1:{}", port + 1), "http://127.0.0.1".to_owned()]
+    {
         match connect(other.clone()).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403, "{other}"),
             result => panic!("{other}: expected 403, got {:?}", result.map(|_| ())),
@@ -413,7 +454,8 @@ async fn origins_match_on_scheme_host_and_port() {
 async fn a_loopback_node_answers_only_loopback_host_names() {
     // DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1.
     let server = TestServer::start().await;
-    let head = format!("GET /health HTTP/1.1\r\nHost: evil.example:{}\r\nConnection: close\r\n\r\n", server.addr.port());
+    let head =
+        format!("GET /health HTTP/1.1\r\nHost: evil.example:{}\r\nConnection: close\r\n\r\n", server.addr.port());
     let (status, _) = raw_http(&server, &head, b"", Duration::from_secs(2)).await.unwrap();
     assert_eq!(status, 403);
     let head = format!("GET /health HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\n\r\n", server.addr.port());
@@ -421,7 +463,13 @@ async fn a_loopback_node_answers_only_loopback_host_names() {
 }
 
 fn keyed(channel: &str, key: &str, data: serde_json::Value) -> tidewire_protocol::NewPublication {
-    tidewire_protocol::NewPublication { channel: channel.into(), kind: "row".into(), data, key: Some(key.into()), idempotency_key: None }
+    tidewire_protocol::NewPublication {
+        channel: channel.into(),
+        kind: "row".into(),
+        data,
+        key: Some(key.into()),
+        idempotency_key: None,
+    }
 }
 
 /// A metric's value in the hub's exposition (`None` when absent).
@@ -449,7 +497,10 @@ async fn keys_and_latest_bytes_per_channel_are_capped_in_memory() {
     client.next().await;
     client.send(r#"{"action":"subscribe","channels":["lp"]}"#).await;
     client.expect_type("subscribed").await;
-    let keys: Vec<String> = [client.next().await, client.next().await, client.next().await].iter().map(|m| m["key"].as_str().unwrap().to_owned()).collect();
+    let keys: Vec<String> = [client.next().await, client.next().await, client.next().await]
+        .iter()
+        .map(|m| m["key"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(keys, ["b", "c", "a"]);
 }
 
@@ -461,10 +512,25 @@ async fn the_node_holds_at_most_max_node_channels() {
     client.send(r#"{"action":"subscribe","channels":["a","b","c","d"]}"#).await;
     let answers: Vec<String> = [client.next().await, client.next().await, client.next().await, client.next().await]
         .iter()
-        .map(|m| format!("{}:{}", m["type"].as_str().unwrap(), m.get("code").and_then(|c| c.as_str()).unwrap_or(m["channel"].as_str().unwrap())))
+        .map(|m| {
+            format!(
+                "{}:{}",
+                m["type"].as_str().unwrap(),
+                m.get("code").and_then(|c| c.as_str()).unwrap_or(m["channel"].as_str().unwrap())
+            )
+        })
         .collect();
     assert_eq!(answers, ["subscribed:a", "subscribed:b", "subscribed:c", "error:TOO_MANY_CHANNELS"]);
-    let refused = server.hub.publish(tidewire_protocol::NewPublication { channel: "e".into(), kind: "t".into(), data: json!(1), key: None, idempotency_key: None }).await;
+    let refused = server
+        .hub
+        .publish(tidewire_protocol::NewPublication {
+            channel: "e".into(),
+            kind: "t".into(),
+            data: json!(1),
+            key: None,
+            idempotency_key: None,
+        })
+        .await;
     assert_eq!(refused.unwrap_err().code, tidewire_protocol::ErrorCode::TooManyChannels);
     client.send(r#"{"action":"unsubscribe","channels":["a"]}"#).await;
     client.expect_type("unsubscribed").await;
@@ -476,7 +542,13 @@ async fn the_node_holds_at_most_max_node_channels() {
 async fn channels_nobody_touches_are_swept() {
     let server = TestServer::with(|c| c.history_ttl = Duration::from_millis(200)).await;
     for i in 0..50 {
-        let new = tidewire_protocol::NewPublication { channel: format!("once-{i}"), kind: "t".into(), data: json!(i), key: None, idempotency_key: None };
+        let new = tidewire_protocol::NewPublication {
+            channel: format!("once-{i}"),
+            kind: "t".into(),
+            data: json!(i),
+            key: None,
+            idempotency_key: None,
+        };
         server.hub.publish(new).await.unwrap();
     }
     assert_eq!(metric(&server, "tidewire_channels"), Some(50.0));
@@ -494,7 +566,13 @@ async fn channels_nobody_touches_are_swept() {
 async fn publish_limiters_of_quiet_channels_are_swept() {
     let server = TestServer::with(|c| c.publish_rate_limits = vec!["burst.*=5/60000".parse().unwrap()]).await;
     for i in 0..40 {
-        let new = tidewire_protocol::NewPublication { channel: format!("burst.{i}"), kind: "t".into(), data: json!(i), key: None, idempotency_key: None };
+        let new = tidewire_protocol::NewPublication {
+            channel: format!("burst.{i}"),
+            kind: "t".into(),
+            data: json!(i),
+            key: None,
+            idempotency_key: None,
+        };
         server.hub.publish(new).await.unwrap();
     }
     // At 1000 a second the buckets are full again at once; the sweep drops their state.
@@ -516,7 +594,13 @@ async fn a_replay_larger_than_half_the_queue_is_not_attempted() {
     client.send(r#"{"action":"subscribe","channels":["big"]}"#).await;
     let epoch = client.expect_type("subscribed").await["epoch"].as_str().unwrap().to_owned();
     for i in 0..40 {
-        let new = tidewire_protocol::NewPublication { channel: "big".into(), kind: "t".into(), data: json!({"i": i, "pad": "x".repeat(2000)}), key: None, idempotency_key: None };
+        let new = tidewire_protocol::NewPublication {
+            channel: "big".into(),
+            kind: "t".into(),
+            data: json!({"i": i, "pad": "x".repeat(2000)}),
+            key: None,
+            idempotency_key: None,
+        };
         server.hub.publish(new).await.unwrap();
     }
     // 40 × 2 KB is more than half of 64 KiB: recovery says so instead of overflowing the
@@ -538,7 +622,11 @@ async fn a_publish_sent_twice_with_one_idempotency_key_is_published_once() {
     watcher.expect_type("subscribed").await;
     let mut publisher = Client::connect(&server.url(&format!("token={}", publisher_token()))).await;
     publisher.next().await;
-    let publish = |id: u64, key: &str| json!({"action":"publish","id":id,"channel":"orders","type":"order","data":{"n":1},"idempotencyKey":key});
+    let publish = |id: u64, key: &str| {
+        json!({
+            "action":"publish","id":id,"channel":"orders","type":"order","data":{"n":1},"idempotencyKey":key
+        })
+    };
     publisher.send_value(publish(1, "order-77")).await;
     publisher.send_value(publish(2, "order-77")).await;
     publisher.send_value(publish(3, "order-78")).await;
@@ -552,7 +640,8 @@ async fn a_publish_sent_twice_with_one_idempotency_key_is_published_once() {
     let body = r#"{"channel":"orders","type":"order","data":{"n":1},"idempotencyKey":"order-77"}"#;
     let (status, accepted) = post_publish(&server, Some(&publisher_token()), body).await;
     assert_eq!((status, accepted["seq"].as_u64(), accepted["duplicate"].as_bool()), (200, Some(1), Some(true)));
-    let delivered: Vec<u64> = [watcher.next().await, watcher.next().await].iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    let delivered: Vec<u64> =
+        [watcher.next().await, watcher.next().await].iter().map(|m| m["seq"].as_u64().unwrap()).collect();
     assert_eq!(delivered, [1, 2]);
     watcher.send(r#"{"action":"ping","id":"end"}"#).await;
     assert_eq!(watcher.next().await["type"], "pong", "nothing else was published");

@@ -17,12 +17,16 @@ async fn publish_one_and_many() {
     client.expect_type("subscribed").await;
 
     let token = publisher_token();
-    let (status, body) = post_publish(&server, Some(&token), r#"{"channel":"alerts","type":"alert","data":{"title":"one"}}"#).await;
+    let (status, body) =
+        post_publish(&server, Some(&token), r#"{"channel":"alerts","type":"alert","data":{"title":"one"}}"#).await;
     assert_eq!((status, body), (200, json!({"channel":"alerts","seq":1})));
     let (status, body) = post_publish(
         &server,
         Some(&token),
-        r#"[{"channel":"alerts","type":"alert","data":{"n":2}},{"channel":"alerts","type":"alert","data":{"n":3},"key":"k"}]"#,
+        concat!(
+            r#"[{"channel":"alerts","type":"alert","data":{"n":2}},"#,
+            r#"{"channel":"alerts","type":"alert","data":{"n":3},"key":"k"}]"#,
+        ),
     )
     .await;
     assert_eq!((status, body), (200, json!([{"channel":"alerts","seq":2},{"channel":"alerts","seq":3}])));
@@ -46,7 +50,12 @@ async fn publish_errors_have_codes_and_statuses() {
         (Some(&token), "not json".into(), 400, "BAD_REQUEST"),
         (Some(&token), r#"{"channel":"bad name","type":"x","data":{}}"#.into(), 400, "INVALID_CHANNEL"),
         (Some(&token), r#"{"channel":"alerts","type":"gap","data":{}}"#.into(), 400, "BAD_REQUEST"),
-        (Some(&token), format!(r#"{{"channel":"alerts","type":"x","data":"{}"}}"#, "x".repeat(200)), 413, "MESSAGE_TOO_BIG"),
+        (
+            Some(&token),
+            format!(r#"{{"channel":"alerts","type":"x","data":"{}"}}"#, "x".repeat(200)),
+            413,
+            "MESSAGE_TOO_BIG",
+        ),
     ];
     for (token, body, status, code) in cases {
         let (got_status, got) = post_publish(&server, token, &body).await;
@@ -56,7 +65,12 @@ async fn publish_errors_have_codes_and_statuses() {
     let (status, body) = post_publish(&server, Some(&support::token("plain")), ok).await;
     assert_eq!((status, body["code"].as_str().unwrap()), (403, "FORBIDDEN"));
     // A batch with one bad item publishes nothing.
-    let (status, _) = post_publish(&server, Some(&token), r#"[{"channel":"alerts","type":"a","data":1},{"channel":"","type":"a","data":1}]"#).await;
+    let (status, _) = post_publish(
+        &server,
+        Some(&token),
+        r#"[{"channel":"alerts","type":"a","data":1},{"channel":"","type":"a","data":1}]"#,
+    )
+    .await;
     assert_eq!(status, 400);
     assert!(server.hub.channels().await.iter().all(|c| c.seq == 0));
 }
@@ -123,8 +137,15 @@ async fn health_ready_and_metrics() {
 
     // Draining: readiness fails at once, liveness still answers.
     server.shutdown();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let (status, ready) = http_request(&server, "GET", "/ready", None, None).await;
+    // Readiness fails as soon as the drain begins (the shutdown signal is asynchronous).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (status, ready) = loop {
+        let (status, ready) = http_request(&server, "GET", "/ready", None, None).await;
+        if status == 503 || std::time::Instant::now() > deadline {
+            break (status, ready);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     assert_eq!((status, ready["status"].as_str()), (503, Some("draining")));
     assert_eq!(http_request(&server, "GET", "/health", None, None).await.0, 200);
     let (status, refused) = http_request(&server, "GET", "/ws", None, None).await;

@@ -21,7 +21,9 @@ fn unique(name: &str) -> String {
 }
 
 async fn amqp() -> Connection {
-    match tokio::time::timeout(Duration::from_secs(5), Connection::connect(AMQP_URL, ConnectionProperties::default())).await {
+    match tokio::time::timeout(Duration::from_secs(5), Connection::connect(AMQP_URL, ConnectionProperties::default()))
+        .await
+    {
         Ok(Ok(connection)) => connection,
         _ => panic!("RabbitMQ is not reachable at {AMQP_URL}: start it (`rabbitmq-server -detached`)"),
     }
@@ -88,7 +90,13 @@ async fn publish_amqp(connection: &Connection, exchange: &str, key: &str, body: 
         .await
         .unwrap();
     channel
-        .basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), body.as_bytes(), BasicProperties::default())
+        .basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            BasicProperties::default(),
+        )
         .await
         .unwrap()
         .await
@@ -108,7 +116,8 @@ async fn rabbitmq_events_flow_to_channels_and_bad_ones_are_dead_lettered() {
     // The source declares the queue; wait until it consumes.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        publish_amqp(&rabbit, &exchange, "backtest.completed", r#"{"type":"backtest.completed","job_id":"probe"}"#).await;
+        publish_amqp(&rabbit, &exchange, "backtest.completed", r#"{"type":"backtest.completed","job_id":"probe"}"#)
+            .await;
         if let Ok(Some(m)) = backtests.try_next(Duration::from_millis(300)).await {
             assert_eq!(m["type"], "backtest.completed");
             break;
@@ -116,10 +125,22 @@ async fn rabbitmq_events_flow_to_channels_and_bad_ones_are_dead_lettered() {
         assert!(Instant::now() < deadline, "the AMQP source never consumed");
     }
 
-    publish_amqp(&rabbit, &exchange, "backtest.completed", r#"{"type":"backtest.completed","job_id":"j1","sharpe_ratio":1.85}"#).await;
+    publish_amqp(
+        &rabbit,
+        &exchange,
+        "backtest.completed",
+        r#"{"type":"backtest.completed","job_id":"j1","sharpe_ratio":1.85}"#,
+    )
+    .await;
     let m = backtests.expect_type("backtest.completed").await;
     assert_eq!((m["key"].as_str(), m["data"]["sharpe_ratio"].as_f64()), (Some("j1"), Some(1.85)));
-    publish_amqp(&rabbit, &exchange, "assessment.pnl", r#"{"type":"pnl_update","assessmentId":"a-123","unrealizedPnl":1500.0}"#).await;
+    publish_amqp(
+        &rabbit,
+        &exchange,
+        "assessment.pnl",
+        r#"{"type":"pnl_update","assessmentId":"a-123","unrealizedPnl":1500.0}"#,
+    )
+    .await;
     let m = user.expect_type("pnl_update").await;
     assert_eq!(m["channel"], "assessment#a-123", "routed by a JSON field to a user-scoped channel");
 
@@ -137,22 +158,31 @@ async fn rabbitmq_events_flow_to_channels_and_bad_ones_are_dead_lettered() {
             "backtest.failed".into(),
             BasicPublishOptions::default(),
             b"expiring junk",
-            BasicProperties::default().with_expiration("600000".into()).with_user_id("guest".into()).with_message_id("m-9".into()),
+            BasicProperties::default()
+                .with_expiration("600000".into())
+                .with_user_id("guest".into())
+                .with_message_id("m-9".into()),
         )
         .await
         .unwrap()
         .await
         .unwrap();
-    let header = |message: &lapin::message::BasicGetMessage, name: &str| match message.delivery.properties.headers().as_ref().and_then(|h| {
-        h.inner().iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v.clone())
-    }) {
+    let header = |message: &lapin::message::BasicGetMessage, name: &str| match message
+        .delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v.clone()))
+    {
         Some(lapin::types::AMQPValue::LongString(value)) => value.to_string(),
         other => panic!("a dead letter without its {name} header: {other:?}"),
     };
     let mut dead = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while dead.len() < 4 {
-        if let Some(message) = channel.basic_get(dead_queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+        if let Some(message) =
+            channel.basic_get(dead_queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap()
+        {
             let body = String::from_utf8_lossy(&message.delivery.data).into_owned();
             assert_eq!(header(&message, "Tidewire-Original-Exchange"), exchange);
             assert_eq!(message.delivery.routing_key.as_str(), "backtest.failed", "the routing key is kept");
@@ -199,7 +229,13 @@ async fn rabbitmq_events_published_while_tidewire_is_down_are_delivered_after_it
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     for n in 0..50 {
-        publish_amqp(&rabbit, &exchange, "backtest.completed", &format!(r#"{{"type":"backtest.completed","job_id":"j{n}"}}"#)).await;
+        publish_amqp(
+            &rabbit,
+            &exchange,
+            "backtest.completed",
+            &format!(r#"{{"type":"backtest.completed","job_id":"j{n}"}}"#),
+        )
+        .await;
     }
     let second = TestServer::start().await;
     let mut backtests = listener(&second, "backtests").await;
@@ -215,7 +251,9 @@ async fn rabbitmq_events_published_while_tidewire_is_down_are_delivered_after_it
 }
 
 fn nats_config(url: &str, subject: &str, dead: &str, jetstream: Option<(&str, &str)>) -> IngestConfig {
-    let js = jetstream.map(|(stream, durable)| format!(r#"jetstream = {{ stream = "{stream}", durable = "{durable}" }}"#)).unwrap_or_default();
+    let js = jetstream
+        .map(|(stream, durable)| format!(r#"jetstream = {{ stream = "{stream}", durable = "{durable}" }}"#))
+        .unwrap_or_default();
     toml::from_str(&format!(
         r##"
         [[nats]]
@@ -244,7 +282,10 @@ async fn nats_core_events_flow_and_bad_ones_go_to_the_dead_letter_subject() {
     let mut strategies = listener(&server, "strategies").await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        client.publish(format!("{subject}.strategy.discovered"), r#"{"type":"strategy.discovered","id":"s1"}"#.into()).await.unwrap();
+        client
+            .publish(format!("{subject}.strategy.discovered"), r#"{"type":"strategy.discovered","id":"s1"}"#.into())
+            .await
+            .unwrap();
         client.flush().await.unwrap();
         if let Ok(Some(m)) = strategies.try_next(Duration::from_millis(300)).await {
             assert_eq!(m["type"], "strategy.discovered");
@@ -256,8 +297,14 @@ async fn nats_core_events_flow_and_bad_ones_go_to_the_dead_letter_subject() {
     client.publish(format!("{subject}.unrouted.thing"), r#"{"x":1}"#.into()).await.unwrap();
     client.flush().await.unwrap();
     for expected in ["not a JSON object", "no route matches"] {
-        let message = tokio::time::timeout(Duration::from_secs(10), dead_letters.next()).await.expect("a dead letter").unwrap();
-        let reason = message.headers.as_ref().and_then(|h| h.get("Tidewire-Dead-Letter-Reason")).map(|v| v.to_string()).unwrap_or_default();
+        let message =
+            tokio::time::timeout(Duration::from_secs(10), dead_letters.next()).await.expect("a dead letter").unwrap();
+        let reason = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Tidewire-Dead-Letter-Reason"))
+            .map(|v| v.to_string())
+            .unwrap_or_default();
         assert!(reason.contains(expected), "{reason}");
     }
     assert_eq!(metric(&server, "dead_lettered").await, 2);
@@ -316,7 +363,9 @@ impl Drop for OwnNats {
 async fn publish_to_jetstream(js: &async_nats::jetstream::Context, subject: &str, n: u32) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let sent = js.publish(format!("{subject}.strategy.found"), format!(r#"{{"type":"strategy.found","n":{n}}}"#).into()).await;
+        let sent = js
+            .publish(format!("{subject}.strategy.found"), format!(r#"{{"type":"strategy.found","n":{n}}}"#).into())
+            .await;
         if let Ok(ack) = sent {
             if ack.await.is_ok() {
                 return;

@@ -9,7 +9,7 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use support::*;
 
 fn shared_redis() -> String {
@@ -63,7 +63,13 @@ async fn subscriber(server: &TestServer, channels: &str) -> Client {
 async fn publish(server: &TestServer, channel: &str, n: u64, key: Option<&str>) -> u64 {
     server
         .hub
-        .publish(tidewire_protocol::NewPublication { channel: channel.into(), kind: "tick".into(), data: json!(n), key: key.map(Into::into), idempotency_key: None })
+        .publish(tidewire_protocol::NewPublication {
+            channel: channel.into(),
+            kind: "tick".into(),
+            data: json!(n),
+            key: key.map(Into::into),
+            idempotency_key: None,
+        })
         .await
         .expect("publish")
         .seq
@@ -95,7 +101,11 @@ async fn three_nodes_act_as_one() {
         assert_eq!(seq, i + 1);
     }
     for client in &mut clients {
-        assert_eq!(seqs(client, 300).await, (1..=300).collect::<Vec<_>>(), "every node delivers everything once, in order");
+        assert_eq!(
+            seqs(client, 300).await,
+            (1..=300).collect::<Vec<_>>(),
+            "every node delivers everything once, in order"
+        );
     }
 }
 
@@ -115,10 +125,10 @@ async fn snapshots_and_recovery_across_nodes() {
     assert_eq!(subscribed["seq"], 3);
     let epoch = subscribed["epoch"].as_str().unwrap().to_owned();
     let snapshot = [fresh.next().await, fresh.next().await];
-    assert_eq!(snapshot.iter().map(|m| (m["key"].clone(), m["seq"].clone(), m["snapshot"].clone())).collect::<Vec<_>>(), vec![
-        (json!("LMAX"), json!(2), json!(true)),
-        (json!("OANDA"), json!(3), json!(true)),
-    ]);
+    assert_eq!(
+        snapshot.iter().map(|m| (m["key"].clone(), m["seq"].clone(), m["snapshot"].clone())).collect::<Vec<_>>(),
+        vec![(json!("LMAX"), json!(2), json!(true)), (json!("OANDA"), json!(3), json!(true)),]
+    );
     // Recovery from seq 1 in that epoch, on the first node.
     let mut again = Client::connect(&a.url(&format!("token={}", token("u")))).await;
     again.next().await;
@@ -144,7 +154,9 @@ async fn a_node_listens_to_a_channel_only_while_it_has_subscribers() {
     let numsub = || {
         let client = redis::Client::open(url.as_str()).unwrap();
         let mut c = client.get_connection().unwrap();
-        let (_, n): (String, u64) = redis::cmd("PUBSUB").arg("NUMSUB").arg(&pubsub_channel).query::<Vec<(String, u64)>>(&mut c).unwrap()[0].clone();
+        let (_, n): (String, u64) =
+            redis::cmd("PUBSUB").arg("NUMSUB").arg(&pubsub_channel).query::<Vec<(String, u64)>>(&mut c).unwrap()[0]
+                .clone();
         n
     };
     assert_eq!(numsub(), 0);
@@ -237,7 +249,8 @@ async fn redis_down_means_503_and_clients_stay_then_everything_resumes() {
     }
     let (status, body) = http_request(&a, "GET", "/ready", None, None).await;
     assert_eq!((status, body["status"].as_str()), (503, Some("unavailable")));
-    let (status, body) = post_publish(&a, Some(&publisher_token()), r#"{"channel":"ticks","type":"tick","data":4}"#).await;
+    let (status, body) =
+        post_publish(&a, Some(&publisher_token()), r#"{"channel":"ticks","type":"tick","data":4}"#).await;
     assert_eq!((status, body["code"].as_str()), (503, Some("UNAVAILABLE")), "never silently accepted");
     client.send(r#"{"action":"ping","id":1}"#).await;
     assert_eq!(client.expect_type("pong").await["id"], 1, "local connections stay up");
@@ -247,7 +260,17 @@ async fn redis_down_means_503_and_clients_stay_then_everything_resumes() {
     wait_ready(&a).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let seq = loop {
-        match a.hub.publish(tidewire_protocol::NewPublication { channel: "ticks".into(), kind: "tick".into(), data: json!(5), key: None, idempotency_key: None }).await {
+        match a
+            .hub
+            .publish(tidewire_protocol::NewPublication {
+                channel: "ticks".into(),
+                kind: "tick".into(),
+                data: json!(5),
+                key: None,
+                idempotency_key: None,
+            })
+            .await
+        {
             Ok(accepted) => break accepted.seq,
             Err(e) => {
                 assert!(Instant::now() < deadline, "publishing did not resume: {e}");
@@ -285,7 +308,8 @@ async fn flushall_changes_the_epoch() {
 
     let mut late = Client::connect(&a.url(&format!("token={}", token("u")))).await;
     late.next().await;
-    late.send_value(json!({"action":"subscribe","channels":["ticks"],"since":{"ticks":{"seq":3,"epoch":old_epoch}}})).await;
+    late.send_value(json!({"action":"subscribe","channels":["ticks"],"since":{"ticks":{"seq":3,"epoch":old_epoch}}}))
+        .await;
     let answer: Value = late.expect_type("subscribed").await;
     assert_eq!(answer["recovered"], false, "a client never recovers from the wrong stream");
 }
@@ -315,10 +339,12 @@ fn keys_with_ttl(url: &str, prefix: &str) -> Vec<(String, i64)> {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_connection().unwrap();
     let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query(&mut conn).unwrap();
-    keys.into_iter().map(|key| {
-        let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).unwrap();
-        (key, ttl)
-    }).collect()
+    keys.into_iter()
+        .map(|key| {
+            let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).unwrap();
+            (key, ttl)
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,12 +412,19 @@ async fn a_channel_created_under_its_subscribers_continues_without_loss() {
     client.next().await;
     client.send(r#"{"action":"subscribe","channels":["fresh"]}"#).await;
     let subscribed = client.expect_type("subscribed").await;
-    assert_eq!((subscribed["seq"].as_u64(), subscribed["epoch"].as_str()), (Some(0), Some("")), "no state yet: the empty epoch");
+    assert_eq!(
+        (subscribed["seq"].as_u64(), subscribed["epoch"].as_str()),
+        (Some(0), Some("")),
+        "no state yet: the empty epoch"
+    );
     for n in 1..=3 {
         publish(&server, "fresh", n, None).await;
     }
     let created = client.next().await;
-    assert_eq!((created["type"].as_str(), created["recovered"].as_bool(), created["seq"].as_u64()), (Some("subscribed"), Some(true), Some(0)));
+    assert_eq!(
+        (created["type"].as_str(), created["recovered"].as_bool(), created["seq"].as_u64()),
+        (Some("subscribed"), Some(true), Some(0))
+    );
     let epoch = created["epoch"].as_str().unwrap().to_owned();
     assert!(!epoch.is_empty());
     assert_eq!(seqs(&mut client, 3).await, vec![1, 2, 3]);
@@ -399,7 +432,9 @@ async fn a_channel_created_under_its_subscribers_continues_without_loss() {
     // channel may have lived and died meanwhile), honestly.
     let mut again = Client::connect(&server.url(&format!("token={}", token("u")))).await;
     again.next().await;
-    again.send_value(json!({"action":"subscribe","channels":["fresh"],"since":{"fresh":{"seq":1,"epoch":epoch}}})).await;
+    again
+        .send_value(json!({"action":"subscribe","channels":["fresh"],"since":{"fresh":{"seq":1,"epoch":epoch}}}))
+        .await;
     assert_eq!(again.expect_type("subscribed").await["recovered"], true);
     assert_eq!(seqs(&mut again, 2).await, vec![2, 3]);
     let mut stale = Client::connect(&server.url(&format!("token={}", token("u")))).await;
@@ -421,7 +456,13 @@ async fn keys_per_channel_are_capped_in_redis() {
     })
     .await;
     wait_ready(&server).await;
-    let keyed = |key: &str, data: Value| tidewire_protocol::NewPublication { channel: "lp".into(), kind: "lp".into(), data, key: Some(key.into()), idempotency_key: None };
+    let keyed = |key: &str, data: Value| tidewire_protocol::NewPublication {
+        channel: "lp".into(),
+        kind: "lp".into(),
+        data,
+        key: Some(key.into()),
+        idempotency_key: None,
+    };
     for key in ["a", "b", "c"] {
         server.hub.publish(keyed(key, json!(1))).await.unwrap();
     }
@@ -432,7 +473,8 @@ async fn keys_per_channel_are_capped_in_redis() {
     let refused = server.hub.publish(keyed("b", json!("x".repeat(2100)))).await.unwrap_err();
     assert_eq!(refused.code, tidewire_protocol::ErrorCode::TooManyKeys, "{refused}");
     assert!(refused.message.contains("bytes"));
-    let (status, body) = post_publish(&server, Some(&publisher_token()), r#"{"channel":"lp","type":"lp","data":1,"key":"e"}"#).await;
+    let (status, body) =
+        post_publish(&server, Some(&publisher_token()), r#"{"channel":"lp","type":"lp","data":1,"key":"e"}"#).await;
     assert_eq!((status, body["code"].as_str()), (409, Some("TOO_MANY_KEYS")));
 }
 
@@ -460,7 +502,11 @@ async fn idempotency_keys_hold_across_nodes_and_expire() {
     };
     let first = a.hub.publish(once("k1")).await.unwrap();
     let again = b.hub.publish(once("k1")).await.unwrap();
-    assert_eq!((first.seq, first.duplicate, again.seq, again.duplicate), (1, false, 1, true), "one publication, on any node");
+    assert_eq!(
+        (first.seq, first.duplicate, again.seq, again.duplicate),
+        (1, false, 1, true),
+        "one publication, on any node"
+    );
     // At most two keys per channel: a third forgets the oldest.
     b.hub.publish(once("k2")).await.unwrap();
     b.hub.publish(once("k3")).await.unwrap();
@@ -502,7 +548,11 @@ async fn one_subscription_start_at_a_time_per_connection_and_channel() {
         match m["type"].as_str() {
             Some("subscribed") => started += 1,
             Some("error") => {
-                assert_eq!((m["code"].as_str(), m["channel"].as_str()), (Some("RATE_LIMIT_EXCEEDED"), Some("book")), "{m}");
+                assert_eq!(
+                    (m["code"].as_str(), m["channel"].as_str()),
+                    (Some("RATE_LIMIT_EXCEEDED"), Some("book")),
+                    "{m}"
+                );
                 refused += 1;
             }
             _ => {}

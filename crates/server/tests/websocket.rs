@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use support::*;
 use tidewire_protocol::analytics::{Book, Side};
 
@@ -18,9 +18,14 @@ async fn seed_dashboard_flow() {
     assert_eq!(connected["userId"], "admin");
     assert_eq!(connected["version"], 1);
     assert_eq!(connected["limits"]["maxBatch"], 50);
-    assert_eq!((&connected["limits"]["commandsPerSecond"], &connected["limits"]["commandBurst"]), (&serde_json::json!(1000), &serde_json::json!(200)));
+    assert_eq!(
+        (&connected["limits"]["commandsPerSecond"], &connected["limits"]["commandBurst"]),
+        (&serde_json::json!(1000), &serde_json::json!(200))
+    );
 
-    client.send(r#"{"action":"subscribe","channels":["routing-metrics","lp-performance","exposure-updates","alerts"]}"#).await;
+    client
+        .send(r#"{"action":"subscribe","channels":["routing-metrics","lp-performance","exposure-updates","alerts"]}"#)
+        .await;
     for channel in ["routing-metrics", "lp-performance", "exposure-updates", "alerts"] {
         let subscribed = client.expect_type("subscribed").await;
         assert_eq!(subscribed["channel"], channel);
@@ -28,14 +33,20 @@ async fn seed_dashboard_flow() {
     }
 
     let publisher = server.hub.publisher();
-    publisher.notify_routing_decision("EURUSD", Side::Buy, 10000.0, Book::ABook, "OANDA", 45, 0.00015, 0.00002).await.unwrap();
+    publisher
+        .notify_routing_decision("EURUSD", Side::Buy, 10000.0, Book::ABook, "OANDA", 45, 0.00015, 0.00002)
+        .await
+        .unwrap();
     let message = client.next().await;
     assert_eq!(message["type"], "routing-decision");
     assert_eq!(message["channel"], "routing-metrics");
     assert_eq!(message["seq"], 1);
     assert_eq!(
         message["data"],
-        json!({"symbol":"EURUSD","side":"BUY","volume":10000.0,"routingDecision":"ABOOK","lpSelected":"OANDA","executionTimeMs":45,"spread":0.00015,"slippage":0.00002})
+        json!({
+            "symbol":"EURUSD","side":"BUY","volume":10000.0,"routingDecision":"ABOOK","lpSelected":"OANDA",
+            "executionTimeMs":45,"spread":0.00015,"slippage":0.00002
+        })
     );
     let timestamp = message["timestamp"].as_str().unwrap();
     assert_eq!(timestamp.len(), "2026-01-19T10:30:45.123456Z".len());
@@ -49,7 +60,8 @@ async fn seed_dashboard_flow() {
 #[tokio::test]
 async fn channels_query_parameter_subscribes_at_connect() {
     let server = TestServer::start().await;
-    let mut client = Client::connect(&server.url(&format!("token={}&channels=alerts,lp-performance", token("u")))).await;
+    let mut client =
+        Client::connect(&server.url(&format!("token={}&channels=alerts,lp-performance", token("u")))).await;
     assert_eq!(client.next().await["type"], "connected");
     assert_eq!(client.next().await["channel"], "alerts");
     assert_eq!(client.next().await["channel"], "lp-performance");
@@ -107,7 +119,10 @@ async fn forbidden_and_invalid_channels_fail_alone() {
     let mut client = Client::connect(&server.url(&format!("token={}", token_with(&c)))).await;
     client.next().await;
     client
-        .send(r#"{"action":"subscribe","id":9,"channels":["lp-performance","alerts","bad name","trading#bob","trading#alice"]}"#)
+        .send(concat!(
+            r#"{"action":"subscribe","id":9,"#,
+            r#""channels":["lp-performance","alerts","bad name","trading#bob","trading#alice"]}"#,
+        ))
         .await;
     let mut replies = Vec::new();
     for _ in 0..5 {
@@ -117,7 +132,9 @@ async fn forbidden_and_invalid_channels_fail_alone() {
     }
     let summary: Vec<(String, String)> = replies
         .iter()
-        .map(|r| (r["type"].as_str().unwrap().to_owned(), r.get("code").and_then(Value::as_str).unwrap_or("").to_owned()))
+        .map(|r| {
+            (r["type"].as_str().unwrap().to_owned(), r.get("code").and_then(Value::as_str).unwrap_or("").to_owned())
+        })
         .collect();
     assert_eq!(
         summary,
@@ -220,7 +237,16 @@ async fn recovery_with_since_and_keyed_snapshot() {
     let publisher = server.hub.publisher();
     for (lp, latency) in [("OANDA", 10), ("LMAX", 20), ("OANDA", 30)] {
         publisher
-            .notify_lp_status_change(lp, tidewire_protocol::analytics::LpStatus::Connected, 0.0001, 0.9, latency, 100, 0.0, 99.0)
+            .notify_lp_status_change(
+                lp,
+                tidewire_protocol::analytics::LpStatus::Connected,
+                0.0001,
+                0.9,
+                latency,
+                100,
+                0.0,
+                99.0,
+            )
             .await
             .unwrap();
     }
@@ -233,14 +259,23 @@ async fn recovery_with_since_and_keyed_snapshot() {
     assert!(subscribed.get("recovered").is_none());
     let first = client.next().await;
     let second = client.next().await;
-    assert_eq!((first["snapshot"].clone(), first["data"]["lpName"].clone(), first["seq"].clone()), (json!(true), json!("LMAX"), json!(2)));
+    assert_eq!(
+        (first["snapshot"].clone(), first["data"]["lpName"].clone(), first["seq"].clone()),
+        (json!(true), json!("LMAX"), json!(2))
+    );
     assert_eq!((second["data"]["lpName"].clone(), second["data"]["latencyMs"].clone()), (json!("OANDA"), json!(30)));
     let epoch = subscribed["epoch"].as_str().unwrap().to_owned();
 
     // Recovery from seq 1: exactly seqs 2 and 3 follow, recovered: true.
     let mut again = server.client("u").await;
     again.next().await;
-    again.send_value(json!({"action":"subscribe","channels":["lp-performance"],"since":{"lp-performance":{"seq":1,"epoch":epoch}}})).await;
+    again
+        .send_value(json!({
+            "action":"subscribe",
+            "channels":["lp-performance"],
+            "since":{"lp-performance":{"seq":1,"epoch":epoch}}
+        }))
+        .await;
     let subscribed = again.expect_type("subscribed").await;
     assert_eq!(subscribed["recovered"], true);
     assert_eq!(again.next().await["seq"], 2);
@@ -250,7 +285,12 @@ async fn recovery_with_since_and_keyed_snapshot() {
     // Another epoch: not recovered, the snapshot instead.
     let mut stale = server.client("u").await;
     stale.next().await;
-    stale.send(r#"{"action":"subscribe","channels":["lp-performance"],"since":{"lp-performance":{"seq":1,"epoch":"gone"}}}"#).await;
+    stale
+        .send(concat!(
+            r#"{"action":"subscribe","channels":["lp-performance"],"#,
+            r#""since":{"lp-performance":{"seq":1,"epoch":"gone"}}}"#,
+        ))
+        .await;
     let subscribed = stale.expect_type("subscribed").await;
     assert_eq!(subscribed["recovered"], false);
     assert_eq!(stale.next().await["snapshot"], true);
@@ -324,9 +364,15 @@ async fn a_stalled_reader_does_not_slow_a_fast_one_and_is_closed_as_slow() {
     let hub = server.hub.clone();
     let publishing = tokio::spawn(async move {
         for _ in 0..300 {
-            hub.publish(tidewire_protocol::NewPublication { channel: "big".into(), kind: "blob".into(), data: json!(payload), key: None, idempotency_key: None })
-                .await
-                .unwrap();
+            hub.publish(tidewire_protocol::NewPublication {
+                channel: "big".into(),
+                kind: "blob".into(),
+                data: json!(payload),
+                key: None,
+                idempotency_key: None,
+            })
+            .await
+            .unwrap();
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
     });
@@ -422,11 +468,14 @@ async fn publish_over_the_websocket() {
     client.next().await;
     client.expect_type("subscribed").await;
     client.send(r#"{"action":"publish","id":5,"channel":"alerts","type":"alert","data":{"x":1},"key":"k"}"#).await;
-    let mut replies = vec![client.next().await, client.next().await];
+    let mut replies = [client.next().await, client.next().await];
     replies.sort_by_key(|m| m["type"].as_str().unwrap().to_owned());
     assert_eq!(replies[0]["type"], "alert");
     assert_eq!(replies[0]["key"], "k");
-    assert_eq!((replies[1]["type"].clone(), replies[1]["id"].clone(), replies[1]["seq"].clone()), (json!("published"), json!(5), json!(1)));
+    assert_eq!(
+        (replies[1]["type"].clone(), replies[1]["id"].clone(), replies[1]["seq"].clone()),
+        (json!("published"), json!(5), json!(1))
+    );
     client.send(r#"{"action":"publish","id":6,"channel":"routing-metrics","type":"x","data":1}"#).await;
     assert_eq!(client.expect_type("error").await["code"], "FORBIDDEN");
 }
@@ -440,13 +489,20 @@ async fn too_many_channels() {
     // whole, with one error; repeats count once.
     client.send(r#"{"action":"subscribe","id":1,"channels":["a","b","c","a"]}"#).await;
     let refused = client.next().await;
-    assert_eq!((refused["type"].as_str(), refused["code"].as_str(), refused["id"].as_u64()), (Some("error"), Some("TOO_MANY_CHANNELS"), Some(1)));
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str(), refused["id"].as_u64()),
+        (Some("error"), Some("TOO_MANY_CHANNELS"), Some(1))
+    );
     client.send(r#"{"action":"subscribe","channels":["a","b","a","b"]}"#).await;
     client.send(r#"{"action":"subscribe","channels":["c","a"]}"#).await;
     let mut summary = Vec::new();
     for _ in 0..4 {
         let m = client.next().await;
-        summary.push(format!("{}:{}", m["type"].as_str().unwrap(), m.get("code").and_then(Value::as_str).unwrap_or(m["channel"].as_str().unwrap())));
+        summary.push(format!(
+            "{}:{}",
+            m["type"].as_str().unwrap(),
+            m.get("code").and_then(Value::as_str).unwrap_or(m["channel"].as_str().unwrap())
+        ));
     }
     assert_eq!(summary, ["subscribed:a", "subscribed:b", "error:TOO_MANY_CHANNELS", "subscribed:a"]);
 }
@@ -469,9 +525,16 @@ async fn connection_limits_close_with_1013() {
     b1.next().await;
     assert_eq!(server.client("c").await.closed().await.code, 1013, "global limit");
     a1.close().await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut c1 = server.client("c").await;
-    assert_eq!(c1.next().await["type"], "connected", "a freed slot is reusable");
+    // The slot is freed when the server has seen the close: until then, 1013.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut c1 = server.client("c").await;
+        match c1.try_next(Duration::from_secs(5)).await {
+            Ok(Some(m)) if m["type"] == "connected" => break,
+            Err(closed) if closed.code == 1013 && tokio::time::Instant::now() < deadline => continue,
+            other => panic!("a freed slot is reusable: {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]
@@ -522,7 +585,9 @@ async fn a_slow_handshake_is_dropped() {
     let started = std::time::Instant::now();
     // Reading to the end finishes only when the server closes the connection.
     let mut rest = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await.expect("the server closed the connection");
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+        .await
+        .expect("the server closed the connection");
     assert!(started.elapsed() < Duration::from_secs(3), "closed after the handshake timeout, not later");
     // Others are unaffected.
     let mut client = server.client("u").await;

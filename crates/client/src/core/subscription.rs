@@ -11,7 +11,7 @@ use tidewire_protocol::StreamPosition;
 
 /// The server's side of a subscription, as far as this client knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServerSide {
+enum ServerSide {
     /// Not subscribed (nothing in flight).
     None,
     /// A `subscribe` is in flight.
@@ -29,21 +29,23 @@ pub enum SubscriptionState {
     Subscribed,
 }
 
+/// One channel's subscription. Its fields change only through the transitions below,
+/// each named for the event that causes it.
 #[derive(Debug, Clone)]
 pub struct Subscription {
     /// The app asked for this channel (and has not asked to leave it).
-    pub wanted: bool,
-    pub server: ServerSide,
+    wanted: bool,
+    server: ServerSide,
     /// The last seq delivered, with its epoch: the `since` of the next subscribe.
-    pub position: Option<StreamPosition>,
+    position: Option<StreamPosition>,
     /// A resubscribe with `since` is in flight to fill a gap on a live connection.
-    pub recovering: bool,
+    recovering: bool,
     /// Seq ranges the server announced as superseded (few, sorted): a jump over them
     /// is no gap.
-    pub skipped: Vec<(u64, u64)>,
+    skipped: Vec<(u64, u64)>,
     /// The server refused the channel (FORBIDDEN, INVALID_CHANNEL, TOO_MANY_CHANNELS):
     /// not retried until the app subscribes again.
-    pub refused: bool,
+    refused: bool,
 }
 
 /// What to do with a publication's seq.
@@ -59,10 +61,36 @@ pub enum Arrival {
     Unpositioned,
 }
 
+/// The command that brings the server's side towards what the app wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Send `subscribe`, with `since` when a position is known (now in flight).
+    Subscribe(Option<StreamPosition>),
+    /// Send `unsubscribe` (now in flight).
+    Unsubscribe,
+    /// Nothing is wanted or held on either side: forget the channel.
+    Forget,
+    /// A command is in flight, or the server already has what the app wants.
+    Wait,
+}
+
+/// What a `subscribed` answer did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirmation {
+    /// Nothing was asked for (a late answer to a command since superseded).
+    Ignored,
+    /// Unasked, on a live subscription, with nothing missed: the channel's first
+    /// publication gave it an epoch. Only the position's epoch changed.
+    Renewed,
+    /// The subscription is live (again).
+    Live,
+}
+
 impl Subscription {
+    /// A channel the core knows nothing of yet; [`Subscription::want`] makes it wanted.
     pub fn new() -> Subscription {
         Subscription {
-            wanted: true,
+            wanted: false,
             server: ServerSide::None,
             position: None,
             recovering: false,
@@ -71,10 +99,30 @@ impl Subscription {
         }
     }
 
+    /// Whether the app wants the channel (refused or not).
+    pub fn wanted(&self) -> bool {
+        self.wanted
+    }
+
+    /// The last position delivered.
+    pub fn position(&self) -> Option<&StreamPosition> {
+        self.position.as_ref()
+    }
+
     /// Whether the server should have this channel now (`paused`: the app is in
     /// background mode and receives nothing).
     pub fn should_be_subscribed(&self, paused: bool) -> bool {
         self.wanted && !paused && !self.refused
+    }
+
+    /// Whether nothing is wanted or held on either side, so the channel can be forgotten.
+    pub fn is_forgettable(&self) -> bool {
+        !self.wanted && self.server == ServerSide::None
+    }
+
+    /// Whether publications on the channel are for the app now.
+    pub fn takes_publications(&self, paused: bool) -> bool {
+        self.should_be_subscribed(paused) && self.server != ServerSide::UnsubscribeSent
     }
 
     /// The app-facing state.
@@ -86,6 +134,116 @@ impl Subscription {
             (true, _) => SubscriptionState::Subscribing,
         }
     }
+
+    // ---- the app ----------------------------------------------------------------
+
+    /// The app subscribes (again): a refusal is forgotten. Returns whether it was not
+    /// wanted before (so the app is told it is subscribing).
+    pub fn want(&mut self) -> bool {
+        let was_wanted = self.wanted && !self.refused;
+        self.wanted = true;
+        self.refused = false;
+        !was_wanted
+    }
+
+    /// The app unsubscribes. Returns whether it was wanted.
+    pub fn unwant(&mut self) -> bool {
+        std::mem::replace(&mut self.wanted, false)
+    }
+
+    // ---- commands ---------------------------------------------------------------
+
+    /// The next command for this channel, marking it in flight: at most one is.
+    pub fn step(&mut self, paused: bool) -> Step {
+        match (self.should_be_subscribed(paused), self.server) {
+            (true, ServerSide::None) => {
+                self.server = ServerSide::SubscribeSent;
+                Step::Subscribe(self.position.clone())
+            }
+            (false, ServerSide::Subscribed) => {
+                self.server = ServerSide::UnsubscribeSent;
+                Step::Unsubscribe
+            }
+            (false, ServerSide::None) if !self.wanted => Step::Forget,
+            _ => Step::Wait,
+        }
+    }
+
+    /// A seq jumped or a gap was announced on a live subscription: resubscribe with
+    /// `since`. Returns the position to send, or `None` when a recovery (or another
+    /// command) is in flight already.
+    pub fn begin_recovery(&mut self) -> Option<Option<StreamPosition>> {
+        if self.recovering || self.server != ServerSide::Subscribed {
+            return None;
+        }
+        self.recovering = true;
+        Some(self.position.clone())
+    }
+
+    /// The server's rate limit may have dropped the command in flight unanswered: count
+    /// it as not sent. Returns whether a recovery was in flight (and must go again).
+    pub fn forget_unanswered(&mut self) -> bool {
+        match self.server {
+            ServerSide::SubscribeSent => self.server = ServerSide::None,
+            // The server answers `unsubscribed` even when it had nothing to remove.
+            ServerSide::UnsubscribeSent => self.server = ServerSide::Subscribed,
+            ServerSide::None | ServerSide::Subscribed => {}
+        }
+        std::mem::replace(&mut self.recovering, false)
+    }
+
+    // ---- answers ----------------------------------------------------------------
+
+    /// `subscribed` arrived with the channel's position (`recovered: true`: everything
+    /// since ours was replayed; otherwise the app reloads from `seq`).
+    pub fn confirmed(&mut self, seq: Option<u64>, epoch: Option<String>, recovered: Option<bool>) -> Confirmation {
+        if !matches!(self.server, ServerSide::SubscribeSent | ServerSide::Subscribed) {
+            return Confirmation::Ignored;
+        }
+        if self.server == ServerSide::Subscribed && !self.recovering && recovered == Some(true) {
+            if let Some(position) = &mut self.position {
+                position.epoch = epoch;
+            }
+            return Confirmation::Renewed;
+        }
+        self.server = ServerSide::Subscribed;
+        self.recovering = false;
+        if recovered != Some(true) {
+            self.position = Some(StreamPosition { seq: seq.unwrap_or(0), epoch });
+            self.skipped.clear();
+        } else if let Some(position) = &mut self.position {
+            position.epoch = epoch;
+        }
+        Confirmation::Live
+    }
+
+    /// `unsubscribed` arrived: the server no longer has the channel.
+    pub fn server_unsubscribed(&mut self) {
+        self.server = ServerSide::None;
+        self.recovering = false;
+    }
+
+    /// The server ended or refused the subscription for good (FORBIDDEN and the like):
+    /// not retried until the app subscribes again.
+    pub fn refuse(&mut self) {
+        self.server = ServerSide::None;
+        self.recovering = false;
+        self.refused = true;
+    }
+
+    /// Whether a refusal now answers this channel's subscribe (or recovery) in flight.
+    pub fn awaits_subscribe(&self) -> bool {
+        self.server == ServerSide::SubscribeSent || self.recovering
+    }
+
+    /// Forgets the server side (the transport is gone); the position stays for `since`.
+    pub fn transport_lost(&mut self) {
+        self.server = ServerSide::None;
+        self.recovering = false;
+        self.skipped.clear();
+    }
+
+    // ---- publications -----------------------------------------------------------
 
     /// Classifies a publication's seq against the last delivered one.
     pub fn arrival(&self, seq: u64) -> Arrival {
@@ -127,13 +285,6 @@ impl Subscription {
         }
         self.skipped.retain(|&(_, end)| end > seq);
     }
-
-    /// Forgets the server side (the transport is gone); the position stays for `since`.
-    pub fn transport_lost(&mut self) {
-        self.server = ServerSide::None;
-        self.recovering = false;
-        self.skipped.clear();
-    }
 }
 
 #[cfg(test)]
@@ -142,6 +293,7 @@ mod tests {
 
     fn at(seq: u64) -> Subscription {
         let mut sub = Subscription::new();
+        sub.want();
         sub.position = Some(StreamPosition { seq, epoch: Some("e".into()) });
         sub
     }

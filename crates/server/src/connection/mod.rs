@@ -24,10 +24,9 @@ use tidewire_protocol::{CloseCode, Control, PROTOCOL_VERSION};
 use tokio::time::{Sleep, timeout};
 
 use crate::auth::{AuthError, Grant};
-use crate::hub::{now_timestamp, Hub};
+use crate::hub::{Hub, now_timestamp};
 use crate::metrics::{CodeLabel, ErrorLabel};
 use session::{Next, Session};
-
 
 /// How long a close frame may take to go out before the socket is just dropped.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -92,7 +91,11 @@ pub fn serve(
 
 /// The session for an authenticated connection within the limits, or the close code
 /// and reason that refuse it.
-fn admit(hub: &Hub, auth: Result<Grant, AuthError>, address: Option<std::net::IpAddr>) -> Result<Session, (CloseCode, String)> {
+fn admit(
+    hub: &Hub,
+    auth: Result<Grant, AuthError>,
+    address: Option<std::net::IpAddr>,
+) -> Result<Session, (CloseCode, String)> {
     let grant = match auth {
         Ok(grant) => grant,
         Err(error) => {
@@ -112,7 +115,10 @@ fn admit(hub: &Hub, auth: Result<Grant, AuthError>, address: Option<std::net::Ip
     let slot = match hub.admit(&grant.user, address) {
         Ok(slot) => slot,
         Err(refusal) => {
-            hub.metrics().refused_connections.get_or_create(&crate::metrics::ReasonLabel { reason: refusal.label() }).inc();
+            hub.metrics()
+                .refused_connections
+                .get_or_create(&crate::metrics::ReasonLabel { reason: refusal.label() })
+                .inc();
             tracing::warn!(user = %grant.user, limit = refusal.label(), "connection limit reached");
             return Err((CloseCode::TRY_AGAIN_LATER, format!("connection limit reached ({})", refusal.label())));
         }
@@ -202,7 +208,10 @@ async fn run(session: &mut Session, socket: &mut WebSocket) -> (Option<CloseCode
         }
 
         if outbox.is_over_budget() {
-            return (Some(CloseCode::QUEUE_OVERFLOW), format!("more than {} bytes queued for this client", config.max_queued_bytes));
+            return (
+                Some(CloseCode::QUEUE_OVERFLOW),
+                format!("more than {} bytes queued for this client", config.max_queued_bytes),
+            );
         }
         let now = Instant::now();
         if drain_at.is_some_and(|at| now >= at) {
@@ -238,7 +247,13 @@ async fn run(session: &mut Session, socket: &mut WebSocket) -> (Option<CloseCode
 
 /// Writes the frames due at `now` (every waiting frame when `all`) and counts them; an
 /// error when a write timed out or failed.
-async fn flush(session: &Session, socket: &mut WebSocket, mut timer: Pin<&mut Sleep>, now: Instant, all: bool) -> Result<usize, ()> {
+async fn flush(
+    session: &Session,
+    socket: &mut WebSocket,
+    mut timer: Pin<&mut Sleep>,
+    now: Instant,
+    all: bool,
+) -> Result<usize, ()> {
     let mut written = 0;
     while let Some(text) = next_frame(session, now, all) {
         if !write(socket, Message::Text(text.into()), timer.as_mut(), session.hub.config().write_timeout).await {
@@ -260,7 +275,12 @@ fn next_frame(session: &Session, now: Instant, all: bool) -> Option<String> {
     let (frame, waited) = session.outbox.poll_frame(due)?;
     if !frame.gaps.is_empty() {
         let dropped: u64 = frame.gaps.iter().map(|g| g.len()).sum();
-        tracing::warn!(connection = session.id(), user = %session.grant.user, dropped, "client buffer full, dropped messages");
+        tracing::warn!(
+            connection = session.id(),
+            user = %session.grant.user,
+            dropped,
+            "client buffer full, dropped messages"
+        );
     }
     let metrics = session.hub.metrics();
     metrics.frames_sent.inc();
@@ -276,7 +296,12 @@ fn next_frame(session: &Session, now: Instant, all: bool) -> Option<String> {
 /// every connection's future) would be paid for nothing. The loop re-arms the timer for
 /// its own deadline afterwards. The sink is driven by hand, rather than through a send
 /// future, for the same reason: this state is part of every connection's memory.
-fn write<'a>(socket: &'a mut WebSocket, message: Message, mut timer: Pin<&'a mut Sleep>, write_timeout: Duration) -> impl Future<Output = bool> + 'a {
+fn write<'a>(
+    socket: &'a mut WebSocket,
+    message: Message,
+    mut timer: Pin<&'a mut Sleep>,
+    write_timeout: Duration,
+) -> impl Future<Output = bool> + 'a {
     let mut message = Some(message);
     let mut armed = false;
     std::future::poll_fn(move |cx| {

@@ -12,10 +12,10 @@ use governor::{DefaultDirectRateLimiter, RateLimiter};
 use tidewire_protocol::batch::Outbound;
 use tidewire_protocol::channel::Access;
 use tidewire_protocol::message::{ErrorMessage, Unsubscribed};
-use tidewire_protocol::{decode_command, CloseCode, Command, CommandId, Control, ErrorCode};
+use tidewire_protocol::{CloseCode, Command, CommandId, Control, ErrorCode, decode_command};
 
 use crate::auth::Grant;
-use crate::hub::{control, now_timestamp, Hub, Outbox, SessionSlot};
+use crate::hub::{Hub, Outbox, SessionSlot, control, now_timestamp};
 use crate::metrics::ErrorLabel;
 
 use super::commands;
@@ -28,7 +28,13 @@ pub enum Next {
 }
 
 /// An error reply to a command, counted in the metrics.
-pub fn error_reply(hub: &Hub, id: Option<CommandId>, code: ErrorCode, message: impl Into<String>, channel: Option<&str>) -> Control {
+pub fn error_reply(
+    hub: &Hub,
+    id: Option<CommandId>,
+    code: ErrorCode,
+    message: impl Into<String>,
+    channel: Option<&str>,
+) -> Control {
     hub.metrics().command_errors.get_or_create(&ErrorLabel { code: code.as_str() }).inc();
     Control::Error(ErrorMessage {
         timestamp: now_timestamp(),
@@ -123,7 +129,13 @@ impl Session {
     }
 
     /// Queues an error reply and counts it.
-    pub fn send_error(&self, id: Option<CommandId>, code: ErrorCode, message: impl Into<String>, channel: Option<&str>) {
+    pub fn send_error(
+        &self,
+        id: Option<CommandId>,
+        code: ErrorCode,
+        message: impl Into<String>,
+        channel: Option<&str>,
+    ) {
         self.send(error_reply(&self.hub, id, code, message, channel));
     }
 
@@ -208,7 +220,13 @@ impl Session {
     /// channel one is not in still answers, so a client's bookkeeping converges.
     pub fn unsubscribe(&mut self, channel: &str, id: Option<CommandId>, why: Option<(ErrorCode, String)>) {
         let (code, message) = why.map_or((None, None), |(code, message)| (Some(code), Some(message)));
-        let reply = control(Control::Unsubscribed(Unsubscribed { timestamp: now_timestamp(), id, channel: channel.to_owned(), code, message }));
+        let reply = control(Control::Unsubscribed(Unsubscribed {
+            timestamp: now_timestamp(),
+            id,
+            channel: channel.to_owned(),
+            code,
+            message,
+        }));
         if self.subscriptions.remove(channel) {
             self.hub.unsubscribe(self.slot.id, channel, Some((self.outbox.clone(), reply)));
             tracing::debug!(connection = self.id(), user = %self.grant.user, %channel, ?code, "unsubscribed");
@@ -219,7 +237,12 @@ impl Session {
 
     /// The subscribed channels the current grant no longer allows.
     pub fn channels_not_granted(&self) -> Vec<String> {
-        self.subscriptions.0.iter().filter(|c| self.grant.subscribe_access(c) != Access::Allowed).map(|c| c.to_string()).collect()
+        self.subscriptions
+            .0
+            .iter()
+            .filter(|c| self.grant.subscribe_access(c) != Access::Allowed)
+            .map(|c| c.to_string())
+            .collect()
     }
 
     /// Leaves every channel (on disconnect).

@@ -2,11 +2,11 @@
 //! `GET /api/channels`, for operators (`Authorization: Bearer` either way). Errors are JSON `{code, message}` with the
 //! HTTP status of the error code.
 
+use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 use tidewire_protocol::channel::{Access, USER_SEPARATOR};
@@ -29,6 +29,8 @@ pub fn error_response(code: ErrorCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "code": code, "message": message.into() }))).into_response()
 }
 
+// The refusal is the response itself, built once on a path that then returns.
+#[allow(clippy::result_large_err)]
 fn bearer(hub: &Hub, headers: &HeaderMap) -> Result<Grant, Response> {
     let result = match super::bearer_token(headers) {
         Some(token) => hub.verifier().verify(token),
@@ -46,16 +48,23 @@ fn bearer(hub: &Hub, headers: &HeaderMap) -> Result<Grant, Response> {
 async fn read_body(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
     let config = hub.config();
     let limit = config.max_http_body_bytes;
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|length| length > limit) {
         return Err(error_response(ErrorCode::MessageTooBig, format!("the body may be at most {limit} bytes")));
     }
     let Some(_reserved) = hub.reserve_body_memory(declared.unwrap_or(limit)) else {
-        return Err(error_response(ErrorCode::Unavailable, "the node is reading too many request bodies; retry shortly"));
+        return Err(error_response(
+            ErrorCode::Unavailable,
+            "the node is reading too many request bodies; retry shortly",
+        ));
     };
     match tokio::time::timeout(config.http_body_timeout, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(_)) => Err(error_response(ErrorCode::MessageTooBig, format!("the body may be at most {limit} bytes, sent in full"))),
+        Ok(Err(_)) => Err(error_response(
+            ErrorCode::MessageTooBig,
+            format!("the body may be at most {limit} bytes, sent in full"),
+        )),
         Err(_) => Err(error_response(
             ErrorCode::RequestTimeout,
             format!("the body did not arrive within {:?}", config.http_body_timeout),
@@ -86,7 +95,12 @@ pub async fn publish(State(hub): State<Hub>, headers: HeaderMap, body: Body) -> 
     };
     let body: PublishBody = match serde_json::from_slice(&body) {
         Ok(body) => body,
-        Err(e) => return error_response(ErrorCode::BadRequest, format!("expected {{channel, type, data, key?}} or an array of them: {e}")),
+        Err(e) => {
+            return error_response(
+                ErrorCode::BadRequest,
+                format!("expected {{channel, type, data, key?}} or an array of them: {e}"),
+            );
+        }
     };
     let (items, single) = match body {
         PublishBody::One(one) => (vec![one], true),
@@ -94,7 +108,10 @@ pub async fn publish(State(hub): State<Hub>, headers: HeaderMap, body: Body) -> 
     };
     let max = hub.config().max_publish_batch;
     if items.len() > max {
-        return error_response(ErrorCode::BadRequest, format!("a batch may hold at most {max} publications, not {}", items.len()));
+        return error_response(
+            ErrorCode::BadRequest,
+            format!("a batch may hold at most {max} publications, not {}", items.len()),
+        );
     }
     for item in &items {
         if let Err(e) = hub.check(item) {
@@ -102,9 +119,14 @@ pub async fn publish(State(hub): State<Hub>, headers: HeaderMap, body: Body) -> 
         }
         match grant.publish_access(&item.channel) {
             Access::Allowed => {}
-            Access::Invalid => return error_response(ErrorCode::InvalidChannel, format!("invalid channel {:?}", item.channel)),
+            Access::Invalid => {
+                return error_response(ErrorCode::InvalidChannel, format!("invalid channel {:?}", item.channel));
+            }
             Access::Forbidden => {
-                return error_response(ErrorCode::Forbidden, format!("the token does not allow publishing to {}", item.channel))
+                return error_response(
+                    ErrorCode::Forbidden,
+                    format!("the token does not allow publishing to {}", item.channel),
+                );
             }
         }
     }
@@ -115,15 +137,12 @@ pub async fn publish(State(hub): State<Hub>, headers: HeaderMap, body: Body) -> 
             Err(e) if accepted.is_empty() => return error_response(e.code, e.message),
             Err(e) => {
                 let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                return (status, Json(json!({ "code": e.code, "message": e.message, "published": accepted }))).into_response();
+                return (status, Json(json!({ "code": e.code, "message": e.message, "published": accepted })))
+                    .into_response();
             }
         }
     }
-    if single {
-        Json(json!(accepted[0])).into_response()
-    } else {
-        Json(json!(accepted)).into_response()
-    }
+    if single { Json(json!(accepted[0])).into_response() } else { Json(json!(accepted)).into_response() }
 }
 
 /// Channels with subscriber counts and heads, for operators (a token with

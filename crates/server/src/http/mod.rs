@@ -8,9 +8,9 @@ mod ws;
 
 use std::net::IpAddr;
 
-use axum::http::{header, HeaderMap};
-use axum::routing::{get, post};
 use axum::Router;
+use axum::http::{HeaderMap, header};
+use axum::routing::{get, post};
 
 use crate::hub::Hub;
 

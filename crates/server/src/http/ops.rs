@@ -1,9 +1,9 @@
 //! Liveness, readiness and metrics.
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
 use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use serde_json::json;
 
 use crate::hub::Hub;
@@ -18,7 +18,10 @@ pub async fn ready(State(hub): State<Hub>) -> impl IntoResponse {
     if hub.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" })))
     } else if !hub.is_ready() {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "reason": "the broker is unreachable" })))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "reason": "the broker is unreachable" })),
+        )
     } else {
         (StatusCode::OK, Json(json!({ "status": "ready" })))
     }

@@ -16,7 +16,7 @@
 
 use std::net::IpAddr;
 
-use axum::http::{header, HeaderMap};
+use axum::http::{HeaderMap, header};
 
 use crate::hub::Hub;
 
@@ -138,7 +138,9 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for host in ["localhost", "localhost:7999", "app.localhost", "127.0.0.1:7999", "127.9.9.9", "[::1]:7999", "[::1]"] {
+        for host in
+            ["localhost", "localhost:7999", "app.localhost", "127.0.0.1:7999", "127.9.9.9", "[::1]:7999", "[::1]"]
+        {
             assert!(is_loopback_host(host), "{host}");
         }
         for host in ["evil.example:7999", "10.0.0.1", "localhost.evil.example", "", "[::2]"] {

@@ -10,13 +10,13 @@
 //! cannot set headers) as a `tidewire.token.<jwt>` subprotocol offered next to
 //! `tidewire.v1`, which the server then selects. Tokens are never logged.
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Query, State};
 use axum::Extension;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tidewire_protocol::ErrorCode;
@@ -50,7 +50,12 @@ pub async fn upgrade(
     }
     let ws = match ws {
         Ok(ws) => ws,
-        Err(rejection) => return error_response(ErrorCode::BadRequest, format!("not a WebSocket handshake: {}", rejection.body_text())),
+        Err(rejection) => {
+            return error_response(
+                ErrorCode::BadRequest,
+                format!("not a WebSocket handshake: {}", rejection.body_text()),
+            );
+        }
     };
     let token = token(&params, &headers, &ws);
     let auth = match token {

@@ -15,8 +15,8 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::lock;
 use super::engine::Shared;
+use super::lock;
 
 /// Counts per key, with entries removed at zero so the map holds only live keys.
 #[derive(Debug)]
@@ -64,6 +64,12 @@ impl Refusal {
             Refusal::User => "user",
             Refusal::Address => "address",
         }
+    }
+}
+
+impl Default for Admission {
+    fn default() -> Admission {
+        Admission::new()
     }
 }
 

@@ -10,8 +10,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidewire_protocol::batch::{Dropped, Outbound, Position};
 use tidewire_protocol::EncodedMessage;
+use tidewire_protocol::batch::{Dropped, Outbound, Position};
 
 use super::outbox::Outbox;
 
@@ -91,7 +91,10 @@ impl Channel {
     /// no latest values, or none published within `ttl` (the channel's state expired).
     pub fn is_idle(&self, now: Instant, ttl: Duration) -> bool {
         let expired = self.last_published.is_none_or(|at| now.saturating_duration_since(at) > ttl);
-        self.subscribers.is_empty() && self.history.is_empty() && self.recent.is_empty() && (self.latest.is_empty() || expired)
+        self.subscribers.is_empty()
+            && self.history.is_empty()
+            && self.recent.is_empty()
+            && (self.latest.is_empty() || expired)
     }
 
     /// The seq of a publication with this idempotency key within the window, if any.

@@ -30,7 +30,10 @@ impl Shared {
     pub fn count_drops(&self, dropped: Dropped) {
         if dropped.refused > 0 {
             // Messages for a client over its byte budget, which is being closed (4002).
-            self.metrics.dropped.get_or_create(&ReasonLabel { reason: "queue_overflow" }).inc_by(dropped.refused.into());
+            self.metrics
+                .dropped
+                .get_or_create(&ReasonLabel { reason: "queue_overflow" })
+                .inc_by(dropped.refused.into());
         }
         if dropped.total() == 0 {
             return;
@@ -49,17 +52,26 @@ impl Shared {
 
     pub fn too_many_keys(&self, channel: &str) -> PublishError {
         let max = self.config.max_keys_per_channel;
-        PublishError::new(ErrorCode::TooManyKeys, format!("{channel} already holds latest values for {max} keys (--max-keys-per-channel)"))
+        PublishError::new(
+            ErrorCode::TooManyKeys,
+            format!("{channel} already holds latest values for {max} keys (--max-keys-per-channel)"),
+        )
     }
 
     pub fn too_many_latest_bytes(&self, channel: &str) -> PublishError {
         let max = self.max_start_bytes();
-        PublishError::new(ErrorCode::TooManyKeys, format!("{channel}'s latest values would exceed {max} bytes (half of --max-queued-bytes)"))
+        PublishError::new(
+            ErrorCode::TooManyKeys,
+            format!("{channel}'s latest values would exceed {max} bytes (half of --max-queued-bytes)"),
+        )
     }
 
     pub fn node_full(&self) -> PublishError {
         let max = self.config.max_node_channels;
-        PublishError::new(ErrorCode::TooManyChannels, format!("this node holds its limit of {max} channels (--max-node-channels)"))
+        PublishError::new(
+            ErrorCode::TooManyChannels,
+            format!("this node holds its limit of {max} channels (--max-node-channels)"),
+        )
     }
 
     /// Replay and snapshots are bounded by what a client's queue can take.

@@ -16,8 +16,8 @@ use tidewire_protocol::message::Subscribed;
 use tidewire_protocol::{Control, EncodedMessage, ErrorCode, NewPublication, Publication, ServerMessage};
 
 use super::channel::{Channel, Start, Stored};
-use super::engine::{control, Engine, Reply, Shared, SubscribeRequest};
-use super::{lock, now_timestamp, too_big, Accepted, ChannelInfo, PublishError, ENVELOPE_ALLOWANCE};
+use super::engine::{Engine, Reply, Shared, SubscribeRequest, control};
+use super::{Accepted, ChannelInfo, ENVELOPE_ALLOWANCE, PublishError, lock, now_timestamp, too_big};
 
 #[derive(Debug)]
 pub struct MemoryEngine {
@@ -105,14 +105,16 @@ impl MemoryEngine {
             snapshot: false,
             data: new.data,
         });
-        let message = EncodedMessage::encode(&publication).map_err(|e| PublishError::new(ErrorCode::BadRequest, e.to_string()))?;
+        let message = EncodedMessage::encode(&publication)
+            .map_err(|e| PublishError::new(ErrorCode::BadRequest, e.to_string()))?;
         // The envelope around `data` is under ENVELOPE_ALLOWANCE bytes (channel and key
         // ≤ 255, type ≤ 128), so this agrees with `Hub::check`'s measure of `data` alone.
         if message.len() > config.max_publication_bytes + ENVELOPE_ALLOWANCE {
             return Err(too_big(message.len() - ENVELOPE_ALLOWANCE.min(message.len()), config.max_publication_bytes));
         }
         if let Some(key) = &key {
-            match channel.admits_latest(key, message.len(), config.max_keys_per_channel, self.shared.max_start_bytes()) {
+            match channel.admits_latest(key, message.len(), config.max_keys_per_channel, self.shared.max_start_bytes())
+            {
                 Ok(()) => {}
                 Err(true) => return Err(self.shared.too_many_keys(&channel.name)),
                 Err(false) => return Err(self.shared.too_many_latest_bytes(&channel.name)),
@@ -155,8 +157,7 @@ impl MemoryEngine {
         let mut outbounds = vec![Outbound::control(subscribed)];
         match start {
             Start::Recovered(replay) => outbounds.extend(replay),
-            // Snapshot messages are bounded by the number of keys and never dropped.
-            Start::Snapshot(latest) => outbounds.extend(latest.into_iter().map(Outbound::control)),
+            Start::Snapshot(latest) => outbounds.extend(latest.into_iter().map(Outbound::snapshot)),
         }
         let dropped = outbox.push_all(outbounds);
         self.shared.count_drops(dropped);

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tidewire_protocol::channel::{validate, ChannelError};
+use tidewire_protocol::channel::{ChannelError, validate};
 use tidewire_protocol::message::validate_message_type;
 use tidewire_protocol::{CommandId, ErrorCode, NewPublication, StreamPosition, Timestamp};
 use tokio_util::sync::CancellationToken;
@@ -29,9 +29,9 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{KeyError, Verifier};
 use crate::config::Config;
 use crate::metrics::Metrics;
-pub use engine::{control, Engine, Reply, Shared, SubscribeRequest};
-pub use admission::{HttpSlot, Refusal, SessionSlot};
 use admission::Admission;
+pub use admission::{HttpSlot, Refusal, SessionSlot};
+pub use engine::{Engine, Reply, Shared, SubscribeRequest, control};
 pub use outbox::Outbox;
 
 /// Now, as a wire timestamp.
@@ -302,7 +302,10 @@ impl Hub {
         let rule = &rules[index];
         Err(PublishError::new(
             ErrorCode::RateLimitExceeded,
-            format!("{channel} accepts {} publications at once and {} per minute ({})", rule.burst, rule.per_minute, rule.pattern),
+            format!(
+                "{channel} accepts {} publications at once and {} per minute ({})",
+                rule.burst, rule.per_minute, rule.pattern
+            ),
         ))
     }
 
@@ -344,7 +347,8 @@ impl Hub {
 }
 
 fn check_envelope(new: &NewPublication) -> Result<(), PublishError> {
-    validate(&new.channel).map_err(|e| PublishError::new(ErrorCode::InvalidChannel, invalid_channel(&new.channel, e)))?;
+    validate(&new.channel)
+        .map_err(|e| PublishError::new(ErrorCode::InvalidChannel, invalid_channel(&new.channel, e)))?;
     validate_message_type(&new.kind).map_err(|e| PublishError::new(ErrorCode::BadRequest, e.to_string()))?;
     if new.key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 255) {
         return Err(PublishError::new(ErrorCode::BadRequest, "key must be 1..=255 bytes"));

@@ -57,7 +57,12 @@ impl State {
 impl Outbox {
     pub fn new(config: BatchConfig) -> Outbox {
         Outbox {
-            state: Mutex::new(State { batcher: Batcher::new(config), waiting_since: None, looks_at: None, dense: false }),
+            state: Mutex::new(State {
+                batcher: Batcher::new(config),
+                waiting_since: None,
+                looks_at: None,
+                dense: false,
+            }),
             waker: AtomicWaker::new(),
             woken: AtomicBool::new(false),
             over_budget: AtomicBool::new(false),
@@ -91,7 +96,11 @@ impl Outbox {
     /// frame went out less than an interval ago), more is likely to follow within an
     /// interval of each frame, and the connection plans a look one interval after each
     /// frame instead of being woken for each message.
-    fn push_with_clock(&self, outbounds: impl IntoIterator<Item = Outbound>, clock: impl FnOnce() -> Instant) -> Dropped {
+    fn push_with_clock(
+        &self,
+        outbounds: impl IntoIterator<Item = Outbound>,
+        clock: impl FnOnce() -> Instant,
+    ) -> Dropped {
         let mut total = Dropped::default();
         let wake = {
             let mut state = self.lock();

@@ -19,17 +19,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use lapin::Confirmation;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::Confirmation;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 
 use super::routing::Route;
-use super::{deliver, AmqpSource, Backoff, Outcome};
+use super::{AmqpSource, Backoff, Outcome, deliver};
 use crate::hub::Hub;
 
 fn exchange_kind(name: &str) -> ExchangeKind {
@@ -63,24 +63,54 @@ async fn consume(hub: &Hub, source: &AmqpSource, routes: &[Route], backoff: &mut
     let channel = connection.create_channel().await?;
     channel.basic_qos(source.prefetch, BasicQosOptions::default()).await?;
     let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
-    channel.exchange_declare(source.exchange.as_str().into(), exchange_kind(&source.exchange_type), durable, FieldTable::default()).await?;
+    channel
+        .exchange_declare(
+            source.exchange.as_str().into(),
+            exchange_kind(&source.exchange_type),
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
     let dead_exchange = source.dead_letter_exchange.clone().unwrap_or_else(|| format!("{}.dead", source.exchange));
     let dead_queue = format!("{}.dead", source.queue);
-    channel.exchange_declare(dead_exchange.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
+    channel
+        .exchange_declare(dead_exchange.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default())
+        .await?;
     let queue_options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
     channel.queue_declare(dead_queue.as_str().into(), queue_options, FieldTable::default()).await?;
-    channel.queue_bind(dead_queue.as_str().into(), dead_exchange.as_str().into(), "".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+    channel
+        .queue_bind(
+            dead_queue.as_str().into(),
+            dead_exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     let mut arguments = FieldTable::default();
     arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(dead_exchange.as_str().into()));
     channel.queue_declare(source.queue.as_str().into(), queue_options, arguments).await?;
     for binding in &source.bindings {
         channel
-            .queue_bind(source.queue.as_str().into(), source.exchange.as_str().into(), binding.as_str().into(), QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(
+                source.queue.as_str().into(),
+                source.exchange.as_str().into(),
+                binding.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
     }
     let dead_letters = DeadLetters::connect(&source.url, dead_exchange, &source.name).await?;
     let tag = format!("tidewire-{}", fastrand::u32(..));
-    let mut consumer = channel.basic_consume(source.queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+    let mut consumer = channel
+        .basic_consume(
+            source.queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     tracing::info!(source = %source.name, queue = %source.queue, "AMQP source consuming");
     backoff.reset();
     let shutdown = hub.shutdown_token();
@@ -156,11 +186,18 @@ impl DeadLetters {
             Ok(Ok(_)) => None,
             Ok(Err(e)) => Some(e),
             Err(_) => {
-                tracing::warn!(source = %self.source, "the broker did not confirm a dead letter in {CONFIRM_TIMEOUT:?}");
+                tracing::warn!(
+                    source = %self.source,
+                    "the broker did not confirm a dead letter in {CONFIRM_TIMEOUT:?}"
+                );
                 None
             }
         };
-        tracing::warn!(source = %self.source, reason, "dead letter not confirmed; rejecting the event, whose reason is only in this log");
+        tracing::warn!(
+            source = %self.source,
+            reason,
+            "dead letter not confirmed; rejecting the event, whose reason is only in this log"
+        );
         delivery.nack(BasicNackOptions { requeue: false, ..BasicNackOptions::default() }).await?;
         match failure {
             Some(e) => Err(e.into()),
@@ -175,7 +212,10 @@ impl DeadLetters {
 fn dead_letter_properties(delivery: &Delivery, reason: &str) -> BasicProperties {
     let original = &delivery.properties;
     let mut headers = original.headers().clone().unwrap_or_default();
-    headers.insert(super::DEAD_LETTER_REASON_HEADER.into(), AMQPValue::LongString(super::header_reason(reason).as_str().into()));
+    headers.insert(
+        super::DEAD_LETTER_REASON_HEADER.into(),
+        AMQPValue::LongString(super::header_reason(reason).as_str().into()),
+    );
     headers.insert("Tidewire-Original-Exchange".into(), AMQPValue::LongString(delivery.exchange.as_str().into()));
     let mut properties = BasicProperties::default().with_headers(headers).with_delivery_mode(2);
     if let Some(v) = original.content_type() {

@@ -156,9 +156,13 @@ impl IngestConfig {
     pub fn load(path: &Path) -> Result<IngestConfig, IngestError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| IngestError::Read { path: shown.clone(), source })?;
-        let config: IngestConfig = toml::from_str(&text).map_err(|e| IngestError::Invalid { path: shown.clone(), message: e.to_string() })?;
+        let config: IngestConfig =
+            toml::from_str(&text).map_err(|e| IngestError::Invalid { path: shown.clone(), message: e.to_string() })?;
         if config.route.is_empty() && (!config.amqp.is_empty() || !config.nats.is_empty()) {
-            return Err(IngestError::Invalid { path: shown, message: "sources need at least one [[route]]".to_owned() });
+            return Err(IngestError::Invalid {
+                path: shown,
+                message: "sources need at least one [[route]]".to_owned(),
+            });
         }
         Ok(config)
     }
@@ -189,7 +193,12 @@ pub async fn deliver(hub: &Hub, routes: &[Route], source: &str, key: &str, paylo
         Err(unroutable) => Outcome::DeadLetter(unroutable.to_string()),
         Ok(publication) => match hub.publish(publication).await {
             Ok(_) => Outcome::Published,
-            Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::InternalError | ErrorCode::RateLimitExceeded) => {
+            Err(e)
+                if matches!(
+                    e.code,
+                    ErrorCode::Unavailable | ErrorCode::InternalError | ErrorCode::RateLimitExceeded
+                ) =>
+            {
                 Outcome::Retry(e.to_string())
             }
             Err(e) => Outcome::DeadLetter(e.to_string()),

@@ -9,11 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, AckKind};
+use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures_util::StreamExt;
 
 use super::routing::Route;
-use super::{deliver, Backoff, NatsSource, Outcome};
+use super::{Backoff, NatsSource, Outcome, deliver};
 use crate::hub::Hub;
 
 /// Runs the source until the node drains.
@@ -40,9 +40,8 @@ pub async fn run(hub: Hub, source: NatsSource, routes: Arc<[Route]>) {
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 async fn connect(source: &NatsSource) -> Result<async_nats::Client, Error> {
-    let options = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(2))
-        .retry_on_initial_connect();
+    let options =
+        async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(2)).retry_on_initial_connect();
     let client = tokio::time::timeout(Duration::from_secs(5), options.connect(source.url.as_str()))
         .await
         .map_err(|_| "NATS connect timed out")??;
@@ -75,7 +74,9 @@ async fn consume_core(hub: &Hub, source: &NatsSource, routes: &[Route], backoff:
             Outcome::Published => {}
             Outcome::DeadLetter(reason) => dead_letter(&client, source, &reason, message.payload.clone()).await,
             // Core NATS cannot redeliver: the event is lost, and said so (use JetStream).
-            Outcome::Retry(reason) => dead_letter(&client, source, &format!("not accepted: {reason}"), message.payload.clone()).await,
+            Outcome::Retry(reason) => {
+                dead_letter(&client, source, &format!("not accepted: {reason}"), message.payload.clone()).await
+            }
         }
     }
 }
@@ -91,7 +92,11 @@ async fn consume_jetstream(
     let client = connect(source).await?;
     let context = jetstream::new(client.clone());
     let stream = context
-        .get_or_create_stream(jetstream::stream::Config { name: js.stream.clone(), subjects: vec![source.subject.clone()], ..Default::default() })
+        .get_or_create_stream(jetstream::stream::Config {
+            name: js.stream.clone(),
+            subjects: vec![source.subject.clone()],
+            ..Default::default()
+        })
         .await?;
     // A stream deleted and created again numbers its messages from 1 again: what this
     // node published from the old one says nothing about the new one.
@@ -99,7 +104,11 @@ async fn consume_jetstream(
     let consumer: jetstream::consumer::Consumer<pull::Config> = stream
         .get_or_create_consumer(
             &js.durable,
-            pull::Config { durable_name: Some(js.durable.clone()), ack_policy: jetstream::consumer::AckPolicy::Explicit, ..Default::default() },
+            pull::Config {
+                durable_name: Some(js.durable.clone()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ..Default::default()
+            },
         )
         .await?;
     let mut messages = consumer.messages().await?;

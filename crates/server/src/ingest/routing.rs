@@ -174,8 +174,13 @@ mod tests {
             channel = "events"
             "##,
         );
-        let p = route(&routes, "backtest.completed", br#"{"type":"backtest.completed","job_id":"j1","sharpe_ratio":1.85}"#).unwrap();
-        assert_eq!((p.channel.as_str(), p.kind.as_str(), p.key.as_deref()), ("backtests", "backtest.completed", Some("j1")));
+        let p =
+            route(&routes, "backtest.completed", br#"{"type":"backtest.completed","job_id":"j1","sharpe_ratio":1.85}"#)
+                .unwrap();
+        assert_eq!(
+            (p.channel.as_str(), p.kind.as_str(), p.key.as_deref()),
+            ("backtests", "backtest.completed", Some("j1"))
+        );
         assert_eq!(p.data["sharpe_ratio"], 1.85);
         let p = route(&routes, "strategy.discovered", br#"{"strategy_id":"s"}"#).unwrap();
         assert_eq!((p.channel.as_str(), p.kind.as_str()), ("events", "strategy.discovered"));
@@ -191,7 +196,9 @@ mod tests {
             type = "{type}"
             "##,
         );
-        let p = route(&routes, "pnl", br#"{"type":"pnl_update","assessmentId":"assessment-123","unrealizedPnl":1500.0}"#).unwrap();
+        let p =
+            route(&routes, "pnl", br#"{"type":"pnl_update","assessmentId":"assessment-123","unrealizedPnl":1500.0}"#)
+                .unwrap();
         assert_eq!((p.channel.as_str(), p.kind.as_str()), ("assessment#assessment-123", "pnl_update"));
         assert_eq!(route(&routes, "pnl", br#"{"type":"x"}"#), Err(Unroutable::NoRoute("pnl".into())));
     }

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tidewire_server::auth::{mint_hs256, unix_now, Claims};
-use tidewire_server::{server, Config, Hub};
+use tidewire_server::auth::{Claims, mint_hs256, unix_now};
+use tidewire_server::{Config, Hub, server};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const SECRET: &str = "test-secret-of-at-least-32-bytes";
@@ -151,7 +151,8 @@ impl Client {
                     }
                 }
                 Some(Ok(Message::Close(frame))) => {
-                    let (code, reason) = frame.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
+                    let (code, reason) =
+                        frame.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
                     return Err(Closed { code, reason });
                 }
                 Some(Ok(_)) => {}
@@ -184,7 +185,13 @@ impl Client {
     }
 
     pub async fn close(mut self) {
-        let _ = self.ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame { code: WsCloseCode::Normal, reason: "".into() })).await;
+        let _ = self
+            .ws
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: WsCloseCode::Normal,
+                reason: "".into(),
+            }))
+            .await;
     }
 }
 
@@ -194,25 +201,44 @@ pub async fn post_publish(server: &TestServer, token: Option<&str>, body: &str) 
 }
 
 /// A tiny HTTP/1.1 client (one request per connection), enough for the API tests.
-pub async fn http_request(server: &TestServer, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
+pub async fn http_request(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
     let (status, text) = http_text(server, method, path, token, body).await;
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
-pub async fn http_text(server: &TestServer, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+pub async fn http_text(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
     let (status, _, text) = http_exchange(server, method, path, token, body).await;
     (status, text)
 }
 
 /// One request on its own connection: the status, the response head (lowercased) and
 /// the body.
-pub async fn http_exchange(server: &TestServer, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String, String) {
+pub async fn http_exchange(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     let body = body.unwrap_or("");
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         server.addr,
         body.len()
     );

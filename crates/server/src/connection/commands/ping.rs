@@ -1,8 +1,8 @@
 //! `ping` → `pong`, echoing the id.
 
+use tidewire_protocol::Control;
 use tidewire_protocol::command::Ping;
 use tidewire_protocol::message::Pong;
-use tidewire_protocol::Control;
 
 use crate::connection::session::{Next, Session};
 use crate::hub::now_timestamp;

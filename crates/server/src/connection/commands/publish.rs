@@ -9,7 +9,7 @@ use tidewire_protocol::{Control, ErrorCode};
 use futures_util::FutureExt;
 use tidewire_protocol::batch::Outbound;
 
-use crate::connection::session::{error_reply, Next, Session};
+use crate::connection::session::{Next, Session, error_reply};
 use crate::hub::{control, now_timestamp};
 
 pub fn apply(session: &mut Session, command: Publish) -> Next {
@@ -17,11 +17,21 @@ pub fn apply(session: &mut Session, command: Publish) -> Next {
     match session.grant.publish_access(&channel) {
         Access::Allowed => {}
         Access::Invalid => {
-            session.send_error(command.id, ErrorCode::InvalidChannel, format!("invalid channel {channel:?}"), Some(&channel));
+            session.send_error(
+                command.id,
+                ErrorCode::InvalidChannel,
+                format!("invalid channel {channel:?}"),
+                Some(&channel),
+            );
             return Next::Continue;
         }
         Access::Forbidden => {
-            session.send_error(command.id, ErrorCode::Forbidden, format!("the token does not allow publishing to {channel}"), Some(&channel));
+            session.send_error(
+                command.id,
+                ErrorCode::Forbidden,
+                format!("the token does not allow publishing to {channel}"),
+                Some(&channel),
+            );
             return Next::Continue;
         }
     }
@@ -32,7 +42,12 @@ pub fn apply(session: &mut Session, command: Publish) -> Next {
     let id = command.id;
     let publish = async move {
         let reply = match hub.publish(command.publication).await {
-            Ok(accepted) => Control::Published(Published { timestamp: now_timestamp(), id, channel: accepted.channel, seq: accepted.seq }),
+            Ok(accepted) => Control::Published(Published {
+                timestamp: now_timestamp(),
+                id,
+                channel: accepted.channel,
+                seq: accepted.seq,
+            }),
             Err(error) => error_reply(&hub, id, error.code, error.message, Some(&channel)),
         };
         outbox.push(Outbound::control(control(reply)));

@@ -17,7 +17,8 @@ pub fn apply(session: &mut Session, command: Refresh) -> Next {
         Ok(grant) if grant.user == session.grant.user => {
             session.grant = grant;
             for channel in session.channels_not_granted() {
-                let why = (ErrorCode::Forbidden, format!("the refreshed token does not allow subscribing to {channel}"));
+                let why =
+                    (ErrorCode::Forbidden, format!("the refreshed token does not allow subscribing to {channel}"));
                 session.unsubscribe(&channel, None, Some(why));
             }
             tracing::debug!(connection = session.id(), user = %session.grant.user, "token refreshed");
@@ -29,7 +30,12 @@ pub fn apply(session: &mut Session, command: Refresh) -> Next {
         }
         Ok(_) => session.send_error(command.id, ErrorCode::Forbidden, "the new token is for another user", None),
         Err(error) => {
-            session.hub.metrics().auth_failures.get_or_create(&crate::metrics::ErrorLabel { code: error.code().as_str() }).inc();
+            session
+                .hub
+                .metrics()
+                .auth_failures
+                .get_or_create(&crate::metrics::ErrorLabel { code: error.code().as_str() })
+                .inc();
             session.send_error(command.id, error.code(), error.to_string(), None)
         }
     }

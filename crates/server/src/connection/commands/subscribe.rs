@@ -4,9 +4,9 @@
 //! head and changes nothing. A command names at most `--max-channels` distinct channels
 //! (repeats count once).
 
-use tidewire_protocol::channel::{validate, Access};
-use tidewire_protocol::command::Subscribe;
 use tidewire_protocol::ErrorCode;
+use tidewire_protocol::channel::{Access, validate};
+use tidewire_protocol::command::Subscribe;
 
 use crate::connection::session::{Next, Session};
 use crate::hub::invalid_channel;
@@ -26,14 +26,29 @@ pub fn apply(session: &mut Session, command: Subscribe) -> Next {
                 continue;
             }
             Access::Forbidden => {
-                tracing::info!(connection = session.id(), user = %session.grant.user, %channel, "subscription forbidden");
-                session.send_error(id, ErrorCode::Forbidden, format!("the token does not allow subscribing to {channel}"), Some(channel));
+                tracing::info!(
+                    connection = session.id(),
+                    user = %session.grant.user,
+                    %channel,
+                    "subscription forbidden"
+                );
+                session.send_error(
+                    id,
+                    ErrorCode::Forbidden,
+                    format!("the token does not allow subscribing to {channel}"),
+                    Some(channel),
+                );
                 continue;
             }
         }
         let already = session.subscriptions.contains(channel.as_str());
         if !already && session.subscriptions.len() >= max {
-            session.send_error(id, ErrorCode::TooManyChannels, format!("at most {max} channels per connection"), Some(channel));
+            session.send_error(
+                id,
+                ErrorCode::TooManyChannels,
+                format!("at most {max} channels per connection"),
+                Some(channel),
+            );
             continue;
         }
         let since = command.since.as_ref().and_then(|since| since.get(channel));

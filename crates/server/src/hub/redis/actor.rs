@@ -21,10 +21,10 @@ use tidewire_protocol::message::{GapNotice, GapReason, Subscribed};
 use tidewire_protocol::{Control, EncodedMessage, PublicationTemplate};
 use tokio::sync::{mpsc, oneshot};
 
-use super::scripts::{Delivered, Range};
 use super::EngineInner;
-use crate::hub::engine::{control, Reply, SubscribeRequest};
-use crate::hub::{now_timestamp, Outbox};
+use super::scripts::{Delivered, Range};
+use crate::hub::engine::{Reply, SubscribeRequest, control};
+use crate::hub::{Outbox, now_timestamp};
 
 /// What an actor is asked to do.
 pub enum Input {
@@ -105,8 +105,12 @@ impl Actor {
     }
 
     async fn subscribe(&mut self, request: SubscribeRequest) {
-        let mut start = until_redis_answers(&self.channel, "subscribe", || self.engine.start(&self.channel, request.since.as_ref())).await;
-        let rolled_back = !start.epoch.is_empty() && self.epoch.as_deref() == Some(start.epoch.as_str()) && start.head < self.head;
+        let mut start = until_redis_answers(&self.channel, "subscribe", || {
+            self.engine.start(&self.channel, request.since.as_ref())
+        })
+        .await;
+        let rolled_back =
+            !start.epoch.is_empty() && self.epoch.as_deref() == Some(start.epoch.as_str()) && start.head < self.head;
         if rolled_back {
             start.epoch = self.engine.rotate_epoch(&self.channel).await;
             start.recovered = false;
@@ -150,7 +154,7 @@ impl Actor {
             latest.sort_by_key(|(seq, _)| *seq);
             for (_, text) in latest {
                 let message = PublicationTemplate::message_from_text(text).marked_as_snapshot();
-                outbounds.push(Outbound::control(message));
+                outbounds.push(Outbound::snapshot(message));
             }
         }
         let dropped = request.outbox.push_all(outbounds);
@@ -202,7 +206,12 @@ impl Actor {
                 }
             }
             _ => {
-                tracing::warn!(channel = %self.channel, from, to, "publications missed while disconnected are gone; announcing a gap");
+                tracing::warn!(
+                    channel = %self.channel,
+                    from,
+                    to,
+                    "publications missed while disconnected are gone; announcing a gap"
+                );
                 for (outbox, start) in self.subscribers.values() {
                     let first = from.max(start + 1);
                     if first > to {
@@ -227,7 +236,9 @@ impl Actor {
         if self.epoch.is_none() {
             return; // no start read yet: the first subscribe reads the current state
         }
-        let range = until_redis_answers(&self.channel, "resync", || self.engine.range(&self.channel, self.head + 1, u64::MAX)).await;
+        let range =
+            until_redis_answers(&self.channel, "resync", || self.engine.range(&self.channel, self.head + 1, u64::MAX))
+                .await;
         let epoch: Arc<str> = range.epoch.as_str().into();
         if self.epoch.as_deref() != Some(&*epoch) {
             if range.epoch.is_empty() {

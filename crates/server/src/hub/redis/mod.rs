@@ -36,8 +36,8 @@ use tidewire_protocol::{ErrorCode, NewPublication, Publication, PublicationTempl
 use tokio::sync::{mpsc, oneshot};
 
 use super::engine::{Engine, Reply, Shared, SubscribeRequest};
-use super::{lock, now_timestamp, too_big, Accepted, ChannelInfo, PublishError, ENVELOPE_ALLOWANCE};
-use actor::{until_redis_answers, Actor, Input};
+use super::{Accepted, ChannelInfo, ENVELOPE_ALLOWANCE, PublishError, lock, now_timestamp, too_big};
+use actor::{Actor, Input, until_redis_answers};
 use pubsub::PubSubCommand;
 use scripts::{Keys, Published, Range, Start};
 
@@ -144,7 +144,8 @@ impl EngineInner {
             snapshot: false,
             data: new.data,
         };
-        let template = PublicationTemplate::new(&publication).map_err(|e| PublishError::new(ErrorCode::BadRequest, e.to_string()))?;
+        let template = PublicationTemplate::new(&publication)
+            .map_err(|e| PublishError::new(ErrorCode::BadRequest, e.to_string()))?;
         let size = template.len(20);
         if size > config.max_publication_bytes + ENVELOPE_ALLOWANCE {
             return Err(too_big(size - ENVELOPE_ALLOWANCE.min(size), config.max_publication_bytes));
@@ -227,8 +228,15 @@ impl EngineInner {
     async fn range(&self, channel: &str, from: u64, to: u64) -> redis::RedisResult<Range> {
         let keys = Keys::new(&self.prefix, channel);
         let mut conn = self.conn.clone();
-        let reply: Vec<redis::Value> =
-            self.range_script.key(&keys.seq).key(&keys.epoch).key(&keys.hist).arg(from).arg(to).invoke_async(&mut conn).await?;
+        let reply: Vec<redis::Value> = self
+            .range_script
+            .key(&keys.seq)
+            .key(&keys.epoch)
+            .key(&keys.hist)
+            .arg(from)
+            .arg(to)
+            .invoke_async(&mut conn)
+            .await?;
         scripts::parse_range(reply, from, to)
     }
 }
@@ -238,7 +246,8 @@ async fn watch_health(engine: std::sync::Weak<EngineInner>) {
     loop {
         let Some(inner) = engine.upgrade() else { return };
         let mut conn = inner.conn.clone();
-        let ping = tokio::time::timeout(Duration::from_secs(1), redis::cmd("PING").query_async::<String>(&mut conn)).await;
+        let ping =
+            tokio::time::timeout(Duration::from_secs(1), redis::cmd("PING").query_async::<String>(&mut conn)).await;
         let up = matches!(ping, Ok(Ok(_)));
         if inner.answers.swap(up, Ordering::SeqCst) != up {
             if up {
@@ -267,7 +276,12 @@ impl Engine for RedisEngine {
             let id = inner.next_actor.fetch_add(1, Ordering::Relaxed);
             let (inbox, input) = mpsc::unbounded_channel();
             let (done, ready) = oneshot::channel();
-            let _ = inner.pubsub.send(PubSubCommand::Subscribe { channel: request.channel.clone(), actor: id, inbox: inbox.clone(), done });
+            let _ = inner.pubsub.send(PubSubCommand::Subscribe {
+                channel: request.channel.clone(),
+                actor: id,
+                inbox: inbox.clone(),
+                done,
+            });
             let starting = Arc::new(Mutex::new(HashSet::new()));
             tokio::spawn(Actor::new(inner.clone(), &request.channel, starting.clone()).run(input, ready));
             Handle { id, inbox, members: HashSet::new(), starting }
@@ -275,7 +289,10 @@ impl Engine for RedisEngine {
         if !lock(&handle.starting).insert(request.connection) {
             return Err(PublishError::new(
                 ErrorCode::RateLimitExceeded,
-                format!("a subscription to {} is starting already on this connection; wait for its answer", request.channel),
+                format!(
+                    "a subscription to {} is starting already on this connection; wait for its answer",
+                    request.channel
+                ),
             ));
         }
         if handle.members.insert(request.connection) {
@@ -320,7 +337,13 @@ impl Engine for RedisEngine {
                 let state: redis::RedisResult<(Option<u64>, Option<String>, usize)> =
                     redis::pipe().get(&keys.seq).get(&keys.epoch).xlen(&keys.hist).query_async(&mut conn).await;
                 let (seq, epoch, history) = state.unwrap_or_default();
-                infos.push(ChannelInfo { channel, subscribers, seq: seq.unwrap_or(0), epoch: epoch.unwrap_or_default(), history });
+                infos.push(ChannelInfo {
+                    channel,
+                    subscribers,
+                    seq: seq.unwrap_or(0),
+                    epoch: epoch.unwrap_or_default(),
+                    history,
+                });
             }
             infos.sort_by(|a, b| a.channel.cmp(&b.channel));
             infos

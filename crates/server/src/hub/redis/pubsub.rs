@@ -8,15 +8,15 @@
 //! backoff's pace, and the node stays unready (`/ready` 503) until pub/sub works.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::actor::Input;
-use super::scripts::{parse_delivered, Keys};
+use super::scripts::{Keys, parse_delivered};
 
 /// What the engine asks of the pub/sub task.
 pub enum PubSubCommand {
@@ -70,7 +70,12 @@ impl Routes {
 const FIRST_DELAY: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_secs(5);
 
-pub async fn run(client: redis::Client, prefix: String, mut commands: mpsc::UnboundedReceiver<PubSubCommand>, up: Arc<AtomicBool>) {
+pub async fn run(
+    client: redis::Client,
+    prefix: String,
+    mut commands: mpsc::UnboundedReceiver<PubSubCommand>,
+    up: Arc<AtomicBool>,
+) {
     let pubsub_prefix = Keys::pubsub(&prefix, "");
     let mut routes = Routes::default();
     let mut delay = FIRST_DELAY;
@@ -124,14 +129,20 @@ pub async fn run(client: redis::Client, prefix: String, mut commands: mpsc::Unbo
                 message = stream.next() => {
                     let Some(message) = message else { break };
                     let Some(channel) = message.get_channel_name().strip_prefix(&pubsub_prefix) else { continue };
-                    let (Some((_, inbox)), Some(delivered)) = (routes.actors.get(channel), parse_delivered(message.get_payload_bytes())) else { continue };
+                    let (Some((_, inbox)), Some(delivered)) =
+                        (routes.actors.get(channel), parse_delivered(message.get_payload_bytes()))
+                    else {
+                        continue;
+                    };
                     let _ = inbox.send(Input::Delivered(delivered));
                 }
                 command = commands.recv() => {
                     let Some(command) = command else { return };
                     let ok = match routes.apply(command) {
                         Change::Subscribe(channel) => sink.subscribe(format!("{pubsub_prefix}{channel}")).await.is_ok(),
-                        Change::Unsubscribe(channel) => sink.unsubscribe(format!("{pubsub_prefix}{channel}")).await.is_ok(),
+                        Change::Unsubscribe(channel) => {
+                            sink.unsubscribe(format!("{pubsub_prefix}{channel}")).await.is_ok()
+                        }
                         Change::None => true,
                     };
                     if !ok {

@@ -181,7 +181,10 @@ pub fn since_epoch(since: Option<&StreamPosition>) -> String {
 
 /// What [`PUBLISH`] answered.
 pub enum Published {
-    Accepted { seq: u64, duplicate: bool },
+    Accepted {
+        seq: u64,
+        duplicate: bool,
+    },
     /// A new key beyond the channel's limit.
     TooManyKeys,
     /// Latest values over their byte limit.
@@ -268,7 +271,10 @@ mod tests {
     #[test]
     fn delivered_payloads_parse() {
         let d = parse_delivered(b"ep-1\n42\n5\nOANDA{\"type\":\"x\"}").unwrap();
-        assert_eq!((&*d.epoch, d.seq, d.key.as_deref(), d.message.as_str()), ("ep-1", 42, Some("OANDA"), "{\"type\":\"x\"}"));
+        assert_eq!(
+            (&*d.epoch, d.seq, d.key.as_deref(), d.message.as_str()),
+            ("ep-1", 42, Some("OANDA"), "{\"type\":\"x\"}")
+        );
         let d = parse_delivered(b"e\n1\n0\n{}").unwrap();
         assert_eq!(d.key, None);
         for bad in [&b"e\n1\n9\nab"[..], b"e\nx\n0\n{}", b"e\n1", b"\xff\n1\n0\n{}"] {

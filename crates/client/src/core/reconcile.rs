@@ -1,0 +1,171 @@
+//! Subscriptions: bringing the server's side of each channel towards what the app wants.
+//!
+//! The app's wish and the server's state are kept apart in each
+//! [`Subscription`](super::subscription::Subscription), with at most one command in
+//! flight per channel; [`ClientCore::reconcile`] sends the next one when an answer (or
+//! a wish) changes something. After `connected`, every wanted channel is restored with
+//! `since` in as few commands as the server's limits allow.
+
+use std::collections::BTreeMap;
+
+use tidewire_protocol::command::{Subscribe, Unsubscribe};
+use tidewire_protocol::{Command, StreamPosition};
+
+use super::link::Link;
+use super::subscription::{Step, Subscription};
+use super::{Action, ClientCore, SubscriptionEvent, TransportId};
+
+/// Room in a resubscribe command for its id and the JSON around the lists.
+const FRAME_ROOM: usize = 96;
+
+impl ClientCore {
+    pub(super) fn on_subscribe(&mut self, channel: String) {
+        let subscription = self.subscriptions.entry(channel.clone()).or_insert_with(Subscription::new);
+        if subscription.want() {
+            self.push(Action::Subscription { channel: channel.clone(), event: SubscriptionEvent::Subscribing });
+        }
+        self.reconcile(&channel);
+    }
+
+    pub(super) fn on_unsubscribe(&mut self, channel: &str) {
+        let Some(subscription) = self.subscriptions.get_mut(channel) else { return };
+        if !subscription.unwant() {
+            return;
+        }
+        self.push(Action::Subscription { channel: channel.to_owned(), event: SubscriptionEvent::Unsubscribed });
+        self.reconcile(channel);
+    }
+
+    pub(super) fn reconcile_all(&mut self) {
+        let mut channels: Vec<String> = self.subscriptions.keys().cloned().collect();
+        channels.sort();
+        for channel in channels {
+            self.reconcile(&channel);
+        }
+    }
+
+    /// Brings the server's side of one channel towards what the app wants, with at most
+    /// one command in flight.
+    pub(super) fn reconcile(&mut self, channel: &str) {
+        let Link::Connected(transport) = self.link else {
+            if self.subscriptions.get(channel).is_some_and(Subscription::is_forgettable) {
+                self.subscriptions.remove(channel);
+            }
+            return;
+        };
+        let paused = self.paused;
+        let Some(subscription) = self.subscriptions.get_mut(channel) else { return };
+        let command = match subscription.step(paused) {
+            Step::Subscribe(position) => {
+                let since = position.map(|p| BTreeMap::from([(channel.to_owned(), p)]));
+                Command::Subscribe(Subscribe { id: Some(self.id()), channels: vec![channel.to_owned()], since })
+            }
+            Step::Unsubscribe => {
+                Command::Unsubscribe(Unsubscribe { id: Some(self.id()), channels: vec![channel.to_owned()] })
+            }
+            Step::Forget => {
+                self.subscriptions.remove(channel);
+                return;
+            }
+            Step::Wait => return,
+        };
+        self.send(transport, &command);
+    }
+
+    /// Resubscribes with `since` on the live connection to fill a gap.
+    pub(super) fn recover(&mut self, transport: TransportId, channel: &str) {
+        let Some(subscription) = self.subscriptions.get_mut(channel) else { return };
+        let Some(position) = subscription.begin_recovery() else { return };
+        let since = position.map(|p| BTreeMap::from([(channel.to_owned(), p)]));
+        let id = self.id();
+        self.send(
+            transport,
+            &Command::Subscribe(Subscribe { id: Some(id), channels: vec![channel.to_owned()], since }),
+        );
+    }
+
+    /// Re-sends the subscribes, unsubscribes (and recoveries) the server may have
+    /// dropped unanswered, and the unanswered publishes.
+    pub(super) fn retry_pending(&mut self) {
+        let Link::Connected(transport) = self.link else { return };
+        let mut recover: Vec<String> = (self.subscriptions.iter_mut())
+            .filter_map(|(channel, subscription)| subscription.forget_unanswered().then(|| channel.clone()))
+            .collect();
+        recover.sort();
+        for channel in recover {
+            self.recover(transport, &channel);
+        }
+        self.reconcile_all();
+        self.requeue_unacked();
+    }
+
+    /// After `connected`: subscribes for every wanted channel, with `since` where a
+    /// position is known, in as few commands as the server's limits allow.
+    pub(super) fn resubscribe_all(&mut self, transport: TransportId) {
+        let paused = self.paused;
+        let mut wanted: Vec<(String, Option<StreamPosition>)> = Vec::new();
+        let mut forget = Vec::new();
+        for (channel, subscription) in &mut self.subscriptions {
+            match subscription.step(paused) {
+                Step::Subscribe(position) => wanted.push((channel.clone(), position)),
+                Step::Forget => forget.push(channel.clone()),
+                // Nothing is in flight on a new link.
+                Step::Unsubscribe | Step::Wait => {}
+            }
+        }
+        for channel in forget {
+            self.subscriptions.remove(&channel);
+        }
+        wanted.sort_by(|a, b| a.0.cmp(&b.0));
+        // Each command within the server's message size and its channel limit, so that
+        // restoring many subscriptions never gets the connection closed for a message
+        // too big.
+        let budget = self.limits.max_message_bytes.saturating_sub(FRAME_ROOM);
+        let json_len = |text: &str| serde_json::to_string(text).map_or(usize::MAX / 4, |t| t.len());
+        let mut batch: Vec<(String, Option<StreamPosition>)> = Vec::new();
+        let mut size = 0;
+        for (channel, position) in wanted {
+            let name = json_len(&channel) + 1;
+            let since = position
+                .as_ref()
+                .map_or(0, |p| name + 1 + p.seq.to_string().len() + p.epoch.as_deref().map_or(0, |e| json_len(e) + 20));
+            let full = batch.len() >= self.limits.max_channels || size + name + since > budget;
+            if full && !batch.is_empty() {
+                self.send_subscribe(transport, std::mem::take(&mut batch));
+                size = 0;
+            }
+            size += name + since;
+            batch.push((channel, position));
+        }
+        if !batch.is_empty() {
+            self.send_subscribe(transport, batch);
+        }
+    }
+
+    fn send_subscribe(&mut self, transport: TransportId, channels: Vec<(String, Option<StreamPosition>)>) {
+        let mut since = BTreeMap::new();
+        let mut names = Vec::with_capacity(channels.len());
+        for (channel, position) in channels {
+            if let Some(position) = position {
+                since.insert(channel.clone(), position);
+            }
+            names.push(channel);
+        }
+        let id = self.id();
+        let since = (!since.is_empty()).then_some(since);
+        self.send(transport, &Command::Subscribe(Subscribe { id: Some(id), channels: names, since }));
+    }
+
+    /// Tells the app which subscriptions are being restored (after a link ended).
+    pub(super) fn emit_subscription_states(&mut self) {
+        let paused = self.paused;
+        let mut subscribing: Vec<String> = (self.subscriptions.iter())
+            .filter(|(_, s)| s.should_be_subscribed(paused))
+            .map(|(c, _)| c.clone())
+            .collect();
+        subscribing.sort();
+        for channel in subscribing {
+            self.push(Action::Subscription { channel, event: SubscriptionEvent::Subscribing });
+        }
+    }
+}
