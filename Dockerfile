@@ -3,7 +3,8 @@
 # tidewire as a container: a static (musl) release binary on distroless, non-root.
 #   docker build -t tidewire .
 #   docker run -p 7999:7999 -e TIDEWIRE_JWT_SECRET=… tidewire                    # the gateway
-#   docker run -p 7999:7999 tidewire demo --web-dir /srv/web --listen 0.0.0.0:7999 # the demo
+#   docker run -p 7999:7999 --entrypoint /usr/local/bin/tidewire-desk tidewire \
+#     --web-dir /srv/web --listen 0.0.0.0:7999                                    # the demo
 # Configuration comes only from TIDEWIRE_* variables and flags; logs are JSON on stdout.
 # `cargo xtask test` builds the same release target and runs its healthcheck against a
 # live server (no Docker engine is needed for that).
@@ -17,10 +18,12 @@ WORKDIR /src
 COPY . .
 # The dashboard (wasm client package + esbuild bundle), then the static binary.
 RUN cargo xtask web \
- && CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target x86_64-unknown-linux-musl -p tidewire-server --bin tidewire
+ && CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target x86_64-unknown-linux-musl \
+      -p tidewire-server --bin tidewire -p tidewire-desk --bin tidewire-desk
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /src/target/x86_64-unknown-linux-musl/release/tidewire /usr/local/bin/tidewire
+COPY --from=build /src/target/x86_64-unknown-linux-musl/release/tidewire-desk /usr/local/bin/tidewire-desk
 COPY --from=build /src/web/dist /srv/web
 ENV TIDEWIRE_LISTEN=0.0.0.0:7999 \
     TIDEWIRE_LOG_FORMAT=json

@@ -1,10 +1,10 @@
-// End to end, as a person would see it: `tidewire demo` serves the dashboard, headless
+// End to end, as a person would see it: the demo (`tidewire-desk`) serves the dashboard, headless
 // Chromium (Debian's, driven by playwright-core) opens it, all four panels fill, the
 // counters rise, the server restarts and the status bar goes reconnecting → connected
 // with data flowing again. A screenshot is saved to $TIDEWIRE_E2E_SCREENSHOT
 // (`target/e2e/dashboard.png` under `cargo xtask test`).
 //
-// Needs TIDEWIRE_BIN (the tidewire binary) and a built web/dist.
+// Needs TIDEWIRE_BIN (the demo binary, tidewire-desk) and a built web/dist.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -43,7 +43,7 @@ async function waitForHealth(port, ms = 15000) {
 }
 
 function startDemo(port) {
-  const child = spawn(bin, ["demo", "--listen", `127.0.0.1:${port}`, "--web-dir", join(here, "..", "dist"), "--drain-window", "300ms", "--rate", "300"], {
+  const child = spawn(bin, ["--listen", `127.0.0.1:${port}`, "--web-dir", join(here, "..", "dist"), "--drain-window", "300ms", "--rate", "300"], {
     env: { ...process.env, TIDEWIRE_JWT_SECRET: "e2e-secret-of-at-least-thirty-two-bytes", TIDEWIRE_LOG: "warn" },
     stdio: ["ignore", "ignore", "inherit"],
   });
@@ -62,7 +62,7 @@ const routingCountAbove = (page, floor) =>
 const text = (page, id) => page.locator(`[data-testid="${id}"]`).innerText();
 
 test("the dashboard fills, counts, and survives a server restart", { timeout: 120_000 }, async () => {
-  assert.ok(bin, "set TIDEWIRE_BIN to the tidewire binary");
+  assert.ok(bin, "set TIDEWIRE_BIN to the tidewire-desk binary");
   const port = await freePort();
   let demo = startDemo(port);
   await waitForHealth(port);

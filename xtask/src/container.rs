@@ -25,19 +25,28 @@ pub fn test() -> Result<(), String> {
     process::run_with_env(
         &root,
         &cargo(),
-        &["build", "--release", "--locked", "--target", TARGET, "-p", "tidewire-server", "--bin", "tidewire"],
+        &[
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            TARGET,
+            "-p",
+            "tidewire-server",
+            "--bin",
+            "tidewire",
+            "-p",
+            "tidewire-desk",
+            "--bin",
+            "tidewire-desk",
+        ],
         &[("CC_x86_64_unknown_linux_musl", "musl-gcc")],
     )?;
     let binary = root.join("target").join(TARGET).join("release").join("tidewire");
-    let linkage = Command::new("ldd")
-        .arg(&binary)
-        .output()
-        .map(|o| String::from_utf8_lossy(&[o.stdout, o.stderr].concat()).into_owned());
-    let linkage = linkage.unwrap_or_default();
-    if !(linkage.contains("statically linked") || linkage.contains("not a dynamic executable")) {
-        return Err(format!("{} is not static: {linkage}", binary.display()));
+    for built in [&binary, &root.join("target").join(TARGET).join("release").join("tidewire-desk")] {
+        check_static(built)?;
+        println!("    {} is statically linked", built.display());
     }
-    println!("    {} is statically linked", binary.display());
 
     let port =
         std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
@@ -69,6 +78,19 @@ pub fn test() -> Result<(), String> {
     }
     println!("    healthcheck passed, {} JSON log lines, exit 0 on SIGTERM", lines.len());
     Ok(())
+}
+
+/// Fails unless `binary` links nothing dynamically (the image has no libc).
+fn check_static(binary: &std::path::Path) -> Result<(), String> {
+    let linkage = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .map(|o| String::from_utf8_lossy(&[o.stdout, o.stderr].concat()).into_owned())
+        .unwrap_or_default();
+    if linkage.contains("statically linked") || linkage.contains("not a dynamic executable") {
+        return Ok(());
+    }
+    Err(format!("{} is not static: {linkage}", binary.display()))
 }
 
 /// The C parts of some dependencies (ring, for the NATS client's TLS) need a musl C
@@ -107,6 +129,8 @@ fn probe(binary: &std::path::Path, listen: &str, child: &mut std::process::Child
 fn check_dockerfile(dockerfile: &str) -> Result<(), String> {
     let needs = [
         ("--target x86_64-unknown-linux-musl", "builds the static musl binary"),
+        ("--bin tidewire-desk", "builds the demo binary"),
+        ("/usr/local/bin/tidewire-desk", "ships the demo binary"),
         ("USER nonroot", "runs as non-root"),
         ("EXPOSE 7999", "exposes 7999"),
         (r#"CMD ["/usr/local/bin/tidewire", "healthcheck"]"#, "has a HEALTHCHECK using `tidewire healthcheck`"),

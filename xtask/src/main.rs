@@ -23,7 +23,7 @@ usage: cargo xtask <task> [options]
 tasks:
   ts [--check]   regenerate ts-bindings/ from the protocol types (--check: fail on drift)
   bench [args]   run the benchmarks (tidewire-bench; default: the suite)
-  demo [flags]   build the client package and the dashboard, then run `tidewire demo`
+  demo [flags]   build the client package and the dashboard, then run the demo (tidewire-desk)
   wasm           build the browser client's npm package (target/npm/tidewire-client)
   web            build the dashboard into web/dist (after the client package)
   test           run the whole test suite (what CI runs)

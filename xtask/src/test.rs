@@ -7,7 +7,7 @@
 //! dashboard build; the TypeScript (bindings, package API, dashboard) compiles under
 //! `tsc --strict`; the browser client's tests run in headless Chromium against a real
 //! node (the `fixture` example); the dashboard passes its end-to-end test against
-//! `tidewire demo`; the container's static binary passes its healthcheck; a short soak
+//! the demo (`tidewire-desk`); the container's static binary passes its healthcheck; a short soak
 //! loses nothing; and every fuzz target runs for a bounded time without a crash.
 
 use crate::process::{self, cargo};
@@ -109,11 +109,12 @@ fn browser_tests() -> Result<(), String> {
 }
 
 /// The dashboard end to end in headless Chromium (playwright-core), served by
-/// `tidewire demo`, including a server restart.
+/// the demo (`tidewire-desk`), including a server restart.
 fn dashboard_test() -> Result<(), String> {
     let root = crate::root();
     step("dashboard end-to-end test (playwright-core, headless Chromium)");
-    let binary = root.join("target/debug/tidewire");
+    process::run(&root, &cargo(), &["build", "--locked", "-p", "tidewire-desk", "--bin", "tidewire-desk"])?;
+    let binary = root.join("target/debug/tidewire-desk");
     let screenshot = root.join("target/e2e/dashboard.png");
     process::run_with_env(
         &root.join("web"),

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use tidewire_protocol::analytics::{self, AnalyticsEvent, AnalyticsPublication};
+use tidewire_desk::catalogue::{self as analytics, AnalyticsEvent, AnalyticsPublication};
 use tidewire_protocol::close_code::Disposition;
 use tidewire_protocol::command::NewPublication;
 use tidewire_protocol::message::CONTROL_TYPES;

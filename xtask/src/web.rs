@@ -1,5 +1,5 @@
 //! `cargo xtask web` builds the dashboard into `web/dist` (after the client package);
-//! `cargo xtask demo` builds everything and runs `tidewire demo`.
+//! `cargo xtask demo` builds everything and runs the demo (`tidewire-desk`).
 
 use std::path::PathBuf;
 
@@ -23,12 +23,12 @@ pub fn run(args: &[String]) -> Result<(), String> {
     build().map(|_| ())
 }
 
-/// `cargo xtask demo [tidewire demo flags…]`: build and run the demo.
+/// `cargo xtask demo [tidewire-desk flags…]`: build and run the demo.
 pub fn demo(args: &[String]) -> Result<(), String> {
     let dist = build()?;
-    step("running tidewire demo (Ctrl-C to stop)");
+    step("running the demo, tidewire-desk (Ctrl-C to stop)");
     let mut command: Vec<String> =
-        ["run", "--release", "--locked", "-p", "tidewire-server", "--bin", "tidewire", "--", "demo", "--web-dir"]
+        ["run", "--release", "--locked", "-p", "tidewire-desk", "--bin", "tidewire-desk", "--", "--web-dir"]
             .into_iter()
             .map(str::to_owned)
             .collect();

@@ -100,6 +100,18 @@ fn the_server_and_the_client_meet_only_in_tests() {
 }
 
 #[test]
+fn the_gateway_and_the_protocol_know_no_application() {
+    // A catalogue of typed messages (the desk's, or an embedder's) builds on them, never
+    // the other way round, not even in tests.
+    let metadata = metadata();
+    for package in ["tidewire-protocol", "tidewire-server"] {
+        for (name, kind) in dependencies(&metadata, package) {
+            assert_ne!(name, "tidewire-desk", "{package} depends on tidewire-desk ({kind})");
+        }
+    }
+}
+
+#[test]
 fn every_crate_keeps_the_workspace_lints() {
     let root = root();
     let mut manifests = vec![root.join("xtask/Cargo.toml")];
@@ -136,7 +148,7 @@ const MAX_SOURCE_LINES: usize = 800;
 fn no_library_source_file_grows_past_its_concept() {
     let root = root();
     let mut long = Vec::new();
-    for crate_dir in ["protocol", "server", "client", "bench"] {
+    for crate_dir in ["protocol", "server", "desk", "client", "bench"] {
         for file in rust_files(&root.join("crates").join(crate_dir).join("src")) {
             let lines = std::fs::read_to_string(&file).expect("source").lines().count();
             if lines > MAX_SOURCE_LINES {

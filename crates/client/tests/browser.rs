@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use js_sys::{Function, Object, Reflect};
 use tidewire_client::browser::{EventListener, Handler, Options, StateListener, TidewireClient};
-use tidewire_protocol::analytics::{AnalyticsEvent, AnalyticsPublication};
+use tidewire_desk::catalogue::{AnalyticsEvent, AnalyticsPublication};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;

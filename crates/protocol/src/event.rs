@@ -5,7 +5,7 @@
 //! it belongs on, and (optionally) the key that makes it conflatable and part of the
 //! channel's snapshot. Then [`Event::to_publication`] builds what to publish and
 //! [`Event::from_publication`] reads it back, checking the type. The analytics catalogue
-//! ([`crate::analytics`]) is one such application and the model for others.
+//! of the `tidewire-desk` crate is one such application and the model for others.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -16,13 +16,13 @@
 //!   queue, conflation by key, exact gap reports).
 //! - [`channel`]: channel names, token patterns, and who may subscribe or publish.
 //! - [`ErrorCode`] and [`CloseCode`]: the stable error and close codes.
-//! - [`event`] and [`analytics`]: typed application messages, and the analytics catalogue.
+//! - [`event`]: typed application messages (an application's catalogue lives in its own
+//!   crate, as `tidewire-desk` shows).
 //! - [`Timestamp`]: the wire's RFC 3339 microsecond timestamps.
 //!
 //! The protocol reference (`docs/protocol.md` in the repository) shows every message
 //! with examples.
 
-pub mod analytics;
 pub mod batch;
 pub mod channel;
 pub mod close_code;

@@ -28,7 +28,6 @@ use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use tidewire_protocol::analytics::{Book, Side};
 use tidewire_server::auth::{Claims, mint_hs256, unix_now};
 use tidewire_server::{Config, Hub, server};
 use tokio::net::TcpListener;
@@ -67,18 +66,25 @@ async fn publish(hub: &Hub, channel: &str, count: u64) -> u64 {
     let publisher = hub.publisher();
     let mut last = 0;
     for i in 0..count {
-        let decision = tidewire_protocol::analytics::RoutingDecision {
-            symbol: "EURUSD".into(),
-            side: if i % 2 == 0 { Side::Buy } else { Side::Sell },
-            volume: 1000.0 + i as f64,
-            routing_decision: if i % 3 == 0 { Book::BBook } else { Book::ABook },
-            lp_selected: "OANDA".into(),
-            execution_time_ms: 10 + i % 40,
-            spread: 0.00015,
-            slippage: 0.00002,
+        // A routing decision of the desk's catalogue, written out: the gateway (and so
+        // its fixture) knows no catalogue; the browser test reads it back typed.
+        let data = serde_json::json!({
+            "symbol": "EURUSD",
+            "side": if i % 2 == 0 { "BUY" } else { "SELL" },
+            "volume": 1000.0 + i as f64,
+            "routingDecision": if i % 3 == 0 { "BBOOK" } else { "ABOOK" },
+            "lpSelected": "OANDA",
+            "executionTimeMs": 10 + i % 40,
+            "spread": 0.00015,
+            "slippage": 0.00002,
+        });
+        let publication = tidewire_protocol::NewPublication {
+            channel: channel.to_owned(),
+            kind: "routing-decision".into(),
+            data,
+            key: None,
+            idempotency_key: None,
         };
-        let mut publication = tidewire_protocol::Event::to_publication(&decision).expect("serializable");
-        publication.channel = channel.to_owned();
         last = publisher.publish(publication).await.map(|a| a.seq).unwrap_or(0);
     }
     last

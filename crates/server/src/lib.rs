@@ -7,8 +7,12 @@
 //! - [`hub`]: channels, history, snapshots and the fan-out, with no sockets.
 //! - `connection`: one IO loop per WebSocket, and one file per client command.
 //! - [`http`]: `/ws`, `/api/publish`, `/api/channels`, `/health`, `/ready`, `/metrics`.
-//! - [`Publisher`]: publishing from Rust, with typed helpers for the analytics catalogue.
-//! - [`server`]: binding, serving and graceful shutdown.
+//! - [`Publisher`]: publishing from Rust, untyped or as any application's typed events.
+//! - [`server`]: binding, serving and graceful shutdown; [`process`]: a node as a
+//!   process (what the `tidewire` binary runs, for binaries that add their own routes).
+//!
+//! The gateway knows no application: a catalogue of typed messages, with its helpers
+//! and demo, lives in a crate of its own on top (`tidewire-desk` is the example).
 //!
 //! # Embedding
 //!
@@ -16,22 +20,24 @@
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let hub = tidewire_server::Hub::new(tidewire_server::Config::for_tests("a-secret-of-at-least-thirty-two-bytes"))?;
 //! let app = axum::Router::new().merge(tidewire_server::router(hub.clone()));
-//! hub.publisher().notify_alert(
-//!     tidewire_protocol::analytics::Severity::Info,
-//!     tidewire_protocol::analytics::Category::System,
-//!     "Started", "The desk is live", "main", &[],
-//! ).await?;
+//! hub.publisher().publish(tidewire_protocol::NewPublication {
+//!     channel: "alerts".into(),
+//!     kind: "alert".into(),
+//!     data: serde_json::json!({"title": "Started"}),
+//!     key: None,
+//!     idempotency_key: None,
+//! }).await?;
 //! # let _ = app; Ok(()) }
 //! ```
 
 pub mod auth;
 pub mod config;
 mod connection;
-pub mod demo;
 pub mod http;
 pub mod hub;
 pub mod ingest;
 pub mod metrics;
+pub mod process;
 mod publisher;
 pub mod server;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::*;
-use tidewire_protocol::analytics::{Book, Side};
+use tidewire_protocol::NewPublication;
 
 #[tokio::test]
 async fn seed_dashboard_flow() {
@@ -33,10 +33,11 @@ async fn seed_dashboard_flow() {
     }
 
     let publisher = server.hub.publisher();
-    publisher
-        .notify_routing_decision("EURUSD", Side::Buy, 10000.0, Book::ABook, "OANDA", 45, 0.00015, 0.00002)
-        .await
-        .unwrap();
+    let data = json!({
+        "symbol":"EURUSD","side":"BUY","volume":10000.0,"routingDecision":"ABOOK","lpSelected":"OANDA",
+        "executionTimeMs":45,"spread":0.00015,"slippage":0.00002
+    });
+    publisher.publish(publication("routing-metrics", "routing-decision", data, None)).await.unwrap();
     let message = client.next().await;
     assert_eq!(message["type"], "routing-decision");
     assert_eq!(message["channel"], "routing-metrics");
@@ -53,7 +54,8 @@ async fn seed_dashboard_flow() {
 
     client.send(r#"{"action":"unsubscribe","channels":["routing-metrics"]}"#).await;
     assert_eq!(client.expect_type("unsubscribed").await["channel"], "routing-metrics");
-    publisher.notify_routing_decision("EURUSD", Side::Sell, 1.0, Book::BBook, "LMAX", 1, 0.0, 0.0).await.unwrap();
+    let data = json!({"symbol":"EURUSD","side":"SELL","volume":1.0});
+    publisher.publish(publication("routing-metrics", "routing-decision", data, None)).await.unwrap();
     assert_eq!(client.try_next(Duration::from_millis(200)).await, Ok(None), "unsubscribed channel stays quiet");
 }
 
@@ -236,19 +238,8 @@ async fn recovery_with_since_and_keyed_snapshot() {
     let server = TestServer::start().await;
     let publisher = server.hub.publisher();
     for (lp, latency) in [("OANDA", 10), ("LMAX", 20), ("OANDA", 30)] {
-        publisher
-            .notify_lp_status_change(
-                lp,
-                tidewire_protocol::analytics::LpStatus::Connected,
-                0.0001,
-                0.9,
-                latency,
-                100,
-                0.0,
-                99.0,
-            )
-            .await
-            .unwrap();
+        let data = json!({"lpName": lp, "status": "CONNECTED", "latencyMs": latency});
+        publisher.publish(publication("lp-performance", "lp-metrics", data, Some(lp))).await.unwrap();
     }
     // Fresh subscription: the latest value per key, oldest first, then live.
     let mut client = server.client("u").await;
@@ -611,4 +602,9 @@ async fn idle_channels_are_forgotten_and_work_again() {
     client.expect_type("subscribed").await;
     publish_many(&server.hub, "random-1", 2).await;
     assert_eq!(client.expect_type("routing-decision").await["seq"], 1);
+}
+
+/// A publication of any application type: the gateway knows no catalogue.
+fn publication(channel: &str, kind: &str, data: serde_json::Value, key: Option<&str>) -> NewPublication {
+    NewPublication { channel: channel.into(), kind: kind.into(), data, key: key.map(Into::into), idempotency_key: None }
 }

@@ -1,5 +1,9 @@
 //! The analytics catalogue: the typed messages of a trading desk's routing dashboard.
 //!
+//! It lives here, outside the protocol and the gateway, because it is one application
+//! of them: the protocol carries any JSON, and an embedder defines its own catalogue the
+//! same way (a serde struct per payload and an [`Event`] impl).
+//!
 //! | channel            | type               | payload            | key      |
 //! |--------------------|--------------------|--------------------|----------|
 //! | `routing-metrics`  | `routing-decision` | [`RoutingDecision`]| —        |
@@ -21,9 +25,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Timestamp;
-use crate::event::Event;
-use crate::message::Publication;
+use tidewire_protocol::Timestamp;
+use tidewire_protocol::event::Event;
+use tidewire_protocol::message::Publication;
 
 /// The catalogue's channel names.
 pub mod channels {

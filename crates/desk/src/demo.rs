@@ -1,6 +1,6 @@
 //! The demo: a synthetic trading desk publishing through the same path as production.
 //!
-//! `tidewire demo` runs a node with this publisher, the dashboard's static files, and a
+//! `tidewire-desk` runs a node with this publisher, the dashboard's static files, and a
 //! `/demo/token` endpoint that hands the page a short-lived token (the page's token
 //! provider calls it before each connect and before expiry, so the demo exercises the
 //! refresh path too). The market is a random walk, not a replay:
@@ -17,10 +17,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tidewire_protocol::analytics::{Book, Category, LpStatus, Severity, Side};
+use tidewire_server::Hub;
+use tidewire_server::auth::{Claims, mint_hs256, unix_now};
 
-use crate::auth::{Claims, mint_hs256, unix_now};
-use crate::{Hub, Publisher};
+use crate::catalogue::{Book, Category, LpMetrics, LpStatus, RoutingDecision, Severity, Side};
+use crate::publish::{DeskPublisher, Exposure, NewAlert};
 
 const SYMBOLS: [(&str, f64); 6] = [
     ("EURUSD", 1.0842),
@@ -83,7 +84,7 @@ impl Market {
         Market { rng, lps, by_symbol: BTreeMap::new(), by_lp: BTreeMap::new(), gross: 0.0, last_band: 0 }
     }
 
-    async fn routing_decision(&mut self, publisher: &Publisher) {
+    async fn routing_decision(&mut self, publisher: &DeskPublisher) {
         let (symbol, _) = SYMBOLS[self.rng.usize(..SYMBOLS.len())];
         let side = if self.rng.bool() { Side::Buy } else { Side::Sell };
         let volume = (self.rng.f64().powi(3) * 990_000.0 + 10_000.0).round();
@@ -103,21 +104,20 @@ impl Market {
             *self.by_lp.entry(lp.name.to_owned()).or_insert(0.0) += signed * 0.02;
         }
         self.gross += volume;
-        let _ = publisher
-            .notify_routing_decision(
-                symbol,
-                side,
-                volume,
-                decision,
-                lp.name,
-                execution,
-                round6(spread),
-                round6(slippage),
-            )
-            .await;
+        let decision = RoutingDecision {
+            symbol: symbol.to_owned(),
+            side,
+            volume,
+            routing_decision: decision,
+            lp_selected: lp.name.to_owned(),
+            execution_time_ms: execution,
+            spread: round6(spread),
+            slippage: round6(slippage),
+        };
+        let _ = publisher.routing_decision(&decision).await;
     }
 
-    async fn lp_metrics(&mut self, publisher: &Publisher) {
+    async fn lp_metrics(&mut self, publisher: &DeskPublisher) {
         for i in 0..self.lps.len() {
             let roll = self.rng.f64();
             let lp = &mut self.lps[i];
@@ -147,18 +147,17 @@ impl Market {
             let quotes = if lp.status == LpStatus::Disconnected { 0 } else { lp.quotes.round() as u64 };
             let uptime = 100.0 * (lp.up_seconds + 3600.0) / (lp.total_seconds + 3600.0);
             let (name, status) = (lp.name, lp.status);
-            let _ = publisher
-                .notify_lp_status_change(
-                    name,
-                    status,
-                    round6(lp.spread),
-                    round3(quality),
-                    latency.round() as u64,
-                    quotes,
-                    round3(lp.reject_rate),
-                    round3(uptime),
-                )
-                .await;
+            let metrics = LpMetrics {
+                lp_name: name.to_owned(),
+                status,
+                avg_spread: round6(lp.spread),
+                execution_quality: round3(quality),
+                latency_ms: latency.round() as u64,
+                quotes_per_second: quotes,
+                reject_rate: round3(lp.reject_rate),
+                uptime: round3(uptime),
+            };
+            let _ = publisher.lp_metrics(&metrics).await;
             if before != status && (before == LpStatus::Disconnected || status == LpStatus::Disconnected) {
                 let (severity, title, message, actions): (Severity, String, String, &[&str]) =
                     if status == LpStatus::Disconnected {
@@ -171,12 +170,12 @@ impl Market {
                     } else {
                         (Severity::Info, "LP Reconnected".to_owned(), format!("{name} is quoting again."), &[])
                     };
-                let _ = publisher.notify_alert(severity, Category::Lp, &title, &message, "LPManager", actions).await;
+                let _ = publisher.alert(alert(severity, Category::Lp, title, message, "LPManager", actions)).await;
             }
         }
     }
 
-    async fn exposure(&mut self, publisher: &Publisher) {
+    async fn exposure(&mut self, publisher: &DeskPublisher) {
         // Hedging pulls the book back towards flat; now and then a burst of one-sided
         // client flow pushes it towards the limit.
         for value in self.by_symbol.values_mut().chain(self.by_lp.values_mut()) {
@@ -190,15 +189,14 @@ impl Market {
         let net: f64 = self.by_symbol.values().sum::<f64>() * 0.6;
         let total: f64 = self.by_symbol.values().map(|v| v.abs()).sum::<f64>() * 0.6;
         let rounded = |map: &BTreeMap<String, f64>| map.iter().map(|(k, v)| (k.clone(), v.round())).collect();
-        let _ = publisher
-            .notify_exposure_change(
-                total.round(),
-                net.round(),
-                EXPOSURE_LIMIT,
-                rounded(&self.by_symbol),
-                rounded(&self.by_lp),
-            )
-            .await;
+        let exposure = Exposure {
+            total_exposure: total.round(),
+            net_exposure: net.round(),
+            exposure_limit: EXPOSURE_LIMIT,
+            by_symbol: rounded(&self.by_symbol),
+            by_lp: rounded(&self.by_lp),
+        };
+        let _ = publisher.exposure(exposure).await;
         let utilization = (net / EXPOSURE_LIMIT * 100.0).abs();
         let band = match utilization {
             u if u >= 95.0 => 2,
@@ -211,32 +209,31 @@ impl Market {
             } else {
                 (Severity::Error, "Exposure Near Limit")
             };
-            let _ = publisher
-                .notify_alert(
-                    severity,
-                    Category::Exposure,
-                    title,
-                    &format!("Net exposure is at {utilization:.0}% of limit"),
-                    "ExposureMonitor",
-                    &["Review open positions", "Consider hedging large positions"],
-                )
-                .await;
+            let message = format!("Net exposure is at {utilization:.0}% of limit");
+            let actions = ["Review open positions", "Consider hedging large positions"];
+            let _ =
+                publisher.alert(alert(severity, Category::Exposure, title, message, "ExposureMonitor", &actions)).await;
         }
         self.last_band = band;
         if self.rng.f64() < 0.06 {
-            let _ = publisher
-                .notify_alert(
-                    Severity::Info,
-                    Category::Routing,
-                    "Routing Summary",
-                    &format!("{:.1}M notional routed since the last summary", self.gross / 1e6),
-                    "RoutingEngine",
-                    &[],
-                )
-                .await;
+            let message = format!("{:.1}M notional routed since the last summary", self.gross / 1e6);
+            let summary = alert(Severity::Info, Category::Routing, "Routing Summary", message, "RoutingEngine", &[]);
+            let _ = publisher.alert(summary).await;
             self.gross = 0.0;
         }
     }
+}
+
+fn alert(
+    severity: Severity,
+    category: Category,
+    title: impl Into<String>,
+    message: String,
+    source: &str,
+    actions: &[&str],
+) -> NewAlert {
+    let action_items = actions.iter().map(|a| (*a).to_owned()).collect();
+    NewAlert { severity, category, title: title.into(), message, source: source.to_owned(), action_items }
 }
 
 fn round6(x: f64) -> f64 {
@@ -249,7 +246,7 @@ fn round3(x: f64) -> f64 {
 
 /// Publishes the synthetic desk into `hub` until the hub drains.
 pub async fn run_publisher(hub: Hub, routing_per_second: u32) {
-    let publisher = hub.publisher();
+    let publisher = DeskPublisher::new(hub.publisher());
     let mut market = Market::new(fastrand::u64(..));
     let shutdown = hub.shutdown_token();
     let tick = Duration::from_millis(10);

@@ -1,0 +1,71 @@
+//! `tidewire-desk`: the demo. A node with the synthetic desk publishing, the dashboard at
+//! `/` and a `/demo/token` endpoint handing the page short-lived read-only tokens.
+//!
+//! It is the `tidewire` gateway with two additions, made through the embedding API any
+//! application would use ([`tidewire_server::process::run`]): a task publishing the
+//! catalogue's events and one route. Every gateway flag works here too.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tidewire_server::Config;
+
+/// The tidewire demo: a synthetic trading desk, the dashboard and dev tokens.
+#[derive(Parser)]
+#[command(name = "tidewire-desk", version)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    /// Routing decisions published per second.
+    #[arg(long, env = "TIDEWIRE_DEMO_RATE", default_value_t = 300)]
+    rate: u32,
+}
+
+/// Where the demo listens unless told otherwise: this machine only. It hands a token to
+/// anyone who asks (`/demo/token`), which is only safe on loopback.
+const DEMO_LISTEN: &str = "127.0.0.1:7999";
+
+/// The secret the demo uses when none is configured.
+const DEMO_SECRET: &str = "tidewire-demo-secret-never-use-in-production";
+
+fn main() -> ExitCode {
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let listen_given =
+        matches.value_source("listen").is_some_and(|source| source != clap::parser::ValueSource::DefaultValue);
+    let Cli { mut config, rate } = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if !listen_given {
+        config.listen = DEMO_LISTEN.parse().unwrap_or(config.listen);
+    }
+    let warn_secret = config.jwt_secret.is_none();
+    let secret = config.jwt_secret.get_or_insert_with(|| DEMO_SECRET.to_owned()).clone();
+    if config.web_dir.is_none() {
+        config.web_dir = Some("web/dist".into());
+    }
+    tidewire_server::process::run(config, move |hub, addr, app| {
+        if warn_secret {
+            tracing::warn!("demo: no --jwt-secret given, using the built-in demo secret (never do this in production)");
+        }
+        tokio::spawn(tidewire_desk::demo::run_publisher(hub.clone(), rate));
+        let token_secret = secret.clone();
+        let app = app.route(
+            "/demo/token",
+            axum::routing::get(move || {
+                let secret = token_secret.clone();
+                async move {
+                    let user = format!("viewer-{:04x}", fastrand::u16(..));
+                    tidewire_desk::demo::demo_token(&secret, &user).unwrap_or_default()
+                }
+            }),
+        );
+        let browse = addr.to_string().replace("0.0.0.0", "127.0.0.1");
+        let token = tidewire_desk::demo::demo_token(&secret, "demo").unwrap_or_default();
+        tracing::info!(rate, "demo publisher running");
+        println!(
+            "\n  tidewire demo: open http://{browse}/\n  WebSocket:     ws://{browse}/ws\n  dev token:     {token}\n"
+        );
+        app
+    })
+}
