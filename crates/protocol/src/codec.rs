@@ -90,6 +90,17 @@ impl PublicationTemplate {
         EncodedMessage(format!("{}{seq}{}", self.prefix, self.suffix).into())
     }
 
+    /// The encoded message for `seq`, reusing the template's own text (one copy less
+    /// than [`PublicationTemplate::with_seq`] when the template is not needed again).
+    pub fn into_message(self, seq: u64) -> EncodedMessage {
+        use std::fmt::Write;
+        let mut text = self.prefix;
+        text.reserve(20 + self.suffix.len());
+        let _ = write!(text, "{seq}");
+        text.push_str(&self.suffix);
+        EncodedMessage(text.into())
+    }
+
     /// Length of the message for a seq of `digits` digits.
     pub fn len(&self, digits: usize) -> usize {
         self.prefix.len() + digits + self.suffix.len()

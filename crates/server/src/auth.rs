@@ -26,6 +26,7 @@ use tidewire_protocol::channel::{self, Access, PatternSet};
 use tidewire_protocol::{ErrorCode, Timestamp};
 
 use crate::config::{Config, JwtAlgorithm};
+use crate::hub::PublishError;
 
 /// The claims tidewire reads (others are ignored).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -68,6 +69,17 @@ impl Grant {
         channel::publish_access(channel, self.publish.as_ref())
     }
 
+    /// Subscribing to `channel`, as the refusal a client gets: INVALID_CHANNEL with
+    /// the rule broken, or FORBIDDEN. The one place those answers are worded.
+    pub fn check_subscribe(&self, channel: &str) -> Result<(), PublishError> {
+        refusal(self.subscribe_access(channel), channel, "subscribing to")
+    }
+
+    /// Publishing to `channel`, as the refusal a client gets (see [`Grant::check_subscribe`]).
+    pub fn check_publish(&self, channel: &str) -> Result<(), PublishError> {
+        refusal(self.publish_access(channel), channel, "publishing to")
+    }
+
     /// Whether the token grants publishing anywhere.
     pub fn can_publish(&self) -> bool {
         self.publish.as_ref().is_some_and(|set| !set.patterns().is_empty())
@@ -86,6 +98,21 @@ impl Grant {
         match UNIX_EPOCH.checked_add(Duration::from_secs(self.expires_at)) {
             Some(expiry) => expiry.duration_since(now).unwrap_or(Duration::ZERO).min(CENTURY),
             None => CENTURY,
+        }
+    }
+}
+
+fn refusal(access: Access, channel: &str, action: &str) -> Result<(), PublishError> {
+    match access {
+        Access::Allowed => Ok(()),
+        Access::Invalid => {
+            let reason = channel::validate(channel)
+                .err()
+                .map_or_else(|| format!("invalid channel {channel:?}"), |e| crate::hub::invalid_channel(channel, e));
+            Err(PublishError::new(ErrorCode::InvalidChannel, reason))
+        }
+        Access::Forbidden => {
+            Err(PublishError::new(ErrorCode::Forbidden, format!("the token does not allow {action} {channel}")))
         }
     }
 }

@@ -15,7 +15,7 @@ use tidewire_protocol::message::{ErrorMessage, Unsubscribed};
 use tidewire_protocol::{CloseCode, Command, CommandId, Control, ErrorCode, decode_command};
 
 use crate::auth::Grant;
-use crate::hub::{Hub, Outbox, SessionSlot, control, now_timestamp};
+use crate::hub::{Hub, Outbox, Reply, SessionSlot, control, now_timestamp};
 use crate::metrics::ErrorLabel;
 
 use super::commands;
@@ -228,7 +228,7 @@ impl Session {
             message,
         }));
         if self.subscriptions.remove(channel) {
-            self.hub.unsubscribe(self.slot.id, channel, Some((self.outbox.clone(), reply)));
+            self.hub.unsubscribe(self.slot.id, channel, Some(Reply { outbox: self.outbox.clone(), message: reply }));
             tracing::debug!(connection = self.id(), user = %self.grant.user, %channel, ?code, "unsubscribed");
         } else {
             self.outbox.push(Outbound::control(reply));

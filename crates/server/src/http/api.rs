@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use tidewire_protocol::channel::{Access, USER_SEPARATOR};
+use tidewire_protocol::channel::USER_SEPARATOR;
 use tidewire_protocol::{ErrorCode, NewPublication};
 
 use crate::auth::{AuthError, Grant};
@@ -117,17 +117,8 @@ pub async fn publish(State(hub): State<Hub>, headers: HeaderMap, body: Body) -> 
         if let Err(e) = hub.check(item) {
             return error_response(e.code, e.message);
         }
-        match grant.publish_access(&item.channel) {
-            Access::Allowed => {}
-            Access::Invalid => {
-                return error_response(ErrorCode::InvalidChannel, format!("invalid channel {:?}", item.channel));
-            }
-            Access::Forbidden => {
-                return error_response(
-                    ErrorCode::Forbidden,
-                    format!("the token does not allow publishing to {}", item.channel),
-                );
-            }
+        if let Err(e) = grant.check_publish(&item.channel) {
+            return error_response(e.code, e.message);
         }
     }
     let mut accepted = Vec::with_capacity(items.len());

@@ -9,10 +9,11 @@
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use tidewire_protocol::batch::Dropped;
-use tidewire_protocol::{CommandId, Control, EncodedMessage, ErrorCode, NewPublication, ServerMessage, StreamPosition};
+use tidewire_protocol::batch::{Dropped, Outbound};
+use tidewire_protocol::message::Subscribed;
+use tidewire_protocol::{CommandId, Control, EncodedMessage, ErrorCode, ServerMessage, StreamPosition};
 
-use super::{Accepted, ChannelInfo, Outbox, PublishError};
+use super::{Accepted, ChannelInfo, Outbox, Prepared, PublishError, now_timestamp};
 use crate::config::Config;
 use crate::metrics::{Metrics, ReasonLabel};
 
@@ -93,12 +94,45 @@ pub struct SubscribeRequest {
 
 /// A reply to queue once an unsubscribe took effect (after anything the engine still
 /// owes the subscriber for that channel, such as a pending `subscribed`).
-pub type Reply = (Arc<Outbox>, EncodedMessage);
+#[derive(Debug)]
+pub struct Reply {
+    pub outbox: Arc<Outbox>,
+    pub message: EncodedMessage,
+}
+
+impl Reply {
+    /// Queues the reply, if there is one (a connection closing asks for none).
+    pub fn deliver(reply: Option<Reply>) {
+        if let Some(Reply { outbox, message }) = reply {
+            outbox.push(Outbound::control(message));
+        }
+    }
+}
+
+/// The `subscribed` a subscription starts with (`id`: the command's; `recovered`:
+/// whether a `since` was fully replayed, `None` without one), or re-announces when its
+/// channel's epoch changes (`id: None`).
+pub fn subscribed(
+    id: Option<CommandId>,
+    channel: &str,
+    seq: u64,
+    epoch: &str,
+    recovered: Option<bool>,
+) -> EncodedMessage {
+    control(Control::Subscribed(Subscribed {
+        timestamp: now_timestamp(),
+        id,
+        channel: channel.to_owned(),
+        seq,
+        epoch: epoch.to_owned(),
+        recovered,
+    }))
+}
 
 /// Where channels live. See the module docs.
 pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
-    /// Numbers, stores and delivers one validated publication.
-    fn publish(&self, new: NewPublication) -> BoxFuture<'_, Result<Accepted, PublishError>>;
+    /// Numbers, stores and delivers one validated, serialized publication.
+    fn publish(&self, prepared: Prepared) -> BoxFuture<'_, Result<Accepted, PublishError>>;
 
     /// Starts a subscription (access already checked). The answer goes to the outbox,
     /// possibly later (an engine may need a round trip first). Refused only when the node

@@ -12,12 +12,10 @@ use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 use tidewire_protocol::batch::Outbound;
-use tidewire_protocol::message::Subscribed;
-use tidewire_protocol::{Control, EncodedMessage, ErrorCode, NewPublication, Publication, ServerMessage};
 
 use super::channel::{Channel, Start, Stored};
-use super::engine::{Engine, Reply, Shared, SubscribeRequest, control};
-use super::{Accepted, ChannelInfo, ENVELOPE_ALLOWANCE, PublishError, lock, now_timestamp, too_big};
+use super::engine::{Engine, Reply, Shared, SubscribeRequest, subscribed};
+use super::{Accepted, ChannelInfo, Prepared, PublishError, lock};
 
 #[derive(Debug)]
 pub struct MemoryEngine {
@@ -79,39 +77,26 @@ impl MemoryEngine {
         }
     }
 
-    fn publish_now(&self, new: NewPublication) -> Result<Accepted, PublishError> {
-        let name = new.channel.clone();
-        self.with_channel(&name, move |channel| self.publish_locked(channel, new))?
+    fn publish_now(&self, prepared: Prepared) -> Result<Accepted, PublishError> {
+        let name = prepared.channel.clone();
+        self.with_channel(&name, move |channel| self.publish_locked(channel, prepared))?
     }
 
-    fn publish_locked(&self, channel: &mut Channel, new: NewPublication) -> Result<Accepted, PublishError> {
+    /// Numbers, stores and fans out under the channel's lock: the message was
+    /// serialized before, only its seq is written in here.
+    fn publish_locked(&self, channel: &mut Channel, prepared: Prepared) -> Result<Accepted, PublishError> {
         let config = &self.shared.config;
         let now = Instant::now();
-        if let Some(idempotency_key) = &new.idempotency_key {
+        let Prepared { key, idempotency_key, template, .. } = prepared;
+        if let Some(idempotency_key) = &idempotency_key {
             channel.expire_keys(now, config.idempotency_window);
             if let Some(seq) = channel.published_with(idempotency_key) {
                 return Ok(Accepted { channel: channel.name.to_string(), seq, duplicate: true });
             }
         }
-        let idempotency_key = new.idempotency_key.clone();
         let seq = channel.head + 1;
-        let key: Option<Arc<str>> = new.key.as_deref().map(Into::into);
-        let publication = ServerMessage::Publication(Publication {
-            kind: new.kind,
-            timestamp: now_timestamp(),
-            channel: new.channel,
-            seq,
-            key: new.key,
-            snapshot: false,
-            data: new.data,
-        });
-        let message = EncodedMessage::encode(&publication)
-            .map_err(|e| PublishError::new(ErrorCode::BadRequest, e.to_string()))?;
-        // The envelope around `data` is under ENVELOPE_ALLOWANCE bytes (channel and key
-        // ≤ 255, type ≤ 128), so this agrees with `Hub::check`'s measure of `data` alone.
-        if message.len() > config.max_publication_bytes + ENVELOPE_ALLOWANCE {
-            return Err(too_big(message.len() - ENVELOPE_ALLOWANCE.min(message.len()), config.max_publication_bytes));
-        }
+        let key: Option<Arc<str>> = key.as_deref().map(Into::into);
+        let message = template.into_message(seq);
         if let Some(key) = &key {
             match channel.admits_latest(key, message.len(), config.max_keys_per_channel, self.shared.max_start_bytes())
             {
@@ -146,14 +131,7 @@ impl MemoryEngine {
             _ => Start::Snapshot(channel.snapshot()),
         };
         let recovered = since.map(|_| matches!(start, Start::Recovered(_)));
-        let subscribed = control(Control::Subscribed(Subscribed {
-            timestamp: now_timestamp(),
-            id,
-            channel: channel.name.to_string(),
-            seq: channel.head,
-            epoch: channel.epoch.to_string(),
-            recovered,
-        }));
+        let subscribed = subscribed(id, &channel.name, channel.head, &channel.epoch, recovered);
         let mut outbounds = vec![Outbound::control(subscribed)];
         match start {
             Start::Recovered(replay) => outbounds.extend(replay),
@@ -168,8 +146,8 @@ impl MemoryEngine {
 }
 
 impl Engine for MemoryEngine {
-    fn publish(&self, new: NewPublication) -> BoxFuture<'_, Result<Accepted, PublishError>> {
-        let result = self.publish_now(new);
+    fn publish(&self, prepared: Prepared) -> BoxFuture<'_, Result<Accepted, PublishError>> {
+        let result = self.publish_now(prepared);
         Box::pin(std::future::ready(result))
     }
 
@@ -208,9 +186,7 @@ impl Engine for MemoryEngine {
         if removed {
             self.shared.metrics.subscriptions.dec();
         }
-        if let Some((outbox, message)) = reply {
-            outbox.push(Outbound::control(message));
-        }
+        Reply::deliver(reply);
         removed
     }
     fn channels(&self) -> BoxFuture<'_, Vec<ChannelInfo>> {

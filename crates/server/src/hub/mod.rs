@@ -14,6 +14,7 @@ mod channel;
 pub mod engine;
 mod memory;
 pub mod outbox;
+pub mod publication;
 mod redis;
 
 use std::num::NonZeroU32;
@@ -33,6 +34,8 @@ use admission::Admission;
 pub use admission::{HttpSlot, Refusal, SessionSlot};
 pub use engine::{Engine, Reply, Shared, SubscribeRequest, control};
 pub use outbox::Outbox;
+pub use publication::Prepared;
+use publication::too_big;
 
 /// Now, as a wire timestamp.
 pub fn now_timestamp() -> Timestamp {
@@ -282,7 +285,8 @@ impl Hub {
     pub async fn publish(&self, new: NewPublication) -> Result<Accepted, PublishError> {
         check_envelope(&new)?;
         self.check_publish_rate(&new.channel)?;
-        let accepted = self.inner.engine.publish(new).await?;
+        let prepared = Prepared::new(new, self.inner.shared.config.max_publication_bytes)?;
+        let accepted = self.inner.engine.publish(prepared).await?;
         if accepted.duplicate {
             self.inner.shared.metrics.duplicates.inc();
         } else {
@@ -359,13 +363,6 @@ fn check_envelope(new: &NewPublication) -> Result<(), PublishError> {
     }
     Ok(())
 }
-
-pub(crate) fn too_big(size: usize, max: usize) -> PublishError {
-    PublishError::new(ErrorCode::MessageTooBig, format!("publication data is {size} bytes; at most {max} are allowed"))
-}
-
-/// Room for the envelope (type, timestamp, channel, seq, key) around `data`.
-pub(crate) const ENVELOPE_ALLOWANCE: usize = 1024;
 
 pub fn invalid_channel(name: &str, error: ChannelError) -> String {
     let shown: String = name.chars().take(64).collect();

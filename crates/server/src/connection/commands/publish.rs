@@ -1,10 +1,9 @@
 //! `publish` over the WebSocket: the same path as `POST /api/publish`, for tokens with
 //! a `publish` grant on the channel. Answers `published` with the seq.
 
-use tidewire_protocol::channel::Access;
+use tidewire_protocol::Control;
 use tidewire_protocol::command::Publish;
 use tidewire_protocol::message::Published;
-use tidewire_protocol::{Control, ErrorCode};
 
 use futures_util::FutureExt;
 use tidewire_protocol::batch::Outbound;
@@ -14,26 +13,9 @@ use crate::hub::{control, now_timestamp};
 
 pub fn apply(session: &mut Session, command: Publish) -> Next {
     let channel = command.publication.channel.clone();
-    match session.grant.publish_access(&channel) {
-        Access::Allowed => {}
-        Access::Invalid => {
-            session.send_error(
-                command.id,
-                ErrorCode::InvalidChannel,
-                format!("invalid channel {channel:?}"),
-                Some(&channel),
-            );
-            return Next::Continue;
-        }
-        Access::Forbidden => {
-            session.send_error(
-                command.id,
-                ErrorCode::Forbidden,
-                format!("the token does not allow publishing to {channel}"),
-                Some(&channel),
-            );
-            return Next::Continue;
-        }
+    if let Err(refused) = session.grant.check_publish(&channel) {
+        session.send_error(command.id, refused.code, refused.message, Some(&channel));
+        return Next::Continue;
     }
     // The in-memory engine answers at once; an engine with a round trip answers later,
     // from a task, so the connection keeps reading meanwhile.

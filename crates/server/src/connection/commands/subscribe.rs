@@ -5,11 +5,9 @@
 //! (repeats count once).
 
 use tidewire_protocol::ErrorCode;
-use tidewire_protocol::channel::{Access, validate};
 use tidewire_protocol::command::Subscribe;
 
 use crate::connection::session::{Next, Session};
-use crate::hub::invalid_channel;
 
 pub fn apply(session: &mut Session, command: Subscribe) -> Next {
     let max = session.hub.config().max_channels;
@@ -18,28 +16,13 @@ pub fn apply(session: &mut Session, command: Subscribe) -> Next {
     };
     for channel in &channels {
         let id = command.id.clone();
-        match session.grant.subscribe_access(channel) {
-            Access::Allowed => {}
-            Access::Invalid => {
-                let reason = validate(channel).err().map(|e| invalid_channel(channel, e)).unwrap_or_default();
-                session.send_error(id, ErrorCode::InvalidChannel, reason, Some(channel));
-                continue;
+        if let Err(refused) = session.grant.check_subscribe(channel) {
+            if refused.code == ErrorCode::Forbidden {
+                let (connection, user) = (session.id(), &session.grant.user);
+                tracing::info!(connection, user = %user, %channel, "subscription forbidden");
             }
-            Access::Forbidden => {
-                tracing::info!(
-                    connection = session.id(),
-                    user = %session.grant.user,
-                    %channel,
-                    "subscription forbidden"
-                );
-                session.send_error(
-                    id,
-                    ErrorCode::Forbidden,
-                    format!("the token does not allow subscribing to {channel}"),
-                    Some(channel),
-                );
-                continue;
-            }
+            session.send_error(id, refused.code, refused.message, Some(channel));
+            continue;
         }
         let already = session.subscriptions.contains(channel.as_str());
         if !already && session.subscriptions.len() >= max {

@@ -17,13 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tidewire_protocol::batch::{Outbound, Position};
-use tidewire_protocol::message::{GapNotice, GapReason, Subscribed};
+use tidewire_protocol::message::{GapNotice, GapReason};
 use tidewire_protocol::{Control, EncodedMessage, PublicationTemplate};
 use tokio::sync::{mpsc, oneshot};
 
 use super::EngineInner;
 use super::scripts::{Delivered, Range};
-use crate::hub::engine::{Reply, SubscribeRequest, control};
+use crate::hub::engine::{Reply, SubscribeRequest, control, subscribed};
 use crate::hub::{Outbox, now_timestamp};
 
 /// What an actor is asked to do.
@@ -87,9 +87,7 @@ impl Actor {
                 }
                 Input::Unsubscribe(connection, reply) => {
                     self.subscribers.remove(&connection);
-                    if let Some((outbox, message)) = reply {
-                        outbox.push(Outbound::control(message));
-                    }
+                    Reply::deliver(reply);
                 }
                 Input::Delivered(delivered) => self.deliver(delivered).await,
                 Input::Resync => self.resync().await,
@@ -130,14 +128,9 @@ impl Actor {
                 self.head = start.head;
             }
         }
-        let mut outbounds = vec![Outbound::control(control(Control::Subscribed(Subscribed {
-            timestamp: now_timestamp(),
-            id: request.id,
-            channel: self.channel.to_string(),
-            seq: start.head,
-            epoch: epoch.to_string(),
-            recovered: request.since.as_ref().map(|_| start.recovered),
-        })))];
+        let recovered = request.since.as_ref().map(|_| start.recovered);
+        let mut outbounds =
+            vec![Outbound::control(subscribed(request.id, &self.channel, start.head, &epoch, recovered))];
         if start.recovered {
             let first = start.head + 1 - start.texts.len() as u64;
             for (i, text) in start.texts.into_iter().enumerate() {
@@ -275,15 +268,7 @@ impl Actor {
     /// Re-announces every local subscription with a new epoch.
     fn announce(&mut self, epoch: &Arc<str>, head: u64, recovered: bool) {
         for (outbox, start) in self.subscribers.values_mut() {
-            let notice = Control::Subscribed(Subscribed {
-                timestamp: now_timestamp(),
-                id: None,
-                channel: self.channel.to_string(),
-                seq: head,
-                epoch: epoch.to_string(),
-                recovered: Some(recovered),
-            });
-            outbox.push(Outbound::control(control(notice)));
+            outbox.push(Outbound::control(subscribed(None, &self.channel, head, epoch, Some(recovered))));
             *start = head;
         }
     }

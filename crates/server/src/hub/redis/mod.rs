@@ -31,12 +31,11 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use redis::aio::ConnectionManager;
-use tidewire_protocol::batch::Outbound;
-use tidewire_protocol::{ErrorCode, NewPublication, Publication, PublicationTemplate, StreamPosition};
+use tidewire_protocol::{ErrorCode, StreamPosition};
 use tokio::sync::{mpsc, oneshot};
 
 use super::engine::{Engine, Reply, Shared, SubscribeRequest};
-use super::{Accepted, ChannelInfo, ENVELOPE_ALLOWANCE, PublishError, lock, now_timestamp, too_big};
+use super::{Accepted, ChannelInfo, Prepared, PublishError, lock};
 use actor::{Actor, Input, until_redis_answers};
 use pubsub::PubSubCommand;
 use scripts::{Keys, Published, Range, Start};
@@ -131,26 +130,11 @@ impl EngineInner {
         u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
     }
 
-    async fn publish(&self, new: NewPublication) -> Result<Accepted, PublishError> {
+    async fn publish(&self, prepared: Prepared) -> Result<Accepted, PublishError> {
         let config = &self.shared.config;
-        let key = new.key.clone().unwrap_or_default();
-        let idempotency_key = new.idempotency_key;
-        let publication = Publication {
-            kind: new.kind,
-            timestamp: now_timestamp(),
-            channel: new.channel,
-            seq: 0,
-            key: new.key,
-            snapshot: false,
-            data: new.data,
-        };
-        let template = PublicationTemplate::new(&publication)
-            .map_err(|e| PublishError::new(ErrorCode::BadRequest, e.to_string()))?;
-        let size = template.len(20);
-        if size > config.max_publication_bytes + ENVELOPE_ALLOWANCE {
-            return Err(too_big(size - ENVELOPE_ALLOWANCE.min(size), config.max_publication_bytes));
-        }
-        let keys = Keys::new(&self.prefix, &publication.channel);
+        let Prepared { channel, key, idempotency_key, template } = prepared;
+        let key = key.unwrap_or_default();
+        let keys = Keys::new(&self.prefix, &channel);
         let mut conn = self.conn.clone();
         let reply: Vec<redis::Value> = self
             .publish_script
@@ -179,9 +163,9 @@ impl EngineInner {
             .map_err(|e| self.unavailable(&e))?;
         self.answers.store(true, Ordering::SeqCst);
         match scripts::parse_published(reply).map_err(|e| PublishError::new(ErrorCode::InternalError, e.to_string()))? {
-            Published::Accepted { seq, duplicate } => Ok(Accepted { channel: publication.channel, seq, duplicate }),
-            Published::TooManyKeys => Err(self.shared.too_many_keys(&publication.channel)),
-            Published::TooManyBytes => Err(self.shared.too_many_latest_bytes(&publication.channel)),
+            Published::Accepted { seq, duplicate } => Ok(Accepted { channel, seq, duplicate }),
+            Published::TooManyKeys => Err(self.shared.too_many_keys(&channel)),
+            Published::TooManyBytes => Err(self.shared.too_many_latest_bytes(&channel)),
         }
     }
 
@@ -262,8 +246,8 @@ async fn watch_health(engine: std::sync::Weak<EngineInner>) {
 }
 
 impl Engine for RedisEngine {
-    fn publish(&self, new: NewPublication) -> BoxFuture<'_, Result<Accepted, PublishError>> {
-        Box::pin(self.inner.publish(new))
+    fn publish(&self, prepared: Prepared) -> BoxFuture<'_, Result<Accepted, PublishError>> {
+        Box::pin(self.inner.publish(prepared))
     }
 
     fn subscribe(&self, request: SubscribeRequest) -> Result<(), PublishError> {
@@ -308,9 +292,7 @@ impl Engine for RedisEngine {
         let mut channels = lock(&inner.channels);
         let member = channels.get_mut(channel).filter(|h| h.members.contains(&connection));
         let Some(handle) = member else {
-            if let Some((outbox, message)) = reply {
-                outbox.push(Outbound::control(message));
-            }
+            Reply::deliver(reply);
             return false;
         };
         handle.members.remove(&connection);
