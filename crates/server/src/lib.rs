@@ -5,7 +5,8 @@
 //! - [`config`]: every setting, its default, flag and `TIDEWIRE_*` variable.
 //! - [`auth`]: JWT verification and what a token grants.
 //! - [`hub`]: channels, history, snapshots and the fan-out, with no sockets.
-//! - `connection`: one IO loop per WebSocket, and one file per client command.
+//! - `connection`: one IO loop per WebSocket, and one file per client command;
+//!   [`session`], the connection without its socket, is public.
 //! - [`http`]: `/ws`, `/api/publish`, `/api/channels`, `/health`, `/ready`, `/metrics`.
 //! - [`Publisher`]: publishing from Rust, untyped or as any application's typed events.
 //! - [`server`]: binding, serving and graceful shutdown; [`process`]: a node as a
@@ -42,6 +43,9 @@ mod publisher;
 pub mod server;
 
 pub use config::Config;
+/// One connection's protocol state without its socket (what the IO loop drives, and
+/// what a test can drive on virtual time).
+pub use connection::session;
 pub use http::router;
 pub use hub::Hub;
 pub use publisher::Publisher;

@@ -18,14 +18,13 @@ use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use tidewire_protocol::command::Subscribe;
-use tidewire_protocol::message::{Connected, Heartbeat};
-use tidewire_protocol::{CloseCode, Control, PROTOCOL_VERSION};
+use tidewire_protocol::message::Heartbeat;
+use tidewire_protocol::{CloseCode, Control};
 use tokio::time::{Sleep, timeout};
 
 use crate::auth::{AuthError, Grant};
 use crate::hub::{Hub, now_timestamp};
-use crate::metrics::{CodeLabel, ErrorLabel};
+use crate::metrics::CodeLabel;
 use session::{Next, Session};
 
 /// How long a close frame may take to go out before the socket is just dropped.
@@ -45,7 +44,7 @@ pub fn serve(
 ) -> impl Future<Output = ()> + Send {
     // Decided before the future exists, and everything the future needs is used where
     // it was captured (never moved into a second local), so each is stored once.
-    let mut admitted = admit(&hub, auth, address);
+    let mut admitted = Session::open(&hub, auth, address);
     let mut socket = socket;
     async move {
         let session = match &mut admitted {
@@ -61,18 +60,7 @@ pub fn serve(
             total = hub.connection_count(),
             "client connected"
         );
-        session.send(Control::Connected(Connected {
-            timestamp: now_timestamp(),
-            connection_id: hub.connection_label(session.id()),
-            user_id: session.grant.user.clone(),
-            version: PROTOCOL_VERSION,
-            heartbeat_interval_ms: hub.config().heartbeat_interval.as_millis().try_into().unwrap_or(u64::MAX),
-            expires_at: Some(session.grant.expires_at_timestamp()),
-            limits: hub.config().limits(),
-        }));
-        if !channels.is_empty() {
-            session.on_subscribe(Subscribe { id: None, channels, since: None });
-        }
+        session.greet(channels);
         let (code, reason) = run(session, &mut socket).await;
         session.leave_all();
         if let Some(code) = code {
@@ -87,43 +75,6 @@ pub fn serve(
             "client disconnected"
         );
     }
-}
-
-/// The session for an authenticated connection within the limits, or the close code
-/// and reason that refuse it.
-fn admit(
-    hub: &Hub,
-    auth: Result<Grant, AuthError>,
-    address: Option<std::net::IpAddr>,
-) -> Result<Session, (CloseCode, String)> {
-    let grant = match auth {
-        Ok(grant) => grant,
-        Err(error) => {
-            let code = match error {
-                AuthError::Missing => CloseCode::AUTH_REQUIRED,
-                AuthError::Expired => CloseCode::TOKEN_EXPIRED,
-                AuthError::Invalid(_) => CloseCode::AUTH_INVALID,
-            };
-            hub.metrics().auth_failures.get_or_create(&ErrorLabel { code: error.code().as_str() }).inc();
-            tracing::info!(code = %error.code(), "refused connection: {error}");
-            return Err((code, error.to_string()));
-        }
-    };
-    if hub.is_draining() {
-        return Err((CloseCode::SERVICE_RESTART, "node is shutting down".to_owned()));
-    }
-    let slot = match hub.admit(&grant.user, address) {
-        Ok(slot) => slot,
-        Err(refusal) => {
-            hub.metrics()
-                .refused_connections
-                .get_or_create(&crate::metrics::ReasonLabel { reason: refusal.label() })
-                .inc();
-            tracing::warn!(user = %grant.user, limit = refusal.label(), "connection limit reached");
-            return Err((CloseCode::TRY_AGAIN_LATER, format!("connection limit reached ({})", refusal.label())));
-        }
-    };
-    Ok(Session::new(hub.clone(), slot, grant))
 }
 
 /// The loop; returns the close code to send (`None` when the client closed or vanished)
@@ -255,7 +206,7 @@ async fn flush(
     all: bool,
 ) -> Result<usize, ()> {
     let mut written = 0;
-    while let Some(text) = next_frame(session, now, all) {
+    while let Some(text) = session.next_frame(now, all) {
         if !write(socket, Message::Text(text.into()), timer.as_mut(), session.hub.config().write_timeout).await {
             return Err(());
         }
@@ -265,28 +216,6 @@ async fn flush(
         }
     }
     Ok(written)
-}
-
-/// The next frame's text, counted in the metrics: the frame due at `now`, or with `all`
-/// the next waiting frame without waiting out the interval. (Kept out of [`flush`] so
-/// the frame is not part of every connection's future while a write is pending.)
-fn next_frame(session: &Session, now: Instant, all: bool) -> Option<String> {
-    let due = if all { session.outbox.next_frame_at()?.max(now) } else { now };
-    let (frame, waited) = session.outbox.poll_frame(due)?;
-    if !frame.gaps.is_empty() {
-        let dropped: u64 = frame.gaps.iter().map(|g| g.len()).sum();
-        tracing::warn!(
-            connection = session.id(),
-            user = %session.grant.user,
-            dropped,
-            "client buffer full, dropped messages"
-        );
-    }
-    let metrics = session.hub.metrics();
-    metrics.frames_sent.inc();
-    metrics.batch_size.observe(frame.len() as f64);
-    metrics.publish_to_write_seconds.observe(waited.as_secs_f64());
-    Some(frame.encode(now_timestamp()))
 }
 
 /// Sends one message; false when it failed or did not go out within `write_timeout`.

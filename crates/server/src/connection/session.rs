@@ -2,7 +2,11 @@
 //! subscribed to, its rate limit, and the handling of each inbound text message.
 //!
 //! Handling a command only queues replies into the outbox or asks the IO loop to close;
-//! it never touches the socket, so the IO loop stays the only place that awaits.
+//! it never touches the socket, so the IO loop stays the only place that awaits. The
+//! session decides by the hub's [`Clock`](crate::hub::Clock), and its frames come out
+//! of [`Session::next_frame`] at whatever `now` the caller says: the IO loop passes the
+//! system's time, a test a virtual one, and drives a session against a client core
+//! with no socket in between.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -11,10 +15,11 @@ use governor::clock::DefaultClock;
 use governor::{DefaultDirectRateLimiter, RateLimiter};
 use tidewire_protocol::batch::Outbound;
 use tidewire_protocol::channel::Access;
-use tidewire_protocol::message::{ErrorMessage, Unsubscribed};
-use tidewire_protocol::{CloseCode, Command, CommandId, Control, ErrorCode, decode_command};
+use tidewire_protocol::command::Subscribe;
+use tidewire_protocol::message::{Connected, ErrorMessage, Unsubscribed};
+use tidewire_protocol::{CloseCode, Command, CommandId, Control, ErrorCode, PROTOCOL_VERSION, decode_command};
 
-use crate::auth::Grant;
+use crate::auth::{AuthError, Grant};
 use crate::hub::{Hub, Outbox, Reply, SessionSlot, control, now_timestamp};
 use crate::metrics::ErrorLabel;
 
@@ -74,6 +79,10 @@ impl Subscriptions {
         self.0.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Adds a channel that is not in the list yet.
     pub fn insert(&mut self, channel: &str) {
         if !self.contains(channel) {
@@ -105,12 +114,91 @@ struct FloodWindow {
 }
 
 impl Session {
+    /// The session for an authenticated connection within the limits, or the close code
+    /// and reason that refuse it.
+    pub fn open(
+        hub: &Hub,
+        auth: Result<Grant, AuthError>,
+        address: Option<std::net::IpAddr>,
+    ) -> Result<Session, (CloseCode, String)> {
+        let grant = match auth {
+            Ok(grant) => grant,
+            Err(error) => {
+                let code = match error {
+                    AuthError::Missing => CloseCode::AUTH_REQUIRED,
+                    AuthError::Expired => CloseCode::TOKEN_EXPIRED,
+                    AuthError::Invalid(_) => CloseCode::AUTH_INVALID,
+                };
+                hub.metrics().auth_failures.get_or_create(&ErrorLabel { code: error.code().as_str() }).inc();
+                tracing::info!(code = %error.code(), "refused connection: {error}");
+                return Err((code, error.to_string()));
+            }
+        };
+        if hub.is_draining() {
+            return Err((CloseCode::SERVICE_RESTART, "node is shutting down".to_owned()));
+        }
+        let slot = match hub.admit(&grant.user, address) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                hub.metrics()
+                    .refused_connections
+                    .get_or_create(&crate::metrics::ReasonLabel { reason: refusal.label() })
+                    .inc();
+                tracing::warn!(user = %grant.user, limit = refusal.label(), "connection limit reached");
+                return Err((CloseCode::TRY_AGAIN_LATER, format!("connection limit reached ({})", refusal.label())));
+            }
+        };
+        Ok(Session::new(hub.clone(), slot, grant))
+    }
+
+    /// Queues `connected` (the first message on every connection), then subscribes to
+    /// the channels the connection asked for in its URL.
+    pub fn greet(&mut self, channels: Vec<String>) {
+        let hub = &self.hub;
+        self.send(Control::Connected(Connected {
+            timestamp: now_timestamp(),
+            connection_id: hub.connection_label(self.id()),
+            user_id: self.grant.user.clone(),
+            version: PROTOCOL_VERSION,
+            heartbeat_interval_ms: hub.config().heartbeat_interval.as_millis().try_into().unwrap_or(u64::MAX),
+            expires_at: Some(self.grant.expires_at_timestamp()),
+            limits: hub.config().limits(),
+        }));
+        if !channels.is_empty() {
+            self.on_subscribe(Subscribe { id: None, channels, since: None });
+        }
+    }
+
+    /// The next frame's text, counted in the metrics: the frame due at `now`, or with `all`
+    /// the next waiting frame without waiting out the interval. (Kept out of the IO loop's
+    /// flush so the frame is not part of every connection's future while a write is
+    /// pending.)
+    pub fn next_frame(&self, now: Instant, all: bool) -> Option<String> {
+        let session = self;
+        let due = if all { session.outbox.next_frame_at()?.max(now) } else { now };
+        let (frame, waited) = session.outbox.poll_frame(due)?;
+        if !frame.gaps.is_empty() {
+            let dropped: u64 = frame.gaps.iter().map(|g| g.len()).sum();
+            tracing::warn!(
+                connection = session.id(),
+                user = %session.grant.user,
+                dropped,
+                "client buffer full, dropped messages"
+            );
+        }
+        let metrics = session.hub.metrics();
+        metrics.frames_sent.inc();
+        metrics.batch_size.observe(frame.len() as f64);
+        metrics.publish_to_write_seconds.observe(waited.as_secs_f64());
+        Some(frame.encode(now_timestamp()))
+    }
+
     pub fn new(hub: Hub, slot: SessionSlot, grant: Grant) -> Session {
         let config = hub.config();
-        let outbox = Arc::new(Outbox::new(config.batch()));
+        let outbox = Arc::new(Outbox::new(config.batch(), hub.clock().clone()));
         Session {
             limiter: RateLimiter::direct_with_clock(config.command_quota(), rate_limit_clock()),
-            flood: FloodWindow { started: Instant::now(), refused: 0 },
+            flood: FloodWindow { started: hub.clock().now(), refused: 0 },
             subscriptions: Subscriptions::default(),
             outbox,
             hub,
@@ -190,7 +278,7 @@ impl Session {
     /// Refuses a command over the rate limit: an error reply for the first few in each
     /// second, and a 1008 close when a client keeps sending more than twice its limit.
     fn on_rate_limited(&mut self) -> Next {
-        let now = Instant::now();
+        let now = self.hub.clock().now();
         if now.duration_since(self.flood.started) >= Duration::from_secs(1) {
             self.flood = FloodWindow { started: now, refused: 0 };
         }

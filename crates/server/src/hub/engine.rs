@@ -24,6 +24,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Distinguishes this node's run (in epochs and connection ids).
     pub instance: String,
+    /// What the node decides by (see [`super::clock`]).
+    pub clock: super::Clock,
 }
 
 impl Shared {

@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 use tidewire_protocol::batch::Outbound;
@@ -63,7 +62,7 @@ impl MemoryEngine {
     /// bound. The channel's lock is taken before the map's, never the other way round,
     /// so a busy channel never holds up lookups of the others.
     fn forget_if_idle(&self, channel: &Arc<Mutex<Channel>>, locked: &mut Channel) {
-        let now = Instant::now();
+        let now = self.shared.clock.now();
         locked.expire(now, self.shared.config.history_ttl);
         locked.expire_keys(now, self.shared.config.idempotency_window);
         if !locked.is_idle(now, self.shared.config.channel_ttl) {
@@ -86,7 +85,7 @@ impl MemoryEngine {
     /// serialized before, only its seq is written in here.
     fn publish_locked(&self, channel: &mut Channel, prepared: Prepared) -> Result<Accepted, PublishError> {
         let config = &self.shared.config;
-        let now = Instant::now();
+        let now = self.shared.clock.now();
         let Prepared { key, idempotency_key, template, .. } = prepared;
         if let Some(idempotency_key) = &idempotency_key {
             channel.expire_keys(now, config.idempotency_window);
@@ -120,7 +119,7 @@ impl MemoryEngine {
     /// registers the subscriber, all under the channel's lock.
     fn subscribe_locked(&self, channel: &mut Channel, request: SubscribeRequest) {
         let SubscribeRequest { connection, outbox, since, id, .. } = request;
-        channel.expire(Instant::now(), self.shared.config.history_ttl);
+        channel.expire(self.shared.clock.now(), self.shared.config.history_ttl);
         let start = match &since {
             Some(position) if position.epoch.as_deref().is_none_or(|e| e == &*channel.epoch) => {
                 match channel.recover(position.seq, self.shared.max_recovery(), self.shared.max_start_bytes()) {

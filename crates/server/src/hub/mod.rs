@@ -11,6 +11,7 @@
 
 pub mod admission;
 mod channel;
+pub mod clock;
 pub mod engine;
 mod memory;
 pub mod outbox;
@@ -32,6 +33,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use admission::Admission;
 pub use admission::{HttpSlot, Refusal, SessionSlot};
+pub use clock::Clock;
 pub use engine::{Engine, Reply, Shared, SubscribeRequest, control};
 pub use outbox::Outbox;
 pub use publication::Prepared;
@@ -139,6 +141,11 @@ impl Hub {
     /// Redis URL is malformed. With `--redis-url` it must be called inside a tokio
     /// runtime (the Redis engine starts its tasks).
     pub fn new(config: Config) -> Result<Hub, StartError> {
+        Hub::with_clock(config, Clock::system())
+    }
+
+    /// A hub that decides by `clock` (see [`clock`]); [`Hub::new`] uses the system's.
+    pub fn with_clock(config: Config, clock: Clock) -> Result<Hub, StartError> {
         let verifier = Verifier::from_config(&config)?;
         let instance = format!("{:x}{:04x}", now_timestamp().unix_micros(), fastrand::u16(..));
         let publish_limits = config
@@ -151,7 +158,7 @@ impl Hub {
             })
             .collect();
         let body_memory = config.max_http_body_memory.min(tokio::sync::Semaphore::MAX_PERMITS);
-        let shared = Arc::new(Shared { config, metrics: Metrics::new(), instance });
+        let shared = Arc::new(Shared { config, metrics: Metrics::new(), instance, clock });
         let engine: Box<dyn Engine> = match &shared.config.redis_url {
             Some(url) => Box::new(redis::RedisEngine::start(shared.clone(), url, &shared.config.redis_prefix)?),
             None => Box::new(memory::MemoryEngine::new(shared.clone())),
@@ -191,6 +198,11 @@ impl Hub {
                 inner.sweep();
             }
         });
+    }
+
+    /// The clock the node decides by.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.shared.clock
     }
 
     pub fn verifier(&self) -> &Verifier {

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use futures_util::task::AtomicWaker;
 use tidewire_protocol::batch::{BatchConfig, Batcher, Dropped, Outbound, ReadyFrame};
 
+use super::Clock;
+
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
@@ -30,6 +32,8 @@ pub struct Outbox {
     over_budget: AtomicBool,
     /// The batcher's clock origin.
     origin: Instant,
+    /// The node's clock (see [`super::clock`]).
+    clock: Clock,
 }
 
 #[derive(Debug)]
@@ -55,7 +59,7 @@ impl State {
 }
 
 impl Outbox {
-    pub fn new(config: BatchConfig) -> Outbox {
+    pub fn new(config: BatchConfig, clock: Clock) -> Outbox {
         Outbox {
             state: Mutex::new(State {
                 batcher: Batcher::new(config),
@@ -66,7 +70,8 @@ impl Outbox {
             waker: AtomicWaker::new(),
             woken: AtomicBool::new(false),
             over_budget: AtomicBool::new(false),
-            origin: Instant::now(),
+            origin: clock.now(),
+            clock,
         }
     }
 
@@ -79,12 +84,12 @@ impl Outbox {
     /// Queues a message and wakes the connection if it would not look in time. Never
     /// blocks on the client.
     pub fn push(&self, outbound: Outbound) -> Dropped {
-        self.push_with_clock([outbound], Instant::now)
+        self.push_with_clock([outbound], || self.clock.now())
     }
 
     /// Queues several messages under one lock (a subscription's replay or snapshot).
     pub fn push_all(&self, outbounds: impl IntoIterator<Item = Outbound>) -> Dropped {
-        self.push_with_clock(outbounds, Instant::now)
+        self.push_with_clock(outbounds, || self.clock.now())
     }
 
     /// [`Outbox::push_all`], reading the clock only when the outbox was empty (the hot
@@ -222,7 +227,7 @@ mod tests {
     /// An outbox with the default 16 ms interval, a waker that counts, and the outbox's
     /// clock origin.
     fn counted_outbox() -> (Outbox, Arc<Counter>, Instant) {
-        let outbox = Outbox::new(BatchConfig::default());
+        let outbox = Outbox::new(BatchConfig::default(), Clock::system());
         let start = outbox.origin;
         (outbox, Arc::new(Counter(AtomicUsize::new(0))), start)
     }
