@@ -2,6 +2,7 @@
 //!
 //! Steps, in order: the generated TypeScript is current; the code is rustfmt-formatted
 //! and clippy finds nothing (`-D warnings`, native and wasm, with the workspace's lints);
+//! rustdoc finds no broken link;
 //! every Rust test passes (the tidy tests among them); the
 //! protocol crate builds for `wasm32-unknown-unknown`; the client's npm package and the
 //! dashboard build; the TypeScript (bindings, package API, dashboard) compiles under
@@ -66,6 +67,13 @@ fn lint() -> Result<(), String> {
     process::run(&root.join("crates/fuzz"), &cargo, &["fmt", "--check"])?;
     step("clippy -D warnings (native: every target; wasm: the client)");
     process::run(&root, &cargo, &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
+    step("rustdoc -D warnings (module docs link to what exists)");
+    process::run_with_env(
+        &root,
+        &cargo,
+        &["doc", "--workspace", "--no-deps", "--locked"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
     crate::tools::ensure_wasm_target()?;
     process::run(
         &root,

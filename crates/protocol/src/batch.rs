@@ -17,7 +17,7 @@
 //!
 //! It never drops control messages (replies, errors, snapshot items) and never reorders
 //! anything. Every drop is recorded as a seq range per channel and reason, and the next
-//! frame starts with one [`GapNotice`](crate::message::GapNotice) per range, so a client
+//! frame starts with one [`GapNotice`] per range, so a client
 //! always knows exactly what it missed and why.
 //!
 //! **The byte budget.** What waits is also bounded in bytes (`max_bytes`): every queued

@@ -9,13 +9,13 @@
 //! queue of publishes.
 //!
 //! **Publishes are kept until the server answers**, and sent again with the same
-//! idempotency key after a lost link, so each arrives exactly once ([`publishes`]).
+//! idempotency key after a lost link, so each arrives exactly once (`publishes.rs`).
 //!
-//! The parts, a file each: [`api`] (what drivers and apps exchange with the core),
-//! [`link`] (connecting, liveness, tokens, the one path that ends a link), [`inbound`]
-//! (frames, ordered delivery, control messages), [`reconcile`] (subscriptions towards
-//! what the app wants), [`publishes`] (the queue and its answers), [`subscription`]
-//! (one channel's transitions), [`timers`] and [`backoff`].
+//! The parts, a file each: `api.rs` (what drivers and apps exchange with the core),
+//! `link.rs` (connecting, liveness, tokens, the one path that ends a link), `inbound.rs`
+//! (frames, ordered delivery, control messages), `reconcile.rs` (subscriptions towards
+//! what the app wants), `publishes.rs` (the queue and its answers), `subscription.rs`
+//! (one channel's transitions), `timers.rs` and `backoff.rs`.
 //!
 //! It has no clock, no sockets and no timers. A driver feeds it [`Event`]s with the
 //! current time (`now`, a [`Duration`] since any fixed origin), performs the

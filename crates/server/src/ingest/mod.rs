@@ -28,9 +28,8 @@
 //! a node that stops or fails to publish (Redis down) gets them redelivered. Events no
 //! route can publish go to a dead-letter path (an AMQP dead-letter exchange and queue, a
 //! NATS subject) with the reason, and are counted. Core NATS is at most once by nature.
-//! Sources reconnect with exponential backoff. Kafka fits the same [`Source`] shape
-//! (a consumer group committing offsets after acceptance) but is not implemented: no
-//! Kafka-compatible broker runs where the tests run.
+//! Sources reconnect with exponential backoff. A Kafka source would take the same shape
+//! (route, publish, then commit the offsets the node accepted); it is not built yet.
 
 mod amqp;
 mod nats;
