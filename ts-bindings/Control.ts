@@ -6,10 +6,11 @@ import type { Heartbeat } from "./Heartbeat";
 import type { Pong } from "./Pong";
 import type { Published } from "./Published";
 import type { Refreshed } from "./Refreshed";
+import type { SnapshotEnd } from "./SnapshotEnd";
 import type { Subscribed } from "./Subscribed";
 import type { Unsubscribed } from "./Unsubscribed";
 
 /**
  * Protocol-level messages, tagged by a reserved `type`.
  */
-export type Control = { "type": "connected" } & Connected | { "type": "subscribed" } & Subscribed | { "type": "unsubscribed" } & Unsubscribed | { "type": "published" } & Published | { "type": "refreshed" } & Refreshed | { "type": "error" } & ErrorMessage | { "type": "pong" } & Pong | { "type": "heartbeat" } & Heartbeat | { "type": "gap" } & GapNotice;
+export type Control = { "type": "connected" } & Connected | { "type": "subscribed" } & Subscribed | { "type": "unsubscribed" } & Unsubscribed | { "type": "published" } & Published | { "type": "refreshed" } & Refreshed | { "type": "error" } & ErrorMessage | { "type": "pong" } & Pong | { "type": "heartbeat" } & Heartbeat | { "type": "gap" } & GapNotice | { "type": "snapshot-end" } & SnapshotEnd;

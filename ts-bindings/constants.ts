@@ -4,7 +4,7 @@
 export const PROTOCOL_VERSION = 1;
 
 /** The `type` values of control messages; publications never use them. */
-export const CONTROL_TYPES = ["connected","subscribed","unsubscribed","published","refreshed","error","pong","heartbeat","gap"] as const;
+export const CONTROL_TYPES = ["connected","subscribed","unsubscribed","published","refreshed","error","pong","heartbeat","gap","snapshot-end"] as const;
 
 /** Every error code, as `error` messages carry it. */
 export const ERROR_CODES = ["AUTH_REQUIRED","AUTH_INVALID","TOKEN_EXPIRED","FORBIDDEN","RATE_LIMIT_EXCEEDED","BAD_REQUEST","UNKNOWN_ACTION","INVALID_CHANNEL","TOO_MANY_CHANNELS","MESSAGE_TOO_BIG","UNAVAILABLE","INTERNAL_ERROR","REQUEST_TIMEOUT","TOO_MANY_KEYS"] as const;

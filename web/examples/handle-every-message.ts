@@ -107,6 +107,8 @@ export function describeControl(message: Control): string {
       return `heartbeat at ${message.timestamp}`;
     case "gap":
       return `missed ${message.channel} ${message.from}..=${message.to} (${message.reason === "overflow" ? "recover with since" : "superseded by newer values"})`;
+    case "snapshot-end":
+      return `snapshot of ${message.channel} complete at ${message.seq}`;
     default:
       return assertNever(message);
   }

@@ -73,11 +73,13 @@ export interface TidewireState {
 }
 
 /** A subscription's lifecycle. `recovered`: true when everything missed was replayed,
- *  false when the app must reload its state (a snapshot follows). */
+ *  false when the app must reload its state (a snapshot follows). `snapshot-end`: the
+ *  snapshot that followed `subscribed` is complete (also when it was empty). */
 export type TidewireSubscriptionEvent =
   | { type: "subscribing" }
   | { type: "subscribed"; recovered?: boolean }
   | { type: "unsubscribed" }
+  | { type: "snapshot-end" }
   | { type: "refused"; code: string; message: string };
 
 /** Errors that do not stop the client. */
@@ -634,6 +636,7 @@ fn subscription_event_object(event: &SubscriptionEvent) -> JsValue {
             }
         }
         SubscriptionEvent::Unsubscribed => set(&object, "type", "unsubscribed"),
+        SubscriptionEvent::SnapshotEnd => set(&object, "type", "snapshot-end"),
         SubscriptionEvent::Refused { code, message } => {
             set(&object, "type", "refused");
             set(&object, "code", code.as_str());

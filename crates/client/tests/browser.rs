@@ -89,6 +89,11 @@ impl Recorder {
             .collect()
     }
 
+    /// The event types in order (`subscribing`, `subscribed`, `snapshot-end`, …).
+    fn event_types(&self) -> Vec<String> {
+        self.events.borrow().iter().filter_map(|e| Reflect::get(e, &"type".into()).ok()?.as_string()).collect()
+    }
+
     fn subscribed_events(&self) -> Vec<Option<bool>> {
         self.events
             .borrow()
@@ -154,6 +159,10 @@ async fn reconnects_after_a_server_restart_and_recovers_everything() {
     let channel = channel_name("restart");
     let _sub = client.subscribe(channel.clone(), recorder.handler(), Some(recorder.event_listener()));
     eventually(5000, "subscribed", || !recorder.subscribed_events().is_empty()).await;
+    // A fresh channel holds no latest values: its (empty) snapshot ends at once.
+    eventually(5000, "snapshot-end", || recorder.event_types().iter().any(|t| t == "snapshot-end")).await;
+    let types = recorder.event_types();
+    assert_eq!(&types[..3], ["subscribing", "subscribed", "snapshot-end"], "{types:?}");
     control(&format!("/publish?channel={channel}&count=20")).await;
     eventually(5000, "20 messages", || recorder.messages.borrow().len() >= 20).await;
 

@@ -160,7 +160,11 @@ fn subscriptions_made_before_connect_go_out_after_connected() {
     h.connected(transport);
     assert_eq!(h.core.state(), ConnectionState::Connected);
     let sent = h.sent();
-    assert_eq!(sent, vec![json!({"action":"subscribe","id":1,"channels":["alerts","lp-performance"]})]);
+    let options = json!({"snapshotEnd": true});
+    assert_eq!(
+        sent,
+        vec![json!({"action":"subscribe","id":1,"channels":["alerts","lp-performance"],"options":options})]
+    );
     h.subscribed(transport, "alerts", 7, None);
     assert_eq!(h.core.subscription_state("alerts"), SubscriptionState::Subscribed);
     h.publish(transport, "alerts", [8, 9]);
@@ -244,7 +248,10 @@ fn reconnect_resubscribes_with_since_and_reports_recovery() {
     h.connected(t2);
     assert_eq!(
         h.sent(),
-        vec![json!({"action":"subscribe","id":2,"channels":["a"],"since":{"a":{"seq":3,"epoch":"e1"}}})]
+        vec![json!({
+            "action":"subscribe","id":2,"channels":["a"],"since":{"a":{"seq":3,"epoch":"e1"}},
+            "options":{"snapshotEnd":true}
+        })]
     );
     h.subscribed(t2, "a", 5, Some(true));
     let events: Vec<Action> = h.take();
@@ -332,7 +339,9 @@ fn recovery_command_carries_since() {
             _ => None,
         })
         .collect();
-    assert_eq!(sent, vec![json!({"action":"subscribe","id":2,"channels":["a"],"since":{"a":{"seq":11,"epoch":"e1"}}})]);
+    let since = json!({"a":{"seq":11,"epoch":"e1"}});
+    let options = json!({"snapshotEnd": true});
+    assert_eq!(sent, vec![json!({"action":"subscribe","id":2,"channels":["a"],"since":since,"options":options})]);
 }
 
 #[test]
@@ -782,6 +791,39 @@ fn commands_refused_by_the_rate_limit_are_sent_again() {
     assert_eq!(sent[0]["action"], "subscribe");
     h.subscribed(t, "a", 0, None);
     assert_eq!(h.core.subscription_state("a"), SubscriptionState::Subscribed);
+}
+
+#[test]
+fn the_end_of_a_snapshot_is_reported_once_the_table_is_complete() {
+    let mut h = Harness::new(|_| {});
+    h.event(Event::Subscribe { channel: "lps".into() });
+    let t = h.connect();
+    h.take();
+    h.frame(
+        t,
+        json!([
+            {"type":"subscribed","timestamp":TS,"id":1,"channel":"lps","seq":7,"epoch":"e"},
+            {"type":"lp","timestamp":TS,"channel":"lps","seq":3,"key":"A","snapshot":true,"data":{}},
+            {"type":"lp","timestamp":TS,"channel":"lps","seq":7,"key":"B","snapshot":true,"data":{}},
+            {"type":"snapshot-end","timestamp":TS,"channel":"lps","seq":7}
+        ]),
+    );
+    let events: Vec<String> = h
+        .take()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Deliver(d) => Some(format!("row {}", d.seq)),
+            Action::Subscription { event: SubscriptionEvent::SnapshotEnd, channel } => Some(format!("end {channel}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(events, ["row 3", "row 7", "end lps"], "the end comes after the last row");
+    // A marker for a channel the app left is not reported.
+    h.event(Event::Unsubscribe { channel: "lps".into() });
+    h.frame(t, json!([{"type":"snapshot-end","timestamp":TS,"channel":"lps","seq":7}]));
+    let late =
+        h.take().into_iter().any(|a| matches!(a, Action::Subscription { event: SubscriptionEvent::SnapshotEnd, .. }));
+    assert!(!late);
 }
 
 #[test]

@@ -101,6 +101,23 @@ pub struct Subscribe {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", ts(optional))]
     pub since: Option<BTreeMap<String, StreamPosition>>,
+    /// How every channel of this command is delivered; absent, as today.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub options: Option<SubscribeOptions>,
+}
+
+/// What a subscription asks of its delivery. Every field is optional and off by
+/// default, so a client that sends none sees what clients always saw; an unknown field
+/// is refused (BAD_REQUEST) rather than silently ignored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubscribeOptions {
+    /// Mark the end of the subscription's snapshot with `snapshot-end`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[cfg_attr(feature = "ts", ts(as = "Option<bool>", optional))]
+    pub snapshot_end: bool,
 }
 
 /// Stop receiving channels.
@@ -306,7 +323,8 @@ mod tests {
             Command::Subscribe(Subscribe {
                 id: None,
                 channels: vec!["routing-metrics".into(), "alerts".into()],
-                since: None
+                since: None,
+                options: None,
             })
         );
         assert_eq!(

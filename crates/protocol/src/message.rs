@@ -16,8 +16,18 @@ use crate::command::CommandId;
 use crate::{ErrorCode, Timestamp};
 
 /// The `type` values control messages use; publications may not use them.
-pub const CONTROL_TYPES: [&str; 9] =
-    ["connected", "subscribed", "unsubscribed", "published", "refreshed", "error", "pong", "heartbeat", "gap"];
+pub const CONTROL_TYPES: [&str; 10] = [
+    "connected",
+    "subscribed",
+    "unsubscribed",
+    "published",
+    "refreshed",
+    "error",
+    "pong",
+    "heartbeat",
+    "gap",
+    "snapshot-end",
+];
 
 /// Which control message a [`ControlFields`] holds: one per [`Control`] variant, so a
 /// reader matches on the kind instead of string literals that could drift from it.
@@ -33,11 +43,13 @@ pub enum ControlKind {
     Pong,
     Heartbeat,
     Gap,
+    #[serde(rename = "snapshot-end")]
+    SnapshotEnd,
 }
 
 impl ControlKind {
     /// Every kind, in the order of [`CONTROL_TYPES`].
-    pub const ALL: [ControlKind; 9] = [
+    pub const ALL: [ControlKind; 10] = [
         ControlKind::Connected,
         ControlKind::Subscribed,
         ControlKind::Unsubscribed,
@@ -47,6 +59,7 @@ impl ControlKind {
         ControlKind::Pong,
         ControlKind::Heartbeat,
         ControlKind::Gap,
+        ControlKind::SnapshotEnd,
     ];
 
     /// Its `type` on the wire.
@@ -154,6 +167,8 @@ pub enum Control {
     Pong(Pong),
     Heartbeat(Heartbeat),
     Gap(GapNotice),
+    #[serde(rename = "snapshot-end")]
+    SnapshotEnd(SnapshotEnd),
 }
 
 /// The first message on every connection.
@@ -304,6 +319,19 @@ pub struct Heartbeat {
     pub timestamp: Timestamp,
 }
 
+/// The snapshot that followed a `subscribed` is complete: every latest value of the
+/// channel as of `seq` has been sent (none, when the channel holds none). Sent only to
+/// subscriptions that asked for it (`options.snapshotEnd`), after a fresh start or a
+/// start with `recovered: false`; a replay (`recovered: true`) has no snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct SnapshotEnd {
+    pub timestamp: Timestamp,
+    pub channel: String,
+    /// The channel's head when the snapshot was taken (the `seq` of its `subscribed`).
+    pub seq: u64,
+}
+
 /// The server dropped `from..=to` on `channel` for this client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
@@ -402,6 +430,7 @@ impl Control {
             Control::Pong(m) => m.timestamp,
             Control::Heartbeat(m) => m.timestamp,
             Control::Gap(m) => m.timestamp,
+            Control::SnapshotEnd(m) => m.timestamp,
         }
     }
 }

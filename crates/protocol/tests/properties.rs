@@ -7,7 +7,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use tidewire_protocol::batch::{BatchConfig, Batcher, Outbound, Position};
-use tidewire_protocol::command::{Ping, Publish, Refresh, Subscribe, Unsubscribe};
+use tidewire_protocol::command::{Ping, Publish, Refresh, Subscribe, SubscribeOptions, Unsubscribe};
 use tidewire_protocol::message::{
     Connected, ErrorMessage, GapNotice, GapReason, Heartbeat, Limits, Pong, Published, Refreshed, Subscribed,
     Unsubscribed,
@@ -71,9 +71,15 @@ fn command() -> impl Strategy<Value = Command> {
         (
             command_id(),
             channels(),
-            prop::option::of(prop::collection::btree_map(channel_name(), stream_position(), 0..3))
+            prop::option::of(prop::collection::btree_map(channel_name(), stream_position(), 0..3)),
+            prop::option::of(any::<bool>().prop_map(|snapshot_end| SubscribeOptions { snapshot_end })),
         )
-            .prop_map(|(id, channels, since)| Command::Subscribe(Subscribe { id, channels, since })),
+            .prop_map(|(id, channels, since, options)| Command::Subscribe(Subscribe {
+                id,
+                channels,
+                since,
+                options
+            })),
         (command_id(), channels()).prop_map(|(id, channels)| Command::Unsubscribe(Unsubscribe { id, channels })),
         (command_id(), new_publication()).prop_map(|(id, publication)| Command::Publish(Publish { id, publication })),
         command_id().prop_map(|id| Command::Ping(Ping { id })),
@@ -319,7 +325,12 @@ fn since_map_order_is_stable() {
         ("a".to_owned(), StreamPosition { seq: 2, epoch: None }),
     ]
     .into();
-    let cmd = Command::Subscribe(Subscribe { id: None, channels: vec!["a".into(), "b".into()], since: Some(since) });
+    let cmd = Command::Subscribe(Subscribe {
+        id: None,
+        channels: vec!["a".into(), "b".into()],
+        since: Some(since),
+        options: None,
+    });
     assert_eq!(
         serde_json::to_string(&cmd).unwrap(),
         r#"{"action":"subscribe","channels":["a","b"],"since":{"a":2,"b":1}}"#

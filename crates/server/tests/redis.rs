@@ -560,3 +560,38 @@ async fn one_subscription_start_at_a_time_per_connection_and_channel() {
     }
     assert!(refused > 0, "40 starts at once were all queued");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_end_with_a_marker_on_every_node() {
+    // The marker comes from the channel's actor, after the snapshot it read from Redis,
+    // on a node that did not publish, and at once for a channel Redis holds nothing of.
+    let url = shared_redis();
+    let prefix = unique_prefix("snapshot-end");
+    let (a, b) = (node(&url, &prefix).await, node(&url, &prefix).await);
+    for (key, n) in [("A", 1), ("B", 2), ("A", 3)] {
+        let new = tidewire_protocol::NewPublication {
+            channel: "lps".into(),
+            kind: "row".into(),
+            data: json!({ "n": n }),
+            key: Some(key.into()),
+            idempotency_key: None,
+        };
+        a.hub.publish(new).await.unwrap();
+    }
+    let mut client = b.client("u").await;
+    client.next().await;
+    let options = json!({"snapshotEnd": true});
+    client.send_value(json!({"action":"subscribe","channels":["lps","void"],"options":options})).await;
+    let mut seen: Vec<(String, String, u64)> = Vec::new();
+    while seen.iter().filter(|(kind, ..)| kind == "snapshot-end").count() < 2 {
+        let m = client.next().await;
+        let (kind, channel) = (m["type"].as_str().unwrap_or_default(), m["channel"].as_str().unwrap_or_default());
+        seen.push((kind.to_owned(), channel.to_owned(), m["seq"].as_u64().unwrap_or(0)));
+    }
+    let lps: Vec<(&str, u64)> =
+        seen.iter().filter(|(_, c, _)| c == "lps").map(|(k, _, seq)| (k.as_str(), *seq)).collect();
+    assert_eq!(lps, [("subscribed", 3), ("row", 2), ("row", 3), ("snapshot-end", 3)]);
+    let void: Vec<(&str, u64)> =
+        seen.iter().filter(|(_, c, _)| c == "void").map(|(k, _, seq)| (k.as_str(), *seq)).collect();
+    assert_eq!(void, [("subscribed", 0), ("snapshot-end", 0)]);
+}

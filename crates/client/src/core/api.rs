@@ -99,6 +99,9 @@ pub enum SubscriptionEvent {
         recovered: Option<bool>,
     },
     Unsubscribed,
+    /// The snapshot that followed `subscribed` is complete (also when it was empty): the
+    /// app now holds every latest value of the channel.
+    SnapshotEnd,
     /// The server refused the channel; not retried until the app subscribes again.
     Refused {
         code: ErrorCode,

@@ -115,6 +115,14 @@ impl ClientCore {
                     self.publishes.acknowledged(id);
                 }
             }
+            ControlKind::SnapshotEnd => {
+                let channel = m.channel.as_deref().unwrap_or_default();
+                let live = self.subscriptions.get(channel).is_some_and(|s| s.takes_publications(self.paused));
+                if live {
+                    let event = SubscriptionEvent::SnapshotEnd;
+                    self.push(Action::Subscription { channel: channel.to_owned(), event });
+                }
+            }
             // Only proof of life, already taken by `on_frame`.
             ControlKind::Pong | ControlKind::Heartbeat => {}
         }

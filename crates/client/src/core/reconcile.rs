@@ -8,15 +8,19 @@
 
 use std::collections::BTreeMap;
 
-use tidewire_protocol::command::{Subscribe, Unsubscribe};
+use tidewire_protocol::command::{Subscribe, SubscribeOptions, Unsubscribe};
 use tidewire_protocol::{Command, StreamPosition};
 
 use super::link::Link;
 use super::subscription::{Step, Subscription};
 use super::{Action, ClientCore, SubscriptionEvent, TransportId};
 
-/// Room in a resubscribe command for its id and the JSON around the lists.
-const FRAME_ROOM: usize = 96;
+/// Room in a resubscribe command for its id, its options and the JSON around the lists.
+const FRAME_ROOM: usize = 128;
+
+/// What every subscription of this client asks for: the end of its snapshot marked, so
+/// the app can tell a complete table from one still filling.
+const OPTIONS: Option<SubscribeOptions> = Some(SubscribeOptions { snapshot_end: true });
 
 impl ClientCore {
     pub(super) fn on_subscribe(&mut self, channel: String) {
@@ -58,7 +62,12 @@ impl ClientCore {
         let command = match subscription.step(paused) {
             Step::Subscribe(position) => {
                 let since = position.map(|p| BTreeMap::from([(channel.to_owned(), p)]));
-                Command::Subscribe(Subscribe { id: Some(self.id()), channels: vec![channel.to_owned()], since })
+                Command::Subscribe(Subscribe {
+                    id: Some(self.id()),
+                    channels: vec![channel.to_owned()],
+                    since,
+                    options: OPTIONS,
+                })
             }
             Step::Unsubscribe => {
                 Command::Unsubscribe(Unsubscribe { id: Some(self.id()), channels: vec![channel.to_owned()] })
@@ -80,7 +89,12 @@ impl ClientCore {
         let id = self.id();
         self.send(
             transport,
-            &Command::Subscribe(Subscribe { id: Some(id), channels: vec![channel.to_owned()], since }),
+            &Command::Subscribe(Subscribe {
+                id: Some(id),
+                channels: vec![channel.to_owned()],
+                since,
+                options: OPTIONS,
+            }),
         );
     }
 
@@ -153,7 +167,7 @@ impl ClientCore {
         }
         let id = self.id();
         let since = (!since.is_empty()).then_some(since);
-        self.send(transport, &Command::Subscribe(Subscribe { id: Some(id), channels: names, since }));
+        self.send(transport, &Command::Subscribe(Subscribe { id: Some(id), channels: names, since, options: OPTIONS }));
     }
 
     /// Tells the app which subscriptions are being restored (after a link ended).

@@ -165,7 +165,7 @@ impl Session {
             limits: hub.config().limits(),
         }));
         if !channels.is_empty() {
-            self.on_subscribe(Subscribe { id: None, channels, since: None });
+            self.on_subscribe(Subscribe { id: None, channels, since: None, options: None });
         }
     }
 

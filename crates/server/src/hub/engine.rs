@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use tidewire_protocol::batch::{Dropped, Outbound};
-use tidewire_protocol::message::Subscribed;
+use tidewire_protocol::message::{SnapshotEnd, Subscribed};
 use tidewire_protocol::{CommandId, Control, EncodedMessage, ErrorCode, ServerMessage, StreamPosition};
 
 use super::{Accepted, ChannelInfo, Outbox, Prepared, PublishError, now_timestamp};
@@ -92,6 +92,8 @@ pub struct SubscribeRequest {
     pub channel: String,
     pub since: Option<StreamPosition>,
     pub id: Option<CommandId>,
+    /// Mark the end of a snapshot start with `snapshot-end`.
+    pub snapshot_end: bool,
 }
 
 /// A reply to queue once an unsubscribe took effect (after anything the engine still
@@ -109,6 +111,12 @@ impl Reply {
             outbox.push(Outbound::control(message));
         }
     }
+}
+
+/// The `snapshot-end` after a snapshot start taken at `seq`.
+pub fn snapshot_end(channel: &str, seq: u64) -> Outbound {
+    let end = SnapshotEnd { timestamp: now_timestamp(), channel: channel.to_owned(), seq };
+    Outbound::control(control(Control::SnapshotEnd(end)))
 }
 
 /// The `subscribed` a subscription starts with (`id`: the command's; `recovered`:

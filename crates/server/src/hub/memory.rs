@@ -13,7 +13,7 @@ use futures_util::future::BoxFuture;
 use tidewire_protocol::batch::Outbound;
 
 use super::channel::{Channel, Start, Stored};
-use super::engine::{Engine, Reply, Shared, SubscribeRequest, subscribed};
+use super::engine::{Engine, Reply, Shared, SubscribeRequest, snapshot_end, subscribed};
 use super::{Accepted, ChannelInfo, Prepared, PublishError, lock};
 
 #[derive(Debug)]
@@ -118,7 +118,7 @@ impl MemoryEngine {
     /// Queues `subscribed`, then the recovered publications or the keyed snapshot, then
     /// registers the subscriber, all under the channel's lock.
     fn subscribe_locked(&self, channel: &mut Channel, request: SubscribeRequest) {
-        let SubscribeRequest { connection, outbox, since, id, .. } = request;
+        let SubscribeRequest { connection, outbox, since, id, snapshot_end: mark_end, .. } = request;
         channel.expire(self.shared.clock.now(), self.shared.config.history_ttl);
         let start = match &since {
             Some(position) if position.epoch.as_deref().is_none_or(|e| e == &*channel.epoch) => {
@@ -134,7 +134,12 @@ impl MemoryEngine {
         let mut outbounds = vec![Outbound::control(subscribed)];
         match start {
             Start::Recovered(replay) => outbounds.extend(replay),
-            Start::Snapshot(latest) => outbounds.extend(latest.into_iter().map(Outbound::snapshot)),
+            Start::Snapshot(latest) => {
+                outbounds.extend(latest.into_iter().map(Outbound::snapshot));
+                if mark_end {
+                    outbounds.push(snapshot_end(&channel.name, channel.head));
+                }
+            }
         }
         let dropped = outbox.push_all(outbounds);
         self.shared.count_drops(dropped);

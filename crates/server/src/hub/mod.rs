@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tidewire_protocol::channel::{ChannelError, validate};
+use tidewire_protocol::command::SubscribeOptions;
 use tidewire_protocol::message::validate_message_type;
 use tidewire_protocol::{CommandId, ErrorCode, NewPublication, StreamPosition, Timestamp};
 use tokio_util::sync::CancellationToken;
@@ -335,6 +336,7 @@ impl Hub {
         channel: &str,
         since: Option<&StreamPosition>,
         id: Option<CommandId>,
+        options: SubscribeOptions,
     ) -> Result<(), PublishError> {
         self.inner.engine.subscribe(SubscribeRequest {
             connection,
@@ -342,6 +344,7 @@ impl Hub {
             channel: channel.to_owned(),
             since: since.cloned(),
             id,
+            snapshot_end: options.snapshot_end,
         })
     }
 

@@ -35,7 +35,9 @@ pub fn apply(session: &mut Session, command: Subscribe) -> Next {
             continue;
         }
         let since = command.since.as_ref().and_then(|since| since.get(channel));
-        if let Err(refused) = session.hub.subscribe(session.id(), &session.outbox, channel, since, id.clone()) {
+        let options = command.options.unwrap_or_default();
+        let subscribed = session.hub.subscribe(session.id(), &session.outbox, channel, since, id.clone(), options);
+        if let Err(refused) = subscribed {
             session.send_error(id, refused.code, refused.message, Some(channel));
             continue;
         }

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::EngineInner;
 use super::scripts::{Delivered, Range};
-use crate::hub::engine::{Reply, SubscribeRequest, control, subscribed};
+use crate::hub::engine::{Reply, SubscribeRequest, control, snapshot_end, subscribed};
 use crate::hub::{Outbox, now_timestamp};
 
 /// What an actor is asked to do.
@@ -148,6 +148,9 @@ impl Actor {
             for (_, text) in latest {
                 let message = PublicationTemplate::message_from_text(text).marked_as_snapshot();
                 outbounds.push(Outbound::snapshot(message));
+            }
+            if request.snapshot_end {
+                outbounds.push(snapshot_end(&self.channel, start.head));
             }
         }
         let dropped = request.outbox.push_all(outbounds);
