@@ -19,6 +19,7 @@ export type { Limits } from "./Limits";
 export type { LpMetrics } from "./LpMetrics";
 export type { LpStatus } from "./LpStatus";
 export type { NewPublication } from "./NewPublication";
+export type { Op } from "./Op";
 export type { Ping } from "./Ping";
 export type { Pong } from "./Pong";
 export type { Publication } from "./Publication";

@@ -116,6 +116,7 @@ mod tests {
             channel: "bench".into(),
             seq,
             key: Some("k".into()),
+            op: Default::default(),
             snapshot: false,
             data: serde_json::json!({"symbol": "EURUSD", "nested": {"seq": 99}}),
         };

@@ -554,6 +554,7 @@ fn publish_data(h: &mut Harness, i: u32) {
         data: json!(i),
         key: None,
         idempotency_key: None,
+        ..Default::default()
     })
     .unwrap();
     h.event(Event::Publish(publish));
@@ -933,6 +934,7 @@ fn a_publish_too_large_for_the_server_is_refused_before_sending() {
         data: json!("x".repeat(600)),
         key: None,
         idempotency_key: None,
+        ..Default::default()
     })
     .unwrap();
     h.event(Event::Publish(big));

@@ -43,6 +43,7 @@ async fn tick(hub: &Hub, channel: &str, n: u64) -> u64 {
         data: serde_json::json!(n),
         key: None,
         idempotency_key: None,
+        ..Default::default()
     })
     .await
     .unwrap()
@@ -354,6 +355,7 @@ async fn paced_publishes_all_arrive(rate: u32, burst: u32, total: u64) {
             data: serde_json::json!(n),
             key: None,
             idempotency_key: None,
+            ..Default::default()
         });
     }
     let (seqs, _) = every_seq_once(&mut ticks, total).await;
@@ -403,6 +405,7 @@ async fn publishes_across_cut_links_arrive_exactly_once() {
                     data: serde_json::json!(n),
                     key: None,
                     idempotency_key: None,
+                    ..Default::default()
                 });
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }

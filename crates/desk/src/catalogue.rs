@@ -485,6 +485,7 @@ mod tests {
             channel: new.channel,
             seq: 1,
             key: new.key,
+            op: Default::default(),
             snapshot: false,
             data: new.data,
         };

@@ -136,6 +136,7 @@ mod tests {
             channel: channels::ROUTING_METRICS.into(),
             seq: 1,
             key: None,
+            op: Default::default(),
             snapshot: false,
             data: serde_json::to_value(&decision).unwrap(),
         };

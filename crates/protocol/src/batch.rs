@@ -561,6 +561,27 @@ mod tests {
     }
 
     #[test]
+    fn a_superseded_upsert_never_outlives_the_delete_that_follows_it() {
+        // A delete is keyed like the upserts of its key, so under backpressure it is what
+        // survives: the client applies the delete and the row stays gone.
+        let mut b = small(1, 2);
+        b.push(publication("lp", 1, Some("OANDA")));
+        b.push(publication("lp", 2, Some("OANDA"))); // the delete
+        let d = b.push(publication("lp", 3, Some("LMAX")));
+        assert_eq!(d, Dropped { superseded: 1, overflow: 0, refused: 0 });
+        let mut delivered = Vec::new();
+        let mut gaps = Vec::new();
+        let mut now = ms(0);
+        while let Some(frame) = b.poll_frame(now) {
+            delivered.extend(seqs(&frame));
+            gaps.extend(frame.gaps);
+            now += ms(16);
+        }
+        assert_eq!(delivered, [2, 3], "the upsert went, the delete stayed");
+        assert_eq!(gaps, [Gap { channel: "lp".into(), from: 1, to: 1, reason: GapReason::Superseded }]);
+    }
+
+    #[test]
     fn conflation_still_applies_after_frames_and_drops_take_keyed_messages_out() {
         let mut b = small(2, 2);
         // Keyed messages leave the queue in a frame and through overflow; the count of

@@ -194,6 +194,7 @@ mod tests {
             channel: "lp".into(),
             seq: 4,
             key: Some("OANDA".into()),
+            op: Default::default(),
             snapshot: false,
             data: serde_json::json!({"x": 1}),
         });
@@ -211,6 +212,7 @@ mod tests {
             channel: "seq".into(),
             seq: 0,
             key: Some("18446744073709551615".into()),
+            op: Default::default(),
             snapshot: false,
             data: serde_json::json!({"seq": 18446744073709551615u64}),
         };

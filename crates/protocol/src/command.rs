@@ -160,8 +160,29 @@ pub struct Refresh {
     pub token: String,
 }
 
+/// What a publication does to its channel's table of latest values per key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// The key's new value (a publication without a key is a fact in a stream).
+    #[default]
+    Upsert,
+    /// The key leaves the table: it is no longer in the snapshot, and subscribers get
+    /// this publication (needs a key).
+    Delete,
+    /// Every key leaves the table (takes no key).
+    Clear,
+}
+
+impl Op {
+    pub fn is_upsert(&self) -> bool {
+        *self == Op::Upsert
+    }
+}
+
 /// A message to publish, as the `publish` command and `POST /api/publish` take it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct NewPublication {
     pub channel: String,
@@ -182,6 +203,11 @@ pub struct NewPublication {
     #[serde(default, rename = "idempotencyKey", skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", ts(optional))]
     pub idempotency_key: Option<String>,
+    /// `delete` (with a key) or `clear` (without one) change the channel's table of
+    /// latest values; absent, the publication is an upsert.
+    #[serde(default, skip_serializing_if = "Op::is_upsert")]
+    #[cfg_attr(feature = "ts", ts(as = "Option<Op>", optional))]
+    pub op: Op,
 }
 
 /// The longest idempotency key, in bytes.
@@ -446,6 +472,7 @@ mod tests {
                 data: serde_json::json!({"b": 1, "a": [true, null, 1.5]}),
                 key: Some("OANDA".into()),
                 idempotency_key: None,
+                ..Default::default()
             },
         });
         assert_eq!(decoded, expected);

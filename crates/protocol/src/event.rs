@@ -38,6 +38,7 @@ pub trait Event: Serialize + DeserializeOwned {
             data: serde_json::to_value(self)?,
             key: self.key(),
             idempotency_key: None,
+            ..Default::default()
         })
     }
 

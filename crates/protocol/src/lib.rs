@@ -35,7 +35,7 @@ pub mod timestamp;
 
 pub use close_code::{CloseCode, Disposition};
 pub use codec::{DecodeError, EncodedMessage, PublicationTemplate, decode_frame, encode_frame};
-pub use command::{Command, CommandError, CommandId, NewPublication, StreamPosition, decode_command};
+pub use command::{Command, CommandError, CommandId, NewPublication, Op, StreamPosition, decode_command};
 pub use error_code::ErrorCode;
 pub use event::Event;
 pub use message::{Control, Publication, ServerMessage};

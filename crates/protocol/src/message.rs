@@ -12,7 +12,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use crate::command::CommandId;
+use crate::command::{CommandId, Op};
 use crate::{ErrorCode, Timestamp};
 
 /// The `type` values control messages use; publications may not use them.
@@ -140,6 +140,11 @@ pub struct Publication {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", ts(optional))]
     pub key: Option<String>,
+    /// `delete` or `clear`: the key (or every key) left the channel's table; absent for
+    /// an upsert.
+    #[serde(default, skip_serializing_if = "Op::is_upsert")]
+    #[cfg_attr(feature = "ts", ts(as = "Option<Op>", optional))]
+    pub op: Op,
     /// True for the latest-value-per-key messages a fresh subscription gets first. Their
     /// seqs are not newer than the subscription's head and need not be contiguous.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -461,6 +466,7 @@ mod tests {
             channel: "lp-performance".into(),
             seq: 42,
             key: Some("OANDA".into()),
+            op: Default::default(),
             snapshot: false,
             data: serde_json::json!({"lpName": "OANDA"}),
         });

@@ -13,8 +13,8 @@ use tidewire_protocol::message::{
     Unsubscribed,
 };
 use tidewire_protocol::{
-    Command, CommandId, Control, EncodedMessage, ErrorCode, NewPublication, Publication, ServerMessage, StreamPosition,
-    Timestamp, channel, decode_command, decode_frame, encode_frame,
+    Command, CommandId, Control, EncodedMessage, ErrorCode, NewPublication, Op, Publication, ServerMessage,
+    StreamPosition, Timestamp, channel, decode_command, decode_frame, encode_frame,
 };
 
 fn channel_name() -> impl Strategy<Value = String> {
@@ -60,9 +60,14 @@ fn stream_position() -> impl Strategy<Value = StreamPosition> {
     (any::<u64>(), prop::option::of("[a-z0-9]{1,16}")).prop_map(|(seq, epoch)| StreamPosition { seq, epoch })
 }
 
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![Just(Op::Upsert), Just(Op::Delete), Just(Op::Clear)]
+}
+
 fn new_publication() -> impl Strategy<Value = NewPublication> {
-    (channel_name(), message_type(), json_data(), prop::option::of("[A-Z]{1,6}"))
-        .prop_map(|(channel, kind, data, key)| NewPublication { channel, kind, data, key, idempotency_key: None })
+    (channel_name(), message_type(), json_data(), prop::option::of("[A-Z]{1,6}"), op()).prop_map(
+        |(channel, kind, data, key, op)| NewPublication { channel, kind, data, key, idempotency_key: None, op },
+    )
 }
 
 fn command() -> impl Strategy<Value = Command> {
@@ -96,6 +101,7 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
                 channel: p.channel,
                 seq,
                 key: p.key,
+                op: Default::default(),
                 snapshot,
                 data: p.data,
             })

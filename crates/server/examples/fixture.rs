@@ -84,6 +84,7 @@ async fn publish(hub: &Hub, channel: &str, count: u64) -> u64 {
             data,
             key: None,
             idempotency_key: None,
+            ..Default::default()
         };
         last = publisher.publish(publication).await.map(|a| a.seq).unwrap_or(0);
     }

@@ -25,8 +25,7 @@
 //!     channel: "alerts".into(),
 //!     kind: "alert".into(),
 //!     data: serde_json::json!({"title": "Started"}),
-//!     key: None,
-//!     idempotency_key: None,
+//!     ..Default::default()
 //! }).await?;
 //! # let _ = app; Ok(()) }
 //! ```

@@ -145,6 +145,7 @@ async fn every_bad_input_gets_its_documented_answer_and_nobody_else_notices() {
                 data: json!(n),
                 key: None,
                 idempotency_key: None,
+                ..Default::default()
             };
             hub.publish(new).await.unwrap();
             tokio::select! {

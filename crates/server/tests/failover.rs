@@ -115,6 +115,7 @@ async fn sigkill_of_a_node_loses_nothing() {
                 data: serde_json::json!(n),
                 key: None,
                 idempotency_key: None,
+                ..Default::default()
             };
             assert_eq!(hub.publish(new).await.unwrap().seq, n);
             tokio::time::sleep(Duration::from_millis(3)).await;
@@ -171,6 +172,7 @@ async fn sigterm_under_load_every_client_reconnects_elsewhere_and_loses_nothing(
                 data: serde_json::json!(n),
                 key: None,
                 idempotency_key: None,
+                ..Default::default()
             };
             hub.publish(new).await.unwrap();
             tokio::time::sleep(Duration::from_millis(4)).await;

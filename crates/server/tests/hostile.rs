@@ -104,6 +104,7 @@ async fn a_repeated_keyed_subscribe_queues_its_snapshot_once() {
             data: json!({"lp": lp}),
             key: Some(lp.into()),
             idempotency_key: None,
+            ..Default::default()
         };
         server.hub.publish(new).await.unwrap();
     }
@@ -139,6 +140,7 @@ async fn resubscribing_a_keyed_channel_again_and_again_hits_the_byte_budget() {
             data: json!({"pad": "x".repeat(600)}),
             key: Some(format!("k{key}")),
             idempotency_key: None,
+            ..Default::default()
         };
         server.hub.publish(new).await.unwrap();
     }
@@ -469,6 +471,7 @@ fn keyed(channel: &str, key: &str, data: serde_json::Value) -> tidewire_protocol
         data,
         key: Some(key.into()),
         idempotency_key: None,
+        ..Default::default()
     }
 }
 
@@ -529,6 +532,7 @@ async fn the_node_holds_at_most_max_node_channels() {
             data: json!(1),
             key: None,
             idempotency_key: None,
+            ..Default::default()
         })
         .await;
     assert_eq!(refused.unwrap_err().code, tidewire_protocol::ErrorCode::TooManyChannels);
@@ -548,6 +552,7 @@ async fn channels_nobody_touches_are_swept() {
             data: json!(i),
             key: None,
             idempotency_key: None,
+            ..Default::default()
         };
         server.hub.publish(new).await.unwrap();
     }
@@ -572,6 +577,7 @@ async fn publish_limiters_of_quiet_channels_are_swept() {
             data: json!(i),
             key: None,
             idempotency_key: None,
+            ..Default::default()
         };
         server.hub.publish(new).await.unwrap();
     }
@@ -600,6 +606,7 @@ async fn a_replay_larger_than_half_the_queue_is_not_attempted() {
             data: json!({"i": i, "pad": "x".repeat(2000)}),
             key: None,
             idempotency_key: None,
+            ..Default::default()
         };
         server.hub.publish(new).await.unwrap();
     }

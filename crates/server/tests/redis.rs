@@ -69,6 +69,7 @@ async fn publish(server: &TestServer, channel: &str, n: u64, key: Option<&str>) 
             data: json!(n),
             key: key.map(Into::into),
             idempotency_key: None,
+            ..Default::default()
         })
         .await
         .expect("publish")
@@ -268,6 +269,7 @@ async fn redis_down_means_503_and_clients_stay_then_everything_resumes() {
                 data: json!(5),
                 key: None,
                 idempotency_key: None,
+                ..Default::default()
             })
             .await
         {
@@ -462,6 +464,7 @@ async fn keys_per_channel_are_capped_in_redis() {
         data,
         key: Some(key.into()),
         idempotency_key: None,
+        ..Default::default()
     };
     for key in ["a", "b", "c"] {
         server.hub.publish(keyed(key, json!(1))).await.unwrap();
@@ -499,6 +502,7 @@ async fn idempotency_keys_hold_across_nodes_and_expire() {
         data: json!(1),
         key: None,
         idempotency_key: Some(key.into()),
+        ..Default::default()
     };
     let first = a.hub.publish(once("k1")).await.unwrap();
     let again = b.hub.publish(once("k1")).await.unwrap();
@@ -534,6 +538,7 @@ async fn one_subscription_start_at_a_time_per_connection_and_channel() {
             data: json!({"pad": "x".repeat(300)}),
             key: Some(format!("k{key}")),
             idempotency_key: None,
+            ..Default::default()
         };
         server.hub.publish(new).await.unwrap();
     }
@@ -575,6 +580,7 @@ async fn snapshots_end_with_a_marker_on_every_node() {
             data: json!({ "n": n }),
             key: Some(key.into()),
             idempotency_key: None,
+            ..Default::default()
         };
         a.hub.publish(new).await.unwrap();
     }
@@ -594,4 +600,71 @@ async fn snapshots_end_with_a_marker_on_every_node() {
     let void: Vec<(&str, u64)> =
         seen.iter().filter(|(_, c, _)| c == "void").map(|(k, _, seq)| (k.as_str(), *seq)).collect();
     assert_eq!(void, [("subscribed", 0), ("snapshot-end", 0)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_and_clears_change_the_table_in_redis() {
+    // In the publish script: a delete takes its key (and its bytes) out of the latest
+    // values, a clear empties them, and both reach every node's subscribers in order.
+    let url = shared_redis();
+    let prefix = unique_prefix("tables");
+    let node_a = TestServer::with({
+        let (url, prefix) = (url.clone(), prefix.clone());
+        move |c| {
+            c.redis_url = Some(url);
+            c.redis_prefix = prefix;
+            c.max_keys_per_channel = 2;
+        }
+    })
+    .await;
+    wait_ready(&node_a).await;
+    let b = node(&url, &prefix).await;
+    let row = |key: &str, op: tidewire_protocol::Op| tidewire_protocol::NewPublication {
+        channel: "lps".into(),
+        kind: "row".into(),
+        data: json!({ "key": key }),
+        key: (op != tidewire_protocol::Op::Clear).then(|| key.to_owned()),
+        op,
+        ..Default::default()
+    };
+    use tidewire_protocol::Op::{Clear, Delete, Upsert};
+    let mut watcher = subscriber(&b, "lps").await;
+    for (key, op) in [("A", Upsert), ("B", Upsert)] {
+        node_a.hub.publish(row(key, op)).await.unwrap();
+    }
+    let refused = node_a.hub.publish(row("C", Upsert)).await.unwrap_err();
+    assert_eq!(refused.code.as_str(), "TOO_MANY_KEYS");
+    node_a.hub.publish(row("A", Delete)).await.unwrap();
+    node_a.hub.publish(row("C", Upsert)).await.expect("the delete freed A's place");
+    let keys = |server: &TestServer| {
+        let server_url = server.url(&format!("token={}", token("u")));
+        async move {
+            let mut client = Client::connect(&server_url).await;
+            client.next().await;
+            client.send_value(json!({"action":"subscribe","channels":["lps"],"options":{"snapshotEnd":true}})).await;
+            let mut keys = Vec::new();
+            loop {
+                let m = client.next().await;
+                if m["type"] == "snapshot-end" {
+                    return keys;
+                }
+                if m["snapshot"] == true {
+                    keys.push(m["key"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+        }
+    };
+    assert_eq!(keys(&b).await, ["B", "C"]);
+    node_a.hub.publish(row("", Clear)).await.unwrap();
+    assert!(keys(&b).await.is_empty(), "cleared");
+    // The live subscriber on the other node saw every change, in order.
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let m = watcher.next().await;
+        if m["channel"] == "lps" && m["seq"].is_u64() && m["type"] == "row" {
+            seen.push((m["seq"].as_u64().unwrap(), m["op"].as_str().unwrap_or("upsert").to_owned()));
+        }
+    }
+    let ops: Vec<&str> = seen.iter().map(|(_, op)| op.as_str()).collect();
+    assert_eq!(ops, ["upsert", "upsert", "delete", "upsert", "clear"], "{seen:?}");
 }

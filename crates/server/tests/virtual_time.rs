@@ -62,8 +62,14 @@ impl Pair {
 
     async fn publish(&self, n: u64) {
         let data = serde_json::json!({ "n": n });
-        let new =
-            NewPublication { channel: "orders".into(), kind: "order".into(), data, key: None, idempotency_key: None };
+        let new = NewPublication {
+            channel: "orders".into(),
+            kind: "order".into(),
+            data,
+            key: None,
+            idempotency_key: None,
+            ..Default::default()
+        };
         self.hub.publish(new).await.expect("published");
     }
 

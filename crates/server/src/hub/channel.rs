@@ -10,8 +10,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidewire_protocol::EncodedMessage;
 use tidewire_protocol::batch::{Dropped, Outbound, Position};
+use tidewire_protocol::{EncodedMessage, Op};
 
 use super::outbox::Outbox;
 
@@ -150,7 +150,7 @@ impl Channel {
     }
 
     /// Records a publication at `head + 1` and fans it out; returns what the fan-out cost.
-    pub fn publish(&mut self, stored: Stored, history_size: usize) -> (usize, Dropped) {
+    pub fn publish(&mut self, stored: Stored, op: Op, history_size: usize) -> (usize, Dropped) {
         debug_assert_eq!(stored.seq(), self.head + 1);
         self.head = stored.seq();
         let mut dropped = Dropped::default();
@@ -159,11 +159,23 @@ impl Channel {
         }
         let delivered = self.subscribers.len();
         self.last_published = Some(stored.at);
-        if let Some(key) = stored.key() {
-            self.latest_bytes += stored.message().len();
-            if let Some(old) = self.latest.insert(key.clone(), stored.clone()) {
-                self.latest_bytes -= old.message().len();
+        match (op, stored.key()) {
+            (Op::Clear, _) => {
+                self.latest.clear();
+                self.latest_bytes = 0;
             }
+            (Op::Delete, Some(key)) => {
+                if let Some(old) = self.latest.remove(key) {
+                    self.latest_bytes -= old.message().len();
+                }
+            }
+            (Op::Upsert, Some(key)) => {
+                self.latest_bytes += stored.message().len();
+                if let Some(old) = self.latest.insert(key.clone(), stored.clone()) {
+                    self.latest_bytes -= old.message().len();
+                }
+            }
+            (_, None) => {}
         }
         if history_size > 0 {
             if self.history.len() >= history_size {

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
+use tidewire_protocol::Op;
 use tidewire_protocol::batch::Outbound;
 
 use super::channel::{Channel, Start, Stored};
@@ -86,7 +87,7 @@ impl MemoryEngine {
     fn publish_locked(&self, channel: &mut Channel, prepared: Prepared) -> Result<Accepted, PublishError> {
         let config = &self.shared.config;
         let now = self.shared.clock.now();
-        let Prepared { key, idempotency_key, template, .. } = prepared;
+        let Prepared { key, idempotency_key, op, template, .. } = prepared;
         if let Some(idempotency_key) = &idempotency_key {
             channel.expire_keys(now, config.idempotency_window);
             if let Some(seq) = channel.published_with(idempotency_key) {
@@ -96,7 +97,7 @@ impl MemoryEngine {
         let seq = channel.head + 1;
         let key: Option<Arc<str>> = key.as_deref().map(Into::into);
         let message = template.into_message(seq);
-        if let Some(key) = &key {
+        if let Some(key) = key.as_ref().filter(|_| op == Op::Upsert) {
             match channel.admits_latest(key, message.len(), config.max_keys_per_channel, self.shared.max_start_bytes())
             {
                 Ok(()) => {}
@@ -106,7 +107,7 @@ impl MemoryEngine {
         }
         channel.expire(now, config.history_ttl);
         let stored = Stored::new(&channel.name, seq, key, message, now);
-        let (delivered, dropped) = channel.publish(stored, config.history_size);
+        let (delivered, dropped) = channel.publish(stored, op, config.history_size);
         if let Some(idempotency_key) = &idempotency_key {
             channel.remember(idempotency_key, seq, now, config.idempotency_keys_per_channel);
         }

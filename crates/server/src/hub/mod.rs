@@ -26,7 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tidewire_protocol::channel::{ChannelError, validate};
 use tidewire_protocol::command::SubscribeOptions;
 use tidewire_protocol::message::validate_message_type;
-use tidewire_protocol::{CommandId, ErrorCode, NewPublication, StreamPosition, Timestamp};
+use tidewire_protocol::{CommandId, ErrorCode, NewPublication, Op, StreamPosition, Timestamp};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{KeyError, Verifier};
@@ -371,6 +371,15 @@ fn check_envelope(new: &NewPublication) -> Result<(), PublishError> {
     validate_message_type(&new.kind).map_err(|e| PublishError::new(ErrorCode::BadRequest, e.to_string()))?;
     if new.key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 255) {
         return Err(PublishError::new(ErrorCode::BadRequest, "key must be 1..=255 bytes"));
+    }
+    match (new.op, &new.key) {
+        (Op::Delete, None) => {
+            return Err(PublishError::new(ErrorCode::BadRequest, "op \"delete\" needs the key to delete"));
+        }
+        (Op::Clear, Some(_)) => {
+            return Err(PublishError::new(ErrorCode::BadRequest, "op \"clear\" empties every key and takes none"));
+        }
+        _ => {}
     }
     let max = tidewire_protocol::command::MAX_IDEMPOTENCY_KEY_BYTES;
     if new.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > max) {

@@ -6,7 +6,7 @@
 //! Redis engine hands the two halves to its publish script. Either way serialization
 //! never happens under a lock, and the size rule is written here once.
 
-use tidewire_protocol::{ErrorCode, NewPublication, Publication, PublicationTemplate};
+use tidewire_protocol::{ErrorCode, NewPublication, Op, Publication, PublicationTemplate};
 
 use super::{PublishError, now_timestamp};
 
@@ -25,6 +25,8 @@ pub struct Prepared {
     /// The latest-value key, if any.
     pub key: Option<String>,
     pub idempotency_key: Option<String>,
+    /// What it does to the channel's table of latest values.
+    pub op: Op,
     /// The message, stamped now, with its seq open.
     pub template: PublicationTemplate,
 }
@@ -33,15 +35,16 @@ impl Prepared {
     /// Stamps and serializes `new` (already validated by the hub); refuses it when the
     /// message would exceed `max_publication_bytes` plus the envelope's allowance.
     pub fn new(new: NewPublication, max_publication_bytes: usize) -> Result<Prepared, PublishError> {
-        let NewPublication { channel, kind, data, key, idempotency_key } = new;
-        let publication = Publication { kind, timestamp: now_timestamp(), channel, seq: 0, key, snapshot: false, data };
+        let NewPublication { channel, kind, data, key, idempotency_key, op } = new;
+        let timestamp = now_timestamp();
+        let publication = Publication { kind, timestamp, channel, seq: 0, key, op, snapshot: false, data };
         let template = PublicationTemplate::new(&publication)
             .map_err(|e| PublishError::new(ErrorCode::BadRequest, e.to_string()))?;
         let size = template.len(SEQ_DIGITS);
         if size > max_publication_bytes + ENVELOPE_ALLOWANCE {
             return Err(too_big(size - ENVELOPE_ALLOWANCE.min(size), max_publication_bytes));
         }
-        Ok(Prepared { channel: publication.channel, key: publication.key, idempotency_key, template })
+        Ok(Prepared { channel: publication.channel, key: publication.key, idempotency_key, op, template })
     }
 }
 
@@ -56,7 +59,14 @@ mod tests {
     use super::*;
 
     fn new(data: serde_json::Value) -> NewPublication {
-        NewPublication { channel: "c".into(), kind: "t".into(), data, key: Some("k".into()), idempotency_key: None }
+        NewPublication {
+            channel: "c".into(),
+            kind: "t".into(),
+            data,
+            key: Some("k".into()),
+            idempotency_key: None,
+            ..Default::default()
+        }
     }
 
     #[test]

@@ -275,6 +275,7 @@ pub async fn publish_many(hub: &Hub, channel: &str, count: usize) {
             data: serde_json::json!({"i": i}),
             key: None,
             idempotency_key: None,
+            ..Default::default()
         })
         .await
         .expect("publish");

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use redis::aio::ConnectionManager;
-use tidewire_protocol::{ErrorCode, StreamPosition};
+use tidewire_protocol::{ErrorCode, Op, StreamPosition};
 use tokio::sync::{mpsc, oneshot};
 
 use super::engine::{Engine, Reply, Shared, SubscribeRequest};
@@ -132,7 +132,7 @@ impl EngineInner {
 
     async fn publish(&self, prepared: Prepared) -> Result<Accepted, PublishError> {
         let config = &self.shared.config;
-        let Prepared { channel, key, idempotency_key, template } = prepared;
+        let Prepared { channel, key, idempotency_key, op, template } = prepared;
         let key = key.unwrap_or_default();
         let keys = Keys::new(&self.prefix, &channel);
         let mut conn = self.conn.clone();
@@ -158,6 +158,11 @@ impl EngineInner {
             .arg(idempotency_key.as_deref().unwrap_or_default())
             .arg(Self::ttl_ms(config.idempotency_window))
             .arg(config.idempotency_keys_per_channel.max(1))
+            .arg(match op {
+                Op::Upsert => "",
+                Op::Delete => "delete",
+                Op::Clear => "clear",
+            })
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.unavailable(&e))?;

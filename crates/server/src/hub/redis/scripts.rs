@@ -63,10 +63,14 @@ impl Keys {
 /// starts a new stream at seq 1, clearing what an older one may have left (a stream that
 /// outlived its seq would refuse the new ids).
 ///
+/// A `delete` takes its key out of the latest values (and their byte count), a `clear`
+/// empties them; both are numbered, kept in history and published like any other.
+///
 /// KEYS: seq, hist, latest, lbytes, epoch, idem, idemt. ARGV: message prefix, message
 /// suffix, key (`''` for none), history length, history TTL (ms), a fresh epoch, the
 /// pub/sub channel, channel TTL (ms), max keys, max latest bytes, idempotency key
-/// (`''` for none), idempotency window (ms), max idempotency keys.
+/// (`''` for none), idempotency window (ms), max idempotency keys, op (`''` for an
+/// upsert, `delete`, `clear`).
 pub const PUBLISH: &str = r#"
 local ikey = ARGV[11]
 local now = 0
@@ -90,7 +94,17 @@ end
 local msg = ARGV[1] .. seq .. ARGV[2]
 local key = ARGV[3]
 local ttl = ARGV[8]
-if key ~= '' then
+local op = ARGV[14]
+if op == 'clear' then
+  redis.call('DEL', KEYS[3])
+  redis.call('SET', KEYS[4], 0, 'PX', ttl)
+elseif key ~= '' and op == 'delete' then
+  local old = redis.call('HSTRLEN', KEYS[3], key)
+  if old > 0 then
+    redis.call('HDEL', KEYS[3], key)
+    redis.call('SET', KEYS[4], tonumber(redis.call('GET', KEYS[4]) or '0') - old, 'PX', ttl)
+  end
+elseif key ~= '' then
   local entry = seq .. '\n' .. msg
   local old = redis.call('HSTRLEN', KEYS[3], key)
   if old == 0 and redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[9]) then return {0, 'keys'} end
