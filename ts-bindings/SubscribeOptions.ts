@@ -9,4 +9,14 @@ export type SubscribeOptions = {
 /**
  * Mark the end of the subscription's snapshot with `snapshot-end`.
  */
-snapshotEnd?: boolean, };
+snapshotEnd?: boolean, 
+/**
+ * Only publications of these message types (at most
+ * [`MAX_FILTER_TYPES`](crate::filter::MAX_FILTER_TYPES)); see [`crate::filter`].
+ */
+types?: Array<string>, 
+/**
+ * Only keyed publications with these keys (at most
+ * [`MAX_FILTER_KEYS`](crate::filter::MAX_FILTER_KEYS)); unkeyed ones pass.
+ */
+keys?: Array<string>, };

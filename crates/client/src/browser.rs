@@ -32,7 +32,7 @@ use web_sys::{CloseEvent, MessageEvent, WebSocket};
 
 use crate::core::{
     Action, ClientConfig, ClientCore, ClientError, ConnectionState, Event, OutgoingPublish, StopReason,
-    SubscriptionEvent, TokenError, TransportId,
+    SubscriptionEvent, SubscriptionOptions, TokenError, TransportId,
 };
 
 #[wasm_bindgen(typescript_custom_section)]
@@ -100,6 +100,14 @@ export interface TidewireStats {
 }
 
 export type MessageHandler<M = Publication> = (message: M) => void;
+
+/** What the server filters for a subscription: only these message types, only these
+ *  keys (unkeyed publications pass a key filter). The first subscribe of a channel sets
+ *  them until it is left. */
+export interface TidewireSubscribeOptions {
+  types?: string[];
+  keys?: string[];
+}
 "#;
 
 #[wasm_bindgen]
@@ -116,6 +124,17 @@ extern "C" {
     pub type EventListener;
     #[wasm_bindgen(typescript_type = "TidewireStats")]
     pub type Stats;
+    #[wasm_bindgen(typescript_type = "TidewireSubscribeOptions")]
+    pub type SubscribeOptions;
+}
+
+/// A list of strings from an options object (`None` when absent or not an array).
+fn string_list(object: &JsValue, field: &str) -> Option<Vec<String>> {
+    let value = Reflect::get(object, &field.into()).ok()?;
+    if !js_sys::Array::is_array(&value) {
+        return None;
+    }
+    Some(js_sys::Array::from(&value).iter().filter_map(|v| v.as_string()).collect())
 }
 
 struct Socket {
@@ -260,12 +279,14 @@ impl TidewireClient {
     }
 
     /// Subscribes `handler` to a channel; `onEvent` (optional) hears the subscription's
-    /// lifecycle. Snapshot messages (`snapshot: true`) reach the handler first.
+    /// lifecycle; `options` (optional) filters it on the server. Snapshot messages
+    /// (`snapshot: true`) reach the handler first.
     pub fn subscribe(
         &self,
         channel: String,
         handler: Handler,
         on_event: Option<EventListener>,
+        options: Option<SubscribeOptions>,
     ) -> TidewireSubscription {
         let first = {
             let mut inner = self.inner.borrow_mut();
@@ -280,7 +301,11 @@ impl TidewireClient {
             (listeners.len() == 1, id)
         };
         if first.0 {
-            feed(&self.inner, Event::Subscribe { channel: channel.clone() });
+            let options = options.map(JsValue::from).map_or_else(Default::default, |o| SubscriptionOptions {
+                types: string_list(&o, "types"),
+                keys: string_list(&o, "keys"),
+            });
+            feed(&self.inner, Event::SubscribeWith { channel: channel.clone(), options });
         }
         TidewireSubscription { inner: Rc::downgrade(&self.inner), channel, id: first.1 }
     }

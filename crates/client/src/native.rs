@@ -35,7 +35,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::core::{
     Action, ClientConfig, ClientCore, ClientError, ConnectionState, Delivery, Event, OutgoingPublish, StopReason,
-    SubscriptionEvent, TokenError, TransportId,
+    SubscriptionEvent, SubscriptionOptions, TokenError, TransportId,
 };
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -106,7 +106,7 @@ pub struct Status {
 }
 
 enum Request {
-    Subscribe { channel: String, handle: u64, sender: mpsc::UnboundedSender<Item> },
+    Subscribe { channel: String, handle: u64, sender: mpsc::UnboundedSender<Item>, options: SubscriptionOptions },
     Unsubscribe { channel: String, handle: u64 },
     Publish(NewPublication),
     Close,
@@ -170,10 +170,15 @@ impl Client {
 
     /// Subscribes to a channel; every handle for the channel gets every message.
     pub fn subscribe(&self, channel: impl Into<String>) -> Subscription {
+        self.subscribe_with(channel, SubscriptionOptions::default())
+    }
+
+    /// Subscribes with a server-side filter (the channel's first subscribe sets it).
+    pub fn subscribe_with(&self, channel: impl Into<String>, options: SubscriptionOptions) -> Subscription {
         let channel = channel.into();
         let handle = self.next_handle.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (sender, receiver) = mpsc::unbounded_channel();
-        let _ = self.requests.send(Request::Subscribe { channel: channel.clone(), handle, sender });
+        let _ = self.requests.send(Request::Subscribe { channel: channel.clone(), handle, sender, options });
         Subscription { channel, handle, receiver, requests: self.requests.clone() }
     }
 
@@ -311,11 +316,11 @@ impl Driver {
 
     fn on_request(&mut self, request: Request) {
         match request {
-            Request::Subscribe { channel, handle, sender } => {
+            Request::Subscribe { channel, handle, sender, options } => {
                 let handlers = self.handlers.entry(channel.clone()).or_default();
                 handlers.push((handle, sender));
                 if handlers.len() == 1 {
-                    self.handle(Event::Subscribe { channel });
+                    self.handle(Event::SubscribeWith { channel, options });
                 }
             }
             Request::Unsubscribe { channel, handle } => {

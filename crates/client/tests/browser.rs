@@ -127,7 +127,7 @@ async fn connects_subscribes_and_receives_batched_typed_frames() {
     let client = client(&[]).await;
     client.on_state(recorder.state_listener());
     let channel = channel_name("routing");
-    let _sub = client.subscribe(channel.clone(), recorder.handler(), Some(recorder.event_listener()));
+    let _sub = client.subscribe(channel.clone(), recorder.handler(), Some(recorder.event_listener()), None);
     eventually(5000, "subscribed", || !recorder.subscribed_events().is_empty()).await;
     assert_eq!(recorder.subscribed_events(), vec![None]);
 
@@ -157,7 +157,7 @@ async fn reconnects_after_a_server_restart_and_recovers_everything() {
     let client = client(&[]).await;
     client.on_state(recorder.state_listener());
     let channel = channel_name("restart");
-    let _sub = client.subscribe(channel.clone(), recorder.handler(), Some(recorder.event_listener()));
+    let _sub = client.subscribe(channel.clone(), recorder.handler(), Some(recorder.event_listener()), None);
     eventually(5000, "subscribed", || !recorder.subscribed_events().is_empty()).await;
     // A fresh channel holds no latest values: its (empty) snapshot ends at once.
     eventually(5000, "snapshot-end", || recorder.event_types().iter().any(|t| t == "snapshot-end")).await;
@@ -221,7 +221,7 @@ async fn token_provider_and_unsubscribe() {
     let recorder = Recorder::new();
     let client = client(&[("getToken", get_token), ("token", JsValue::UNDEFINED)]).await;
     let channel = channel_name("provider");
-    let sub = client.subscribe(channel.clone(), recorder.handler(), Some(recorder.event_listener()));
+    let sub = client.subscribe(channel.clone(), recorder.handler(), Some(recorder.event_listener()), None);
     eventually(5000, "subscribed", || !recorder.subscribed_events().is_empty()).await;
     assert_eq!(*calls.borrow(), 1, "the provider was asked before connecting");
     control(&format!("/publish?channel={channel}&count=3")).await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tidewire_client::core::{
     Action, ClientConfig, ClientCore, ClientError, ConnectionState, Event, OutgoingPublish, StopReason,
-    SubscriptionEvent, SubscriptionState, TokenError, TransportId,
+    SubscriptionEvent, SubscriptionOptions, SubscriptionState, TokenError, TransportId,
 };
 use tidewire_protocol::NewPublication;
 
@@ -825,6 +825,58 @@ fn the_end_of_a_snapshot_is_reported_once_the_table_is_complete() {
     let late =
         h.take().into_iter().any(|a| matches!(a, Action::Subscription { event: SubscriptionEvent::SnapshotEnd, .. }));
     assert!(!late);
+}
+
+#[test]
+fn a_filtered_subscription_takes_seq_jumps_as_filtered_and_recovers_only_on_a_notice() {
+    let mut h = Harness::new(|_| {});
+    let options = SubscriptionOptions { types: Some(vec!["lp".into()]), keys: None };
+    h.event(Event::SubscribeWith { channel: "desk".into(), options });
+    let t = h.connect();
+    let sent = h.sent();
+    assert_eq!(sent[0]["options"], json!({"snapshotEnd": true, "types": ["lp"]}), "the filter goes out");
+    h.subscribed(t, "desk", 0, None);
+    h.publish(t, "desk", [1, 4, 9]);
+    assert_eq!(h.delivered(), [1, 4, 9], "jumps over filtered seqs are no gaps");
+    assert!(h.sent().is_empty(), "nothing to recover");
+    // A real loss is still announced, and recovered with the filter.
+    h.frame(t, json!([{"type":"gap","timestamp":TS,"channel":"desk","from":10,"to":12,"reason":"overflow"}]));
+    let sent = h.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        (sent[0]["since"]["desk"]["seq"].as_u64(), sent[0]["options"]["types"].clone()),
+        (Some(9), json!(["lp"]))
+    );
+}
+
+#[test]
+fn a_filter_too_large_for_the_server_is_refused_here() {
+    let mut h = Harness::new(|_| {});
+    // Within the protocol's count (256), over the server's 4 KiB message limit.
+    let keys: Vec<String> = (0..200).map(|i| format!("a-rather-long-instrument-key-{i:04}")).collect();
+    h.event(Event::SubscribeWith {
+        channel: "desk".into(),
+        options: SubscriptionOptions { types: None, keys: Some(keys) },
+    });
+    h.connect();
+    let actions = h.take();
+    assert!(!actions.iter().any(|a| matches!(a, Action::Send { text, .. } if text.contains("subscribe"))));
+    let refused = actions.iter().any(|a| match a {
+        Action::Subscription { event: SubscriptionEvent::Refused { code, .. }, .. } => code.as_str() == "BAD_REQUEST",
+        _ => false,
+    });
+    assert!(refused, "{actions:?}");
+    assert_eq!(h.core.subscription_state("desk"), SubscriptionState::Unsubscribed);
+    // A filter the protocol refuses is refused before it is sent, with the reason.
+    h.event(Event::SubscribeWith {
+        channel: "other".into(),
+        options: SubscriptionOptions { types: Some(vec![]), keys: None },
+    });
+    let refusal = h.take().into_iter().find_map(|a| match a {
+        Action::Subscription { event: SubscriptionEvent::Refused { message, .. }, .. } => Some(message),
+        _ => None,
+    });
+    assert!(refusal.is_some_and(|m| m.contains("at least one")));
 }
 
 #[test]

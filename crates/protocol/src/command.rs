@@ -110,7 +110,7 @@ pub struct Subscribe {
 /// What a subscription asks of its delivery. Every field is optional and off by
 /// default, so a client that sends none sees what clients always saw; an unknown field
 /// is refused (BAD_REQUEST) rather than silently ignored.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SubscribeOptions {
@@ -118,6 +118,23 @@ pub struct SubscribeOptions {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     #[cfg_attr(feature = "ts", ts(as = "Option<bool>", optional))]
     pub snapshot_end: bool,
+    /// Only publications of these message types (at most
+    /// [`MAX_FILTER_TYPES`](crate::filter::MAX_FILTER_TYPES)); see [`crate::filter`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub types: Option<Vec<String>>,
+    /// Only keyed publications with these keys (at most
+    /// [`MAX_FILTER_KEYS`](crate::filter::MAX_FILTER_KEYS)); unkeyed ones pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub keys: Option<Vec<String>>,
+}
+
+impl SubscribeOptions {
+    /// The filter these options ask for (`None`: everything), or why it is refused.
+    pub fn filter(&self) -> Result<Option<crate::filter::Filter>, crate::filter::FilterError> {
+        crate::filter::Filter::new(self.types.as_deref(), self.keys.as_deref())
+    }
 }
 
 /// Stop receiving channels.

@@ -30,6 +30,7 @@ pub mod codec;
 pub mod command;
 pub mod error_code;
 pub mod event;
+pub mod filter;
 pub mod message;
 pub mod timestamp;
 

@@ -77,7 +77,9 @@ fn command() -> impl Strategy<Value = Command> {
             command_id(),
             channels(),
             prop::option::of(prop::collection::btree_map(channel_name(), stream_position(), 0..3)),
-            prop::option::of(any::<bool>().prop_map(|snapshot_end| SubscribeOptions { snapshot_end })),
+            prop::option::of(
+                any::<bool>().prop_map(|snapshot_end| SubscribeOptions { snapshot_end, ..Default::default() })
+            ),
         )
             .prop_map(|(id, channels, since, options)| Command::Subscribe(Subscribe {
                 id,

@@ -230,6 +230,12 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_MAX_KEYS_PER_CHANNEL", default_value_t = 1000)]
     pub max_keys_per_channel: usize,
 
+    /// Bytes the subscription filters (`options.types` and `options.keys`) of one
+    /// connection may hold, all its channels together; a subscribe beyond it is refused
+    /// (TOO_MANY_KEYS).
+    #[arg(long, env = "TIDEWIRE_MAX_FILTER_BYTES", default_value_t = 64 * 1024)]
+    pub max_filter_bytes: usize,
+
     /// How long a channel's state (its head seq, epoch and latest values) outlives its
     /// last publication. After it, the channel starts again (a new epoch); in memory, a
     /// channel is kept while it has subscribers.

@@ -668,3 +668,41 @@ async fn deletes_and_clears_change_the_table_in_redis() {
     let ops: Vec<&str> = seen.iter().map(|(_, op)| op.as_str()).collect();
     assert_eq!(ops, ["upsert", "upsert", "delete", "upsert", "clear"], "{seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_apply_to_the_snapshot_the_replay_and_live_fan_out_on_another_node() {
+    // The channel's actor filters what Redis gives it: the snapshot's latest values, a
+    // replay's texts (which carry no key but their own) and live pub/sub deliveries.
+    let url = shared_redis();
+    let prefix = unique_prefix("filters");
+    let (a, b) = (node(&url, &prefix).await, node(&url, &prefix).await);
+    let row = |kind: &str, key: &str| tidewire_protocol::NewPublication {
+        channel: "desk".into(),
+        kind: kind.into(),
+        data: json!({}),
+        key: Some(key.into()),
+        ..Default::default()
+    };
+    for (kind, key) in [("lp", "A"), ("lp", "B"), ("alert", "C")] {
+        a.hub.publish(row(kind, key)).await.unwrap();
+    }
+    let mut client = b.client("u").await;
+    client.next().await;
+    let options = json!({"snapshotEnd": true, "types": ["lp"], "keys": ["A"]});
+    client.send_value(json!({"action":"subscribe","channels":["desk"],"options":options})).await;
+    let subscribed = client.expect_type("subscribed").await;
+    let first = client.next().await;
+    assert_eq!((first["seq"].as_u64(), first["snapshot"].as_bool()), (Some(1), Some(true)), "only lp A: {first}");
+    assert_eq!(client.next().await["type"], "snapshot-end");
+    for (kind, key) in [("lp", "B"), ("alert", "A"), ("lp", "A")] {
+        a.hub.publish(row(kind, key)).await.unwrap(); // 4, 5, 6
+    }
+    assert_eq!(client.next().await["seq"], 6, "4 and 5 filtered out");
+    // A replay from seq 1 holds only what the filter admits (6), not 2..5.
+    let mut back = b.client("u").await;
+    back.next().await;
+    let since = json!({"desk": {"seq": 1, "epoch": subscribed["epoch"]}});
+    back.send_value(json!({"action":"subscribe","channels":["desk"],"since":since,"options":options})).await;
+    assert_eq!(back.expect_type("subscribed").await["recovered"], true);
+    assert_eq!(back.next().await["seq"], 6);
+}

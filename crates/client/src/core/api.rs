@@ -210,10 +210,31 @@ pub enum Event {
     Subscribe {
         channel: String,
     },
+    /// Subscribe with a server-side filter. The options of a channel's first subscribe
+    /// hold until the app leaves it.
+    SubscribeWith {
+        channel: String,
+        options: SubscriptionOptions,
+    },
     Unsubscribe {
         channel: String,
     },
     Publish(OutgoingPublish),
+}
+
+/// What a subscription asks the server to filter: only these message types, only these
+/// keys (unkeyed publications pass a key filter). `None`: no restriction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscriptionOptions {
+    pub types: Option<Vec<String>>,
+    pub keys: Option<Vec<String>>,
+}
+
+impl SubscriptionOptions {
+    /// Whether the server filters this subscription (its seqs then skip what it excludes).
+    pub fn is_filtered(&self) -> bool {
+        self.types.is_some() || self.keys.is_some()
+    }
 }
 
 /// A publish, already encoded as its command, with what the offline queue needs to

@@ -40,7 +40,7 @@ use tidewire_protocol::{CloseCode, Command, CommandId, StreamPosition};
 
 pub use api::{
     Action, ClientConfig, ClientError, ConnectionState, Delivery, Event, OutgoingPublish, StopReason,
-    SubscriptionEvent, TokenError, TransportId,
+    SubscriptionEvent, SubscriptionOptions, TokenError, TransportId,
 };
 pub use backoff::{Backoff, Jitter};
 use link::Link;
@@ -185,7 +185,8 @@ impl ClientCore {
             Event::TransportClosed { transport, code, reason } => self.on_transport_closed(transport, code, reason),
             Event::Frame { transport, text } => self.on_frame(transport, &text),
             Event::Token(result) => self.on_token(result),
-            Event::Subscribe { channel } => self.on_subscribe(channel),
+            Event::Subscribe { channel } => self.on_subscribe(channel, SubscriptionOptions::default()),
+            Event::SubscribeWith { channel, options } => self.on_subscribe(channel, options),
             Event::Unsubscribe { channel } => self.on_unsubscribe(&channel),
             Event::Publish(publication) => self.on_publish(publication),
         }

@@ -9,23 +9,30 @@
 use std::collections::BTreeMap;
 
 use tidewire_protocol::command::{Subscribe, SubscribeOptions, Unsubscribe};
-use tidewire_protocol::{Command, StreamPosition};
+use tidewire_protocol::{Command, ErrorCode, StreamPosition};
 
 use super::link::Link;
 use super::subscription::{Step, Subscription};
-use super::{Action, ClientCore, SubscriptionEvent, TransportId};
+use super::{Action, ClientCore, SubscriptionEvent, SubscriptionOptions, TransportId};
 
 /// Room in a resubscribe command for its id, its options and the JSON around the lists.
 const FRAME_ROOM: usize = 128;
 
-/// What every subscription of this client asks for: the end of its snapshot marked, so
-/// the app can tell a complete table from one still filling.
-const OPTIONS: Option<SubscribeOptions> = Some(SubscribeOptions { snapshot_end: true });
+/// A subscription's options on the wire: the end of its snapshot always marked (so the
+/// app can tell a complete table from one still filling), and its filter.
+fn command_options(options: &SubscriptionOptions) -> SubscribeOptions {
+    SubscribeOptions { snapshot_end: true, types: options.types.clone(), keys: options.keys.clone() }
+}
 
 impl ClientCore {
-    pub(super) fn on_subscribe(&mut self, channel: String) {
+    pub(super) fn on_subscribe(&mut self, channel: String, options: SubscriptionOptions) {
+        // A filter the protocol refuses would be refused by the server: say so now.
+        if let Err(error) = command_options(&options).filter() {
+            let event = SubscriptionEvent::Refused { code: ErrorCode::BadRequest, message: error.to_string() };
+            return self.push(Action::Subscription { channel, event });
+        }
         let subscription = self.subscriptions.entry(channel.clone()).or_insert_with(Subscription::new);
-        if subscription.want() {
+        if subscription.want(options) {
             self.push(Action::Subscription { channel: channel.clone(), event: SubscriptionEvent::Subscribing });
         }
         self.reconcile(&channel);
@@ -59,6 +66,7 @@ impl ClientCore {
         };
         let paused = self.paused;
         let Some(subscription) = self.subscriptions.get_mut(channel) else { return };
+        let options = Some(command_options(subscription.options()));
         let command = match subscription.step(paused) {
             Step::Subscribe(position) => {
                 let since = position.map(|p| BTreeMap::from([(channel.to_owned(), p)]));
@@ -66,7 +74,7 @@ impl ClientCore {
                     id: Some(self.id()),
                     channels: vec![channel.to_owned()],
                     since,
-                    options: OPTIONS,
+                    options,
                 })
             }
             Step::Unsubscribe => {
@@ -78,24 +86,34 @@ impl ClientCore {
             }
             Step::Wait => return,
         };
-        self.send(transport, &command);
+        self.send_for(transport, channel, &command);
+    }
+
+    /// Sends a command about one channel, unless it exceeds the server's message limit
+    /// (a filter can make it that large; the server would close the connection for it):
+    /// then the channel is refused here, with the reason.
+    fn send_for(&mut self, transport: TransportId, channel: &str, command: &Command) {
+        let Ok(text) = serde_json::to_string(command) else { return };
+        let max = self.limits.max_message_bytes;
+        if text.len() <= max {
+            return self.push(Action::Send { transport, text });
+        }
+        if let Some(subscription) = self.subscriptions.get_mut(channel) {
+            subscription.refuse();
+        }
+        let message = format!("the subscribe command is {} bytes with its filter; the server takes {max}", text.len());
+        let event = SubscriptionEvent::Refused { code: ErrorCode::BadRequest, message };
+        self.push(Action::Subscription { channel: channel.to_owned(), event });
     }
 
     /// Resubscribes with `since` on the live connection to fill a gap.
     pub(super) fn recover(&mut self, transport: TransportId, channel: &str) {
         let Some(subscription) = self.subscriptions.get_mut(channel) else { return };
+        let options = Some(command_options(subscription.options()));
         let Some(position) = subscription.begin_recovery() else { return };
         let since = position.map(|p| BTreeMap::from([(channel.to_owned(), p)]));
-        let id = self.id();
-        self.send(
-            transport,
-            &Command::Subscribe(Subscribe {
-                id: Some(id),
-                channels: vec![channel.to_owned()],
-                since,
-                options: OPTIONS,
-            }),
-        );
+        let (id, channels) = (Some(self.id()), vec![channel.to_owned()]);
+        self.send_for(transport, channel, &Command::Subscribe(Subscribe { id, channels, since, options }));
     }
 
     /// Re-sends the subscribes, unsubscribes (and recoveries) the server may have
@@ -118,9 +136,15 @@ impl ClientCore {
     pub(super) fn resubscribe_all(&mut self, transport: TransportId) {
         let paused = self.paused;
         let mut wanted: Vec<(String, Option<StreamPosition>)> = Vec::new();
+        let mut filtered: Vec<(String, Option<StreamPosition>, SubscriptionOptions)> = Vec::new();
         let mut forget = Vec::new();
         for (channel, subscription) in &mut self.subscriptions {
+            let options = subscription.options().clone();
             match subscription.step(paused) {
+                // A filter is the command's: a filtered channel goes in a command of its own.
+                Step::Subscribe(position) if options.is_filtered() => {
+                    filtered.push((channel.clone(), position, options))
+                }
                 Step::Subscribe(position) => wanted.push((channel.clone(), position)),
                 Step::Forget => forget.push(channel.clone()),
                 // Nothing is in flight on a new link.
@@ -154,6 +178,13 @@ impl ClientCore {
         if !batch.is_empty() {
             self.send_subscribe(transport, batch);
         }
+        filtered.sort_by(|a, b| a.0.cmp(&b.0));
+        for (channel, position, options) in filtered {
+            let since = position.map(|p| BTreeMap::from([(channel.clone(), p)]));
+            let (id, channels) = (Some(self.id()), vec![channel.clone()]);
+            let options = Some(command_options(&options));
+            self.send_for(transport, &channel, &Command::Subscribe(Subscribe { id, channels, since, options }));
+        }
     }
 
     fn send_subscribe(&mut self, transport: TransportId, channels: Vec<(String, Option<StreamPosition>)>) {
@@ -167,7 +198,8 @@ impl ClientCore {
         }
         let id = self.id();
         let since = (!since.is_empty()).then_some(since);
-        self.send(transport, &Command::Subscribe(Subscribe { id: Some(id), channels: names, since, options: OPTIONS }));
+        let options = Some(command_options(&SubscriptionOptions::default()));
+        self.send(transport, &Command::Subscribe(Subscribe { id: Some(id), channels: names, since, options }));
     }
 
     /// Tells the app which subscriptions are being restored (after a link ended).

@@ -9,6 +9,8 @@
 
 use tidewire_protocol::StreamPosition;
 
+use super::api::SubscriptionOptions;
+
 /// The server's side of a subscription, as far as this client knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ServerSide {
@@ -46,6 +48,8 @@ pub struct Subscription {
     /// The server refused the channel (FORBIDDEN, INVALID_CHANNEL, TOO_MANY_CHANNELS):
     /// not retried until the app subscribes again.
     refused: bool,
+    /// The server-side filter asked for (kept until the app leaves the channel).
+    options: SubscriptionOptions,
 }
 
 /// What to do with a publication's seq.
@@ -96,7 +100,13 @@ impl Subscription {
             recovering: false,
             skipped: Vec::new(),
             refused: false,
+            options: SubscriptionOptions::default(),
         }
+    }
+
+    /// The server-side filter this subscription asks for.
+    pub fn options(&self) -> &SubscriptionOptions {
+        &self.options
     }
 
     /// Whether the app wants the channel (refused or not).
@@ -138,8 +148,12 @@ impl Subscription {
     // ---- the app ----------------------------------------------------------------
 
     /// The app subscribes (again): a refusal is forgotten. Returns whether it was not
-    /// wanted before (so the app is told it is subscribing).
-    pub fn want(&mut self) -> bool {
+    /// wanted before (so the app is told it is subscribing). A channel not wanted until
+    /// now takes `options`; a wanted one keeps its own.
+    pub fn want(&mut self, options: SubscriptionOptions) -> bool {
+        if !self.wanted {
+            self.options = options;
+        }
         let was_wanted = self.wanted && !self.refused;
         self.wanted = true;
         self.refused = false;
@@ -252,7 +266,9 @@ impl Subscription {
         if seq <= last {
             return Arrival::Duplicate;
         }
-        if seq == last + 1 || self.covered(last + 1, seq - 1) {
+        // A filtered subscription skips what its filter excludes: a jump is no loss
+        // (the server announces real ones with gap notices).
+        if seq == last + 1 || self.options.is_filtered() || self.covered(last + 1, seq - 1) {
             return Arrival::Next;
         }
         Arrival::Gap
@@ -293,7 +309,7 @@ mod tests {
 
     fn at(seq: u64) -> Subscription {
         let mut sub = Subscription::new();
-        sub.want();
+        sub.want(SubscriptionOptions::default());
         sub.position = Some(StreamPosition { seq, epoch: Some("e".into()) });
         sub
     }

@@ -64,39 +64,62 @@ pub struct Session {
     flood: FloodWindow,
 }
 
-/// The channels a connection is subscribed to: a list, not a hash set, because a
-/// connection has a few (at most `--max-channels`, 128 by default) and a set's table
-/// costs most idle connections more memory than their one or two entries.
+/// The channels a connection is subscribed to, each with the bytes its filter holds: a
+/// list, not a hash set, because a connection has a few (at most `--max-channels`, 128
+/// by default) and a set's table costs most idle connections more memory than their one
+/// or two entries.
 #[derive(Debug, Default)]
-pub struct Subscriptions(Vec<Arc<str>>);
+pub struct Subscriptions {
+    channels: Vec<(Arc<str>, usize)>,
+    /// The filters' bytes, all channels together (bounded by `--max-filter-bytes`).
+    filter_bytes: usize,
+}
 
 impl Subscriptions {
     pub fn contains(&self, channel: &str) -> bool {
-        self.0.iter().any(|c| &**c == channel)
+        self.channels.iter().any(|(c, _)| &**c == channel)
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.channels.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.channels.is_empty()
     }
 
-    /// Adds a channel that is not in the list yet.
-    pub fn insert(&mut self, channel: &str) {
-        if !self.contains(channel) {
-            self.0.push(channel.into());
+    /// The filter bytes held if `channel` had a filter of `bytes` (replacing its own).
+    pub fn filter_bytes_with(&self, channel: &str, bytes: usize) -> usize {
+        let own = self.channels.iter().find(|(c, _)| &**c == channel).map_or(0, |(_, b)| *b);
+        self.filter_bytes - own + bytes
+    }
+
+    /// Adds a channel, or replaces its filter's byte count.
+    pub fn insert(&mut self, channel: &str, filter_bytes: usize) {
+        self.filter_bytes = self.filter_bytes_with(channel, filter_bytes);
+        match self.channels.iter_mut().find(|(c, _)| &**c == channel) {
+            Some(entry) => entry.1 = filter_bytes,
+            None => self.channels.push((channel.into(), filter_bytes)),
         }
     }
 
     /// Removes a channel; false when it was not there.
     pub fn remove(&mut self, channel: &str) -> bool {
-        let Some(index) = self.0.iter().position(|c| &**c == channel) else {
+        let Some(index) = self.channels.iter().position(|(c, _)| &**c == channel) else {
             return false;
         };
-        self.0.swap_remove(index);
+        let (_, bytes) = self.channels.swap_remove(index);
+        self.filter_bytes -= bytes;
         true
+    }
+
+    fn names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.channels.iter().map(|(c, _)| c)
+    }
+
+    fn take(&mut self) -> Vec<Arc<str>> {
+        self.filter_bytes = 0;
+        std::mem::take(&mut self.channels).into_iter().map(|(c, _)| c).collect()
     }
 }
 
@@ -326,8 +349,7 @@ impl Session {
     /// The subscribed channels the current grant no longer allows.
     pub fn channels_not_granted(&self) -> Vec<String> {
         self.subscriptions
-            .0
-            .iter()
+            .names()
             .filter(|c| self.grant.subscribe_access(c) != Access::Allowed)
             .map(|c| c.to_string())
             .collect()
@@ -335,7 +357,7 @@ impl Session {
 
     /// Leaves every channel (on disconnect).
     pub fn leave_all(&mut self) {
-        for channel in std::mem::take(&mut self.subscriptions.0) {
+        for channel in self.subscriptions.take() {
             self.hub.unsubscribe(self.slot.id, &channel, None);
         }
     }

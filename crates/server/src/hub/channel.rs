@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tidewire_protocol::batch::{Dropped, Outbound, Position};
+use tidewire_protocol::filter::Filter;
 use tidewire_protocol::{EncodedMessage, Op};
 
 use super::outbox::Outbox;
@@ -41,6 +42,21 @@ impl Stored {
     }
 }
 
+/// A local subscriber: where its messages go, and what it lets through.
+#[derive(Debug)]
+struct Subscriber {
+    outbox: Arc<Outbox>,
+    filter: Option<Arc<Filter>>,
+}
+
+/// Whether `filter` (none: everything) lets `outbound` through.
+pub fn admits(filter: Option<&Filter>, outbound: &Outbound) -> bool {
+    filter.is_none_or(|f| {
+        let key = outbound.position().and_then(|p| p.key.as_deref());
+        f.admits_encoded(outbound.message().as_str(), key)
+    })
+}
+
 /// How a subscription starts.
 #[derive(Debug)]
 pub enum Start {
@@ -61,7 +77,7 @@ pub struct Channel {
     latest_bytes: usize,
     /// When the last publication was accepted.
     last_published: Option<Instant>,
-    subscribers: HashMap<u64, Arc<Outbox>>,
+    subscribers: HashMap<u64, Subscriber>,
     /// Idempotency keys of recent publications, oldest first, and their seqs.
     recent: VecDeque<(Arc<str>, u64, Instant)>,
     recent_seqs: HashMap<Arc<str>, u64>,
@@ -154,10 +170,14 @@ impl Channel {
         debug_assert_eq!(stored.seq(), self.head + 1);
         self.head = stored.seq();
         let mut dropped = Dropped::default();
-        for outbox in self.subscribers.values() {
-            dropped.add(outbox.push(stored.outbound.clone()));
+        let mut delivered = 0;
+        for subscriber in self.subscribers.values() {
+            if subscriber.filter.is_some() && !admits(subscriber.filter.as_deref(), &stored.outbound) {
+                continue;
+            }
+            dropped.add(subscriber.outbox.push(stored.outbound.clone()));
+            delivered += 1;
         }
-        let delivered = self.subscribers.len();
         self.last_published = Some(stored.at);
         match (op, stored.key()) {
             (Op::Clear, _) => {
@@ -195,7 +215,7 @@ impl Channel {
 
     /// Whether `since` (a seq in this channel's current epoch) can be recovered with at
     /// most `max` messages of at most `max_bytes` in all, and if so the messages.
-    pub fn recover(&self, since: u64, max: usize, max_bytes: usize) -> Option<Vec<Outbound>> {
+    pub fn recover(&self, since: u64, max: usize, max_bytes: usize, filter: Option<&Filter>) -> Option<Vec<Outbound>> {
         if since > self.head {
             return None;
         }
@@ -215,18 +235,21 @@ impl Channel {
         if bytes > max_bytes {
             return None;
         }
-        Some(self.history.iter().skip(skip).map(|s| s.outbound.clone()).collect())
+        let replay = self.history.iter().skip(skip).map(|s| &s.outbound);
+        Some(replay.filter(|o| admits(filter, o)).cloned().collect())
     }
 
-    /// The latest value per key, oldest first, marked as snapshot messages.
-    pub fn snapshot(&self) -> Vec<EncodedMessage> {
-        let mut latest: Vec<&Stored> = self.latest.values().collect();
+    /// The latest value per key that `filter` lets through, oldest first, marked as
+    /// snapshot messages.
+    pub fn snapshot(&self, filter: Option<&Filter>) -> Vec<EncodedMessage> {
+        let mut latest: Vec<&Stored> = self.latest.values().filter(|s| admits(filter, &s.outbound)).collect();
         latest.sort_by_key(|s| s.seq());
         latest.into_iter().map(|s| s.message().marked_as_snapshot()).collect()
     }
 
-    pub fn add(&mut self, connection: u64, outbox: Arc<Outbox>) -> bool {
-        self.subscribers.insert(connection, outbox).is_none()
+    /// Adds (or, with a new filter, replaces) a subscriber; true when it is new.
+    pub fn add(&mut self, connection: u64, outbox: Arc<Outbox>, filter: Option<Arc<Filter>>) -> bool {
+        self.subscribers.insert(connection, Subscriber { outbox, filter }).is_none()
     }
 
     pub fn remove(&mut self, connection: u64) -> bool {

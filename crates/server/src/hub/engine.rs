@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use tidewire_protocol::batch::{Dropped, Outbound};
+use tidewire_protocol::filter::Filter;
 use tidewire_protocol::message::{SnapshotEnd, Subscribed};
 use tidewire_protocol::{CommandId, Control, EncodedMessage, ErrorCode, ServerMessage, StreamPosition};
 
@@ -94,6 +95,8 @@ pub struct SubscribeRequest {
     pub id: Option<CommandId>,
     /// Mark the end of a snapshot start with `snapshot-end`.
     pub snapshot_end: bool,
+    /// Only what this admits reaches the subscriber (its start included).
+    pub filter: Option<Arc<Filter>>,
 }
 
 /// A reply to queue once an unsubscribe took effect (after anything the engine still

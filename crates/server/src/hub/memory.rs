@@ -119,16 +119,17 @@ impl MemoryEngine {
     /// Queues `subscribed`, then the recovered publications or the keyed snapshot, then
     /// registers the subscriber, all under the channel's lock.
     fn subscribe_locked(&self, channel: &mut Channel, request: SubscribeRequest) {
-        let SubscribeRequest { connection, outbox, since, id, snapshot_end: mark_end, .. } = request;
+        let SubscribeRequest { connection, outbox, since, id, snapshot_end: mark_end, filter, .. } = request;
         channel.expire(self.shared.clock.now(), self.shared.config.history_ttl);
         let start = match &since {
             Some(position) if position.epoch.as_deref().is_none_or(|e| e == &*channel.epoch) => {
-                match channel.recover(position.seq, self.shared.max_recovery(), self.shared.max_start_bytes()) {
+                let (max, max_bytes) = (self.shared.max_recovery(), self.shared.max_start_bytes());
+                match channel.recover(position.seq, max, max_bytes, filter.as_deref()) {
                     Some(replay) => Start::Recovered(replay),
-                    None => Start::Snapshot(channel.snapshot()),
+                    None => Start::Snapshot(channel.snapshot(filter.as_deref())),
                 }
             }
-            _ => Start::Snapshot(channel.snapshot()),
+            _ => Start::Snapshot(channel.snapshot(filter.as_deref())),
         };
         let recovered = since.map(|_| matches!(start, Start::Recovered(_)));
         let subscribed = subscribed(id, &channel.name, channel.head, &channel.epoch, recovered);
@@ -144,7 +145,7 @@ impl MemoryEngine {
         }
         let dropped = outbox.push_all(outbounds);
         self.shared.count_drops(dropped);
-        if channel.add(connection, outbox) {
+        if channel.add(connection, outbox, filter) {
             self.shared.metrics.subscriptions.inc();
         }
     }

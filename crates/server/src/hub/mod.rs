@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tidewire_protocol::channel::{ChannelError, validate};
-use tidewire_protocol::command::SubscribeOptions;
+use tidewire_protocol::filter::Filter;
 use tidewire_protocol::message::validate_message_type;
 use tidewire_protocol::{CommandId, ErrorCode, NewPublication, Op, StreamPosition, Timestamp};
 use tokio_util::sync::CancellationToken;
@@ -113,6 +113,16 @@ struct Inner {
     publish_limits: Vec<governor::DefaultKeyedRateLimiter<Arc<str>>>,
     /// Whether the sweeping task runs.
     sweeping: AtomicBool,
+}
+
+/// How a subscription starts: where from, the command it answers, and what it asked
+/// for (the end of its snapshot marked, a filter).
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeStart<'a> {
+    pub since: Option<&'a StreamPosition>,
+    pub id: Option<CommandId>,
+    pub snapshot_end: bool,
+    pub filter: Option<Arc<Filter>>,
 }
 
 /// How often the node forgets what expired: idle channels, history past its TTL, and
@@ -334,17 +344,16 @@ impl Hub {
         connection: u64,
         outbox: &Arc<Outbox>,
         channel: &str,
-        since: Option<&StreamPosition>,
-        id: Option<CommandId>,
-        options: SubscribeOptions,
+        start: SubscribeStart<'_>,
     ) -> Result<(), PublishError> {
         self.inner.engine.subscribe(SubscribeRequest {
             connection,
             outbox: outbox.clone(),
             channel: channel.to_owned(),
-            since: since.cloned(),
-            id,
-            snapshot_end: options.snapshot_end,
+            since: start.since.cloned(),
+            id: start.id,
+            snapshot_end: start.snapshot_end,
+            filter: start.filter,
         })
     }
 

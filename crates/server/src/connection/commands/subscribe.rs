@@ -1,16 +1,31 @@
 //! `subscribe`: join channels, each checked on its own. A forbidden or invalid channel
 //! gets an `error` naming it while the others in the same command still succeed.
-//! Subscribing to a channel already joined answers `subscribed` again with the current
-//! head and changes nothing. A command names at most `--max-channels` distinct channels
-//! (repeats count once).
+//! Subscribing to a channel already joined starts it again (`subscribed`, then its
+//! snapshot or replay) with the new command's options. A command names at most `--max-channels` distinct channels
+//! (repeats count once). Its options apply to every channel it names; a filter that
+//! breaks a rule refuses the whole command (BAD_REQUEST), and the filters of one
+//! connection hold at most `--max-filter-bytes` (TOO_MANY_KEYS for the channel beyond).
+
+use std::sync::Arc;
 
 use tidewire_protocol::ErrorCode;
 use tidewire_protocol::command::Subscribe;
 
 use crate::connection::session::{Next, Session};
+use crate::hub::SubscribeStart;
 
 pub fn apply(session: &mut Session, command: Subscribe) -> Next {
     let max = session.hub.config().max_channels;
+    let options = command.options.unwrap_or_default();
+    let filter = match options.filter() {
+        Ok(filter) => filter.map(Arc::new),
+        Err(error) => {
+            session.send_error(command.id, ErrorCode::BadRequest, error.to_string(), None);
+            return Next::Continue;
+        }
+    };
+    let filter_bytes = filter.as_ref().map_or(0, |f| f.bytes());
+    let max_filter_bytes = session.hub.config().max_filter_bytes;
     let Some(channels) = super::distinct_channels(session, command.id.as_ref(), command.channels) else {
         return Next::Continue;
     };
@@ -34,15 +49,24 @@ pub fn apply(session: &mut Session, command: Subscribe) -> Next {
             );
             continue;
         }
+        if session.subscriptions.filter_bytes_with(channel, filter_bytes) > max_filter_bytes {
+            session.send_error(
+                id,
+                ErrorCode::TooManyKeys,
+                format!("this connection's filters would hold more than {max_filter_bytes} bytes (--max-filter-bytes)"),
+                Some(channel),
+            );
+            continue;
+        }
         let since = command.since.as_ref().and_then(|since| since.get(channel));
-        let options = command.options.unwrap_or_default();
-        let subscribed = session.hub.subscribe(session.id(), &session.outbox, channel, since, id.clone(), options);
-        if let Err(refused) = subscribed {
+        let start =
+            SubscribeStart { since, id: id.clone(), snapshot_end: options.snapshot_end, filter: filter.clone() };
+        if let Err(refused) = session.hub.subscribe(session.id(), &session.outbox, channel, start) {
             session.send_error(id, refused.code, refused.message, Some(channel));
             continue;
         }
+        session.subscriptions.insert(channel, filter_bytes);
         if !already {
-            session.subscriptions.insert(channel);
             tracing::debug!(connection = session.id(), user = %session.grant.user, %channel, "subscribed");
         }
     }

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tidewire_protocol::batch::{Outbound, Position};
+use tidewire_protocol::filter::{Filter, publication_key};
 use tidewire_protocol::message::{GapNotice, GapReason};
 use tidewire_protocol::{Control, EncodedMessage, PublicationTemplate};
 use tokio::sync::{mpsc, oneshot};
@@ -60,8 +61,9 @@ where
 pub struct Actor {
     engine: Arc<EngineInner>,
     channel: Arc<str>,
-    /// Local subscribers and the seq after which each receives live publications.
-    subscribers: HashMap<u64, (Arc<Outbox>, u64)>,
+    /// Local subscribers, the seq after which each receives live publications, and its
+    /// filter.
+    subscribers: HashMap<u64, Local>,
     /// `None` until the first start is read; `Some("")` while the channel has no state.
     epoch: Option<Arc<str>>,
     /// Last seq fanned out (or known to be before every local subscriber's start).
@@ -134,6 +136,9 @@ impl Actor {
         if start.recovered {
             let first = start.head + 1 - start.texts.len() as u64;
             for (i, text) in start.texts.into_iter().enumerate() {
+                if !admits_text(request.filter.as_deref(), &text, None) {
+                    continue;
+                }
                 let message = PublicationTemplate::message_from_text(text);
                 let position = Position { channel: self.channel.clone(), seq: first + i as u64, key: None };
                 outbounds.push(Outbound::publication(message, position));
@@ -146,6 +151,9 @@ impl Actor {
                 .collect();
             latest.sort_by_key(|(seq, _)| *seq);
             for (_, text) in latest {
+                if !admits_text(request.filter.as_deref(), &text, None) {
+                    continue;
+                }
                 let message = PublicationTemplate::message_from_text(text).marked_as_snapshot();
                 outbounds.push(Outbound::snapshot(message));
             }
@@ -155,7 +163,7 @@ impl Actor {
         }
         let dropped = request.outbox.push_all(outbounds);
         self.engine.shared.count_drops(dropped);
-        self.subscribers.insert(request.connection, (request.outbox, start.head));
+        self.subscribers.insert(request.connection, (request.outbox, start.head, request.filter));
     }
 
     async fn deliver(&mut self, delivered: Delivered) {
@@ -182,8 +190,9 @@ impl Actor {
     fn fan_out(&mut self, seq: u64, key: Option<Arc<str>>, message: EncodedMessage) {
         let outbound = Outbound::publication(message, Position { channel: self.channel.clone(), seq, key });
         let mut delivered = 0;
-        for (outbox, start) in self.subscribers.values() {
-            if seq > *start {
+        for (outbox, start, filter) in self.subscribers.values() {
+            let key = outbound.position().and_then(|p| p.key.as_deref());
+            if seq > *start && admits_text(filter.as_deref(), outbound.message().as_str(), key) {
                 let dropped = outbox.push(outbound.clone());
                 self.engine.shared.count_drops(dropped);
                 delivered += 1;
@@ -208,7 +217,7 @@ impl Actor {
                     to,
                     "publications missed while disconnected are gone; announcing a gap"
                 );
-                for (outbox, start) in self.subscribers.values() {
+                for (outbox, start, _) in self.subscribers.values() {
                     let first = from.max(start + 1);
                     if first > to {
                         continue;
@@ -270,7 +279,7 @@ impl Actor {
 
     /// Re-announces every local subscription with a new epoch.
     fn announce(&mut self, epoch: &Arc<str>, head: u64, recovered: bool) {
-        for (outbox, start) in self.subscribers.values_mut() {
+        for (outbox, start, _) in self.subscribers.values_mut() {
             outbox.push(Outbound::control(subscribed(None, &self.channel, head, epoch, Some(recovered))));
             *start = head;
         }
@@ -293,5 +302,20 @@ impl Actor {
         self.announce(&epoch, head, false);
         self.epoch = Some(epoch);
         self.head = head;
+    }
+}
+
+/// A local subscriber: its outbox, the seq after which it receives live publications,
+/// and its filter.
+type Local = (Arc<Outbox>, u64, Option<Arc<Filter>>);
+
+/// Whether `filter` lets the publication `text` through; its key, when the caller does
+/// not have it (replays and stream fills carry none), is read from the text only for a
+/// filter that looks at keys.
+fn admits_text(filter: Option<&Filter>, text: &str, key: Option<&str>) -> bool {
+    let Some(filter) = filter else { return true };
+    match key {
+        None if filter.has_keys() => filter.admits_encoded(text, publication_key(text).as_deref()),
+        key => filter.admits_encoded(text, key),
     }
 }
