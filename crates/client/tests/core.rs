@@ -858,7 +858,7 @@ fn a_filter_too_large_for_the_server_is_refused_here() {
         channel: "desk".into(),
         options: SubscriptionOptions { types: None, keys: Some(keys) },
     });
-    h.connect();
+    let t = h.connect();
     let actions = h.take();
     assert!(!actions.iter().any(|a| matches!(a, Action::Send { text, .. } if text.contains("subscribe"))));
     let refused = actions.iter().any(|a| match a {
@@ -867,16 +867,19 @@ fn a_filter_too_large_for_the_server_is_refused_here() {
     });
     assert!(refused, "{actions:?}");
     assert_eq!(h.core.subscription_state("desk"), SubscriptionState::Unsubscribed);
-    // A filter the protocol refuses is refused before it is sent, with the reason.
-    h.event(Event::SubscribeWith {
-        channel: "other".into(),
-        options: SubscriptionOptions { types: Some(vec![]), keys: None },
-    });
+    // A filter the server refuses (naming the channel) is reported and not retried.
+    let options = SubscriptionOptions { types: Some(vec![]), keys: None };
+    h.event(Event::SubscribeWith { channel: "other".into(), options });
+    assert_eq!(h.sent().len(), 1);
+    let error = json!({"type":"error","timestamp":TS,"code":"BAD_REQUEST","message":"at least one","channel":"other"});
+    h.frame(t, json!([error]));
     let refusal = h.take().into_iter().find_map(|a| match a {
         Action::Subscription { event: SubscriptionEvent::Refused { message, .. }, .. } => Some(message),
         _ => None,
     });
     assert!(refusal.is_some_and(|m| m.contains("at least one")));
+    h.advance(Duration::from_secs(5));
+    assert!(h.sent().is_empty(), "not retried");
 }
 
 #[test]

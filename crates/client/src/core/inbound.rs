@@ -189,7 +189,16 @@ impl ClientCore {
                 self.publishes.acknowledged(id);
             }
         }
-        let refusal = matches!(code, ErrorCode::Forbidden | ErrorCode::InvalidChannel | ErrorCode::TooManyChannels);
+        // BAD_REQUEST names a channel only for a subscribe's options (a filter the
+        // server refuses): retrying the same subscribe would be refused again.
+        let refusal = matches!(
+            code,
+            ErrorCode::Forbidden
+                | ErrorCode::InvalidChannel
+                | ErrorCode::TooManyChannels
+                | ErrorCode::TooManyKeys
+                | ErrorCode::BadRequest
+        );
         if let Some(name) = channel.as_deref().filter(|_| refusal) {
             if let Some(subscription) = self.subscriptions.get_mut(name).filter(|s| s.awaits_subscribe()) {
                 subscription.refuse();

@@ -26,11 +26,6 @@ fn command_options(options: &SubscriptionOptions) -> SubscribeOptions {
 
 impl ClientCore {
     pub(super) fn on_subscribe(&mut self, channel: String, options: SubscriptionOptions) {
-        // A filter the protocol refuses would be refused by the server: say so now.
-        if let Err(error) = command_options(&options).filter() {
-            let event = SubscriptionEvent::Refused { code: ErrorCode::BadRequest, message: error.to_string() };
-            return self.push(Action::Subscription { channel, event });
-        }
         let subscription = self.subscriptions.entry(channel.clone()).or_insert_with(Subscription::new);
         if subscription.want(options) {
             self.push(Action::Subscription { channel: channel.clone(), event: SubscriptionEvent::Subscribing });
@@ -101,7 +96,7 @@ impl ClientCore {
         if let Some(subscription) = self.subscriptions.get_mut(channel) {
             subscription.refuse();
         }
-        let message = format!("the subscribe command is {} bytes with its filter; the server takes {max}", text.len());
+        let message = "the subscribe command with its filter exceeds the server's maxMessageBytes".to_owned();
         let event = SubscriptionEvent::Refused { code: ErrorCode::BadRequest, message };
         self.push(Action::Subscription { channel: channel.to_owned(), event });
     }
@@ -136,15 +131,13 @@ impl ClientCore {
     pub(super) fn resubscribe_all(&mut self, transport: TransportId) {
         let paused = self.paused;
         let mut wanted: Vec<(String, Option<StreamPosition>)> = Vec::new();
-        let mut filtered: Vec<(String, Option<StreamPosition>, SubscriptionOptions)> = Vec::new();
+        let mut filtered: Vec<(String, Option<StreamPosition>)> = Vec::new();
         let mut forget = Vec::new();
         for (channel, subscription) in &mut self.subscriptions {
-            let options = subscription.options().clone();
+            let is_filtered = subscription.options().is_filtered();
             match subscription.step(paused) {
                 // A filter is the command's: a filtered channel goes in a command of its own.
-                Step::Subscribe(position) if options.is_filtered() => {
-                    filtered.push((channel.clone(), position, options))
-                }
+                Step::Subscribe(position) if is_filtered => filtered.push((channel.clone(), position)),
                 Step::Subscribe(position) => wanted.push((channel.clone(), position)),
                 Step::Forget => forget.push(channel.clone()),
                 // Nothing is in flight on a new link.
@@ -179,10 +172,11 @@ impl ClientCore {
             self.send_subscribe(transport, batch);
         }
         filtered.sort_by(|a, b| a.0.cmp(&b.0));
-        for (channel, position, options) in filtered {
+        for (channel, position) in filtered {
+            let Some(subscription) = self.subscriptions.get(&channel) else { continue };
+            let options = Some(command_options(subscription.options()));
             let since = position.map(|p| BTreeMap::from([(channel.clone(), p)]));
             let (id, channels) = (Some(self.id()), vec![channel.clone()]);
-            let options = Some(command_options(&options));
             self.send_for(transport, &channel, &Command::Subscribe(Subscribe { id, channels, since, options }));
         }
     }

@@ -17,18 +17,22 @@ use crate::hub::SubscribeStart;
 pub fn apply(session: &mut Session, command: Subscribe) -> Next {
     let max = session.hub.config().max_channels;
     let options = command.options.unwrap_or_default();
+    let Some(channels) = super::distinct_channels(session, command.id.as_ref(), command.channels) else {
+        return Next::Continue;
+    };
     let filter = match options.filter() {
         Ok(filter) => filter.map(Arc::new),
         Err(error) => {
-            session.send_error(command.id, ErrorCode::BadRequest, error.to_string(), None);
+            // Each channel is told (so a client can tell which subscription was refused);
+            // there are at most --max-channels of them.
+            for channel in &channels {
+                session.send_error(command.id.clone(), ErrorCode::BadRequest, error.to_string(), Some(channel));
+            }
             return Next::Continue;
         }
     };
     let filter_bytes = filter.as_ref().map_or(0, |f| f.bytes());
     let max_filter_bytes = session.hub.config().max_filter_bytes;
-    let Some(channels) = super::distinct_channels(session, command.id.as_ref(), command.channels) else {
-        return Next::Continue;
-    };
     for channel in &channels {
         let id = command.id.clone();
         if let Err(refused) = session.grant.check_subscribe(channel) {
