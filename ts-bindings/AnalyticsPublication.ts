@@ -2,6 +2,7 @@
 import type { Alert } from "./Alert";
 import type { ExposureChange } from "./ExposureChange";
 import type { LpMetrics } from "./LpMetrics";
+import type { Op } from "./Op";
 import type { RoutingDecision } from "./RoutingDecision";
 import type { Timestamp } from "./Timestamp";
 
@@ -9,4 +10,8 @@ import type { Timestamp } from "./Timestamp";
  * A publication whose `type` and `data` are a catalogue event: what a typed consumer
  * of the analytics channels handles.
  */
-export type AnalyticsPublication = { timestamp: Timestamp, channel: string, seq: number, key?: string, snapshot?: boolean, } & ({ "type": "routing-decision", "data": RoutingDecision } | { "type": "lp-metrics", "data": LpMetrics } | { "type": "exposure-change", "data": ExposureChange } | { "type": "alert", "data": Alert });
+export type AnalyticsPublication = { timestamp: Timestamp, channel: string, seq: number, key?: string, 
+/**
+ * `delete`: the key left the channel's table (the event is its last value).
+ */
+op?: Op, snapshot?: boolean, } & ({ "type": "routing-decision", "data": RoutingDecision } | { "type": "lp-metrics", "data": LpMetrics } | { "type": "exposure-change", "data": ExposureChange } | { "type": "alert", "data": Alert });

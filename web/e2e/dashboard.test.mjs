@@ -87,10 +87,36 @@ test("the dashboard fills, counts, and survives a server restart", { timeout: 12
     // Counters rise.
     const before = await count(page, "routing");
     await routingCountAbove(page, before + 100);
+    // The status bar's rates are per second: wait for a second that saw the traffic.
+    await page.waitForFunction(
+      () => Number(document.querySelector('[data-testid="msgs"]')?.textContent?.replace(/,/g, "") ?? 0) > 100,
+      null,
+      { timeout: 15_000 },
+    );
     const rate = Number((await text(page, "msgs")).replace(/,/g, ""));
     assert.ok(rate > 100, `status bar shows ${rate} msg/s`);
     const batch = Number(await text(page, "batch"));
     assert.ok(batch > 1, `messages arrive batched (${batch} per frame)`);
+
+    // An LP leaves the desk: its row goes, and a fresh page (whose snapshot is complete)
+    // shows the same table; it comes back when relisted.
+    const rows = (p) => p.locator('[data-testid="lp-rows"] tr').count();
+    const lpNames = (p) => p.locator('[data-testid="lp-rows"] tr td:first-child').allTextContents();
+    const listing = (action) => fetch(`http://127.0.0.1:${port}/demo/${action}?lp=Jump`, { method: "POST" });
+    assert.equal((await listing("delist")).status, 204);
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid="lp-rows"] tr').length === 5, null, { timeout: 10_000 });
+    assert.ok(!(await lpNames(page)).includes("Jump"), "the delisted row is gone");
+    const fresh = await browser.newPage();
+    await fresh.goto(`http://127.0.0.1:${port}/`);
+    await fresh.waitForFunction(() => document.querySelector('[data-testid="lps"]')?.dataset.complete === "true", null, { timeout: 30_000 });
+    assert.deepEqual(await lpNames(fresh), await lpNames(page), "a fresh page reaches the same table");
+    assert.equal((await listing("relist")).status, 204);
+    for (const p of [page, fresh]) {
+      await p.waitForFunction(() => document.querySelectorAll('[data-testid="lp-rows"] tr').length === 6, null, { timeout: 10_000 });
+    }
+    assert.equal((await fetch(`http://127.0.0.1:${port}/demo/delist?lp=Nobody`, { method: "POST" })).status, 404);
+    await fresh.close();
+    assert.equal(await rows(page), 6);
 
     // The server restarts: reconnecting, then connected, then data again.
     demo.child.kill("SIGTERM");

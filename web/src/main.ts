@@ -17,6 +17,12 @@ const exposure = new ExposurePanel();
 const alerts = new AlertsPanel();
 
 function handle(message: AnalyticsPublication): void {
+  // Keyed tables lose rows: a delete takes its key out, a clear empties the table.
+  if (message.op === "clear" && message.channel === "lp-performance") return lps.clear();
+  if (message.op === "delete") {
+    if (message.type === "lp-metrics" && message.key) lps.remove(message.key);
+    return;
+  }
   switch (message.type) {
     case "routing-decision":
       routing.add(message.timestamp, message.data);
@@ -58,8 +64,13 @@ async function main(): Promise<void> {
   client.onError((error) => console.warn("tidewire", error.kind, error.code ?? "", error.message));
   for (const channel of ["routing-metrics", "lp-performance", "exposure-updates", "alerts"]) {
     client.subscribe(channel, handle, (event) => {
+      if (channel !== "lp-performance") return;
       // Not recoverable: forget keyed state; the snapshot that follows refills it.
-      if (event.type === "subscribed" && event.recovered === false && channel === "lp-performance") lps.clear();
+      if (event.type === "subscribed" && event.recovered === false) {
+        lps.clear();
+        lps.complete(false);
+      }
+      if (event.type === "snapshot-end") lps.complete(true);
     });
   }
 

@@ -25,9 +25,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use tidewire_protocol::Timestamp;
 use tidewire_protocol::event::Event;
 use tidewire_protocol::message::Publication;
+use tidewire_protocol::{Op, Timestamp};
 
 /// The catalogue's channel names.
 pub mod channels {
@@ -302,6 +302,10 @@ pub struct AnalyticsPublication {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", ts(optional))]
     pub key: Option<String>,
+    /// `delete`: the key left the channel's table (the event is its last value).
+    #[serde(default, skip_serializing_if = "Op::is_upsert")]
+    #[cfg_attr(feature = "ts", ts(as = "Option<Op>", optional))]
+    pub op: Op,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     #[cfg_attr(feature = "ts", ts(as = "Option<bool>", optional))]
     pub snapshot: bool,

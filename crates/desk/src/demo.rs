@@ -12,9 +12,13 @@
 //! - the book's exposure four times a second, driven by the B-Book flow, mean-reverting
 //!   towards flat, with its limit at 10 million;
 //! - alerts when exposure crosses 80 % and 95 % of the limit, when an LP disconnects or
-//!   recovers, and a routing summary every few seconds.
+//!   recovers, and a routing summary every few seconds;
+//! - LPs leave and rejoin the desk when told ([`Listing`], the demo's
+//!   `POST /demo/delist?lp=…` and `/demo/relist?lp=…`): a delisted LP's row is deleted
+//!   from the keyed table, so every dashboard drops it and a new one never sees it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tidewire_server::Hub;
@@ -33,6 +37,36 @@ const SYMBOLS: [(&str, f64); 6] = [
 ];
 const LPS: [&str; 6] = ["OANDA", "LMAX", "Citi", "HSBC", "Barclays", "Jump"];
 const EXPOSURE_LIMIT: f64 = 10_000_000.0;
+
+/// Which of the desk's LPs are delisted; shared by the demo's routes and its publisher.
+#[derive(Debug, Clone, Default)]
+pub struct Listing(Arc<Mutex<BTreeSet<String>>>);
+
+impl Listing {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes an LP off the desk; false for a name the desk does not have.
+    pub fn delist(&self, lp: &str) -> bool {
+        LPS.contains(&lp) && {
+            self.lock().insert(lp.to_owned());
+            true
+        }
+    }
+
+    /// Brings an LP back; false for a name the desk does not have.
+    pub fn relist(&self, lp: &str) -> bool {
+        LPS.contains(&lp) && {
+            self.lock().remove(lp);
+            true
+        }
+    }
+
+    fn is_listed(&self, lp: &str) -> bool {
+        !self.lock().contains(lp)
+    }
+}
 
 /// How long demo tokens live (the page refreshes them in band).
 pub const DEMO_TOKEN_TTL: Duration = Duration::from_secs(600);
@@ -53,10 +87,13 @@ struct Lp {
     reject_rate: f64,
     up_seconds: f64,
     total_seconds: f64,
+    /// On the desk as of the last metrics published.
+    listed: bool,
 }
 
 struct Market {
     rng: fastrand::Rng,
+    listing: Listing,
     lps: Vec<Lp>,
     by_symbol: BTreeMap<String, f64>,
     by_lp: BTreeMap<String, f64>,
@@ -65,7 +102,7 @@ struct Market {
 }
 
 impl Market {
-    fn new(seed: u64) -> Market {
+    fn new(seed: u64, listing: Listing) -> Market {
         let mut rng = fastrand::Rng::with_seed(seed);
         let lps = LPS
             .iter()
@@ -79,9 +116,10 @@ impl Market {
                 reject_rate: rng.f64() * 0.03,
                 up_seconds: 0.0,
                 total_seconds: 0.0,
+                listed: true,
             })
             .collect();
-        Market { rng, lps, by_symbol: BTreeMap::new(), by_lp: BTreeMap::new(), gross: 0.0, last_band: 0 }
+        Market { rng, listing, lps, by_symbol: BTreeMap::new(), by_lp: BTreeMap::new(), gross: 0.0, last_band: 0 }
     }
 
     async fn routing_decision(&mut self, publisher: &DeskPublisher) {
@@ -90,7 +128,9 @@ impl Market {
         let volume = (self.rng.f64().powi(3) * 990_000.0 + 10_000.0).round();
         // Large tickets go to an LP; small flow is internalised more often.
         let decision = if volume > 250_000.0 || self.rng.f64() < 0.35 { Book::ABook } else { Book::BBook };
-        let live: Vec<usize> = (0..self.lps.len()).filter(|&i| self.lps[i].status != LpStatus::Disconnected).collect();
+        let live: Vec<usize> = (0..self.lps.len())
+            .filter(|&i| self.lps[i].status != LpStatus::Disconnected && self.lps[i].listed)
+            .collect();
         let lp_index = if live.is_empty() { 0 } else { live[self.rng.usize(..live.len())] };
         let lp = &self.lps[lp_index];
         let execution = (lp.latency_ms * (0.6 + self.rng.f64() * 0.9)).round() as u64;
@@ -120,7 +160,25 @@ impl Market {
     async fn lp_metrics(&mut self, publisher: &DeskPublisher) {
         for i in 0..self.lps.len() {
             let roll = self.rng.f64();
+            let listed = self.listing.is_listed(self.lps[i].name);
             let lp = &mut self.lps[i];
+            if !listed {
+                if std::mem::replace(&mut lp.listed, false) {
+                    let last = LpMetrics {
+                        lp_name: lp.name.to_owned(),
+                        status: LpStatus::Disconnected,
+                        avg_spread: round6(lp.spread),
+                        execution_quality: 0.0,
+                        latency_ms: 0,
+                        quotes_per_second: 0,
+                        reject_rate: round3(lp.reject_rate),
+                        uptime: 0.0,
+                    };
+                    let _ = publisher.lp_delisted(&last).await;
+                }
+                continue;
+            }
+            lp.listed = true;
             let before = lp.status;
             lp.status = match lp.status {
                 LpStatus::Connected if roll < 0.01 => LpStatus::Disconnected,
@@ -244,10 +302,11 @@ fn round3(x: f64) -> f64 {
     (x * 1e3).round() / 1e3
 }
 
-/// Publishes the synthetic desk into `hub` until the hub drains.
-pub async fn run_publisher(hub: Hub, routing_per_second: u32) {
+/// Publishes the synthetic desk into `hub` until the hub drains; `listing` says which
+/// LPs are on the desk.
+pub async fn run_publisher(hub: Hub, routing_per_second: u32, listing: Listing) {
     let publisher = DeskPublisher::new(hub.publisher());
-    let mut market = Market::new(fastrand::u64(..));
+    let mut market = Market::new(fastrand::u64(..), listing);
     let shutdown = hub.shutdown_token();
     let tick = Duration::from_millis(10);
     let mut interval = tokio::time::interval(tick);
@@ -272,5 +331,21 @@ pub async fn run_publisher(hub: Hub, routing_per_second: u32) {
         if ticks % 100 == 0 {
             market.lp_metrics(&publisher).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listing_knows_the_desks_lps_only() {
+        let listing = Listing::default();
+        assert!(listing.is_listed("Jump"));
+        assert!(listing.delist("Jump"));
+        assert!(!listing.is_listed("Jump"));
+        assert!(!listing.delist("Nobody"), "an LP the desk does not have");
+        assert!(listing.relist("Jump"));
+        assert!(listing.is_listed("Jump"));
     }
 }

@@ -1,5 +1,6 @@
 //! `tidewire-desk`: the demo. A node with the synthetic desk publishing, the dashboard at
-//! `/` and a `/demo/token` endpoint handing the page short-lived read-only tokens.
+//! `/`, a `/demo/token` endpoint handing the page short-lived read-only tokens, and
+//! `POST /demo/delist?lp=…` / `/demo/relist?lp=…` to take an LP off the desk and back.
 //!
 //! It is the `tidewire` gateway with two additions, made through the embedding API any
 //! application would use ([`tidewire_server::process::run`]): a task publishing the
@@ -7,7 +8,13 @@
 
 use std::process::ExitCode;
 
+use std::collections::HashMap;
+use std::future::Ready;
+
+use axum::extract::Query;
+use axum::http::StatusCode;
 use clap::Parser;
+use tidewire_desk::demo::Listing;
 use tidewire_server::Config;
 
 /// The tidewire demo: a synthetic trading desk, the dashboard and dev tokens.
@@ -48,7 +55,8 @@ fn main() -> ExitCode {
         if warn_secret {
             tracing::warn!("demo: no --jwt-secret given, using the built-in demo secret (never do this in production)");
         }
-        tokio::spawn(tidewire_desk::demo::run_publisher(hub.clone(), rate));
+        let listing = Listing::default();
+        tokio::spawn(tidewire_desk::demo::run_publisher(hub.clone(), rate, listing.clone()));
         let token_secret = secret.clone();
         let app = app.route(
             "/demo/token",
@@ -60,6 +68,9 @@ fn main() -> ExitCode {
                 }
             }),
         );
+        let app = app
+            .route("/demo/delist", axum::routing::post(change_listing(listing.clone(), true)))
+            .route("/demo/relist", axum::routing::post(change_listing(listing, false)));
         let browse = addr.to_string().replace("0.0.0.0", "127.0.0.1");
         let token = tidewire_desk::demo::demo_token(&secret, "demo").unwrap_or_default();
         tracing::info!(rate, "demo publisher running");
@@ -68,4 +79,16 @@ fn main() -> ExitCode {
         );
         app
     })
+}
+
+/// The query of `/demo/delist` and `/demo/relist`.
+type LpQuery = Query<HashMap<String, String>>;
+
+/// `POST /demo/delist?lp=NAME` (or relist): 204, or 404 for an LP the desk does not have.
+fn change_listing(listing: Listing, delist: bool) -> impl Fn(LpQuery) -> Ready<StatusCode> + Clone + Send + 'static {
+    move |Query(query)| {
+        let lp = query.get("lp").map(String::as_str).unwrap_or_default();
+        let known = if delist { listing.delist(lp) } else { listing.relist(lp) };
+        std::future::ready(if known { StatusCode::NO_CONTENT } else { StatusCode::NOT_FOUND })
+    }
 }

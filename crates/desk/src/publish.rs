@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use tidewire_protocol::ErrorCode;
+use tidewire_protocol::{ErrorCode, Event, Op};
 use tidewire_server::Publisher;
 use tidewire_server::hub::{Accepted, PublishError, now_timestamp};
 
@@ -52,6 +52,15 @@ impl DeskPublisher {
     /// When an LP's status or metrics change (on `lp-performance`, keyed by LP).
     pub async fn lp_metrics(&self, metrics: &LpMetrics) -> Result<Accepted, PublishError> {
         self.publisher.publish_event(metrics).await
+    }
+
+    /// An LP leaves the desk: its row leaves `lp-performance`'s table (a delete that
+    /// carries its last metrics), so no dashboard shows it and new ones never see it.
+    pub async fn lp_delisted(&self, last: &LpMetrics) -> Result<Accepted, PublishError> {
+        let mut publication =
+            last.to_publication().map_err(|e| PublishError { code: ErrorCode::BadRequest, message: e.to_string() })?;
+        publication.op = Op::Delete;
+        self.publisher.publish(publication).await
     }
 
     /// When exposure changes (on `exposure-updates`); refused with BAD_REQUEST when a

@@ -1,5 +1,6 @@
 // LP performance: one row per LP, keyed by name. The keyed snapshot fills every row on
-// the first frame; later updates replace rows in place.
+// the first frame (`snapshot-end` says it is complete); later updates replace rows in
+// place, and a delete (an LP leaving the desk) removes its row.
 
 import type { LpMetrics } from "tidewire-client";
 import { byTestId, el, integer, pct, setText } from "../format";
@@ -15,9 +16,18 @@ export class LpPanel {
     this.dirty = true;
   }
 
+  remove(lpName: string): void {
+    this.dirty = this.lps.delete(lpName) || this.dirty;
+  }
+
   clear(): void {
     this.lps.clear();
     this.dirty = true;
+  }
+
+  /** Whether the table holds the whole snapshot (set on `snapshot-end`). */
+  complete(done: boolean): void {
+    this.root.dataset.complete = String(done);
   }
 
   render(): void {
