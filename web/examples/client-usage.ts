@@ -18,16 +18,23 @@ export async function start(url: string, fetchToken: () => Promise<string>): Pro
   client.onError((e) => console.warn(e.kind, e.code ?? "", e.message));
 
   const lps = new Map<string, AnalyticsPublication>();
+  let complete = false;
   const sub = client.subscribe(
     "lp-performance",
     (message: AnalyticsPublication) => {
-      if (message.type === "lp-metrics") lps.set(message.data.lpName, message);
+      if (message.op === "delete" && message.key) lps.delete(message.key); // the LP left the table
+      else if (message.op === "clear") lps.clear();
+      else if (message.type === "lp-metrics") lps.set(message.data.lpName, message);
     },
     (event: TidewireSubscriptionEvent) => {
       if (event.type === "subscribed" && event.recovered === false) lps.clear(); // reload: a snapshot follows
+      if (event.type === "snapshot-end") complete = true; // every row is in
     },
+    { keys: ["OANDA", "LMAX"] }, // only these rows, filtered by the server
   );
   client.publish("alerts", "alert", { title: "dashboard opened" });
+  client.publish("lp-performance", "lp-metrics", null, "Jump", "delete");
+  console.log(complete);
   const stats = client.stats();
   console.log(stats.frames, stats.messages, stats.recoveries, stats.reconnects, client.state);
   sub.unsubscribe();

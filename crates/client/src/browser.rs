@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 
 use js_sys::{Function, Object, Reflect};
+use tidewire_protocol::Op;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::{CloseEvent, MessageEvent, WebSocket};
@@ -310,14 +311,29 @@ impl TidewireClient {
         TidewireSubscription { inner: Rc::downgrade(&self.inner), channel, id: first.1 }
     }
 
-    /// Publishes `data` as a message of `type` on `channel` (queued while offline).
-    pub fn publish(&self, channel: String, kind: String, data: JsValue, key: Option<String>) -> Result<(), JsError> {
+    /// Publishes `data` as a message of `type` on `channel` (queued while offline);
+    /// `op` `"delete"` (with `key`) takes the key out of the channel's table, `"clear"`
+    /// empties it.
+    pub fn publish(
+        &self,
+        channel: String,
+        kind: String,
+        data: JsValue,
+        key: Option<String>,
+        op: Option<String>,
+    ) -> Result<(), JsError> {
+        let op = match op.as_deref() {
+            None | Some("upsert") => Op::Upsert,
+            Some("delete") => Op::Delete,
+            Some("clear") => Op::Clear,
+            Some(_) => return Err(JsError::new("op is \"upsert\", \"delete\" or \"clear\"")),
+        };
         // Stringified by the browser itself: no JSON tree is built in wasm.
         let json = js_sys::JSON::stringify(&data)
             .ok()
             .and_then(|j| j.as_string())
             .ok_or_else(|| JsError::new("data is not JSON-serializable"))?;
-        feed(&self.inner, Event::Publish(OutgoingPublish::from_json(channel, &kind, &json, key)));
+        feed(&self.inner, Event::Publish(OutgoingPublish::from_json(channel, &kind, &json, key, op)));
         Ok(())
     }
 

@@ -146,6 +146,15 @@ async fn connects_subscribes_and_receives_batched_typed_frames() {
         let typed: AnalyticsPublication = serde_json::from_str(&json).expect("a typed analytics publication");
         assert!(matches!(typed.event, AnalyticsEvent::RoutingDecision(ref d) if d.symbol == "EURUSD"));
     }
+
+    // The page deletes a row: the publication comes back with its op.
+    let row = js_sys::JSON::parse(r#"{"n":1}"#).unwrap();
+    client.publish(channel.clone(), "row".into(), row, Some("k".into()), Some("delete".into())).unwrap();
+    eventually(5000, "the delete", || recorder.messages.borrow().len() > 300).await;
+    let last = recorder.messages.borrow().last().cloned().unwrap();
+    assert_eq!(Reflect::get(&last, &"op".into()).unwrap().as_string().as_deref(), Some("delete"));
+    let bad = client.publish(channel.clone(), "row".into(), JsValue::NULL, None, Some("drop".into()));
+    assert!(bad.is_err(), "an op the protocol does not know is refused at once");
     assert_eq!(client.state(), "connected");
     client.close();
     eventually(2000, "closed", || client.state() == "disconnected").await;

@@ -278,12 +278,17 @@ impl<'de> Deserialize<'de> for StreamPosition {
 /// result decodes exactly like the serde form of [`Command::Publish`].
 ///
 /// `data_json` must be valid JSON (it is embedded as is).
-pub fn encode_publish(channel: &str, kind: &str, data_json: &str, key: Option<&str>) -> crate::EncodedMessage {
+pub fn encode_publish(channel: &str, kind: &str, data_json: &str, key: Option<&str>, op: Op) -> crate::EncodedMessage {
     let quote = |text: &str| serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned());
     let mut command =
         format!(r#"{{"action":"publish","channel":{},"type":{},"data":{data_json}"#, quote(channel), quote(kind));
     if let Some(key) = key {
         command.push_str(&format!(r#","key":{}"#, quote(key)));
+    }
+    match op {
+        Op::Upsert => {}
+        Op::Delete => command.push_str(r#","op":"delete""#),
+        Op::Clear => command.push_str(r#","op":"clear""#),
     }
     command.push('}');
     crate::EncodedMessage::from_json_object_text(command)
@@ -479,7 +484,8 @@ mod tests {
 
     #[test]
     fn encode_publish_matches_the_serde_form() {
-        let encoded = encode_publish("lp#\"x\"", "lp-metrics", r#"{"b":1,"a":[true,null,1.5]}"#, Some("OANDA"));
+        let encoded =
+            encode_publish("lp#\"x\"", "lp-metrics", r#"{"b":1,"a":[true,null,1.5]}"#, Some("OANDA"), Op::Upsert);
         let decoded = decode_command(encoded.as_str()).unwrap();
         let expected = Command::Publish(Publish {
             id: None,
@@ -494,13 +500,27 @@ mod tests {
         });
         assert_eq!(decoded, expected);
         assert_eq!(encoded.as_str(), serde_json::to_string(&expected).unwrap());
-        let no_key = encode_publish("a", "t", "7", None);
+        let no_key = encode_publish("a", "t", "7", None, Op::Upsert);
         assert_eq!(no_key.as_str(), r#"{"action":"publish","channel":"a","type":"t","data":7}"#);
+        for op in [Op::Delete, Op::Clear] {
+            let key = (op == Op::Delete).then_some("k");
+            let encoded = encode_publish("a", "t", "null", key, op);
+            let publication = NewPublication {
+                channel: "a".into(),
+                kind: "t".into(),
+                data: serde_json::Value::Null,
+                key: key.map(Into::into),
+                op,
+                ..Default::default()
+            };
+            let serde_form = Command::Publish(Publish { id: None, publication });
+            assert_eq!(encoded.as_str(), serde_json::to_string(&serde_form).unwrap(), "{op:?} as serde writes it");
+        }
     }
 
     #[test]
     fn publish_with_id_adds_the_envelope_without_touching_data() {
-        let command = encode_publish("orders", "order", r#"{"n":1}"#, Some("k"));
+        let command = encode_publish("orders", "order", r#"{"n":1}"#, Some("k"), Op::Upsert);
         let text = publish_with_id(&command, 7, "c0ffee-12").unwrap();
         let Command::Publish(publish) = decode_command(&text).unwrap() else { panic!() };
         assert_eq!(publish.id, Some(CommandId::Number(7)));

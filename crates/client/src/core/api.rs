@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use tidewire_protocol::command::Publish;
-use tidewire_protocol::{Command, EncodedMessage, ErrorCode, NewPublication};
+use tidewire_protocol::{Command, EncodedMessage, ErrorCode, NewPublication, Op};
 
 use super::backoff::Backoff;
 
@@ -256,9 +256,10 @@ impl OutgoingPublish {
         Ok(OutgoingPublish { channel, key, command })
     }
 
-    /// From parts whose `data` is already JSON text (browsers stringify it in JS).
-    pub fn from_json(channel: String, kind: &str, data_json: &str, key: Option<String>) -> OutgoingPublish {
-        let command = tidewire_protocol::command::encode_publish(&channel, kind, data_json, key.as_deref());
+    /// From parts whose `data` is already JSON text (browsers stringify it in JS); `op`
+    /// deletes `key` from the channel's table or clears it.
+    pub fn from_json(channel: String, kind: &str, data_json: &str, key: Option<String>, op: Op) -> OutgoingPublish {
+        let command = tidewire_protocol::command::encode_publish(&channel, kind, data_json, key.as_deref(), op);
         OutgoingPublish { channel, key, command }
     }
 }
