@@ -847,6 +847,22 @@ fn a_filtered_subscription_takes_seq_jumps_as_filtered_and_recovers_only_on_a_no
         (sent[0]["since"]["desk"]["seq"].as_u64(), sent[0]["options"]["types"].clone()),
         (Some(9), json!(["lp"]))
     );
+    // Live publications during the recovery wait for the replay (which has them in
+    // order); taking them now would skip the replay's older seqs as duplicates.
+    h.publish(t, "desk", [15]);
+    assert!(h.delivered().is_empty());
+    h.frame(
+        t,
+        json!([
+            {
+                "type":"subscribed","timestamp":TS,"id":sent[0]["id"],"channel":"desk","seq":15,"epoch":"e1",
+                "recovered":true
+            },
+            {"type":"lp","timestamp":TS,"channel":"desk","seq":13,"data":{}},
+            {"type":"lp","timestamp":TS,"channel":"desk","seq":15,"data":{}}
+        ]),
+    );
+    assert_eq!(h.delivered(), [13, 15], "the replay, in order, once");
 }
 
 #[test]
@@ -870,8 +886,11 @@ fn a_filter_too_large_for_the_server_is_refused_here() {
     // A filter the server refuses (naming the channel) is reported and not retried.
     let options = SubscriptionOptions { types: Some(vec![]), keys: None };
     h.event(Event::SubscribeWith { channel: "other".into(), options });
-    assert_eq!(h.sent().len(), 1);
-    let error = json!({"type":"error","timestamp":TS,"code":"BAD_REQUEST","message":"at least one","channel":"other"});
+    let sent = h.sent();
+    assert_eq!(sent.len(), 1);
+    let error = json!({
+        "type":"error","timestamp":TS,"id":sent[0]["id"],"code":"BAD_REQUEST","message":"at least one","channel":"other"
+    });
     h.frame(t, json!([error]));
     let refusal = h.take().into_iter().find_map(|a| match a {
         Action::Subscription { event: SubscriptionEvent::Refused { message, .. }, .. } => Some(message),
@@ -905,9 +924,16 @@ fn a_refused_recovery_does_not_leave_the_channel_stuck() {
     let t = h.connect();
     h.subscribed(t, "a", 0, None);
     h.publish(t, "a", [1, 5]);
-    h.take();
+    let recovery = h.sent();
+    // A publish's error naming the channel refuses nothing.
+    h.frame(t, json!([{"type":"error","timestamp":TS,"id":999,"code":"FORBIDDEN","message":"no","channel":"a"}]));
+    assert!(
+        !h.take().iter().any(|a| matches!(a, Action::Subscription { event: SubscriptionEvent::Refused { .. }, .. }))
+    );
     // The recovery subscribe is refused (the token's grants changed).
-    h.frame(t, json!([{"type":"error","timestamp":TS,"code":"FORBIDDEN","message":"no","channel":"a"}]));
+    let id = recovery.last().unwrap()["id"].clone();
+    let refusal = json!({"type":"error","timestamp":TS,"id":id,"code":"FORBIDDEN","message":"no","channel":"a"});
+    h.frame(t, json!([refusal]));
     let actions = h.take();
     assert!(actions.iter().any(|a| matches!(a, Action::Subscription { event: SubscriptionEvent::Refused { .. }, .. })));
     assert_eq!(h.core.subscription_state("a"), SubscriptionState::Unsubscribed);

@@ -84,10 +84,25 @@ impl Filter {
         kind_ok && key_ok
     }
 
+    /// The keys it admits, sorted (`None`: every key).
+    pub fn keys(&self) -> Option<&[Box<str>]> {
+        self.keys.as_deref()
+    }
+
     /// Whether the filter looks at keys (so a caller without a publication's key must
     /// read it, [`publication_key`], before asking).
     pub fn has_keys(&self) -> bool {
         self.keys.is_some()
+    }
+
+    /// Whether the publication's type passes (a text without a type passes only a
+    /// filter without types): the cheap half, to check before reading a key.
+    pub fn admits_type_of(&self, text: &str) -> bool {
+        match (&self.types, publication_kind(text)) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(_), Some(kind)) => self.admits(kind, None),
+        }
     }
 
     /// [`Filter::admits`] for an encoded publication (its type read from the text).

@@ -140,3 +140,23 @@ async fn filters_count_against_the_connection_budget() {
     client.send_value(json!({"action":"subscribe","channels":["b"],"options":{"keys":keys}})).await;
     assert_eq!(client.expect_type("subscribed").await["channel"], "b");
 }
+
+#[tokio::test]
+async fn a_filtered_subscribe_costs_a_command_per_channel() {
+    // A filtered start scans what it does not send, so nothing fills the client's queue
+    // to stop a loop of them: the rate limit pays for it instead.
+    let server = TestServer::with(|c| {
+        c.commands_per_second = 5;
+        c.command_burst = 10;
+    })
+    .await;
+    let mut client = server.client("u").await;
+    client.next().await;
+    let channels: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
+    client.send_value(json!({"action":"subscribe","id":1,"channels":channels,"options":{"types":["lp"]}})).await;
+    let error = client.expect_type("error").await;
+    assert_eq!((error["code"].as_str(), error["id"].as_u64()), (Some("RATE_LIMIT_EXCEEDED"), Some(1)), "{error}");
+    // Unfiltered, the same command is one command.
+    client.send_value(json!({"action":"subscribe","id":2,"channels":channels})).await;
+    assert_eq!(client.expect_type("subscribed").await["id"], 2);
+}

@@ -170,6 +170,10 @@ impl ClientCore {
     }
 
     fn on_error(&mut self, m: ControlFields<'_>) {
+        let answers = match &m.id {
+            Some(CommandId::Number(id)) => Some(*id),
+            _ => None,
+        };
         let code = m.code.unwrap_or(ErrorCode::InternalError);
         let message = m.message.map(Cow::into_owned).unwrap_or_default();
         let channel = m.channel.map(Cow::into_owned);
@@ -200,7 +204,7 @@ impl ClientCore {
                 | ErrorCode::BadRequest
         );
         if let Some(name) = channel.as_deref().filter(|_| refusal) {
-            if let Some(subscription) = self.subscriptions.get_mut(name).filter(|s| s.awaits_subscribe()) {
+            if let Some(subscription) = self.subscriptions.get_mut(name).filter(|s| s.awaits_subscribe(answers)) {
                 subscription.refuse();
                 let event = SubscriptionEvent::Refused { code, message };
                 return self.push(Action::Subscription { channel: name.to_owned(), event });

@@ -35,6 +35,7 @@ mod timers;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use tidewire_protocol::command::Subscribe;
 use tidewire_protocol::message::AnnouncedLimits;
 use tidewire_protocol::{CloseCode, Command, CommandId, StreamPosition};
 
@@ -210,7 +211,19 @@ impl ClientCore {
 
     fn send(&mut self, transport: TransportId, command: &Command) {
         if let Ok(text) = serde_json::to_string(command) {
+            self.note_subscribe(command);
             self.push(Action::Send { transport, text });
+        }
+    }
+
+    /// Remembers which command each channel's subscribe went out as.
+    fn note_subscribe(&mut self, command: &Command) {
+        if let Command::Subscribe(Subscribe { id: Some(CommandId::Number(id)), channels, .. }) = command {
+            for channel in channels {
+                if let Some(subscription) = self.subscriptions.get_mut(channel) {
+                    subscription.subscribe_sent_as(*id);
+                }
+            }
         }
     }
 

@@ -91,6 +91,7 @@ impl ClientCore {
         let Ok(text) = serde_json::to_string(command) else { return };
         let max = self.limits.max_message_bytes;
         if text.len() <= max {
+            self.note_subscribe(command);
             return self.push(Action::Send { transport, text });
         }
         if let Some(subscription) = self.subscriptions.get_mut(channel) {

@@ -50,6 +50,9 @@ pub struct Subscription {
     refused: bool,
     /// The server-side filter asked for (kept until the app leaves the channel).
     options: SubscriptionOptions,
+    /// The id of the last subscribe sent for this channel: only an error answering it
+    /// can refuse the subscription (a publish's error names the channel too).
+    subscribe_id: Option<u64>,
 }
 
 /// What to do with a publication's seq.
@@ -101,7 +104,13 @@ impl Subscription {
             skipped: Vec::new(),
             refused: false,
             options: SubscriptionOptions::default(),
+            subscribe_id: None,
         }
+    }
+
+    /// A subscribe for this channel went out as command `id`.
+    pub fn subscribe_sent_as(&mut self, id: u64) {
+        self.subscribe_id = Some(id);
     }
 
     /// The server-side filter this subscription asks for.
@@ -245,9 +254,10 @@ impl Subscription {
         self.refused = true;
     }
 
-    /// Whether a refusal now answers this channel's subscribe (or recovery) in flight.
-    pub fn awaits_subscribe(&self) -> bool {
-        self.server == ServerSide::SubscribeSent || self.recovering
+    /// Whether an error answering command `id` refuses this channel's subscribe (or
+    /// recovery) in flight.
+    pub fn awaits_subscribe(&self, id: Option<u64>) -> bool {
+        (self.server == ServerSide::SubscribeSent || self.recovering) && id.is_some() && id == self.subscribe_id
     }
 
     /// Forgets the server side (the transport is gone); the position stays for `since`.
@@ -266,8 +276,12 @@ impl Subscription {
         if seq <= last {
             return Arrival::Duplicate;
         }
-        // A filtered subscription skips what its filter excludes: a jump is no loss
-        // (the server announces real ones with gap notices).
+        // A filtered subscription skips what its filter excludes: a jump is no loss (the
+        // server announces real ones with gap notices). While it recovers from one, live
+        // publications wait for the replay, which brings them in order.
+        if self.options.is_filtered() && self.recovering {
+            return Arrival::Gap;
+        }
         if seq == last + 1 || self.options.is_filtered() || self.covered(last + 1, seq - 1) {
             return Arrival::Next;
         }

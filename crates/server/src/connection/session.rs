@@ -265,6 +265,14 @@ impl Session {
         }
     }
 
+    /// Charges `extra` more commands against the rate limit (work a command does per
+    /// channel beyond what one command costs); false, and nothing charged, when the
+    /// limit has not that many left.
+    pub fn charge(&mut self, extra: usize) -> bool {
+        let Some(n) = u32::try_from(extra).ok().and_then(std::num::NonZeroU32::new) else { return true };
+        matches!(self.limiter.check_n(n), Ok(Ok(())))
+    }
+
     /// A binary frame: refused (the protocol is JSON text), and counted like a command.
     pub fn on_binary(&mut self) -> Next {
         if self.limiter.check().is_err() {

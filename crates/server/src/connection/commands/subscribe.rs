@@ -31,6 +31,14 @@ pub fn apply(session: &mut Session, command: Subscribe) -> Next {
             return Next::Continue;
         }
     };
+    // A filtered start scans what it then does not send, so nothing fills the client's
+    // queue to stop a loop of them: each channel of a filtered subscribe costs a command.
+    if filter.is_some() && !session.charge(channels.len().saturating_sub(1)) {
+        let limit = session.hub.config().commands_per_second;
+        let message = format!("a filtered subscribe costs a command per channel; more than {limit} per second");
+        session.send_error(command.id, ErrorCode::RateLimitExceeded, message, None);
+        return Next::Continue;
+    }
     let filter_bytes = filter.as_ref().map_or(0, |f| f.bytes());
     let max_filter_bytes = session.hub.config().max_filter_bytes;
     for channel in &channels {

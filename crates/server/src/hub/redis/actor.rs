@@ -183,16 +183,27 @@ impl Actor {
         if delivered.seq > self.head + 1 {
             self.fill(self.head + 1, delivered.seq - 1).await;
         }
-        self.fan_out(delivered.seq, delivered.key, delivered.message);
+        self.fan_out(delivered.seq, Some(delivered.key), delivered.message);
     }
 
     /// Fans out one publication to the subscribers whose start is before it.
-    fn fan_out(&mut self, seq: u64, key: Option<Arc<str>>, message: EncodedMessage) {
+    /// `key`: `Some` with the publication's key (`Some(None)`: unkeyed) when pub/sub
+    /// said it; `None` for a text from the stream, whose key a key filter must read.
+    fn fan_out(&mut self, seq: u64, key: Option<Option<Arc<str>>>, message: EncodedMessage) {
+        // Read once for every subscriber, and only if a key filter needs it.
+        let key = match key {
+            Some(key) => key,
+            None if self.subscribers.values().any(|(_, _, f)| f.as_ref().is_some_and(|f| f.has_keys())) => {
+                publication_key(message.as_str()).map(Into::into)
+            }
+            None => None,
+        };
         let outbound = Outbound::publication(message, Position { channel: self.channel.clone(), seq, key });
         let mut delivered = 0;
         for (outbox, start, filter) in self.subscribers.values() {
             let key = outbound.position().and_then(|p| p.key.as_deref());
-            if seq > *start && admits_text(filter.as_deref(), outbound.message().as_str(), key) {
+            let admitted = filter.as_ref().is_none_or(|f| f.admits_encoded(outbound.message().as_str(), key));
+            if seq > *start && admitted {
                 let dropped = outbox.push(outbound.clone());
                 self.engine.shared.count_drops(dropped);
                 delivered += 1;
@@ -310,10 +321,13 @@ impl Actor {
 type Local = (Arc<Outbox>, u64, Option<Arc<Filter>>);
 
 /// Whether `filter` lets the publication `text` through; its key, when the caller does
-/// not have it (replays and stream fills carry none), is read from the text only for a
-/// filter that looks at keys.
+/// not have it (a start's texts carry none), is read from the text only for a filter
+/// that looks at keys, and only once its type passed.
 fn admits_text(filter: Option<&Filter>, text: &str, key: Option<&str>) -> bool {
     let Some(filter) = filter else { return true };
+    if !filter.admits_type_of(text) {
+        return false;
+    }
     match key {
         None if filter.has_keys() => filter.admits_encoded(text, publication_key(text).as_deref()),
         key => filter.admits_encoded(text, key),

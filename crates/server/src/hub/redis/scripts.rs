@@ -102,7 +102,7 @@ elseif key ~= '' and op == 'delete' then
   local old = redis.call('HSTRLEN', KEYS[3], key)
   if old > 0 then
     redis.call('HDEL', KEYS[3], key)
-    redis.call('SET', KEYS[4], tonumber(redis.call('GET', KEYS[4]) or '0') - old, 'PX', ttl)
+    redis.call('SET', KEYS[4], math.max(0, tonumber(redis.call('GET', KEYS[4]) or '0') - old), 'PX', ttl)
   end
 elseif key ~= '' then
   local entry = seq .. '\n' .. msg
