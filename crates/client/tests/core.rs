@@ -552,8 +552,6 @@ fn publish_data(h: &mut Harness, i: u32) {
         channel: "p".into(),
         kind: "t".into(),
         data: json!(i),
-        key: None,
-        idempotency_key: None,
         ..Default::default()
     })
     .unwrap();
@@ -1013,8 +1011,6 @@ fn a_publish_too_large_for_the_server_is_refused_before_sending() {
         channel: "p".into(),
         kind: "t".into(),
         data: json!("x".repeat(600)),
-        key: None,
-        idempotency_key: None,
         ..Default::default()
     })
     .unwrap();

@@ -41,8 +41,6 @@ async fn tick(hub: &Hub, channel: &str, n: u64) -> u64 {
         channel: channel.into(),
         kind: "tick".into(),
         data: serde_json::json!(n),
-        key: None,
-        idempotency_key: None,
         ..Default::default()
     })
     .await
@@ -353,8 +351,6 @@ async fn paced_publishes_all_arrive(rate: u32, burst: u32, total: u64) {
             channel: "paced".into(),
             kind: "tick".into(),
             data: serde_json::json!(n),
-            key: None,
-            idempotency_key: None,
             ..Default::default()
         });
     }
@@ -403,8 +399,6 @@ async fn publishes_across_cut_links_arrive_exactly_once() {
                     channel: "orders".into(),
                     kind: "order".into(),
                     data: serde_json::json!(n),
-                    key: None,
-                    idempotency_key: None,
                     ..Default::default()
                 });
                 tokio::time::sleep(Duration::from_millis(2)).await;

@@ -494,7 +494,6 @@ mod tests {
                 kind: "lp-metrics".into(),
                 data: serde_json::json!({"b": 1, "a": [true, null, 1.5]}),
                 key: Some("OANDA".into()),
-                idempotency_key: None,
                 ..Default::default()
             },
         });

@@ -37,7 +37,6 @@ pub trait Event: Serialize + DeserializeOwned {
             kind: Self::TYPE.to_owned(),
             data: serde_json::to_value(self)?,
             key: self.key(),
-            idempotency_key: None,
             ..Default::default()
         })
     }

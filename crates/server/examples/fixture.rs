@@ -82,8 +82,6 @@ async fn publish(hub: &Hub, channel: &str, count: u64) -> u64 {
             channel: channel.to_owned(),
             kind: "routing-decision".into(),
             data,
-            key: None,
-            idempotency_key: None,
             ..Default::default()
         };
         last = publisher.publish(publication).await.map(|a| a.seq).unwrap_or(0);

@@ -143,8 +143,6 @@ async fn every_bad_input_gets_its_documented_answer_and_nobody_else_notices() {
                 channel: "steady".into(),
                 kind: "tick".into(),
                 data: json!(n),
-                key: None,
-                idempotency_key: None,
                 ..Default::default()
             };
             hub.publish(new).await.unwrap();

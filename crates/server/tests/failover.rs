@@ -113,8 +113,6 @@ async fn sigkill_of_a_node_loses_nothing() {
                 channel: "ticks".into(),
                 kind: "tick".into(),
                 data: serde_json::json!(n),
-                key: None,
-                idempotency_key: None,
                 ..Default::default()
             };
             assert_eq!(hub.publish(new).await.unwrap().seq, n);
@@ -170,8 +168,6 @@ async fn sigterm_under_load_every_client_reconnects_elsewhere_and_loses_nothing(
                 channel: "ticks".into(),
                 kind: "tick".into(),
                 data: serde_json::json!(n),
-                key: None,
-                idempotency_key: None,
                 ..Default::default()
             };
             hub.publish(new).await.unwrap();

@@ -103,7 +103,6 @@ async fn a_repeated_keyed_subscribe_queues_its_snapshot_once() {
             kind: "lp-metrics".into(),
             data: json!({"lp": lp}),
             key: Some(lp.into()),
-            idempotency_key: None,
             ..Default::default()
         };
         server.hub.publish(new).await.unwrap();
@@ -139,7 +138,6 @@ async fn resubscribing_a_keyed_channel_again_and_again_hits_the_byte_budget() {
             kind: "row".into(),
             data: json!({"pad": "x".repeat(600)}),
             key: Some(format!("k{key}")),
-            idempotency_key: None,
             ..Default::default()
         };
         server.hub.publish(new).await.unwrap();
@@ -470,7 +468,6 @@ fn keyed(channel: &str, key: &str, data: serde_json::Value) -> tidewire_protocol
         kind: "row".into(),
         data,
         key: Some(key.into()),
-        idempotency_key: None,
         ..Default::default()
     }
 }
@@ -530,8 +527,6 @@ async fn the_node_holds_at_most_max_node_channels() {
             channel: "e".into(),
             kind: "t".into(),
             data: json!(1),
-            key: None,
-            idempotency_key: None,
             ..Default::default()
         })
         .await;
@@ -550,8 +545,6 @@ async fn channels_nobody_touches_are_swept() {
             channel: format!("once-{i}"),
             kind: "t".into(),
             data: json!(i),
-            key: None,
-            idempotency_key: None,
             ..Default::default()
         };
         server.hub.publish(new).await.unwrap();
@@ -575,8 +568,6 @@ async fn publish_limiters_of_quiet_channels_are_swept() {
             channel: format!("burst.{i}"),
             kind: "t".into(),
             data: json!(i),
-            key: None,
-            idempotency_key: None,
             ..Default::default()
         };
         server.hub.publish(new).await.unwrap();
@@ -604,8 +595,6 @@ async fn a_replay_larger_than_half_the_queue_is_not_attempted() {
             channel: "big".into(),
             kind: "t".into(),
             data: json!({"i": i, "pad": "x".repeat(2000)}),
-            key: None,
-            idempotency_key: None,
             ..Default::default()
         };
         server.hub.publish(new).await.unwrap();

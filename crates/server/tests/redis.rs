@@ -68,7 +68,6 @@ async fn publish(server: &TestServer, channel: &str, n: u64, key: Option<&str>) 
             kind: "tick".into(),
             data: json!(n),
             key: key.map(Into::into),
-            idempotency_key: None,
             ..Default::default()
         })
         .await
@@ -267,8 +266,6 @@ async fn redis_down_means_503_and_clients_stay_then_everything_resumes() {
                 channel: "ticks".into(),
                 kind: "tick".into(),
                 data: json!(5),
-                key: None,
-                idempotency_key: None,
                 ..Default::default()
             })
             .await
@@ -463,7 +460,6 @@ async fn keys_per_channel_are_capped_in_redis() {
         kind: "lp".into(),
         data,
         key: Some(key.into()),
-        idempotency_key: None,
         ..Default::default()
     };
     for key in ["a", "b", "c"] {
@@ -537,7 +533,6 @@ async fn one_subscription_start_at_a_time_per_connection_and_channel() {
             kind: "row".into(),
             data: json!({"pad": "x".repeat(300)}),
             key: Some(format!("k{key}")),
-            idempotency_key: None,
             ..Default::default()
         };
         server.hub.publish(new).await.unwrap();
@@ -579,7 +574,6 @@ async fn snapshots_end_with_a_marker_on_every_node() {
             kind: "row".into(),
             data: json!({ "n": n }),
             key: Some(key.into()),
-            idempotency_key: None,
             ..Default::default()
         };
         a.hub.publish(new).await.unwrap();

@@ -81,14 +81,7 @@ impl Pair {
 
     async fn publish(&self, n: u64) {
         let data = serde_json::json!({ "n": n });
-        let new = NewPublication {
-            channel: "orders".into(),
-            kind: "order".into(),
-            data,
-            key: None,
-            idempotency_key: None,
-            ..Default::default()
-        };
+        let new = NewPublication { channel: "orders".into(), kind: "order".into(), data, ..Default::default() };
         self.hub.publish(new).await.expect("published");
     }
 

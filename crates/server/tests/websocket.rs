@@ -359,8 +359,6 @@ async fn a_stalled_reader_does_not_slow_a_fast_one_and_is_closed_as_slow() {
                 channel: "big".into(),
                 kind: "blob".into(),
                 data: json!(payload),
-                key: None,
-                idempotency_key: None,
                 ..Default::default()
             })
             .await
@@ -607,12 +605,5 @@ async fn idle_channels_are_forgotten_and_work_again() {
 
 /// A publication of any application type: the gateway knows no catalogue.
 fn publication(channel: &str, kind: &str, data: serde_json::Value, key: Option<&str>) -> NewPublication {
-    NewPublication {
-        channel: channel.into(),
-        kind: kind.into(),
-        data,
-        key: key.map(Into::into),
-        idempotency_key: None,
-        ..Default::default()
-    }
+    NewPublication { channel: channel.into(), kind: kind.into(), data, key: key.map(Into::into), ..Default::default() }
 }

@@ -59,14 +59,7 @@ mod tests {
     use super::*;
 
     fn new(data: serde_json::Value) -> NewPublication {
-        NewPublication {
-            channel: "c".into(),
-            kind: "t".into(),
-            data,
-            key: Some("k".into()),
-            idempotency_key: None,
-            ..Default::default()
-        }
+        NewPublication { channel: "c".into(), kind: "t".into(), data, key: Some("k".into()), ..Default::default() }
     }
 
     #[test]

@@ -134,7 +134,7 @@ pub fn route(routes: &[Route], key: &str, payload: &[u8]) -> Result<NewPublicati
         Some(field) => event.remove(field).ok_or_else(|| Unroutable::MissingField(field.clone()))?,
         None => Value::Object(event),
     };
-    Ok(NewPublication { channel, kind, data, key: publication_key, idempotency_key: None, ..Default::default() })
+    Ok(NewPublication { channel, kind, data, key: publication_key, ..Default::default() })
 }
 
 #[cfg(test)]

@@ -273,8 +273,6 @@ pub async fn publish_many(hub: &Hub, channel: &str, count: usize) {
             channel: channel.to_owned(),
             kind: "routing-decision".to_owned(),
             data: serde_json::json!({"i": i}),
-            key: None,
-            idempotency_key: None,
             ..Default::default()
         })
         .await
