@@ -19,4 +19,9 @@ types?: Array<string>,
  * Only keyed publications with these keys (at most
  * [`MAX_FILTER_KEYS`](crate::filter::MAX_FILTER_KEYS)); unkeyed ones pass.
  */
-keys?: Array<string>, };
+keys?: Array<string>, 
+/**
+ * At most this many updates per second per key (see [`crate::rate`]); the server
+ * grants a rate at most this and says which in `subscribed.maxRate`.
+ */
+maxRate?: number, };

@@ -20,4 +20,9 @@ epoch: string,
  * missed publication follows (`since.seq + 1 ..= seq`), `false` when they are gone and the
  * client must reload its state. Never a partial replay.
  */
-recovered?: boolean, };
+recovered?: boolean, 
+/**
+ * The rate granted to a subscription that asked for `options.maxRate` (updates per
+ * second per key; see [`crate::rate`]). Its seqs skip the values it did not get.
+ */
+maxRate?: number, };

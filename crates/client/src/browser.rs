@@ -78,7 +78,7 @@ export interface TidewireState {
  *  snapshot that followed `subscribed` is complete (also when it was empty). */
 export type TidewireSubscriptionEvent =
   | { type: "subscribing" }
-  | { type: "subscribed"; recovered?: boolean }
+  | { type: "subscribed"; recovered?: boolean; maxRate?: number }
   | { type: "unsubscribed" }
   | { type: "snapshot-end" }
   | { type: "refused"; code: string; message: string };
@@ -102,12 +102,15 @@ export interface TidewireStats {
 
 export type MessageHandler<M = Publication> = (message: M) => void;
 
-/** What the server filters for a subscription: only these message types, only these
- *  keys (unkeyed publications pass a key filter). The first subscribe of a channel sets
- *  them until it is left. */
+/** What a subscription asks of the server: only these message types, only these keys
+ *  (unkeyed publications pass a key filter), at most `maxRate` updates per second per
+ *  key (the newest value each time; unkeyed messages all arrive; the rate granted comes
+ *  in the `subscribed` event). The first subscribe of a channel sets them until it is
+ *  left. */
 export interface TidewireSubscribeOptions {
   types?: string[];
   keys?: string[];
+  maxRate?: number;
 }
 "#;
 
@@ -305,6 +308,7 @@ impl TidewireClient {
             let options = options.map(JsValue::from).map_or_else(Default::default, |o| SubscriptionOptions {
                 types: string_list(&o, "types"),
                 keys: string_list(&o, "keys"),
+                max_rate: Reflect::get(&o, &"maxRate".into()).ok().and_then(|v| v.as_f64()),
             });
             feed(&self.inner, Event::SubscribeWith { channel: channel.clone(), options });
         }
@@ -494,6 +498,11 @@ fn perform(inner: &Rc<RefCell<Inner>>, action: Action) {
                 return;
             }
             let object = subscription_event_object(&event);
+            if let Some(rate) = inner.borrow().core.granted_rate(&channel) {
+                if matches!(event, SubscriptionEvent::Subscribed { .. }) {
+                    set(object.unchecked_ref(), "maxRate", rate);
+                }
+            }
             for listener in listeners {
                 let _ = listener.call1(&JsValue::NULL, &object);
             }

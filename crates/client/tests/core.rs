@@ -828,7 +828,7 @@ fn the_end_of_a_snapshot_is_reported_once_the_table_is_complete() {
 #[test]
 fn a_filtered_subscription_takes_seq_jumps_as_filtered_and_recovers_only_on_a_notice() {
     let mut h = Harness::new(|_| {});
-    let options = SubscriptionOptions { types: Some(vec!["lp".into()]), keys: None };
+    let options = SubscriptionOptions { types: Some(vec!["lp".into()]), ..Default::default() };
     h.event(Event::SubscribeWith { channel: "desk".into(), options });
     let t = h.connect();
     let sent = h.sent();
@@ -870,7 +870,7 @@ fn a_filter_too_large_for_the_server_is_refused_here() {
     let keys: Vec<String> = (0..200).map(|i| format!("a-rather-long-instrument-key-{i:04}")).collect();
     h.event(Event::SubscribeWith {
         channel: "desk".into(),
-        options: SubscriptionOptions { types: None, keys: Some(keys) },
+        options: SubscriptionOptions { keys: Some(keys), ..Default::default() },
     });
     let t = h.connect();
     let actions = h.take();
@@ -882,7 +882,7 @@ fn a_filter_too_large_for_the_server_is_refused_here() {
     assert!(refused, "{actions:?}");
     assert_eq!(h.core.subscription_state("desk"), SubscriptionState::Unsubscribed);
     // A filter the server refuses (naming the channel) is reported and not retried.
-    let options = SubscriptionOptions { types: Some(vec![]), keys: None };
+    let options = SubscriptionOptions { types: Some(vec![]), ..Default::default() };
     h.event(Event::SubscribeWith { channel: "other".into(), options });
     let sent = h.sent();
     assert_eq!(sent.len(), 1);

@@ -96,24 +96,51 @@ pub struct Outbound(Arc<Queued>);
 struct Queued {
     message: EncodedMessage,
     position: Option<Position>,
+    /// The first seq this covers: the position's own seq, except for a bundle.
+    first: u64,
 }
 
 impl Outbound {
     /// A control message (a reply, an error, a gap notice): never dropped or conflated,
     /// only counted against the byte budget.
     pub fn control(message: EncodedMessage) -> Outbound {
-        Outbound(Arc::new(Queued { message, position: None }))
+        Outbound(Arc::new(Queued { message, position: None, first: 0 }))
     }
 
     /// A snapshot item of a subscription's start: queued like a control message (never
     /// dropped; the start as a whole is bounded in bytes where it is built), since a
     /// snapshot with a hole would show the app a table with a row missing.
     pub fn snapshot(message: EncodedMessage) -> Outbound {
-        Outbound(Arc::new(Queued { message, position: None }))
+        Outbound(Arc::new(Queued { message, position: None, first: 0 }))
     }
 
     pub fn publication(message: EncodedMessage, position: Position) -> Outbound {
-        Outbound(Arc::new(Queued { message, position: Some(position) }))
+        let first = position.seq;
+        Outbound(Arc::new(Queued { message, position: Some(position), first }))
+    }
+
+    /// Several publications of `channel`, seqs `first..=last` with those a resampled
+    /// stream skipped left out (see [`crate::rate`]), in seq order, as one unit: their
+    /// encoded texts joined by commas, which a frame carries as they are. A bundle goes
+    /// into one frame whatever `max_batch` says (a resampled interval's output is
+    /// delivered together), is never superseded, and is dropped whole under overflow,
+    /// announced as one gap `first..=last`. `None` without messages.
+    pub fn bundle<'a>(
+        channel: &Arc<str>,
+        first: u64,
+        last: u64,
+        messages: impl IntoIterator<Item = &'a EncodedMessage> + Clone,
+    ) -> Option<Outbound> {
+        let frame = encode_frame(messages);
+        let joined = frame.get(1..frame.len() - 1).filter(|text| !text.is_empty())?;
+        let message = EncodedMessage::from_json_object_text(joined.to_owned());
+        let position = Position { channel: channel.clone(), seq: last.max(first), key: None };
+        Some(Outbound(Arc::new(Queued { message, position: Some(position), first: first.min(last) })))
+    }
+
+    /// The first seq this covers (a bundle covers several).
+    pub fn first_seq(&self) -> Option<u64> {
+        self.0.position.as_ref().map(|_| self.0.first)
     }
 
     pub fn message(&self) -> &EncodedMessage {
@@ -341,10 +368,10 @@ impl Batcher {
                 break;
             };
             self.count(&removed, -1);
-            let Some(position) = removed.position().cloned() else {
+            let (Some(position), Some(first)) = (removed.position().cloned(), removed.first_seq()) else {
                 break;
             };
-            self.record_gap(position, reason);
+            self.record_gap(position.channel, first, position.seq, reason);
             match reason {
                 GapReason::Superseded => dropped.superseded += 1,
                 GapReason::Overflow => dropped.overflow += 1,
@@ -381,19 +408,16 @@ impl Batcher {
         oldest
     }
 
-    fn record_gap(&mut self, position: Position, reason: GapReason) {
+    fn record_gap(&mut self, channel: Arc<str>, from: u64, to: u64, reason: GapReason) {
         if !self.notices {
             return;
         }
-        let extends = self
-            .gaps
-            .iter_mut()
-            .rev()
-            .find(|gap| gap.channel == position.channel && gap.reason == reason && gap.to + 1 == position.seq);
+        let extends =
+            self.gaps.iter_mut().rev().find(|gap| gap.channel == channel && gap.reason == reason && gap.to + 1 == from);
         match extends {
-            Some(gap) => gap.to = position.seq,
+            Some(gap) => gap.to = to,
             None => {
-                self.gaps.push(Gap { channel: position.channel, from: position.seq, to: position.seq, reason });
+                self.gaps.push(Gap { channel, from, to, reason });
                 self.bytes = self.bytes.saturating_add(GAP_NOTICE_BYTES);
             }
         }

@@ -14,6 +14,8 @@
 //! - [`codec`]: serialize once, frame by joining, decode frames.
 //! - [`batch`]: the batching and backpressure rule (frames of ≤ 50 per 16 ms, bounded
 //!   queue, conflation by key, exact gap reports).
+//! - [`filter`] and [`rate`]: what a subscription may ask of its delivery (only some
+//!   types or keys; at most a rate per key).
 //! - [`channel`]: channel names, token patterns, and who may subscribe or publish.
 //! - [`ErrorCode`] and [`CloseCode`]: the stable error and close codes.
 //! - [`event`]: typed application messages (an application's catalogue lives in its own
@@ -32,6 +34,7 @@ pub mod error_code;
 pub mod event;
 pub mod filter;
 pub mod message;
+pub mod rate;
 pub mod timestamp;
 
 pub use close_code::{CloseCode, Disposition};

@@ -237,6 +237,11 @@ pub struct Subscribed {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", ts(optional))]
     pub recovered: Option<bool>,
+    /// The rate granted to a subscription that asked for `options.maxRate` (updates per
+    /// second per key; see [`crate::rate`]). Its seqs skip the values it did not get.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "maxRate")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub max_rate: Option<f64>,
 }
 
 /// A channel subscription ended: the answer to an `unsubscribe`, or, with `code`, the
@@ -386,6 +391,8 @@ pub struct ControlFields<'a> {
     #[serde(default)]
     pub recovered: Option<bool>,
     #[serde(default)]
+    pub max_rate: Option<f64>,
+    #[serde(default)]
     pub version: Option<u32>,
     #[serde(default)]
     pub heartbeat_interval_ms: Option<u64>,
@@ -520,6 +527,7 @@ mod tests {
                     seq: 9,
                     epoch: "e".into(),
                     recovered: Some(true),
+                    max_rate: None,
                 }),
                 concat!(
                     r#"{"type":"subscribed","timestamp":"2026-01-19T10:30:45.123456Z","#,
@@ -576,6 +584,7 @@ mod tests {
                 seq: 4,
                 epoch: "e".into(),
                 recovered: Some(false),
+                max_rate: Some(4.0),
             }),
             Control::Gap(GapNotice {
                 timestamp: ts,
@@ -615,7 +624,8 @@ mod tests {
                     assert_eq!(
                         (fields.channel.as_deref(), fields.seq, fields.epoch.as_deref(), fields.recovered),
                         (Some("c"), Some(m.seq), Some("e"), m.recovered)
-                    )
+                    );
+                    assert_eq!(fields.max_rate, m.max_rate)
                 }
                 Control::Gap(m) => {
                     assert_eq!((fields.from, fields.to, fields.reason), (Some(m.from), Some(m.to), Some(m.reason)))

@@ -236,6 +236,12 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_MAX_FILTER_BYTES", default_value_t = 64 * 1024)]
     pub max_filter_bytes: usize,
 
+    /// The highest rate a subscription's `options.maxRate` is granted, in updates per
+    /// second per key; a higher request is granted the highest step of the protocol's
+    /// rate ladder at most this (and never below 0.1).
+    #[arg(long, env = "TIDEWIRE_MAX_SUBSCRIBER_RATE", default_value_t = 60.0)]
+    pub max_subscriber_rate: f64,
+
     /// How long a channel's state (its head seq, epoch and latest values) outlives its
     /// last publication. After it, the channel starts again (a new epoch); in memory, a
     /// channel is kept while it has subscribers.

@@ -254,7 +254,7 @@ async fn a_filtered_table_with_deletes_survives_a_cut_link_exactly() {
     // a recovery, a delete of a watched key arrives as a delete, and after a cut link the
     // replay brings exactly the watched keys' changes, in order.
     let mut pair = Pair::new();
-    let options = SubscriptionOptions { types: None, keys: Some(vec!["A".into(), "B".into()]) };
+    let options = SubscriptionOptions { keys: Some(vec!["A".into(), "B".into()]), ..Default::default() };
     pair.event(Event::SubscribeWith { channel: "orders".into(), options });
     pair.event(Event::Connect);
     pair.advance(Duration::from_millis(100));

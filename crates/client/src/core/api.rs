@@ -182,7 +182,7 @@ pub enum Action {
 }
 
 /// What the driver (or the app, through it) reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// Start (or restart after a stop).
     Connect,
@@ -222,18 +222,22 @@ pub enum Event {
     Publish(OutgoingPublish),
 }
 
-/// What a subscription asks the server to filter: only these message types, only these
-/// keys (unkeyed publications pass a key filter). `None`: no restriction.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What a subscription asks of the server: only these message types, only these keys
+/// (unkeyed publications pass a key filter), at most this many updates per second per
+/// key (the server grants a rate at most this). `None`: no restriction.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SubscriptionOptions {
     pub types: Option<Vec<String>>,
     pub keys: Option<Vec<String>>,
+    pub max_rate: Option<f64>,
 }
 
 impl SubscriptionOptions {
-    /// Whether the server filters this subscription (its seqs then skip what it excludes).
-    pub fn is_filtered(&self) -> bool {
-        self.types.is_some() || self.keys.is_some()
+    /// Whether the server skips some of this subscription's seqs (a filter excludes
+    /// them, or a rate resamples them): a jump in seqs is then no loss, and the server
+    /// announces real ones.
+    pub fn skips_seqs(&self) -> bool {
+        self.types.is_some() || self.keys.is_some() || self.max_rate.is_some()
     }
 }
 

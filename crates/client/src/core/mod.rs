@@ -152,6 +152,12 @@ impl ClientCore {
         self.subscriptions.get(channel)?.position()
     }
 
+    /// The rate the server granted a throttled subscription (`options.maxRate`), in
+    /// updates per second per key.
+    pub fn granted_rate(&self, channel: &str) -> Option<f64> {
+        self.subscriptions.get(channel)?.granted_rate()
+    }
+
     /// The next action to perform.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()

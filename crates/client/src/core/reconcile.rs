@@ -21,7 +21,12 @@ const FRAME_ROOM: usize = 128;
 /// A subscription's options on the wire: the end of its snapshot always marked (so the
 /// app can tell a complete table from one still filling), and its filter.
 fn command_options(options: &SubscriptionOptions) -> SubscribeOptions {
-    SubscribeOptions { snapshot_end: true, types: options.types.clone(), keys: options.keys.clone() }
+    SubscribeOptions {
+        snapshot_end: true,
+        types: options.types.clone(),
+        keys: options.keys.clone(),
+        max_rate: options.max_rate,
+    }
 }
 
 impl ClientCore {
@@ -135,10 +140,10 @@ impl ClientCore {
         let mut filtered: Vec<(String, Option<StreamPosition>)> = Vec::new();
         let mut forget = Vec::new();
         for (channel, subscription) in &mut self.subscriptions {
-            let is_filtered = subscription.options().is_filtered();
+            let has_options = subscription.options().skips_seqs();
             match subscription.step(paused) {
-                // A filter is the command's: a filtered channel goes in a command of its own.
-                Step::Subscribe(position) if is_filtered => filtered.push((channel.clone(), position)),
+                // Options are the command's: such a channel goes in a command of its own.
+                Step::Subscribe(position) if has_options => filtered.push((channel.clone(), position)),
                 Step::Subscribe(position) => wanted.push((channel.clone(), position)),
                 Step::Forget => forget.push(channel.clone()),
                 // Nothing is in flight on a new link.

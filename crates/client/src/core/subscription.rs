@@ -53,6 +53,8 @@ pub struct Subscription {
     /// The id of the last subscribe sent for this channel: only an error answering it
     /// can refuse the subscription (a publish's error names the channel too).
     subscribe_id: Option<u64>,
+    /// The rate the server granted (`subscribed.maxRate`), for a throttled subscription.
+    granted_rate: Option<f64>,
 }
 
 /// What to do with a publication's seq.
@@ -105,7 +107,13 @@ impl Subscription {
             refused: false,
             options: SubscriptionOptions::default(),
             subscribe_id: None,
+            granted_rate: None,
         }
+    }
+
+    /// The rate the server last granted this subscription, updates per second per key.
+    pub fn granted_rate(&self) -> Option<f64> {
+        self.granted_rate
     }
 
     /// A subscribe for this channel went out as command `id`.
@@ -219,7 +227,13 @@ impl Subscription {
 
     /// `subscribed` arrived with the channel's position (`recovered: true`: everything
     /// since ours was replayed; otherwise the app reloads from `seq`).
-    pub fn confirmed(&mut self, seq: Option<u64>, epoch: Option<String>, recovered: Option<bool>) -> Confirmation {
+    pub fn confirmed(
+        &mut self,
+        seq: Option<u64>,
+        epoch: Option<String>,
+        recovered: Option<bool>,
+        granted_rate: Option<f64>,
+    ) -> Confirmation {
         if !matches!(self.server, ServerSide::SubscribeSent | ServerSide::Subscribed) {
             return Confirmation::Ignored;
         }
@@ -231,6 +245,7 @@ impl Subscription {
         }
         self.server = ServerSide::Subscribed;
         self.recovering = false;
+        self.granted_rate = granted_rate;
         if recovered != Some(true) {
             self.position = Some(StreamPosition { seq: seq.unwrap_or(0), epoch });
             self.skipped.clear();
@@ -276,13 +291,14 @@ impl Subscription {
         if seq <= last {
             return Arrival::Duplicate;
         }
-        // A filtered subscription skips what its filter excludes: a jump is no loss (the
-        // server announces real ones with gap notices). While it recovers from one, live
-        // publications wait for the replay, which brings them in order.
-        if self.options.is_filtered() && self.recovering {
+        // A filtered or throttled subscription skips what its filter excludes or its rate
+        // resamples: a jump is no loss (the server announces real ones with gap notices).
+        // While it recovers from one, live publications wait for the replay, which
+        // brings them in order.
+        if self.options.skips_seqs() && self.recovering {
             return Arrival::Gap;
         }
-        if seq == last + 1 || self.options.is_filtered() || self.covered(last + 1, seq - 1) {
+        if seq == last + 1 || self.options.skips_seqs() || self.covered(last + 1, seq - 1) {
             return Arrival::Next;
         }
         Arrival::Gap

@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 
 use tidewire_protocol::batch::{Dropped, Outbound, Position};
 use tidewire_protocol::filter::Filter;
+use tidewire_protocol::rate::Rate;
 use tidewire_protocol::{EncodedMessage, Op};
 
 use super::outbox::Outbox;
+use super::throttle::{self, Throttle};
 
 /// A publication kept for recovery and snapshots.
 #[derive(Debug, Clone)]
@@ -78,6 +80,11 @@ pub struct Channel {
     /// When the last publication was accepted.
     last_published: Option<Instant>,
     subscribers: HashMap<u64, Subscriber>,
+    /// Subscribers that asked for a rate, fed through their resampled streams.
+    pub throttle: Throttle,
+    /// Wakes the task that sends the throttled streams' outputs when they are due, while
+    /// one runs (the in-memory engine's; see [`super::throttle`]).
+    pub resampler: Option<Arc<tokio::sync::Notify>>,
     /// Idempotency keys of recent publications, oldest first, and their seqs.
     recent: VecDeque<(Arc<str>, u64, Instant)>,
     recent_seqs: HashMap<Arc<str>, u64>,
@@ -99,6 +106,8 @@ impl Channel {
             recent: VecDeque::new(),
             recent_seqs: HashMap::new(),
             subscribers: HashMap::new(),
+            throttle: Throttle::default(),
+            resampler: None,
             removed: false,
         }
     }
@@ -108,6 +117,7 @@ impl Channel {
     pub fn is_idle(&self, now: Instant, ttl: Duration) -> bool {
         let expired = self.last_published.is_none_or(|at| now.saturating_duration_since(at) > ttl);
         self.subscribers.is_empty()
+            && self.throttle.is_empty()
             && self.history.is_empty()
             && self.recent.is_empty()
             && (self.latest.is_empty() || expired)
@@ -162,11 +172,19 @@ impl Channel {
     }
 
     pub fn subscriber_count(&self) -> usize {
-        self.subscribers.len()
+        self.subscribers.len() + self.throttle.member_count()
     }
 
-    /// Records a publication at `head + 1` and fans it out; returns what the fan-out cost.
-    pub fn publish(&mut self, stored: Stored, op: Op, history_size: usize) -> (usize, Dropped) {
+    /// Records a publication at `head + 1` and fans it out (throttled subscribers get it
+    /// through their resampled streams); returns how many deliveries it made and what
+    /// the fan-out cost.
+    pub fn publish(
+        &mut self,
+        stored: Stored,
+        op: Op,
+        history_size: usize,
+        limits: throttle::Limits,
+    ) -> (usize, Dropped) {
         debug_assert_eq!(stored.seq(), self.head + 1);
         self.head = stored.seq();
         let mut dropped = Dropped::default();
@@ -177,6 +195,11 @@ impl Channel {
             }
             dropped.add(subscriber.outbox.push(stored.outbound.clone()));
             delivered += 1;
+        }
+        if !self.throttle.is_empty() {
+            let resampled = self.throttle.offer(&stored.outbound, stored.at, limits);
+            delivered += resampled.publications as usize;
+            dropped.add(resampled.dropped);
         }
         self.last_published = Some(stored.at);
         match (op, stored.key()) {
@@ -214,8 +237,16 @@ impl Channel {
     }
 
     /// Whether `since` (a seq in this channel's current epoch) can be recovered with at
-    /// most `max` messages of at most `max_bytes` in all, and if so the messages.
-    pub fn recover(&self, since: u64, max: usize, max_bytes: usize, filter: Option<&Filter>) -> Option<Vec<Outbound>> {
+    /// most `max` messages of at most `max_bytes` in all, and if so the messages (for a
+    /// throttled subscription, only each key's latest: see [`throttle::conflated`]).
+    pub fn recover(
+        &self,
+        since: u64,
+        max: usize,
+        max_bytes: usize,
+        filter: Option<&Filter>,
+        throttled: bool,
+    ) -> Option<Vec<Outbound>> {
         if since > self.head {
             return None;
         }
@@ -236,7 +267,11 @@ impl Channel {
             return None;
         }
         let replay = self.history.iter().skip(skip).map(|s| &s.outbound);
-        Some(replay.filter(|o| admits(filter, o)).cloned().collect())
+        let replay: Vec<Outbound> = replay.filter(|o| admits(filter, o)).cloned().collect();
+        if throttled {
+            return Some(throttle::conflated(replay, |o| o.position().and_then(|p| p.key.clone())));
+        }
+        Some(replay)
     }
 
     /// The latest value per key that `filter` lets through, oldest first, marked as
@@ -252,13 +287,28 @@ impl Channel {
         latest.into_iter().map(|s| s.message().marked_as_snapshot()).collect()
     }
 
-    /// Adds (or, with a new filter, replaces) a subscriber; true when it is new.
-    pub fn add(&mut self, connection: u64, outbox: Arc<Outbox>, filter: Option<Arc<Filter>>) -> bool {
-        self.subscribers.insert(connection, Subscriber { outbox, filter }).is_none()
+    /// Adds (or, with new options, replaces) a subscriber, throttled at `rate` when it
+    /// has one (receiving what follows the head); true when it is new.
+    pub fn add(
+        &mut self,
+        connection: u64,
+        outbox: Arc<Outbox>,
+        filter: Option<Arc<Filter>>,
+        rate: Option<Rate>,
+    ) -> bool {
+        let was = self.remove(connection);
+        match rate {
+            Some(rate) => self.throttle.join(connection, outbox, filter, rate, self.head),
+            None => {
+                self.subscribers.insert(connection, Subscriber { outbox, filter });
+            }
+        }
+        !was
     }
 
     pub fn remove(&mut self, connection: u64) -> bool {
-        self.subscribers.remove(&connection).is_some()
+        let unthrottled = self.subscribers.remove(&connection).is_some();
+        self.throttle.leave(connection) || unthrottled
     }
 
     pub fn history_len(&self) -> usize {

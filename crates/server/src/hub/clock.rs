@@ -44,6 +44,11 @@ impl Clock {
         }
     }
 
+    /// Whether this is a manual clock (nothing may sleep on it).
+    pub fn is_manual(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// Moves a manual clock forward; false (and nothing happens) for the system's.
     pub fn advance(&self, by: Duration) -> bool {
         let Some(manual) = &self.0 else { return false };

@@ -12,6 +12,7 @@ use futures_util::future::BoxFuture;
 use tidewire_protocol::batch::{Dropped, Outbound};
 use tidewire_protocol::filter::Filter;
 use tidewire_protocol::message::{SnapshotEnd, Subscribed};
+use tidewire_protocol::rate::Rate;
 use tidewire_protocol::{CommandId, Control, EncodedMessage, ErrorCode, ServerMessage, StreamPosition};
 
 use super::{Accepted, ChannelInfo, Outbox, Prepared, PublishError, now_timestamp};
@@ -78,6 +79,11 @@ impl Shared {
         )
     }
 
+    /// What a throttled stream may hold before it sends early: what a start may queue.
+    pub fn throttle_limits(&self) -> super::throttle::Limits {
+        super::throttle::Limits { flush_bytes: self.max_start_bytes() }
+    }
+
     /// Replay and snapshots are bounded by what a client's queue can take.
     pub fn max_recovery(&self) -> usize {
         self.config.history_size.min(self.config.batch().capacity())
@@ -97,6 +103,8 @@ pub struct SubscribeRequest {
     pub snapshot_end: bool,
     /// Only what this admits reaches the subscriber (its start included).
     pub filter: Option<Arc<Filter>>,
+    /// The rate granted, for a throttled subscription (see [`super::throttle`]).
+    pub rate: Option<Rate>,
 }
 
 /// A reply to queue once an unsubscribe took effect (after anything the engine still
@@ -123,14 +131,15 @@ pub fn snapshot_end(channel: &str, seq: u64) -> Outbound {
 }
 
 /// The `subscribed` a subscription starts with (`id`: the command's; `recovered`:
-/// whether a `since` was fully replayed, `None` without one), or re-announces when its
-/// channel's epoch changes (`id: None`).
+/// whether a `since` was fully replayed, `None` without one; `rate`: the one granted),
+/// or re-announces when its channel's epoch changes (`id: None`).
 pub fn subscribed(
     id: Option<CommandId>,
     channel: &str,
     seq: u64,
     epoch: &str,
     recovered: Option<bool>,
+    rate: Option<Rate>,
 ) -> EncodedMessage {
     control(Control::Subscribed(Subscribed {
         timestamp: now_timestamp(),
@@ -139,6 +148,7 @@ pub fn subscribed(
         seq,
         epoch: epoch.to_owned(),
         recovered,
+        max_rate: rate.map(Rate::per_second),
     }))
 }
 
@@ -166,6 +176,10 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
 
     /// Forgets what has expired (called every few seconds by the hub).
     fn sweep(&self) {}
+
+    /// Sends the throttled outputs due now by the node's clock (see
+    /// [`super::Hub::flush_throttled`]).
+    fn flush_throttled(&self) {}
 }
 
 /// Encodes a control message.

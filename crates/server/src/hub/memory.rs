@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use futures_util::future::BoxFuture;
 use tidewire_protocol::Op;
@@ -107,7 +107,13 @@ impl MemoryEngine {
         }
         channel.expire(now, config.history_ttl);
         let stored = Stored::new(&channel.name, seq, key, message, now);
-        let (delivered, dropped) = channel.publish(stored, op, config.history_size);
+        let due = channel.throttle.next_due();
+        let (delivered, dropped) = channel.publish(stored, op, config.history_size, self.shared.throttle_limits());
+        if let Some(wake) = &channel.resampler {
+            if channel.throttle.next_due().is_some_and(|at| due.is_none_or(|due| at < due)) {
+                wake.notify_one();
+            }
+        }
         if let Some(idempotency_key) = &idempotency_key {
             channel.remember(idempotency_key, seq, now, config.idempotency_keys_per_channel);
         }
@@ -119,12 +125,12 @@ impl MemoryEngine {
     /// Queues `subscribed`, then the recovered publications or the keyed snapshot, then
     /// registers the subscriber, all under the channel's lock.
     fn subscribe_locked(&self, channel: &mut Channel, request: SubscribeRequest) {
-        let SubscribeRequest { connection, outbox, since, id, snapshot_end: mark_end, filter, .. } = request;
+        let SubscribeRequest { connection, outbox, since, id, snapshot_end: mark_end, filter, rate, .. } = request;
         channel.expire(self.shared.clock.now(), self.shared.config.history_ttl);
         let start = match &since {
             Some(position) if position.epoch.as_deref().is_none_or(|e| e == &*channel.epoch) => {
                 let (max, max_bytes) = (self.shared.max_recovery(), self.shared.max_start_bytes());
-                match channel.recover(position.seq, max, max_bytes, filter.as_deref()) {
+                match channel.recover(position.seq, max, max_bytes, filter.as_deref(), rate.is_some()) {
                     Some(replay) => Start::Recovered(replay),
                     None => Start::Snapshot(channel.snapshot(filter.as_deref())),
                 }
@@ -132,7 +138,7 @@ impl MemoryEngine {
             _ => Start::Snapshot(channel.snapshot(filter.as_deref())),
         };
         let recovered = since.map(|_| matches!(start, Start::Recovered(_)));
-        let subscribed = subscribed(id, &channel.name, channel.head, &channel.epoch, recovered);
+        let subscribed = subscribed(id, &channel.name, channel.head, &channel.epoch, recovered, rate);
         let mut outbounds = vec![Outbound::control(subscribed)];
         match start {
             Start::Recovered(replay) => outbounds.extend(replay),
@@ -145,8 +151,51 @@ impl MemoryEngine {
         }
         let dropped = outbox.push_all(outbounds);
         self.shared.count_drops(dropped);
-        if channel.add(connection, outbox, filter) {
+        if channel.add(connection, outbox, filter, rate) {
             self.shared.metrics.subscriptions.inc();
+        }
+    }
+
+    /// Starts the task that sends `channel`'s throttled outputs, unless one runs (or the
+    /// node runs on a manual clock, which nothing may sleep on: see
+    /// [`crate::Hub::flush_throttled`]).
+    fn start_resampler(&self, channel: &Arc<Mutex<Channel>>, locked: &mut Channel) {
+        if locked.resampler.is_some() || locked.throttle.is_empty() || self.shared.clock.is_manual() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let wake = Arc::new(tokio::sync::Notify::new());
+        locked.resampler = Some(wake.clone());
+        runtime.spawn(resample(self.shared.clone(), Arc::downgrade(channel), wake));
+    }
+}
+
+/// Sends a channel's throttled outputs when they are due, while it has throttled
+/// subscribers: woken when a publication makes something due sooner than it planned,
+/// and when a subscriber leaves (so it can end).
+async fn resample(shared: Arc<Shared>, channel: Weak<Mutex<Channel>>, wake: Arc<tokio::sync::Notify>) {
+    loop {
+        let next = {
+            let Some(channel) = channel.upgrade() else { return };
+            let mut locked = lock(&channel);
+            if locked.removed || locked.throttle.is_empty() {
+                locked.resampler = None;
+                return;
+            }
+            let delivered = locked.throttle.flush_due(shared.clock.now());
+            shared.metrics.delivered.inc_by(delivered.publications);
+            shared.count_drops(delivered.dropped);
+            locked.throttle.next_due()
+        };
+        match next {
+            Some(at) => {
+                let wait = at.saturating_duration_since(shared.clock.now());
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
         }
     }
 }
@@ -160,8 +209,28 @@ impl Engine for MemoryEngine {
     /// Queues `subscribed`, then the recovered publications or the keyed snapshot, then
     /// registers the subscriber, all under the channel's lock.
     fn subscribe(&self, request: SubscribeRequest) -> Result<(), PublishError> {
-        let name = request.channel.clone();
-        self.with_channel(&name, move |channel| self.subscribe_locked(channel, request))
+        loop {
+            let channel = self.channel(&request.channel)?;
+            let mut locked = lock(&channel);
+            if !locked.removed {
+                self.subscribe_locked(&mut locked, request);
+                self.start_resampler(&channel, &mut locked);
+                return Ok(());
+            }
+        }
+    }
+
+    fn flush_throttled(&self) {
+        let channels: Vec<_> = lock(&self.channels).values().cloned().collect();
+        for channel in channels {
+            let mut locked = lock(&channel);
+            if locked.throttle.is_empty() {
+                continue;
+            }
+            let delivered = locked.throttle.flush_due(self.shared.clock.now());
+            self.shared.metrics.delivered.inc_by(delivered.publications);
+            self.shared.count_drops(delivered.dropped);
+        }
     }
 
     /// Expires history, and forgets idle channels, across the node: a channel nobody
@@ -184,6 +253,9 @@ impl Engine for MemoryEngine {
         let removed = found.is_some_and(|channel| {
             let mut locked = lock(&channel);
             let removed = locked.remove(connection);
+            if let Some(wake) = &locked.resampler {
+                wake.notify_one();
+            }
             if removed {
                 self.forget_if_idle(&channel, &mut locked);
             }

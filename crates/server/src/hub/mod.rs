@@ -17,6 +17,7 @@ mod memory;
 pub mod outbox;
 pub mod publication;
 mod redis;
+pub mod throttle;
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -123,6 +124,8 @@ pub struct SubscribeStart<'a> {
     pub id: Option<CommandId>,
     pub snapshot_end: bool,
     pub filter: Option<Arc<Filter>>,
+    /// The rate granted (see [`throttle`]); `None`: every publication as it comes.
+    pub rate: Option<tidewire_protocol::rate::Rate>,
 }
 
 /// How often the node forgets what expired: idle channels, history past its TTL, and
@@ -354,6 +357,7 @@ impl Hub {
             id: start.id,
             snapshot_end: start.snapshot_end,
             filter: start.filter,
+            rate: start.rate,
         })
     }
 
@@ -366,6 +370,13 @@ impl Hub {
     /// Channels with their subscriber counts and heads, sorted by name.
     pub async fn channels(&self) -> Vec<ChannelInfo> {
         self.inner.engine.channels().await
+    }
+
+    /// Sends the throttled streams' outputs that are due by the node's clock. Engines do
+    /// this by themselves on the system clock; a node on a manual clock (tests on
+    /// virtual time) calls it after moving the clock.
+    pub fn flush_throttled(&self) {
+        self.inner.engine.flush_throttled();
     }
 
     /// Ready to serve: not draining, and the engine's backend is reachable.

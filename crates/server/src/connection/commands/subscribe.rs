@@ -2,8 +2,8 @@
 //! gets an `error` naming it while the others in the same command still succeed.
 //! Subscribing to a channel already joined starts it again (`subscribed`, then its
 //! snapshot or replay) with the new command's options. A command names at most `--max-channels` distinct channels
-//! (repeats count once). Its options apply to every channel it names; a filter that
-//! breaks a rule refuses the whole command (BAD_REQUEST), and the filters of one
+//! (repeats count once). Its options apply to every channel it names; a filter or a
+//! rate that breaks a rule refuses the whole command (BAD_REQUEST), and the filters of one
 //! connection hold at most `--max-filter-bytes` (TOO_MANY_KEYS for the channel beyond).
 
 use std::sync::Arc;
@@ -19,6 +19,15 @@ pub fn apply(session: &mut Session, command: Subscribe) -> Next {
     let options = command.options.unwrap_or_default();
     let Some(channels) = super::distinct_channels(session, command.id.as_ref(), command.channels) else {
         return Next::Continue;
+    };
+    let rate = match options.rate(session.hub.config().max_subscriber_rate) {
+        Ok(rate) => rate,
+        Err(error) => {
+            for channel in &channels {
+                session.send_error(command.id.clone(), ErrorCode::BadRequest, error.to_string(), Some(channel));
+            }
+            return Next::Continue;
+        }
     };
     let filter = match options.filter() {
         Ok(filter) => filter.map(Arc::new),
@@ -71,8 +80,8 @@ pub fn apply(session: &mut Session, command: Subscribe) -> Next {
             continue;
         }
         let since = command.since.as_ref().and_then(|since| since.get(channel));
-        let start =
-            SubscribeStart { since, id: id.clone(), snapshot_end: options.snapshot_end, filter: filter.clone() };
+        let snapshot_end = options.snapshot_end;
+        let start = SubscribeStart { since, id: id.clone(), snapshot_end, filter: filter.clone(), rate };
         if let Err(refused) = session.hub.subscribe(session.id(), &session.outbox, channel, start) {
             session.send_error(id, refused.code, refused.message, Some(channel));
             continue;

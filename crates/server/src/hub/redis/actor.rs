@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::EngineInner;
 use super::scripts::{Delivered, Range};
 use crate::hub::engine::{Reply, SubscribeRequest, control, snapshot_end, subscribed};
+use crate::hub::throttle::{self, Throttle};
 use crate::hub::{Outbox, now_timestamp};
 
 /// What an actor is asked to do.
@@ -64,6 +65,8 @@ pub struct Actor {
     /// Local subscribers, the seq after which each receives live publications, and its
     /// filter.
     subscribers: HashMap<u64, Local>,
+    /// Local subscribers that asked for a rate (see [`crate::hub::throttle`]).
+    throttle: Throttle,
     /// `None` until the first start is read; `Some("")` while the channel has no state.
     epoch: Option<Arc<str>>,
     /// Last seq fanned out (or known to be before every local subscriber's start).
@@ -74,13 +77,42 @@ pub struct Actor {
 
 impl Actor {
     pub fn new(engine: Arc<EngineInner>, channel: &str, starting: Arc<Mutex<HashSet<u64>>>) -> Actor {
-        Actor { engine, channel: channel.into(), subscribers: HashMap::new(), epoch: None, head: 0, starting }
+        Actor {
+            engine,
+            channel: channel.into(),
+            subscribers: HashMap::new(),
+            throttle: Throttle::default(),
+            epoch: None,
+            head: 0,
+            starting,
+        }
     }
 
     pub async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Input>, ready: oneshot::Receiver<()>) {
         // Listen before reading state, so nothing published after the read is missed.
         let _ = ready.await;
-        while let Some(input) = inbox.recv().await {
+        // The throttled streams' timer, reset only when what is due changes.
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        loop {
+            let input = match self.throttle.next_due() {
+                Some(at) => {
+                    let deadline = tokio::time::Instant::now() + at.saturating_duration_since(self.now());
+                    if timer.deadline() != deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                    tokio::select! {
+                        input = inbox.recv() => input,
+                        () = &mut timer => {
+                            let delivered = self.throttle.flush_due(self.now());
+                            self.count(delivered);
+                            continue;
+                        }
+                    }
+                }
+                None => inbox.recv().await,
+            };
+            let Some(input) = input else { return };
             match input {
                 Input::Subscribe(request) => {
                     let connection = request.connection;
@@ -89,6 +121,7 @@ impl Actor {
                 }
                 Input::Unsubscribe(connection, reply) => {
                     self.subscribers.remove(&connection);
+                    self.throttle.leave(connection);
                     Reply::deliver(reply);
                 }
                 Input::Delivered(delivered) => self.deliver(delivered).await,
@@ -96,6 +129,15 @@ impl Actor {
                 Input::Stop => return,
             }
         }
+    }
+
+    fn now(&self) -> std::time::Instant {
+        self.engine.shared.clock.now()
+    }
+
+    fn count(&self, delivered: throttle::Delivered) {
+        self.engine.shared.metrics.delivered.inc_by(delivered.publications);
+        self.engine.shared.count_drops(delivered.dropped);
     }
 
     /// Whether the actor has seen the channel without state, so that `epoch` appearing
@@ -131,16 +173,24 @@ impl Actor {
             }
         }
         let recovered = request.since.as_ref().map(|_| start.recovered);
+        let rate = request.rate;
         let mut outbounds =
-            vec![Outbound::control(subscribed(request.id, &self.channel, start.head, &epoch, recovered))];
+            vec![Outbound::control(subscribed(request.id, &self.channel, start.head, &epoch, recovered, rate))];
         if start.recovered {
             let first = start.head + 1 - start.texts.len() as u64;
-            for (i, text) in start.texts.into_iter().enumerate() {
-                if !admits_text(request.filter.as_deref(), &text, None) {
-                    continue;
-                }
+            let mut replay: Vec<(u64, String)> = start
+                .texts
+                .into_iter()
+                .enumerate()
+                .map(|(i, text)| (first + i as u64, text))
+                .filter(|(_, text)| admits_text(request.filter.as_deref(), text, None))
+                .collect();
+            if rate.is_some() {
+                replay = throttle::conflated(replay, |(_, text)| publication_key(text).map(Into::into));
+            }
+            for (seq, text) in replay {
                 let message = PublicationTemplate::message_from_text(text);
-                let position = Position { channel: self.channel.clone(), seq: first + i as u64, key: None };
+                let position = Position { channel: self.channel.clone(), seq, key: None };
                 outbounds.push(Outbound::publication(message, position));
             }
         } else {
@@ -163,7 +213,16 @@ impl Actor {
         }
         let dropped = request.outbox.push_all(outbounds);
         self.engine.shared.count_drops(dropped);
-        self.subscribers.insert(request.connection, (request.outbox, start.head, request.filter));
+        match rate {
+            Some(rate) => {
+                self.subscribers.remove(&request.connection);
+                self.throttle.join(request.connection, request.outbox, request.filter, rate, start.head);
+            }
+            None => {
+                self.throttle.leave(request.connection);
+                self.subscribers.insert(request.connection, (request.outbox, start.head, request.filter));
+            }
+        }
     }
 
     async fn deliver(&mut self, delivered: Delivered) {
@@ -210,6 +269,10 @@ impl Actor {
             }
         }
         self.engine.shared.metrics.delivered.inc_by(delivered);
+        if !self.throttle.is_empty() {
+            let resampled = self.throttle.offer(&outbound, self.now(), self.engine.shared.throttle_limits());
+            self.count(resampled);
+        }
         self.head = seq;
     }
 
@@ -228,10 +291,13 @@ impl Actor {
                     to,
                     "publications missed while disconnected are gone; announcing a gap"
                 );
-                for (outbox, start, _) in self.subscribers.values() {
+                // What throttled streams hold came before the gap, so it goes first.
+                let delivered = self.throttle.flush_all(self.now());
+                self.count(delivered);
+                let notify = |outbox: &Arc<Outbox>, start: u64| {
                     let first = from.max(start + 1);
                     if first > to {
-                        continue;
+                        return;
                     }
                     let notice = Control::Gap(GapNotice {
                         timestamp: now_timestamp(),
@@ -241,7 +307,11 @@ impl Actor {
                         reason: GapReason::Overflow,
                     });
                     outbox.push(Outbound::control(control(notice)));
+                };
+                for (outbox, start, _) in self.subscribers.values() {
+                    notify(outbox, *start);
                 }
+                self.throttle.each_member(notify);
                 self.head = to;
             }
         }
@@ -291,9 +361,13 @@ impl Actor {
     /// Re-announces every local subscription with a new epoch.
     fn announce(&mut self, epoch: &Arc<str>, head: u64, recovered: bool) {
         for (outbox, start, _) in self.subscribers.values_mut() {
-            outbox.push(Outbound::control(subscribed(None, &self.channel, head, epoch, Some(recovered))));
+            outbox.push(Outbound::control(subscribed(None, &self.channel, head, epoch, Some(recovered), None)));
             *start = head;
         }
+        let channel = &self.channel;
+        self.throttle.restart(head, |outbox, rate| {
+            outbox.push(Outbound::control(subscribed(None, channel, head, epoch, Some(recovered), Some(rate))));
+        });
     }
 
     /// The channel's first publication created its epoch: subscribers learn it, at their

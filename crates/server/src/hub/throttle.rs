@@ -1,0 +1,408 @@
+//! Resampled delivery for subscribers that asked for `maxRate` (see
+//! [`tidewire_protocol::rate`]): one channel's throttled subscribers, grouped by the
+//! rate they were granted.
+//!
+//! Each group is one resampled stream shared by its members. A publication offered to
+//! a group that sent nothing within its interval goes out at once; otherwise it waits
+//! in the group's pending list, where a newer value of the same key replaces the older
+//! one (the skipped value is not a gap) and unkeyed publications all stay. When the
+//! interval since the group's last output ends, everything pending goes out together,
+//! in seq order, as one bundle per member ([`Outbound::bundle`]): encoded once for the
+//! group, one push per member, one frame. So a key's newest value reaches a member at
+//! most once per interval and never later than one interval after it was published,
+//! and each output covers every seq before it: the last seq a member received is an
+//! exact recovery position.
+//!
+//! **Bounds.** Pending entries are shared with the channel's history (a pointer each).
+//! The list holds at most one entry per key, and unkeyed ones only until the group's
+//! pending bytes reach [`Limits::flush_bytes`] (half a subscriber's queue): then it
+//! goes out early, so an output always fits the queue it goes to. A channel has at most
+//! one group per step of the rate ladder, however many rates clients ask for.
+//!
+//! This is plain state with time passed in; the engine that owns the channel drives it
+//! (the in-memory engine with a task per channel, the Redis engine in the channel's
+//! actor) by calling [`Throttle::flush_due`] at [`Throttle::next_due`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tidewire_protocol::batch::{Dropped, Outbound};
+use tidewire_protocol::filter::Filter;
+use tidewire_protocol::rate::Rate;
+
+use super::channel::admits;
+use super::outbox::Outbox;
+
+/// What a group may hold before it sends early.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Pending bytes at which a group sends what it holds at once.
+    pub flush_bytes: usize,
+}
+
+/// What delivering cost, for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Delivered {
+    /// Publications handed to members (a bundle counts each it holds).
+    pub publications: u64,
+    pub dropped: Dropped,
+}
+
+impl Delivered {
+    fn add(&mut self, other: Delivered) {
+        self.publications += other.publications;
+        self.dropped.add(other.dropped);
+    }
+}
+
+/// A throttled subscriber.
+#[derive(Debug)]
+struct Member {
+    outbox: Arc<Outbox>,
+    /// Its start's seq: it receives only what comes after.
+    after: u64,
+    filter: Option<Arc<Filter>>,
+}
+
+/// One resampled stream: the members granted one rate.
+#[derive(Debug)]
+struct Group {
+    rate: Rate,
+    members: HashMap<u64, Member>,
+    /// Waiting publications in seq order; `None` where a newer value of the same key
+    /// replaced one.
+    pending: Vec<Option<Outbound>>,
+    /// Where each key's waiting value is in `pending`.
+    by_key: HashMap<Arc<str>, usize>,
+    /// Entries of `pending` that are `Some`, and their encoded bytes.
+    live: usize,
+    bytes: usize,
+    /// When the group last sent, and when what waits is due.
+    last_sent: Option<Instant>,
+    due: Option<Instant>,
+}
+
+impl Group {
+    fn new(rate: Rate) -> Group {
+        Group {
+            rate,
+            members: HashMap::new(),
+            pending: Vec::new(),
+            by_key: HashMap::new(),
+            live: 0,
+            bytes: 0,
+            last_sent: None,
+            due: None,
+        }
+    }
+
+    /// Takes a publication: sends it now when the group is quiet, else holds it.
+    fn offer(&mut self, outbound: &Outbound, now: Instant, limits: Limits) -> Delivered {
+        let quiet = self.live == 0 && self.last_sent.is_none_or(|at| now >= at + self.rate.interval());
+        if quiet {
+            self.last_sent = Some(now);
+            return self.send(std::slice::from_ref(outbound));
+        }
+        let key = outbound.position().and_then(|p| p.key.clone());
+        if let Some(key) = key {
+            if let Some(&index) = self.by_key.get(&key) {
+                if let Some(old) = self.pending[index].take() {
+                    self.live -= 1;
+                    self.bytes -= old.message().len();
+                }
+            }
+            self.by_key.insert(key, self.pending.len());
+        }
+        self.pending.push(Some(outbound.clone()));
+        self.live += 1;
+        self.bytes += outbound.message().len();
+        if self.due.is_none() {
+            self.due = Some(self.last_sent.map_or(now, |at| at + self.rate.interval()));
+        }
+        if self.bytes >= limits.flush_bytes {
+            return self.flush(now);
+        }
+        if self.pending.len() > 2 * self.live + 64 {
+            self.compact();
+        }
+        Delivered::default()
+    }
+
+    /// Drops the replaced entries' slots.
+    fn compact(&mut self) {
+        self.pending.retain(Option::is_some);
+        self.by_key.clear();
+        for (index, outbound) in self.pending.iter().enumerate() {
+            if let Some(key) = outbound.as_ref().and_then(|o| o.position()).and_then(|p| p.key.clone()) {
+                self.by_key.insert(key, index);
+            }
+        }
+    }
+
+    /// Sends everything pending now.
+    fn flush(&mut self, now: Instant) -> Delivered {
+        let pending: Vec<Outbound> = std::mem::take(&mut self.pending).into_iter().flatten().collect();
+        self.by_key.clear();
+        self.live = 0;
+        self.bytes = 0;
+        self.due = None;
+        self.last_sent = Some(now);
+        self.send(&pending)
+    }
+
+    /// Hands `outbounds` (in seq order) to every member, as one unit each: the shared
+    /// bundle for members that take all of it, a bundle of their own for members that
+    /// started within it or filter it.
+    fn send(&self, outbounds: &[Outbound]) -> Delivered {
+        let mut delivered = Delivered::default();
+        let (Some(first), Some(last)) = (outbounds.first(), outbounds.last()) else { return delivered };
+        let (Some(first), Some(last)) = (first.position(), last.position()) else { return delivered };
+        let (channel, first_seq, last_seq) = (first.channel.clone(), first.seq, last.seq);
+        let mut shared: Option<Option<Outbound>> = None;
+        for member in self.members.values() {
+            if member.after >= last_seq {
+                continue;
+            }
+            let unit = if member.filter.is_none() && member.after < first_seq {
+                let unit = shared.get_or_insert_with(|| unit_of(&channel, outbounds.iter()));
+                delivered.publications += outbounds.len() as u64;
+                unit.clone()
+            } else {
+                let own: Vec<&Outbound> = outbounds
+                    .iter()
+                    .filter(|o| o.position().is_some_and(|p| p.seq > member.after))
+                    .filter(|o| admits(member.filter.as_deref(), o))
+                    .collect();
+                delivered.publications += own.len() as u64;
+                unit_of(&channel, own.into_iter())
+            };
+            if let Some(unit) = unit {
+                delivered.dropped.add(member.outbox.push(unit));
+            }
+        }
+        delivered
+    }
+}
+
+/// What one member receives for `outbounds`: the publication itself when there is one,
+/// else a bundle of them.
+fn unit_of<'a>(channel: &Arc<str>, outbounds: impl Iterator<Item = &'a Outbound> + Clone) -> Option<Outbound> {
+    let mut probe = outbounds.clone();
+    let first = probe.next()?;
+    let Some(last) = probe.last() else { return Some(first.clone()) };
+    let seq = |o: &Outbound| o.position().map_or(0, |p| p.seq);
+    Outbound::bundle(channel, seq(first), seq(last), outbounds.map(Outbound::message))
+}
+
+/// One channel's throttled subscribers. See the module docs.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    groups: Vec<Group>,
+}
+
+impl Throttle {
+    /// Adds a member at `rate` that receives what comes after seq `after` (its start),
+    /// moving it from another group if it was in one.
+    pub fn join(&mut self, connection: u64, outbox: Arc<Outbox>, filter: Option<Arc<Filter>>, rate: Rate, after: u64) {
+        self.leave(connection);
+        let index = match self.groups.iter().position(|g| g.rate == rate) {
+            Some(index) => index,
+            None => {
+                self.groups.push(Group::new(rate));
+                self.groups.len() - 1
+            }
+        };
+        self.groups[index].members.insert(connection, Member { outbox, after, filter });
+    }
+
+    /// Removes a member; false when it was not one. A group left empty goes.
+    pub fn leave(&mut self, connection: u64) -> bool {
+        let mut found = false;
+        for group in &mut self.groups {
+            found |= group.members.remove(&connection).is_some();
+        }
+        self.groups.retain(|g| !g.members.is_empty());
+        found
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    pub fn member_count(&self) -> usize {
+        self.groups.iter().map(|g| g.members.len()).sum()
+    }
+
+    /// Takes a publication (in seq order) for every group.
+    pub fn offer(&mut self, outbound: &Outbound, now: Instant, limits: Limits) -> Delivered {
+        let mut delivered = Delivered::default();
+        for group in &mut self.groups {
+            delivered.add(group.offer(outbound, now, limits));
+        }
+        delivered
+    }
+
+    /// Sends what is due at `now`.
+    pub fn flush_due(&mut self, now: Instant) -> Delivered {
+        let mut delivered = Delivered::default();
+        for group in &mut self.groups {
+            if group.due.is_some_and(|due| due <= now) {
+                delivered.add(group.flush(now));
+            }
+        }
+        delivered
+    }
+
+    /// Sends everything pending now, due or not (before a gap notice, which must follow
+    /// what came before it).
+    pub fn flush_all(&mut self, now: Instant) -> Delivered {
+        let mut delivered = Delivered::default();
+        for group in &mut self.groups {
+            if group.live > 0 {
+                delivered.add(group.flush(now));
+            }
+        }
+        delivered
+    }
+
+    /// The channel's stream starts again at `head` (its epoch changed): what waits
+    /// belongs to the old stream and is forgotten, and every member receives what
+    /// follows `head`. `each` is called with every member's outbox and rate (to tell it).
+    pub fn restart(&mut self, head: u64, mut each: impl FnMut(&Arc<Outbox>, Rate)) {
+        for group in &mut self.groups {
+            group.pending.clear();
+            group.by_key.clear();
+            group.live = 0;
+            group.bytes = 0;
+            group.due = None;
+            for member in group.members.values_mut() {
+                member.after = head;
+                each(&member.outbox, group.rate);
+            }
+        }
+    }
+
+    /// Calls `each` with every member's outbox and the seq after which it receives.
+    pub fn each_member(&self, mut each: impl FnMut(&Arc<Outbox>, u64)) {
+        for member in self.groups.iter().flat_map(|g| g.members.values()) {
+            each(&member.outbox, member.after);
+        }
+    }
+
+    /// When something pending is due next.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.groups.iter().filter_map(|g| g.due).min()
+    }
+}
+
+/// Only the latest value of each key, in seq order, with every unkeyed publication: a
+/// throttled subscription's replay, which skips what its live stream would have
+/// skipped. `key_of` reads an entry's key.
+pub fn conflated<T>(entries: Vec<T>, key_of: impl Fn(&T) -> Option<Arc<str>>) -> Vec<T> {
+    let keys: Vec<Option<Arc<str>>> = entries.iter().map(&key_of).collect();
+    let mut last: HashMap<&Arc<str>, usize> = HashMap::new();
+    for (index, key) in keys.iter().enumerate() {
+        if let Some(key) = key {
+            last.insert(key, index);
+        }
+    }
+    let keep: Vec<bool> =
+        keys.iter().enumerate().map(|(index, key)| key.as_ref().is_none_or(|k| last.get(k) == Some(&index))).collect();
+    entries.into_iter().zip(keep).filter_map(|(entry, keep)| keep.then_some(entry)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tidewire_protocol::EncodedMessage;
+    use tidewire_protocol::batch::{BatchConfig, Position};
+
+    use super::*;
+    use crate::hub::Clock;
+
+    const LIMITS: Limits = Limits { flush_bytes: 1 << 19 };
+
+    fn publication(seq: u64, key: Option<&str>) -> Outbound {
+        let message = EncodedMessage::encode(&serde_json::json!({"type": "t", "seq": seq, "key": key})).unwrap();
+        Outbound::publication(message, Position { channel: "c".into(), seq, key: key.map(Into::into) })
+    }
+
+    /// The seqs a member's outbox holds, frame by frame.
+    fn received(outbox: &Outbox, at: Instant) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        while let Some((frame, _)) = outbox.poll_frame(at + Duration::from_secs(seqs.len() as u64 + 1)) {
+            let text = frame.encode(crate::hub::now_timestamp());
+            let messages: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+            seqs.extend(messages.iter().map(|m| m["seq"].as_u64().unwrap()));
+        }
+        seqs
+    }
+
+    fn member() -> Arc<Outbox> {
+        Arc::new(Outbox::new(BatchConfig::default(), Clock::system()))
+    }
+
+    #[test]
+    fn a_key_goes_out_at_most_once_per_interval_as_its_newest_value() {
+        let mut throttle = Throttle::default();
+        let outbox = member();
+        let rate = Rate::grant(4.0, 60.0).unwrap();
+        throttle.join(1, outbox.clone(), None, rate, 0);
+        let start = Instant::now();
+        let ms = |n: u64| start + Duration::from_millis(n);
+
+        throttle.offer(&publication(1, Some("A")), ms(0), LIMITS);
+        assert_eq!(throttle.next_due(), None, "a quiet group sends at once");
+        for (seq, at) in [(2, 10), (3, 50), (4, 100)] {
+            throttle.offer(&publication(seq, Some(if seq == 3 { "B" } else { "A" })), ms(at), LIMITS);
+        }
+        throttle.offer(&publication(5, None), ms(120), LIMITS);
+        assert_eq!(throttle.next_due(), Some(ms(250)));
+        assert_eq!(throttle.flush_due(ms(249)).publications, 0);
+        let delivered = throttle.flush_due(ms(250));
+        assert_eq!(delivered.publications, 3, "B's value, A's newest and the unkeyed one");
+        assert_eq!(received(&outbox, ms(250)), vec![1, 3, 4, 5], "in seq order; A's seq 2 skipped");
+    }
+
+    #[test]
+    fn members_that_start_within_the_output_get_only_what_follows_their_start() {
+        let mut throttle = Throttle::default();
+        let (early, late) = (member(), member());
+        let rate = Rate::grant(1.0, 60.0).unwrap();
+        let start = Instant::now();
+        throttle.join(1, early.clone(), None, rate, 0);
+        throttle.offer(&publication(1, Some("A")), start, LIMITS);
+        throttle.offer(&publication(2, Some("B")), start, LIMITS);
+        throttle.offer(&publication(3, Some("C")), start, LIMITS);
+        throttle.join(2, late.clone(), None, rate, 2);
+        throttle.flush_due(start + Duration::from_secs(1));
+        assert_eq!(received(&early, start), vec![1, 2, 3]);
+        assert_eq!(received(&late, start), vec![3]);
+    }
+
+    #[test]
+    fn a_group_that_holds_too_much_sends_early() {
+        let mut throttle = Throttle::default();
+        let outbox = member();
+        throttle.join(1, outbox.clone(), None, Rate::grant(0.1, 60.0).unwrap(), 0);
+        let start = Instant::now();
+        let small = Limits { flush_bytes: 200 };
+        throttle.offer(&publication(1, None), start, small);
+        let mut sent = 0;
+        for seq in 2..=20 {
+            sent += throttle.offer(&publication(seq, None), start, small).publications;
+        }
+        assert!(sent > 0, "unkeyed publications went out before the 10 s interval ended");
+        throttle.flush_due(start + Duration::from_secs(10));
+        assert_eq!(received(&outbox, start), (1..=20).collect::<Vec<_>>(), "none thinned");
+    }
+
+    #[test]
+    fn a_replay_keeps_each_keys_last_value_and_every_unkeyed_one() {
+        let entries = vec![(1, Some("A")), (2, None), (3, Some("A")), (4, Some("B")), (5, None)];
+        let kept = conflated(entries, |(_, key)| key.map(Arc::from));
+        assert_eq!(kept.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), vec![2, 3, 4, 5]);
+    }
+}
