@@ -491,6 +491,27 @@ mod tests {
     }
 
     #[test]
+    fn a_bundle_goes_in_one_frame_and_is_dropped_whole_as_one_gap() {
+        let channel: Arc<str> = "a".into();
+        let items: Vec<Outbound> = [3, 5, 9].iter().map(|&seq| publication("a", seq, Some("k"))).collect();
+        let bundle = Outbound::bundle(&channel, 3, 9, items.iter().map(Outbound::message)).unwrap();
+        assert_eq!(bundle.first_seq(), Some(3));
+        assert!(Outbound::bundle(&channel, 1, 1, std::iter::empty()).is_none(), "no bundle of nothing");
+        let mut b = small(1, 1);
+        b.push(bundle.clone());
+        let frame = b.poll_frame(ms(0)).unwrap();
+        let text = frame.encode(Timestamp::from_unix_micros(0));
+        let sent: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+        let sent: Vec<u64> = sent.iter().filter_map(|m| m["seq"].as_u64()).collect();
+        assert_eq!(sent, [3, 5, 9], "three publications in a frame of max_batch 1");
+        // A queue of one: a second bundle pushes the first out, announced as 3..=9.
+        b.push(bundle.clone());
+        b.push(Outbound::bundle(&channel, 10, 12, items.iter().map(Outbound::message)).unwrap());
+        let frame = b.poll_frame(ms(100)).unwrap();
+        assert_eq!(frame.gaps, vec![Gap { channel, from: 3, to: 9, reason: GapReason::Overflow }]);
+    }
+
+    #[test]
     fn reconfigure_keeps_what_fits_and_reports_the_rest() {
         let mut b = small(4, 4);
         for seq in 1..=10 {

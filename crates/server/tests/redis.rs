@@ -700,3 +700,49 @@ async fn filters_apply_to_the_snapshot_the_replay_and_live_fan_out_on_another_no
     assert_eq!(back.expect_type("subscribed").await["recovered"], true);
     assert_eq!(back.next().await["seq"], 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_subscription_on_another_node_gets_each_keys_newest_value() {
+    // The channel's actor resamples what pub/sub brings; a throttled replay from Redis
+    // holds each key's latest value and every unkeyed publication.
+    let url = shared_redis();
+    let prefix = unique_prefix("throttle");
+    let (a, b) = (node(&url, &prefix).await, node(&url, &prefix).await);
+    let row = |key: Option<&str>| tidewire_protocol::NewPublication {
+        channel: "desk".into(),
+        kind: "lp".into(),
+        data: json!({}),
+        key: key.map(Into::into),
+        ..Default::default()
+    };
+    let mut client = b.client("u").await;
+    client.next().await;
+    client.send_value(json!({"action":"subscribe","channels":["desk"],"options":{"maxRate": 1}})).await;
+    let subscribed = client.expect_type("subscribed").await;
+    assert_eq!(subscribed["maxRate"], 1.0);
+    for key in [Some("A"), Some("A"), Some("B"), None, Some("A")] {
+        a.hub.publish(row(key)).await.unwrap(); // 1..=5
+    }
+    let (mut received, mut epoch) = (Vec::new(), subscribed["epoch"].clone());
+    while received.len() < 4 {
+        let message = client.next().await;
+        if message["type"] == "subscribed" {
+            // The first publication created the channel: re-announced with its epoch.
+            assert_eq!((message["recovered"].as_bool(), message["maxRate"].as_f64()), (Some(true), Some(1.0)));
+            epoch = message["epoch"].clone();
+        }
+        if let Some(seq) = message["seq"].as_u64().filter(|_| message["type"] == "lp") {
+            received.push(seq);
+        }
+    }
+    assert_eq!(received, [1, 3, 4, 5], "1 at once; 2 replaced by 5 within the interval");
+    let mut back = b.client("u").await;
+    back.next().await;
+    let since = json!({"desk": {"seq": 0, "epoch": epoch}});
+    let options = json!({"maxRate": 1});
+    back.send_value(json!({"action":"subscribe","channels":["desk"],"since":since,"options":options})).await;
+    assert_eq!(back.expect_type("subscribed").await["recovered"], true);
+    let replay: Vec<u64> =
+        [back.next().await, back.next().await, back.next().await].iter().filter_map(|m| m["seq"].as_u64()).collect();
+    assert_eq!(replay, [3, 4, 5], "B's value, the unkeyed one and A's latest");
+}

@@ -400,6 +400,21 @@ mod tests {
     }
 
     #[test]
+    fn however_many_rates_are_asked_a_channel_has_one_stream_per_ladder_step() {
+        let mut throttle = Throttle::default();
+        for connection in 0..1000u64 {
+            let asked = 0.1 + connection as f64 * 0.0731;
+            throttle.join(connection, member(), None, Rate::grant(asked, 60.0).unwrap(), 0);
+        }
+        assert!(throttle.groups.len() <= tidewire_protocol::rate::RATE_LADDER.len(), "{}", throttle.groups.len());
+        assert_eq!(throttle.member_count(), 1000);
+        for connection in 0..1000u64 {
+            assert!(throttle.leave(connection));
+        }
+        assert!(throttle.is_empty(), "empty streams go");
+    }
+
+    #[test]
     fn a_replay_keeps_each_keys_last_value_and_every_unkeyed_one() {
         let entries = vec![(1, Some("A")), (2, None), (3, Some("A")), (4, Some("B")), (5, None)];
         let kept = conflated(entries, |(_, key)| key.map(Arc::from));
