@@ -21,7 +21,8 @@ types?: Array<string>,
  */
 keys?: Array<string>, 
 /**
- * At most this many updates per second per key (see [`crate::rate`]); the server
- * grants a rate at most this and says which in `subscribed.maxRate`.
+ * At least this many milliseconds between two updates of one key (see
+ * [`crate::rate`]); the server grants an interval at least this and says which in
+ * `subscribed.minInterval`.
  */
-maxRate?: number, };
+minInterval?: number, };

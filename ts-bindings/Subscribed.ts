@@ -22,7 +22,8 @@ epoch: string,
  */
 recovered?: boolean, 
 /**
- * The rate granted to a subscription that asked for `options.maxRate` (updates per
- * second per key; see [`crate::rate`]). Its seqs skip the values it did not get.
+ * The interval granted to a subscription that asked for `options.minInterval`
+ * (milliseconds between two updates of one key; see [`crate::rate`]). Its seqs
+ * skip the values it did not get.
  */
-maxRate?: number, };
+minInterval?: number, };

@@ -98,6 +98,9 @@ test("the dashboard fills, counts, and survives a server restart", { timeout: 12
     const batch = Number(await text(page, "batch"));
     assert.ok(batch > 1, `messages arrive batched (${batch} per frame)`);
 
+    // The LP grid is resampled at the rate it asked for, and says so.
+    assert.equal(await text(page, "lp-rate"), "≤ 2/s per LP");
+
     // An LP leaves the desk: its row goes, and a fresh page (whose snapshot is complete)
     // shows the same table; it comes back when relisted.
     const rows = (p) => p.locator('[data-testid="lp-rows"] tr').count();

@@ -4,7 +4,12 @@
 // per animation frame, and only for panels that changed, so hundreds of updates per
 // second stay smooth.
 
-import init, { TidewireClient, type AnalyticsPublication, type TidewireState } from "tidewire-client";
+import init, {
+  TidewireClient,
+  type AnalyticsPublication,
+  type TidewireState,
+  type TidewireSubscribeOptions,
+} from "tidewire-client";
 import { AlertsPanel } from "./panels/alerts";
 import { ExposurePanel } from "./panels/exposure";
 import { LpPanel } from "./panels/lps";
@@ -62,16 +67,22 @@ async function main(): Promise<void> {
   });
   client.onState(showState);
   client.onError((error) => console.warn("tidewire", error.kind, error.code ?? "", error.message));
+  // The LP grid needs each LP's newest reading a few times a second, not every quote:
+  // the server resamples it per LP. Alerts and decisions arrive unthrottled.
+  const options: Record<string, TidewireSubscribeOptions> = { "lp-performance": { maxRate: 2 } };
   for (const channel of ["routing-metrics", "lp-performance", "exposure-updates", "alerts"]) {
     client.subscribe(channel, handle, (event) => {
       if (channel !== "lp-performance") return;
+      if (event.type === "subscribed" && event.maxRate !== undefined) {
+        setText(byTestId("lp-rate"), `≤ ${event.maxRate}/s per LP`);
+      }
       // Not recoverable: forget keyed state; the snapshot that follows refills it.
       if (event.type === "subscribed" && event.recovered === false) {
         lps.clear();
         lps.complete(false);
       }
       if (event.type === "snapshot-end") lps.complete(true);
-    });
+    }, options[channel]);
   }
 
   // Per-second rates for the status bar.

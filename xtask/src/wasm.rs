@@ -15,8 +15,9 @@ use crate::step;
 pub const PACKAGE: &str = "tidewire-client";
 
 /// The most the package (wasm + JS, each gzipped) may weigh; the build fails above it.
-/// Lower it when the package shrinks, so a regression cannot hide under old slack.
-pub const PACKAGE_BUDGET_BYTES: u64 = 110 * 1024;
+/// Lower it when the package shrinks, so a regression cannot hide under old slack. Raised
+/// from 110 KiB once, by the 1 KiB resampled subscriptions (`minInterval`) cost.
+pub const PACKAGE_BUDGET_BYTES: u64 = 111 * 1024;
 
 /// Where the package is written.
 pub fn package_dir() -> PathBuf {

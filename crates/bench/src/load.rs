@@ -60,7 +60,7 @@ pub struct Latency {
     pub samples: u64,
 }
 
-fn now_micros() -> i64 {
+pub(crate) fn now_micros() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
@@ -188,7 +188,7 @@ pub(crate) async fn read(
             match item {
                 Item::Gap { from, to } => seen.gapped += to.saturating_sub(from) + 1,
                 Item::Control => {}
-                Item::Publication { seq, timestamp } => {
+                Item::Publication { seq, timestamp, .. } => {
                     seen.delivered += 1;
                     if seq % SAMPLE_EVERY == 0 {
                         seen.record_latency(timestamp);

@@ -26,6 +26,7 @@ mod load;
 mod process;
 mod report;
 mod scan;
+mod tables;
 
 use std::time::Duration;
 
@@ -55,6 +56,9 @@ enum Command {
     Soak(SoakArgs),
     /// Hostile clients at full speed while healthy subscribers read (see the module docs).
     Attack(AttackArgs),
+    /// Resampled tables: subscribers asking `minInterval` per key on one keyed channel
+    /// (see `tables.rs`). Fails (exit 1) when a table does not end at the latest state.
+    Tables(TablesArgs),
     /// The attackers of `attack`, in their own process (started by it).
     #[command(hide = true)]
     AttackWorker {
@@ -88,6 +92,25 @@ pub struct AttackArgs {
     /// Extra flags for the node.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct TablesArgs {
+    #[arg(long, short = 's', default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Keys of the channel.
+    #[arg(long, short = 'k', default_value_t = 500)]
+    pub keys: u32,
+    /// Updates per second, all keys together.
+    #[arg(long, short = 'r', default_value_t = 20_000)]
+    pub rate: u32,
+    /// Each subscription's `minInterval` (250 ms: 4 updates per second per key).
+    #[arg(long, default_value_t = 250)]
+    pub min_interval_ms: u64,
+    #[arg(long, short = 'd', default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    #[arg(long)]
+    pub server_bin: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -192,6 +215,15 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    if let Command::Tables(args) = &cli.command {
+        return match runtime.block_on(tables::run(args)) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tidewire-bench: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     if let Command::Attack(args) = &cli.command {
         return match runtime.block_on(attack::attack(args)) {
             Ok(report) => {
@@ -218,7 +250,7 @@ fn main() -> std::process::ExitCode {
     }
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Attack(_) | Command::AttackWorker { .. } => Ok(Vec::new()),
+            Command::Attack(_) | Command::AttackWorker { .. } | Command::Tables(_) => Ok(Vec::new()),
             Command::Fanout(args) => load::fanout(&args).await.map(|r| vec![r]),
             Command::Idle(args) => load::idle(&args).await.map(|r| vec![r]),
             Command::Suite(args) => load::suite(&args).await,

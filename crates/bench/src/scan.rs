@@ -18,6 +18,8 @@ pub enum Item<'a> {
     Publication {
         seq: u64,
         timestamp: &'a str,
+        /// The latest-value key, when the publication has one.
+        key: Option<&'a str>,
     },
     Gap {
         from: u64,
@@ -49,7 +51,9 @@ pub fn scan(frame: &str) -> Option<Vec<Item<'_>>> {
         } else {
             cursor.channel()?;
             cursor.expect(r#","seq":"#)?;
-            Item::Publication { seq: cursor.number()?, timestamp }
+            let seq = cursor.number()?;
+            let key = cursor.expect(r#","key":""#).and_then(|()| cursor.until_quote());
+            Item::Publication { seq, timestamp, key }
         });
     }
     Some(items)
@@ -138,10 +142,10 @@ mod tests {
         assert_eq!(
             scan(&frame),
             Some(vec![
-                Item::Publication { seq: 7, timestamp: &stamp },
+                Item::Publication { seq: 7, timestamp: &stamp, key: Some("k") },
                 Item::Gap { from: 8, to: 12 },
                 Item::Control,
-                Item::Publication { seq: 13, timestamp: &stamp },
+                Item::Publication { seq: 13, timestamp: &stamp, key: Some("k") },
             ])
         );
     }

@@ -308,7 +308,12 @@ impl TidewireClient {
             let options = options.map(JsValue::from).map_or_else(Default::default, |o| SubscriptionOptions {
                 types: string_list(&o, "types"),
                 keys: string_list(&o, "keys"),
-                max_rate: Reflect::get(&o, &"maxRate".into()).ok().and_then(|v| v.as_f64()),
+                // 0, negative and NaN rates become 0 ms and infinite intervals the most
+                // there is: the server refuses both with BAD_REQUEST.
+                min_interval_ms: Reflect::get(&o, &"maxRate".into())
+                    .ok()
+                    .and_then(|v| v.as_f64())
+                    .map(|rate| (1000.0 / rate).ceil() as u64),
             });
             feed(&self.inner, Event::SubscribeWith { channel: channel.clone(), options });
         }
@@ -498,9 +503,9 @@ fn perform(inner: &Rc<RefCell<Inner>>, action: Action) {
                 return;
             }
             let object = subscription_event_object(&event);
-            if let Some(rate) = inner.borrow().core.granted_rate(&channel) {
+            if let Some(ms) = inner.borrow().core.granted_interval_ms(&channel) {
                 if matches!(event, SubscriptionEvent::Subscribed { .. }) {
-                    set(object.unchecked_ref(), "maxRate", rate);
+                    set(object.unchecked_ref(), "maxRate", 1000.0 / ms as f64);
                 }
             }
             for listener in listeners {

@@ -110,7 +110,7 @@ pub struct Subscribe {
 /// What a subscription asks of its delivery. Every field is optional and off by
 /// default, so a client that sends none sees what clients always saw; an unknown field
 /// is refused (BAD_REQUEST) rather than silently ignored.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SubscribeOptions {
@@ -128,11 +128,12 @@ pub struct SubscribeOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", ts(optional))]
     pub keys: Option<Vec<String>>,
-    /// At most this many updates per second per key (see [`crate::rate`]); the server
-    /// grants a rate at most this and says which in `subscribed.maxRate`.
+    /// At least this many milliseconds between two updates of one key (see
+    /// [`crate::rate`]); the server grants an interval at least this and says which in
+    /// `subscribed.minInterval`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "ts", ts(optional))]
-    pub max_rate: Option<f64>,
+    #[cfg_attr(feature = "ts", ts(optional, type = "number"))]
+    pub min_interval: Option<u64>,
 }
 
 impl SubscribeOptions {
@@ -141,10 +142,10 @@ impl SubscribeOptions {
         crate::filter::Filter::new(self.types.as_deref(), self.keys.as_deref())
     }
 
-    /// The rate granted for `maxRate` under the node's `ceiling` (`None`: unthrottled),
+    /// The rate granted for `minInterval` under the node's floor (`None`: unthrottled),
     /// or why it is refused.
-    pub fn rate(&self, ceiling: f64) -> Result<Option<crate::rate::Rate>, crate::rate::RateError> {
-        self.max_rate.map(|asked| crate::rate::Rate::grant(asked, ceiling)).transpose()
+    pub fn rate(&self, floor_ms: u64) -> Result<Option<crate::rate::Rate>, crate::rate::RateError> {
+        self.min_interval.map(|asked| crate::rate::Rate::grant(asked, floor_ms)).transpose()
     }
 }
 

@@ -237,11 +237,12 @@ pub struct Subscribed {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", ts(optional))]
     pub recovered: Option<bool>,
-    /// The rate granted to a subscription that asked for `options.maxRate` (updates per
-    /// second per key; see [`crate::rate`]). Its seqs skip the values it did not get.
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "maxRate")]
-    #[cfg_attr(feature = "ts", ts(optional))]
-    pub max_rate: Option<f64>,
+    /// The interval granted to a subscription that asked for `options.minInterval`
+    /// (milliseconds between two updates of one key; see [`crate::rate`]). Its seqs
+    /// skip the values it did not get.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "minInterval")]
+    #[cfg_attr(feature = "ts", ts(optional, type = "number"))]
+    pub min_interval: Option<u64>,
 }
 
 /// A channel subscription ended: the answer to an `unsubscribe`, or, with `code`, the
@@ -391,7 +392,7 @@ pub struct ControlFields<'a> {
     #[serde(default)]
     pub recovered: Option<bool>,
     #[serde(default)]
-    pub max_rate: Option<f64>,
+    pub min_interval: Option<u64>,
     #[serde(default)]
     pub version: Option<u32>,
     #[serde(default)]
@@ -527,7 +528,7 @@ mod tests {
                     seq: 9,
                     epoch: "e".into(),
                     recovered: Some(true),
-                    max_rate: None,
+                    min_interval: None,
                 }),
                 concat!(
                     r#"{"type":"subscribed","timestamp":"2026-01-19T10:30:45.123456Z","#,
@@ -584,7 +585,7 @@ mod tests {
                 seq: 4,
                 epoch: "e".into(),
                 recovered: Some(false),
-                max_rate: Some(4.0),
+                min_interval: Some(250),
             }),
             Control::Gap(GapNotice {
                 timestamp: ts,
@@ -625,7 +626,7 @@ mod tests {
                         (fields.channel.as_deref(), fields.seq, fields.epoch.as_deref(), fields.recovered),
                         (Some("c"), Some(m.seq), Some("e"), m.recovered)
                     );
-                    assert_eq!(fields.max_rate, m.max_rate)
+                    assert_eq!(fields.min_interval, m.min_interval)
                 }
                 Control::Gap(m) => {
                     assert_eq!((fields.from, fields.to, fields.reason), (Some(m.from), Some(m.to), Some(m.reason)))

@@ -1,17 +1,20 @@
 //! The update rate a subscriber asks for, and the rate the server grants.
 //!
-//! A subscription may carry `options.maxRate`: at most that many updates per second
-//! per key. The server then resamples the channel's keyed publications for it: each
-//! key's newest value goes out at most once per interval, never an older one, and
-//! values in between are skipped. Unkeyed publications are never skipped: they go out
-//! in full, in the same larger frames.
+//! A subscription may carry `options.minInterval`: at least that many milliseconds
+//! between two updates of one key (the JavaScript API takes it as `maxRate`, updates per
+//! second, and sends `ceil(1000 / maxRate)`). The server then resamples the channel's
+//! keyed publications for it: each key's newest value goes out at most once per
+//! interval, never an older one, and values in between are skipped. Unkeyed
+//! publications are never skipped: they go out in full, in the same larger frames. The
+//! wire carries whole milliseconds so that no peer needs floating-point text.
 //!
-//! **Grants come from a ladder.** The server grants the largest rate of [`RATE_LADDER`]
-//! that is at most both the rate asked for and the node's own ceiling, and says which in
-//! `subscribed.maxRate`. Subscribers of a channel granted the same rate share one
-//! resampled stream (the work and the encoding happen once per rate, not once per
-//! subscriber), so the ladder also bounds what a channel costs: at most
-//! [`RATE_LADDER`]`.len()` streams however many rates clients invent.
+//! **Grants come from a ladder.** The server grants the shortest interval of
+//! [`INTERVAL_LADDER_MS`] that is at least both the interval asked for and the node's
+//! own floor, and says which in `subscribed.minInterval`. Subscribers of a channel
+//! granted the same interval share one resampled stream (the work and the encoding
+//! happen once per interval, not once per subscriber), so the ladder also bounds what a
+//! channel costs: at most [`INTERVAL_LADDER_MS`]`.len()` streams however many intervals
+//! clients invent.
 //!
 //! **Skipped values are not gaps.** A throttled subscription's seqs jump over the
 //! values it skipped (like a filtered one's), in order, and every interval's output
@@ -21,52 +24,52 @@
 
 use std::time::Duration;
 
-/// The rates a server grants, in updates per second per key, lowest first.
-pub const RATE_LADDER: [f64; 12] = [0.1, 0.2, 0.5, 1.0, 2.0, 4.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0];
+/// The intervals a server grants, in milliseconds, shortest first: 50, 25, 20, 10, 5, 4,
+/// 2, 1, 0.5, 0.2 and 0.1 updates per second per key.
+pub const INTERVAL_LADDER_MS: [u64; 11] = [20, 40, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10_000];
 
-/// The lowest rate a subscription may ask for (one update per key per 10 s): anything
-/// slower would hold unkeyed publications back for longer than a view can wait.
-pub const MIN_RATE: f64 = RATE_LADDER[0];
+/// The longest interval a subscription may ask for (one update per key per 10 s):
+/// anything slower would hold unkeyed publications back for longer than a view can wait.
+pub const MAX_INTERVAL_MS: u64 = INTERVAL_LADDER_MS[INTERVAL_LADDER_MS.len() - 1];
 
-/// Why a requested rate is refused (the server answers `BAD_REQUEST` with it).
-#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+/// Why a requested interval is refused (the server answers `BAD_REQUEST` with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RateError {
-    #[error("options.maxRate must be a positive number of updates per second, not {0}")]
-    NotPositive(f64),
-    #[error("options.maxRate {0} is below the lowest rate, {MIN_RATE} per second")]
-    TooLow(f64),
+    #[error("options.minInterval must be at least 1 millisecond (a maxRate must be a positive number)")]
+    Zero,
+    #[error("options.minInterval {0} ms is longer than the longest interval, {MAX_INTERVAL_MS} ms (0.1 per second)")]
+    TooLong(u64),
 }
 
-/// A granted rate: a step of [`RATE_LADDER`].
+/// A granted rate: a step of [`INTERVAL_LADDER_MS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Rate {
-    /// Index into [`RATE_LADDER`].
+    /// Index into [`INTERVAL_LADDER_MS`].
     step: u8,
 }
 
 impl Rate {
-    /// The rate granted for `requested` on a node whose ceiling is `ceiling` (itself at
-    /// least [`MIN_RATE`]): the largest ladder step at most both.
-    pub fn grant(requested: f64, ceiling: f64) -> Result<Rate, RateError> {
-        if !requested.is_finite() || requested <= 0.0 {
-            return Err(RateError::NotPositive(requested));
+    /// The rate granted for `min_interval_ms` on a node whose floor is `floor_ms`: the
+    /// shortest ladder step at least both (the longest step when the floor is longer).
+    pub fn grant(min_interval_ms: u64, floor_ms: u64) -> Result<Rate, RateError> {
+        if min_interval_ms == 0 {
+            return Err(RateError::Zero);
         }
-        if requested < MIN_RATE {
-            return Err(RateError::TooLow(requested));
+        if min_interval_ms > MAX_INTERVAL_MS {
+            return Err(RateError::TooLong(min_interval_ms));
         }
-        let limit = requested.min(ceiling.max(MIN_RATE));
-        let step = RATE_LADDER.iter().rposition(|&rate| rate <= limit).unwrap_or(0);
+        let least = min_interval_ms.max(floor_ms);
+        let step = INTERVAL_LADDER_MS.iter().position(|&ms| ms >= least).unwrap_or(INTERVAL_LADDER_MS.len() - 1);
         Ok(Rate { step: step as u8 })
     }
 
-    /// Updates per second per key.
-    pub fn per_second(self) -> f64 {
-        RATE_LADDER[usize::from(self.step)]
+    /// The least time between two updates of one key, in milliseconds.
+    pub fn interval_ms(self) -> u64 {
+        INTERVAL_LADDER_MS[usize::from(self.step)]
     }
 
-    /// The least time between two updates of one key.
     pub fn interval(self) -> Duration {
-        Duration::from_secs_f64(1.0 / self.per_second())
+        Duration::from_millis(self.interval_ms())
     }
 }
 
@@ -75,22 +78,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grants_are_ladder_steps_never_above_what_was_asked() {
-        let granted = |asked: f64| Rate::grant(asked, 60.0).map(Rate::per_second);
-        assert_eq!(granted(4.0), Ok(4.0));
-        assert_eq!(granted(3.9), Ok(2.0), "lowered to the step below");
-        assert_eq!(granted(1e9), Ok(60.0), "capped at the node's ceiling");
-        assert_eq!(granted(0.1), Ok(0.1));
-        assert_eq!(Rate::grant(100.0, 10.0).map(Rate::per_second), Ok(10.0));
-        assert_eq!(Rate::grant(4.0, 4.0).unwrap().interval(), Duration::from_millis(250));
+    fn grants_are_ladder_steps_never_shorter_than_what_was_asked() {
+        let granted = |asked: u64| Rate::grant(asked, 20).map(Rate::interval_ms);
+        assert_eq!(granted(250), Ok(250));
+        assert_eq!(granted(251), Ok(500), "lengthened to the step above");
+        assert_eq!(granted(1), Ok(20), "held at the node's floor");
+        assert_eq!(granted(MAX_INTERVAL_MS), Ok(MAX_INTERVAL_MS));
+        assert_eq!(Rate::grant(30, 100).map(Rate::interval_ms), Ok(100));
+        assert_eq!(Rate::grant(30, 60_000).map(Rate::interval_ms), Ok(MAX_INTERVAL_MS));
+        assert_eq!(Rate::grant(250, 20).unwrap().interval(), Duration::from_millis(250));
     }
 
     #[test]
-    fn rates_that_mean_nothing_are_refused() {
-        assert_eq!(Rate::grant(0.0, 60.0), Err(RateError::NotPositive(0.0)));
-        assert_eq!(Rate::grant(-1.0, 60.0), Err(RateError::NotPositive(-1.0)));
-        assert!(matches!(Rate::grant(f64::NAN, 60.0), Err(RateError::NotPositive(_))));
-        assert!(matches!(Rate::grant(f64::INFINITY, 60.0), Err(RateError::NotPositive(_))));
-        assert_eq!(Rate::grant(0.01, 60.0), Err(RateError::TooLow(0.01)));
+    fn intervals_that_mean_nothing_are_refused() {
+        assert_eq!(Rate::grant(0, 20), Err(RateError::Zero));
+        assert_eq!(Rate::grant(10_001, 20), Err(RateError::TooLong(10_001)));
+        assert_eq!(Rate::grant(u64::MAX, 20), Err(RateError::TooLong(u64::MAX)));
     }
 }

@@ -134,7 +134,7 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
         ),
         (timestamp(), command_id(), channel_name(), any::<u64>(), "[a-z0-9]{1,8}", prop::option::of(any::<bool>()))
             .prop_map(|(timestamp, id, channel, seq, epoch, recovered)| {
-                Control::Subscribed(Subscribed { timestamp, id, channel, seq, epoch, recovered, max_rate: None })
+                Control::Subscribed(Subscribed { timestamp, id, channel, seq, epoch, recovered, min_interval: None })
             }),
         (timestamp(), command_id(), channel_name()).prop_map(|(timestamp, id, channel)| Control::Unsubscribed(
             Unsubscribed { timestamp, id, channel, code: None, message: None }

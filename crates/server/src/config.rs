@@ -236,11 +236,11 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_MAX_FILTER_BYTES", default_value_t = 64 * 1024)]
     pub max_filter_bytes: usize,
 
-    /// The highest rate a subscription's `options.maxRate` is granted, in updates per
-    /// second per key; a higher request is granted the highest step of the protocol's
-    /// rate ladder at most this (and never below 0.1).
-    #[arg(long, env = "TIDEWIRE_MAX_SUBSCRIBER_RATE", default_value_t = 60.0)]
-    pub max_subscriber_rate: f64,
+    /// The shortest interval between two updates of one key that a subscription's
+    /// `options.minInterval` (`maxRate` in the JavaScript API) is granted; a shorter
+    /// request is granted the shortest step of the protocol's ladder at least this.
+    #[arg(long, env = "TIDEWIRE_MIN_SUBSCRIBER_INTERVAL", default_value = "20ms", value_parser = duration)]
+    pub min_subscriber_interval: Duration,
 
     /// How long a channel's state (its head seq, epoch and latest values) outlives its
     /// last publication. After it, the channel starts again (a new epoch); in memory, a

@@ -717,9 +717,9 @@ async fn a_throttled_subscription_on_another_node_gets_each_keys_newest_value() 
     };
     let mut client = b.client("u").await;
     client.next().await;
-    client.send_value(json!({"action":"subscribe","channels":["desk"],"options":{"maxRate": 1}})).await;
+    client.send_value(json!({"action":"subscribe","channels":["desk"],"options":{"minInterval": 1000}})).await;
     let subscribed = client.expect_type("subscribed").await;
-    assert_eq!(subscribed["maxRate"], 1.0);
+    assert_eq!(subscribed["minInterval"], 1000);
     for key in [Some("A"), Some("A"), Some("B"), None, Some("A")] {
         a.hub.publish(row(key)).await.unwrap(); // 1..=5
     }
@@ -728,7 +728,7 @@ async fn a_throttled_subscription_on_another_node_gets_each_keys_newest_value() 
         let message = client.next().await;
         if message["type"] == "subscribed" {
             // The first publication created the channel: re-announced with its epoch.
-            assert_eq!((message["recovered"].as_bool(), message["maxRate"].as_f64()), (Some(true), Some(1.0)));
+            assert_eq!((message["recovered"].as_bool(), message["minInterval"].as_u64()), (Some(true), Some(1000)));
             epoch = message["epoch"].clone();
         }
         if let Some(seq) = message["seq"].as_u64().filter(|_| message["type"] == "lp") {
@@ -739,7 +739,7 @@ async fn a_throttled_subscription_on_another_node_gets_each_keys_newest_value() 
     let mut back = b.client("u").await;
     back.next().await;
     let since = json!({"desk": {"seq": 0, "epoch": epoch}});
-    let options = json!({"maxRate": 1});
+    let options = json!({"minInterval": 1000});
     back.send_value(json!({"action":"subscribe","channels":["desk"],"since":since,"options":options})).await;
     assert_eq!(back.expect_type("subscribed").await["recovered"], true);
     let replay: Vec<u64> =

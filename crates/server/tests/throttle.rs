@@ -1,4 +1,4 @@
-//! A rate the subscriber asks for (`options.maxRate` on `subscribe`), against a real node
+//! A rate the subscriber asks for (`options.minInterval` on `subscribe`), against a real node
 //! over real sockets: each key's newest value at most once per granted interval,
 //! unkeyed publications all delivered, rates granted from the ladder and bad ones
 //! refused, deletes, filters and replays through a resampled stream. (The Redis
@@ -57,8 +57,8 @@ async fn a_key_gets_its_newest_value_at_most_once_per_interval_and_unkeyed_ones_
     let server = TestServer::start().await;
     let mut client = server.client("u").await;
     client.next().await;
-    let subscribed = subscribe(&mut client, json!({"maxRate": 4}), None).await;
-    assert_eq!(subscribed["maxRate"], 4.0);
+    let subscribed = subscribe(&mut client, json!({"minInterval": 250}), None).await;
+    assert_eq!(subscribed["minInterval"], 250);
 
     // 200 values of A over about a second (far above 4/s), and an unkeyed one every 50,
     // read as they arrive.
@@ -97,23 +97,27 @@ async fn rates_are_granted_from_the_ladder_and_meaningless_ones_refused() {
     let server = TestServer::start().await;
     let mut client = server.client("u").await;
     client.next().await;
-    assert_eq!(subscribe(&mut client, json!({"maxRate": 3.9}), None).await["maxRate"], 2.0, "lowered to a step");
-    assert_eq!(subscribe(&mut client, json!({"maxRate": 1e9}), None).await["maxRate"], 60.0, "the node's ceiling");
-    for bad in [json!(0), json!(-1), json!(0.01)] {
-        client.send_value(json!({"action":"subscribe","channels":["lp"],"options":{"maxRate": bad}})).await;
+    let granted = |v: Value| v["minInterval"].as_u64();
+    assert_eq!(granted(subscribe(&mut client, json!({"minInterval": 300}), None).await), Some(500), "a step");
+    assert_eq!(granted(subscribe(&mut client, json!({"minInterval": 1}), None).await), Some(20), "the node's floor");
+    for bad in [json!(0), json!(10_001), json!(u64::MAX)] {
+        client.send_value(json!({"action":"subscribe","channels":["lp"],"options":{"minInterval": bad}})).await;
         let error = client.expect_type("error").await;
         assert_eq!((error["code"].as_str(), error["channel"].as_str()), (Some("BAD_REQUEST"), Some("lp")), "{bad}");
-        assert!(error["message"].as_str().unwrap().contains("maxRate"), "{error}");
+        assert!(error["message"].as_str().unwrap().contains("minInterval"), "{error}");
     }
-    client.send(r#"{"action":"subscribe","channels":["lp"],"options":{"maxRate":"fast"}}"#).await;
-    assert_eq!(client.expect_type("error").await["code"], "BAD_REQUEST");
+    for bad in [r#""fast""#, "-1", "2.5", "1e30"] {
+        let command = format!(r#"{{"action":"subscribe","channels":["lp"],"options":{{"minInterval":{bad}}}}}"#);
+        client.send(&command).await;
+        assert_eq!(client.expect_type("error").await["code"], "BAD_REQUEST", "{bad}");
+    }
 
-    let capped = TestServer::with(|c| c.max_subscriber_rate = 10.0).await;
-    let mut client = capped.client("u").await;
+    let floored = TestServer::with(|c| c.min_subscriber_interval = Duration::from_millis(100)).await;
+    let mut client = floored.client("u").await;
     client.next().await;
-    assert_eq!(subscribe(&mut client, json!({"maxRate": 30}), None).await["maxRate"], 10.0);
+    assert_eq!(granted(subscribe(&mut client, json!({"minInterval": 30}), None).await), Some(100));
     let plain = subscribe(&mut client, json!({}), None).await;
-    assert!(plain.get("maxRate").is_none(), "an unthrottled subscription says no rate: {plain}");
+    assert!(plain.get("minInterval").is_none(), "an unthrottled subscription says no interval: {plain}");
 }
 
 #[tokio::test]
@@ -121,7 +125,7 @@ async fn a_delete_replaces_the_value_it_follows_and_never_resurrects_it() {
     let server = TestServer::start().await;
     let mut client = server.client("u").await;
     client.next().await;
-    subscribe(&mut client, json!({"maxRate": 1}), None).await;
+    subscribe(&mut client, json!({"minInterval": 1000}), None).await;
     server.hub.publish(row(Some("B"), 0)).await.unwrap(); // 1: goes at once
     server.hub.publish(row(Some("A"), 1)).await.unwrap(); // 2: waits
     let delete = NewPublication { op: Op::Delete, ..row(Some("A"), 0) };
@@ -132,7 +136,7 @@ async fn a_delete_replaces_the_value_it_follows_and_never_resurrects_it() {
     // A fresh subscriber's snapshot has B only.
     let mut fresh = server.client("u").await;
     fresh.next().await;
-    subscribe(&mut fresh, json!({"maxRate": 1, "snapshotEnd": true}), None).await;
+    subscribe(&mut fresh, json!({"minInterval": 1000, "snapshotEnd": true}), None).await;
     let first = fresh.next().await;
     assert_eq!((first["key"].as_str(), first["snapshot"].as_bool()), (Some("B"), Some(true)));
     assert_eq!(fresh.next().await["type"], "snapshot-end");
@@ -150,7 +154,7 @@ async fn a_throttled_replay_holds_each_keys_latest_value_and_every_unkeyed_one()
     let mut back = server.client("u").await;
     back.next().await;
     let since = json!({"lp": {"seq": 0, "epoch": subscribed["epoch"]}});
-    let answer = subscribe(&mut back, json!({"maxRate": 2}), Some(since)).await;
+    let answer = subscribe(&mut back, json!({"minInterval": 500}), Some(since)).await;
     assert_eq!(answer["recovered"], true);
     let replay: Vec<u64> =
         [back.next().await, back.next().await, back.next().await].iter().map(|m| m["seq"].as_u64().unwrap()).collect();
@@ -162,10 +166,10 @@ async fn filters_apply_through_the_resampled_stream() {
     let server = TestServer::start().await;
     let mut client = server.client("u").await;
     client.next().await;
-    subscribe(&mut client, json!({"maxRate": 2, "keys": ["A"]}), None).await;
+    subscribe(&mut client, json!({"minInterval": 500, "keys": ["A"]}), None).await;
     let mut watcher = server.client("u").await;
     watcher.next().await;
-    subscribe(&mut watcher, json!({"maxRate": 2}), None).await;
+    subscribe(&mut watcher, json!({"minInterval": 500}), None).await;
     for key in [Some("B"), Some("A"), Some("B"), None, Some("A")] {
         server.hub.publish(row(key, 0)).await.unwrap(); // 1..=5
     }
@@ -180,20 +184,20 @@ async fn leaving_a_throttled_subscription_or_changing_it_takes_effect() {
     let server = TestServer::start().await;
     let mut client = server.client("u").await;
     client.next().await;
-    subscribe(&mut client, json!({"maxRate": 1}), None).await;
+    subscribe(&mut client, json!({"minInterval": 1000}), None).await;
     server.hub.publish(row(Some("A"), 0)).await.unwrap(); // 1: at once
     server.hub.publish(row(Some("A"), 1)).await.unwrap(); // 2: waits
     assert_eq!(seqs(&collect(&mut client, Duration::from_millis(100)).await), [1]);
     // Subscribing again without a rate: every publication as it comes.
     let again = subscribe(&mut client, json!({}), None).await;
-    assert!(again.get("maxRate").is_none());
+    assert!(again.get("minInterval").is_none());
     for n in 3..=5 {
         server.hub.publish(row(Some("A"), n)).await.unwrap();
     }
     let seen = collect(&mut client, Duration::from_millis(1200)).await;
     assert_eq!(seqs(&seen).iter().filter(|&&s| s >= 3).count(), 3, "unthrottled now: {:?}", seqs(&seen));
     // Leaving ends delivery, throttled or not.
-    subscribe(&mut client, json!({"maxRate": 1}), None).await;
+    subscribe(&mut client, json!({"minInterval": 1000}), None).await;
     client.send(r#"{"action":"unsubscribe","channels":["lp"]}"#).await;
     client.expect_type("unsubscribed").await;
     server.hub.publish(row(Some("A"), 6)).await.unwrap();

@@ -297,11 +297,11 @@ async fn a_throttled_table_resamples_without_gaps_and_recovers_each_keys_latest_
     // key's latest value and every unkeyed publication, once, in order.
     let mut pair = Pair::new();
     pair.throttled = true;
-    let options = SubscriptionOptions { max_rate: Some(4.0), ..Default::default() };
+    let options = SubscriptionOptions { min_interval_ms: Some(250), ..Default::default() };
     pair.event(Event::SubscribeWith { channel: "orders".into(), options });
     pair.event(Event::Connect);
     pair.advance(Duration::from_millis(100));
-    assert_eq!(pair.client.granted_rate("orders"), Some(4.0));
+    assert_eq!(pair.client.granted_interval_ms("orders"), Some(250));
     let mut last_a = 0;
     let mut unkeyed = Vec::new();
     for n in 0..100 {

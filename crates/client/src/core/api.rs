@@ -182,7 +182,7 @@ pub enum Action {
 }
 
 /// What the driver (or the app, through it) reports.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Start (or restart after a stop).
     Connect,
@@ -223,13 +223,14 @@ pub enum Event {
 }
 
 /// What a subscription asks of the server: only these message types, only these keys
-/// (unkeyed publications pass a key filter), at most this many updates per second per
-/// key (the server grants a rate at most this). `None`: no restriction.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// (unkeyed publications pass a key filter), at least this many milliseconds between two
+/// updates of one key (the server grants an interval at least this). `None`: no
+/// restriction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SubscriptionOptions {
     pub types: Option<Vec<String>>,
     pub keys: Option<Vec<String>>,
-    pub max_rate: Option<f64>,
+    pub min_interval_ms: Option<u64>,
 }
 
 impl SubscriptionOptions {
@@ -237,7 +238,7 @@ impl SubscriptionOptions {
     /// them, or a rate resamples them): a jump in seqs is then no loss, and the server
     /// announces real ones.
     pub fn skips_seqs(&self) -> bool {
-        self.types.is_some() || self.keys.is_some() || self.max_rate.is_some()
+        self.types.is_some() || self.keys.is_some() || self.min_interval_ms.is_some()
     }
 }
 

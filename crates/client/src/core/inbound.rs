@@ -132,7 +132,7 @@ impl ClientCore {
         let channel = m.channel.as_deref().unwrap_or_default().to_owned();
         let Some(subscription) = self.subscriptions.get_mut(&channel) else { return };
         let epoch = m.epoch.map(Cow::into_owned);
-        if subscription.confirmed(m.seq, epoch, m.recovered, m.max_rate) != Confirmation::Live {
+        if subscription.confirmed(m.seq, epoch, m.recovered, m.min_interval) != Confirmation::Live {
             return;
         }
         if subscription.state() == SubscriptionState::Subscribed {

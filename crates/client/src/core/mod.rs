@@ -152,10 +152,10 @@ impl ClientCore {
         self.subscriptions.get(channel)?.position()
     }
 
-    /// The rate the server granted a throttled subscription (`options.maxRate`), in
-    /// updates per second per key.
-    pub fn granted_rate(&self, channel: &str) -> Option<f64> {
-        self.subscriptions.get(channel)?.granted_rate()
+    /// The interval the server granted a throttled subscription (`subscribed.minInterval`),
+    /// in milliseconds between two updates of one key.
+    pub fn granted_interval_ms(&self, channel: &str) -> Option<u64> {
+        self.subscriptions.get(channel)?.granted_interval_ms()
     }
 
     /// The next action to perform.

@@ -25,7 +25,7 @@ fn command_options(options: &SubscriptionOptions) -> SubscribeOptions {
         snapshot_end: true,
         types: options.types.clone(),
         keys: options.keys.clone(),
-        max_rate: options.max_rate,
+        min_interval: options.min_interval_ms,
     }
 }
 

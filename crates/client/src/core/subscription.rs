@@ -53,8 +53,9 @@ pub struct Subscription {
     /// The id of the last subscribe sent for this channel: only an error answering it
     /// can refuse the subscription (a publish's error names the channel too).
     subscribe_id: Option<u64>,
-    /// The rate the server granted (`subscribed.maxRate`), for a throttled subscription.
-    granted_rate: Option<f64>,
+    /// The interval the server granted (`subscribed.minInterval`, milliseconds), for a
+    /// throttled subscription.
+    granted_interval_ms: Option<u64>,
 }
 
 /// What to do with a publication's seq.
@@ -107,13 +108,13 @@ impl Subscription {
             refused: false,
             options: SubscriptionOptions::default(),
             subscribe_id: None,
-            granted_rate: None,
+            granted_interval_ms: None,
         }
     }
 
-    /// The rate the server last granted this subscription, updates per second per key.
-    pub fn granted_rate(&self) -> Option<f64> {
-        self.granted_rate
+    /// The interval the server last granted this subscription, in milliseconds.
+    pub fn granted_interval_ms(&self) -> Option<u64> {
+        self.granted_interval_ms
     }
 
     /// A subscribe for this channel went out as command `id`.
@@ -232,7 +233,7 @@ impl Subscription {
         seq: Option<u64>,
         epoch: Option<String>,
         recovered: Option<bool>,
-        granted_rate: Option<f64>,
+        granted_interval_ms: Option<u64>,
     ) -> Confirmation {
         if !matches!(self.server, ServerSide::SubscribeSent | ServerSide::Subscribed) {
             return Confirmation::Ignored;
@@ -245,7 +246,7 @@ impl Subscription {
         }
         self.server = ServerSide::Subscribed;
         self.recovering = false;
-        self.granted_rate = granted_rate;
+        self.granted_interval_ms = granted_interval_ms;
         if recovered != Some(true) {
             self.position = Some(StreamPosition { seq: seq.unwrap_or(0), epoch });
             self.skipped.clear();

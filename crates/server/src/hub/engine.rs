@@ -148,7 +148,7 @@ pub fn subscribed(
         seq,
         epoch: epoch.to_owned(),
         recovered,
-        max_rate: rate.map(Rate::per_second),
+        min_interval: rate.map(Rate::interval_ms),
     }))
 }
 

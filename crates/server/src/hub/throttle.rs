@@ -1,4 +1,4 @@
-//! Resampled delivery for subscribers that asked for `maxRate` (see
+//! Resampled delivery for subscribers that asked for `minInterval` (see
 //! [`tidewire_protocol::rate`]): one channel's throttled subscribers, grouped by the
 //! rate they were granted.
 //!
@@ -348,7 +348,7 @@ mod tests {
     fn a_key_goes_out_at_most_once_per_interval_as_its_newest_value() {
         let mut throttle = Throttle::default();
         let outbox = member();
-        let rate = Rate::grant(4.0, 60.0).unwrap();
+        let rate = Rate::grant(250, 20).unwrap();
         throttle.join(1, outbox.clone(), None, rate, 0);
         let start = Instant::now();
         let ms = |n: u64| start + Duration::from_millis(n);
@@ -370,7 +370,7 @@ mod tests {
     fn members_that_start_within_the_output_get_only_what_follows_their_start() {
         let mut throttle = Throttle::default();
         let (early, late) = (member(), member());
-        let rate = Rate::grant(1.0, 60.0).unwrap();
+        let rate = Rate::grant(1000, 20).unwrap();
         let start = Instant::now();
         throttle.join(1, early.clone(), None, rate, 0);
         throttle.offer(&publication(1, Some("A")), start, LIMITS);
@@ -386,7 +386,7 @@ mod tests {
     fn a_group_that_holds_too_much_sends_early() {
         let mut throttle = Throttle::default();
         let outbox = member();
-        throttle.join(1, outbox.clone(), None, Rate::grant(0.1, 60.0).unwrap(), 0);
+        throttle.join(1, outbox.clone(), None, Rate::grant(10_000, 20).unwrap(), 0);
         let start = Instant::now();
         let small = Limits { flush_bytes: 200 };
         throttle.offer(&publication(1, None), start, small);
@@ -403,10 +403,14 @@ mod tests {
     fn however_many_rates_are_asked_a_channel_has_one_stream_per_ladder_step() {
         let mut throttle = Throttle::default();
         for connection in 0..1000u64 {
-            let asked = 0.1 + connection as f64 * 0.0731;
-            throttle.join(connection, member(), None, Rate::grant(asked, 60.0).unwrap(), 0);
+            let asked = 1 + connection * 10;
+            throttle.join(connection, member(), None, Rate::grant(asked, 20).unwrap(), 0);
         }
-        assert!(throttle.groups.len() <= tidewire_protocol::rate::RATE_LADDER.len(), "{}", throttle.groups.len());
+        assert!(
+            throttle.groups.len() <= tidewire_protocol::rate::INTERVAL_LADDER_MS.len(),
+            "{}",
+            throttle.groups.len()
+        );
         assert_eq!(throttle.member_count(), 1000);
         for connection in 0..1000u64 {
             assert!(throttle.leave(connection));

@@ -20,7 +20,8 @@ pub fn apply(session: &mut Session, command: Subscribe) -> Next {
     let Some(channels) = super::distinct_channels(session, command.id.as_ref(), command.channels) else {
         return Next::Continue;
     };
-    let rate = match options.rate(session.hub.config().max_subscriber_rate) {
+    let floor_ms = u64::try_from(session.hub.config().min_subscriber_interval.as_millis()).unwrap_or(u64::MAX);
+    let rate = match options.rate(floor_ms) {
         Ok(rate) => rate,
         Err(error) => {
             for channel in &channels {
