@@ -169,12 +169,9 @@ async fn publish(port: u16, keys: u32, rate: u32, duration: Duration) -> Result<
         }
         let items: Vec<String> = (sent..sent + count)
             .map(|n| {
-                format!(
-                    r#"{{"channel":"{CHANNEL}","type":"lp-metrics","key":"LP{}","data":{{"quality":{},"latencyMs":{},"quotes":{n}}}}}"#,
-                    n % u64::from(keys),
-                    90 + n % 10,
-                    10 + n % 40
-                )
+                let (key, quality, latency) = (n % u64::from(keys), 90 + n % 10, 10 + n % 40);
+                let data = format!(r#"{{"quality":{quality},"latencyMs":{latency},"quotes":{n}}}"#);
+                format!(r#"{{"channel":"{CHANNEL}","type":"lp-metrics","key":"LP{key}","data":{data}}}"#)
             })
             .collect();
         let body = format!("[{}]", items.join(","));
