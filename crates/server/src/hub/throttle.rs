@@ -17,7 +17,8 @@
 //! The list holds at most one entry per key, and unkeyed ones only until the group's
 //! pending bytes reach [`Limits::flush_bytes`] (half a subscriber's queue): then it
 //! goes out early, so an output always fits the queue it goes to. A channel has at most
-//! one group per step of the rate ladder, however many rates clients ask for.
+//! eight groups (staggered phases) per step of the rate ladder, however many rates
+//! clients ask for.
 //!
 //! This is plain state with time passed in; the engine that owns the channel drives it
 //! (the in-memory engine with a task per channel, the Redis engine in the channel's
@@ -33,6 +34,14 @@ use tidewire_protocol::rate::Rate;
 
 use super::channel::admits;
 use super::outbox::Outbox;
+
+/// A rate's members are spread over this many streams (by connection id), whose outputs
+/// are staggered evenly across the interval: one stream's output for a thousand members
+/// is one burst of writes and reads; eight streams make eight bursts an eighth of the
+/// size. (`tidewire-bench tables`, 1000 subscribers at 250 ms: with one stream the
+/// tables were behind by up to 502 ms, p99 424; with four 299, p99 281; with eight 281,
+/// p99 265.)
+const PHASES: u64 = 8;
 
 /// What a group may hold before it sends early.
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +78,8 @@ struct Member {
 #[derive(Debug)]
 struct Group {
     rate: Rate,
+    /// Which of the [`PHASES`] this stream's outputs keep to.
+    phase: u64,
     members: HashMap<u64, Member>,
     /// Waiting publications in seq order; `None` where a newer value of the same key
     /// replaced one.
@@ -84,9 +95,10 @@ struct Group {
 }
 
 impl Group {
-    fn new(rate: Rate) -> Group {
+    fn new(rate: Rate, phase: u64) -> Group {
         Group {
             rate,
+            phase,
             members: HashMap::new(),
             pending: Vec::new(),
             by_key: HashMap::new(),
@@ -98,7 +110,17 @@ impl Group {
     }
 
     /// Takes a publication: sends it now when the group is quiet, else holds it.
-    fn offer(&mut self, outbound: &Outbound, now: Instant, limits: Limits) -> Delivered {
+    /// The first moment at or after `earliest` on this stream's grid: every interval from
+    /// `origin`, shifted by its phase's share of the interval.
+    fn on_grid(&self, earliest: Instant, origin: Instant) -> Instant {
+        let interval = self.rate.interval();
+        let start = origin + interval.mul_f64(self.phase as f64 / PHASES as f64);
+        let since = earliest.saturating_duration_since(start);
+        let steps = since.as_nanos().div_ceil(interval.as_nanos().max(1));
+        start + interval * u32::try_from(steps).unwrap_or(u32::MAX)
+    }
+
+    fn offer(&mut self, outbound: &Outbound, now: Instant, origin: Instant, limits: Limits) -> Delivered {
         let quiet = self.live == 0 && self.last_sent.is_none_or(|at| now >= at + self.rate.interval());
         if quiet {
             self.last_sent = Some(now);
@@ -118,7 +140,7 @@ impl Group {
         self.live += 1;
         self.bytes += outbound.message().len();
         if self.due.is_none() {
-            self.due = Some(self.last_sent.map_or(now, |at| at + self.rate.interval()));
+            self.due = Some(self.last_sent.map_or(now, |at| self.on_grid(at + self.rate.interval(), origin)));
         }
         if self.bytes >= limits.flush_bytes {
             return self.flush(now);
@@ -199,6 +221,8 @@ fn unit_of<'a>(channel: &Arc<str>, outbounds: impl Iterator<Item = &'a Outbound>
 #[derive(Debug, Default)]
 pub struct Throttle {
     groups: Vec<Group>,
+    /// Where the streams' grids start (the first publication offered).
+    origin: Option<Instant>,
 }
 
 impl Throttle {
@@ -206,10 +230,11 @@ impl Throttle {
     /// moving it from another group if it was in one.
     pub fn join(&mut self, connection: u64, outbox: Arc<Outbox>, filter: Option<Arc<Filter>>, rate: Rate, after: u64) {
         self.leave(connection);
-        let index = match self.groups.iter().position(|g| g.rate == rate) {
+        let phase = connection % PHASES;
+        let index = match self.groups.iter().position(|g| g.rate == rate && g.phase == phase) {
             Some(index) => index,
             None => {
-                self.groups.push(Group::new(rate));
+                self.groups.push(Group::new(rate, phase));
                 self.groups.len() - 1
             }
         };
@@ -237,18 +262,22 @@ impl Throttle {
     /// Takes a publication (in seq order) for every group.
     pub fn offer(&mut self, outbound: &Outbound, now: Instant, limits: Limits) -> Delivered {
         let mut delivered = Delivered::default();
+        let origin = *self.origin.get_or_insert(now);
         for group in &mut self.groups {
-            delivered.add(group.offer(outbound, now, limits));
+            delivered.add(group.offer(outbound, now, origin, limits));
         }
         delivered
     }
 
     /// Sends what is due at `now`.
+    ///
+    /// An output counts as sent when it was due, not when its driver got to it: a driver
+    /// that wakes late (a busy node) does not push every later output back by its delay.
     pub fn flush_due(&mut self, now: Instant) -> Delivered {
         let mut delivered = Delivered::default();
         for group in &mut self.groups {
-            if group.due.is_some_and(|due| due <= now) {
-                delivered.add(group.flush(now));
+            if let Some(due) = group.due.filter(|due| *due <= now) {
+                delivered.add(group.flush(due));
             }
         }
         delivered
@@ -349,7 +378,7 @@ mod tests {
         let mut throttle = Throttle::default();
         let outbox = member();
         let rate = Rate::grant(250, 20).unwrap();
-        throttle.join(1, outbox.clone(), None, rate, 0);
+        throttle.join(8, outbox.clone(), None, rate, 0);
         let start = Instant::now();
         let ms = |n: u64| start + Duration::from_millis(n);
 
@@ -372,11 +401,11 @@ mod tests {
         let (early, late) = (member(), member());
         let rate = Rate::grant(1000, 20).unwrap();
         let start = Instant::now();
-        throttle.join(1, early.clone(), None, rate, 0);
+        throttle.join(0, early.clone(), None, rate, 0);
         throttle.offer(&publication(1, Some("A")), start, LIMITS);
         throttle.offer(&publication(2, Some("B")), start, LIMITS);
         throttle.offer(&publication(3, Some("C")), start, LIMITS);
-        throttle.join(2, late.clone(), None, rate, 2);
+        throttle.join(8, late.clone(), None, rate, 2);
         throttle.flush_due(start + Duration::from_secs(1));
         assert_eq!(received(&early, start), vec![1, 2, 3]);
         assert_eq!(received(&late, start), vec![3]);
@@ -386,7 +415,7 @@ mod tests {
     fn a_group_that_holds_too_much_sends_early() {
         let mut throttle = Throttle::default();
         let outbox = member();
-        throttle.join(1, outbox.clone(), None, Rate::grant(10_000, 20).unwrap(), 0);
+        throttle.join(0, outbox.clone(), None, Rate::grant(10_000, 20).unwrap(), 0);
         let start = Instant::now();
         let small = Limits { flush_bytes: 200 };
         throttle.offer(&publication(1, None), start, small);
@@ -400,22 +429,38 @@ mod tests {
     }
 
     #[test]
-    fn however_many_rates_are_asked_a_channel_has_one_stream_per_ladder_step() {
+    fn however_many_rates_are_asked_a_channel_has_a_few_streams_per_ladder_step() {
         let mut throttle = Throttle::default();
         for connection in 0..1000u64 {
             let asked = 1 + connection * 10;
             throttle.join(connection, member(), None, Rate::grant(asked, 20).unwrap(), 0);
         }
-        assert!(
-            throttle.groups.len() <= tidewire_protocol::rate::INTERVAL_LADDER_MS.len(),
-            "{}",
-            throttle.groups.len()
-        );
+        let most = tidewire_protocol::rate::INTERVAL_LADDER_MS.len() * PHASES as usize;
+        assert!(throttle.groups.len() <= most, "{}", throttle.groups.len());
         assert_eq!(throttle.member_count(), 1000);
         for connection in 0..1000u64 {
             assert!(throttle.leave(connection));
         }
         assert!(throttle.is_empty(), "empty streams go");
+    }
+
+    #[test]
+    fn the_streams_of_one_rate_send_at_staggered_moments() {
+        let mut throttle = Throttle::default();
+        let rate = Rate::grant(1000, 20).unwrap();
+        let outboxes: Vec<Arc<Outbox>> = (0..PHASES).map(|_| member()).collect();
+        for (connection, outbox) in outboxes.iter().enumerate() {
+            throttle.join(connection as u64, outbox.clone(), None, rate, 0);
+        }
+        let start = Instant::now();
+        throttle.offer(&publication(1, Some("A")), start, LIMITS); // sent at once to all
+        throttle.offer(&publication(2, Some("A")), start, LIMITS);
+        let mut dues: Vec<Instant> = throttle.groups.iter().filter_map(|g| g.due).collect();
+        dues.sort();
+        let offsets: Vec<u128> = dues.iter().map(|d| d.duration_since(start).as_millis()).collect();
+        let expected: Vec<u128> =
+            (0..PHASES).map(|phase| 1000 + u128::from(phase) * 1000 / u128::from(PHASES)).collect();
+        assert_eq!(offsets, expected, "evenly apart, none before its interval");
     }
 
     #[test]
