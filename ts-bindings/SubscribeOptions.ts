@@ -19,4 +19,10 @@ types?: Array<string>,
  * Only keyed publications with these keys (at most
  * [`MAX_FILTER_KEYS`](crate::filter::MAX_FILTER_KEYS)); unkeyed ones pass.
  */
-keys?: Array<string>, };
+keys?: Array<string>, 
+/**
+ * At least this many milliseconds between two updates of one key (see
+ * [`crate::rate`]); the server grants an interval at least this and says which in
+ * `subscribed.minInterval`.
+ */
+minInterval?: number, };

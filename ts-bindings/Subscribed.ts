@@ -20,4 +20,10 @@ epoch: string,
  * missed publication follows (`since.seq + 1 ..= seq`), `false` when they are gone and the
  * client must reload its state. Never a partial replay.
  */
-recovered?: boolean, };
+recovered?: boolean, 
+/**
+ * The interval granted to a subscription that asked for `options.minInterval`
+ * (milliseconds between two updates of one key; see [`crate::rate`]). Its seqs
+ * skip the values it did not get.
+ */
+minInterval?: number, };

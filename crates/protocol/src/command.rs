@@ -132,7 +132,7 @@ pub struct SubscribeOptions {
     /// [`crate::rate`]); the server grants an interval at least this and says which in
     /// `subscribed.minInterval`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "ts", ts(optional, type = "number"))]
+    #[cfg_attr(feature = "ts", ts(optional))]
     pub min_interval: Option<u64>,
 }
 

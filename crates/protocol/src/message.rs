@@ -241,7 +241,7 @@ pub struct Subscribed {
     /// (milliseconds between two updates of one key; see [`crate::rate`]). Its seqs
     /// skip the values it did not get.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "minInterval")]
-    #[cfg_attr(feature = "ts", ts(optional, type = "number"))]
+    #[cfg_attr(feature = "ts", ts(optional))]
     pub min_interval: Option<u64>,
 }
 
