@@ -99,7 +99,8 @@ test("the dashboard fills, counts, and survives a server restart", { timeout: 12
     assert.ok(batch > 1, `messages arrive batched (${batch} per frame)`);
 
     // The LP grid is resampled at the rate it asked for, and says so.
-    assert.equal(await text(page, "lp-rate"), "≤ 2/s per LP");
+    // (textContent: the panel's heading is styled in capitals.)
+    assert.equal(await page.locator('[data-testid="lp-rate"]').textContent(), "≤ 2/s per LP");
 
     // An LP leaves the desk: its row goes, and a fresh page (whose snapshot is complete)
     // shows the same table; it comes back when relisted.
