@@ -11,8 +11,19 @@ use support::Client;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tidewire");
 
+/// A port nothing listens on, never the same twice in this process: the tests run in
+/// parallel, and two of them handed the same just-freed port would start their servers
+/// on it (one fails to bind, and its test talks to the other's server).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 struct Running {
