@@ -19,4 +19,9 @@ op?: Op,
  * True for the latest-value-per-key messages a fresh subscription gets first. Their
  * seqs are not newer than the subscription's head and need not be contiguous.
  */
-snapshot?: boolean, data: unknown, };
+snapshot?: boolean, 
+/**
+ * Present on a field delta (see [`crate::delta`]): `data` is a JSON merge patch
+ * against this key's value at seq `base`, which the subscriber was sent.
+ */
+base?: number, data: unknown, };

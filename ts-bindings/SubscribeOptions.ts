@@ -25,4 +25,10 @@ keys?: Array<string>,
  * [`crate::rate`]); the server grants an interval at least this and says which in
  * `subscribed.minInterval`.
  */
-minInterval?: number, };
+minInterval?: number, 
+/**
+ * Send keyed object values as field deltas against the previous value of the key
+ * this subscription was sent (see [`crate::delta`]); `subscribed.deltas` says
+ * whether they were granted.
+ */
+deltas?: boolean, };

@@ -26,4 +26,9 @@ recovered?: boolean,
  * (milliseconds between two updates of one key; see [`crate::rate`]). Its seqs
  * skip the values it did not get.
  */
-minInterval?: number, };
+minInterval?: number, 
+/**
+ * True when the subscription asked for `options.deltas` and gets them: keyed
+ * publications may then carry `base` (see [`crate::delta`]).
+ */
+deltas?: boolean, };

@@ -122,6 +122,7 @@ mod tests {
             key: Some("k".into()),
             op: Default::default(),
             snapshot: false,
+            base: None,
             data: serde_json::json!({"symbol": "EURUSD", "nested": {"seq": 99}}),
         };
         let messages = [

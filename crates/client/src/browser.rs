@@ -78,7 +78,7 @@ export interface TidewireState {
  *  snapshot that followed `subscribed` is complete (also when it was empty). */
 export type TidewireSubscriptionEvent =
   | { type: "subscribing" }
-  | { type: "subscribed"; recovered?: boolean; maxRate?: number }
+  | { type: "subscribed"; recovered?: boolean; maxRate?: number; deltas?: boolean }
   | { type: "unsubscribed" }
   | { type: "snapshot-end" }
   | { type: "refused"; code: string; message: string };
@@ -98,19 +98,27 @@ export interface TidewireStats {
   messages: number;
   recoveries: number;
   reconnects: number;
+  /** Bytes of publications received per channel, as they came on the wire (field
+   *  deltas count their own size, not the rebuilt value's). */
+  bytes: Record<string, number>;
 }
 
-export type MessageHandler<M = Publication> = (message: M) => void;
+/** What a handler receives: the publication, whole. `changed`: on a value that arrived
+ *  as a field delta, the top-level fields of `data` it changed. */
+export type MessageHandler<M = Publication & { changed?: string[] }> = (message: M) => void;
 
 /** What a subscription asks of the server: only these message types, only these keys
  *  (unkeyed publications pass a key filter), at most `maxRate` updates per second per
  *  key (the newest value each time; unkeyed messages all arrive; the rate granted comes
- *  in the `subscribed` event). The first subscribe of a channel sets them until it is
- *  left. */
+ *  in the `subscribed` event), and `deltas`: keyed object values travel as field deltas
+ *  and are rebuilt whole before the handler sees them (with `changed`; whether the
+ *  server granted them comes in the `subscribed` event). The first subscribe of a
+ *  channel sets them until it is left. */
 export interface TidewireSubscribeOptions {
   types?: string[];
   keys?: string[];
   maxRate?: number;
+  deltas?: boolean;
 }
 "#;
 
@@ -168,6 +176,8 @@ struct Counters {
     messages: f64,
     recoveries: f64,
     reconnects: f64,
+    /// Publication bytes per channel.
+    bytes: HashMap<String, f64>,
 }
 
 /// A page event listener kept registered for the client's life: target, event, handler.
@@ -314,6 +324,7 @@ impl TidewireClient {
                     .ok()
                     .and_then(|v| v.as_f64())
                     .map(|rate| (1000.0 / rate).ceil() as u64),
+                deltas: Reflect::get(&o, &"deltas".into()).ok().and_then(|v| v.as_bool()).unwrap_or(false),
             });
             feed(&self.inner, Event::SubscribeWith { channel: channel.clone(), options });
         }
@@ -379,6 +390,11 @@ impl TidewireClient {
         set(&object, "messages", inner.counters.messages);
         set(&object, "recoveries", inner.counters.recoveries);
         set(&object, "reconnects", inner.counters.reconnects);
+        let bytes = Object::new();
+        for (channel, n) in &inner.counters.bytes {
+            set(&bytes, channel, *n);
+        }
+        let _ = Reflect::set(&object, &"bytes".into(), &bytes);
         object.unchecked_into()
     }
 }
@@ -475,6 +491,7 @@ fn perform(inner: &Rc<RefCell<Inner>>, action: Action) {
             let handlers: Vec<Function> = {
                 let mut state = inner.borrow_mut();
                 state.counters.messages += 1.0;
+                *state.counters.bytes.entry(delivery.channel.clone()).or_default() += delivery.wire_bytes as f64;
                 state
                     .handlers
                     .get(&delivery.channel)
@@ -485,6 +502,10 @@ fn perform(inner: &Rc<RefCell<Inner>>, action: Action) {
                 return;
             }
             let Ok(message) = js_sys::JSON::parse(&delivery.json) else { return };
+            if let Some(changed) = &delivery.changed {
+                let fields: js_sys::Array = changed.iter().map(|f| JsValue::from_str(f)).collect();
+                let _ = Reflect::set(&message, &"changed".into(), &fields);
+            }
             for handler in handlers {
                 let _ = handler.call1(&JsValue::NULL, &message);
             }
@@ -503,9 +524,13 @@ fn perform(inner: &Rc<RefCell<Inner>>, action: Action) {
                 return;
             }
             let object = subscription_event_object(&event);
-            if let Some(ms) = inner.borrow().core.granted_interval_ms(&channel) {
-                if matches!(event, SubscriptionEvent::Subscribed { .. }) {
+            if matches!(event, SubscriptionEvent::Subscribed { .. }) {
+                let core = &inner.borrow().core;
+                if let Some(ms) = core.granted_interval_ms(&channel) {
                     set(object.unchecked_ref(), "maxRate", 1000.0 / ms as f64);
+                }
+                if core.deltas_granted(&channel) {
+                    let _ = Reflect::set(&object, &"deltas".into(), &JsValue::TRUE);
                 }
             }
             for listener in listeners {

@@ -491,6 +491,7 @@ mod tests {
             key: new.key,
             op: Default::default(),
             snapshot: false,
+            base: None,
             data: new.data,
         };
         assert_eq!(LpMetrics::from_publication(&publication).unwrap(), Some(metrics.clone()));

@@ -147,6 +147,7 @@ mod tests {
             key: None,
             op: Default::default(),
             snapshot: false,
+            base: None,
             data: serde_json::to_value(&decision).unwrap(),
         };
         assert_eq!(RoutingDecision::from_publication(&publication).unwrap(), Some(decision));

@@ -98,25 +98,41 @@ struct Queued {
     position: Option<Position>,
     /// The first seq this covers: the position's own seq, except for a bundle.
     first: u64,
+    /// For a field delta (see [`crate::delta`]), the whole value it stands for: what the
+    /// queue sends instead when the value the delta applies to was dropped.
+    fallback: Option<Outbound>,
 }
 
 impl Outbound {
     /// A control message (a reply, an error, a gap notice): never dropped or conflated,
     /// only counted against the byte budget.
     pub fn control(message: EncodedMessage) -> Outbound {
-        Outbound(Arc::new(Queued { message, position: None, first: 0 }))
+        Outbound(Arc::new(Queued { message, position: None, first: 0, fallback: None }))
     }
 
     /// A snapshot item of a subscription's start: queued like a control message (never
     /// dropped; the start as a whole is bounded in bytes where it is built), since a
     /// snapshot with a hole would show the app a table with a row missing.
     pub fn snapshot(message: EncodedMessage) -> Outbound {
-        Outbound(Arc::new(Queued { message, position: None, first: 0 }))
+        Outbound(Arc::new(Queued { message, position: None, first: 0, fallback: None }))
     }
 
     pub fn publication(message: EncodedMessage, position: Position) -> Outbound {
         let first = position.seq;
-        Outbound(Arc::new(Queued { message, position: Some(position), first }))
+        Outbound(Arc::new(Queued { message, position: Some(position), first, fallback: None }))
+    }
+
+    /// `full`'s publication as a field delta (`message` carries `base`): queued at the
+    /// same position, and replaced by `full` when the queue drops the value before it.
+    pub fn delta(message: EncodedMessage, full: &Outbound) -> Outbound {
+        let queued = &full.0;
+        let fallback = Some(full.clone());
+        Outbound(Arc::new(Queued { message, position: queued.position.clone(), first: queued.first, fallback }))
+    }
+
+    /// The whole value a field delta stands for; `None` for anything else.
+    pub fn fallback(&self) -> Option<&Outbound> {
+        self.0.fallback.as_ref()
     }
 
     /// Several publications of `channel`, seqs `first..=last` with those a resampled
@@ -135,7 +151,8 @@ impl Outbound {
         let joined = frame.get(1..frame.len() - 1).filter(|text| !text.is_empty())?;
         let message = EncodedMessage::from_json_object_text(joined.to_owned());
         let position = Position { channel: channel.clone(), seq: last.max(first), key: None };
-        Some(Outbound(Arc::new(Queued { message, position: Some(position), first: first.min(last) })))
+        let first = first.min(last);
+        Some(Outbound(Arc::new(Queued { message, position: Some(position), first, fallback: None })))
     }
 
     /// The first seq this covers (a bundle covers several).
@@ -371,6 +388,9 @@ impl Batcher {
             let (Some(position), Some(first)) = (removed.position().cloned(), removed.first_seq()) else {
                 break;
             };
+            if reason == GapReason::Superseded {
+                self.send_whole_after(index, &position);
+            }
             self.record_gap(position.channel, first, position.seq, reason);
             match reason {
                 GapReason::Superseded => dropped.superseded += 1,
@@ -390,6 +410,21 @@ impl Batcher {
                 self.keyed = self.keyed.saturating_add_signed(delta);
             }
         }
+    }
+
+    /// The value of `dropped`'s key queued next, from `index` on, goes whole if it was a
+    /// field delta: the value it applied to is gone.
+    fn send_whole_after(&mut self, index: usize, dropped: &Position) {
+        let next = self
+            .queue
+            .iter()
+            .skip(index)
+            .position(|o| o.position().is_some_and(|p| p.channel == dropped.channel && p.key == dropped.key));
+        let Some(at) = next.map(|n| n + index) else { return };
+        let Some(whole) = self.queue[at].fallback().cloned() else { return };
+        let delta = std::mem::replace(&mut self.queue[at], whole);
+        self.count(&delta, -1);
+        self.count(&self.queue[at].clone(), 1);
     }
 
     /// The oldest keyed publication that a newer queued one with the same channel and
@@ -603,6 +638,31 @@ mod tests {
                 Gap { channel: "lp".into(), from: 3, to: 3, reason: GapReason::Overflow },
             ]
         );
+    }
+
+    #[test]
+    fn a_delta_whose_base_was_superseded_goes_whole() {
+        let mut b = small(1, 3);
+        let delta = |seq: u64, key: &str| {
+            let full = publication("lp", seq, Some(key));
+            let text = serde_json::json!({"channel": "lp", "seq": seq, "base": seq - 1});
+            Outbound::delta(EncodedMessage::encode(&text).unwrap(), &full)
+        };
+        b.push(publication("lp", 1, Some("OANDA")));
+        b.push(delta(2, "LMAX")); // its base (an earlier LMAX) was sent before
+        b.push(delta(3, "OANDA")); // applies to seq 1
+        let before = b.bytes();
+        let d = b.push(publication("other", 1, None));
+        assert_eq!(d, Dropped { superseded: 1, overflow: 0, refused: 0 }, "seq 1 is superseded by 3");
+        let texts: Vec<&str> = b.queued().map(|o| o.message().as_str()).collect();
+        assert!(texts[0].contains("\"base\""), "LMAX's delta stays a delta: {texts:?}");
+        assert!(!texts[1].contains("base") && texts[1].contains("\"seq\":3"), "OANDA's goes whole: {texts:?}");
+        assert!(b.queued().nth(1).unwrap().fallback().is_none());
+        let whole = publication("lp", 3, Some("OANDA")).message().len();
+        let sent_as_delta = delta(3, "OANDA").message().len();
+        let one = publication("lp", 1, Some("OANDA")).message().len();
+        let other = publication("other", 1, None).message().len();
+        assert_eq!(b.bytes(), before - one - sent_as_delta + whole + other + GAP_NOTICE_BYTES, "bytes follow");
     }
 
     #[test]

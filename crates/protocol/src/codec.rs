@@ -196,6 +196,7 @@ mod tests {
             key: Some("OANDA".into()),
             op: Default::default(),
             snapshot: false,
+            base: None,
             data: serde_json::json!({"x": 1}),
         });
         let marked = EncodedMessage::encode(&publication).unwrap().marked_as_snapshot();
@@ -214,6 +215,7 @@ mod tests {
             key: Some("18446744073709551615".into()),
             op: Default::default(),
             snapshot: false,
+            base: None,
             data: serde_json::json!({"seq": 18446744073709551615u64}),
         };
         let template = PublicationTemplate::new(&publication).unwrap();

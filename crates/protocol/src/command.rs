@@ -134,6 +134,12 @@ pub struct SubscribeOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", ts(optional))]
     pub min_interval: Option<u64>,
+    /// Send keyed object values as field deltas against the previous value of the key
+    /// this subscription was sent (see [`crate::delta`]); `subscribed.deltas` says
+    /// whether they were granted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[cfg_attr(feature = "ts", ts(as = "Option<bool>", optional))]
+    pub deltas: bool,
 }
 
 impl SubscribeOptions {

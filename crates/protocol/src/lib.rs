@@ -14,8 +14,9 @@
 //! - [`codec`]: serialize once, frame by joining, decode frames.
 //! - [`batch`]: the batching and backpressure rule (frames of ≤ 50 per 16 ms, bounded
 //!   queue, conflation by key, exact gap reports).
-//! - [`filter`] and [`rate`]: what a subscription may ask of its delivery (only some
-//!   types or keys; at most a rate per key).
+//! - [`filter`], [`rate`] and [`delta`]: what a subscription may ask of its delivery
+//!   (only some types or keys; at most a rate per key; field deltas instead of whole
+//!   records).
 //! - [`channel`]: channel names, token patterns, and who may subscribe or publish.
 //! - [`ErrorCode`] and [`CloseCode`]: the stable error and close codes.
 //! - [`event`]: typed application messages (an application's catalogue lives in its own
@@ -30,6 +31,7 @@ pub mod channel;
 pub mod close_code;
 pub mod codec;
 pub mod command;
+pub mod delta;
 pub mod error_code;
 pub mod event;
 pub mod filter;

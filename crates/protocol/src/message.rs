@@ -150,6 +150,11 @@ pub struct Publication {
     #[serde(default, skip_serializing_if = "is_false")]
     #[cfg_attr(feature = "ts", ts(as = "Option<bool>", optional))]
     pub snapshot: bool,
+    /// Present on a field delta (see [`crate::delta`]): `data` is a JSON merge patch
+    /// against this key's value at seq `base`, which the subscriber was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub base: Option<u64>,
     #[cfg_attr(feature = "ts", ts(type = "unknown"))]
     pub data: Value,
 }
@@ -243,6 +248,11 @@ pub struct Subscribed {
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "minInterval")]
     #[cfg_attr(feature = "ts", ts(optional))]
     pub min_interval: Option<u64>,
+    /// True when the subscription asked for `options.deltas` and gets them: keyed
+    /// publications may then carry `base` (see [`crate::delta`]).
+    #[serde(default, skip_serializing_if = "is_false")]
+    #[cfg_attr(feature = "ts", ts(as = "Option<bool>", optional))]
+    pub deltas: bool,
 }
 
 /// A channel subscription ended: the answer to an `unsubscribe`, or, with `code`, the
@@ -394,6 +404,8 @@ pub struct ControlFields<'a> {
     #[serde(default)]
     pub min_interval: Option<u64>,
     #[serde(default)]
+    pub deltas: bool,
+    #[serde(default)]
     pub version: Option<u32>,
     #[serde(default)]
     pub heartbeat_interval_ms: Option<u64>,
@@ -476,6 +488,7 @@ mod tests {
             key: Some("OANDA".into()),
             op: Default::default(),
             snapshot: false,
+            base: None,
             data: serde_json::json!({"lpName": "OANDA"}),
         });
         let json = serde_json::to_string(&msg).unwrap();
@@ -529,6 +542,7 @@ mod tests {
                     epoch: "e".into(),
                     recovered: Some(true),
                     min_interval: None,
+                    deltas: false,
                 }),
                 concat!(
                     r#"{"type":"subscribed","timestamp":"2026-01-19T10:30:45.123456Z","#,
@@ -586,6 +600,7 @@ mod tests {
                 epoch: "e".into(),
                 recovered: Some(false),
                 min_interval: Some(250),
+                deltas: true,
             }),
             Control::Gap(GapNotice {
                 timestamp: ts,
@@ -626,7 +641,7 @@ mod tests {
                         (fields.channel.as_deref(), fields.seq, fields.epoch.as_deref(), fields.recovered),
                         (Some("c"), Some(m.seq), Some("e"), m.recovered)
                     );
-                    assert_eq!(fields.min_interval, m.min_interval)
+                    assert_eq!((fields.min_interval, fields.deltas), (m.min_interval, m.deltas))
                 }
                 Control::Gap(m) => {
                     assert_eq!((fields.from, fields.to, fields.reason), (Some(m.from), Some(m.to), Some(m.reason)))

@@ -95,8 +95,8 @@ fn command() -> impl Strategy<Value = Command> {
 }
 
 fn server_message() -> impl Strategy<Value = ServerMessage> {
-    let publication =
-        (new_publication(), timestamp(), any::<u64>(), any::<bool>()).prop_map(|(p, timestamp, seq, snapshot)| {
+    let publication = (new_publication(), timestamp(), any::<u64>(), any::<bool>(), prop::option::of(any::<u64>()))
+        .prop_map(|(p, timestamp, seq, snapshot, base)| {
             ServerMessage::Publication(Publication {
                 kind: p.kind,
                 timestamp,
@@ -105,6 +105,7 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
                 key: p.key,
                 op: Default::default(),
                 snapshot,
+                base,
                 data: p.data,
             })
         });
@@ -134,7 +135,16 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
         ),
         (timestamp(), command_id(), channel_name(), any::<u64>(), "[a-z0-9]{1,8}", prop::option::of(any::<bool>()))
             .prop_map(|(timestamp, id, channel, seq, epoch, recovered)| {
-                Control::Subscribed(Subscribed { timestamp, id, channel, seq, epoch, recovered, min_interval: None })
+                Control::Subscribed(Subscribed {
+                    timestamp,
+                    id,
+                    channel,
+                    seq,
+                    epoch,
+                    recovered,
+                    min_interval: None,
+                    deltas: false,
+                })
             }),
         (timestamp(), command_id(), channel_name()).prop_map(|(timestamp, id, channel)| Control::Unsubscribed(
             Unsubscribed { timestamp, id, channel, code: None, message: None }

@@ -134,8 +134,13 @@ pub struct Delivery {
     pub seq: u64,
     /// A latest-value-per-key message sent at subscribe time.
     pub snapshot: bool,
-    /// The whole message object as received: `{"type":…,"timestamp":…,"data":…}`.
+    /// The whole message object as received: `{"type":…,"timestamp":…,"data":…}`; for
+    /// a field delta, rebuilt with the whole value in `data` (and without `base`).
     pub json: String,
+    /// For a value that arrived as a field delta, the top-level fields it changed.
+    pub changed: Option<Vec<String>>,
+    /// How many bytes the message took on the wire (a delta's, not the rebuilt value's).
+    pub wire_bytes: usize,
 }
 
 impl Delivery {
@@ -231,6 +236,9 @@ pub struct SubscriptionOptions {
     pub types: Option<Vec<String>>,
     pub keys: Option<Vec<String>>,
     pub min_interval_ms: Option<u64>,
+    /// Ask for field deltas (see [`tidewire_protocol::delta`]); the core rebuilds whole
+    /// values, so the app sees whole records either way.
+    pub deltas: bool,
 }
 
 impl SubscriptionOptions {
@@ -239,6 +247,12 @@ impl SubscriptionOptions {
     /// announces real ones.
     pub fn skips_seqs(&self) -> bool {
         self.types.is_some() || self.keys.is_some() || self.min_interval_ms.is_some()
+    }
+
+    /// Whether it asks anything of the server, so that its subscribe carries options of
+    /// its own.
+    pub fn asks_anything(&self) -> bool {
+        self.skips_seqs() || self.deltas
     }
 }
 

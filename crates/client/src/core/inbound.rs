@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 use tidewire_protocol::message::{ControlFields, ControlKind, GapReason};
 use tidewire_protocol::{CommandId, ErrorCode};
 
+use super::deltas::Rebuilt;
 use super::subscription::{Arrival, Confirmation, SubscriptionState};
 use super::{Action, ClientCore, ClientError, Delivery, SubscriptionEvent, TransportId};
 
@@ -76,30 +77,31 @@ impl ClientCore {
         self.on_publication(transport, &channel, seq, head.snapshot, json);
     }
 
-    fn on_publication(&mut self, transport: TransportId, channel: &str, seq: u64, snapshot: bool, json: &str) {
+    fn on_publication(&mut self, transport: TransportId, channel: &str, seq: u64, snapshot: bool, wire: &str) {
         let paused = self.paused;
         let Some(subscription) = self.subscriptions.get_mut(channel) else { return };
         if !subscription.takes_publications(paused) {
             return;
         }
-        let deliver = if snapshot {
-            true
-        } else {
-            match subscription.arrival(seq) {
-                Arrival::Next => {
-                    subscription.advance(seq);
-                    true
-                }
-                Arrival::Duplicate | Arrival::Unpositioned => false,
-                Arrival::Gap => {
-                    self.recover(transport, channel);
-                    false
-                }
+        let next = snapshot || subscription.arrival(seq) == Arrival::Next;
+        if !next {
+            if subscription.arrival(seq) == Arrival::Gap {
+                self.recover(transport, channel);
             }
-        };
-        if deliver {
-            self.push(Action::Deliver(Delivery { channel: channel.to_owned(), seq, snapshot, json: json.to_owned() }));
+            return;
         }
+        let (json, changed) = match subscription.deltas().map(|table| table.rebuild(seq, wire)) {
+            None => (wire.to_owned(), None),
+            Some(Rebuilt::Whole { json, changed }) => (json, changed),
+            // The value it changes is not held: nothing is shown, and the channel
+            // recovers from the last seq delivered.
+            Some(Rebuilt::Lost) => return self.recover(transport, channel),
+        };
+        if !snapshot {
+            subscription.advance(seq);
+        }
+        let wire_bytes = wire.len();
+        self.push(Action::Deliver(Delivery { channel: channel.to_owned(), seq, snapshot, json, changed, wire_bytes }));
     }
 
     fn on_control(&mut self, transport: TransportId, m: ControlFields<'_>) {
@@ -132,7 +134,7 @@ impl ClientCore {
         let channel = m.channel.as_deref().unwrap_or_default().to_owned();
         let Some(subscription) = self.subscriptions.get_mut(&channel) else { return };
         let epoch = m.epoch.map(Cow::into_owned);
-        if subscription.confirmed(m.seq, epoch, m.recovered, m.min_interval) != Confirmation::Live {
+        if subscription.confirmed(m.seq, epoch, m.recovered, m.min_interval, m.deltas) != Confirmation::Live {
             return;
         }
         if subscription.state() == SubscriptionState::Subscribed {

@@ -13,7 +13,8 @@
 //!
 //! The parts, a file each: `api.rs` (what drivers and apps exchange with the core),
 //! `link.rs` (connecting, liveness, tokens, the one path that ends a link), `inbound.rs`
-//! (frames, ordered delivery, control messages), `reconcile.rs` (subscriptions towards
+//! (frames, ordered delivery, control messages), `deltas.rs` (whole values rebuilt from
+//! field deltas), `reconcile.rs` (subscriptions towards
 //! what the app wants), `publishes.rs` (the queue and its answers), `subscription.rs`
 //! (one channel's transitions), `timers.rs` and `backoff.rs`.
 //!
@@ -25,6 +26,7 @@
 
 mod api;
 mod backoff;
+mod deltas;
 mod inbound;
 mod link;
 mod publishes;
@@ -156,6 +158,11 @@ impl ClientCore {
     /// in milliseconds between two updates of one key.
     pub fn granted_interval_ms(&self, channel: &str) -> Option<u64> {
         self.subscriptions.get(channel)?.granted_interval_ms()
+    }
+
+    /// Whether the server granted a subscription field deltas (`subscribed.deltas`).
+    pub fn deltas_granted(&self, channel: &str) -> bool {
+        self.subscriptions.get(channel).is_some_and(|s| s.deltas_granted())
     }
 
     /// The next action to perform.

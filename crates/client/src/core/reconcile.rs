@@ -26,6 +26,7 @@ fn command_options(options: &SubscriptionOptions) -> SubscribeOptions {
         types: options.types.clone(),
         keys: options.keys.clone(),
         min_interval: options.min_interval_ms,
+        deltas: options.deltas,
     }
 }
 
@@ -140,7 +141,7 @@ impl ClientCore {
         let mut filtered: Vec<(String, Option<StreamPosition>)> = Vec::new();
         let mut forget = Vec::new();
         for (channel, subscription) in &mut self.subscriptions {
-            let has_options = subscription.options().skips_seqs();
+            let has_options = subscription.options().asks_anything();
             match subscription.step(paused) {
                 // Options are the command's: such a channel goes in a command of its own.
                 Step::Subscribe(position) if has_options => filtered.push((channel.clone(), position)),

@@ -10,6 +10,7 @@
 use tidewire_protocol::StreamPosition;
 
 use super::api::SubscriptionOptions;
+use super::deltas::DeltaTable;
 
 /// The server's side of a subscription, as far as this client knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +57,8 @@ pub struct Subscription {
     /// The interval the server granted (`subscribed.minInterval`, milliseconds), for a
     /// throttled subscription.
     granted_interval_ms: Option<u64>,
+    /// The last value per key, when the server granted field deltas.
+    deltas: Option<DeltaTable>,
 }
 
 /// What to do with a publication's seq.
@@ -109,6 +112,7 @@ impl Subscription {
             options: SubscriptionOptions::default(),
             subscribe_id: None,
             granted_interval_ms: None,
+            deltas: None,
         }
     }
 
@@ -120,6 +124,16 @@ impl Subscription {
     /// A subscribe for this channel went out as command `id`.
     pub fn subscribe_sent_as(&mut self, id: u64) {
         self.subscribe_id = Some(id);
+    }
+
+    /// Whether the server granted field deltas.
+    pub fn deltas_granted(&self) -> bool {
+        self.deltas.is_some()
+    }
+
+    /// The values field deltas apply to, when the server granted them.
+    pub fn deltas(&mut self) -> Option<&mut DeltaTable> {
+        self.deltas.as_mut()
     }
 
     /// The server-side filter this subscription asks for.
@@ -234,6 +248,7 @@ impl Subscription {
         epoch: Option<String>,
         recovered: Option<bool>,
         granted_interval_ms: Option<u64>,
+        deltas: bool,
     ) -> Confirmation {
         if !matches!(self.server, ServerSide::SubscribeSent | ServerSide::Subscribed) {
             return Confirmation::Ignored;
@@ -247,6 +262,8 @@ impl Subscription {
         self.server = ServerSide::Subscribed;
         self.recovering = false;
         self.granted_interval_ms = granted_interval_ms;
+        // The server sends whole values again from every start.
+        self.deltas = deltas.then(DeltaTable::default);
         if recovered != Some(true) {
             self.position = Some(StreamPosition { seq: seq.unwrap_or(0), epoch });
             self.skipped.clear();

@@ -15,6 +15,7 @@ use tidewire_protocol::filter::Filter;
 use tidewire_protocol::rate::Rate;
 use tidewire_protocol::{EncodedMessage, Op};
 
+use super::delta::{self, Deltas, Floor};
 use super::outbox::Outbox;
 use super::throttle::{self, Throttle};
 
@@ -49,6 +50,8 @@ impl Stored {
 struct Subscriber {
     outbox: Arc<Outbox>,
     filter: Option<Arc<Filter>>,
+    /// Set when it was granted deltas: where they may start.
+    deltas: Option<Floor>,
 }
 
 /// Whether `filter` (none: everything) lets `outbound` through.
@@ -80,6 +83,10 @@ pub struct Channel {
     /// When the last publication was accepted.
     last_published: Option<Instant>,
     subscribers: HashMap<u64, Subscriber>,
+    /// Each key's last value, while some subscriber takes deltas (see [`super::delta`]).
+    deltas: Deltas,
+    /// Subscribers granted deltas.
+    delta_subscribers: usize,
     /// Subscribers that asked for a rate, fed through their resampled streams.
     pub throttle: Throttle,
     /// Wakes the task that sends the throttled streams' outputs when they are due, while
@@ -106,6 +113,8 @@ impl Channel {
             recent: VecDeque::new(),
             recent_seqs: HashMap::new(),
             subscribers: HashMap::new(),
+            deltas: Deltas::default(),
+            delta_subscribers: 0,
             throttle: Throttle::default(),
             resampler: None,
             removed: false,
@@ -189,11 +198,14 @@ impl Channel {
         self.head = stored.seq();
         let mut dropped = Dropped::default();
         let mut delivered = 0;
+        let delta = if self.delta_subscribers > 0 { self.deltas.offer(&stored.outbound) } else { None };
         for subscriber in self.subscribers.values() {
             if subscriber.filter.is_some() && !admits(subscriber.filter.as_deref(), &stored.outbound) {
                 continue;
             }
-            dropped.add(subscriber.outbox.push(stored.outbound.clone()));
+            let outbound =
+                delta::choose(&stored.outbound, delta.as_ref(), subscriber.deltas, subscriber.filter.as_deref());
+            dropped.add(subscriber.outbox.push(outbound.clone()));
             delivered += 1;
         }
         if !self.throttle.is_empty() {
@@ -288,27 +300,36 @@ impl Channel {
     }
 
     /// Adds (or, with new options, replaces) a subscriber, throttled at `rate` when it
-    /// has one (receiving what follows the head); true when it is new.
+    /// has one (receiving what follows the head), taking deltas from `deltas` when it
+    /// was granted them; true when it is new.
     pub fn add(
         &mut self,
         connection: u64,
         outbox: Arc<Outbox>,
         filter: Option<Arc<Filter>>,
         rate: Option<Rate>,
+        deltas: Option<Floor>,
     ) -> bool {
         let was = self.remove(connection);
         match rate {
             Some(rate) => self.throttle.join(connection, outbox, filter, rate, self.head),
             None => {
-                self.subscribers.insert(connection, Subscriber { outbox, filter });
+                self.delta_subscribers += usize::from(deltas.is_some());
+                self.subscribers.insert(connection, Subscriber { outbox, filter, deltas });
             }
         }
         !was
     }
 
     pub fn remove(&mut self, connection: u64) -> bool {
-        let unthrottled = self.subscribers.remove(&connection).is_some();
-        self.throttle.leave(connection) || unthrottled
+        let unthrottled = self.subscribers.remove(&connection);
+        if unthrottled.as_ref().is_some_and(|s| s.deltas.is_some()) {
+            self.delta_subscribers -= 1;
+            if self.delta_subscribers == 0 {
+                self.deltas.reset();
+            }
+        }
+        self.throttle.leave(connection) || unthrottled.is_some()
     }
 
     pub fn history_len(&self) -> usize {

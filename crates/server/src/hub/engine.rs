@@ -105,6 +105,8 @@ pub struct SubscribeRequest {
     pub filter: Option<Arc<Filter>>,
     /// The rate granted, for a throttled subscription (see [`super::throttle`]).
     pub rate: Option<Rate>,
+    /// Whether it asked for field deltas (see [`super::delta`]).
+    pub deltas: bool,
 }
 
 /// A reply to queue once an unsubscribe took effect (after anything the engine still
@@ -140,6 +142,7 @@ pub fn subscribed(
     epoch: &str,
     recovered: Option<bool>,
     rate: Option<Rate>,
+    deltas: bool,
 ) -> EncodedMessage {
     control(Control::Subscribed(Subscribed {
         timestamp: now_timestamp(),
@@ -149,6 +152,7 @@ pub fn subscribed(
         epoch: epoch.to_owned(),
         recovered,
         min_interval: rate.map(Rate::interval_ms),
+        deltas,
     }))
 }
 

@@ -14,6 +14,7 @@ use tidewire_protocol::Op;
 use tidewire_protocol::batch::Outbound;
 
 use super::channel::{Channel, Start, Stored};
+use super::delta::Floor;
 use super::engine::{Engine, Reply, Shared, SubscribeRequest, snapshot_end, subscribed};
 use super::{Accepted, ChannelInfo, Prepared, PublishError, lock};
 
@@ -125,7 +126,8 @@ impl MemoryEngine {
     /// Queues `subscribed`, then the recovered publications or the keyed snapshot, then
     /// registers the subscriber, all under the channel's lock.
     fn subscribe_locked(&self, channel: &mut Channel, request: SubscribeRequest) {
-        let SubscribeRequest { connection, outbox, since, id, snapshot_end: mark_end, filter, rate, .. } = request;
+        let SubscribeRequest { connection, outbox, since, id, snapshot_end: mark_end, filter, rate, deltas, .. } =
+            request;
         channel.expire(self.shared.clock.now(), self.shared.config.history_ttl);
         let start = match &since {
             Some(position) if position.epoch.as_deref().is_none_or(|e| e == &*channel.epoch) => {
@@ -138,7 +140,9 @@ impl MemoryEngine {
             _ => Start::Snapshot(channel.snapshot(filter.as_deref())),
         };
         let recovered = since.map(|_| matches!(start, Start::Recovered(_)));
-        let subscribed = subscribed(id, &channel.name, channel.head, &channel.epoch, recovered, rate);
+        // Throttled streams send whole values (their outputs skip values per key).
+        let deltas = (deltas && rate.is_none()).then(|| Floor::at_start(channel.head, recovered != Some(true)));
+        let subscribed = subscribed(id, &channel.name, channel.head, &channel.epoch, recovered, rate, deltas.is_some());
         let mut outbounds = vec![Outbound::control(subscribed)];
         match start {
             Start::Recovered(replay) => outbounds.extend(replay),
@@ -151,7 +155,7 @@ impl MemoryEngine {
         }
         let dropped = outbox.push_all(outbounds);
         self.shared.count_drops(dropped);
-        if channel.add(connection, outbox, filter, rate) {
+        if channel.add(connection, outbox, filter, rate, deltas) {
             self.shared.metrics.subscriptions.inc();
         }
     }

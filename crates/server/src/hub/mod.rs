@@ -12,6 +12,7 @@
 pub mod admission;
 mod channel;
 pub mod clock;
+pub mod delta;
 pub mod engine;
 mod memory;
 pub mod outbox;
@@ -126,6 +127,8 @@ pub struct SubscribeStart<'a> {
     pub filter: Option<Arc<Filter>>,
     /// The rate granted (see [`throttle`]); `None`: every publication as it comes.
     pub rate: Option<tidewire_protocol::rate::Rate>,
+    /// Whether it asked for field deltas (see [`delta`]).
+    pub deltas: bool,
 }
 
 /// How often the node forgets what expired: idle channels, history past its TTL, and
@@ -358,6 +361,7 @@ impl Hub {
             snapshot_end: start.snapshot_end,
             filter: start.filter,
             rate: start.rate,
+            deltas: start.deltas,
         })
     }
 

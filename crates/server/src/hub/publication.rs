@@ -37,7 +37,7 @@ impl Prepared {
     pub fn new(new: NewPublication, max_publication_bytes: usize) -> Result<Prepared, PublishError> {
         let NewPublication { channel, kind, data, key, idempotency_key, op } = new;
         let timestamp = now_timestamp();
-        let publication = Publication { kind, timestamp, channel, seq: 0, key, op, snapshot: false, data };
+        let publication = Publication { kind, timestamp, channel, seq: 0, key, op, snapshot: false, base: None, data };
         let template = PublicationTemplate::new(&publication)
             .map_err(|e| PublishError::new(ErrorCode::BadRequest, e.to_string()))?;
         let size = template.len(SEQ_DIGITS);

@@ -81,8 +81,8 @@ pub fn apply(session: &mut Session, command: Subscribe) -> Next {
             continue;
         }
         let since = command.since.as_ref().and_then(|since| since.get(channel));
-        let snapshot_end = options.snapshot_end;
-        let start = SubscribeStart { since, id: id.clone(), snapshot_end, filter: filter.clone(), rate };
+        let (snapshot_end, deltas) = (options.snapshot_end, options.deltas);
+        let start = SubscribeStart { since, id: id.clone(), snapshot_end, filter: filter.clone(), rate, deltas };
         if let Err(refused) = session.hub.subscribe(session.id(), &session.outbox, channel, start) {
             session.send_error(id, refused.code, refused.message, Some(channel));
             continue;

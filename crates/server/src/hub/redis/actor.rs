@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::EngineInner;
 use super::scripts::{Delivered, Range};
+use crate::hub::delta::{self, Deltas, Floor};
 use crate::hub::engine::{Reply, SubscribeRequest, control, snapshot_end, subscribed};
 use crate::hub::throttle::{self, Throttle};
 use crate::hub::{Outbox, now_timestamp};
@@ -65,6 +66,10 @@ pub struct Actor {
     /// Local subscribers, the seq after which each receives live publications, and its
     /// filter.
     subscribers: HashMap<u64, Local>,
+    /// Each key's last value, while a local subscriber takes deltas (see
+    /// [`crate::hub::delta`]), and how many do.
+    deltas: Deltas,
+    delta_subscribers: usize,
     /// Local subscribers that asked for a rate (see [`crate::hub::throttle`]).
     throttle: Throttle,
     /// `None` until the first start is read; `Some("")` while the channel has no state.
@@ -81,6 +86,8 @@ impl Actor {
             engine,
             channel: channel.into(),
             subscribers: HashMap::new(),
+            deltas: Deltas::default(),
+            delta_subscribers: 0,
             throttle: Throttle::default(),
             epoch: None,
             head: 0,
@@ -120,7 +127,7 @@ impl Actor {
                     crate::hub::lock(&self.starting).remove(&connection);
                 }
                 Input::Unsubscribe(connection, reply) => {
-                    self.subscribers.remove(&connection);
+                    self.remove_local(connection);
                     self.throttle.leave(connection);
                     Reply::deliver(reply);
                 }
@@ -174,8 +181,12 @@ impl Actor {
         }
         let recovered = request.since.as_ref().map(|_| start.recovered);
         let rate = request.rate;
-        let mut outbounds =
-            vec![Outbound::control(subscribed(request.id, &self.channel, start.head, &epoch, recovered, rate))];
+        // Throttled streams send whole values (their outputs skip values per key). A
+        // rolled-back start has no snapshot to diff against.
+        let deltas =
+            (request.deltas && rate.is_none()).then(|| Floor::at_start(start.head, !start.recovered && !rolled_back));
+        let subscribed = subscribed(request.id, &self.channel, start.head, &epoch, recovered, rate, deltas.is_some());
+        let mut outbounds = vec![Outbound::control(subscribed)];
         if start.recovered {
             let first = start.head + 1 - start.texts.len() as u64;
             let mut replay: Vec<(u64, String)> = start
@@ -215,12 +226,27 @@ impl Actor {
         self.engine.shared.count_drops(dropped);
         match rate {
             Some(rate) => {
-                self.subscribers.remove(&request.connection);
+                self.remove_local(request.connection);
                 self.throttle.join(request.connection, request.outbox, request.filter, rate, start.head);
             }
             None => {
                 self.throttle.leave(request.connection);
-                self.subscribers.insert(request.connection, (request.outbox, start.head, request.filter));
+                self.remove_local(request.connection);
+                self.delta_subscribers += usize::from(deltas.is_some());
+                let local = Local { outbox: request.outbox, start: start.head, filter: request.filter, deltas };
+                self.subscribers.insert(request.connection, local);
+            }
+        }
+    }
+
+    /// Forgets an unthrottled subscriber, and the values kept for deltas with the last
+    /// one that took them.
+    fn remove_local(&mut self, connection: u64) {
+        let removed = self.subscribers.remove(&connection);
+        if removed.is_some_and(|l| l.deltas.is_some()) {
+            self.delta_subscribers -= 1;
+            if self.delta_subscribers == 0 {
+                self.deltas.reset();
             }
         }
     }
@@ -252,18 +278,20 @@ impl Actor {
         // Read once for every subscriber, and only if a key filter needs it.
         let key = match key {
             Some(key) => key,
-            None if self.subscribers.values().any(|(_, _, f)| f.as_ref().is_some_and(|f| f.has_keys())) => {
+            None if self.subscribers.values().any(|l| l.filter.as_ref().is_some_and(|f| f.has_keys())) => {
                 publication_key(message.as_str()).map(Into::into)
             }
             None => None,
         };
         let outbound = Outbound::publication(message, Position { channel: self.channel.clone(), seq, key });
+        let delta = if self.delta_subscribers > 0 { self.deltas.offer(&outbound) } else { None };
         let mut delivered = 0;
-        for (outbox, start, filter) in self.subscribers.values() {
+        for Local { outbox, start, filter, deltas } in self.subscribers.values() {
             let key = outbound.position().and_then(|p| p.key.as_deref());
             let admitted = filter.as_ref().is_none_or(|f| f.admits_encoded(outbound.message().as_str(), key));
             if seq > *start && admitted {
-                let dropped = outbox.push(outbound.clone());
+                let sent = delta::choose(&outbound, delta.as_ref(), *deltas, filter.as_deref());
+                let dropped = outbox.push(sent.clone());
                 self.engine.shared.count_drops(dropped);
                 delivered += 1;
             }
@@ -291,6 +319,8 @@ impl Actor {
                     to,
                     "publications missed while disconnected are gone; announcing a gap"
                 );
+                // Values after the gap cannot be deltas of values before it.
+                self.deltas.reset();
                 // What throttled streams hold came before the gap, so it goes first.
                 let delivered = self.throttle.flush_all(self.now());
                 self.count(delivered);
@@ -308,8 +338,8 @@ impl Actor {
                     });
                     outbox.push(Outbound::control(control(notice)));
                 };
-                for (outbox, start, _) in self.subscribers.values() {
-                    notify(outbox, *start);
+                for local in self.subscribers.values() {
+                    notify(&local.outbox, local.start);
                 }
                 self.throttle.each_member(notify);
                 self.head = to;
@@ -360,13 +390,18 @@ impl Actor {
 
     /// Re-announces every local subscription with a new epoch.
     fn announce(&mut self, epoch: &Arc<str>, head: u64, recovered: bool) {
-        for (outbox, start, _) in self.subscribers.values_mut() {
-            outbox.push(Outbound::control(subscribed(None, &self.channel, head, epoch, Some(recovered), None)));
-            *start = head;
+        // The stream starts again at `head`: deltas start after it.
+        self.deltas.reset();
+        for local in self.subscribers.values_mut() {
+            let deltas = local.deltas.is_some();
+            let message = subscribed(None, &self.channel, head, epoch, Some(recovered), None, deltas);
+            local.outbox.push(Outbound::control(message));
+            local.start = head;
+            local.deltas = local.deltas.map(|_| Floor(head));
         }
         let channel = &self.channel;
         self.throttle.restart(head, |outbox, rate| {
-            outbox.push(Outbound::control(subscribed(None, channel, head, epoch, Some(recovered), Some(rate))));
+            outbox.push(Outbound::control(subscribed(None, channel, head, epoch, Some(recovered), Some(rate), false)));
         });
     }
 
@@ -390,9 +425,15 @@ impl Actor {
     }
 }
 
-/// A local subscriber: its outbox, the seq after which it receives live publications,
-/// and its filter.
-type Local = (Arc<Outbox>, u64, Option<Arc<Filter>>);
+/// An unthrottled local subscriber.
+struct Local {
+    outbox: Arc<Outbox>,
+    /// The seq after which it receives live publications.
+    start: u64,
+    filter: Option<Arc<Filter>>,
+    /// Set when it was granted deltas: where they may start.
+    deltas: Option<Floor>,
+}
 
 /// Whether `filter` lets the publication `text` through; its key, when the caller does
 /// not have it (a start's texts carry none), is read from the text only for a filter
