@@ -101,6 +101,18 @@ test("the dashboard fills, counts, and survives a server restart", { timeout: 12
     // The LP grid is resampled at the rate it asked for, and says so.
     // (textContent: the panel's heading is styled in capitals.)
     assert.equal(await page.locator('[data-testid="lp-rate"]').textContent(), "≤ 2/s per LP");
+    // Each panel's heading says what it costs on the wire; the LP grid and exposure
+    // travel as field deltas, rebuilt whole by the client (the rows above are whole).
+    for (const channel of ["routing-metrics", "lp-performance", "exposure-updates", "alerts"]) {
+      const cost = await page.locator(`[data-testid="cost-${channel}"]`).textContent();
+      assert.match(cost, /^[0-9.,]+ (B|KB|MB)\/s$/, `${channel} costs ${cost}`);
+    }
+    const deltas = await page.evaluate(() => new Promise((resolve) => {
+      const seen = [];
+      window.tidewire.subscribe("exposure-updates", (m) => { seen.push(m); if (seen.length === 3) resolve(seen); });
+    }));
+    assert.ok(deltas.every((m) => m.base === undefined && typeof m.data.netExposure === "number"), "whole records");
+    assert.ok(deltas.some((m) => Array.isArray(m.changed) && m.changed.length > 0), "rebuilt from deltas, naming changed fields");
 
     // An LP leaves the desk: its row goes, and a fresh page (whose snapshot is complete)
     // shows the same table; it comes back when relisted.

@@ -11,6 +11,13 @@ export function integer(value: number): string {
   return whole.format(value);
 }
 
+/** `840 B/s`, `12.5 KB/s`, `1.2 MB/s`: what a panel costs on the wire. */
+export function bytesPerSecond(bytes: number): string {
+  if (bytes < 1000) return `${whole.format(bytes)} B/s`;
+  if (bytes < 1e6) return `${(bytes / 1e3).toFixed(1)} KB/s`;
+  return `${(bytes / 1e6).toFixed(1)} MB/s`;
+}
+
 export function pct(value: number, digits = 1): string {
   return `${value.toFixed(digits)}%`;
 }

@@ -14,7 +14,7 @@ import { AlertsPanel } from "./panels/alerts";
 import { ExposurePanel } from "./panels/exposure";
 import { LpPanel } from "./panels/lps";
 import { RoutingPanel } from "./panels/routing";
-import { byTestId, integer, setText } from "./format";
+import { byTestId, bytesPerSecond, integer, setText } from "./format";
 
 const routing = new RoutingPanel();
 const lps = new LpPanel();
@@ -68,9 +68,15 @@ async function main(): Promise<void> {
   client.onState(showState);
   client.onError((error) => console.warn("tidewire", error.kind, error.code ?? "", error.message));
   // The LP grid needs each LP's newest reading a few times a second, not every quote:
-  // the server resamples it per LP. Alerts and decisions arrive unthrottled.
-  const options: Record<string, TidewireSubscribeOptions> = { "lp-performance": { maxRate: 2 } };
-  for (const channel of ["routing-metrics", "lp-performance", "exposure-updates", "alerts"]) {
+  // the server resamples it per LP. The LP rows and the exposure record travel as field
+  // deltas (the client hands over whole records). Alerts and decisions arrive
+  // unthrottled and whole.
+  const options: Record<string, TidewireSubscribeOptions> = {
+    "lp-performance": { maxRate: 2, deltas: true },
+    "exposure-updates": { deltas: true },
+  };
+  const channels = ["routing-metrics", "lp-performance", "exposure-updates", "alerts"];
+  for (const channel of channels) {
     client.subscribe(channel, handle, (event) => {
       if (channel !== "lp-performance") return;
       if (event.type === "subscribed" && event.maxRate !== undefined) {
@@ -98,6 +104,11 @@ async function main(): Promise<void> {
     setText(byTestId("batch"), frames ? (messages / frames).toFixed(1) : "0");
     setText(byTestId("recovered"), integer(now.recoveries));
     setText(byTestId("total"), integer(now.messages));
+    // What each panel costs on the wire, per second.
+    for (const channel of channels) {
+      const bytes = (now.bytes[channel] ?? 0) - (last.bytes[channel] ?? 0);
+      setText(byTestId(`cost-${channel}`), `${bytesPerSecond(bytes)}`);
+    }
     const routed = Number(byTestId("routing").dataset.count ?? 0);
     routingRate = routed - lastRouting;
     lastRouting = routed;

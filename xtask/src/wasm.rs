@@ -16,8 +16,10 @@ pub const PACKAGE: &str = "tidewire-client";
 
 /// The most the package (wasm + JS, each gzipped) may weigh; the build fails above it.
 /// Lower it when the package shrinks, so a regression cannot hide under old slack. Raised
-/// from 110 KiB once, by the 1 KiB resampled subscriptions (`minInterval`) cost.
-pub const PACKAGE_BUDGET_BYTES: u64 = 111 * 1024;
+/// from 110 KiB by the 1 KiB resampled subscriptions (`minInterval`) cost, and from 111
+/// KiB by the 4.9 KiB field deltas cost (rebuilding whole values from merge patches on
+/// JSON text, without a JSON tree; `twiggy diff` of the two builds names what).
+pub const PACKAGE_BUDGET_BYTES: u64 = 116 * 1024;
 
 /// Where the package is written.
 pub fn package_dir() -> PathBuf {

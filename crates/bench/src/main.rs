@@ -16,12 +16,17 @@
 //!   peak RSS, the healthy subscribers' loss and p99 against a quiet run, and the Redis
 //!   key count.
 //!
+//! - `tables`: resampled keyed tables (`tables.rs`).
+//! - `deltas`: the bytes field deltas save on the demo desk's channels, against the
+//!   alternatives (`deltas.rs`; in process, on virtual time).
+//!
 //! Subscribers are plain WebSocket readers that read each frame's seqs, timestamps and
 //! gap notices, so the figures describe the server, not a client's recovery logic;
 //! `--via-client` subscribes through the native client crate instead (one suite run
 //! does). Everything targets 127.0.0.1 and stops by itself.
 
 mod attack;
+mod deltas;
 mod load;
 mod process;
 mod report;
@@ -59,6 +64,9 @@ enum Command {
     /// Resampled tables: subscribers asking `minInterval` per key on one keyed channel
     /// (see `tables.rs`). Fails (exit 1) when a table does not end at the latest state.
     Tables(TablesArgs),
+    /// Field deltas on the demo's LP and exposure channels: bytes with and without, and
+    /// the alternatives (see `deltas.rs`). Fails (exit 1) when a rebuilt value differs.
+    Deltas(DeltasArgs),
     /// The attackers of `attack`, in their own process (started by it).
     #[command(hide = true)]
     AttackWorker {
@@ -92,6 +100,16 @@ pub struct AttackArgs {
     /// Extra flags for the node.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct DeltasArgs {
+    /// Virtual time the desk runs for.
+    #[arg(long, short = 'd', default_value = "1h", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Routing decisions per second (the demo's default).
+    #[arg(long, short = 'r', default_value_t = 300)]
+    pub rate: u32,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -215,6 +233,15 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    if let Command::Deltas(args) = &cli.command {
+        return match deltas::run(args) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tidewire-bench deltas: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     if let Command::Tables(args) = &cli.command {
         return match runtime.block_on(tables::run(args)) {
             Ok(()) => std::process::ExitCode::SUCCESS,
@@ -250,7 +277,9 @@ fn main() -> std::process::ExitCode {
     }
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Attack(_) | Command::AttackWorker { .. } | Command::Tables(_) => Ok(Vec::new()),
+            Command::Attack(_) | Command::AttackWorker { .. } | Command::Tables(_) | Command::Deltas(_) => {
+                Ok(Vec::new())
+            }
             Command::Fanout(args) => load::fanout(&args).await.map(|r| vec![r]),
             Command::Idle(args) => load::idle(&args).await.map(|r| vec![r]),
             Command::Suite(args) => load::suite(&args).await,

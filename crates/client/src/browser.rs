@@ -176,8 +176,8 @@ struct Counters {
     messages: f64,
     recoveries: f64,
     reconnects: f64,
-    /// Publication bytes per channel.
-    bytes: HashMap<String, f64>,
+    /// Publication bytes per channel (a few channels: a list is smaller code than a map).
+    bytes: Vec<(String, f64)>,
 }
 
 /// A page event listener kept registered for the client's life: target, event, handler.
@@ -491,7 +491,11 @@ fn perform(inner: &Rc<RefCell<Inner>>, action: Action) {
             let handlers: Vec<Function> = {
                 let mut state = inner.borrow_mut();
                 state.counters.messages += 1.0;
-                *state.counters.bytes.entry(delivery.channel.clone()).or_default() += delivery.wire_bytes as f64;
+                let bytes = &mut state.counters.bytes;
+                match bytes.iter_mut().find(|(channel, _)| *channel == delivery.channel) {
+                    Some((_, n)) => *n += delivery.wire_bytes as f64,
+                    None => bytes.push((delivery.channel.clone(), delivery.wire_bytes as f64)),
+                }
                 state
                     .handlers
                     .get(&delivery.channel)

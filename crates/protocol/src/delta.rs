@@ -23,6 +23,9 @@
 //! A client that receives a `base` it does not hold (it never should) treats it as a
 //! loss and recovers; it never shows a value it could not reconstruct.
 
+use std::borrow::Cow;
+
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// The merge patch that turns `old` into `new`, when both are JSON objects and the
@@ -87,6 +90,104 @@ pub fn apply(target: &mut Value, patch: &Value) {
     }
 }
 
+/// [`apply`] on JSON text, for readers that keep values as text (the browser client,
+/// where a JSON tree costs code size): `target` with `patch` applied, or `None` when
+/// either is not valid JSON. Fields keep their order (new ones come last), and values
+/// a patch does not touch keep their text.
+pub fn apply_to_text(target: &str, patch: &str) -> Option<String> {
+    let Ok(Fields(changes)) = serde_json::from_str::<Fields<'_>>(patch) else {
+        // Not an object: the patch replaces the target (after checking it is JSON).
+        return serde_json::from_str::<&RawValue>(patch).ok().map(|v| v.get().to_owned());
+    };
+    let Fields(object) = serde_json::from_str::<Fields<'_>>(target).unwrap_or_default();
+    let mut merged: Vec<(Cow<'_, str>, Cow<'_, str>)> =
+        object.into_iter().map(|(k, v)| (k, Cow::Borrowed(v.get()))).collect();
+    for (field, value) in changes {
+        let text = value.get();
+        let at = merged.iter().position(|(k, _)| *k == field);
+        if text == "null" {
+            if let Some(at) = at {
+                merged.remove(at);
+            }
+            continue;
+        }
+        let rebuilt = match at.map(|at| &merged[at].1) {
+            Some(before) if text.starts_with('{') && before.starts_with('{') => apply_to_text(before, text)?,
+            _ if text.starts_with('{') => apply_to_text("{}", text)?,
+            _ => text.to_owned(),
+        };
+        match at {
+            Some(at) => merged[at].1 = Cow::Owned(rebuilt),
+            None => merged.push((field, Cow::Owned(rebuilt))),
+        }
+    }
+    Some(write_object(merged.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))))
+}
+
+/// `{"field":value,…}` from field names and value texts.
+pub fn write_object<'a>(fields: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let mut out = String::from("{");
+    for (field, value) in fields {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        write_string(&mut out, field);
+        out.push(':');
+        out.push_str(value);
+    }
+    out.push('}');
+    out
+}
+
+/// A JSON string literal.
+fn write_string(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let n = u32::from(c) as usize;
+                out.push_str("\\u00");
+                out.push(char::from(HEX[n >> 4]));
+                out.push(char::from(HEX[n & 15]));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// An object's fields in order, as borrowed text: what [`apply_to_text`] reads, without
+/// building a JSON tree.
+#[derive(Debug, Default)]
+pub struct Fields<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Fields<'de>, M::Error> {
+                let mut fields = Vec::new();
+                while let Some(field) = map.next_key::<Cow<'de, str>>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    match fields.iter().position(|(k, _): &(Cow<'de, str>, _)| *k == field) {
+                        Some(at) => fields[at] = (field, value),
+                        None => fields.push((field, value)),
+                    }
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
 /// The top-level fields a patch changes (set or removed), in its order: what a view
 /// highlights.
 pub fn changed_fields(patch: &Value) -> Vec<String> {
@@ -141,6 +242,15 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn text_and_tree_apply_agree(target in json_value(), patch in json_value()) {
+            let mut expected = target.clone();
+            apply(&mut expected, &patch);
+            let text = apply_to_text(&target.to_string(), &patch.to_string()).unwrap();
+            let rebuilt: Value = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(rebuilt, expected);
+        }
+
         #[test]
         fn applying_a_diff_rebuilds_the_new_value(old in json_object(), new in json_object()) {
             if let Some(patch) = diff(&old, &new) {

@@ -746,3 +746,59 @@ async fn a_throttled_subscription_on_another_node_gets_each_keys_newest_value() 
         [back.next().await, back.next().await, back.next().await].iter().filter_map(|m| m["seq"].as_u64()).collect();
     assert_eq!(replay, [3, 4, 5], "B's value, the unkeyed one and A's latest");
 }
+
+#[tokio::test]
+async fn deltas_on_another_node_apply_to_the_snapshot_and_to_what_followed() {
+    // The channel's actor keeps each key's last value (seeded from the snapshot of the
+    // subscription that started it) and diffs what pub/sub brings; a throttled member
+    // on the same node gets deltas against its own stream's outputs.
+    let url = shared_redis();
+    let prefix = unique_prefix("deltas");
+    let (a, b) = (node(&url, &prefix).await, node(&url, &prefix).await);
+    let row = |key: &str, fill: u64| tidewire_protocol::NewPublication {
+        channel: "desk".into(),
+        kind: "lp".into(),
+        data: json!({"lp": key, "venue": "London", "fill": fill, "spreadBps": 125}),
+        key: Some(key.into()),
+        ..Default::default()
+    };
+    a.hub.publish(row("A", 1)).await.unwrap(); // 1: in the snapshot
+    let mut client = b.client("u").await;
+    client.next().await;
+    client.send_value(json!({"action":"subscribe","channels":["desk"],"options":{"deltas": true}})).await;
+    assert_eq!(client.expect_type("subscribed").await["deltas"], true);
+    assert_eq!(client.next().await["seq"], 1, "the snapshot");
+    let mut throttled = b.client("u").await;
+    throttled.next().await;
+    let options = json!({"deltas": true, "minInterval": 100});
+    throttled.send_value(json!({"action":"subscribe","channels":["desk"],"options":options})).await;
+    assert_eq!(throttled.expect_type("subscribed").await["deltas"], true);
+    throttled.next().await; // its snapshot
+    for fill in 2..=4 {
+        a.hub.publish(row("A", fill)).await.unwrap(); // 2..=4
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let message = client.next().await;
+        if message["type"] == "lp" {
+            got.push((message["seq"].as_u64(), message["base"].as_u64(), message["data"].clone()));
+        }
+    }
+    assert_eq!(
+        got,
+        [
+            (Some(2), Some(1), json!({"fill": 2})),
+            (Some(3), Some(2), json!({"fill": 3})),
+            (Some(4), Some(3), json!({"fill": 4}))
+        ]
+    );
+    let mut resampled = Vec::new();
+    while resampled.len() < 3 {
+        let message = throttled.next().await;
+        if message["type"] == "lp" {
+            resampled.push((message["seq"].as_u64(), message["base"].as_u64()));
+        }
+    }
+    assert_eq!(resampled, [(Some(2), None), (Some(3), Some(2)), (Some(4), Some(3))], "whole first after its start");
+}

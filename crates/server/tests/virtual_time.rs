@@ -33,6 +33,8 @@ struct Pair {
     delivered: Vec<u64>,
     /// The delivered messages' JSON, in order.
     deliveries: Vec<String>,
+    /// The fields each delivery changed, for those that arrived as field deltas.
+    changed: Vec<Option<Vec<String>>>,
     subscribed: Vec<Option<bool>>,
     /// When each transport was opened, in virtual time.
     opened_at: Vec<Duration>,
@@ -57,6 +59,7 @@ impl Pair {
             link: None,
             delivered: Vec::new(),
             deliveries: Vec::new(),
+            changed: Vec::new(),
             subscribed: Vec::new(),
             opened_at: Vec::new(),
             frames: 0,
@@ -81,6 +84,20 @@ impl Pair {
             ..Default::default()
         };
         self.hub.publish(new).await.expect("published").seq
+    }
+
+    /// Publishes on `orders` a wide row of `key` whose `n` field is `n`; returns its seq
+    /// and data.
+    async fn publish_wide(&self, key: &str, n: u64) -> (u64, serde_json::Value) {
+        let data = serde_json::json!({"key": key, "venue": "London", "book": "EMEA-FX", "n": n, "spreadBps": 1.25});
+        let new = NewPublication {
+            channel: "orders".into(),
+            kind: "row".into(),
+            data: data.clone(),
+            key: Some(key.into()),
+            ..Default::default()
+        };
+        (self.hub.publish(new).await.expect("published").seq, data)
     }
 
     async fn publish(&self, n: u64) {
@@ -158,6 +175,7 @@ impl Pair {
             Action::Deliver(delivery) => {
                 self.delivered.push(delivery.seq);
                 self.deliveries.push(delivery.json);
+                self.changed.push(delivery.changed);
             }
             Action::Subscription { event: SubscriptionEvent::Subscribed { recovered }, .. } => {
                 self.subscribed.push(recovered)
@@ -332,4 +350,47 @@ async fn a_throttled_table_resamples_without_gaps_and_recovers_each_keys_latest_
     pair.advance(Duration::from_secs(30));
     assert_eq!(pair.subscribed, vec![None, Some(true)], "recovered");
     assert_eq!(pair.delivered[before..], expected[..], "each key's latest and the unkeyed one");
+}
+
+#[tokio::test]
+async fn a_delta_table_shows_whole_records_across_deletes_a_cut_link_and_a_resampled_stream() {
+    // With deltas, each key's values after the first travel as merge patches; the core
+    // rebuilds every one whole (naming the fields that changed), a delete forgets the
+    // row, and after a cut link the replay comes whole and the table stays exact.
+    for throttled in [false, true] {
+        let mut pair = Pair::new();
+        pair.throttled = throttled;
+        let options =
+            SubscriptionOptions { deltas: true, min_interval_ms: throttled.then_some(100), ..Default::default() };
+        pair.event(Event::SubscribeWith { channel: "orders".into(), options });
+        pair.event(Event::Connect);
+        pair.advance(Duration::from_millis(100));
+        assert!(pair.client.deltas_granted("orders"));
+        let mut published = std::collections::HashMap::new();
+        for n in 0..30 {
+            for key in ["A", "B"] {
+                let (seq, data) = pair.publish_wide(key, n).await;
+                published.insert(seq, data);
+            }
+            if n == 20 {
+                published.insert(pair.publish_row("B", Op::Delete).await, serde_json::json!({"key": "B"}));
+            }
+            if n == 25 {
+                pair.cut();
+            }
+            pair.advance(Duration::from_millis(40));
+        }
+        pair.advance(Duration::from_secs(30));
+        assert_eq!(pair.subscribed, vec![None, Some(true)], "recovered after the cut");
+        for json in &pair.deliveries {
+            let message: serde_json::Value = serde_json::from_str(json).unwrap();
+            let seq = message["seq"].as_u64().unwrap();
+            assert!(message.get("base").is_none(), "the app never sees a patch: {message}");
+            assert_eq!(message["data"], published[&seq], "seq {seq} rebuilt whole (throttled: {throttled})");
+        }
+        let patched = pair.changed.iter().flatten().count();
+        assert!(patched > 10, "most values arrived as deltas ({patched}, throttled: {throttled})");
+        assert!(pair.changed.iter().flatten().all(|fields| fields == &["n".to_owned()]), "only n changes");
+        assert_eq!(pair.opened_at.len(), 2, "one reconnect, no recovery for a base not held");
+    }
 }

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use tidewire_protocol::message::{ControlFields, ControlKind, GapReason};
 use tidewire_protocol::{CommandId, ErrorCode};
 
-use super::deltas::Rebuilt;
+use super::deltas::{Keyed, Rebuilt};
 use super::subscription::{Arrival, Confirmation, SubscriptionState};
 use super::{Action, ClientCore, ClientError, Delivery, SubscriptionEvent, TransportId};
 
@@ -55,6 +55,15 @@ impl ClientCore {
             seq: Option<u64>,
             #[serde(default)]
             snapshot: bool,
+            // What a field delta needs (read in the same pass, so no second decoder).
+            #[serde(borrow, default)]
+            key: Option<Cow<'a, str>>,
+            #[serde(borrow, default)]
+            op: Option<Cow<'a, str>>,
+            #[serde(default)]
+            base: Option<u64>,
+            #[serde(borrow, default)]
+            data: Option<&'a RawValue>,
         }
         let head: Head<'_> = match serde_json::from_str(json) {
             Ok(head) => head,
@@ -74,10 +83,19 @@ impl ClientCore {
             let error = format!("{} message without channel or seq", head.kind);
             return self.push(Action::Error(ClientError::Decode(error)));
         };
-        self.on_publication(transport, &channel, seq, head.snapshot, json);
+        let keyed = Keyed { key: head.key.as_deref(), op: head.op.as_deref(), base: head.base, data: head.data };
+        self.on_publication(transport, &channel, seq, head.snapshot, json, keyed);
     }
 
-    fn on_publication(&mut self, transport: TransportId, channel: &str, seq: u64, snapshot: bool, wire: &str) {
+    fn on_publication(
+        &mut self,
+        transport: TransportId,
+        channel: &str,
+        seq: u64,
+        snapshot: bool,
+        wire: &str,
+        keyed: Keyed<'_>,
+    ) {
         let paused = self.paused;
         let Some(subscription) = self.subscriptions.get_mut(channel) else { return };
         if !subscription.takes_publications(paused) {
@@ -90,7 +108,7 @@ impl ClientCore {
             }
             return;
         }
-        let (json, changed) = match subscription.deltas().map(|table| table.rebuild(seq, wire)) {
+        let (json, changed) = match subscription.deltas().map(|table| table.rebuild(seq, wire, keyed)) {
             None => (wire.to_owned(), None),
             Some(Rebuilt::Whole { json, changed }) => (json, changed),
             // The value it changes is not held: nothing is shown, and the channel

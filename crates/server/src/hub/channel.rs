@@ -15,7 +15,7 @@ use tidewire_protocol::filter::Filter;
 use tidewire_protocol::rate::Rate;
 use tidewire_protocol::{EncodedMessage, Op};
 
-use super::delta::{self, Deltas, Floor};
+use super::delta::{self, Change, Deltas, Floor};
 use super::outbox::Outbox;
 use super::throttle::{self, Throttle};
 
@@ -198,7 +198,12 @@ impl Channel {
         self.head = stored.seq();
         let mut dropped = Dropped::default();
         let mut delivered = 0;
-        let delta = if self.delta_subscribers > 0 { self.deltas.offer(&stored.outbound) } else { None };
+        let unthrottled_deltas = self.delta_subscribers > 0;
+        let (change, delta) = if unthrottled_deltas || self.throttle.wants_deltas() {
+            self.deltas.offer(&stored.outbound, unthrottled_deltas)
+        } else {
+            (Change::None, None)
+        };
         for subscriber in self.subscribers.values() {
             if subscriber.filter.is_some() && !admits(subscriber.filter.as_deref(), &stored.outbound) {
                 continue;
@@ -209,7 +214,7 @@ impl Channel {
             delivered += 1;
         }
         if !self.throttle.is_empty() {
-            let resampled = self.throttle.offer(&stored.outbound, stored.at, limits);
+            let resampled = self.throttle.offer(&stored.outbound, change, stored.at, limits);
             delivered += resampled.publications as usize;
             dropped.add(resampled.dropped);
         }
@@ -311,8 +316,12 @@ impl Channel {
         deltas: Option<Floor>,
     ) -> bool {
         let was = self.remove(connection);
+        if deltas.is_some() && self.delta_subscribers == 0 && !self.throttle.wants_deltas() {
+            // The table starts being kept: with the values a snapshot holds.
+            self.deltas.seed(self.latest.values().map(|s| s.message().as_str()));
+        }
         match rate {
-            Some(rate) => self.throttle.join(connection, outbox, filter, rate, self.head),
+            Some(rate) => self.throttle.join(connection, outbox, filter, rate, self.head, deltas.is_some()),
             None => {
                 self.delta_subscribers += usize::from(deltas.is_some());
                 self.subscribers.insert(connection, Subscriber { outbox, filter, deltas });
@@ -325,11 +334,12 @@ impl Channel {
         let unthrottled = self.subscribers.remove(&connection);
         if unthrottled.as_ref().is_some_and(|s| s.deltas.is_some()) {
             self.delta_subscribers -= 1;
-            if self.delta_subscribers == 0 {
-                self.deltas.reset();
-            }
         }
-        self.throttle.leave(connection) || unthrottled.is_some()
+        let throttled = self.throttle.leave(connection);
+        if self.delta_subscribers == 0 && !self.throttle.wants_deltas() {
+            self.deltas.reset();
+        }
+        throttled || unthrottled.is_some()
     }
 
     pub fn history_len(&self) -> usize {

@@ -29,12 +29,11 @@ use tidewire_protocol::batch::Outbound;
 use tidewire_protocol::filter::Filter;
 use tidewire_protocol::{EncodedMessage, Op, Publication, ServerMessage};
 
-/// A key's value as last fanned out.
+/// A key's value as last fanned out (parsed once, shared by pointer).
 #[derive(Debug, Clone)]
 pub struct Last {
     pub seq: u64,
-    pub kind: Arc<str>,
-    pub data: Arc<Value>,
+    pub publication: Arc<Publication>,
 }
 
 /// A publication's delta form.
@@ -47,6 +46,34 @@ pub struct Delta {
     pub base_kind: Arc<str>,
 }
 
+impl Delta {
+    /// `after` (whose whole form is `full`) as a delta of `before`: `None` when both are
+    /// not objects, the change has no merge patch, or the patch would not be smaller.
+    pub fn between(before: &Last, after: &Last, full: &Outbound) -> Option<Delta> {
+        if before.seq >= after.seq {
+            return None;
+        }
+        let patch = tidewire_protocol::delta::diff(&before.publication.data, &after.publication.data)?;
+        let outbound = encode_delta(&after.publication, patch, before.seq, full)?;
+        Some(Delta { outbound, base: before.seq, base_kind: before.publication.kind.as_str().into() })
+    }
+}
+
+/// What a publication did to the table, for the throttled streams that keep their own
+/// (see [`super::throttle`]).
+#[derive(Debug, Clone, Default)]
+pub enum Change {
+    /// The key's value is now this object.
+    Upsert(Last),
+    /// The key has no value deltas could apply to (deleted, or not an object).
+    Remove,
+    /// Every key went.
+    Clear,
+    /// Nothing to keep (unkeyed, or the table is not kept).
+    #[default]
+    None,
+}
+
 /// One channel's table of last values. See the module docs.
 #[derive(Debug, Default)]
 pub struct Deltas {
@@ -54,48 +81,54 @@ pub struct Deltas {
 }
 
 impl Deltas {
-    /// Takes the channel's next publication (in seq order), returning its delta form
-    /// when one applies and is smaller.
-    pub fn offer(&mut self, full: &Outbound) -> Option<Delta> {
-        let seq = full.position()?.seq;
+    /// Takes the channel's next publication (in seq order): what it changed, and, with
+    /// `diff`, its delta form when one applies and is smaller.
+    pub fn offer(&mut self, full: &Outbound, diff: bool) -> (Change, Option<Delta>) {
+        let Some(seq) = full.position().map(|p| p.seq) else { return (Change::None, None) };
         let Ok(ServerMessage::Publication(publication)) = serde_json::from_str(full.message().as_str()) else {
-            return None;
+            return (Change::None, None);
         };
-        let Publication { kind, key, op, data, .. } = &publication;
-        match (op, key) {
+        let key = full.position().and_then(|p| p.key.clone());
+        let key: Option<Arc<str>> = key.or_else(|| publication.key.as_deref().map(Into::into));
+        match (publication.op, key) {
             (Op::Clear, _) => {
                 self.values.clear();
-                None
+                (Change::Clear, None)
             }
-            (Op::Delete, Some(key)) => {
-                self.values.remove(key.as_str());
-                None
-            }
-            (Op::Upsert, Some(key)) if data.is_object() => {
-                let kind: Arc<str> = kind.as_str().into();
-                let data = Arc::new(data.clone());
-                let value = Last { seq, kind, data: data.clone() };
-                let before = self.values.insert(key.as_str().into(), value)?;
-                if before.seq >= seq {
-                    return None;
+            (Op::Upsert, Some(key)) if publication.data.is_object() => {
+                let after = Last { seq, publication: Arc::new(publication) };
+                if self.values.get(&key).is_some_and(|held| held.seq >= seq) {
+                    // Seeded from a start newer than this stream's position: what the
+                    // table holds is newer.
+                    return (Change::None, None);
                 }
-                let patch = tidewire_protocol::delta::diff(&before.data, &data)?;
-                let outbound = encode_delta(&publication, patch, before.seq, full)?;
-                Some(Delta { outbound, base: before.seq, base_kind: before.kind })
+                let before = self.values.insert(key, after.clone());
+                let delta = before.filter(|_| diff).and_then(|before| Delta::between(&before, &after, full));
+                (Change::Upsert(after), delta)
             }
+            // A delete, or a value that is not an object: no successor applies to it.
             (_, Some(key)) => {
-                // A value that is not an object has no delta, and no successor can
-                // apply to it.
-                self.values.remove(key.as_str());
-                None
+                self.values.remove(&key);
+                (Change::Remove, None)
             }
-            (_, None) => None,
+            (_, None) => (Change::None, None),
         }
     }
 
-    /// The last value fanned out for `key`.
-    pub fn value(&self, key: &str) -> Option<&Last> {
-        self.values.get(key)
+    /// Fills the table with a channel's latest values (encoded publications), as it
+    /// starts being kept: a subscriber whose snapshot holds them takes deltas of them.
+    pub fn seed<'a>(&mut self, latest: impl IntoIterator<Item = &'a str>) {
+        for text in latest {
+            let Ok(ServerMessage::Publication(publication)) = serde_json::from_str(text) else { continue };
+            let Some(key) = publication.key.as_deref().map(Arc::<str>::from) else { continue };
+            if publication.op != Op::Upsert || !publication.data.is_object() {
+                continue;
+            }
+            let seq = publication.seq;
+            if self.values.get(&key).is_none_or(|held| held.seq < seq) {
+                self.values.insert(key, Last { seq, publication: Arc::new(publication) });
+            }
+        }
     }
 
     /// Forgets every value: the node's stream of the channel skipped or restarted.
@@ -170,11 +203,17 @@ mod tests {
         json!({"lp": "LP-1", "venue": "London", "fill": fill, "spread": 1.25, "latencyMs": 4})
     }
 
+    impl Deltas {
+        fn offer_all(&mut self, full: &Outbound) -> Option<Delta> {
+            self.offer(full, true).1
+        }
+    }
+
     #[test]
     fn a_key_s_second_value_is_a_patch_against_its_first() {
         let mut deltas = Deltas::default();
-        assert!(deltas.offer(&publication(1, "a", Op::Upsert, record(0.9))).is_none(), "nothing to diff against");
-        let delta = deltas.offer(&publication(2, "a", Op::Upsert, record(0.95))).unwrap();
+        assert!(deltas.offer_all(&publication(1, "a", Op::Upsert, record(0.9))).is_none(), "nothing to diff against");
+        let delta = deltas.offer_all(&publication(2, "a", Op::Upsert, record(0.95))).unwrap();
         assert_eq!(delta.base, 1);
         let sent: Value = serde_json::from_str(delta.outbound.message().as_str()).unwrap();
         assert_eq!((sent["base"].as_u64(), &sent["data"]), (Some(1), &json!({"fill": 0.95})));
@@ -187,22 +226,25 @@ mod tests {
     #[test]
     fn deletes_clears_and_non_objects_leave_nothing_to_diff_against() {
         let mut deltas = Deltas::default();
-        deltas.offer(&publication(1, "a", Op::Upsert, record(0.9)));
-        deltas.offer(&publication(2, "a", Op::Delete, Value::Null));
-        assert!(deltas.offer(&publication(3, "a", Op::Upsert, record(0.8))).is_none(), "the row was deleted");
-        deltas.offer(&publication(4, "b", Op::Upsert, record(0.8)));
+        deltas.offer_all(&publication(1, "a", Op::Upsert, record(0.9)));
+        deltas.offer_all(&publication(2, "a", Op::Delete, Value::Null));
+        assert!(deltas.offer_all(&publication(3, "a", Op::Upsert, record(0.8))).is_none(), "the row was deleted");
+        deltas.offer_all(&publication(4, "b", Op::Upsert, record(0.8)));
         let clear = publication(5, "b", Op::Clear, Value::Null);
-        deltas.offer(&clear);
-        assert!(deltas.offer(&publication(6, "b", Op::Upsert, record(0.7))).is_none(), "the table was cleared");
-        deltas.offer(&publication(7, "b", Op::Upsert, json!([1, 2])));
-        assert!(deltas.offer(&publication(8, "b", Op::Upsert, record(0.7))).is_none(), "the value before is no object");
-        assert!(deltas.offer(&publication(9, "b", Op::Upsert, record(0.7))).is_some());
+        deltas.offer_all(&clear);
+        assert!(deltas.offer_all(&publication(6, "b", Op::Upsert, record(0.7))).is_none(), "the table was cleared");
+        deltas.offer_all(&publication(7, "b", Op::Upsert, json!([1, 2])));
+        assert!(
+            deltas.offer_all(&publication(8, "b", Op::Upsert, record(0.7))).is_none(),
+            "the value before is no object"
+        );
+        assert!(deltas.offer_all(&publication(9, "b", Op::Upsert, record(0.7))).is_some());
     }
 
     #[test]
     fn a_patch_no_smaller_than_the_value_is_not_sent() {
         let mut deltas = Deltas::default();
-        deltas.offer(&publication(1, "a", Op::Upsert, json!({"a": 1})));
-        assert!(deltas.offer(&publication(2, "a", Op::Upsert, json!({"b": 2}))).is_none());
+        deltas.offer_all(&publication(1, "a", Op::Upsert, json!({"a": 1})));
+        assert!(deltas.offer_all(&publication(2, "a", Op::Upsert, json!({"b": 2}))).is_none());
     }
 }

@@ -140,8 +140,7 @@ impl MemoryEngine {
             _ => Start::Snapshot(channel.snapshot(filter.as_deref())),
         };
         let recovered = since.map(|_| matches!(start, Start::Recovered(_)));
-        // Throttled streams send whole values (their outputs skip values per key).
-        let deltas = (deltas && rate.is_none()).then(|| Floor::at_start(channel.head, recovered != Some(true)));
+        let deltas = deltas.then(|| Floor::at_start(channel.head, recovered != Some(true)));
         let subscribed = subscribed(id, &channel.name, channel.head, &channel.epoch, recovered, rate, deltas.is_some());
         let mut outbounds = vec![Outbound::control(subscribed)];
         match start {

@@ -33,6 +33,7 @@ use tidewire_protocol::filter::Filter;
 use tidewire_protocol::rate::Rate;
 
 use super::channel::admits;
+use super::delta::{Change, Delta, Last};
 use super::outbox::Outbox;
 
 /// A rate's members are spread over this many streams (by connection id), whose outputs
@@ -72,6 +73,17 @@ struct Member {
     /// Its start's seq: it receives only what comes after.
     after: u64,
     filter: Option<Arc<Filter>>,
+    /// Whether it was granted field deltas: against the stream's own last output of
+    /// each key, for values output after its start.
+    deltas: bool,
+}
+
+/// A waiting publication, with what it did to the channel's table of values (kept
+/// only while a member takes deltas).
+#[derive(Debug, Clone)]
+struct Pending {
+    outbound: Outbound,
+    change: Change,
 }
 
 /// One resampled stream: the members granted one rate.
@@ -81,9 +93,14 @@ struct Group {
     /// Which of the [`PHASES`] this stream's outputs keep to.
     phase: u64,
     members: HashMap<u64, Member>,
+    /// Members that take deltas.
+    delta_members: usize,
+    /// The last value of each key this stream output, while a member takes deltas (what
+    /// its deltas are against; pointers into the channel's values).
+    sent: HashMap<Arc<str>, Last>,
     /// Waiting publications in seq order; `None` where a newer value of the same key
     /// replaced one.
-    pending: Vec<Option<Outbound>>,
+    pending: Vec<Option<Pending>>,
     /// Where each key's waiting value is in `pending`.
     by_key: HashMap<Arc<str>, usize>,
     /// Entries of `pending` that are `Some`, and their encoded bytes.
@@ -100,6 +117,8 @@ impl Group {
             rate,
             phase,
             members: HashMap::new(),
+            delta_members: 0,
+            sent: HashMap::new(),
             pending: Vec::new(),
             by_key: HashMap::new(),
             live: 0,
@@ -120,23 +139,24 @@ impl Group {
         start + interval * u32::try_from(steps).unwrap_or(u32::MAX)
     }
 
-    fn offer(&mut self, outbound: &Outbound, now: Instant, origin: Instant, limits: Limits) -> Delivered {
+    fn offer(&mut self, offered: &Pending, now: Instant, origin: Instant, limits: Limits) -> Delivered {
         let quiet = self.live == 0 && self.last_sent.is_none_or(|at| now >= at + self.rate.interval());
         if quiet {
             self.last_sent = Some(now);
-            return self.send(std::slice::from_ref(outbound));
+            return self.send(std::slice::from_ref(offered));
         }
+        let outbound = &offered.outbound;
         let key = outbound.position().and_then(|p| p.key.clone());
         if let Some(key) = key {
             if let Some(&index) = self.by_key.get(&key) {
                 if let Some(old) = self.pending[index].take() {
                     self.live -= 1;
-                    self.bytes -= old.message().len();
+                    self.bytes -= old.outbound.message().len();
                 }
             }
             self.by_key.insert(key, self.pending.len());
         }
-        self.pending.push(Some(outbound.clone()));
+        self.pending.push(Some(offered.clone()));
         self.live += 1;
         self.bytes += outbound.message().len();
         if self.due.is_none() {
@@ -155,8 +175,8 @@ impl Group {
     fn compact(&mut self) {
         self.pending.retain(Option::is_some);
         self.by_key.clear();
-        for (index, outbound) in self.pending.iter().enumerate() {
-            if let Some(key) = outbound.as_ref().and_then(|o| o.position()).and_then(|p| p.key.clone()) {
+        for (index, pending) in self.pending.iter().enumerate() {
+            if let Some(key) = pending.as_ref().and_then(|o| o.outbound.position()).and_then(|p| p.key.clone()) {
                 self.by_key.insert(key, index);
             }
         }
@@ -164,7 +184,7 @@ impl Group {
 
     /// Sends everything pending now.
     fn flush(&mut self, now: Instant) -> Delivered {
-        let pending: Vec<Outbound> = std::mem::take(&mut self.pending).into_iter().flatten().collect();
+        let pending: Vec<Pending> = std::mem::take(&mut self.pending).into_iter().flatten().collect();
         self.by_key.clear();
         self.live = 0;
         self.bytes = 0;
@@ -173,28 +193,78 @@ impl Group {
         self.send(&pending)
     }
 
-    /// Hands `outbounds` (in seq order) to every member, as one unit each: the shared
-    /// bundle for members that take all of it, a bundle of their own for members that
-    /// started within it or filter it.
-    fn send(&self, outbounds: &[Outbound]) -> Delivered {
+    /// This output's delta forms (one per item, against the stream's last output of its
+    /// key), keeping the stream's table of what it sent; empty when no member takes
+    /// deltas.
+    fn deltas_of(&mut self, items: &[Pending]) -> Vec<Option<Delta>> {
+        if self.delta_members == 0 {
+            return Vec::new();
+        }
+        let mut deltas = Vec::with_capacity(items.len());
+        for item in items {
+            let key = item.outbound.position().and_then(|p| p.key.clone());
+            let delta = match (&item.change, key) {
+                (Change::Upsert(after), Some(key)) => {
+                    let before = self.sent.insert(key, after.clone());
+                    before.and_then(|before| Delta::between(&before, after, &item.outbound))
+                }
+                (Change::Clear, _) => {
+                    self.sent.clear();
+                    None
+                }
+                (_, Some(key)) => {
+                    self.sent.remove(&key);
+                    None
+                }
+                (_, None) => None,
+            };
+            deltas.push(delta);
+        }
+        deltas
+    }
+
+    /// Hands `items` (in seq order) to every member, as one unit each: the shared
+    /// bundle for members that take all of it (whole, or with its deltas), a bundle of
+    /// their own for members that started within it or filter it.
+    fn send(&mut self, items: &[Pending]) -> Delivered {
         let mut delivered = Delivered::default();
-        let (Some(first), Some(last)) = (outbounds.first(), outbounds.last()) else { return delivered };
-        let (Some(first), Some(last)) = (first.position(), last.position()) else { return delivered };
+        let (Some(first), Some(last)) = (items.first(), items.last()) else { return delivered };
+        let (Some(first), Some(last)) = (first.outbound.position(), last.outbound.position()) else {
+            return delivered;
+        };
         let (channel, first_seq, last_seq) = (first.channel.clone(), first.seq, last.seq);
-        let mut shared: Option<Option<Outbound>> = None;
+        let deltas = self.deltas_of(items);
+        // Every delta's base is newer than this: a member that started before takes them all.
+        let oldest_base = deltas.iter().flatten().map(|d| d.base).min().unwrap_or(u64::MAX);
+        let whole = |i: usize| &items[i].outbound;
+        let with_deltas = |i: usize, member: &Member| match deltas.get(i).and_then(Option::as_ref) {
+            Some(delta)
+                if member.deltas && crate::hub::delta::Floor(member.after).takes(delta, member.filter.as_deref()) =>
+            {
+                &delta.outbound
+            }
+            _ => &items[i].outbound,
+        };
+        let (mut shared, mut shared_deltas): (Option<Option<Outbound>>, Option<Option<Outbound>>) = (None, None);
         for member in self.members.values() {
             if member.after >= last_seq {
                 continue;
             }
-            let unit = if member.filter.is_none() && member.after < first_seq {
-                let unit = shared.get_or_insert_with(|| unit_of(&channel, outbounds.iter()));
-                delivered.publications += outbounds.len() as u64;
+            let everything = member.filter.is_none() && member.after < first_seq;
+            let unit = if everything && (!member.deltas || deltas.is_empty()) {
+                let unit = shared.get_or_insert_with(|| unit_of(&channel, (0..items.len()).map(whole)));
+                delivered.publications += items.len() as u64;
+                unit.clone()
+            } else if everything && member.after < oldest_base {
+                let unit = shared_deltas
+                    .get_or_insert_with(|| unit_of(&channel, (0..items.len()).map(|i| with_deltas(i, member))));
+                delivered.publications += items.len() as u64;
                 unit.clone()
             } else {
-                let own: Vec<&Outbound> = outbounds
-                    .iter()
-                    .filter(|o| o.position().is_some_and(|p| p.seq > member.after))
-                    .filter(|o| admits(member.filter.as_deref(), o))
+                let own: Vec<&Outbound> = (0..items.len())
+                    .filter(|&i| whole(i).position().is_some_and(|p| p.seq > member.after))
+                    .filter(|&i| admits(member.filter.as_deref(), whole(i)))
+                    .map(|i| if member.deltas { with_deltas(i, member) } else { whole(i) })
                     .collect();
                 delivered.publications += own.len() as u64;
                 unit_of(&channel, own.into_iter())
@@ -227,8 +297,16 @@ pub struct Throttle {
 
 impl Throttle {
     /// Adds a member at `rate` that receives what comes after seq `after` (its start),
-    /// moving it from another group if it was in one.
-    pub fn join(&mut self, connection: u64, outbox: Arc<Outbox>, filter: Option<Arc<Filter>>, rate: Rate, after: u64) {
+    /// with field deltas when `deltas`, moving it from another group if it was in one.
+    pub fn join(
+        &mut self,
+        connection: u64,
+        outbox: Arc<Outbox>,
+        filter: Option<Arc<Filter>>,
+        rate: Rate,
+        after: u64,
+        deltas: bool,
+    ) {
         self.leave(connection);
         let phase = connection % PHASES;
         let index = match self.groups.iter().position(|g| g.rate == rate && g.phase == phase) {
@@ -238,14 +316,23 @@ impl Throttle {
                 self.groups.len() - 1
             }
         };
-        self.groups[index].members.insert(connection, Member { outbox, after, filter });
+        let group = &mut self.groups[index];
+        group.delta_members += usize::from(deltas);
+        group.members.insert(connection, Member { outbox, after, filter, deltas });
     }
 
     /// Removes a member; false when it was not one. A group left empty goes.
     pub fn leave(&mut self, connection: u64) -> bool {
         let mut found = false;
         for group in &mut self.groups {
-            found |= group.members.remove(&connection).is_some();
+            let Some(member) = group.members.remove(&connection) else { continue };
+            found = true;
+            if member.deltas {
+                group.delta_members -= 1;
+                if group.delta_members == 0 {
+                    group.sent = HashMap::new();
+                }
+            }
         }
         self.groups.retain(|g| !g.members.is_empty());
         found
@@ -259,12 +346,20 @@ impl Throttle {
         self.groups.iter().map(|g| g.members.len()).sum()
     }
 
-    /// Takes a publication (in seq order) for every group.
-    pub fn offer(&mut self, outbound: &Outbound, now: Instant, limits: Limits) -> Delivered {
+    /// Whether a member takes deltas (so the channel keeps its table of values for the
+    /// streams).
+    pub fn wants_deltas(&self) -> bool {
+        self.groups.iter().any(|g| g.delta_members > 0)
+    }
+
+    /// Takes a publication (in seq order) for every group, with what it changed in the
+    /// channel's table of values (see [`super::delta`]).
+    pub fn offer(&mut self, outbound: &Outbound, change: Change, now: Instant, limits: Limits) -> Delivered {
         let mut delivered = Delivered::default();
         let origin = *self.origin.get_or_insert(now);
+        let offered = Pending { outbound: outbound.clone(), change };
         for group in &mut self.groups {
-            delivered.add(group.offer(outbound, now, origin, limits));
+            delivered.add(group.offer(&offered, now, origin, limits));
         }
         delivered
     }
@@ -297,17 +392,19 @@ impl Throttle {
 
     /// The channel's stream starts again at `head` (its epoch changed): what waits
     /// belongs to the old stream and is forgotten, and every member receives what
-    /// follows `head`. `each` is called with every member's outbox and rate (to tell it).
-    pub fn restart(&mut self, head: u64, mut each: impl FnMut(&Arc<Outbox>, Rate)) {
+    /// follows `head`. `each` is called with every member's outbox, rate and whether it
+    /// takes deltas (to tell it).
+    pub fn restart(&mut self, head: u64, mut each: impl FnMut(&Arc<Outbox>, Rate, bool)) {
         for group in &mut self.groups {
             group.pending.clear();
+            group.sent.clear();
             group.by_key.clear();
             group.live = 0;
             group.bytes = 0;
             group.due = None;
             for member in group.members.values_mut() {
                 member.after = head;
-                each(&member.outbox, group.rate);
+                each(&member.outbox, group.rate, member.deltas);
             }
         }
     }
@@ -369,6 +466,12 @@ mod tests {
         seqs
     }
 
+    impl Throttle {
+        fn offer_whole(&mut self, outbound: &Outbound, now: Instant, limits: Limits) -> Delivered {
+            self.offer(outbound, Change::None, now, limits)
+        }
+    }
+
     fn member() -> Arc<Outbox> {
         Arc::new(Outbox::new(BatchConfig::default(), Clock::system()))
     }
@@ -378,16 +481,16 @@ mod tests {
         let mut throttle = Throttle::default();
         let outbox = member();
         let rate = Rate::grant(250, 20).unwrap();
-        throttle.join(8, outbox.clone(), None, rate, 0);
+        throttle.join(8, outbox.clone(), None, rate, 0, false);
         let start = Instant::now();
         let ms = |n: u64| start + Duration::from_millis(n);
 
-        throttle.offer(&publication(1, Some("A")), ms(0), LIMITS);
+        throttle.offer_whole(&publication(1, Some("A")), ms(0), LIMITS);
         assert_eq!(throttle.next_due(), None, "a quiet group sends at once");
         for (seq, at) in [(2, 10), (3, 50), (4, 100)] {
-            throttle.offer(&publication(seq, Some(if seq == 3 { "B" } else { "A" })), ms(at), LIMITS);
+            throttle.offer_whole(&publication(seq, Some(if seq == 3 { "B" } else { "A" })), ms(at), LIMITS);
         }
-        throttle.offer(&publication(5, None), ms(120), LIMITS);
+        throttle.offer_whole(&publication(5, None), ms(120), LIMITS);
         assert_eq!(throttle.next_due(), Some(ms(250)));
         assert_eq!(throttle.flush_due(ms(249)).publications, 0);
         let delivered = throttle.flush_due(ms(250));
@@ -401,11 +504,11 @@ mod tests {
         let (early, late) = (member(), member());
         let rate = Rate::grant(1000, 20).unwrap();
         let start = Instant::now();
-        throttle.join(0, early.clone(), None, rate, 0);
-        throttle.offer(&publication(1, Some("A")), start, LIMITS);
-        throttle.offer(&publication(2, Some("B")), start, LIMITS);
-        throttle.offer(&publication(3, Some("C")), start, LIMITS);
-        throttle.join(8, late.clone(), None, rate, 2);
+        throttle.join(0, early.clone(), None, rate, 0, false);
+        throttle.offer_whole(&publication(1, Some("A")), start, LIMITS);
+        throttle.offer_whole(&publication(2, Some("B")), start, LIMITS);
+        throttle.offer_whole(&publication(3, Some("C")), start, LIMITS);
+        throttle.join(8, late.clone(), None, rate, 2, false);
         throttle.flush_due(start + Duration::from_secs(1));
         assert_eq!(received(&early, start), vec![1, 2, 3]);
         assert_eq!(received(&late, start), vec![3]);
@@ -415,13 +518,13 @@ mod tests {
     fn a_group_that_holds_too_much_sends_early() {
         let mut throttle = Throttle::default();
         let outbox = member();
-        throttle.join(0, outbox.clone(), None, Rate::grant(10_000, 20).unwrap(), 0);
+        throttle.join(0, outbox.clone(), None, Rate::grant(10_000, 20).unwrap(), 0, false);
         let start = Instant::now();
         let small = Limits { flush_bytes: 200 };
-        throttle.offer(&publication(1, None), start, small);
+        throttle.offer_whole(&publication(1, None), start, small);
         let mut sent = 0;
         for seq in 2..=20 {
-            sent += throttle.offer(&publication(seq, None), start, small).publications;
+            sent += throttle.offer_whole(&publication(seq, None), start, small).publications;
         }
         assert!(sent > 0, "unkeyed publications went out before the 10 s interval ended");
         throttle.flush_due(start + Duration::from_secs(10));
@@ -433,7 +536,7 @@ mod tests {
         let mut throttle = Throttle::default();
         for connection in 0..1000u64 {
             let asked = 1 + connection * 10;
-            throttle.join(connection, member(), None, Rate::grant(asked, 20).unwrap(), 0);
+            throttle.join(connection, member(), None, Rate::grant(asked, 20).unwrap(), 0, false);
         }
         let most = tidewire_protocol::rate::INTERVAL_LADDER_MS.len() * PHASES as usize;
         assert!(throttle.groups.len() <= most, "{}", throttle.groups.len());
@@ -450,11 +553,11 @@ mod tests {
         let rate = Rate::grant(1000, 20).unwrap();
         let outboxes: Vec<Arc<Outbox>> = (0..PHASES).map(|_| member()).collect();
         for (connection, outbox) in outboxes.iter().enumerate() {
-            throttle.join(connection as u64, outbox.clone(), None, rate, 0);
+            throttle.join(connection as u64, outbox.clone(), None, rate, 0, false);
         }
         let start = Instant::now();
-        throttle.offer(&publication(1, Some("A")), start, LIMITS); // sent at once to all
-        throttle.offer(&publication(2, Some("A")), start, LIMITS);
+        throttle.offer_whole(&publication(1, Some("A")), start, LIMITS); // sent at once to all
+        throttle.offer_whole(&publication(2, Some("A")), start, LIMITS);
         let mut dues: Vec<Instant> = throttle.groups.iter().filter_map(|g| g.due).collect();
         dues.sort();
         let offsets: Vec<u128> = dues.iter().map(|d| d.duration_since(start).as_millis()).collect();

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::EngineInner;
 use super::scripts::{Delivered, Range};
-use crate::hub::delta::{self, Deltas, Floor};
+use crate::hub::delta::{self, Change, Deltas, Floor};
 use crate::hub::engine::{Reply, SubscribeRequest, control, snapshot_end, subscribed};
 use crate::hub::throttle::{self, Throttle};
 use crate::hub::{Outbox, now_timestamp};
@@ -129,6 +129,7 @@ impl Actor {
                 Input::Unsubscribe(connection, reply) => {
                     self.remove_local(connection);
                     self.throttle.leave(connection);
+                    self.forget_values_unless_used();
                     Reply::deliver(reply);
                 }
                 Input::Delivered(delivered) => self.deliver(delivered).await,
@@ -181,10 +182,8 @@ impl Actor {
         }
         let recovered = request.since.as_ref().map(|_| start.recovered);
         let rate = request.rate;
-        // Throttled streams send whole values (their outputs skip values per key). A
-        // rolled-back start has no snapshot to diff against.
-        let deltas =
-            (request.deltas && rate.is_none()).then(|| Floor::at_start(start.head, !start.recovered && !rolled_back));
+        // A rolled-back start has no snapshot to diff against.
+        let deltas = request.deltas.then(|| Floor::at_start(start.head, !start.recovered && !rolled_back));
         let subscribed = subscribed(request.id, &self.channel, start.head, &epoch, recovered, rate, deltas.is_some());
         let mut outbounds = vec![Outbound::control(subscribed)];
         if start.recovered {
@@ -211,6 +210,10 @@ impl Actor {
                 .filter_map(|t| t.split_once('\n').and_then(|(seq, msg)| Some((seq.parse().ok()?, msg.to_owned()))))
                 .collect();
             latest.sort_by_key(|(seq, _)| *seq);
+            if deltas.is_some() && self.delta_subscribers == 0 && !self.throttle.wants_deltas() {
+                // The table starts being kept: with the values this snapshot holds.
+                self.deltas.seed(latest.iter().map(|(_, text)| text.as_str()));
+            }
             for (_, text) in latest {
                 if !admits_text(request.filter.as_deref(), &text, None) {
                     continue;
@@ -227,7 +230,8 @@ impl Actor {
         match rate {
             Some(rate) => {
                 self.remove_local(request.connection);
-                self.throttle.join(request.connection, request.outbox, request.filter, rate, start.head);
+                let (outbox, filter) = (request.outbox, request.filter);
+                self.throttle.join(request.connection, outbox, filter, rate, start.head, deltas.is_some());
             }
             None => {
                 self.throttle.leave(request.connection);
@@ -237,17 +241,21 @@ impl Actor {
                 self.subscribers.insert(request.connection, local);
             }
         }
+        self.forget_values_unless_used();
     }
 
-    /// Forgets an unthrottled subscriber, and the values kept for deltas with the last
-    /// one that took them.
+    /// Forgets an unthrottled subscriber.
     fn remove_local(&mut self, connection: u64) {
         let removed = self.subscribers.remove(&connection);
         if removed.is_some_and(|l| l.deltas.is_some()) {
             self.delta_subscribers -= 1;
-            if self.delta_subscribers == 0 {
-                self.deltas.reset();
-            }
+        }
+    }
+
+    /// Forgets the values kept for deltas once no subscriber takes them.
+    fn forget_values_unless_used(&mut self) {
+        if self.delta_subscribers == 0 && !self.throttle.wants_deltas() {
+            self.deltas.reset();
         }
     }
 
@@ -284,7 +292,12 @@ impl Actor {
             None => None,
         };
         let outbound = Outbound::publication(message, Position { channel: self.channel.clone(), seq, key });
-        let delta = if self.delta_subscribers > 0 { self.deltas.offer(&outbound) } else { None };
+        let unthrottled_deltas = self.delta_subscribers > 0;
+        let (change, delta) = if unthrottled_deltas || self.throttle.wants_deltas() {
+            self.deltas.offer(&outbound, unthrottled_deltas)
+        } else {
+            (Change::None, None)
+        };
         let mut delivered = 0;
         for Local { outbox, start, filter, deltas } in self.subscribers.values() {
             let key = outbound.position().and_then(|p| p.key.as_deref());
@@ -298,7 +311,8 @@ impl Actor {
         }
         self.engine.shared.metrics.delivered.inc_by(delivered);
         if !self.throttle.is_empty() {
-            let resampled = self.throttle.offer(&outbound, self.now(), self.engine.shared.throttle_limits());
+            let limits = self.engine.shared.throttle_limits();
+            let resampled = self.throttle.offer(&outbound, change, self.now(), limits);
             self.count(resampled);
         }
         self.head = seq;
@@ -400,8 +414,8 @@ impl Actor {
             local.deltas = local.deltas.map(|_| Floor(head));
         }
         let channel = &self.channel;
-        self.throttle.restart(head, |outbox, rate| {
-            outbox.push(Outbound::control(subscribed(None, channel, head, epoch, Some(recovered), Some(rate), false)));
+        self.throttle.restart(head, |outbox, rate, deltas| {
+            outbox.push(Outbound::control(subscribed(None, channel, head, epoch, Some(recovered), Some(rate), deltas)));
         });
     }
 
