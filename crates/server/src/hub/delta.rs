@@ -34,6 +34,8 @@ use tidewire_protocol::{EncodedMessage, Op, Publication, ServerMessage};
 pub struct Last {
     pub seq: u64,
     pub publication: Arc<Publication>,
+    /// Its encoded size (what holding it is counted as).
+    pub bytes: usize,
 }
 
 /// A publication's delta form.
@@ -96,7 +98,7 @@ impl Deltas {
                 (Change::Clear, None)
             }
             (Op::Upsert, Some(key)) if publication.data.is_object() => {
-                let after = Last { seq, publication: Arc::new(publication) };
+                let after = Last { seq, publication: Arc::new(publication), bytes: full.message().len() };
                 if self.values.get(&key).is_some_and(|held| held.seq >= seq) {
                     // Seeded from a start newer than this stream's position: what the
                     // table holds is newer.
@@ -126,7 +128,7 @@ impl Deltas {
             }
             let seq = publication.seq;
             if self.values.get(&key).is_none_or(|held| held.seq < seq) {
-                self.values.insert(key, Last { seq, publication: Arc::new(publication) });
+                self.values.insert(key, Last { seq, publication: Arc::new(publication), bytes: text.len() });
             }
         }
     }

@@ -96,8 +96,12 @@ struct Group {
     /// Members that take deltas.
     delta_members: usize,
     /// The last value of each key this stream output, while a member takes deltas (what
-    /// its deltas are against; pointers into the channel's values).
+    /// its deltas are against; pointers into the channel's values), with their encoded
+    /// bytes: past [`Limits::flush_bytes`] (which bounds a channel's latest values too)
+    /// the table is dropped and the next outputs go whole.
     sent: HashMap<Arc<str>, Last>,
+    sent_bytes: usize,
+    sent_limit: usize,
     /// Waiting publications in seq order; `None` where a newer value of the same key
     /// replaced one.
     pending: Vec<Option<Pending>>,
@@ -119,6 +123,8 @@ impl Group {
             members: HashMap::new(),
             delta_members: 0,
             sent: HashMap::new(),
+            sent_bytes: 0,
+            sent_limit: usize::MAX,
             pending: Vec::new(),
             by_key: HashMap::new(),
             live: 0,
@@ -140,6 +146,7 @@ impl Group {
     }
 
     fn offer(&mut self, offered: &Pending, now: Instant, origin: Instant, limits: Limits) -> Delivered {
+        self.sent_limit = limits.flush_bytes;
         let quiet = self.live == 0 && self.last_sent.is_none_or(|at| now >= at + self.rate.interval());
         if quiet {
             self.last_sent = Some(now);
@@ -205,22 +212,32 @@ impl Group {
             let key = item.outbound.position().and_then(|p| p.key.clone());
             let delta = match (&item.change, key) {
                 (Change::Upsert(after), Some(key)) => {
+                    self.sent_bytes += after.bytes;
                     let before = self.sent.insert(key, after.clone());
+                    self.sent_bytes -= before.as_ref().map_or(0, |b| b.bytes);
                     before.and_then(|before| Delta::between(&before, after, &item.outbound))
                 }
                 (Change::Clear, _) => {
-                    self.sent.clear();
+                    self.forget_sent();
                     None
                 }
                 (_, Some(key)) => {
-                    self.sent.remove(&key);
+                    self.sent_bytes -= self.sent.remove(&key).map_or(0, |b| b.bytes);
                     None
                 }
                 (_, None) => None,
             };
             deltas.push(delta);
         }
+        if self.sent_bytes > self.sent_limit {
+            self.forget_sent();
+        }
         deltas
+    }
+
+    fn forget_sent(&mut self) {
+        self.sent = HashMap::new();
+        self.sent_bytes = 0;
     }
 
     /// Hands `items` (in seq order) to every member, as one unit each: the shared
@@ -330,7 +347,7 @@ impl Throttle {
             if member.deltas {
                 group.delta_members -= 1;
                 if group.delta_members == 0 {
-                    group.sent = HashMap::new();
+                    group.forget_sent();
                 }
             }
         }
@@ -397,7 +414,7 @@ impl Throttle {
     pub fn restart(&mut self, head: u64, mut each: impl FnMut(&Arc<Outbox>, Rate, bool)) {
         for group in &mut self.groups {
             group.pending.clear();
-            group.sent.clear();
+            group.forget_sent();
             group.by_key.clear();
             group.live = 0;
             group.bytes = 0;
@@ -564,6 +581,44 @@ mod tests {
         let expected: Vec<u128> =
             (0..PHASES).map(|phase| 1000 + u128::from(phase) * 1000 / u128::from(PHASES)).collect();
         assert_eq!(offsets, expected, "evenly apart, none before its interval");
+    }
+
+    #[test]
+    fn a_streams_deltas_are_against_its_last_output_and_its_table_is_bounded_in_bytes() {
+        use crate::hub::delta::Deltas;
+        let row = |seq: u64, key: &str, n: u64| {
+            let text = serde_json::json!({
+                "type": "t", "timestamp": "2026-01-19T10:30:45.123456Z", "channel": "c", "seq": seq, "key": key,
+                "data": {"key": key, "venue": "London", "book": "EMEA", "n": n}
+            });
+            let message = EncodedMessage::encode(&text).unwrap();
+            Outbound::publication(message, Position { channel: "c".into(), seq, key: Some(key.into()) })
+        };
+        for (limit, deltas_expected) in [(10_000, true), (200, false)] {
+            let mut throttle = Throttle::default();
+            let outbox = member();
+            throttle.join(0, outbox.clone(), None, Rate::grant(100, 20).unwrap(), 0, true);
+            let mut table = Deltas::default();
+            let start = Instant::now();
+            let limits = Limits { flush_bytes: limit };
+            for (i, (key, n)) in [("A", 1), ("B", 1), ("A", 2)].into_iter().enumerate() {
+                let full = row(i as u64 + 1, key, n);
+                let (change, _) = table.offer(&full, false);
+                // A second apart: the stream is quiet each time and sends at once.
+                throttle.offer(&full, change, start + Duration::from_secs(i as u64), limits);
+            }
+            let mut sent: Vec<serde_json::Value> = Vec::new();
+            while let Some((frame, _)) = outbox.poll_frame(start + Duration::from_secs(10 + sent.len() as u64)) {
+                sent.extend(
+                    serde_json::from_str::<Vec<serde_json::Value>>(&frame.encode(crate::hub::now_timestamp())).unwrap(),
+                );
+            }
+            let base = sent[2]["base"].as_u64();
+            assert_eq!(base.is_some(), deltas_expected, "limit {limit}: {sent:?}");
+            if deltas_expected {
+                assert_eq!((base, &sent[2]["data"]), (Some(1), &serde_json::json!({"n": 2})));
+            }
+        }
     }
 
     #[test]
