@@ -46,8 +46,15 @@ struct Pair {
 
 impl Pair {
     fn new() -> Pair {
+        Pair::with(|_| {})
+    }
+
+    /// A pair whose node takes `configure`'s settings.
+    fn with(configure: impl FnOnce(&mut Config)) -> Pair {
         let clock = Clock::manual();
-        let hub = Hub::with_clock(Config::for_tests(SECRET), clock.clone()).expect("hub");
+        let mut config = Config::for_tests(SECRET);
+        configure(&mut config);
+        let hub = Hub::with_clock(config, clock.clone()).expect("hub");
         let claims = Claims { sub: "trader".into(), exp: unix_now() + 3600, ..Claims::default() };
         let mut config = ClientConfig::new("ws://virtual/ws");
         config.token = Some(mint_hs256(SECRET, &claims).expect("token"));
@@ -393,4 +400,60 @@ async fn a_delta_table_shows_whole_records_across_deletes_a_cut_link_and_a_resam
         assert!(pair.changed.iter().flatten().all(|fields| fields == &["n".to_owned()]), "only n changes");
         assert_eq!(pair.opened_at.len(), 2, "one reconnect, no recovery for a base not held");
     }
+}
+
+#[tokio::test]
+async fn a_delta_table_stays_exact_when_the_queue_drops_values() {
+    // A queue of four publications a frame, one frame per 100 ms, while three keys change
+    // every 10 ms and unkeyed facts overflow it now and then: values are superseded (the
+    // next one of its key goes whole) and dropped (the core recovers). Every record the
+    // app sees is whole and right, and the table ends as the channel's latest values.
+    let mut pair = Pair::with(|c| {
+        c.max_batch = 4;
+        c.max_queued_batches = 1;
+        c.batch_interval = Duration::from_millis(100);
+    });
+    let options = SubscriptionOptions { deltas: true, ..Default::default() };
+    pair.event(Event::SubscribeWith { channel: "orders".into(), options });
+    pair.event(Event::Connect);
+    pair.advance(Duration::from_millis(100));
+    let mut published = std::collections::HashMap::new();
+    let mut latest = std::collections::BTreeMap::new();
+    for n in 0..60 {
+        for key in ["A", "B", "C"] {
+            let (seq, data) = pair.publish_wide(key, n).await;
+            latest.insert(key, data.clone());
+            published.insert(seq, data);
+        }
+        if n % 20 == 19 {
+            for fact in 0..6 {
+                pair.publish(fact).await;
+            }
+        }
+        pair.advance(Duration::from_millis(10));
+    }
+    pair.advance(Duration::from_secs(5));
+    // Calm again: one change per key every 300 ms fits the queue, and goes as deltas.
+    for n in 60..65 {
+        for key in ["A", "B", "C"] {
+            let (seq, data) = pair.publish_wide(key, n).await;
+            latest.insert(key, data.clone());
+            published.insert(seq, data);
+        }
+        pair.advance(Duration::from_millis(300));
+    }
+    let mut table = std::collections::BTreeMap::new();
+    for json in &pair.deliveries {
+        let message: serde_json::Value = serde_json::from_str(json).unwrap();
+        let Some(key) = message["key"].as_str() else { continue };
+        let seq = message["seq"].as_u64().unwrap();
+        assert!(message.get("base").is_none(), "the app never sees a patch");
+        assert_eq!(message["data"], published[&seq], "seq {seq} rebuilt whole");
+        table.insert(key.to_owned(), message["data"].clone());
+    }
+    let latest: std::collections::BTreeMap<String, serde_json::Value> =
+        latest.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    assert_eq!(table, latest, "the table ends at the channel's latest values");
+    assert!(pair.subscribed.len() > 1, "the overflow made the core recover: {:?}", pair.subscribed);
+    assert!(pair.changed.iter().flatten().count() > 0, "deltas were delivered between the drops");
 }
