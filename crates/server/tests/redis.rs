@@ -333,6 +333,58 @@ async fn a_lost_pubsub_link_is_filled_from_the_stream() {
     assert_eq!(seqs(&mut client, 1).await, vec![21]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_lost_while_pubsub_was_down_is_announced_with_its_new_snapshot() {
+    // Redis loses the channel while the node's pub/sub link is down, and the stream
+    // starts again with two rows. When the node catches up it announces `recovered:
+    // false`, then sends each subscriber the new stream's snapshot and `snapshot-end`,
+    // so its table is whole again without asking.
+    let redis = OwnRedis::start();
+    let a = node(&redis.url(), "tw").await;
+    let mut client = Client::connect(&a.url(&format!("token={}", token("u")))).await;
+    client.next().await;
+    let options = json!({"snapshotEnd": true, "deltas": true});
+    client.send_value(json!({"action":"subscribe","channels":["book"],"options":options})).await;
+    client.expect_type("subscribed").await;
+    assert_eq!(client.expect_type("snapshot-end").await["seq"], 0);
+    publish(&a, "book", 1, Some("old")).await;
+    // The first publication creates the channel's epoch (announced), then arrives.
+    assert_eq!(client.expect_type("subscribed").await["recovered"], true);
+    assert_eq!(client.next().await["key"], "old");
+
+    let mut admin = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let killed: u64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query(&mut admin).unwrap();
+    assert_eq!(killed, 1);
+    redis.flushall();
+    publish(&a, "book", 2, Some("A")).await; // 1 of the new stream
+    publish(&a, "book", 3, Some("B")).await; // 2
+    let notice = client.expect_type("subscribed").await;
+    assert_eq!((notice["recovered"].as_bool(), notice["deltas"].as_bool()), (Some(false), Some(true)));
+    let mut snapshot = Vec::new();
+    loop {
+        let message = client.next().await;
+        if message["type"] == "snapshot-end" {
+            assert_eq!(message["seq"], notice["seq"]);
+            break;
+        }
+        assert_eq!(message["snapshot"], true, "{message}");
+        snapshot.push(message["key"].as_str().unwrap().to_owned());
+    }
+    let head = notice["seq"].as_u64().unwrap();
+    // Pub/sub comes back after a 100 ms backoff, normally after both publications: then
+    // the snapshot holds both rows (else the rows after the head follow live).
+    assert_eq!(snapshot.len() as u64, head, "the snapshot holds the new stream up to the head: {snapshot:?}");
+    // What the snapshot did not cover follows live.
+    let mut rows = snapshot.clone();
+    while rows.len() < 2 {
+        let message = client.next().await;
+        assert!(message["seq"].as_u64().unwrap() > head);
+        rows.push(message["key"].as_str().unwrap().to_owned());
+    }
+    rows.sort();
+    assert_eq!(rows, ["A", "B"], "the old row is gone, the new stream's rows are there");
+}
+
 /// The keys under `prefix`, each with its time to live in ms (-1: none).
 fn keys_with_ttl(url: &str, prefix: &str) -> Vec<(String, i64)> {
     let client = redis::Client::open(url).unwrap();

@@ -304,6 +304,15 @@ fn unit_of<'a>(channel: &Arc<str>, outbounds: impl Iterator<Item = &'a Outbound>
     Outbound::bundle(channel, seq(first), seq(last), outbounds.map(Outbound::message))
 }
 
+/// A member, as [`Throttle::members`] and [`Throttle::restart`] show it.
+pub struct Restarted<'a> {
+    pub connection: u64,
+    pub outbox: &'a Arc<Outbox>,
+    pub filter: Option<&'a Filter>,
+    pub rate: Rate,
+    pub deltas: bool,
+}
+
 /// One channel's throttled subscribers. See the module docs.
 #[derive(Debug, Default)]
 pub struct Throttle {
@@ -409,9 +418,8 @@ impl Throttle {
 
     /// The channel's stream starts again at `head` (its epoch changed): what waits
     /// belongs to the old stream and is forgotten, and every member receives what
-    /// follows `head`. `each` is called with every member's outbox, rate and whether it
-    /// takes deltas (to tell it).
-    pub fn restart(&mut self, head: u64, mut each: impl FnMut(&Arc<Outbox>, Rate, bool)) {
+    /// follows `head`. `each` is called with every member (to tell it).
+    pub fn restart(&mut self, head: u64, mut each: impl FnMut(Restarted<'_>)) {
         for group in &mut self.groups {
             group.pending.clear();
             group.forget_sent();
@@ -421,7 +429,17 @@ impl Throttle {
             group.due = None;
             for member in group.members.values_mut() {
                 member.after = head;
-                each(&member.outbox, group.rate, member.deltas);
+            }
+        }
+        self.members(&mut each);
+    }
+
+    /// Calls `each` with every member.
+    pub fn members(&self, mut each: impl FnMut(Restarted<'_>)) {
+        for group in &self.groups {
+            for (connection, member) in &group.members {
+                let (outbox, filter) = (&member.outbox, member.filter.as_deref());
+                each(Restarted { connection: *connection, outbox, filter, rate: group.rate, deltas: member.deltas });
             }
         }
     }

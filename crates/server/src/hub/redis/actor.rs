@@ -76,6 +76,9 @@ pub struct Actor {
     epoch: Option<Arc<str>>,
     /// Last seq fanned out (or known to be before every local subscriber's start).
     head: u64,
+    /// Local subscribers (throttled or not) that asked for `snapshot-end`: told again
+    /// after a snapshot sent when the channel's history was lost.
+    snapshot_ends: HashSet<u64>,
     /// Connections with a start queued here (shared with the engine's handle).
     starting: Arc<Mutex<HashSet<u64>>>,
 }
@@ -88,6 +91,7 @@ impl Actor {
             subscribers: HashMap::new(),
             deltas: Deltas::default(),
             delta_subscribers: 0,
+            snapshot_ends: HashSet::new(),
             throttle: Throttle::default(),
             epoch: None,
             head: 0,
@@ -129,6 +133,7 @@ impl Actor {
                 Input::Unsubscribe(connection, reply) => {
                     self.remove_local(connection);
                     self.throttle.leave(connection);
+                    self.snapshot_ends.remove(&connection);
                     self.forget_values_unless_used();
                     Reply::deliver(reply);
                 }
@@ -162,9 +167,12 @@ impl Actor {
         let rolled_back =
             !start.epoch.is_empty() && self.epoch.as_deref() == Some(start.epoch.as_str()) && start.head < self.head;
         if rolled_back {
-            start.epoch = self.engine.rotate_epoch(&self.channel).await;
+            // Redis went back in time: the stream starts again under a new epoch, from
+            // what Redis holds now (its snapshot).
+            let epoch = self.engine.rotate_epoch(&self.channel).await;
+            start = until_redis_answers(&self.channel, "subscribe", || self.engine.start(&self.channel, None)).await;
+            start.epoch = epoch;
             start.recovered = false;
-            start.texts.clear();
         }
         let epoch: Arc<str> = start.epoch.as_str().into();
         if self.epoch.as_deref() != Some(&*epoch) {
@@ -174,7 +182,7 @@ impl Actor {
                 self.epoch_created(epoch.clone());
             } else {
                 if self.epoch.is_some() {
-                    self.epoch_changed(epoch.clone(), start.head);
+                    self.epoch_changed(epoch.clone(), start.head).await;
                 }
                 self.epoch = Some(epoch.clone());
                 self.head = start.head;
@@ -182,8 +190,7 @@ impl Actor {
         }
         let recovered = request.since.as_ref().map(|_| start.recovered);
         let rate = request.rate;
-        // A rolled-back start has no snapshot to diff against.
-        let deltas = request.deltas.then(|| Floor::at_start(start.head, !start.recovered && !rolled_back));
+        let deltas = request.deltas.then(|| Floor::at_start(start.head, !start.recovered));
         let subscribed = subscribed(request.id, &self.channel, start.head, &epoch, recovered, rate, deltas.is_some());
         let mut outbounds = vec![Outbound::control(subscribed)];
         if start.recovered {
@@ -227,6 +234,11 @@ impl Actor {
         }
         let dropped = request.outbox.push_all(outbounds);
         self.engine.shared.count_drops(dropped);
+        if request.snapshot_end {
+            self.snapshot_ends.insert(request.connection);
+        } else {
+            self.snapshot_ends.remove(&request.connection);
+        }
         match rate {
             Some(rate) => {
                 self.remove_local(request.connection);
@@ -267,7 +279,7 @@ impl Actor {
             if self.awaits_creation() {
                 self.epoch_created(delivered.epoch.clone());
             } else {
-                self.epoch_changed(delivered.epoch.clone(), delivered.seq.saturating_sub(1));
+                self.epoch_changed(delivered.epoch.clone(), delivered.seq.saturating_sub(1)).await;
             }
         }
         if delivered.seq <= self.head {
@@ -374,19 +386,19 @@ impl Actor {
             if range.epoch.is_empty() {
                 // Lost, or expired, while pub/sub was down: nothing to deliver, and the
                 // next publication creates a new epoch.
-                self.epoch_changed(epoch, 0);
+                self.epoch_changed(epoch, 0).await;
                 return;
             }
             if self.awaits_creation() {
                 self.epoch_created(epoch);
             } else {
-                self.epoch_changed(epoch, range.head);
+                self.epoch_changed(epoch, range.head).await;
                 return;
             }
         }
         if range.head < self.head {
             let epoch = self.engine.rotate_epoch(&self.channel).await;
-            self.epoch_changed(epoch.as_str().into(), range.head);
+            self.epoch_changed(epoch.as_str().into(), range.head).await;
             return;
         }
         if range.head > self.head {
@@ -414,9 +426,46 @@ impl Actor {
             local.deltas = local.deltas.map(|_| Floor(head));
         }
         let channel = &self.channel;
-        self.throttle.restart(head, |outbox, rate, deltas| {
-            outbox.push(Outbound::control(subscribed(None, channel, head, epoch, Some(recovered), Some(rate), deltas)));
+        self.throttle.restart(head, |member| {
+            let rate = Some(member.rate);
+            let message = subscribed(None, channel, head, epoch, Some(recovered), rate, member.deltas);
+            member.outbox.push(Outbound::control(message));
         });
+    }
+
+    /// After an unasked `recovered: false`: every local subscriber's snapshot of what
+    /// Redis holds up to `head` (what follows arrives live), then `snapshot-end` where
+    /// it was asked for, so each client's table is whole again without asking.
+    async fn resend_snapshots(&mut self, head: u64) {
+        let start = until_redis_answers(&self.channel, "snapshot", || self.engine.start(&self.channel, None)).await;
+        let mut latest: Vec<(u64, String)> = start
+            .texts
+            .into_iter()
+            .filter_map(|t| t.split_once('\n').and_then(|(seq, msg)| Some((seq.parse().ok()?, msg.to_owned()))))
+            .filter(|(seq, _)| *seq <= head)
+            .collect();
+        latest.sort_by_key(|(seq, _)| *seq);
+        let messages: Vec<EncodedMessage> = latest
+            .iter()
+            .map(|(_, text)| PublicationTemplate::message_from_text(text.clone()).marked_as_snapshot())
+            .collect();
+        let (channel, ends) = (&self.channel, &self.snapshot_ends);
+        let send = |connection: u64, outbox: &Arc<Outbox>, filter: Option<&Filter>| {
+            let mut outbounds: Vec<Outbound> = (latest.iter().zip(&messages))
+                .filter(|((_, text), _)| admits_text(filter, text, None))
+                .map(|(_, message)| Outbound::snapshot(message.clone()))
+                .collect();
+            if ends.contains(&connection) {
+                outbounds.push(snapshot_end(channel, head));
+            }
+            outbox.push_all(outbounds)
+        };
+        let mut dropped = tidewire_protocol::batch::Dropped::default();
+        for (connection, local) in &self.subscribers {
+            dropped.add(send(*connection, &local.outbox, local.filter.as_deref()));
+        }
+        self.throttle.members(|member| dropped.add(send(member.connection, member.outbox, member.filter)));
+        self.engine.shared.count_drops(dropped);
     }
 
     /// The channel's first publication created its epoch: subscribers learn it, at their
@@ -431,11 +480,12 @@ impl Actor {
     /// Redis lost the channel (or was flushed, or its state expired): tell every local
     /// subscriber that its position is void, with a fresh `subscribed` that says
     /// `recovered: false`.
-    fn epoch_changed(&mut self, epoch: Arc<str>, head: u64) {
+    async fn epoch_changed(&mut self, epoch: Arc<str>, head: u64) {
         tracing::warn!(channel = %self.channel, %epoch, "channel epoch changed: history was lost");
         self.announce(&epoch, head, false);
         self.epoch = Some(epoch);
         self.head = head;
+        self.resend_snapshots(head).await;
     }
 }
 
