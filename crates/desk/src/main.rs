@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::future::Ready;
 
 use axum::extract::Query;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use clap::Parser;
 use tidewire_desk::demo::Listing;
 use tidewire_server::Config;
@@ -84,11 +84,51 @@ fn main() -> ExitCode {
 /// The query of `/demo/delist` and `/demo/relist`.
 type LpQuery = Query<HashMap<String, String>>;
 
-/// `POST /demo/delist?lp=NAME` (or relist): 204, or 404 for an LP the desk does not have.
-fn change_listing(listing: Listing, delist: bool) -> impl Fn(LpQuery) -> Ready<StatusCode> + Clone + Send + 'static {
-    move |Query(query)| {
+/// `POST /demo/delist?lp=NAME` (or relist): 204, or 404 for an LP the desk does not have;
+/// 403 for a request a page of another site made (its `Origin` names another host), so
+/// a page the demo's user happens to open cannot change the desk behind their back.
+fn change_listing(
+    listing: Listing,
+    delist: bool,
+) -> impl Fn(HeaderMap, LpQuery) -> Ready<StatusCode> + Clone + Send + 'static {
+    move |headers, Query(query)| {
+        if !same_origin(&headers) {
+            return std::future::ready(StatusCode::FORBIDDEN);
+        }
         let lp = query.get("lp").map(String::as_str).unwrap_or_default();
         let known = if delist { listing.delist(lp) } else { listing.relist(lp) };
         std::future::ready(if known { StatusCode::NO_CONTENT } else { StatusCode::NOT_FOUND })
+    }
+}
+
+/// Whether a request comes from the demo's own page or from no page at all: no
+/// `Origin` (curl, scripts), or an `Origin` whose host and port are the request's `Host`.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else { return true };
+    let host = headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin.to_str().ok().and_then(|o| o.split_once("://")).map(|(_, rest)| rest);
+    matches!((origin_host, host), (Some(a), Some(b)) if a.eq_ignore_ascii_case(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn only_the_demos_own_page_or_no_page_may_change_the_listing() {
+        assert!(same_origin(&headers(&[("host", "127.0.0.1:7999")])), "no Origin: curl, scripts");
+        assert!(same_origin(&headers(&[("host", "127.0.0.1:7999"), ("origin", "http://127.0.0.1:7999")])));
+        assert!(!same_origin(&headers(&[("host", "127.0.0.1:7999"), ("origin", "https://evil.example")])));
+        assert!(!same_origin(&headers(&[("host", "127.0.0.1:7999"), ("origin", "http://127.0.0.1:8000")])));
+        assert!(!same_origin(&headers(&[("host", "127.0.0.1:7999"), ("origin", "null")])), "sandboxed pages");
+        assert!(!same_origin(&headers(&[("origin", "http://127.0.0.1:7999")])), "no Host to compare with");
     }
 }
