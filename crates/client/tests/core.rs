@@ -1123,3 +1123,25 @@ fn resubscribing_many_channels_splits_the_commands_to_fit_the_server() {
         assert_eq!(command["since"].as_object().unwrap().len(), listed.len(), "each with its position");
     }
 }
+
+#[test]
+fn channels_asking_the_same_options_are_restored_in_one_command() {
+    // Options are a command's: channels that ask the same go together, each other set
+    // in commands of its own, so a dashboard of many filtered or throttled views
+    // reconnects in a few commands rather than one per channel.
+    let mut h = Harness::new(|_| {});
+    let rate = SubscriptionOptions { min_interval_ms: Some(500), deltas: true, ..Default::default() };
+    let types = SubscriptionOptions { types: Some(vec!["alert".into()]), ..Default::default() };
+    for (channel, options) in
+        [("lp.a", &rate), ("lp.b", &rate), ("alerts.x", &types), ("lp.c", &rate), ("alerts.y", &types)]
+    {
+        h.event(Event::SubscribeWith { channel: channel.into(), options: options.clone() });
+    }
+    h.event(Event::Subscribe { channel: "plain".into() });
+    h.connect();
+    let sent = h.sent();
+    let channels: Vec<Value> = sent.iter().map(|c| c["channels"].clone()).collect();
+    assert_eq!(channels, [json!(["plain"]), json!(["alerts.x", "alerts.y"]), json!(["lp.a", "lp.b", "lp.c"])]);
+    assert_eq!(sent[1]["options"], json!({"snapshotEnd": true, "types": ["alert"]}));
+    assert_eq!(sent[2]["options"], json!({"snapshotEnd": true, "minInterval": 500, "deltas": true}));
+}

@@ -30,6 +30,11 @@ fn command_options(options: &SubscriptionOptions) -> SubscribeOptions {
     }
 }
 
+/// What a command's `options` take on the wire.
+fn options_size(options: &SubscriptionOptions) -> usize {
+    serde_json::to_string(&command_options(options)).map_or(usize::MAX / 4, |t| t.len())
+}
+
 impl ClientCore {
     pub(super) fn on_subscribe(&mut self, channel: String, options: SubscriptionOptions) {
         let subscription = self.subscriptions.entry(channel.clone()).or_insert_with(Subscription::new);
@@ -134,18 +139,19 @@ impl ClientCore {
     }
 
     /// After `connected`: subscribes for every wanted channel, with `since` where a
-    /// position is known, in as few commands as the server's limits allow.
+    /// position is known, in as few commands as the server's limits allow. Options are
+    /// a command's, so channels go in one command only with channels that ask the same.
     pub(super) fn resubscribe_all(&mut self, transport: TransportId) {
         let paused = self.paused;
-        let mut wanted: Vec<(String, Option<StreamPosition>)> = Vec::new();
-        let mut filtered: Vec<(String, Option<StreamPosition>)> = Vec::new();
+        let mut groups: Vec<(SubscriptionOptions, Vec<(String, Option<StreamPosition>)>)> = Vec::new();
         let mut forget = Vec::new();
         for (channel, subscription) in &mut self.subscriptions {
-            let has_options = subscription.options().asks_anything();
+            let options = subscription.options().clone();
             match subscription.step(paused) {
-                // Options are the command's: such a channel goes in a command of its own.
-                Step::Subscribe(position) if has_options => filtered.push((channel.clone(), position)),
-                Step::Subscribe(position) => wanted.push((channel.clone(), position)),
+                Step::Subscribe(position) => match groups.iter_mut().find(|(o, _)| *o == options) {
+                    Some((_, channels)) => channels.push((channel.clone(), position)),
+                    None => groups.push((options, vec![(channel.clone(), position)])),
+                },
                 Step::Forget => forget.push(channel.clone()),
                 // Nothing is in flight on a new link.
                 Step::Unsubscribe | Step::Wait => {}
@@ -154,41 +160,52 @@ impl ClientCore {
         for channel in forget {
             self.subscriptions.remove(&channel);
         }
-        wanted.sort_by(|a, b| a.0.cmp(&b.0));
-        // Each command within the server's message size and its channel limit, so that
-        // restoring many subscriptions never gets the connection closed for a message
-        // too big.
-        let budget = self.limits.max_message_bytes.saturating_sub(FRAME_ROOM);
+        // Plain channels first, then each set of options, in a stable order.
+        groups
+            .sort_by_key(|(options, channels)| (options.asks_anything(), channels.iter().map(|c| &c.0).min().cloned()));
+        for (options, mut channels) in groups {
+            channels.sort_by(|a, b| a.0.cmp(&b.0));
+            self.send_in_batches(transport, &options, channels);
+        }
+    }
+
+    /// Subscribes `channels` with `options` in commands within the server's message size
+    /// and channel limit, so that restoring many subscriptions never gets the connection
+    /// closed for a message too big.
+    fn send_in_batches(
+        &mut self,
+        transport: TransportId,
+        options: &SubscriptionOptions,
+        channels: Vec<(String, Option<StreamPosition>)>,
+    ) {
+        let budget = self.limits.max_message_bytes.saturating_sub(FRAME_ROOM + options_size(options));
         let json_len = |text: &str| serde_json::to_string(text).map_or(usize::MAX / 4, |t| t.len());
         let mut batch: Vec<(String, Option<StreamPosition>)> = Vec::new();
         let mut size = 0;
-        for (channel, position) in wanted {
+        for (channel, position) in channels {
             let name = json_len(&channel) + 1;
             let since = position
                 .as_ref()
                 .map_or(0, |p| name + 1 + p.seq.to_string().len() + p.epoch.as_deref().map_or(0, |e| json_len(e) + 20));
             let full = batch.len() >= self.limits.max_channels || size + name + since > budget;
             if full && !batch.is_empty() {
-                self.send_subscribe(transport, std::mem::take(&mut batch));
+                self.send_subscribe(transport, options, std::mem::take(&mut batch));
                 size = 0;
             }
             size += name + since;
             batch.push((channel, position));
         }
         if !batch.is_empty() {
-            self.send_subscribe(transport, batch);
-        }
-        filtered.sort_by(|a, b| a.0.cmp(&b.0));
-        for (channel, position) in filtered {
-            let Some(subscription) = self.subscriptions.get(&channel) else { continue };
-            let options = Some(command_options(subscription.options()));
-            let since = position.map(|p| BTreeMap::from([(channel.clone(), p)]));
-            let (id, channels) = (Some(self.id()), vec![channel.clone()]);
-            self.send_for(transport, &channel, &Command::Subscribe(Subscribe { id, channels, since, options }));
+            self.send_subscribe(transport, options, batch);
         }
     }
 
-    fn send_subscribe(&mut self, transport: TransportId, channels: Vec<(String, Option<StreamPosition>)>) {
+    fn send_subscribe(
+        &mut self,
+        transport: TransportId,
+        options: &SubscriptionOptions,
+        channels: Vec<(String, Option<StreamPosition>)>,
+    ) {
         let mut since = BTreeMap::new();
         let mut names = Vec::with_capacity(channels.len());
         for (channel, position) in channels {
@@ -199,8 +216,19 @@ impl ClientCore {
         }
         let id = self.id();
         let since = (!since.is_empty()).then_some(since);
-        let options = Some(command_options(&SubscriptionOptions::default()));
-        self.send(transport, &Command::Subscribe(Subscribe { id: Some(id), channels: names, since, options }));
+        let command = Command::Subscribe(Subscribe {
+            id: Some(id),
+            channels: names,
+            since,
+            options: Some(command_options(options)),
+        });
+        match &command {
+            Command::Subscribe(Subscribe { channels, .. }) if channels.len() == 1 => {
+                let channel = channels[0].clone();
+                self.send_for(transport, &channel, &command);
+            }
+            _ => self.send(transport, &command),
+        }
     }
 
     /// Tells the app which subscriptions are being restored (after a link ended).
