@@ -143,15 +143,11 @@ impl ClientCore {
     /// a command's, so channels go in one command only with channels that ask the same.
     pub(super) fn resubscribe_all(&mut self, transport: TransportId) {
         let paused = self.paused;
-        let mut groups: Vec<(SubscriptionOptions, Vec<(String, Option<StreamPosition>)>)> = Vec::new();
+        let mut wanted: Vec<(String, Option<StreamPosition>)> = Vec::new();
         let mut forget = Vec::new();
         for (channel, subscription) in &mut self.subscriptions {
-            let options = subscription.options().clone();
             match subscription.step(paused) {
-                Step::Subscribe(position) => match groups.iter_mut().find(|(o, _)| *o == options) {
-                    Some((_, channels)) => channels.push((channel.clone(), position)),
-                    None => groups.push((options, vec![(channel.clone(), position)])),
-                },
+                Step::Subscribe(position) => wanted.push((channel.clone(), position)),
                 Step::Forget => forget.push(channel.clone()),
                 // Nothing is in flight on a new link.
                 Step::Unsubscribe | Step::Wait => {}
@@ -160,11 +156,19 @@ impl ClientCore {
         for channel in forget {
             self.subscriptions.remove(&channel);
         }
-        // Plain channels first, then each set of options, in a stable order.
-        groups
-            .sort_by_key(|(options, channels)| (options.asks_anything(), channels.iter().map(|c| &c.0).min().cloned()));
-        for (options, mut channels) in groups {
-            channels.sort_by(|a, b| a.0.cmp(&b.0));
+        // Plain channels first, then each set of options in the order of its first
+        // channel by name.
+        wanted.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut groups: Vec<(SubscriptionOptions, Vec<(String, Option<StreamPosition>)>)> =
+            vec![(SubscriptionOptions::default(), Vec::new())];
+        for (channel, position) in wanted {
+            let Some(options) = self.subscriptions.get(&channel).map(|s| s.options()) else { continue };
+            match groups.iter_mut().find(|(o, _)| o == options) {
+                Some((_, channels)) => channels.push((channel, position)),
+                None => groups.push((options.clone(), vec![(channel, position)])),
+            }
+        }
+        for (options, channels) in groups {
             self.send_in_batches(transport, &options, channels);
         }
     }
