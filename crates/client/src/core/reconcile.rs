@@ -30,6 +30,9 @@ fn command_options(options: &SubscriptionOptions) -> SubscribeOptions {
     }
 }
 
+/// Channels to subscribe, each with the position to recover from.
+type Positions = Vec<(String, Option<StreamPosition>)>;
+
 /// What a command's `options` take on the wire.
 fn options_size(options: &SubscriptionOptions) -> usize {
     serde_json::to_string(&command_options(options)).map_or(usize::MAX / 4, |t| t.len())
@@ -143,7 +146,7 @@ impl ClientCore {
     /// a command's, so channels go in one command only with channels that ask the same.
     pub(super) fn resubscribe_all(&mut self, transport: TransportId) {
         let paused = self.paused;
-        let mut wanted: Vec<(String, Option<StreamPosition>)> = Vec::new();
+        let mut wanted: Positions = Vec::new();
         let mut forget = Vec::new();
         for (channel, subscription) in &mut self.subscriptions {
             match subscription.step(paused) {
@@ -159,8 +162,7 @@ impl ClientCore {
         // Plain channels first, then each set of options in the order of its first
         // channel by name.
         wanted.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut groups: Vec<(SubscriptionOptions, Vec<(String, Option<StreamPosition>)>)> =
-            vec![(SubscriptionOptions::default(), Vec::new())];
+        let mut groups: Vec<(SubscriptionOptions, Positions)> = vec![(SubscriptionOptions::default(), Vec::new())];
         for (channel, position) in wanted {
             let Some(options) = self.subscriptions.get(&channel).map(|s| s.options()) else { continue };
             match groups.iter_mut().find(|(o, _)| o == options) {
@@ -176,15 +178,10 @@ impl ClientCore {
     /// Subscribes `channels` with `options` in commands within the server's message size
     /// and channel limit, so that restoring many subscriptions never gets the connection
     /// closed for a message too big.
-    fn send_in_batches(
-        &mut self,
-        transport: TransportId,
-        options: &SubscriptionOptions,
-        channels: Vec<(String, Option<StreamPosition>)>,
-    ) {
+    fn send_in_batches(&mut self, transport: TransportId, options: &SubscriptionOptions, channels: Positions) {
         let budget = self.limits.max_message_bytes.saturating_sub(FRAME_ROOM + options_size(options));
         let json_len = |text: &str| serde_json::to_string(text).map_or(usize::MAX / 4, |t| t.len());
-        let mut batch: Vec<(String, Option<StreamPosition>)> = Vec::new();
+        let mut batch: Positions = Vec::new();
         let mut size = 0;
         for (channel, position) in channels {
             let name = json_len(&channel) + 1;
