@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use crate::process::{self, cargo, output};
 use crate::step;
 
-pub const TARGETS: [&str; 4] = ["decode_frame", "decode_command", "channel_rules", "claims"];
+pub const TARGETS: [&str; 5] = ["decode_frame", "decode_command", "channel_rules", "claims", "merge_patch"];
 
 /// Seconds per target inside `cargo xtask test`.
 pub const SUITE_SECONDS: u32 = 30;
