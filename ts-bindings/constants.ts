@@ -22,10 +22,12 @@ export const CLOSE_CODES = {
   SLOW_CONSUMER: { code: 4000, reconnect: true, meaning: "client stopped reading; recover after reconnect" },
   HEARTBEAT_TIMEOUT: { code: 4001, reconnect: true, meaning: "no pong in time" },
   QUEUE_OVERFLOW: { code: 4002, reconnect: true, meaning: "the client's queue exceeded its byte budget (it asked for more than it read)" },
+  DISCONNECTED: { code: 4003, reconnect: true, meaning: "an operator ended the connection" },
   AUTH_REQUIRED: { code: 4500, reconnect: false, meaning: "no token presented" },
   AUTH_INVALID: { code: 4501, reconnect: false, meaning: "token failed verification" },
   TOKEN_EXPIRED: { code: 4502, reconnect: false, meaning: "token expired: reconnect with a new token" },
   UNSUPPORTED_PROTOCOL: { code: 4503, reconnect: false, meaning: "the client refuses the server's protocol version" },
+  REVOKED: { code: 4504, reconnect: false, meaning: "an operator ended the user's access: do not reconnect until it is restored" },
 } as const;
 
 /** The analytics catalogue's channels. */

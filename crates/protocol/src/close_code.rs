@@ -64,6 +64,8 @@ impl CloseCode {
     /// What the server queued for the client (replies, errors, snapshots) exceeded the
     /// connection's byte budget: it asked for more than it read.
     pub const QUEUE_OVERFLOW: CloseCode = CloseCode(4002);
+    /// An operator ended the connection (`POST /api/disconnect`); reconnecting is fine.
+    pub const DISCONNECTED: CloseCode = CloseCode(4003);
     /// No token was presented.
     pub const AUTH_REQUIRED: CloseCode = CloseCode(4500);
     /// The token failed verification.
@@ -72,9 +74,12 @@ impl CloseCode {
     pub const TOKEN_EXPIRED: CloseCode = CloseCode(4502);
     /// The client closes with this when the server speaks a protocol version it does not.
     pub const UNSUPPORTED_PROTOCOL: CloseCode = CloseCode(4503);
+    /// An operator ended the user's access (`POST /api/disconnect` with `reconnect:
+    /// false`): do not reconnect until it is restored.
+    pub const REVOKED: CloseCode = CloseCode(4504);
 
     /// Every code tidewire sends or expects, in the order of the reference table.
-    pub const TABLE: [CloseCodeInfo; 15] = [
+    pub const TABLE: [CloseCodeInfo; 17] = [
         info(Self::NORMAL, "NORMAL", Disposition::Terminal, "the session ended on purpose"),
         info(Self::GOING_AWAY, "GOING_AWAY", Disposition::Reconnect, "the peer is going away"),
         info(Self::ABNORMAL, "ABNORMAL", Disposition::Reconnect, "transport lost without a close frame (never sent)"),
@@ -106,6 +111,7 @@ impl CloseCode {
             Disposition::Reconnect,
             "the client's queue exceeded its byte budget (it asked for more than it read)",
         ),
+        info(Self::DISCONNECTED, "DISCONNECTED", Disposition::Reconnect, "an operator ended the connection"),
         info(Self::AUTH_REQUIRED, "AUTH_REQUIRED", Disposition::Terminal, "no token presented"),
         info(Self::AUTH_INVALID, "AUTH_INVALID", Disposition::Terminal, "token failed verification"),
         info(Self::TOKEN_EXPIRED, "TOKEN_EXPIRED", Disposition::Terminal, "token expired: reconnect with a new token"),
@@ -114,6 +120,12 @@ impl CloseCode {
             "UNSUPPORTED_PROTOCOL",
             Disposition::Terminal,
             "the client refuses the server's protocol version",
+        ),
+        info(
+            Self::REVOKED,
+            "REVOKED",
+            Disposition::Terminal,
+            "an operator ended the user's access: do not reconnect until it is restored",
         ),
     ];
 

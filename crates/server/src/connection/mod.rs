@@ -158,6 +158,11 @@ async fn run(session: &mut Session, socket: &mut WebSocket) -> (Option<CloseCode
             }
         }
 
+        if let Some((code, reason)) = session.take_orders() {
+            // The client reads what was queued for it, then the close.
+            let _ = flush(session, socket, sleep.as_mut(), Instant::now(), true).await;
+            return (Some(code), reason);
+        }
         if outbox.is_over_budget() {
             return (
                 Some(CloseCode::QUEUE_OVERFLOW),

@@ -20,6 +20,7 @@ use tidewire_protocol::message::{Connected, ErrorMessage, Unsubscribed};
 use tidewire_protocol::{CloseCode, Command, CommandId, Control, ErrorCode, PROTOCOL_VERSION, decode_command};
 
 use crate::auth::{AuthError, Grant};
+use crate::hub::operator::Order;
 use crate::hub::{Hub, Outbox, Reply, SessionSlot, control, now_timestamp};
 use crate::metrics::ErrorLabel;
 
@@ -219,6 +220,7 @@ impl Session {
     pub fn new(hub: Hub, slot: SessionSlot, grant: Grant) -> Session {
         let config = hub.config();
         let outbox = Arc::new(Outbox::new(config.batch(), hub.clock().clone()));
+        hub.sessions().register(slot.id, &grant.user, &outbox);
         Session {
             limiter: RateLimiter::direct_with_clock(config.command_quota(), rate_limit_clock()),
             flood: FloodWindow { started: hub.clock().now(), refused: 0 },
@@ -368,5 +370,33 @@ impl Session {
         for channel in self.subscriptions.take() {
             self.hub.unsubscribe(self.slot.id, &channel, None);
         }
+    }
+
+    /// Carries out the operator orders waiting for this connection (see
+    /// [`crate::hub::operator`]): the close code and reason when one ends it.
+    pub fn take_orders(&mut self) -> Option<(CloseCode, String)> {
+        for order in self.outbox.take_orders() {
+            match order {
+                Order::Disconnect { code, reason } => {
+                    let (connection, user) = (self.id(), &self.grant.user);
+                    tracing::info!(connection, user = %user, code = code.0, %reason, "operator disconnect");
+                    return Some((code, reason));
+                }
+                Order::Unsubscribe { channel, reason } => {
+                    if self.subscriptions.contains(&channel) {
+                        let (connection, user) = (self.id(), &self.grant.user);
+                        tracing::info!(connection, user = %user, %channel, %reason, "operator unsubscribe");
+                        self.unsubscribe(&channel, None, Some((ErrorCode::Forbidden, reason)));
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.hub.sessions().unregister(self.slot.id);
     }
 }

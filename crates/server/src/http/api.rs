@@ -31,7 +31,7 @@ pub fn error_response(code: ErrorCode, message: impl Into<String>) -> Response {
 
 // The refusal is the response itself, built once on a path that then returns.
 #[allow(clippy::result_large_err)]
-fn bearer(hub: &Hub, headers: &HeaderMap) -> Result<Grant, Response> {
+pub(super) fn bearer(hub: &Hub, headers: &HeaderMap) -> Result<Grant, Response> {
     let result = match super::bearer_token(headers) {
         Some(token) => hub.verifier().verify(token),
         None => Err(AuthError::Missing),
@@ -45,7 +45,7 @@ fn bearer(hub: &Hub, headers: &HeaderMap) -> Result<Grant, Response> {
 /// Reads a request body once its sender is known to be allowed: at most
 /// `--max-http-body-bytes`, within `--http-body-timeout`, and only while the node's
 /// budget for bodies being read (`--max-http-body-memory`) has room for it.
-async fn read_body(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+pub(super) async fn read_body(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
     let config = hub.config();
     let limit = config.max_http_body_bytes;
     let declared =

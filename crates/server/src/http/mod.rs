@@ -2,6 +2,7 @@
 //! endpoints. [`router`] returns a plain axum `Router` to serve or merge into an app.
 
 mod api;
+mod operator;
 mod ops;
 pub mod origin;
 mod ws;
@@ -22,6 +23,8 @@ pub fn router(hub: Hub) -> Router {
         .route("/ws", get(ws::upgrade))
         .route("/api/publish", post(api::publish))
         .route("/api/channels", get(api::channels))
+        .route("/api/disconnect", post(operator::disconnect))
+        .route("/api/unsubscribe", post(operator::unsubscribe))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

@@ -15,6 +15,7 @@ pub mod clock;
 pub mod delta;
 pub mod engine;
 mod memory;
+pub mod operator;
 pub mod outbox;
 pub mod publication;
 mod redis;
@@ -115,6 +116,8 @@ struct Inner {
     publish_limits: Vec<governor::DefaultKeyedRateLimiter<Arc<str>>>,
     /// Whether the sweeping task runs.
     sweeping: AtomicBool,
+    /// This node's sessions, for operator orders.
+    sessions: operator::Sessions,
 }
 
 /// How a subscription starts: where from, the command it answers, and what it asked
@@ -191,6 +194,7 @@ impl Hub {
                 shutdown: Mutex::new(CancellationToken::new()),
                 draining: AtomicBool::new(false),
                 sweeping: AtomicBool::new(false),
+                sessions: operator::Sessions::default(),
             }),
         };
         hub.start_sweeping();
@@ -294,6 +298,17 @@ impl Hub {
     }
 
     /// A connection id unique to this node's run.
+    /// This node's sessions (see [`operator`]).
+    pub fn sessions(&self) -> &operator::Sessions {
+        &self.inner.sessions
+    }
+
+    /// Gives an operator's order to the connections `target` names on this node;
+    /// returns how many took it.
+    pub fn order(&self, target: &operator::Target, order: &operator::Order) -> usize {
+        self.inner.sessions.order(target, order, |id| self.connection_label(id))
+    }
+
     pub fn connection_label(&self, id: u64) -> String {
         format!("{}-{id}", self.inner.shared.instance)
     }

@@ -21,6 +21,10 @@ use futures_util::task::AtomicWaker;
 use tidewire_protocol::batch::{BatchConfig, Batcher, Dropped, Outbound, ReadyFrame};
 
 use super::Clock;
+use super::operator::Order;
+
+/// Operator orders that may wait for one connection (they are taken at its next look).
+pub const MAX_PENDING_ORDERS: usize = 16;
 
 #[derive(Debug)]
 pub struct Outbox {
@@ -30,6 +34,10 @@ pub struct Outbox {
     woken: AtomicBool,
     /// Set once the batcher went over its byte budget (read without the lock).
     over_budget: AtomicBool,
+    /// Operator orders for the connection (see [`super::operator`]), and whether any
+    /// wait (read without the lock, so the loop pays nothing when none do).
+    orders: Mutex<Vec<Order>>,
+    has_orders: AtomicBool,
     /// The batcher's clock origin.
     origin: Instant,
     /// The node's clock (see [`super::clock`]).
@@ -70,6 +78,8 @@ impl Outbox {
             waker: AtomicWaker::new(),
             woken: AtomicBool::new(false),
             over_budget: AtomicBool::new(false),
+            orders: Mutex::new(Vec::new()),
+            has_orders: AtomicBool::new(false),
             origin: clock.now(),
             clock,
         }
@@ -145,6 +155,29 @@ impl Outbox {
         let waited = state.waiting_since.map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
         state.waiting_since = if state.batcher.is_empty() { None } else { Some(now) };
         Some((frame, waited))
+    }
+
+    /// Hands the connection an operator's order and wakes it. At most
+    /// [`MAX_PENDING_ORDERS`] wait; beyond, the order is refused (false).
+    pub fn order(&self, order: Order) -> bool {
+        {
+            let mut orders = self.orders.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if orders.len() >= MAX_PENDING_ORDERS {
+                return false;
+            }
+            orders.push(order);
+        }
+        self.has_orders.store(true, Ordering::Release);
+        self.wake();
+        true
+    }
+
+    /// The operator orders waiting, oldest first.
+    pub fn take_orders(&self) -> Vec<Order> {
+        if !self.has_orders.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.orders.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
     /// Whether what is queued exceeded the byte budget with nothing left to drop: the

@@ -1,0 +1,120 @@
+//! The operator API: orders to live connections, for tokens with `operator: true`
+//! (`Authorization: Bearer`). `POST /api/disconnect` ends a user's connections, or one
+//! connection, with a code that says whether to reconnect; `POST /api/unsubscribe`
+//! takes them off a channel (the client is told, and does not subscribe again by
+//! itself). Both answer `{"connections": n}`, how many connections of this node took
+//! the order. Errors are JSON `{code, message}` like the rest of the API.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use tidewire_protocol::channel::validate;
+use tidewire_protocol::{CloseCode, ErrorCode};
+
+use super::api::{bearer, error_response, read_body};
+use crate::hub::operator::{Order, Target};
+use crate::hub::{Hub, invalid_channel};
+
+/// The longest reason an operator may give (it travels in a close frame, after the
+/// code's name).
+pub const MAX_REASON_BYTES: usize = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    connection: Option<String>,
+    /// `false`: close with `REVOKED` (terminal) instead of `DISCONNECTED`.
+    #[serde(default = "yes")]
+    reconnect: bool,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnsubscribeBody {
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    connection: Option<String>,
+    channel: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The operator's token checked, then the body read and parsed.
+async fn operator_body<T: serde::de::DeserializeOwned>(
+    hub: &Hub,
+    headers: &HeaderMap,
+    body: Body,
+    shape: &str,
+) -> Result<T, Response> {
+    let grant = bearer(hub, headers)?;
+    if !grant.operator {
+        return Err(error_response(ErrorCode::Forbidden, "operator orders need an operator token (operator: true)"));
+    }
+    let body = read_body(hub, headers, body).await?;
+    serde_json::from_slice(&body).map_err(|e| error_response(ErrorCode::BadRequest, format!("expected {shape}: {e}")))
+}
+
+/// The target, refusing one that names nobody (which would be every connection).
+#[allow(clippy::result_large_err)]
+fn target(user: Option<String>, connection: Option<String>) -> Result<Target, Response> {
+    if user.as_deref().is_none_or(str::is_empty) && connection.as_deref().is_none_or(str::is_empty) {
+        return Err(error_response(ErrorCode::BadRequest, "name a user, a connection, or both"));
+    }
+    Ok(Target { user, connection })
+}
+
+#[allow(clippy::result_large_err)]
+fn reason(reason: Option<String>, default: &str) -> Result<String, Response> {
+    let reason = reason.unwrap_or_else(|| default.to_owned());
+    if reason.len() > MAX_REASON_BYTES {
+        return Err(error_response(ErrorCode::BadRequest, format!("reason may be at most {MAX_REASON_BYTES} bytes")));
+    }
+    Ok(reason)
+}
+
+/// `POST /api/disconnect {user?, connection?, reconnect?, reason?}`.
+pub async fn disconnect(State(hub): State<Hub>, headers: HeaderMap, body: Body) -> Response {
+    let shape = "{user?, connection?, reconnect?, reason?}";
+    let result = async {
+        let body: DisconnectBody = operator_body(&hub, &headers, body, shape).await?;
+        let target = target(body.user, body.connection)?;
+        let code = if body.reconnect { CloseCode::DISCONNECTED } else { CloseCode::REVOKED };
+        let reason = reason(body.reason, "disconnected by an operator")?;
+        Ok::<_, Response>(hub.order(&target, &Order::Disconnect { code, reason }))
+    };
+    match result.await {
+        Ok(connections) => Json(json!({ "connections": connections })).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// `POST /api/unsubscribe {user?, connection?, channel, reason?}`.
+pub async fn unsubscribe(State(hub): State<Hub>, headers: HeaderMap, body: Body) -> Response {
+    let shape = "{user?, connection?, channel, reason?}";
+    let result = async {
+        let body: UnsubscribeBody = operator_body(&hub, &headers, body, shape).await?;
+        let target = target(body.user, body.connection)?;
+        validate(&body.channel)
+            .map_err(|e| error_response(ErrorCode::InvalidChannel, invalid_channel(&body.channel, e)))?;
+        let reason = reason(body.reason, "unsubscribed by an operator")?;
+        Ok::<_, Response>(hub.order(&target, &Order::Unsubscribe { channel: body.channel, reason }))
+    };
+    match result.await {
+        Ok(connections) => Json(json!({ "connections": connections })).into_response(),
+        Err(response) => response,
+    }
+}

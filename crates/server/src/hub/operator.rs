@@ -1,0 +1,84 @@
+//! Operator control of live connections: the node's registry of sessions by connection
+//! and user, and the orders an operator gives them (end the connection, leave a
+//! channel).
+//!
+//! An order is handed to a connection through its outbox ([`Outbox::order`]), which
+//! wakes the connection's IO loop; the loop carries it out as it would a command of the
+//! client's own (closing with the code, or unsubscribing with an `unsubscribed` that
+//! carries a code, so the client does not subscribe again by itself). Nothing here
+//! touches a socket, and giving an order never waits for a client.
+//!
+//! The registry holds one entry per connection of this node (a user name and a weak
+//! pointer); an order addresses a user's connections or one connection by the id its
+//! `connected` message gave it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use tidewire_protocol::CloseCode;
+
+use super::outbox::Outbox;
+
+/// What an operator asks of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Order {
+    /// Close with `code` (`DISCONNECTED` or `REVOKED`) and `reason`.
+    Disconnect { code: CloseCode, reason: String },
+    /// Leave `channel`, telling the client why; it does not subscribe again by itself.
+    Unsubscribe { channel: String, reason: String },
+}
+
+/// Which connections an order is for: a user's, or one connection (its id as
+/// `connected.connectionId` gave it), or one connection of a user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Target {
+    pub user: Option<String>,
+    pub connection: Option<String>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    user: Arc<str>,
+    outbox: Weak<Outbox>,
+}
+
+/// This node's sessions. See the module docs.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    entries: Mutex<HashMap<u64, Entry>>,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn register(&self, id: u64, user: &str, outbox: &Arc<Outbox>) {
+        self.lock().insert(id, Entry { user: user.into(), outbox: Arc::downgrade(outbox) });
+    }
+
+    pub fn unregister(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Gives `order` to the connections of this node that `target` names (`label`
+    /// turns a connection's number into its id); returns how many took it.
+    pub fn order(&self, target: &Target, order: &Order, label: impl Fn(u64) -> String) -> usize {
+        let outboxes: Vec<Arc<Outbox>> = self
+            .lock()
+            .iter()
+            .filter(|(_, entry)| target.user.as_deref().is_none_or(|user| *entry.user == *user))
+            .filter(|(id, _)| target.connection.as_deref().is_none_or(|wanted| label(**id) == wanted))
+            .filter_map(|(_, entry)| entry.outbox.upgrade())
+            .collect();
+        outboxes.iter().filter(|outbox| outbox.order(order.clone())).count()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,115 @@
+//! The operator API against a real node over real sockets: disconnecting a user or one
+//! connection (with a code that says whether to reconnect), taking a user off a
+//! channel, and the refusals for everyone without the operator grant.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+use tidewire_protocol::NewPublication;
+
+async fn connected(server: &TestServer, user: &str) -> (Client, String) {
+    let mut client = server.client(user).await;
+    let hello = client.expect_type("connected").await;
+    (client, hello["connectionId"].as_str().unwrap().to_owned())
+}
+
+async fn order(server: &TestServer, path: &str, body: Value) -> (u16, Value) {
+    http_request(server, "POST", path, Some(&operator_token()), Some(&body.to_string())).await
+}
+
+async fn still_alive(client: &mut Client) {
+    client.send(r#"{"action":"ping","id":1}"#).await;
+    assert_eq!(client.expect_type("pong").await["id"], 1);
+}
+
+#[tokio::test]
+async fn disconnecting_a_user_closes_each_of_its_connections_and_no_other() {
+    let server = TestServer::start().await;
+    let (mut first, _) = connected(&server, "trader").await;
+    let (mut second, _) = connected(&server, "trader").await;
+    let (mut bystander, _) = connected(&server, "other").await;
+    let (status, answer) = order(&server, "/api/disconnect", json!({"user": "trader", "reason": "compliance"})).await;
+    assert_eq!((status, answer), (200, json!({"connections": 2})));
+    for client in [&mut first, &mut second] {
+        let closed = client.closed().await;
+        assert_eq!(closed.code, 4003, "DISCONNECTED: reconnect is fine");
+        assert_eq!(closed.reason, "DISCONNECTED: compliance");
+    }
+    still_alive(&mut bystander).await;
+    let (status, answer) = order(&server, "/api/disconnect", json!({"user": "nobody"})).await;
+    assert_eq!((status, answer), (200, json!({"connections": 0})));
+}
+
+#[tokio::test]
+async fn one_connection_can_be_ended_for_good() {
+    let server = TestServer::start().await;
+    let (mut target, id) = connected(&server, "trader").await;
+    let (mut sibling, _) = connected(&server, "trader").await;
+    let (status, answer) = order(&server, "/api/disconnect", json!({"connection": id, "reconnect": false})).await;
+    assert_eq!((status, answer), (200, json!({"connections": 1})));
+    let closed = target.closed().await;
+    assert_eq!(closed.code, 4504, "REVOKED: terminal");
+    assert!(closed.reason.starts_with("REVOKED"), "{}", closed.reason);
+    still_alive(&mut sibling).await;
+}
+
+#[tokio::test]
+async fn unsubscribing_a_user_tells_it_why_and_delivery_stops() {
+    let server = TestServer::start().await;
+    let (mut client, _) = connected(&server, "trader").await;
+    client.send(r#"{"action":"subscribe","channels":["exposure","alerts"]}"#).await;
+    client.expect_type("subscribed").await;
+    client.expect_type("subscribed").await;
+    let body = json!({"user": "trader", "channel": "exposure", "reason": "book closed"});
+    let (status, answer) = order(&server, "/api/unsubscribe", body).await;
+    assert_eq!((status, answer), (200, json!({"connections": 1})));
+    let unsubscribed = client.expect_type("unsubscribed").await;
+    assert_eq!(
+        (unsubscribed["channel"].as_str(), unsubscribed["code"].as_str(), unsubscribed["message"].as_str()),
+        (Some("exposure"), Some("FORBIDDEN"), Some("book closed"))
+    );
+    let publish = |channel: &str| NewPublication {
+        channel: channel.into(),
+        kind: "tick".into(),
+        data: json!(1),
+        ..Default::default()
+    };
+    server.hub.publish(publish("exposure")).await.unwrap();
+    server.hub.publish(publish("alerts")).await.unwrap();
+    let next = client.expect_type("tick").await;
+    assert_eq!(next["channel"], "alerts", "exposure no longer arrives; alerts still does");
+    let (status, answer) = order(&server, "/api/unsubscribe", json!({"user": "trader", "channel": "exposure"})).await;
+    assert_eq!((status, answer), (200, json!({"connections": 1})), "taken, with nothing to leave");
+    assert!(client.try_next(Duration::from_millis(200)).await.unwrap().is_none(), "and nothing sent");
+}
+
+#[tokio::test]
+async fn only_operators_may_give_orders_and_bad_orders_are_refused() {
+    let server = TestServer::start().await;
+    let (mut client, _) = connected(&server, "trader").await;
+    let body = json!({"user": "trader"}).to_string();
+    for path in ["/api/disconnect", "/api/unsubscribe"] {
+        let (status, answer) = http_request(&server, "POST", path, None, Some(&body)).await;
+        assert_eq!((status, answer["code"].as_str()), (401, Some("AUTH_REQUIRED")), "{path}");
+        let (status, answer) = http_request(&server, "POST", path, Some(&publisher_token()), Some(&body)).await;
+        assert_eq!((status, answer["code"].as_str()), (403, Some("FORBIDDEN")), "{path}: a publish grant is not one");
+        let (status, answer) = http_request(&server, "POST", path, Some(&token("trader")), Some(&body)).await;
+        assert_eq!((status, answer["code"].as_str()), (403, Some("FORBIDDEN")), "{path}: a browser token");
+    }
+    let refused = [
+        ("/api/disconnect", json!({}), "BAD_REQUEST"),
+        ("/api/disconnect", json!({"user": ""}), "BAD_REQUEST"),
+        ("/api/disconnect", json!({"user": "trader", "reason": "x".repeat(101)}), "BAD_REQUEST"),
+        ("/api/disconnect", json!({"user": "trader", "code": 1000}), "BAD_REQUEST"),
+        ("/api/unsubscribe", json!({"user": "trader"}), "BAD_REQUEST"),
+        ("/api/unsubscribe", json!({"user": "trader", "channel": "no spaces"}), "INVALID_CHANNEL"),
+    ];
+    for (path, body, code) in refused {
+        let (status, answer) = order(&server, path, body.clone()).await;
+        assert_eq!(answer["code"].as_str(), Some(code), "{path} {body}: {status} {answer}");
+    }
+    still_alive(&mut client).await;
+}
