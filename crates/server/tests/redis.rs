@@ -854,3 +854,42 @@ async fn deltas_on_another_node_apply_to_the_snapshot_and_to_what_followed() {
     }
     assert_eq!(resampled, [(Some(2), None), (Some(3), Some(2)), (Some(4), Some(3))], "whole first after its start");
 }
+
+#[tokio::test]
+async fn operator_orders_reach_the_users_connections_on_every_node() {
+    // An order given to one node reaches the user's connections on the others through
+    // Redis, within a second; the node that gave it counts its own.
+    let url = shared_redis();
+    let prefix = unique_prefix("operator");
+    let (a, b) = (node(&url, &prefix).await, node(&url, &prefix).await);
+    let user = format!("trader-{}", fastrand::u32(..));
+    let mut on_a = a.client(&user).await;
+    on_a.expect_type("connected").await;
+    let mut on_b = b.client(&user).await;
+    on_b.expect_type("connected").await;
+    on_b.send(r#"{"action":"subscribe","channels":["exposure"]}"#).await;
+    on_b.expect_type("subscribed").await;
+
+    let order = |path: &'static str, body: Value| {
+        let a = &a;
+        async move { http_request(a, "POST", path, Some(&operator_token()), Some(&body.to_string())).await }
+    };
+    let started = Instant::now();
+    let body = json!({"user": user, "channel": "exposure", "reason": "book closed"});
+    assert_eq!(order("/api/unsubscribe", body).await, (200, json!({"connections": 1})), "a's connection, not in it");
+    let unsubscribed = on_b.expect_type("unsubscribed").await;
+    assert_eq!(
+        (unsubscribed["code"].as_str(), unsubscribed["message"].as_str()),
+        (Some("FORBIDDEN"), Some("book closed"))
+    );
+    assert!(started.elapsed() < Duration::from_secs(1), "reached the other node in {:?}", started.elapsed());
+
+    let started = Instant::now();
+    let body = json!({"user": user, "reconnect": false, "reason": "access ended"});
+    assert_eq!(order("/api/disconnect", body).await, (200, json!({"connections": 1})));
+    for client in [&mut on_a, &mut on_b] {
+        let closed = client.closed().await;
+        assert_eq!((closed.code, closed.reason.as_str()), (4504, "REVOKED: access ended"));
+    }
+    assert!(started.elapsed() < Duration::from_secs(1), "closed on both nodes in {:?}", started.elapsed());
+}

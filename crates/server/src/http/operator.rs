@@ -3,7 +3,9 @@
 //! connection, with a code that says whether to reconnect; `POST /api/unsubscribe`
 //! takes them off a channel (the client is told, and does not subscribe again by
 //! itself). Both answer `{"connections": n}`, how many connections of this node took
-//! the order. Errors are JSON `{code, message}` like the rest of the API.
+//! the order; with the Redis engine every other node is told through Redis and gives it
+//! to its own (`UNAVAILABLE` when Redis cannot be reached). Errors are JSON `{code,
+//! message}` like the rest of the API.
 
 use axum::Json;
 use axum::body::Body;
@@ -94,7 +96,8 @@ pub async fn disconnect(State(hub): State<Hub>, headers: HeaderMap, body: Body) 
         let target = target(body.user, body.connection)?;
         let code = if body.reconnect { CloseCode::DISCONNECTED } else { CloseCode::REVOKED };
         let reason = reason(body.reason, "disconnected by an operator")?;
-        Ok::<_, Response>(hub.order(&target, &Order::Disconnect { code, reason }))
+        let order = Order::Disconnect { code, reason };
+        hub.order(&target, &order).await.map_err(|e| error_response(e.code, e.message))
     };
     match result.await {
         Ok(connections) => Json(json!({ "connections": connections })).into_response(),
@@ -111,7 +114,8 @@ pub async fn unsubscribe(State(hub): State<Hub>, headers: HeaderMap, body: Body)
         validate(&body.channel)
             .map_err(|e| error_response(ErrorCode::InvalidChannel, invalid_channel(&body.channel, e)))?;
         let reason = reason(body.reason, "unsubscribed by an operator")?;
-        Ok::<_, Response>(hub.order(&target, &Order::Unsubscribe { channel: body.channel, reason }))
+        let order = Order::Unsubscribe { channel: body.channel, reason };
+        hub.order(&target, &order).await.map_err(|e| error_response(e.code, e.message))
     };
     match result.await {
         Ok(connections) => Json(json!({ "connections": connections })).into_response(),

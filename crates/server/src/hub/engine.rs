@@ -28,6 +28,21 @@ pub struct Shared {
     pub instance: String,
     /// What the node decides by (see [`super::clock`]).
     pub clock: super::Clock,
+    /// This node's sessions, for operator orders (see [`super::operator`]).
+    pub sessions: super::operator::Sessions,
+}
+
+impl Shared {
+    /// A connection's id as its `connected` message gives it: unique across nodes.
+    pub fn connection_label(&self, id: u64) -> String {
+        format!("{}-{id}", self.instance)
+    }
+
+    /// Gives an operator's order to the connections `target` names on this node;
+    /// returns how many took it.
+    pub fn order(&self, target: &super::operator::Target, order: &super::operator::Order) -> usize {
+        self.sessions.order(target, order, |id| self.connection_label(id))
+    }
 }
 
 impl Shared {
@@ -184,6 +199,16 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
     /// Sends the throttled outputs due now by the node's clock (see
     /// [`super::Hub::flush_throttled`]).
     fn flush_throttled(&self) {}
+
+    /// Hands an operator's order to every other node (the node gave it to its own
+    /// connections already). One node alone has nothing to do.
+    fn broadcast(
+        &self,
+        _target: &super::operator::Target,
+        _order: &super::operator::Order,
+    ) -> BoxFuture<'_, Result<(), PublishError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// Encodes a control message.

@@ -116,8 +116,6 @@ struct Inner {
     publish_limits: Vec<governor::DefaultKeyedRateLimiter<Arc<str>>>,
     /// Whether the sweeping task runs.
     sweeping: AtomicBool,
-    /// This node's sessions, for operator orders.
-    sessions: operator::Sessions,
 }
 
 /// How a subscription starts: where from, the command it answers, and what it asked
@@ -178,7 +176,8 @@ impl Hub {
             })
             .collect();
         let body_memory = config.max_http_body_memory.min(tokio::sync::Semaphore::MAX_PERMITS);
-        let shared = Arc::new(Shared { config, metrics: Metrics::new(), instance, clock });
+        let sessions = operator::Sessions::default();
+        let shared = Arc::new(Shared { config, metrics: Metrics::new(), instance, clock, sessions });
         let engine: Box<dyn Engine> = match &shared.config.redis_url {
             Some(url) => Box::new(redis::RedisEngine::start(shared.clone(), url, &shared.config.redis_prefix)?),
             None => Box::new(memory::MemoryEngine::new(shared.clone())),
@@ -194,7 +193,6 @@ impl Hub {
                 shutdown: Mutex::new(CancellationToken::new()),
                 draining: AtomicBool::new(false),
                 sweeping: AtomicBool::new(false),
-                sessions: operator::Sessions::default(),
             }),
         };
         hub.start_sweeping();
@@ -300,17 +298,20 @@ impl Hub {
     /// A connection id unique to this node's run.
     /// This node's sessions (see [`operator`]).
     pub fn sessions(&self) -> &operator::Sessions {
-        &self.inner.sessions
+        &self.inner.shared.sessions
     }
 
-    /// Gives an operator's order to the connections `target` names on this node;
-    /// returns how many took it.
-    pub fn order(&self, target: &operator::Target, order: &operator::Order) -> usize {
-        self.inner.sessions.order(target, order, |id| self.connection_label(id))
+    /// Gives an operator's order to the connections `target` names, on every node:
+    /// this node's at once, the others' through the engine. Returns how many of this
+    /// node's connections took it; `UNAVAILABLE` when the others could not be told.
+    pub async fn order(&self, target: &operator::Target, order: &operator::Order) -> Result<usize, PublishError> {
+        let here = self.inner.shared.order(target, order);
+        self.inner.engine.broadcast(target, order).await?;
+        Ok(here)
     }
 
     pub fn connection_label(&self, id: u64) -> String {
-        format!("{}-{id}", self.inner.shared.instance)
+        self.inner.shared.connection_label(id)
     }
 
     /// Checks everything about a publication that does not depend on the channel's

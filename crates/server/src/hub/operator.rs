@@ -10,17 +10,21 @@
 //!
 //! The registry holds one entry per connection of this node (a user name and a weak
 //! pointer); an order addresses a user's connections or one connection by the id its
-//! `connected` message gave it.
+//! `connected` message gave it. The node that receives an order gives it to its own
+//! connections and hands it to the engine, which tells the other nodes (the Redis
+//! engine on its control channel, as a [`Broadcast`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
+use serde::{Deserialize, Serialize};
 use tidewire_protocol::CloseCode;
 
 use super::outbox::Outbox;
 
 /// What an operator asks of a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "order", rename_all = "lowercase")]
 pub enum Order {
     /// Close with `code` (`DISCONNECTED` or `REVOKED`) and `reason`.
     Disconnect { code: CloseCode, reason: String },
@@ -30,7 +34,7 @@ pub enum Order {
 
 /// Which connections an order is for: a user's, or one connection (its id as
 /// `connected.connectionId` gave it), or one connection of a user.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {
     pub user: Option<String>,
     pub connection: Option<String>,
@@ -40,6 +44,16 @@ pub struct Target {
 struct Entry {
     user: Arc<str>,
     outbox: Weak<Outbox>,
+}
+
+/// An order on its way to the other nodes (the Redis engine's control channel): which
+/// node gave it, so that node does not give it twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Broadcast {
+    pub from: String,
+    pub target: Target,
+    #[serde(flatten)]
+    pub order: Order,
 }
 
 /// This node's sessions. See the module docs.

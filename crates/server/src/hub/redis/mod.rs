@@ -35,6 +35,7 @@ use tidewire_protocol::{ErrorCode, Op, StreamPosition};
 use tokio::sync::{mpsc, oneshot};
 
 use super::engine::{Engine, Reply, Shared, SubscribeRequest};
+use super::operator::{Broadcast, Order, Target};
 use super::{Accepted, ChannelInfo, Prepared, PublishError, lock};
 use actor::{Actor, Input, until_redis_answers};
 use pubsub::PubSubCommand;
@@ -110,7 +111,8 @@ impl RedisEngine {
             answers: answers.clone(),
             listening: listening.clone(),
         });
-        tokio::spawn(pubsub::run(client, prefix.to_owned(), commands, listening));
+        let control = pubsub::Control { channel: Keys::control(prefix), shared: inner.shared.clone() };
+        tokio::spawn(pubsub::run(client, prefix.to_owned(), commands, listening, control));
         tokio::spawn(watch_health(Arc::downgrade(&inner)));
         Ok(RedisEngine { inner })
     }
@@ -253,6 +255,19 @@ async fn watch_health(engine: std::sync::Weak<EngineInner>) {
 impl Engine for RedisEngine {
     fn publish(&self, prepared: Prepared) -> BoxFuture<'_, Result<Accepted, PublishError>> {
         Box::pin(self.inner.publish(prepared))
+    }
+
+    fn broadcast(&self, target: &Target, order: &Order) -> BoxFuture<'_, Result<(), PublishError>> {
+        let broadcast =
+            Broadcast { from: self.inner.shared.instance.clone(), target: target.clone(), order: order.clone() };
+        let text = serde_json::to_string(&broadcast).unwrap_or_default();
+        let channel = Keys::control(&self.inner.prefix);
+        let mut conn = self.inner.conn.clone();
+        Box::pin(async move {
+            redis::cmd("PUBLISH").arg(channel).arg(text).query_async::<i64>(&mut conn).await.map(|_| ()).map_err(|e| {
+                PublishError::new(ErrorCode::Unavailable, format!("the other nodes could not be told (Redis: {e})"))
+            })
+        })
     }
 
     fn subscribe(&self, request: SubscribeRequest) -> Result<(), PublishError> {

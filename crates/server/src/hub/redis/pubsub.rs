@@ -17,6 +17,28 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::actor::Input;
 use super::scripts::{Keys, parse_delivered};
+use crate::hub::engine::Shared;
+use crate::hub::operator::Broadcast;
+
+/// Where operator orders from other nodes arrive, and the node that carries them out.
+pub struct Control {
+    pub channel: String,
+    pub shared: Arc<Shared>,
+}
+
+impl Control {
+    /// Gives an order another node broadcast to this node's connections.
+    fn receive(&self, payload: &[u8]) {
+        let Ok(broadcast) = serde_json::from_slice::<Broadcast>(payload) else {
+            tracing::warn!("an unreadable operator order on {}", self.channel);
+            return;
+        };
+        if broadcast.from != self.shared.instance {
+            let taken = self.shared.order(&broadcast.target, &broadcast.order);
+            tracing::info!(from = %broadcast.from, taken, "operator order from another node");
+        }
+    }
+}
 
 /// What the engine asks of the pub/sub task.
 pub enum PubSubCommand {
@@ -75,6 +97,7 @@ pub async fn run(
     prefix: String,
     mut commands: mpsc::UnboundedReceiver<PubSubCommand>,
     up: Arc<AtomicBool>,
+    control: Control,
 ) {
     let pubsub_prefix = Keys::pubsub(&prefix, "");
     let mut routes = Routes::default();
@@ -87,7 +110,7 @@ pub async fn run(
         };
         let subscribed = match connected {
             Some((mut sink, stream)) => {
-                let mut all = true;
+                let mut all = sink.subscribe(&control.channel).await.is_ok();
                 for channel in routes.actors.keys() {
                     if sink.subscribe(format!("{pubsub_prefix}{channel}")).await.is_err() {
                         all = false;
@@ -128,6 +151,10 @@ pub async fn run(
             tokio::select! {
                 message = stream.next() => {
                     let Some(message) = message else { break };
+                    if message.get_channel_name() == control.channel {
+                        control.receive(message.get_payload_bytes());
+                        continue;
+                    }
                     let Some(channel) = message.get_channel_name().strip_prefix(&pubsub_prefix) else { continue };
                     let (Some((_, inbox)), Some(delivered)) =
                         (routes.actors.get(channel), parse_delivered(message.get_payload_bytes()))

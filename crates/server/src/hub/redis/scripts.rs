@@ -53,6 +53,12 @@ impl Keys {
     pub fn pubsub(prefix: &str, channel: &str) -> String {
         format!("{prefix}:pub:{channel}")
     }
+
+    /// The pub/sub channel that carries operator orders to every node (outside the
+    /// `pub:` namespace, so no channel name can reach it).
+    pub fn control(prefix: &str) -> String {
+        format!("{prefix}:control")
+    }
 }
 
 /// Numbers, stores and publishes one publication, atomically. A publication whose
