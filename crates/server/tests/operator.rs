@@ -113,3 +113,65 @@ async fn only_operators_may_give_orders_and_bad_orders_are_refused() {
     }
     still_alive(&mut client).await;
 }
+
+async fn history(server: &TestServer, query: &str) -> (u16, Value) {
+    http_request(server, "GET", &format!("/api/history?{query}"), Some(&operator_token()), None).await
+}
+
+fn seqs(page: &Value) -> Vec<u64> {
+    page["publications"].as_array().unwrap().iter().map(|p| p["seq"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn history_pages_return_exactly_the_stored_publications() {
+    let server = TestServer::with(|c| c.history_size = 8).await;
+    for n in 1..=10 {
+        let tick =
+            NewPublication { channel: "ticks".into(), kind: "tick".into(), data: json!(n), ..Default::default() };
+        server.hub.publish(tick).await.unwrap();
+    }
+    let (status, page) = history(&server, "channel=ticks&limit=3").await;
+    assert_eq!(status, 200);
+    assert_eq!((seqs(&page), page["more"].as_bool(), page["head"].as_u64()), (vec![3, 4, 5], Some(true), Some(10)));
+    assert!(page["epoch"].as_str().is_some_and(|e| !e.is_empty()));
+    assert_eq!(page["publications"][0]["data"], 3, "the publications as stored");
+    // Paging oldest first from `since` walks every stored publication once.
+    let (mut since, mut all) = (0, Vec::new());
+    loop {
+        let (_, page) = history(&server, &format!("channel=ticks&limit=3&since={since}")).await;
+        all.extend(seqs(&page));
+        since = *all.last().unwrap();
+        if page["more"] == false {
+            break;
+        }
+    }
+    assert_eq!(all, (3..=10).collect::<Vec<_>>(), "the last eight, as --history-size keeps");
+    let (_, page) = history(&server, "channel=ticks&order=newest&limit=2").await;
+    assert_eq!(seqs(&page), [10, 9]);
+    let (_, page) = history(&server, "channel=ticks&order=newest&since=8").await;
+    assert_eq!((seqs(&page), page["more"].as_bool()), (vec![10, 9], Some(false)));
+    let (_, page) = history(&server, "channel=quiet").await;
+    assert_eq!((seqs(&page), page["head"].as_u64()), (vec![], Some(0)), "a channel with nothing stored");
+}
+
+#[tokio::test]
+async fn history_is_for_operators_and_bad_queries_are_refused() {
+    let server = TestServer::start().await;
+    let path = "/api/history?channel=ticks";
+    let (status, answer) = http_request(&server, "GET", path, None, None).await;
+    assert_eq!((status, answer["code"].as_str()), (401, Some("AUTH_REQUIRED")));
+    let (status, answer) = http_request(&server, "GET", path, Some(&publisher_token()), None).await;
+    assert_eq!((status, answer["code"].as_str()), (403, Some("FORBIDDEN")));
+    for (query, code) in [
+        ("", "BAD_REQUEST"),
+        ("channel=ticks&limit=0", "BAD_REQUEST"),
+        ("channel=ticks&limit=1001", "BAD_REQUEST"),
+        ("channel=ticks&since=-1", "BAD_REQUEST"),
+        ("channel=ticks&order=sideways", "BAD_REQUEST"),
+        ("channel=ticks&page=2", "BAD_REQUEST"),
+        ("channel=no%20spaces", "INVALID_CHANNEL"),
+    ] {
+        let (status, answer) = history(&server, query).await;
+        assert_eq!(answer["code"].as_str(), Some(code), "{query}: {status} {answer}");
+    }
+}

@@ -893,3 +893,33 @@ async fn operator_orders_reach_the_users_connections_on_every_node() {
     }
     assert!(started.elapsed() < Duration::from_secs(1), "closed on both nodes in {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn history_reads_what_redis_stores_from_any_node() {
+    let url = shared_redis();
+    let prefix = unique_prefix("history");
+    let (a, b) = (node(&url, &prefix).await, node(&url, &prefix).await);
+    for n in 1..=6 {
+        publish(&a, "ledger", n, None).await;
+    }
+    let get = |query: &'static str| {
+        let b = &b;
+        async move { http_request(b, "GET", &format!("/api/history?{query}"), Some(&operator_token()), None).await.1 }
+    };
+    let seqs = |page: &Value| -> Vec<u64> {
+        page["publications"].as_array().unwrap().iter().map(|p| p["seq"].as_u64().unwrap()).collect()
+    };
+    let page = get("channel=ledger&limit=4").await;
+    assert_eq!((seqs(&page), page["more"].as_bool(), page["head"].as_u64()), (vec![1, 2, 3, 4], Some(true), Some(6)));
+    assert_eq!(page["publications"][2]["data"], 3);
+    let page = get("channel=ledger&since=4").await;
+    assert_eq!((seqs(&page), page["more"].as_bool()), (vec![5, 6], Some(false)));
+    let page = get("channel=ledger&order=newest&limit=2").await;
+    assert_eq!(seqs(&page), [6, 5]);
+    let mut client = b.client("u").await;
+    client.expect_type("connected").await;
+    client.send(r#"{"action":"subscribe","channels":["ledger"]}"#).await;
+    assert_eq!(client.expect_type("subscribed").await["epoch"], page["epoch"], "the stream's epoch");
+    let page = get("channel=untouched").await;
+    assert_eq!((seqs(&page), page["epoch"].as_str()), (vec![], Some("")), "no state: the empty epoch");
+}

@@ -25,6 +25,7 @@ pub fn router(hub: Hub) -> Router {
         .route("/api/channels", get(api::channels))
         .route("/api/disconnect", post(operator::disconnect))
         .route("/api/unsubscribe", post(operator::unsubscribe))
+        .route("/api/history", get(operator::history))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

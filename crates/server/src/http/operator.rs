@@ -122,3 +122,67 @@ pub async fn unsubscribe(State(hub): State<Hub>, headers: HeaderMap, body: Body)
         Err(response) => response,
     }
 }
+
+/// The most publications one history page holds.
+pub const MAX_HISTORY_LIMIT: usize = 1000;
+
+/// `GET /api/history?channel=C&since=N&limit=L&order=newest|oldest`: a page of what the
+/// channel keeps for recovery (`--history-size`, `--history-ttl`), with its epoch and
+/// head: `{channel, epoch, head, publications, more}`. `since` (default 0) keeps only
+/// publications after it, `limit` is 1..=1000 (default 100), `order` is `oldest`
+/// (default) or `newest` first. A page also stops at `--max-queued-bytes` of messages;
+/// `more` says whether more matched. Page on by passing the last seq of a page (oldest
+/// first) as the next `since`.
+pub async fn history(
+    State(hub): State<Hub>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
+) -> Response {
+    let grant = match bearer(&hub, &headers) {
+        Ok(grant) => grant,
+        Err(response) => return response,
+    };
+    if !grant.operator {
+        return error_response(ErrorCode::Forbidden, "reading history needs an operator token (operator: true)");
+    }
+    let (mut channel, mut since, mut limit, mut newest_first) = (None, None, 100, false);
+    for (name, value) in query {
+        let bad = |what: &str| error_response(ErrorCode::BadRequest, format!("{name}: {what}"));
+        match &*name {
+            "channel" => channel = Some(value),
+            "since" => match value.parse::<u64>() {
+                Ok(seq) => since = Some(seq),
+                Err(_) => return bad("a seq (a non-negative integer)"),
+            },
+            "limit" => match value.parse::<usize>() {
+                Ok(n) if (1..=MAX_HISTORY_LIMIT).contains(&n) => limit = n,
+                _ => return bad(&format!("1..={MAX_HISTORY_LIMIT}")),
+            },
+            "order" => match value.as_str() {
+                "oldest" => newest_first = false,
+                "newest" => newest_first = true,
+                _ => return bad("oldest or newest"),
+            },
+            _ => return bad("unknown parameter (channel, since, limit, order)"),
+        }
+    }
+    let Some(channel) = channel else { return error_response(ErrorCode::BadRequest, "channel is required") };
+    if let Err(e) = validate(&channel) {
+        return error_response(ErrorCode::InvalidChannel, invalid_channel(&channel, e));
+    }
+    let query = crate::hub::HistoryQuery { since, limit, newest_first, max_bytes: hub.config().max_queued_bytes };
+    match hub.history(&channel, &query).await {
+        Ok(page) => {
+            let publications: Vec<Box<serde_json::value::RawValue>> = page
+                .messages
+                .into_iter()
+                .filter_map(|text| serde_json::value::RawValue::from_string(text).ok())
+                .collect();
+            let (epoch, head, more) = (page.epoch, page.head, page.more);
+            let body =
+                json!({ "channel": channel, "epoch": epoch, "head": head, "publications": publications, "more": more });
+            Json(body).into_response()
+        }
+        Err(e) => error_response(e.code, e.message),
+    }
+}

@@ -345,4 +345,9 @@ impl Channel {
     pub fn history_len(&self) -> usize {
         self.history.len()
     }
+
+    /// The publications kept for recovery, oldest first, each with its seq.
+    pub fn stored(&self) -> impl DoubleEndedIterator<Item = (u64, &str)> {
+        self.history.iter().map(|s| (s.seq(), s.message().as_str()))
+    }
 }

@@ -188,6 +188,13 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
     /// Channels this node knows, sorted by name.
     fn channels(&self) -> BoxFuture<'_, Vec<ChannelInfo>>;
 
+    /// A page of a channel's stored history (see [`super::HistoryQuery`]).
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        query: &'a super::HistoryQuery,
+    ) -> BoxFuture<'a, Result<super::HistoryPage, PublishError>>;
+
     /// Whether the engine can serve (its backend is reachable).
     fn is_ready(&self) -> bool {
         true

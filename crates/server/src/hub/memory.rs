@@ -16,7 +16,7 @@ use tidewire_protocol::batch::Outbound;
 use super::channel::{Channel, Start, Stored};
 use super::delta::Floor;
 use super::engine::{Engine, Reply, Shared, SubscribeRequest, snapshot_end, subscribed};
-use super::{Accepted, ChannelInfo, Prepared, PublishError, lock};
+use super::{Accepted, ChannelInfo, HistoryPage, HistoryQuery, Prepared, PublishError, lock};
 
 #[derive(Debug)]
 pub struct MemoryEngine {
@@ -270,6 +270,24 @@ impl Engine for MemoryEngine {
         Reply::deliver(reply);
         removed
     }
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        query: &'a HistoryQuery,
+    ) -> BoxFuture<'a, Result<HistoryPage, PublishError>> {
+        let found = lock(&self.channels).get(channel).cloned();
+        let page = match found {
+            Some(channel) => {
+                let mut locked = lock(&channel);
+                locked.expire(self.shared.clock.now(), self.shared.config.history_ttl);
+                HistoryPage::of(locked.epoch.to_string(), locked.head, locked.stored(), query)
+            }
+            // A channel this node never held (or forgot as idle) has nothing stored.
+            None => HistoryPage { epoch: String::new(), head: 0, messages: Vec::new(), more: false },
+        };
+        Box::pin(std::future::ready(Ok(page)))
+    }
+
     fn channels(&self) -> BoxFuture<'_, Vec<ChannelInfo>> {
         let channels: Vec<_> = lock(&self.channels).values().cloned().collect();
         let mut infos: Vec<ChannelInfo> = channels

@@ -94,6 +94,57 @@ pub struct ChannelInfo {
     pub history: usize,
 }
 
+/// A page of a channel's history (`GET /api/history`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Only publications after this seq.
+    pub since: Option<u64>,
+    /// At most this many.
+    pub limit: usize,
+    /// Newest first (else oldest first).
+    pub newest_first: bool,
+    /// At most this many bytes of messages; the page ends before the one that would pass it.
+    pub max_bytes: usize,
+}
+
+/// What a history query found: the channel's stream and the stored messages, each its
+/// encoded text, in the order asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    pub epoch: String,
+    pub head: u64,
+    pub messages: Vec<String>,
+    /// Whether more publications matched than the page holds.
+    pub more: bool,
+}
+
+impl HistoryPage {
+    /// A page of `stored` (oldest first, each with its seq) for `query`.
+    pub fn of<'a>(
+        epoch: String,
+        head: u64,
+        stored: impl DoubleEndedIterator<Item = (u64, &'a str)>,
+        query: &HistoryQuery,
+    ) -> HistoryPage {
+        let since = query.since.unwrap_or(0);
+        let matching: Box<dyn Iterator<Item = (u64, &str)>> = if query.newest_first {
+            Box::new(stored.rev().filter(move |(seq, _)| *seq > since))
+        } else {
+            Box::new(stored.filter(move |(seq, _)| *seq > since))
+        };
+        let (mut messages, mut bytes, mut more) = (Vec::new(), 0, false);
+        for (_, text) in matching {
+            if messages.len() >= query.limit || bytes + text.len() > query.max_bytes {
+                more = true;
+                break;
+            }
+            bytes += text.len();
+            messages.push(text.to_owned());
+        }
+        HistoryPage { epoch, head, messages, more }
+    }
+}
+
 /// The state one node shares between its connections and endpoints. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Hub {
@@ -385,6 +436,11 @@ impl Hub {
     /// engine still owes that subscriber); false when it was not subscribed.
     pub fn unsubscribe(&self, connection: u64, channel: &str, reply: Option<Reply>) -> bool {
         self.inner.engine.unsubscribe(connection, channel, reply)
+    }
+
+    /// A page of `channel`'s history (what recovery would replay), with its epoch and head.
+    pub async fn history(&self, channel: &str, query: &HistoryQuery) -> Result<HistoryPage, PublishError> {
+        self.inner.engine.history(channel, query).await
     }
 
     /// Channels with their subscriber counts and heads, sorted by name.

@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::engine::{Engine, Reply, Shared, SubscribeRequest};
 use super::operator::{Broadcast, Order, Target};
-use super::{Accepted, ChannelInfo, Prepared, PublishError, lock};
+use super::{Accepted, ChannelInfo, HistoryPage, HistoryQuery, Prepared, PublishError, lock};
 use actor::{Actor, Input, until_redis_answers};
 use pubsub::PubSubCommand;
 use scripts::{Keys, Published, Range, Start};
@@ -64,6 +64,7 @@ pub(crate) struct EngineInner {
     publish_script: redis::Script,
     start_script: redis::Script,
     range_script: redis::Script,
+    history_script: redis::Script,
     channels: Mutex<HashMap<String, Handle>>,
     next_actor: AtomicU64,
     pubsub: mpsc::UnboundedSender<PubSubCommand>,
@@ -105,6 +106,7 @@ impl RedisEngine {
             publish_script: redis::Script::new(scripts::PUBLISH),
             start_script: redis::Script::new(scripts::START),
             range_script: redis::Script::new(scripts::RANGE),
+            history_script: redis::Script::new(scripts::HISTORY),
             channels: Mutex::new(HashMap::new()),
             next_actor: AtomicU64::new(1),
             pubsub,
@@ -255,6 +257,31 @@ async fn watch_health(engine: std::sync::Weak<EngineInner>) {
 impl Engine for RedisEngine {
     fn publish(&self, prepared: Prepared) -> BoxFuture<'_, Result<Accepted, PublishError>> {
         Box::pin(self.inner.publish(prepared))
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        query: &'a HistoryQuery,
+    ) -> BoxFuture<'a, Result<HistoryPage, PublishError>> {
+        Box::pin(async move {
+            let keys = Keys::new(&self.inner.prefix, channel);
+            let mut conn = self.inner.conn.clone();
+            let reply: Vec<redis::Value> = self
+                .inner
+                .history_script
+                .key(&keys.seq)
+                .key(&keys.epoch)
+                .key(&keys.hist)
+                .arg(query.since.unwrap_or(0))
+                .arg(query.limit)
+                .arg(if query.newest_first { 1 } else { 0 })
+                .arg(query.max_bytes)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| PublishError::new(ErrorCode::Unavailable, format!("Redis: {e}")))?;
+            scripts::parse_history(reply).map_err(|e| PublishError::new(ErrorCode::InternalError, e.to_string()))
+        })
     }
 
     fn broadcast(&self, target: &Target, order: &Order) -> BoxFuture<'_, Result<(), PublishError>> {

@@ -193,6 +193,38 @@ end
 return reply
 "#;
 
+/// A page of history, writing nothing: `{epoch or '', head, more (1/0), messages…}`, the
+/// stored publications after `since`, oldest or newest first, at most `limit` of them
+/// and at most `max bytes` in all (`more` says whether the page stopped early).
+///
+/// KEYS: seq, epoch, hist. ARGV: since, limit, newest first (1/0), max bytes.
+pub const HISTORY: &str = r#"
+local epoch = redis.call('GET', KEYS[2])
+local head = tonumber(redis.call('GET', KEYS[1]) or '0')
+local since = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local max_bytes = tonumber(ARGV[4])
+local reply = {epoch or '', head, 0}
+if not epoch or since >= head then return reply end
+local entries
+if ARGV[3] == '1' then
+  entries = redis.call('XREVRANGE', KEYS[3], '+', (since + 1) .. '-1', 'COUNT', limit + 1)
+else
+  entries = redis.call('XRANGE', KEYS[3], (since + 1) .. '-1', '+', 'COUNT', limit + 1)
+end
+local bytes = 0
+for i, entry in ipairs(entries) do
+  local message = entry[2][2]
+  if i > limit or bytes + string.len(message) > max_bytes then
+    reply[3] = 1
+    break
+  end
+  bytes = bytes + string.len(message)
+  reply[3 + i] = message
+end
+return reply
+"#;
+
 /// The `since` epoch argument of [`START`]: `''` for a position without an epoch,
 /// `=epoch` for one with it (the empty epoch included).
 pub fn since_epoch(since: Option<&StreamPosition>) -> String {
@@ -256,6 +288,16 @@ pub fn parse_range(reply: Vec<redis::Value>, from: u64, to: u64) -> redis::Redis
     let texts: Vec<String> = items.map(redis::from_redis_value).collect::<Result<_, _>>()?;
     let complete = to < from || texts.len() as u64 == to.min(head).saturating_sub(from) + 1;
     Ok(Range { epoch, head, texts: complete.then_some(texts) })
+}
+
+/// Reads what [`HISTORY`] answered.
+pub fn parse_history(reply: Vec<redis::Value>) -> redis::RedisResult<crate::hub::HistoryPage> {
+    let mut items = reply.into_iter();
+    let epoch: String = redis::from_redis_value(items.next().unwrap_or(redis::Value::Nil))?;
+    let head: u64 = redis::from_redis_value(items.next().unwrap_or(redis::Value::Int(0)))?;
+    let more: u64 = redis::from_redis_value(items.next().unwrap_or(redis::Value::Int(0)))?;
+    let messages: Vec<String> = items.map(redis::from_redis_value).collect::<Result<_, _>>()?;
+    Ok(crate::hub::HistoryPage { epoch, head, messages, more: more == 1 })
 }
 
 /// A publication as pub/sub delivers it.
