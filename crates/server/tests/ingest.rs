@@ -376,6 +376,20 @@ async fn publish_to_jetstream(js: &async_nats::jetstream::Context, subject: &str
     }
 }
 
+/// The next message of `kind` within `wait` (ignoring others); panics without one.
+async fn within(client: &mut Client, kind: &str, wait: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + wait;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match client.try_next(left).await {
+            Ok(Some(message)) if message["type"] == kind => return message,
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(closed) => panic!("closed ({}) while waiting for {kind}", closed.code),
+        }
+    }
+    panic!("no {kind} within {wait:?}");
+}
+
 /// Waits until the source has created its stream.
 async fn stream_exists(js: &async_nats::jetstream::Context, stream: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -439,7 +453,11 @@ async fn jetstream_delivers_from_a_stream_that_was_deleted_and_created_again() {
     // and the new stream's sequences start at 1.
     for n in 3..6 {
         publish_to_jetstream(&js, &subject, n).await;
-        seen.push(strategies.expect_type("strategy.found").await["data"]["n"].as_u64().unwrap());
+        // The source learns of the deletion from its consumer's heartbeats and reconnects
+        // with backoff: under a loaded machine the first event after it can take longer
+        // than the usual few seconds. What this test checks is that none is skipped.
+        let event = within(&mut strategies, "strategy.found", Duration::from_secs(30)).await;
+        seen.push(event["data"]["n"].as_u64().unwrap());
     }
     assert_eq!(seen, (0..6).collect::<Vec<_>>(), "the recreated stream's events are published, not skipped");
     let _ = js.delete_stream(&stream).await;
