@@ -175,3 +175,22 @@ async fn history_is_for_operators_and_bad_queries_are_refused() {
         assert_eq!(answer["code"].as_str(), Some(code), "{query}: {status} {answer}");
     }
 }
+
+#[tokio::test]
+async fn info_shows_the_node_and_is_for_operators() {
+    let server = TestServer::start().await;
+    let (mut client, id) = connected(&server, "trader").await;
+    client.send(r#"{"action":"subscribe","channels":["alerts"]}"#).await;
+    client.expect_type("subscribed").await;
+    let (status, body) = http_request(&server, "GET", "/api/info", Some(&operator_token()), None).await;
+    assert_eq!(status, 200, "{body}");
+    let node = &body["node"];
+    assert_eq!((node["connections"].as_u64(), node["subscriptions"].as_u64()), (Some(1), Some(1)));
+    assert_eq!((node["engine"].as_str(), node["draining"].as_bool()), (Some("memory"), Some(false)));
+    assert!(id.starts_with(node["id"].as_str().unwrap()), "connection ids start with their node's id");
+    assert_eq!(body["nodes"], json!([node]), "one node alone lists itself");
+    let (status, answer) = http_request(&server, "GET", "/api/info", Some(&publisher_token()), None).await;
+    assert_eq!((status, answer["code"].as_str()), (403, Some("FORBIDDEN")));
+    let (status, answer) = http_request(&server, "GET", "/api/info", None, None).await;
+    assert_eq!((status, answer["code"].as_str()), (401, Some("AUTH_REQUIRED")));
+}

@@ -386,11 +386,15 @@ async fn a_stream_lost_while_pubsub_was_down_is_announced_with_its_new_snapshot(
 }
 
 /// The keys under `prefix`, each with its time to live in ms (-1: none).
+/// (The nodes' own announcements, `{prefix}:node:…`, are left out: they are the nodes',
+/// renewed every few seconds while a node lives, not anything a client caused.)
 fn keys_with_ttl(url: &str, prefix: &str) -> Vec<(String, i64)> {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_connection().unwrap();
     let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query(&mut conn).unwrap();
+    let node = format!("{prefix}:node:");
     keys.into_iter()
+        .filter(|key| !key.starts_with(&node))
         .map(|key| {
             let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).unwrap();
             (key, ttl)
@@ -922,4 +926,34 @@ async fn history_reads_what_redis_stores_from_any_node() {
     assert_eq!(client.expect_type("subscribed").await["epoch"], page["epoch"], "the stream's epoch");
     let page = get("channel=untouched").await;
     assert_eq!((seqs(&page), page["epoch"].as_str()), (vec![], Some("")), "no state: the empty epoch");
+}
+
+#[tokio::test]
+async fn info_lists_every_node_of_the_cluster() {
+    let url = shared_redis();
+    let prefix = unique_prefix("info");
+    let (a, b) = (node(&url, &prefix).await, node(&url, &prefix).await);
+    let mut client = b.client("u").await;
+    client.expect_type("connected").await;
+    client.send(r#"{"action":"subscribe","channels":["ticks"]}"#).await;
+    client.expect_type("subscribed").await;
+    // b announces itself every few seconds; a lists what Redis holds.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = http_request(&a, "GET", "/api/info", Some(&operator_token()), None).await;
+        assert_eq!(status, 200, "{body}");
+        let nodes = body["nodes"].as_array().unwrap().clone();
+        let connected_b = nodes.iter().find(|n| n["id"] != body["node"]["id"]);
+        if let Some(other) = connected_b.filter(|n| n["connections"] == 1) {
+            assert_eq!(
+                (nodes.len(), other["engine"].as_str(), other["subscriptions"].as_u64()),
+                (2, Some("redis"), Some(1))
+            );
+            assert_eq!(body["node"]["connections"], 0, "a has none");
+            assert!(body["node"]["uptimeSeconds"].is_u64() && body["node"]["version"].is_string());
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never showed its connection: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

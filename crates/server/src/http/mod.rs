@@ -26,6 +26,7 @@ pub fn router(hub: Hub) -> Router {
         .route("/api/disconnect", post(operator::disconnect))
         .route("/api/unsubscribe", post(operator::unsubscribe))
         .route("/api/history", get(operator::history))
+        .route("/api/info", get(operator::info))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

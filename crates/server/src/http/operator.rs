@@ -186,3 +186,18 @@ pub async fn history(
         Err(e) => error_response(e.code, e.message),
     }
 }
+
+/// `GET /api/info`: this node and every node of its cluster (each announced in Redis
+/// within the last 15 s; one node alone lists itself): `{node, nodes}`, each with its
+/// id, version, engine, start time, uptime, and its connections, subscriptions and
+/// channels.
+pub async fn info(State(hub): State<Hub>, headers: HeaderMap) -> Response {
+    match bearer(&hub, &headers) {
+        Ok(grant) if grant.operator => match hub.nodes().await {
+            Ok((node, nodes)) => Json(json!({ "node": node, "nodes": nodes })).into_response(),
+            Err(e) => error_response(e.code, e.message),
+        },
+        Ok(_) => error_response(ErrorCode::Forbidden, "node info needs an operator token (operator: true)"),
+        Err(response) => response,
+    }
+}

@@ -30,9 +30,28 @@ pub struct Shared {
     pub clock: super::Clock,
     /// This node's sessions, for operator orders (see [`super::operator`]).
     pub sessions: super::operator::Sessions,
+    /// When the node started.
+    pub started: std::time::SystemTime,
 }
 
 impl Shared {
+    /// This node, as `GET /api/info` shows it.
+    pub fn node_info(&self, draining: bool) -> super::operator::NodeInfo {
+        let count = |gauge: &prometheus_client::metrics::gauge::Gauge| u64::try_from(gauge.get()).unwrap_or(0);
+        let started_ms = self.started.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_millis() as f64);
+        super::operator::NodeInfo {
+            id: self.instance.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            engine: if self.config.redis_url.is_some() { "redis" } else { "memory" }.to_owned(),
+            started_at: tidewire_protocol::Timestamp::from_unix_millis(started_ms),
+            uptime_seconds: self.started.elapsed().map_or(0, |d| d.as_secs()),
+            connections: count(&self.metrics.connections),
+            subscriptions: count(&self.metrics.subscriptions),
+            channels: count(&self.metrics.channels),
+            draining,
+        }
+    }
+
     /// A connection's id as its `connected` message gives it: unique across nodes.
     pub fn connection_label(&self, id: u64) -> String {
         format!("{}-{id}", self.instance)
@@ -206,6 +225,15 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
     /// Sends the throttled outputs due now by the node's clock (see
     /// [`super::Hub::flush_throttled`]).
     fn flush_throttled(&self) {}
+
+    /// Every node of the cluster, `this` (the asking node, fresh) among them: one node
+    /// alone knows only itself.
+    fn nodes(
+        &self,
+        this: super::operator::NodeInfo,
+    ) -> BoxFuture<'_, Result<Vec<super::operator::NodeInfo>, PublishError>> {
+        Box::pin(std::future::ready(Ok(vec![this])))
+    }
 
     /// Hands an operator's order to every other node (the node gave it to its own
     /// connections already). One node alone has nothing to do.

@@ -228,7 +228,8 @@ impl Hub {
             .collect();
         let body_memory = config.max_http_body_memory.min(tokio::sync::Semaphore::MAX_PERMITS);
         let sessions = operator::Sessions::default();
-        let shared = Arc::new(Shared { config, metrics: Metrics::new(), instance, clock, sessions });
+        let started = std::time::SystemTime::now();
+        let shared = Arc::new(Shared { config, metrics: Metrics::new(), instance, clock, sessions, started });
         let engine: Box<dyn Engine> = match &shared.config.redis_url {
             Some(url) => Box::new(redis::RedisEngine::start(shared.clone(), url, &shared.config.redis_prefix)?),
             None => Box::new(memory::MemoryEngine::new(shared.clone())),
@@ -436,6 +437,14 @@ impl Hub {
     /// engine still owes that subscriber); false when it was not subscribed.
     pub fn unsubscribe(&self, connection: u64, channel: &str, reply: Option<Reply>) -> bool {
         self.inner.engine.unsubscribe(connection, channel, reply)
+    }
+
+    /// This node and every other one of its cluster (`GET /api/info`), sorted by id.
+    pub async fn nodes(&self) -> Result<(operator::NodeInfo, Vec<operator::NodeInfo>), PublishError> {
+        let this = self.inner.shared.node_info(self.is_draining());
+        let mut nodes = self.inner.engine.nodes(this.clone()).await?;
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok((this, nodes))
     }
 
     /// A page of `channel`'s history (what recovery would replay), with its epoch and head.

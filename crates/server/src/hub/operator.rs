@@ -46,6 +46,23 @@ struct Entry {
     outbox: Weak<Outbox>,
 }
 
+/// One node as the operator sees it (`GET /api/info`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    /// The node's run (the prefix of its connections' ids).
+    pub id: String,
+    pub version: String,
+    /// `memory` or `redis`.
+    pub engine: String,
+    pub started_at: tidewire_protocol::Timestamp,
+    pub uptime_seconds: u64,
+    pub connections: u64,
+    pub subscriptions: u64,
+    pub channels: u64,
+    pub draining: bool,
+}
+
 /// An order on its way to the other nodes (the Redis engine's control channel): which
 /// node gave it, so that node does not give it twice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -35,7 +35,22 @@ use tidewire_protocol::{ErrorCode, Op, StreamPosition};
 use tokio::sync::{mpsc, oneshot};
 
 use super::engine::{Engine, Reply, Shared, SubscribeRequest};
-use super::operator::{Broadcast, Order, Target};
+use super::operator::{Broadcast, NodeInfo, Order, Target};
+
+/// How long a node's announcement lives without being renewed (the hub renews it every
+/// sweep, five seconds).
+const NODE_TTL_MS: u64 = 15_000;
+
+/// The most nodes `GET /api/info` lists.
+const MAX_LISTED_NODES: usize = 1000;
+
+/// Writes this node's announcement (see [`Keys::node`]).
+async fn announce_node(inner: &EngineInner, info: &NodeInfo) -> redis::RedisResult<()> {
+    let mut conn = inner.conn.clone();
+    let key = Keys::node(&inner.prefix, &info.id);
+    let text = serde_json::to_string(info).unwrap_or_default();
+    redis::cmd("SET").arg(key).arg(text).arg("PX").arg(NODE_TTL_MS).query_async::<()>(&mut conn).await
+}
 use super::{Accepted, ChannelInfo, HistoryPage, HistoryQuery, Prepared, PublishError, lock};
 use actor::{Actor, Input, until_redis_answers};
 use pubsub::PubSubCommand;
@@ -257,6 +272,49 @@ async fn watch_health(engine: std::sync::Weak<EngineInner>) {
 impl Engine for RedisEngine {
     fn publish(&self, prepared: Prepared) -> BoxFuture<'_, Result<Accepted, PublishError>> {
         Box::pin(self.inner.publish(prepared))
+    }
+
+    fn sweep(&self) {
+        // Announce this node, so every node's `GET /api/info` lists it while it lives.
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let info = inner.shared.node_info(false);
+            let _ = announce_node(&inner, &info).await;
+        });
+    }
+
+    fn nodes(&self, this: NodeInfo) -> BoxFuture<'_, Result<Vec<NodeInfo>, PublishError>> {
+        Box::pin(async move {
+            let unavailable = |e: redis::RedisError| PublishError::new(ErrorCode::Unavailable, format!("Redis: {e}"));
+            announce_node(&self.inner, &this).await.map_err(unavailable)?;
+            let mut conn = self.inner.conn.clone();
+            let pattern = Keys::node(&self.inner.prefix, "*");
+            let mut keys: Vec<String> = Vec::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(100)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                keys.extend(batch);
+                if next == 0 || keys.len() >= MAX_LISTED_NODES {
+                    break;
+                }
+                cursor = next;
+            }
+            keys.truncate(MAX_LISTED_NODES);
+            if keys.is_empty() {
+                return Ok(vec![this]);
+            }
+            let values: Vec<Option<String>> =
+                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await.map_err(unavailable)?;
+            Ok(values.into_iter().flatten().filter_map(|text| serde_json::from_str(&text).ok()).collect())
+        })
     }
 
     fn history<'a>(

@@ -54,6 +54,11 @@ impl Keys {
         format!("{prefix}:pub:{channel}")
     }
 
+    /// Where a node announces itself (`GET /api/info` lists the nodes whose key lives).
+    pub fn node(prefix: &str, instance: &str) -> String {
+        format!("{prefix}:node:{instance}")
+    }
+
     /// The pub/sub channel that carries operator orders to every node (outside the
     /// `pub:` namespace, so no channel name can reach it).
     pub fn control(prefix: &str) -> String {
