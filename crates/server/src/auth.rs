@@ -11,6 +11,7 @@
 //! | `channels` | no       | patterns the user may subscribe to; absent = every shared channel |
 //! | `publish`  | no       | patterns the user may publish to; absent = none                 |
 //! | `operator` | no       | `true` grants the operator endpoints (`GET /api/channels`); never give it to browsers |
+//! | `subs`     | no       | channels subscribed at connect (each checked against `channels`) |
 //! | `aud`, `iss`, `nbf` | when configured / present | checked                           |
 //!
 //! The channel rules themselves live in the protocol crate; this module turns claims
@@ -46,6 +47,11 @@ pub struct Claims {
     /// Grants the operator endpoints; distinct from any publish grant.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub operator: bool,
+    /// Channels the server subscribes the connection to at connect, as if the client
+    /// had asked (each checked against `channels`), so a dashboard gets its entitled
+    /// channels without asking.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subs: Vec<String>,
 }
 
 /// What a verified token allows.
@@ -58,6 +64,8 @@ pub struct Grant {
     pub expires_at: u64,
     /// May use the operator endpoints.
     pub operator: bool,
+    /// Channels subscribed at connect (the token's `subs`).
+    pub subscriptions: Vec<String>,
 }
 
 impl Grant {
@@ -242,6 +250,7 @@ impl Verifier {
             user: claims.sub,
             expires_at: claims.exp,
             operator: claims.operator,
+            subscriptions: claims.subs,
         })
     }
 }

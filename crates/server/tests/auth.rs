@@ -5,7 +5,7 @@ mod support;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use support::*;
-use tidewire_server::auth::unix_now;
+use tidewire_server::auth::{Claims, unix_now};
 use tidewire_server::config::JwtAlgorithm;
 
 fn key_path(name: &str) -> std::path::PathBuf {
@@ -123,4 +123,31 @@ async fn alg_none_and_wrong_algorithms_are_refused() {
     let mut tampered = token("alice");
     tampered.push('x');
     assert_eq!(close_code(&server, &tampered).await, Err(4501), "bad signature");
+}
+
+#[tokio::test]
+async fn a_token_can_name_the_channels_the_connection_starts_subscribed_to() {
+    // The token's `subs`: subscribed at connect as if the client had asked, each checked
+    // against the token's own `channels`, together with the URL's `?channels=`.
+    let server = TestServer::start().await;
+    let claims = Claims {
+        channels: Some(vec!["lp-*".into(), "alerts".into()]),
+        subs: vec!["lp-performance".into(), "alerts".into(), "exposure".into()],
+        ..claims("trader")
+    };
+    let mut client = Client::connect(&server.url(&format!("token={}&channels=alerts", token_with(&claims)))).await;
+    client.expect_type("connected").await;
+    let mut subscribed = Vec::new();
+    let mut refused = Vec::new();
+    while subscribed.len() + refused.len() < 3 {
+        let message = client.next().await;
+        match message["type"].as_str() {
+            Some("subscribed") => subscribed.push(message["channel"].as_str().unwrap().to_owned()),
+            Some("error") => refused.push((message["channel"].clone(), message["code"].clone())),
+            _ => {}
+        }
+    }
+    subscribed.sort();
+    assert_eq!(subscribed, ["alerts", "lp-performance"], "alerts once, though both name it");
+    assert_eq!(refused, [(json!("exposure"), json!("FORBIDDEN"))], "not granted by the token's channels");
 }

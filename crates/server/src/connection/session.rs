@@ -176,8 +176,14 @@ impl Session {
     }
 
     /// Queues `connected` (the first message on every connection), then subscribes to
-    /// the channels the connection asked for in its URL.
-    pub fn greet(&mut self, channels: Vec<String>) {
+    /// the channels the connection asked for in its URL and those its token names
+    /// (`subs`), in one command: each checked like any subscribe.
+    pub fn greet(&mut self, mut channels: Vec<String>) {
+        for channel in &self.grant.subscriptions {
+            if !channels.contains(channel) {
+                channels.push(channel.clone());
+            }
+        }
         let hub = &self.hub;
         self.send(Control::Connected(Connected {
             timestamp: now_timestamp(),
