@@ -61,12 +61,7 @@ impl Table {
 }
 
 async fn subscribe(client: &mut Client, options: Value, since: Option<Value>) -> Value {
-    let mut command = json!({"action":"subscribe","channels":["lp"],"options":options});
-    if let Some(since) = since {
-        command["since"] = since;
-    }
-    client.send_value(command).await;
-    client.expect_type("subscribed").await
+    client.subscribe_with("lp", options, since).await
 }
 
 /// Publications (and gap notices) that arrive within `wait`.

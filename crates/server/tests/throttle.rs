@@ -24,12 +24,7 @@ fn row(key: Option<&str>, n: u64) -> NewPublication {
 
 /// Subscribes to `lp` with `options`; returns `subscribed`.
 async fn subscribe(client: &mut Client, options: Value, since: Option<Value>) -> Value {
-    let mut command = json!({"action":"subscribe","channels":["lp"],"options":options});
-    if let Some(since) = since {
-        command["since"] = since;
-    }
-    client.send_value(command).await;
-    client.expect_type("subscribed").await
+    client.subscribe_with("lp", options, since).await
 }
 
 /// Every publication that arrives within `wait`, with when it arrived.

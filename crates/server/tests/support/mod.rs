@@ -161,6 +161,17 @@ impl Client {
         }
     }
 
+    /// Subscribes to `channel` with `options` (and `since` when given); returns
+    /// `subscribed`.
+    pub async fn subscribe_with(&mut self, channel: &str, options: Value, since: Option<Value>) -> Value {
+        let mut command = serde_json::json!({"action":"subscribe","channels":[channel],"options":options});
+        if let Some(since) = since {
+            command["since"] = since;
+        }
+        self.send_value(command).await;
+        self.expect_type("subscribed").await
+    }
+
     /// Skips messages until one of `type`; panics if the connection closes first.
     pub async fn expect_type(&mut self, kind: &str) -> Value {
         for _ in 0..10_000 {
