@@ -40,11 +40,14 @@ pub enum ErrorCode {
     /// A publication would give its channel more keys (or latest-value bytes) than
     /// allowed.
     TooManyKeys,
+    /// The token was revoked by an operator (by its `jti`, or every token of the user
+    /// issued before a time).
+    TokenRevoked,
 }
 
 impl ErrorCode {
     /// Every code, in the order of the reference table.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::AuthRequired,
         ErrorCode::AuthInvalid,
         ErrorCode::TokenExpired,
@@ -59,6 +62,7 @@ impl ErrorCode {
         ErrorCode::InternalError,
         ErrorCode::RequestTimeout,
         ErrorCode::TooManyKeys,
+        ErrorCode::TokenRevoked,
     ];
 
     /// The code as it appears on the wire, e.g. `"AUTH_REQUIRED"`.
@@ -78,6 +82,7 @@ impl ErrorCode {
             ErrorCode::InternalError => "INTERNAL_ERROR",
             ErrorCode::RequestTimeout => "REQUEST_TIMEOUT",
             ErrorCode::TooManyKeys => "TOO_MANY_KEYS",
+            ErrorCode::TokenRevoked => "TOKEN_REVOKED",
         }
     }
 
@@ -89,7 +94,7 @@ impl ErrorCode {
     /// The HTTP status the publish API answers with for this code.
     pub const fn http_status(self) -> u16 {
         match self {
-            ErrorCode::AuthRequired | ErrorCode::AuthInvalid | ErrorCode::TokenExpired => 401,
+            ErrorCode::AuthRequired | ErrorCode::AuthInvalid | ErrorCode::TokenExpired | ErrorCode::TokenRevoked => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::RateLimitExceeded => 429,
             ErrorCode::BadRequest | ErrorCode::UnknownAction | ErrorCode::InvalidChannel => 400,

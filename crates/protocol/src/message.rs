@@ -29,6 +29,12 @@ pub const CONTROL_TYPES: [&str; 10] = [
     "snapshot-end",
 ];
 
+/// The type of the publication a node makes when a connection subscribes to a channel
+/// configured for presence events (`data`: `{user, connection}`).
+pub const PRESENCE_JOIN: &str = "presence.join";
+/// The type of the publication a node makes when that subscription ends.
+pub const PRESENCE_LEAVE: &str = "presence.leave";
+
 /// Which control message a [`ControlFields`] holds: one per [`Control`] variant, so a
 /// reader matches on the kind instead of string literals that could drift from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -81,7 +87,7 @@ pub const MAX_TYPE_LEN: usize = 128;
 pub enum MessageTypeError {
     #[error("message type must be 1..={MAX_TYPE_LEN} characters")]
     Length,
-    #[error("message type {0:?} is reserved for control messages")]
+    #[error("message type {0:?} is reserved for the server's own messages")]
     Reserved(String),
     #[error("message type contains {0:?}; use A-Z a-z 0-9 - _ . : /")]
     BadCharacter(char),
@@ -97,6 +103,18 @@ pub fn validate_message_type(kind: &str) -> Result<(), MessageTypeError> {
         return Err(MessageTypeError::BadCharacter(c));
     }
     if CONTROL_TYPES.contains(&kind) {
+        return Err(MessageTypeError::Reserved(kind.to_owned()));
+    }
+    Ok(())
+}
+
+/// A type a publisher may publish with: a valid type that is neither a control type
+/// nor one of the server's presence types ([`PRESENCE_JOIN`], [`PRESENCE_LEAVE`]), so
+/// no publisher can forge a join or a leave. (A subscription's type filter may name
+/// presence types: [`validate_message_type`] accepts them.)
+pub fn validate_published_type(kind: &str) -> Result<(), MessageTypeError> {
+    validate_message_type(kind)?;
+    if kind == PRESENCE_JOIN || kind == PRESENCE_LEAVE {
         return Err(MessageTypeError::Reserved(kind.to_owned()));
     }
     Ok(())
@@ -473,6 +491,9 @@ mod tests {
         assert!(validate_message_type("routing-decision").is_ok());
         assert!(validate_message_type("optimization.iteration.completed").is_ok());
         assert_eq!(validate_message_type("gap"), Err(MessageTypeError::Reserved("gap".into())));
+        assert!(validate_message_type(PRESENCE_JOIN).is_ok(), "a filter may name it");
+        assert_eq!(validate_published_type(PRESENCE_LEAVE), Err(MessageTypeError::Reserved(PRESENCE_LEAVE.into())));
+        assert!(validate_published_type("alert").is_ok());
         assert_eq!(validate_message_type(""), Err(MessageTypeError::Length));
         assert_eq!(validate_message_type(&"a".repeat(129)), Err(MessageTypeError::Length));
         assert_eq!(validate_message_type("a b"), Err(MessageTypeError::BadCharacter(' ')));

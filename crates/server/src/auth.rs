@@ -12,6 +12,8 @@
 //! | `publish`  | no       | patterns the user may publish to; absent = none                 |
 //! | `operator` | no       | `true` grants the operator endpoints (`GET /api/channels`); never give it to browsers |
 //! | `subs`     | no       | channels subscribed at connect (each checked against `channels`) |
+//! | `jti`      | no       | the token's id, which `POST /api/revoke {jti}` can revoke        |
+//! | `iat`      | no       | when it was issued; `POST /api/revoke {user}` revokes tokens issued before a time (and those without `iat`) |
 //! | `aud`, `iss`, `nbf` | when configured / present | checked                           |
 //!
 //! The channel rules themselves live in the protocol crate; this module turns claims
@@ -52,6 +54,12 @@ pub struct Claims {
     /// channels without asking.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subs: Vec<String>,
+    /// The token's id, for revocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// When the token was issued (seconds since the epoch), for revocation by user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
 }
 
 /// What a verified token allows.
@@ -66,6 +74,10 @@ pub struct Grant {
     pub operator: bool,
     /// Channels subscribed at connect (the token's `subs`).
     pub subscriptions: Vec<String>,
+    /// The token's `jti`.
+    pub token_id: Option<String>,
+    /// The token's `iat`.
+    pub issued_at: Option<u64>,
 }
 
 impl Grant {
@@ -134,6 +146,8 @@ pub enum AuthError {
     Expired,
     #[error("invalid token: {0}")]
     Invalid(String),
+    #[error("token revoked by an operator")]
+    Revoked,
 }
 
 impl AuthError {
@@ -142,6 +156,7 @@ impl AuthError {
             AuthError::Missing => ErrorCode::AuthRequired,
             AuthError::Expired => ErrorCode::TokenExpired,
             AuthError::Invalid(_) => ErrorCode::AuthInvalid,
+            AuthError::Revoked => ErrorCode::TokenRevoked,
         }
     }
 }
@@ -251,6 +266,8 @@ impl Verifier {
             expires_at: claims.exp,
             operator: claims.operator,
             subscriptions: claims.subs,
+            token_id: claims.jti,
+            issued_at: claims.iat,
         })
     }
 }

@@ -61,6 +61,11 @@ impl std::str::FromStr for PublishRateLimit {
     }
 }
 
+/// A channel pattern (`prefix.*` or an exact name).
+fn channel_pattern(text: &str) -> Result<ChannelPattern, String> {
+    ChannelPattern::parse(text.trim()).map_err(|e| format!("{text:?}: {e}"))
+}
+
 /// An address or a CIDR range.
 fn proxy_range(text: &str) -> Result<ipnet::IpNet, String> {
     let text = text.trim();
@@ -264,6 +269,24 @@ pub struct Config {
     /// beyond it is refused (TOO_MANY_CHANNELS).
     #[arg(long, env = "TIDEWIRE_MAX_NODE_CHANNELS", default_value_t = 200_000)]
     pub max_node_channels: usize,
+
+    /// Channel patterns (comma-separated, e.g. `rooms.*,desk-chat`) whose subscribers
+    /// get join and leave messages: each subscription's start and end is published on
+    /// the channel as a `presence.join` / `presence.leave` publication (`{user,
+    /// connection}`), within the channel's publish rate rules. Off by default.
+    #[arg(long, env = "TIDEWIRE_PRESENCE_EVENTS", value_delimiter = ',', value_parser = channel_pattern)]
+    pub presence_events: Vec<ChannelPattern>,
+
+    /// How long a revocation (`POST /api/revoke`) is kept when the operator does not say
+    /// when the tokens it covers expire: set it to the longest lifetime of the tokens
+    /// you issue, so no revoked token outlives its revocation.
+    #[arg(long, env = "TIDEWIRE_REVOCATION_TTL", default_value = "24h", value_parser = duration)]
+    pub revocation_ttl: Duration,
+
+    /// Revocations the node (and the cluster, through Redis) keeps at once; a new one
+    /// beyond it is refused (TOO_MANY_KEYS) until older ones expire.
+    #[arg(long, env = "TIDEWIRE_MAX_REVOCATIONS", default_value_t = 100_000)]
+    pub max_revocations: usize,
 
     /// How long a client may take to send its HTTP request headers (the WebSocket
     /// handshake included) before the connection is dropped (slowloris defence).

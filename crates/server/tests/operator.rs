@@ -194,3 +194,175 @@ async fn info_shows_the_node_and_is_for_operators() {
     let (status, answer) = http_request(&server, "GET", "/api/info", None, None).await;
     assert_eq!((status, answer["code"].as_str()), (401, Some("AUTH_REQUIRED")));
 }
+
+fn token_of(user: &str, jti: Option<&str>, iat: Option<u64>) -> String {
+    token_with(&tidewire_server::auth::Claims { jti: jti.map(str::to_owned), iat, ..claims(user) })
+}
+
+async fn connect_with(server: &TestServer, token: &str) -> Client {
+    Client::connect(&server.url(&format!("token={token}"))).await
+}
+
+#[tokio::test]
+async fn a_revoked_token_ends_its_connections_and_cannot_connect_refresh_or_call_the_api() {
+    let server = TestServer::start().await;
+    let now = tidewire_server::auth::unix_now();
+    let (revoked, kept) = (token_of("trader", Some("t-1"), Some(now)), token_of("trader", Some("t-2"), Some(now)));
+    let mut on_revoked = connect_with(&server, &revoked).await;
+    on_revoked.expect_type("connected").await;
+    let mut on_kept = connect_with(&server, &kept).await;
+    on_kept.expect_type("connected").await;
+    let (status, answer) = order(&server, "/api/revoke", json!({"jti": "t-1"})).await;
+    assert_eq!((status, answer["connections"].as_u64()), (200, Some(1)), "{answer}");
+    assert_eq!(answer["revocation"]["jti"], "t-1");
+    assert!(answer["revocation"]["expiresAt"].as_u64().unwrap() > now + 3600, "kept for --revocation-ttl");
+    let closed = on_revoked.closed().await;
+    assert_eq!((closed.code, closed.reason.as_str()), (4504, "REVOKED: token revoked by an operator"));
+    still_alive(&mut on_kept).await;
+    // Refused at connect, at refresh, and by the API.
+    let closed = connect_with(&server, &revoked).await.closed().await;
+    assert_eq!((closed.code, closed.reason.as_str()), (4504, "REVOKED: token revoked by an operator"));
+    on_kept.send_value(json!({"action": "refresh", "id": 7, "token": revoked})).await;
+    let error = on_kept.expect_type("error").await;
+    assert_eq!((error["id"].as_u64(), error["code"].as_str()), (Some(7), Some("TOKEN_REVOKED")));
+    still_alive(&mut on_kept).await;
+    let operator =
+        token_with(&tidewire_server::auth::Claims { operator: true, jti: Some("op-1".into()), ..claims("operator") });
+    let (status, _) = http_request(&server, "GET", "/api/info", Some(&operator), None).await;
+    assert_eq!(status, 200);
+    order(&server, "/api/revoke", json!({"jti": "op-1"})).await;
+    let (status, answer) = http_request(&server, "GET", "/api/info", Some(&operator), None).await;
+    assert_eq!((status, answer["code"].as_str()), (401, Some("TOKEN_REVOKED")));
+}
+
+#[tokio::test]
+async fn revoking_a_user_takes_back_every_token_issued_before_and_none_after() {
+    let server = TestServer::start().await;
+    let now = tidewire_server::auth::unix_now();
+    let mut old = connect_with(&server, &token_of("trader", None, Some(now - 10))).await;
+    old.expect_type("connected").await;
+    let mut undated = connect_with(&server, &token_of("trader", None, None)).await;
+    undated.expect_type("connected").await;
+    let mut other = connect_with(&server, &token_of("other", None, Some(now - 10))).await;
+    other.expect_type("connected").await;
+    let (status, answer) = order(&server, "/api/revoke", json!({"user": "trader", "issuedBefore": now})).await;
+    assert_eq!((status, answer["connections"].as_u64()), (200, Some(2)), "{answer}");
+    for client in [&mut old, &mut undated] {
+        assert_eq!(client.closed().await.code, 4504, "issued before, or without iat: revoked");
+    }
+    still_alive(&mut other).await;
+    // A token issued at or after the cut connects: that is how access is restored.
+    let mut fresh = connect_with(&server, &token_of("trader", None, Some(now))).await;
+    fresh.expect_type("connected").await;
+    let closed = connect_with(&server, &token_of("trader", Some("x"), Some(now - 1))).await.closed().await;
+    assert_eq!(closed.code, 4504);
+    still_alive(&mut fresh).await;
+}
+
+#[tokio::test]
+async fn revocations_are_bounded_and_bad_ones_are_refused() {
+    let server = TestServer::with(|c| c.max_revocations = 2).await;
+    let now = tidewire_server::auth::unix_now();
+    for body in [json!({"jti": "a"}), json!({"user": "u"})] {
+        assert_eq!(order(&server, "/api/revoke", body).await.0, 200);
+    }
+    let (status, answer) = order(&server, "/api/revoke", json!({"jti": "b"})).await;
+    assert_eq!((status, answer["code"].as_str()), (409, Some("TOO_MANY_KEYS")), "{answer}");
+    assert_eq!(order(&server, "/api/revoke", json!({"jti": "a"})).await.0, 200, "renewing one it holds");
+    for body in [
+        json!({}),
+        json!({"jti": "a", "user": "u"}),
+        json!({"jti": "a", "issuedBefore": now}),
+        json!({"jti": ""}),
+        json!({"jti": "x".repeat(257)}),
+        json!({"user": "u", "expiresAt": now - 1}),
+        json!({"user": "u", "expiresAt": now + 400 * 24 * 3600}),
+        json!({"user": "u", "until": now + 60}),
+    ] {
+        let (status, answer) = order(&server, "/api/revoke", body.clone()).await;
+        assert_eq!((status, answer["code"].as_str()), (400, Some("BAD_REQUEST")), "{body}: {answer}");
+    }
+    let body = json!({"jti": "a"}).to_string();
+    let (status, answer) = http_request(&server, "POST", "/api/revoke", Some(&publisher_token()), Some(&body)).await;
+    assert_eq!((status, answer["code"].as_str()), (403, Some("FORBIDDEN")));
+    let (status, answer) = http_request(&server, "POST", "/api/revoke", None, Some(&body)).await;
+    assert_eq!((status, answer["code"].as_str()), (401, Some("AUTH_REQUIRED")));
+}
+
+async fn presence(server: &TestServer, query: &str) -> (u16, Value) {
+    http_request(server, "GET", &format!("/api/presence?{query}"), Some(&operator_token()), None).await
+}
+
+#[tokio::test]
+async fn presence_lists_users_with_their_connections_and_occupancy_counts() {
+    let server = TestServer::start().await;
+    let mut clients = Vec::new();
+    for user in ["bob", "alice", "bob"] {
+        let (mut client, _) = connected(&server, user).await;
+        client.send(r#"{"action":"subscribe","channels":["desk"]}"#).await;
+        client.expect_type("subscribed").await;
+        clients.push(client);
+    }
+    // A throttled subscriber counts too.
+    let (mut slow, _) = connected(&server, "carol").await;
+    slow.subscribe_with("desk", json!({"minInterval": 1000}), None).await;
+    let (status, report) = presence(&server, "channel=desk").await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        report,
+        json!({
+            "channel": "desk", "connections": 4, "users": 3, "nodes": 1, "complete": true, "truncated": false,
+            "presence": [
+                {"user": "alice", "connections": 1}, {"user": "bob", "connections": 2}, {"user": "carol", "connections": 1}
+            ]
+        })
+    );
+    clients.pop().unwrap().close().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, counts) = presence(&server, "channel=desk&users=false").await;
+        if counts["connections"] == 3 {
+            assert_eq!((counts["users"].as_u64(), counts.get("presence")), (Some(3), None), "{counts}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "a closed connection stayed present: {counts}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, empty) = presence(&server, "channel=nobody-here").await;
+    assert_eq!((empty["connections"].as_u64(), empty["presence"].clone()), (Some(0), json!([])));
+    for (query, code) in
+        [("", "BAD_REQUEST"), ("channel=desk&users=maybe", "BAD_REQUEST"), ("channel=a%20b", "INVALID_CHANNEL")]
+    {
+        let (_, answer) = presence(&server, query).await;
+        assert_eq!(answer["code"].as_str(), Some(code), "{query}: {answer}");
+    }
+    let (status, answer) =
+        http_request(&server, "GET", "/api/presence?channel=desk", Some(&publisher_token()), None).await;
+    assert_eq!((status, answer["code"].as_str()), (403, Some("FORBIDDEN")));
+}
+
+#[tokio::test]
+async fn channels_configured_for_it_announce_joins_and_leaves_that_no_publisher_can_forge() {
+    let server = TestServer::with(|c| {
+        c.presence_events = vec![tidewire_protocol::channel::ChannelPattern::parse("rooms.*").unwrap()];
+    })
+    .await;
+    let (mut watcher, _) = connected(&server, "watcher").await;
+    watcher.send(r#"{"action":"subscribe","channels":["rooms.fx","quiet"]}"#).await;
+    watcher.expect_type("subscribed").await;
+    watcher.expect_type("subscribed").await;
+    let joined = watcher.expect_type("presence.join").await;
+    assert_eq!((joined["channel"].as_str(), joined["data"]["user"].as_str()), (Some("rooms.fx"), Some("watcher")));
+    let (mut guest, guest_id) = connected(&server, "guest").await;
+    guest.send(r#"{"action":"subscribe","channels":["rooms.fx","quiet"]}"#).await;
+    let joined = watcher.expect_type("presence.join").await;
+    assert_eq!(joined["data"], json!({"user": "guest", "connection": guest_id}));
+    guest.close().await;
+    let left = watcher.expect_type("presence.leave").await;
+    assert_eq!(left["data"], json!({"user": "guest", "connection": guest_id}));
+    assert!(left["seq"].as_u64() > joined["seq"].as_u64(), "numbered like any publication");
+    assert!(watcher.try_next(Duration::from_millis(200)).await.unwrap().is_none(), "nothing for the quiet channel");
+    let forged = json!({"channel": "rooms.fx", "type": "presence.join", "data": {"user": "ceo"}}).to_string();
+    let (status, answer) = post_publish(&server, Some(&publisher_token()), &forged).await;
+    assert_eq!((status, answer["code"].as_str()), (400, Some("BAD_REQUEST")), "{answer}");
+}

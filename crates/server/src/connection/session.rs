@@ -152,6 +152,7 @@ impl Session {
                     AuthError::Missing => CloseCode::AUTH_REQUIRED,
                     AuthError::Expired => CloseCode::TOKEN_EXPIRED,
                     AuthError::Invalid(_) => CloseCode::AUTH_INVALID,
+                    AuthError::Revoked => CloseCode::REVOKED,
                 };
                 hub.metrics().auth_failures.get_or_create(&ErrorLabel { code: error.code().as_str() }).inc();
                 tracing::info!(code = %error.code(), "refused connection: {error}");
@@ -172,7 +173,13 @@ impl Session {
                 return Err((CloseCode::TRY_AGAIN_LATER, format!("connection limit reached ({})", refusal.label())));
             }
         };
-        Ok(Session::new(hub.clone(), slot, grant))
+        let session = Session::new(hub.clone(), slot, grant);
+        // A revocation given between the token's check and the registration above did
+        // not find this connection: look again now that any later one will.
+        if hub.is_revoked(&session.grant) {
+            return Err((CloseCode::REVOKED, crate::auth::AuthError::Revoked.to_string()));
+        }
+        Ok(session)
     }
 
     /// Queues `connected` (the first message on every connection), then subscribes to
@@ -226,7 +233,7 @@ impl Session {
     pub fn new(hub: Hub, slot: SessionSlot, grant: Grant) -> Session {
         let config = hub.config();
         let outbox = Arc::new(Outbox::new(config.batch(), hub.clock().clone()));
-        hub.sessions().register(slot.id, &grant.user, &outbox);
+        hub.sessions().register(slot.id, &grant, &outbox);
         Session {
             limiter: RateLimiter::direct_with_clock(config.command_quota(), rate_limit_clock()),
             flood: FloodWindow { started: hub.clock().now(), refused: 0 },
@@ -356,6 +363,7 @@ impl Session {
         }));
         if self.subscriptions.remove(channel) {
             self.hub.unsubscribe(self.slot.id, channel, Some(Reply { outbox: self.outbox.clone(), message: reply }));
+            self.hub.announce_presence(channel, &self.grant.user, self.slot.id, false);
             tracing::debug!(connection = self.id(), user = %self.grant.user, %channel, ?code, "unsubscribed");
         } else {
             self.outbox.push(Outbound::control(reply));
@@ -375,6 +383,7 @@ impl Session {
     pub fn leave_all(&mut self) {
         for channel in self.subscriptions.take() {
             self.hub.unsubscribe(self.slot.id, &channel, None);
+            self.hub.announce_presence(&channel, &self.grant.user, self.slot.id, false);
         }
     }
 

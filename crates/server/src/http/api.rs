@@ -33,7 +33,7 @@ pub fn error_response(code: ErrorCode, message: impl Into<String>) -> Response {
 #[allow(clippy::result_large_err)]
 pub(super) fn bearer(hub: &Hub, headers: &HeaderMap) -> Result<Grant, Response> {
     let result = match super::bearer_token(headers) {
-        Some(token) => hub.verifier().verify(token),
+        Some(token) => hub.authenticate(token),
         None => Err(AuthError::Missing),
     };
     result.map_err(|error| {

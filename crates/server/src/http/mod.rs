@@ -27,6 +27,8 @@ pub fn router(hub: Hub) -> Router {
         .route("/api/unsubscribe", post(operator::unsubscribe))
         .route("/api/history", get(operator::history))
         .route("/api/info", get(operator::info))
+        .route("/api/revoke", post(operator::revoke))
+        .route("/api/presence", get(operator::presence))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

@@ -19,6 +19,7 @@ use tidewire_protocol::{CloseCode, ErrorCode};
 
 use super::api::{bearer, error_response, read_body};
 use crate::hub::operator::{Order, Target};
+use crate::hub::revocation::{MAX_REVOKED_ID_BYTES, Revocation};
 use crate::hub::{Hub, invalid_channel};
 
 /// The longest reason an operator may give (it travels in a close frame, after the
@@ -123,6 +124,65 @@ pub async fn unsubscribe(State(hub): State<Hub>, headers: HeaderMap, body: Body)
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RevokeBody {
+    #[serde(default)]
+    jti: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    /// With `user`: tokens issued before this (seconds since the epoch); default now.
+    #[serde(default)]
+    issued_before: Option<u64>,
+    /// When the covered tokens have all expired (seconds since the epoch); default
+    /// `--revocation-ttl` from now.
+    #[serde(default)]
+    expires_at: Option<u64>,
+}
+
+/// The furthest a revocation may be kept: a year.
+pub const MAX_REVOCATION_SECONDS: u64 = 366 * 24 * 3600;
+
+/// `POST /api/revoke {jti}` or `{user, issuedBefore?}`, with `expiresAt?`: takes tokens
+/// back before they expire (see [`crate::hub::revocation`]). A revoked token is refused
+/// at connect, at `refresh` and by the API (`TOKEN_REVOKED`, close 4504), and the live
+/// connections it opened end with 4504 on every node. Answers `{revocation,
+/// connections}`.
+pub async fn revoke(State(hub): State<Hub>, headers: HeaderMap, body: Body) -> Response {
+    let shape = "{jti} or {user, issuedBefore?}, with expiresAt?";
+    let result = async {
+        let body: RevokeBody = operator_body(&hub, &headers, body, shape).await?;
+        let now = crate::auth::unix_now();
+        let expires_at = body.expires_at.unwrap_or_else(|| now.saturating_add(hub.config().revocation_ttl.as_secs()));
+        if expires_at <= now || expires_at > now.saturating_add(MAX_REVOCATION_SECONDS) {
+            return Err(error_response(
+                ErrorCode::BadRequest,
+                format!("expiresAt must be in the future and at most {MAX_REVOCATION_SECONDS} s from now"),
+            ));
+        }
+        let named = |value: Option<String>, what: &str| match value {
+            Some(value) if value.is_empty() || value.len() > MAX_REVOKED_ID_BYTES => {
+                Err(error_response(ErrorCode::BadRequest, format!("{what} must be 1..={MAX_REVOKED_ID_BYTES} bytes")))
+            }
+            other => Ok(other),
+        };
+        let revocation = match (named(body.jti, "jti")?, named(body.user, "user")?) {
+            (Some(jti), None) if body.issued_before.is_none() => Revocation::Token { jti, expires_at },
+            (None, Some(user)) => {
+                Revocation::User { user, issued_before: body.issued_before.unwrap_or(now), expires_at }
+            }
+            _ => return Err(error_response(ErrorCode::BadRequest, format!("expected {shape}"))),
+        };
+        let connections = hub.revoke(&revocation).await.map_err(|e| error_response(e.code, e.message))?;
+        tracing::info!(?revocation, connections, "tokens revoked");
+        Ok(json!({ "revocation": revocation, "connections": connections }))
+    };
+    match result.await {
+        Ok(body) => Json(body).into_response(),
+        Err(response) => response,
+    }
+}
+
 /// The most publications one history page holds.
 pub const MAX_HISTORY_LIMIT: usize = 1000;
 
@@ -199,5 +259,39 @@ pub async fn info(State(hub): State<Hub>, headers: HeaderMap) -> Response {
         },
         Ok(_) => error_response(ErrorCode::Forbidden, "node info needs an operator token (operator: true)"),
         Err(response) => response,
+    }
+}
+
+/// `GET /api/presence?channel=C&users=true|false`: who is subscribed to `channel` on
+/// every node (see [`crate::hub::presence`]): `{channel, connections, users, presence,
+/// nodes, complete, truncated}`, `presence` listing each user with their connections
+/// (at most 10 000), left out with `users=false` (occupancy: the counts only).
+pub async fn presence(
+    State(hub): State<Hub>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
+) -> Response {
+    match bearer(&hub, &headers) {
+        Ok(grant) if grant.operator => {}
+        Ok(_) => return error_response(ErrorCode::Forbidden, "presence needs an operator token (operator: true)"),
+        Err(response) => return response,
+    }
+    let (mut channel, mut list_users) = (None, true);
+    for (name, value) in query {
+        match (&*name, value.as_str()) {
+            ("channel", _) => channel = Some(value),
+            ("users", "true") => list_users = true,
+            ("users", "false") => list_users = false,
+            ("users", _) => return error_response(ErrorCode::BadRequest, "users: true or false"),
+            _ => return error_response(ErrorCode::BadRequest, format!("{name}: unknown parameter (channel, users)")),
+        }
+    }
+    let Some(channel) = channel else { return error_response(ErrorCode::BadRequest, "channel is required") };
+    if let Err(e) = validate(&channel) {
+        return error_response(ErrorCode::InvalidChannel, invalid_channel(&channel, e));
+    }
+    match hub.presence(&channel, list_users).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => error_response(e.code, e.message),
     }
 }

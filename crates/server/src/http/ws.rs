@@ -59,7 +59,7 @@ pub async fn upgrade(
     };
     let token = token(&params, &headers, &ws);
     let auth = match token {
-        Some(token) => hub.verifier().verify(&token),
+        Some(token) => hub.authenticate(&token),
         None => Err(AuthError::Missing),
     };
     let channels: Vec<String> = params

@@ -184,6 +184,11 @@ impl Channel {
         self.subscribers.len() + self.throttle.member_count()
     }
 
+    /// The local connections subscribed, throttled or not.
+    pub fn subscriber_ids(&self) -> Vec<u64> {
+        self.subscribers.keys().copied().chain(self.throttle.member_ids()).collect()
+    }
+
     /// Records a publication at `head + 1` and fans it out (throttled subscribers get it
     /// through their resampled streams); returns how many deliveries it made and what
     /// the fan-out cost.

@@ -32,6 +32,8 @@ pub struct Shared {
     pub sessions: super::operator::Sessions,
     /// When the node started.
     pub started: std::time::SystemTime,
+    /// The tokens operators took back (see [`super::revocation`]).
+    pub revocations: super::revocation::Revocations,
 }
 
 impl Shared {
@@ -61,6 +63,15 @@ impl Shared {
     /// returns how many took it.
     pub fn order(&self, target: &super::operator::Target, order: &super::operator::Order) -> usize {
         self.sessions.order(target, order, |id| self.connection_label(id))
+    }
+
+    /// Keeps a revocation and ends this node's connections it covers (4504); returns
+    /// how many ended.
+    pub fn revoke(&self, revocation: &super::revocation::Revocation) -> Result<usize, PublishError> {
+        self.revocations
+            .add(revocation, crate::auth::unix_now())
+            .map_err(|full| PublishError::new(ErrorCode::TooManyKeys, full.to_string()))?;
+        Ok(self.sessions.revoke(revocation))
     }
 }
 
@@ -207,6 +218,18 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
     /// Channels this node knows, sorted by name.
     fn channels(&self) -> BoxFuture<'_, Vec<ChannelInfo>>;
 
+    /// This node's connections subscribed to `channel` (for presence).
+    fn members(&self, channel: &str) -> Vec<u64>;
+
+    /// Every other node's presence on `channel` (see [`super::presence`]), and how many
+    /// nodes were asked. One node alone has no others.
+    fn presence_elsewhere<'a>(
+        &'a self,
+        _channel: &'a str,
+    ) -> BoxFuture<'a, Result<super::presence::Gathered, PublishError>> {
+        Box::pin(std::future::ready(Ok(super::presence::Gathered::default())))
+    }
+
     /// A page of a channel's stored history (see [`super::HistoryQuery`]).
     fn history<'a>(
         &'a self,
@@ -242,6 +265,12 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
         _target: &super::operator::Target,
         _order: &super::operator::Order,
     ) -> BoxFuture<'_, Result<(), PublishError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Keeps a revocation for the cluster and tells the other nodes (this node keeps it
+    /// in [`Shared::revocations`] by itself). One node alone has nothing to do.
+    fn revoke(&self, _revocation: &super::revocation::Revocation) -> BoxFuture<'_, Result<(), PublishError>> {
         Box::pin(std::future::ready(Ok(())))
     }
 }

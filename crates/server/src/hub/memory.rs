@@ -288,6 +288,11 @@ impl Engine for MemoryEngine {
         Box::pin(std::future::ready(Ok(page)))
     }
 
+    fn members(&self, channel: &str) -> Vec<u64> {
+        let found = lock(&self.channels).get(channel).cloned();
+        found.map(|c| lock(&c).subscriber_ids()).unwrap_or_default()
+    }
+
     fn channels(&self) -> BoxFuture<'_, Vec<ChannelInfo>> {
         let channels: Vec<_> = lock(&self.channels).values().cloned().collect();
         let mut infos: Vec<ChannelInfo> = channels

@@ -17,8 +17,10 @@ pub mod engine;
 mod memory;
 pub mod operator;
 pub mod outbox;
+pub mod presence;
 pub mod publication;
 mod redis;
+pub mod revocation;
 pub mod throttle;
 
 use std::num::NonZeroU32;
@@ -28,7 +30,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tidewire_protocol::channel::{ChannelError, validate};
 use tidewire_protocol::filter::Filter;
-use tidewire_protocol::message::validate_message_type;
+use tidewire_protocol::message::validate_published_type;
 use tidewire_protocol::{CommandId, ErrorCode, NewPublication, Op, StreamPosition, Timestamp};
 use tokio_util::sync::CancellationToken;
 
@@ -190,6 +192,7 @@ pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5
 impl Inner {
     fn sweep(&self) {
         self.engine.sweep();
+        self.shared.revocations.sweep(crate::auth::unix_now());
         let mut limiters = 0;
         for limiter in &self.publish_limits {
             // A limiter's state for a channel that is back to a full bucket says nothing.
@@ -229,7 +232,9 @@ impl Hub {
         let body_memory = config.max_http_body_memory.min(tokio::sync::Semaphore::MAX_PERMITS);
         let sessions = operator::Sessions::default();
         let started = std::time::SystemTime::now();
-        let shared = Arc::new(Shared { config, metrics: Metrics::new(), instance, clock, sessions, started });
+        let revocations = revocation::Revocations::new(config.max_revocations);
+        let shared =
+            Arc::new(Shared { config, metrics: Metrics::new(), instance, clock, sessions, started, revocations });
         let engine: Box<dyn Engine> = match &shared.config.redis_url {
             Some(url) => Box::new(redis::RedisEngine::start(shared.clone(), url, &shared.config.redis_prefix)?),
             None => Box::new(memory::MemoryEngine::new(shared.clone())),
@@ -278,6 +283,29 @@ impl Hub {
 
     pub fn verifier(&self) -> &Verifier {
         &self.inner.verifier
+    }
+
+    /// Verifies a token (see [`Verifier::verify`]) and refuses it when an operator
+    /// revoked it (see [`revocation`]): what every connect, refresh and API call uses.
+    pub fn authenticate(&self, token: &str) -> Result<crate::auth::Grant, crate::auth::AuthError> {
+        let grant = self.inner.verifier.verify(token)?;
+        if self.is_revoked(&grant) {
+            return Err(crate::auth::AuthError::Revoked);
+        }
+        Ok(grant)
+    }
+
+    /// Whether an operator revoked the token `grant` came from.
+    pub fn is_revoked(&self, grant: &crate::auth::Grant) -> bool {
+        self.inner.shared.revocations.covers(grant, crate::auth::unix_now())
+    }
+
+    /// Revokes tokens on every node: this node keeps the revocation and ends the
+    /// connections it covers, the engine keeps it for the cluster and tells the other
+    /// nodes. Returns how many of this node's connections ended.
+    pub async fn revoke(&self, revocation: &revocation::Revocation) -> Result<usize, PublishError> {
+        self.inner.engine.revoke(revocation).await?;
+        self.inner.shared.revoke(revocation)
     }
 
     /// The typed in-process publisher.
@@ -392,6 +420,43 @@ impl Hub {
         Ok(accepted)
     }
 
+    /// Publishes a connection's join (or leave) on `channel` when the channel is
+    /// configured for presence events (`--presence-events`; see [`presence`]), in the
+    /// background: the subscription never waits for it. A join refused by the channel's
+    /// publish rate rules, or by an unreachable broker, is logged and counted, and the
+    /// subscription goes on.
+    pub fn announce_presence(&self, channel: &str, user: &str, connection: u64, joined: bool) {
+        let config = &self.inner.shared.config;
+        if !config.presence_events.iter().any(|pattern| pattern.matches(channel)) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let kind =
+            if joined { tidewire_protocol::message::PRESENCE_JOIN } else { tidewire_protocol::message::PRESENCE_LEAVE };
+        let new = NewPublication {
+            channel: channel.to_owned(),
+            kind: kind.to_owned(),
+            data: serde_json::json!({ "user": user, "connection": self.connection_label(connection) }),
+            key: None,
+            idempotency_key: None,
+            op: Op::Upsert,
+        };
+        let hub = self.clone();
+        runtime.spawn(async move {
+            let published = async {
+                hub.check_publish_rate(&new.channel)?;
+                let prepared = Prepared::new(new, usize::MAX / 2)?;
+                hub.inner.engine.publish(prepared).await
+            };
+            match published.await {
+                Ok(_) => {
+                    hub.inner.shared.metrics.published.inc();
+                }
+                Err(e) => tracing::info!(%e, "a presence event was not published"),
+            }
+        });
+    }
+
     /// Applies the first publish rule matching the channel, if any.
     fn check_publish_rate(&self, channel: &str) -> Result<(), PublishError> {
         let rules = &self.inner.shared.config.publish_rate_limits;
@@ -447,6 +512,19 @@ impl Hub {
         Ok((this, nodes))
     }
 
+    /// Who is subscribed to `channel`, on every node (see [`presence`]); with
+    /// `list_users`, each user with their connections, else only the counts.
+    pub async fn presence(&self, channel: &str, list_users: bool) -> Result<presence::Report, PublishError> {
+        let here = self.local_presence(channel);
+        let gathered = self.inner.engine.presence_elsewhere(channel).await?;
+        Ok(presence::Report::merge(channel, here, gathered, list_users))
+    }
+
+    /// This node's part of `channel`'s presence.
+    pub fn local_presence(&self, channel: &str) -> presence::NodePresence {
+        local_presence(&self.inner.shared, &self.inner.engine.members(channel))
+    }
+
     /// A page of `channel`'s history (what recovery would replay), with its epoch and head.
     pub async fn history(&self, channel: &str, query: &HistoryQuery) -> Result<HistoryPage, PublishError> {
         self.inner.engine.history(channel, query).await
@@ -470,10 +548,15 @@ impl Hub {
     }
 }
 
+/// A node's part of a channel's presence, from its subscribed connections.
+pub(crate) fn local_presence(shared: &Shared, members: &[u64]) -> presence::NodePresence {
+    presence::NodePresence::of(&shared.instance, shared.sessions.users_of(members))
+}
+
 fn check_envelope(new: &NewPublication) -> Result<(), PublishError> {
     validate(&new.channel)
         .map_err(|e| PublishError::new(ErrorCode::InvalidChannel, invalid_channel(&new.channel, e)))?;
-    validate_message_type(&new.kind).map_err(|e| PublishError::new(ErrorCode::BadRequest, e.to_string()))?;
+    validate_published_type(&new.kind).map_err(|e| PublishError::new(ErrorCode::BadRequest, e.to_string()))?;
     if new.key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 255) {
         return Err(PublishError::new(ErrorCode::BadRequest, "key must be 1..=255 bytes"));
     }

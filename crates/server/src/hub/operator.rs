@@ -21,6 +21,22 @@ use serde::{Deserialize, Serialize};
 use tidewire_protocol::CloseCode;
 
 use super::outbox::Outbox;
+use super::revocation::Revocation;
+use crate::auth::Grant;
+
+/// What revocation needs of a grant: who, and which token.
+fn token_of(grant: &Grant) -> Grant {
+    Grant {
+        user: grant.user.clone(),
+        subscribe: None,
+        publish: None,
+        expires_at: grant.expires_at,
+        operator: grant.operator,
+        subscriptions: Vec::new(),
+        token_id: grant.token_id.clone(),
+        issued_at: grant.issued_at,
+    }
+}
 
 /// What an operator asks of a connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +58,9 @@ pub struct Target {
 
 #[derive(Debug)]
 struct Entry {
-    user: Arc<str>,
+    /// The connection's token as revocation sees it (its user, `jti` and `iat`; the
+    /// channel grants are left out).
+    token: Grant,
     outbox: Weak<Outbox>,
 }
 
@@ -63,14 +81,33 @@ pub struct NodeInfo {
     pub draining: bool,
 }
 
-/// An order on its way to the other nodes (the Redis engine's control channel): which
-/// node gave it, so that node does not give it twice.
+/// What one node tells the others on the Redis engine's control channel, with the node
+/// it comes from, so that node does not act on it twice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Broadcast {
     pub from: String,
-    pub target: Target,
     #[serde(flatten)]
-    pub order: Order,
+    pub notice: Notice,
+}
+
+/// See [`Broadcast`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "notice", rename_all = "lowercase")]
+pub enum Notice {
+    /// Give `order` to the connections `target` names.
+    Order { target: Target, order: Order },
+    /// Keep `revocation` and end the connections it covers.
+    Revoke { revocation: Revocation },
+    /// Answer `question` by pushing the answer onto the Redis list `reply`.
+    Ask { reply: String, question: Question },
+}
+
+/// What a node asks every other node (see [`Notice::Ask`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "question", rename_all = "lowercase")]
+pub enum Question {
+    /// Who is subscribed to `channel` on your node.
+    Presence { channel: String },
 }
 
 /// This node's sessions. See the module docs.
@@ -84,8 +121,28 @@ impl Sessions {
         self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn register(&self, id: u64, user: &str, outbox: &Arc<Outbox>) {
-        self.lock().insert(id, Entry { user: user.into(), outbox: Arc::downgrade(outbox) });
+    pub fn register(&self, id: u64, grant: &Grant, outbox: &Arc<Outbox>) {
+        self.lock().insert(id, Entry { token: token_of(grant), outbox: Arc::downgrade(outbox) });
+    }
+
+    /// The connection refreshed its token.
+    pub fn renew(&self, id: u64, grant: &Grant) {
+        if let Some(entry) = self.lock().get_mut(&id) {
+            entry.token = token_of(grant);
+        }
+    }
+
+    /// Ends the connections whose token `revocation` covers, with `REVOKED`; returns
+    /// how many took the order.
+    pub fn revoke(&self, revocation: &Revocation) -> usize {
+        let outboxes: Vec<Arc<Outbox>> = self
+            .lock()
+            .values()
+            .filter(|entry| revocation.covers(&entry.token))
+            .filter_map(|entry| entry.outbox.upgrade())
+            .collect();
+        let order = Order::Disconnect { code: CloseCode::REVOKED, reason: "token revoked by an operator".to_owned() };
+        outboxes.iter().filter(|outbox| outbox.order(order.clone())).count()
     }
 
     pub fn unregister(&self, id: u64) {
@@ -98,11 +155,33 @@ impl Sessions {
         let outboxes: Vec<Arc<Outbox>> = self
             .lock()
             .iter()
-            .filter(|(_, entry)| target.user.as_deref().is_none_or(|user| *entry.user == *user))
+            .filter(|(_, entry)| target.user.as_deref().is_none_or(|user| entry.token.user == user))
             .filter(|(id, _)| target.connection.as_deref().is_none_or(|wanted| label(**id) == wanted))
             .filter_map(|(_, entry)| entry.outbox.upgrade())
             .collect();
         outboxes.iter().filter(|outbox| outbox.order(order.clone())).count()
+    }
+
+    /// Ends the connections whose token any revocation in `table` covers (after a node
+    /// read revocations it may have missed); returns how many took the order.
+    pub fn end_revoked(&self, table: &super::revocation::Revocations, now: u64) -> usize {
+        if table.is_empty() {
+            return 0;
+        }
+        let outboxes: Vec<Arc<Outbox>> = self
+            .lock()
+            .values()
+            .filter(|entry| table.covers(&entry.token, now))
+            .filter_map(|entry| entry.outbox.upgrade())
+            .collect();
+        let order = Order::Disconnect { code: CloseCode::REVOKED, reason: "token revoked by an operator".to_owned() };
+        outboxes.iter().filter(|outbox| outbox.order(order.clone())).count()
+    }
+
+    /// The user of each connection, `None` for one no longer registered.
+    pub fn users_of(&self, ids: &[u64]) -> Vec<Option<String>> {
+        let entries = self.lock();
+        ids.iter().map(|id| entries.get(id).map(|entry| entry.token.user.clone())).collect()
     }
 
     pub fn len(&self) -> usize {

@@ -372,6 +372,11 @@ impl Throttle {
         self.groups.iter().map(|g| g.members.len()).sum()
     }
 
+    /// The connections of every stream.
+    pub fn member_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.groups.iter().flat_map(|g| g.members.keys().copied())
+    }
+
     /// Whether a member takes deltas (so the channel keeps its table of values for the
     /// streams).
     pub fn wants_deltas(&self) -> bool {

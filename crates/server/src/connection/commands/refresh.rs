@@ -1,5 +1,5 @@
 //! `refresh`: replace the connection's token before it expires. The new token must be
-//! valid and belong to the same user; its grants replace the old ones at once: every
+//! valid, not revoked, and belong to the same user; its grants replace the old ones at once: every
 //! subscription the new token no longer allows ends, with an `unsubscribed` that says
 //! `FORBIDDEN` (before the `refreshed`). A bad token gets an error and the old one keeps
 //! running until it expires.
@@ -12,9 +12,9 @@ use crate::connection::session::{Next, Session};
 use crate::hub::now_timestamp;
 
 pub fn apply(session: &mut Session, command: Refresh) -> Next {
-    let verifier = session.hub.verifier();
-    match verifier.verify(&command.token) {
+    match session.hub.authenticate(&command.token) {
         Ok(grant) if grant.user == session.grant.user => {
+            session.hub.sessions().renew(session.id(), &grant);
             session.grant = grant;
             for channel in session.channels_not_granted() {
                 let why =

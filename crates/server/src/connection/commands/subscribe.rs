@@ -90,6 +90,7 @@ pub fn apply(session: &mut Session, command: Subscribe) -> Next {
         session.subscriptions.insert(channel, filter_bytes);
         if !already {
             tracing::debug!(connection = session.id(), user = %session.grant.user, %channel, "subscribed");
+            session.hub.announce_presence(channel, &session.grant.user, session.id(), true);
         }
     }
     Next::Continue

@@ -35,7 +35,9 @@ use tidewire_protocol::{ErrorCode, Op, StreamPosition};
 use tokio::sync::{mpsc, oneshot};
 
 use super::engine::{Engine, Reply, Shared, SubscribeRequest};
-use super::operator::{Broadcast, NodeInfo, Order, Target};
+use super::operator::{Broadcast, NodeInfo, Notice, Order, Question, Target};
+use super::presence::{Gathered, NodePresence};
+use super::revocation::Revocation;
 
 /// How long a node's announcement lives without being renewed (the hub renews it every
 /// sweep, five seconds).
@@ -75,7 +77,11 @@ pub struct RedisEngine {
 pub(crate) struct EngineInner {
     shared: Arc<Shared>,
     prefix: String,
+    client: redis::Client,
     conn: ConnectionManager,
+    revoke_script: redis::Script,
+    /// Numbers this node's questions to the others.
+    next_question: AtomicU64,
     publish_script: redis::Script,
     start_script: redis::Script,
     range_script: redis::Script,
@@ -117,7 +123,10 @@ impl RedisEngine {
         let inner = Arc::new(EngineInner {
             shared,
             prefix: prefix.to_owned(),
+            client: client.clone(),
             conn,
+            revoke_script: redis::Script::new(scripts::REVOKE),
+            next_question: AtomicU64::new(1),
             publish_script: redis::Script::new(scripts::PUBLISH),
             start_script: redis::Script::new(scripts::START),
             range_script: redis::Script::new(scripts::RANGE),
@@ -128,7 +137,12 @@ impl RedisEngine {
             answers: answers.clone(),
             listening: listening.clone(),
         });
-        let control = pubsub::Control { channel: Keys::control(prefix), shared: inner.shared.clone() };
+        let control = pubsub::Control {
+            channel: Keys::control(prefix),
+            revocations: Keys::revocations(prefix),
+            shared: inner.shared.clone(),
+            answers: Arc::downgrade(&inner),
+        };
         tokio::spawn(pubsub::run(client, prefix.to_owned(), commands, listening, control));
         tokio::spawn(watch_health(Arc::downgrade(&inner)));
         Ok(RedisEngine { inner })
@@ -249,6 +263,33 @@ impl EngineInner {
     }
 }
 
+/// How long the answers to one question are kept in Redis.
+const REPLY_TTL_MS: u64 = 10_000;
+
+/// Answers another node's question on the list it named (only a list of this engine's
+/// `reply:` namespace).
+async fn answer(inner: Arc<EngineInner>, reply: String, question: Question) {
+    if !reply.starts_with(&Keys::reply(&inner.prefix, "")) {
+        tracing::warn!(%reply, "a question whose answer would go outside the reply namespace");
+        return;
+    }
+    let text = match question {
+        Question::Presence { channel } => {
+            let members: Vec<u64> = lock(&inner.channels)
+                .get(&channel)
+                .map(|handle| handle.members.iter().copied().collect())
+                .unwrap_or_default();
+            serde_json::to_string(&super::local_presence(&inner.shared, &members)).unwrap_or_default()
+        }
+    };
+    let mut conn = inner.conn.clone();
+    let mut pipe = redis::pipe();
+    pipe.cmd("RPUSH").arg(&reply).arg(text).ignore().cmd("PEXPIRE").arg(&reply).arg(REPLY_TTL_MS).ignore();
+    if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+        tracing::warn!("could not answer another node's question: {e}");
+    }
+}
+
 /// Keeps the "Redis answers" flag true only while it does.
 async fn watch_health(engine: std::sync::Weak<EngineInner>) {
     loop {
@@ -343,15 +384,106 @@ impl Engine for RedisEngine {
     }
 
     fn broadcast(&self, target: &Target, order: &Order) -> BoxFuture<'_, Result<(), PublishError>> {
-        let broadcast =
-            Broadcast { from: self.inner.shared.instance.clone(), target: target.clone(), order: order.clone() };
-        let text = serde_json::to_string(&broadcast).unwrap_or_default();
+        let notice = Notice::Order { target: target.clone(), order: order.clone() };
+        let text =
+            serde_json::to_string(&Broadcast { from: self.inner.shared.instance.clone(), notice }).unwrap_or_default();
         let channel = Keys::control(&self.inner.prefix);
         let mut conn = self.inner.conn.clone();
         Box::pin(async move {
             redis::cmd("PUBLISH").arg(channel).arg(text).query_async::<i64>(&mut conn).await.map(|_| ()).map_err(|e| {
                 PublishError::new(ErrorCode::Unavailable, format!("the other nodes could not be told (Redis: {e})"))
             })
+        })
+    }
+
+    fn revoke(&self, revocation: &Revocation) -> BoxFuture<'_, Result<(), PublishError>> {
+        let member = serde_json::to_string(revocation).unwrap_or_default();
+        let notice = Notice::Revoke { revocation: revocation.clone() };
+        let text =
+            serde_json::to_string(&Broadcast { from: self.inner.shared.instance.clone(), notice }).unwrap_or_default();
+        let expires_at = revocation.expires_at();
+        Box::pin(async move {
+            let inner = &self.inner;
+            let mut conn = inner.conn.clone();
+            let kept: i64 = inner
+                .revoke_script
+                .key(Keys::revocations(&inner.prefix))
+                .arg(member)
+                .arg(expires_at)
+                .arg(crate::auth::unix_now())
+                .arg(inner.shared.config.max_revocations)
+                .arg(Keys::control(&inner.prefix))
+                .arg(text)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| PublishError::new(ErrorCode::Unavailable, format!("Redis: {e}")))?;
+            if kept == 0 {
+                let max = inner.shared.config.max_revocations;
+                return Err(PublishError::new(
+                    ErrorCode::TooManyKeys,
+                    format!("the cluster holds its limit of {max} revocations (--max-revocations)"),
+                ));
+            }
+            Ok(())
+        })
+    }
+
+    fn members(&self, channel: &str) -> Vec<u64> {
+        lock(&self.inner.channels)
+            .get(channel)
+            .map(|handle| handle.members.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn presence_elsewhere<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<Gathered, PublishError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let unavailable = |e: redis::RedisError| PublishError::new(ErrorCode::Unavailable, format!("Redis: {e}"));
+            let number = inner.next_question.fetch_add(1, Ordering::Relaxed);
+            let reply = Keys::reply(&inner.prefix, &format!("{}-{number}", inner.shared.instance));
+            let question = Question::Presence { channel: channel.to_owned() };
+            let notice = Notice::Ask { reply: reply.clone(), question };
+            let text =
+                serde_json::to_string(&Broadcast { from: inner.shared.instance.clone(), notice }).unwrap_or_default();
+            // Answers are read on a connection of their own: a blocking pop would hold
+            // up every other command on the shared one.
+            let mut answers_conn =
+                tokio::time::timeout(Duration::from_secs(1), inner.client.get_multiplexed_async_connection())
+                    .await
+                    .map_err(|_| PublishError::new(ErrorCode::Unavailable, "Redis: no connection within 1 s"))?
+                    .map_err(unavailable)?;
+            let mut conn = inner.conn.clone();
+            let listeners: usize = redis::cmd("PUBLISH")
+                .arg(Keys::control(&inner.prefix))
+                .arg(text)
+                .query_async::<i64>(&mut conn)
+                .await
+                .map_err(unavailable)?
+                .try_into()
+                .unwrap_or(0);
+            // Every node listens to the control channel, this one included.
+            let asked = listeners.saturating_sub(usize::from(inner.listening.load(Ordering::SeqCst)));
+            let mut gathered = Gathered { answers: Vec::new(), asked };
+            let deadline = tokio::time::Instant::now() + super::presence::ANSWER_WINDOW;
+            while gathered.answers.len() < asked {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let mut blpop = redis::cmd("BLPOP");
+                blpop.arg(&reply).arg(left.as_secs_f64().max(0.01));
+                let pop = blpop.query_async::<Option<(String, String)>>(&mut answers_conn);
+                match tokio::time::timeout(left + Duration::from_millis(500), pop).await {
+                    Ok(Ok(Some((_, text)))) => match serde_json::from_str::<NodePresence>(&text) {
+                        Ok(part) => gathered.answers.push(part),
+                        Err(e) => tracing::warn!("an unreadable presence answer: {e}"),
+                    },
+                    Ok(Ok(None)) | Err(_) => break,
+                    Ok(Err(e)) => return Err(unavailable(e)),
+                }
+            }
+            let _ = redis::cmd("DEL").arg(&reply).query_async::<i64>(&mut conn).await;
+            Ok(gathered)
         })
     }
 

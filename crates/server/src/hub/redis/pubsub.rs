@@ -18,25 +18,72 @@ use tokio::sync::{mpsc, oneshot};
 use super::actor::Input;
 use super::scripts::{Keys, parse_delivered};
 use crate::hub::engine::Shared;
-use crate::hub::operator::Broadcast;
+use crate::hub::operator::{Broadcast, Notice};
+use crate::hub::revocation::Revocation;
 
 /// Where operator orders from other nodes arrive, and the node that carries them out.
 pub struct Control {
     pub channel: String,
+    /// The sorted set of the cluster's revocations.
+    pub revocations: String,
     pub shared: Arc<Shared>,
+    /// What answers other nodes' questions (the engine, held weakly).
+    pub answers: std::sync::Weak<super::EngineInner>,
 }
 
 impl Control {
-    /// Gives an order another node broadcast to this node's connections.
+    /// Acts on what another node broadcast: an order for this node's connections, a
+    /// revocation, or a question to answer.
     fn receive(&self, payload: &[u8]) {
         let Ok(broadcast) = serde_json::from_slice::<Broadcast>(payload) else {
-            tracing::warn!("an unreadable operator order on {}", self.channel);
+            tracing::warn!("an unreadable operator notice on {}", self.channel);
             return;
         };
-        if broadcast.from != self.shared.instance {
-            let taken = self.shared.order(&broadcast.target, &broadcast.order);
-            tracing::info!(from = %broadcast.from, taken, "operator order from another node");
+        if broadcast.from == self.shared.instance {
+            return;
         }
+        match broadcast.notice {
+            Notice::Order { target, order } => {
+                let taken = self.shared.order(&target, &order);
+                tracing::info!(from = %broadcast.from, taken, "operator order from another node");
+            }
+            Notice::Revoke { revocation } => match self.shared.revoke(&revocation) {
+                Ok(ended) => tracing::info!(from = %broadcast.from, ended, "revocation from another node"),
+                Err(e) => tracing::warn!(from = %broadcast.from, "a revocation from another node: {e}"),
+            },
+            Notice::Ask { reply, question } => {
+                if let Some(answers) = self.answers.upgrade() {
+                    tokio::spawn(super::answer(answers, reply, question));
+                }
+            }
+        }
+    }
+
+    /// Reads the cluster's revocations into this node's table, ending the connections
+    /// they cover (it may have missed some while it was cut off from Redis).
+    async fn load_revocations(&self, client: &redis::Client) -> bool {
+        let read = async {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            let now = crate::auth::unix_now();
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(&self.revocations)
+                .arg(format!("({now}"))
+                .arg("+inf")
+                .query_async::<Vec<String>>(&mut conn)
+                .await
+        };
+        let Ok(Ok(members)) = tokio::time::timeout(Duration::from_secs(2), read).await else { return false };
+        let now = crate::auth::unix_now();
+        let mut kept = 0;
+        for member in &members {
+            let Ok(revocation) = serde_json::from_str::<Revocation>(member) else { continue };
+            if self.shared.revocations.add(&revocation, now).is_ok() {
+                kept += 1;
+            }
+        }
+        let ended = self.shared.sessions.end_revoked(&self.shared.revocations, now);
+        tracing::debug!(kept, ended, "revocations loaded from Redis");
+        true
     }
 }
 
@@ -110,7 +157,9 @@ pub async fn run(
         };
         let subscribed = match connected {
             Some((mut sink, stream)) => {
-                let mut all = sink.subscribe(&control.channel).await.is_ok();
+                // Revocations given while this node was cut off are read after the
+                // control channel is listened to, so none falls between the two.
+                let mut all = sink.subscribe(&control.channel).await.is_ok() && control.load_revocations(&client).await;
                 for channel in routes.actors.keys() {
                     if sink.subscribe(format!("{pubsub_prefix}{channel}")).await.is_err() {
                         all = false;

@@ -13,6 +13,10 @@
 //! | `idem`    | hash   | idempotency key → seq of recent publications      | `--idempotency-window` |
 //! | `idemt`   | sorted set | idempotency key → when (ms), to expire them one by one | `--idempotency-window` |
 //!
+//! Besides, for the cluster as a whole: `node:<id>` (each node's announcement, 15 s),
+//! `revocations` (see [`REVOKE`]) and `reply:<question>` (other nodes' answers to one
+//! node's question, seconds).
+//!
 //! Only publications write. Subscribing reads: a channel nobody publishes leaves nothing
 //! in Redis, and its start reports the empty epoch `""` (no state); the first publication
 //! then creates the epoch, and nodes re-announce it to their subscribers as a
@@ -57,6 +61,17 @@ impl Keys {
     /// Where a node announces itself (`GET /api/info` lists the nodes whose key lives).
     pub fn node(prefix: &str, instance: &str) -> String {
         format!("{prefix}:node:{instance}")
+    }
+
+    /// The cluster's revocations: a sorted set of revocations (JSON) scored by when
+    /// they expire (seconds since the epoch), expiring with the last of them.
+    pub fn revocations(prefix: &str) -> String {
+        format!("{prefix}:revocations")
+    }
+
+    /// Where the nodes answer one question of another node (a list, kept seconds).
+    pub fn reply(prefix: &str, question: &str) -> String {
+        format!("{prefix}:reply:{question}")
     }
 
     /// The pub/sub channel that carries operator orders to every node (outside the
@@ -196,6 +211,23 @@ if #entries == to - from + 1 then
   for i, entry in ipairs(entries) do reply[2 + i] = entry[2][2] end
 end
 return reply
+"#;
+
+/// Keeps a revocation for the cluster and tells every node, atomically: forgets the
+/// expired ones, refuses (`0`) a new one when the set holds `max` already, else adds it,
+/// makes the set live as long as its last member, and `PUBLISH`es the notice (`1`).
+///
+/// KEYS: revocations. ARGV: member, expires at, now, max, control channel, notice.
+pub const REVOKE: &str = r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('EXPIREAT', KEYS[1], tonumber(last[2]))
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
 "#;
 
 /// A page of history, writing nothing: `{epoch or '', head, more (1/0), messages…}`, the
