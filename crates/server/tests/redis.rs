@@ -957,3 +957,88 @@ async fn info_lists_every_node_of_the_cluster() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_reaches_every_node_and_a_node_started_later() {
+    let url = shared_redis();
+    let prefix = unique_prefix("revoke");
+    let (a, b) = (node(&url, &prefix).await, node(&url, &prefix).await);
+    let user = format!("trader-{}", fastrand::u32(..));
+    let jti = format!("jti-{}", fastrand::u64(..));
+    let revoked = token_with(&tidewire_server::auth::Claims { jti: Some(jti.clone()), ..claims(&user) });
+    let mut on_b = Client::connect(&b.url(&format!("token={revoked}"))).await;
+    on_b.expect_type("connected").await;
+    let started = Instant::now();
+    let body = json!({"jti": jti, "expiresAt": tidewire_server::auth::unix_now() + 120}).to_string();
+    let (status, answer) = http_request(&a, "POST", "/api/revoke", Some(&operator_token()), Some(&body)).await;
+    assert_eq!((status, answer["connections"].as_u64()), (200, Some(0)), "none on a: {answer}");
+    assert_eq!(on_b.closed().await.code, 4504);
+    assert!(started.elapsed() < Duration::from_secs(1), "closed on the other node in {:?}", started.elapsed());
+    let closed = Client::connect(&b.url(&format!("token={revoked}"))).await.closed().await;
+    assert_eq!(closed.code, 4504, "refused at connect on the other node");
+    // A node that starts after the revocation reads it from Redis before it is ready.
+    let c = node(&url, &prefix).await;
+    let closed = Client::connect(&c.url(&format!("token={revoked}"))).await.closed().await;
+    assert_eq!(closed.code, 4504, "refused on a node started later");
+    // Redis keeps it no longer than asked.
+    let ttl = keys_with_ttl(&url, &prefix)
+        .into_iter()
+        .find(|(key, _)| key.ends_with(":revocations"))
+        .map(|(_, ttl)| ttl)
+        .expect("the revocations key");
+    assert!((0..=120_000).contains(&ttl), "expires with the revocation: {ttl} ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_counts_five_thousand_subscribers_on_two_nodes() {
+    // 2 500 subscribers on each node, of 100 users; either node answers for both. The
+    // time each answer took is printed (`-- --nocapture`), not asserted.
+    let url = shared_redis();
+    let prefix = unique_prefix("presence");
+    let crowd = |url: String, prefix: String| {
+        move |c: &mut tidewire_server::Config| {
+            c.redis_url = Some(url);
+            c.redis_prefix = prefix;
+            (c.max_connections_per_ip, c.max_connections_per_user) = (5000, 5000);
+        }
+    };
+    let a = TestServer::with(crowd(url.clone(), prefix.clone())).await;
+    let b = TestServer::with(crowd(url.clone(), prefix.clone())).await;
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+    let mut clients = Vec::new();
+    for i in 0..5000 {
+        let server = if i % 2 == 0 { &a } else { &b };
+        let url = server.url(&format!("token={}&channels=floor", token(&format!("user-{:03}", i % 100))));
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+        clients.push(Client::from_ws(ws));
+    }
+    for client in &mut clients {
+        client.expect_type("subscribed").await;
+    }
+    let mut times = Vec::new();
+    for round in 0..20 {
+        let asking = if round % 2 == 0 { &a } else { &b };
+        let started = Instant::now();
+        let (status, report) =
+            http_request(asking, "GET", "/api/presence?channel=floor", Some(&operator_token()), None).await;
+        times.push(started.elapsed());
+        assert_eq!(status, 200, "{report}");
+        assert_eq!(
+            (report["connections"].as_u64(), report["users"].as_u64(), report["nodes"].as_u64()),
+            (Some(5000), Some(100), Some(2)),
+            "{}",
+            report["complete"]
+        );
+        assert_eq!(report["complete"], true);
+        let listed = report["presence"].as_array().unwrap();
+        assert_eq!(listed.len(), 100);
+        assert!(listed.iter().all(|p| p["connections"] == 50), "each user has 50 connections, 25 per node");
+    }
+    times.sort();
+    println!(
+        "presence over 5000 subscribers on two nodes: p50 {:?}, max {:?} (HTTP request included)",
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+}
