@@ -142,6 +142,11 @@ async fn every_answer_matches_its_described_schema() {
         call("post", "/api/disconnect", op.clone(), Some(json!({"connection": connection, "reconnect": false})), 200),
         call("post", "/api/disconnect", op.clone(), Some(json!({"user": "trader", "reason": "x".repeat(101)})), 400),
         call("post", "/api/disconnect", None, Some(json!({"user": "trader"})), 401),
+        call("get", "/api/connections", op.clone(), None, 200),
+        call("get", "/api/connections?user=trader", op.clone(), None, 200),
+        call("get", "/api/connections?user=", op.clone(), None, 400),
+        call("get", "/api/trace", op.clone(), None, 400),
+        call("get", "/api/trace?user=trader", browser.clone(), None, 403),
         call("get", "/health", None, None, 200),
         call("get", "/ready", None, None, 200),
         call("get", "/ws", None, None, 400),
@@ -161,6 +166,12 @@ async fn every_answer_matches_its_described_schema() {
         check(&spec, &format!("{operation}/responses/{status}/content/application~1json/schema"), &answer, &what);
         covered.insert((route.to_owned(), status < 300));
     }
+    // The trace's events, as the description says they are.
+    let mut trace = EventStream::open(&server, "/api/trace?user=trader", &operator_token()).await;
+    let _again = server.client("trader").await;
+    let (name, event) = trace.next().await;
+    assert_eq!(name, "connected");
+    check(&spec, "/components/schemas/TraceEvent", &event, "a trace event");
     let (status, text) = http_text(&server, "GET", "/metrics", None, None).await;
     assert_eq!(status, 200);
     assert!(spec.pointer("/paths/~1metrics/get/responses/200/content/application~1openmetrics-text").is_some());

@@ -366,3 +366,90 @@ async fn channels_configured_for_it_announce_joins_and_leaves_that_no_publisher_
     let (status, answer) = post_publish(&server, Some(&publisher_token()), &forged).await;
     assert_eq!((status, answer["code"].as_str()), (400, Some("BAD_REQUEST")), "{answer}");
 }
+
+#[tokio::test]
+async fn connections_are_listed_per_user_and_in_detail() {
+    let server = TestServer::start().await;
+    let (mut first, first_id) = connected(&server, "trader").await;
+    first.send(r#"{"action":"subscribe","channels":["alerts","exposure"]}"#).await;
+    first.expect_type("subscribed").await;
+    first.expect_type("subscribed").await;
+    let (_second, second_id) = connected(&server, "trader").await;
+    let (_other, _) = connected(&server, "other").await;
+    server
+        .hub
+        .publish(NewPublication {
+            channel: "alerts".into(),
+            kind: "alert".into(),
+            data: json!(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    first.expect_type("alert").await;
+    let get = |query: &'static str| {
+        let server = &server;
+        async move { http_request(server, "GET", &format!("/api/connections{query}"), Some(&operator_token()), None).await }
+    };
+    let (status, summary) = get("").await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["connections"], 3);
+    assert_eq!(summary["users"], json!([{"user": "trader", "connections": 2}, {"user": "other", "connections": 1}]));
+    assert!(summary.get("detail").is_none());
+    let (_, trader) = get("?user=trader").await;
+    let detail = trader["detail"].as_array().unwrap();
+    let ids: Vec<&str> = detail.iter().map(|c| c["connection"].as_str().unwrap()).collect();
+    let mut expected = vec![first_id.as_str(), second_id.as_str()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    let first_view = detail.iter().find(|c| c["connection"] == first_id.as_str()).unwrap();
+    let mut channels: Vec<&str> =
+        first_view["channels"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    channels.sort();
+    assert_eq!(channels, ["alerts", "exposure"]);
+    assert!(first_view["frames"].as_u64().unwrap() >= 2 && first_view["bytes"].as_u64().unwrap() > 0, "{first_view}");
+    assert_eq!((first_view["gaps"].as_u64(), first_view["address"].as_str()), (Some(0), Some("127.0.0.1")));
+    for (query, code) in [("?user=", "BAD_REQUEST"), ("?page=2", "BAD_REQUEST")] {
+        let (_, answer) = get(query).await;
+        assert_eq!(answer["code"].as_str(), Some(code), "{query}: {answer}");
+    }
+    let (status, _) = http_request(&server, "GET", "/api/connections", Some(&publisher_token()), None).await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn a_trace_shows_a_users_connections_as_things_happen() {
+    let server = TestServer::start().await;
+    let (mut bystander, _) = connected(&server, "other").await;
+    let mut trace = EventStream::open(&server, "/api/trace?user=trader", &operator_token()).await;
+    let (mut client, id) = connected(&server, "trader").await;
+    let hello = trace.expect("connected").await;
+    assert_eq!((hello["connection"].as_str(), hello["user"].as_str()), (Some(id.as_str()), Some("trader")));
+    client.send(r#"{"action":"subscribe","channels":["alerts"]}"#).await;
+    client.expect_type("subscribed").await;
+    assert_eq!(trace.expect("subscribed").await["channel"], "alerts");
+    let frame = trace.expect("frame").await;
+    assert!(frame["messages"].as_u64().unwrap() >= 1 && frame["bytes"].as_u64().unwrap() > 0, "{frame}");
+    order(&server, "/api/unsubscribe", json!({"user": "trader", "channel": "alerts"})).await;
+    let left = trace.expect("unsubscribed").await;
+    assert_eq!((left["channel"].as_str(), left["code"].as_str()), (Some("alerts"), Some("FORBIDDEN")));
+    order(&server, "/api/disconnect", json!({"user": "trader", "reason": "checked"})).await;
+    let closed = trace.expect("closed").await;
+    assert_eq!((closed["code"].as_u64(), closed["reason"].as_str()), (Some(4003), Some("checked")));
+    // Nothing of the other user's shows up.
+    still_alive(&mut bystander).await;
+    let (mut again, _) = connected(&server, "trader").await;
+    let next = trace.next().await;
+    assert_eq!((next.0.as_str(), next.1["user"].as_str()), ("connected", Some("trader")), "{next:?}");
+    still_alive(&mut again).await;
+    // Bounded: at most 16 users watched at once on a node.
+    let mut watches = Vec::new();
+    for i in 0..15 {
+        watches.push(EventStream::open(&server, &format!("/api/trace?user=u{i}"), &operator_token()).await);
+    }
+    let (status, answer) =
+        http_request(&server, "GET", "/api/trace?user=one-too-many", Some(&operator_token()), None).await;
+    assert_eq!((status, answer["code"].as_str()), (429, Some("RATE_LIMIT_EXCEEDED")), "{answer}");
+    let (status, _) = http_request(&server, "GET", "/api/trace?user=trader", Some(&publisher_token()), None).await;
+    assert_eq!(status, 403);
+}

@@ -1042,3 +1042,44 @@ async fn presence_counts_five_thousand_subscribers_on_two_nodes() {
         times[times.len() - 1]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_trace_and_connections_come_from_every_node() {
+    let url = shared_redis();
+    let prefix = unique_prefix("trace");
+    let (a, b) = (node(&url, &prefix).await, node(&url, &prefix).await);
+    let user = format!("trader-{}", fastrand::u32(..));
+    let mut trace = EventStream::open(&a, &format!("/api/trace?user={user}"), &operator_token()).await;
+    // The lease reaches b through Redis; its first events may precede it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut on_b = loop {
+        let mut client = b.client(&user).await;
+        client.expect_type("connected").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if trace_has_connected(&mut trace).await {
+            break client;
+        }
+        assert!(Instant::now() < deadline, "b's events never reached a's trace");
+    };
+    on_b.send(r#"{"action":"subscribe","channels":["exposure"]}"#).await;
+    on_b.expect_type("subscribed").await;
+    let subscribed = trace.expect("subscribed").await;
+    assert_eq!((subscribed["channel"].as_str(), subscribed["user"].as_str()), (Some("exposure"), Some(user.as_str())));
+    assert_ne!(subscribed["node"], a.hub.node_id(), "from the other node");
+    let (status, list) =
+        http_request(&a, "GET", &format!("/api/connections?user={user}"), Some(&operator_token()), None).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!((list["nodes"].as_u64(), list["complete"].as_bool()), (Some(2), Some(true)));
+    let detail = list["detail"].as_array().unwrap();
+    assert!(
+        detail.iter().any(|c| c["node"] == b.hub.node_id() && c["channels"] == json!(["exposure"])),
+        "b's connection, with its channel: {list}"
+    );
+    on_b.close().await;
+    trace.expect("closed").await;
+}
+
+/// Whether a `connected` event arrives on `trace` within half a second.
+async fn trace_has_connected(trace: &mut EventStream) -> bool {
+    tokio::time::timeout(Duration::from_millis(500), trace.expect("connected")).await.is_ok()
+}

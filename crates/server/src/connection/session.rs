@@ -8,6 +8,7 @@
 //! system's time, a test a virtual one, and drives a session against a client core
 //! with no socket in between.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,8 @@ use tidewire_protocol::message::{Connected, ErrorMessage, Unsubscribed};
 use tidewire_protocol::{CloseCode, Command, CommandId, Control, ErrorCode, PROTOCOL_VERSION, decode_command};
 
 use crate::auth::{AuthError, Grant};
-use crate::hub::operator::Order;
+use crate::hub::operator::{Order, SessionView};
+use crate::hub::trace::{Event as TraceEvent, Trace};
 use crate::hub::{Hub, Outbox, Reply, SessionSlot, control, now_timestamp};
 use crate::metrics::ErrorLabel;
 
@@ -61,6 +63,11 @@ pub struct Session {
     pub grant: Grant,
     pub outbox: Arc<Outbox>,
     pub subscriptions: Subscriptions,
+    /// What the operator's registry shows of this connection.
+    view: Arc<SessionView>,
+    /// The tracer's generation when this connection last looked, and what it saw.
+    trace_seen: AtomicU64,
+    traced: AtomicBool,
     limiter: DefaultDirectRateLimiter,
     flood: FloodWindow,
 }
@@ -173,7 +180,7 @@ impl Session {
                 return Err((CloseCode::TRY_AGAIN_LATER, format!("connection limit reached ({})", refusal.label())));
             }
         };
-        let session = Session::new(hub.clone(), slot, grant);
+        let session = Session::new(hub.clone(), slot, grant, address);
         // A revocation given between the token's check and the registration above did
         // not find this connection: look again now that any later one will.
         if hub.is_revoked(&session.grant) {
@@ -201,6 +208,8 @@ impl Session {
             expires_at: Some(self.grant.expires_at_timestamp()),
             limits: hub.config().limits(),
         }));
+        let address = self.view.address.map(|a| a.to_string());
+        self.trace(|| TraceEvent::Connected { address });
         if !channels.is_empty() {
             self.on_subscribe(Subscribe { id: None, channels, since: None, options: None });
         }
@@ -227,14 +236,25 @@ impl Session {
         metrics.frames_sent.inc();
         metrics.batch_size.observe(frame.len() as f64);
         metrics.publish_to_write_seconds.observe(waited.as_secs_f64());
-        Some(frame.encode(now_timestamp()))
+        let text = frame.encode(now_timestamp());
+        let (messages, bytes) = (frame.len() as u64, text.len() as u64);
+        session.view.sent(messages, bytes, frame.gaps.iter().map(|g| g.len()).sum());
+        for gap in &frame.gaps {
+            session.trace(|| TraceEvent::Gap { channel: gap.channel.to_string(), from: gap.from, to: gap.to });
+        }
+        session.trace(|| TraceEvent::Frame { messages, bytes });
+        Some(text)
     }
 
-    pub fn new(hub: Hub, slot: SessionSlot, grant: Grant) -> Session {
+    pub fn new(hub: Hub, slot: SessionSlot, grant: Grant, address: Option<std::net::IpAddr>) -> Session {
         let config = hub.config();
         let outbox = Arc::new(Outbox::new(config.batch(), hub.clock().clone()));
-        hub.sessions().register(slot.id, &grant, &outbox);
+        let view = Arc::new(SessionView::new(address));
+        hub.sessions().register(slot.id, &grant, &outbox, &view);
         Session {
+            view,
+            trace_seen: AtomicU64::new(u64::MAX),
+            traced: AtomicBool::new(false),
             limiter: RateLimiter::direct_with_clock(config.command_quota(), rate_limit_clock()),
             flood: FloodWindow { started: hub.clock().now(), refused: 0 },
             subscriptions: Subscriptions::default(),
@@ -247,6 +267,36 @@ impl Session {
 
     pub fn id(&self) -> u64 {
         self.slot.id
+    }
+
+    /// Whether an operator watches this connection's user: one atomic read unless who
+    /// is watched changed since the last look (see [`crate::hub::trace`]).
+    fn is_traced(&self) -> bool {
+        let tracer = self.hub.tracer();
+        let generation = tracer.generation();
+        if self.trace_seen.load(Ordering::Relaxed) != generation {
+            self.traced.store(tracer.is_traced(&self.grant.user), Ordering::Relaxed);
+            self.trace_seen.store(generation, Ordering::Relaxed);
+        }
+        self.traced.load(Ordering::Relaxed)
+    }
+
+    /// Tells the operators watching this connection's user what happened.
+    pub fn trace(&self, event: impl FnOnce() -> TraceEvent) {
+        if self.is_traced() {
+            self.hub.tracer().emit(Trace {
+                at: now_timestamp(),
+                node: self.hub.node_id().to_owned(),
+                user: self.grant.user.clone(),
+                connection: self.hub.connection_label(self.id()),
+                event: event(),
+            });
+        }
+    }
+
+    /// What the registry shows of this connection.
+    pub fn view(&self) -> &SessionView {
+        &self.view
     }
 
     /// Queues a control message.
@@ -364,6 +414,8 @@ impl Session {
         if self.subscriptions.remove(channel) {
             self.hub.unsubscribe(self.slot.id, channel, Some(Reply { outbox: self.outbox.clone(), message: reply }));
             self.hub.announce_presence(channel, &self.grant.user, self.slot.id, false);
+            self.view.unsubscribed(channel);
+            self.trace(|| TraceEvent::Unsubscribed { channel: channel.to_owned(), code });
             tracing::debug!(connection = self.id(), user = %self.grant.user, %channel, ?code, "unsubscribed");
         } else {
             self.outbox.push(Outbound::control(reply));

@@ -29,6 +29,8 @@ pub fn router(hub: Hub) -> Router {
         .route("/api/info", get(operator::info))
         .route("/api/revoke", post(operator::revoke))
         .route("/api/presence", get(operator::presence))
+        .route("/api/connections", get(operator::connections))
+        .route("/api/trace", get(operator::trace))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

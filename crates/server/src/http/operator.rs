@@ -18,7 +18,7 @@ use tidewire_protocol::channel::validate;
 use tidewire_protocol::{CloseCode, ErrorCode};
 
 use super::api::{bearer, error_response, read_body};
-use crate::hub::operator::{Order, Target};
+use crate::hub::operator::{ConnectionInfo, MAX_LISTED, Order, Target};
 use crate::hub::revocation::{MAX_REVOKED_ID_BYTES, Revocation};
 use crate::hub::{Hub, invalid_channel};
 
@@ -294,4 +294,133 @@ pub async fn presence(
         Ok(report) => Json(report).into_response(),
         Err(e) => error_response(e.code, e.message),
     }
+}
+
+/// `GET /api/connections?user=U`: the connections of every node: `{connections,
+/// users: [{user, connections}], nodes, complete, truncated}` (users with the most
+/// connections first, at most 1000), and with `user`, `detail`: that user's
+/// connections, each with its node, when and from where it connected, its channels,
+/// the frames, messages and bytes it was sent, its gaps and what is queued for it.
+pub async fn connections(
+    State(hub): State<Hub>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
+) -> Response {
+    match bearer(&hub, &headers) {
+        Ok(grant) if grant.operator => {}
+        Ok(_) => {
+            return error_response(ErrorCode::Forbidden, "listing connections needs an operator token (operator: true)");
+        }
+        Err(response) => return response,
+    }
+    let mut user = None;
+    for (name, value) in query {
+        match &*name {
+            "user" if !value.is_empty() => user = Some(value),
+            _ => return error_response(ErrorCode::BadRequest, format!("{name}: unknown or empty parameter (user)")),
+        }
+    }
+    let (parts, asked) = match hub.connections(user.as_deref()).await {
+        Ok(found) => found,
+        Err(e) => return error_response(e.code, e.message),
+    };
+    let mut users: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for (name, count) in parts.iter().flat_map(|p| p.users.iter()) {
+        *users.entry(name).or_insert(0) += count;
+    }
+    let mut users: Vec<(&str, u64)> = users.into_iter().collect();
+    users.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    let truncated = users.len() > MAX_LISTED || parts.iter().any(|p| p.truncated);
+    users.truncate(MAX_LISTED);
+    let users: Vec<serde_json::Value> =
+        users.into_iter().map(|(user, connections)| json!({ "user": user, "connections": connections })).collect();
+    let mut body = json!({
+        "connections": parts.iter().map(|p| p.connections).sum::<u64>(),
+        "users": users,
+        "nodes": parts.len(),
+        "complete": parts.len() > asked,
+        "truncated": truncated,
+    });
+    if user.is_some() {
+        let mut detail: Vec<&ConnectionInfo> = parts.iter().flat_map(|p| p.detail.iter()).collect();
+        detail.sort_unstable_by(|a, b| a.connection.cmp(&b.connection));
+        detail.truncate(MAX_LISTED);
+        body["detail"] = json!(detail);
+    }
+    Json(body).into_response()
+}
+
+/// The longest one trace stream lasts; the console opens another.
+pub const MAX_TRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// `GET /api/trace?user=U`: Server-Sent Events, one per thing that happens to the
+/// user's connections on every node (see [`crate::hub::trace`]): `connected`,
+/// `subscribed`, `unsubscribed`, `frame`, `gap`, `closed`, and `lagged` when this
+/// stream fell behind and missed some. Each event's data is the JSON trace. A stream
+/// lasts at most ten minutes; at most 16 users are watched per node at once
+/// (`RATE_LIMIT_EXCEEDED` past it).
+pub async fn trace(
+    State(hub): State<Hub>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    match bearer(&hub, &headers) {
+        Ok(grant) if grant.operator => {}
+        Ok(_) => return error_response(ErrorCode::Forbidden, "tracing needs an operator token (operator: true)"),
+        Err(response) => return response,
+    }
+    let mut user = None;
+    for (name, value) in query {
+        match &*name {
+            "user" if !value.is_empty() && value.len() <= MAX_REVOKED_ID_BYTES => user = Some(value),
+            _ => {
+                return error_response(
+                    ErrorCode::BadRequest,
+                    format!("{name}: unknown parameter, or not a user (user)"),
+                );
+            }
+        }
+    }
+    let Some(user) = user else { return error_response(ErrorCode::BadRequest, "user is required") };
+    let watch = match hub.watch(&user) {
+        Ok(watch) => watch,
+        Err(e) => return error_response(ErrorCode::RateLimitExceeded, e.to_string()),
+    };
+    if let Err(e) = hub.renew_watch(&user).await {
+        tracing::warn!(%user, "the other nodes could not be told of a trace: {e}");
+    }
+    let end = tokio::time::Instant::now() + MAX_TRACE;
+    let state = (watch, hub, user, tokio::time::Instant::now() + crate::hub::trace::LEASE_RENEWAL);
+    let events = futures_util::stream::unfold(state, move |(mut watch, hub, user, mut renew)| async move {
+        loop {
+            tokio::select! {
+                received = watch.events.recv() => {
+                    let trace = match received {
+                        Ok(trace) => (*trace).clone(),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => crate::hub::trace::Trace {
+                            at: crate::hub::now_timestamp(),
+                            node: hub.node_id().to_owned(),
+                            user: user.clone(),
+                            connection: String::new(),
+                            event: crate::hub::trace::Event::Lagged { missed },
+                        },
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    };
+                    let name = serde_json::to_value(&trace.event)
+                        .ok()
+                        .and_then(|v| v["event"].as_str().map(str::to_owned))
+                        .unwrap_or_else(|| "trace".to_owned());
+                    let event = Event::default().event(name).json_data(&trace).unwrap_or_default();
+                    return Some((Ok::<_, std::convert::Infallible>(event), (watch, hub, user, renew)));
+                }
+                () = tokio::time::sleep_until(renew) => {
+                    renew += crate::hub::trace::LEASE_RENEWAL;
+                    let _ = hub.renew_watch(&user).await;
+                }
+                () = tokio::time::sleep_until(end) => return None,
+            }
+        }
+    });
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
 }

@@ -34,6 +34,8 @@ pub struct Shared {
     pub started: std::time::SystemTime,
     /// The tokens operators took back (see [`super::revocation`]).
     pub revocations: super::revocation::Revocations,
+    /// Who operators watch (see [`super::trace`]).
+    pub tracer: Arc<super::trace::Tracer>,
 }
 
 impl Shared {
@@ -63,6 +65,11 @@ impl Shared {
     /// returns how many took it.
     pub fn order(&self, target: &super::operator::Target, order: &super::operator::Order) -> usize {
         self.sessions.order(target, order, |id| self.connection_label(id))
+    }
+
+    /// This node's connections (see [`super::operator::Sessions::list`]).
+    pub fn connections(&self, user: Option<&str>) -> super::operator::NodeConnections {
+        self.sessions.list(&self.instance, user, |id| self.connection_label(id))
     }
 
     /// Keeps a revocation and ends this node's connections it covers (4504); returns
@@ -221,13 +228,14 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
     /// This node's connections subscribed to `channel` (for presence).
     fn members(&self, channel: &str) -> Vec<u64>;
 
-    /// Every other node's presence on `channel` (see [`super::presence`]), and how many
-    /// nodes were asked. One node alone has no others.
-    fn presence_elsewhere<'a>(
+    /// Asks every other node `question` and returns their answers (JSON, as
+    /// [`super::operator::Question`] says) with how many nodes were asked; waits at most
+    /// [`super::presence::ANSWER_WINDOW`]. One node alone has no others.
+    fn ask<'a>(
         &'a self,
-        _channel: &'a str,
-    ) -> BoxFuture<'a, Result<super::presence::Gathered, PublishError>> {
-        Box::pin(std::future::ready(Ok(super::presence::Gathered::default())))
+        _question: super::operator::Question,
+    ) -> BoxFuture<'a, Result<(Vec<String>, usize), PublishError>> {
+        Box::pin(std::future::ready(Ok((Vec::new(), 0))))
     }
 
     /// A page of a channel's stored history (see [`super::HistoryQuery`]).
@@ -260,11 +268,7 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
 
     /// Hands an operator's order to every other node (the node gave it to its own
     /// connections already). One node alone has nothing to do.
-    fn broadcast(
-        &self,
-        _target: &super::operator::Target,
-        _order: &super::operator::Order,
-    ) -> BoxFuture<'_, Result<(), PublishError>> {
+    fn broadcast(&self, _notice: super::operator::Notice) -> BoxFuture<'_, Result<(), PublishError>> {
         Box::pin(std::future::ready(Ok(())))
     }
 

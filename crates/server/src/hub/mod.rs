@@ -22,6 +22,7 @@ pub mod publication;
 mod redis;
 pub mod revocation;
 pub mod throttle;
+pub mod trace;
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -193,6 +194,7 @@ impl Inner {
     fn sweep(&self) {
         self.engine.sweep();
         self.shared.revocations.sweep(crate::auth::unix_now());
+        self.shared.tracer.sweep();
         let mut limiters = 0;
         for limiter in &self.publish_limits {
             // A limiter's state for a channel that is back to a full bucket says nothing.
@@ -233,8 +235,9 @@ impl Hub {
         let sessions = operator::Sessions::default();
         let started = std::time::SystemTime::now();
         let revocations = revocation::Revocations::new(config.max_revocations);
-        let shared =
-            Arc::new(Shared { config, metrics: Metrics::new(), instance, clock, sessions, started, revocations });
+        let tracer = Arc::new(trace::Tracer::default());
+        let metrics = Metrics::new();
+        let shared = Arc::new(Shared { config, metrics, instance, clock, sessions, started, revocations, tracer });
         let engine: Box<dyn Engine> = match &shared.config.redis_url {
             Some(url) => Box::new(redis::RedisEngine::start(shared.clone(), url, &shared.config.redis_prefix)?),
             None => Box::new(memory::MemoryEngine::new(shared.clone())),
@@ -386,8 +389,14 @@ impl Hub {
     /// node's connections took it; `UNAVAILABLE` when the others could not be told.
     pub async fn order(&self, target: &operator::Target, order: &operator::Order) -> Result<usize, PublishError> {
         let here = self.inner.shared.order(target, order);
-        self.inner.engine.broadcast(target, order).await?;
+        let notice = operator::Notice::Order { target: target.clone(), order: order.clone() };
+        self.inner.engine.broadcast(notice).await?;
         Ok(here)
+    }
+
+    /// This node's id (its run; the prefix of its connections' ids).
+    pub fn node_id(&self) -> &str {
+        &self.inner.shared.instance
     }
 
     pub fn connection_label(&self, id: u64) -> String {
@@ -516,8 +525,40 @@ impl Hub {
     /// `list_users`, each user with their connections, else only the counts.
     pub async fn presence(&self, channel: &str, list_users: bool) -> Result<presence::Report, PublishError> {
         let here = self.local_presence(channel);
-        let gathered = self.inner.engine.presence_elsewhere(channel).await?;
-        Ok(presence::Report::merge(channel, here, gathered, list_users))
+        let question = operator::Question::Presence { channel: channel.to_owned() };
+        let (answers, asked) = self.inner.engine.ask(question).await?;
+        let answers = answers.iter().filter_map(|text| serde_json::from_str(text).ok()).collect();
+        Ok(presence::Report::merge(channel, here, presence::Gathered { answers, asked }, list_users))
+    }
+
+    /// The connections of every node: each node's part (this one's first) and how many
+    /// other nodes were asked; with `user`, that user's connections in detail.
+    pub async fn connections(
+        &self,
+        user: Option<&str>,
+    ) -> Result<(Vec<operator::NodeConnections>, usize), PublishError> {
+        let here = self.inner.shared.connections(user);
+        let question = operator::Question::Connections { user: user.map(str::to_owned) };
+        let (answers, asked) = self.inner.engine.ask(question).await?;
+        let parts =
+            std::iter::once(here).chain(answers.iter().filter_map(|text| serde_json::from_str(text).ok())).collect();
+        Ok((parts, asked))
+    }
+
+    /// Watches `user`'s connections on every node (see [`trace`]); the engine is told
+    /// again every [`trace::LEASE_RENEWAL`] while the watch lives.
+    pub fn watch(&self, user: &str) -> Result<trace::Watch, trace::TooManyWatches> {
+        self.inner.shared.tracer.watch(user)
+    }
+
+    /// Tells the other nodes that `user` is watched here (a lease of [`trace::LEASE`]).
+    pub async fn renew_watch(&self, user: &str) -> Result<(), PublishError> {
+        self.inner.engine.broadcast(operator::Notice::Trace { user: user.to_owned() }).await
+    }
+
+    /// Who operators watch.
+    pub fn tracer(&self) -> &Arc<trace::Tracer> {
+        &self.inner.shared.tracer
     }
 
     /// This node's part of `channel`'s presence.

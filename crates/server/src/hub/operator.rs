@@ -56,12 +56,97 @@ pub struct Target {
     pub connection: Option<String>,
 }
 
+/// What the registry shows of a live connection, shared with its session, which
+/// keeps it current: when and from where it connected, its channels, and what it was
+/// sent.
+#[derive(Debug)]
+pub struct SessionView {
+    pub connected_at: tidewire_protocol::Timestamp,
+    pub address: Option<std::net::IpAddr>,
+    pub frames: std::sync::atomic::AtomicU64,
+    pub messages: std::sync::atomic::AtomicU64,
+    pub bytes: std::sync::atomic::AtomicU64,
+    pub gaps: std::sync::atomic::AtomicU64,
+    channels: Mutex<Vec<Arc<str>>>,
+}
+
+impl SessionView {
+    pub fn new(address: Option<std::net::IpAddr>) -> SessionView {
+        SessionView {
+            connected_at: super::now_timestamp(),
+            address,
+            frames: Default::default(),
+            messages: Default::default(),
+            bytes: Default::default(),
+            gaps: Default::default(),
+            channels: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn channels(&self) -> std::sync::MutexGuard<'_, Vec<Arc<str>>> {
+        self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn subscribed(&self, channel: &str) {
+        let mut channels = self.channels();
+        if !channels.iter().any(|c| &**c == channel) {
+            channels.push(channel.into());
+        }
+    }
+
+    pub fn unsubscribed(&self, channel: &str) {
+        self.channels().retain(|c| &**c != channel);
+    }
+
+    /// A frame of `messages` messages and `bytes` bytes went out, with `gaps` drops.
+    pub fn sent(&self, messages: u64, bytes: u64, gaps: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.frames.fetch_add(1, Relaxed);
+        self.messages.fetch_add(messages, Relaxed);
+        self.bytes.fetch_add(bytes, Relaxed);
+        self.gaps.fetch_add(gaps, Relaxed);
+    }
+}
+
+/// The most connections one node lists in detail, and users in a summary.
+pub const MAX_LISTED: usize = 1000;
+
+/// A connection as `GET /api/connections?user=` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionInfo {
+    pub connection: String,
+    pub user: String,
+    pub node: String,
+    pub connected_at: tidewire_protocol::Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    pub channels: Vec<String>,
+    pub frames: u64,
+    pub messages: u64,
+    pub bytes: u64,
+    pub gaps: u64,
+    pub queued_bytes: u64,
+}
+
+/// One node's connections: the count, each user with their count (most first), and
+/// when asked for one user, that user's connections in detail.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeConnections {
+    pub node: String,
+    pub connections: u64,
+    pub users: Vec<(String, u64)>,
+    pub detail: Vec<ConnectionInfo>,
+    pub truncated: bool,
+}
+
 #[derive(Debug)]
 struct Entry {
     /// The connection's token as revocation sees it (its user, `jti` and `iat`; the
     /// channel grants are left out).
     token: Grant,
     outbox: Weak<Outbox>,
+    view: Arc<SessionView>,
 }
 
 /// One node as the operator sees it (`GET /api/info`).
@@ -100,6 +185,9 @@ pub enum Notice {
     Revoke { revocation: Revocation },
     /// Answer `question` by pushing the answer onto the Redis list `reply`.
     Ask { reply: String, question: Question },
+    /// An operator on the sending node watches `user`: send their trace events out
+    /// for a while (see [`super::trace`]).
+    Trace { user: String },
 }
 
 /// What a node asks every other node (see [`Notice::Ask`]).
@@ -108,6 +196,8 @@ pub enum Notice {
 pub enum Question {
     /// Who is subscribed to `channel` on your node.
     Presence { channel: String },
+    /// Your connections (see [`NodeConnections`]).
+    Connections { user: Option<String> },
 }
 
 /// This node's sessions. See the module docs.
@@ -121,8 +211,49 @@ impl Sessions {
         self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn register(&self, id: u64, grant: &Grant, outbox: &Arc<Outbox>) {
-        self.lock().insert(id, Entry { token: token_of(grant), outbox: Arc::downgrade(outbox) });
+    pub fn register(&self, id: u64, grant: &Grant, outbox: &Arc<Outbox>, view: &Arc<SessionView>) {
+        let entry = Entry { token: token_of(grant), outbox: Arc::downgrade(outbox), view: view.clone() };
+        self.lock().insert(id, entry);
+    }
+
+    /// This node's connections: every user with their count (most first, at most
+    /// [`MAX_LISTED`]), and with `user`, that user's connections in detail.
+    pub fn list(&self, node: &str, user: Option<&str>, label: impl Fn(u64) -> String) -> NodeConnections {
+        let entries = self.lock();
+        let mut counts: HashMap<&str, u64> = HashMap::new();
+        for entry in entries.values() {
+            *counts.entry(&entry.token.user).or_insert(0) += 1;
+        }
+        let mut users: Vec<(String, u64)> = counts.into_iter().map(|(u, n)| (u.to_owned(), n)).collect();
+        users.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let mut truncated = users.len() > MAX_LISTED;
+        users.truncate(MAX_LISTED);
+        let mut detail = Vec::new();
+        if let Some(user) = user {
+            use std::sync::atomic::Ordering::Relaxed;
+            for (id, entry) in entries.iter().filter(|(_, e)| e.token.user == user) {
+                if detail.len() >= MAX_LISTED {
+                    truncated = true;
+                    break;
+                }
+                let view = &entry.view;
+                detail.push(ConnectionInfo {
+                    connection: label(*id),
+                    user: user.to_owned(),
+                    node: node.to_owned(),
+                    connected_at: view.connected_at,
+                    address: view.address.map(|a| a.to_string()),
+                    channels: view.channels().iter().map(|c| c.to_string()).collect(),
+                    frames: view.frames.load(Relaxed),
+                    messages: view.messages.load(Relaxed),
+                    bytes: view.bytes.load(Relaxed),
+                    gaps: view.gaps.load(Relaxed),
+                    queued_bytes: entry.outbox.upgrade().map_or(0, |o| o.bytes() as u64),
+                });
+            }
+            detail.sort_unstable_by(|a, b| a.connection.cmp(&b.connection));
+        }
+        NodeConnections { node: node.to_owned(), connections: entries.len() as u64, users, detail, truncated }
     }
 
     /// The connection refreshed its token.

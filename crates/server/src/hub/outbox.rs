@@ -186,6 +186,11 @@ impl Outbox {
         self.over_budget.load(Ordering::Acquire)
     }
 
+    /// Bytes queued for the client.
+    pub fn bytes(&self) -> usize {
+        self.lock().batcher.bytes()
+    }
+
     /// When the next frame may go, if anything waits.
     pub fn next_frame_at(&self) -> Option<Instant> {
         self.lock().batcher.poll_timeout().map(|at| self.origin + at)

@@ -290,3 +290,70 @@ pub async fn publish_many(hub: &Hub, channel: &str, count: usize) {
         .expect("publish");
     }
 }
+
+/// A Server-Sent Events stream read as it comes (`GET /api/trace`).
+pub struct EventStream {
+    stream: TcpStream,
+    buffer: String,
+}
+
+impl EventStream {
+    /// GETs `path` with `token`; panics unless the answer is a 200 event stream.
+    pub async fn open(server: &TestServer, path: &str, token: &str) -> EventStream {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\r\n", server.addr);
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut events = EventStream { stream, buffer: String::new() };
+        let head = events.until("\r\n\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.to_ascii_lowercase().contains("content-type: text/event-stream"), "{head}");
+        events
+    }
+
+    async fn until(&mut self, end: &str) -> String {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(at) = self.buffer.find(end) {
+                let taken: String = self.buffer.drain(..at + end.len()).collect();
+                return taken;
+            }
+            let mut chunk = [0u8; 4096];
+            let read = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+                .await
+                .expect("an event within 10 s")
+                .expect("read");
+            assert!(read > 0, "the event stream ended");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk[..read]));
+        }
+    }
+
+    /// The next event's name and JSON data (chunked framing and keep-alive comments
+    /// skipped).
+    pub async fn next(&mut self) -> (String, Value) {
+        loop {
+            let block = self.until("\n\n").await;
+            let (mut name, mut data) = (None, None);
+            for line in block.lines() {
+                if let Some(value) = line.strip_prefix("event: ") {
+                    name = Some(value.trim().to_owned());
+                } else if let Some(value) = line.strip_prefix("data: ") {
+                    data = serde_json::from_str(value.trim()).ok();
+                }
+            }
+            if let (Some(name), Some(data)) = (name, data) {
+                return (name, data);
+            }
+        }
+    }
+
+    /// Skips events until one named `name`.
+    pub async fn expect(&mut self, name: &str) -> Value {
+        loop {
+            let (got, data) = self.next().await;
+            if got == name {
+                return data;
+            }
+        }
+    }
+}

@@ -91,6 +91,8 @@ pub fn apply(session: &mut Session, command: Subscribe) -> Next {
         if !already {
             tracing::debug!(connection = session.id(), user = %session.grant.user, %channel, "subscribed");
             session.hub.announce_presence(channel, &session.grant.user, session.id(), true);
+            session.view().subscribed(channel);
+            session.trace(|| crate::hub::trace::Event::Subscribed { channel: channel.to_owned() });
         }
     }
     Next::Continue

@@ -35,8 +35,7 @@ use tidewire_protocol::{ErrorCode, Op, StreamPosition};
 use tokio::sync::{mpsc, oneshot};
 
 use super::engine::{Engine, Reply, Shared, SubscribeRequest};
-use super::operator::{Broadcast, NodeInfo, Notice, Order, Question, Target};
-use super::presence::{Gathered, NodePresence};
+use super::operator::{Broadcast, NodeInfo, Notice, Question};
 use super::revocation::Revocation;
 
 /// How long a node's announcement lives without being renewed (the hub renews it every
@@ -137,8 +136,19 @@ impl RedisEngine {
             answers: answers.clone(),
             listening: listening.clone(),
         });
+        let (traces, mut outgoing) = mpsc::channel(super::trace::OUTGOING_BACKLOG);
+        inner.shared.tracer.send_elsewhere_with(traces);
+        let (mut conn, trace_channel) = (inner.conn.clone(), Keys::traces(prefix));
+        tokio::spawn(async move {
+            // Watched users' events, for the other nodes' watchers.
+            while let Some(trace) = outgoing.recv().await {
+                let text = serde_json::to_string(&trace).unwrap_or_default();
+                let _ = redis::cmd("PUBLISH").arg(&trace_channel).arg(text).query_async::<i64>(&mut conn).await;
+            }
+        });
         let control = pubsub::Control {
             channel: Keys::control(prefix),
+            traces: Keys::traces(prefix),
             revocations: Keys::revocations(prefix),
             shared: inner.shared.clone(),
             answers: Arc::downgrade(&inner),
@@ -281,6 +291,9 @@ async fn answer(inner: Arc<EngineInner>, reply: String, question: Question) {
                 .unwrap_or_default();
             serde_json::to_string(&super::local_presence(&inner.shared, &members)).unwrap_or_default()
         }
+        Question::Connections { user } => {
+            serde_json::to_string(&inner.shared.connections(user.as_deref())).unwrap_or_default()
+        }
     };
     let mut conn = inner.conn.clone();
     let mut pipe = redis::pipe();
@@ -383,8 +396,7 @@ impl Engine for RedisEngine {
         })
     }
 
-    fn broadcast(&self, target: &Target, order: &Order) -> BoxFuture<'_, Result<(), PublishError>> {
-        let notice = Notice::Order { target: target.clone(), order: order.clone() };
+    fn broadcast(&self, notice: Notice) -> BoxFuture<'_, Result<(), PublishError>> {
         let text =
             serde_json::to_string(&Broadcast { from: self.inner.shared.instance.clone(), notice }).unwrap_or_default();
         let channel = Keys::control(&self.inner.prefix);
@@ -435,23 +447,22 @@ impl Engine for RedisEngine {
             .unwrap_or_default()
     }
 
-    fn presence_elsewhere<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<Gathered, PublishError>> {
+    fn ask<'a>(&'a self, question: Question) -> BoxFuture<'a, Result<(Vec<String>, usize), PublishError>> {
         Box::pin(async move {
             let inner = &self.inner;
             let unavailable = |e: redis::RedisError| PublishError::new(ErrorCode::Unavailable, format!("Redis: {e}"));
             let number = inner.next_question.fetch_add(1, Ordering::Relaxed);
             let reply = Keys::reply(&inner.prefix, &format!("{}-{number}", inner.shared.instance));
-            let question = Question::Presence { channel: channel.to_owned() };
             let notice = Notice::Ask { reply: reply.clone(), question };
             let text =
                 serde_json::to_string(&Broadcast { from: inner.shared.instance.clone(), notice }).unwrap_or_default();
             // Answers are read on a connection of their own: a blocking pop would hold
             // up every other command on the shared one.
-            let mut answers_conn =
-                tokio::time::timeout(Duration::from_secs(1), inner.client.get_multiplexed_async_connection())
-                    .await
-                    .map_err(|_| PublishError::new(ErrorCode::Unavailable, "Redis: no connection within 1 s"))?
-                    .map_err(unavailable)?;
+            let connect = inner.client.get_multiplexed_async_connection();
+            let mut answers_conn = tokio::time::timeout(Duration::from_secs(1), connect)
+                .await
+                .map_err(|_| PublishError::new(ErrorCode::Unavailable, "Redis: no connection within 1 s"))?
+                .map_err(unavailable)?;
             let mut conn = inner.conn.clone();
             let listeners: usize = redis::cmd("PUBLISH")
                 .arg(Keys::control(&inner.prefix))
@@ -463,9 +474,9 @@ impl Engine for RedisEngine {
                 .unwrap_or(0);
             // Every node listens to the control channel, this one included.
             let asked = listeners.saturating_sub(usize::from(inner.listening.load(Ordering::SeqCst)));
-            let mut gathered = Gathered { answers: Vec::new(), asked };
+            let mut answers = Vec::new();
             let deadline = tokio::time::Instant::now() + super::presence::ANSWER_WINDOW;
-            while gathered.answers.len() < asked {
+            while answers.len() < asked {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 if left.is_zero() {
                     break;
@@ -474,16 +485,13 @@ impl Engine for RedisEngine {
                 blpop.arg(&reply).arg(left.as_secs_f64().max(0.01));
                 let pop = blpop.query_async::<Option<(String, String)>>(&mut answers_conn);
                 match tokio::time::timeout(left + Duration::from_millis(500), pop).await {
-                    Ok(Ok(Some((_, text)))) => match serde_json::from_str::<NodePresence>(&text) {
-                        Ok(part) => gathered.answers.push(part),
-                        Err(e) => tracing::warn!("an unreadable presence answer: {e}"),
-                    },
+                    Ok(Ok(Some((_, text)))) => answers.push(text),
                     Ok(Ok(None)) | Err(_) => break,
                     Ok(Err(e)) => return Err(unavailable(e)),
                 }
             }
             let _ = redis::cmd("DEL").arg(&reply).query_async::<i64>(&mut conn).await;
-            Ok(gathered)
+            Ok((answers, asked))
         })
     }
 

@@ -24,6 +24,8 @@ use crate::hub::revocation::Revocation;
 /// Where operator orders from other nodes arrive, and the node that carries them out.
 pub struct Control {
     pub channel: String,
+    /// The pub/sub channel of trace events (see [`crate::hub::trace`]).
+    pub traces: String,
     /// The sorted set of the cluster's revocations.
     pub revocations: String,
     pub shared: Arc<Shared>,
@@ -51,11 +53,21 @@ impl Control {
                 Ok(ended) => tracing::info!(from = %broadcast.from, ended, "revocation from another node"),
                 Err(e) => tracing::warn!(from = %broadcast.from, "a revocation from another node: {e}"),
             },
+            Notice::Trace { user } => self.shared.tracer.lease(&user),
             Notice::Ask { reply, question } => {
                 if let Some(answers) = self.answers.upgrade() {
                     tokio::spawn(super::answer(answers, reply, question));
                 }
             }
+        }
+    }
+
+    /// A trace event from another node, for this node's watchers.
+    fn receive_trace(&self, payload: &[u8]) {
+        match serde_json::from_slice::<crate::hub::trace::Trace>(payload) {
+            Ok(trace) if trace.node != self.shared.instance => self.shared.tracer.deliver(trace),
+            Ok(_) => {}
+            Err(_) => tracing::warn!("an unreadable trace event on {}", self.traces),
         }
     }
 
@@ -159,7 +171,9 @@ pub async fn run(
             Some((mut sink, stream)) => {
                 // Revocations given while this node was cut off are read after the
                 // control channel is listened to, so none falls between the two.
-                let mut all = sink.subscribe(&control.channel).await.is_ok() && control.load_revocations(&client).await;
+                let mut all = sink.subscribe(&control.channel).await.is_ok()
+                    && sink.subscribe(&control.traces).await.is_ok()
+                    && control.load_revocations(&client).await;
                 for channel in routes.actors.keys() {
                     if sink.subscribe(format!("{pubsub_prefix}{channel}")).await.is_err() {
                         all = false;
@@ -202,6 +216,10 @@ pub async fn run(
                     let Some(message) = message else { break };
                     if message.get_channel_name() == control.channel {
                         control.receive(message.get_payload_bytes());
+                        continue;
+                    }
+                    if message.get_channel_name() == control.traces {
+                        control.receive_trace(message.get_payload_bytes());
                         continue;
                     }
                     let Some(channel) = message.get_channel_name().strip_prefix(&pubsub_prefix) else { continue };

@@ -74,6 +74,11 @@ impl Keys {
         format!("{prefix}:reply:{question}")
     }
 
+    /// The pub/sub channel that carries watched users' trace events to every node.
+    pub fn traces(prefix: &str) -> String {
+        format!("{prefix}:trace")
+    }
+
     /// The pub/sub channel that carries operator orders to every node (outside the
     /// `pub:` namespace, so no channel name can reach it).
     pub fn control(prefix: &str) -> String {
