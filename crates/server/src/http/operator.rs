@@ -140,6 +140,17 @@ struct RevokeBody {
     expires_at: Option<u64>,
 }
 
+/// A `jti` or user name of 1..=[`MAX_REVOKED_ID_BYTES`] bytes, when given.
+#[allow(clippy::result_large_err)]
+fn named(value: Option<String>, what: &str) -> Result<Option<String>, Response> {
+    match value {
+        Some(value) if value.is_empty() || value.len() > MAX_REVOKED_ID_BYTES => {
+            Err(error_response(ErrorCode::BadRequest, format!("{what} must be 1..={MAX_REVOKED_ID_BYTES} bytes")))
+        }
+        other => Ok(other),
+    }
+}
+
 /// The furthest a revocation may be kept: a year.
 pub const MAX_REVOCATION_SECONDS: u64 = 366 * 24 * 3600;
 
@@ -160,12 +171,6 @@ pub async fn revoke(State(hub): State<Hub>, headers: HeaderMap, body: Body) -> R
                 format!("expiresAt must be in the future and at most {MAX_REVOCATION_SECONDS} s from now"),
             ));
         }
-        let named = |value: Option<String>, what: &str| match value {
-            Some(value) if value.is_empty() || value.len() > MAX_REVOKED_ID_BYTES => {
-                Err(error_response(ErrorCode::BadRequest, format!("{what} must be 1..={MAX_REVOKED_ID_BYTES} bytes")))
-            }
-            other => Ok(other),
-        };
         let revocation = match (named(body.jti, "jti")?, named(body.user, "user")?) {
             (Some(jti), None) if body.issued_before.is_none() => Revocation::Token { jti, expires_at },
             (None, Some(user)) => {
@@ -309,7 +314,10 @@ pub async fn connections(
     match bearer(&hub, &headers) {
         Ok(grant) if grant.operator => {}
         Ok(_) => {
-            return error_response(ErrorCode::Forbidden, "listing connections needs an operator token (operator: true)");
+            return error_response(
+                ErrorCode::Forbidden,
+                "listing connections needs an operator token (operator: true)",
+            );
         }
         Err(response) => return response,
     }
