@@ -63,6 +63,7 @@ function describeError(code: ErrorCode): string {
     case "AUTH_REQUIRED":
     case "AUTH_INVALID":
     case "TOKEN_EXPIRED":
+    case "TOKEN_REVOKED":
       return "sign in again";
     case "FORBIDDEN":
       return "not allowed";

@@ -55,10 +55,13 @@ function showState(state: TidewireState): void {
 async function main(): Promise<void> {
   await init({ module_or_path: new URL("tidewire_client_bg.wasm", window.location.href) });
   const wsUrl = `${window.location.protocol === "https:" ? "wss" : "ws"}://${window.location.host}/ws`;
+  // The demo's viewer keeps one name across reconnects, as a signed-in user would.
+  const viewer = sessionStorage.getItem("tidewire.viewer") ?? Math.random().toString(16).slice(2, 8);
+  sessionStorage.setItem("tidewire.viewer", viewer);
   const client = new TidewireClient({
     url: wsUrl,
     getToken: async () => {
-      const response = await fetch("/demo/token", { cache: "no-store" });
+      const response = await fetch(`/demo/token?viewer=${viewer}`, { cache: "no-store" });
       if (response.status === 401 || response.status === 403) return null;
       if (!response.ok) throw new Error(`token endpoint answered ${response.status}`);
       return response.text();

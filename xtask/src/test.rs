@@ -7,7 +7,7 @@
 //! protocol crate builds for `wasm32-unknown-unknown`; the client's npm package and the
 //! dashboard build; the TypeScript (bindings, package API, dashboard) compiles under
 //! `tsc --strict`; the browser client's tests run in headless Chromium against a real
-//! node (the `fixture` example); the dashboard passes its end-to-end test against
+//! node (the `fixture` example); the dashboard and the operator console pass their end-to-end tests against
 //! the demo (`tidewire-desk`); the container's static binary passes its healthcheck; a short soak
 //! loses nothing; and every fuzz target runs for a bounded time without a crash.
 
@@ -120,10 +120,11 @@ fn browser_tests() -> Result<(), String> {
 /// the demo (`tidewire-desk`), including a server restart.
 fn dashboard_test() -> Result<(), String> {
     let root = crate::root();
-    step("dashboard end-to-end test (playwright-core, headless Chromium)");
+    step("dashboard and operator console end-to-end tests (playwright-core, headless Chromium)");
     process::run(&root, &cargo(), &["build", "--locked", "-p", "tidewire-desk", "--bin", "tidewire-desk"])?;
     let binary = root.join("target/debug/tidewire-desk");
     let screenshot = root.join("target/e2e/dashboard.png");
+    let console = root.join("target/e2e/console.png");
     process::run_with_env(
         &root.join("web"),
         "node",
@@ -131,9 +132,10 @@ fn dashboard_test() -> Result<(), String> {
         &[
             ("TIDEWIRE_BIN", binary.to_str().unwrap_or_default()),
             ("TIDEWIRE_E2E_SCREENSHOT", screenshot.to_str().unwrap_or_default()),
+            ("TIDEWIRE_CONSOLE_SCREENSHOT", console.to_str().unwrap_or_default()),
         ],
     )?;
-    println!("    screenshot: {}", screenshot.display());
+    println!("    screenshots: {}, {}", screenshot.display(), console.display());
     Ok(())
 }
 

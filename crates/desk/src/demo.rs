@@ -77,6 +77,22 @@ pub fn demo_token(secret: &str, user: &str) -> Result<String, jsonwebtoken::erro
     mint_hs256(secret, &claims)
 }
 
+/// How long the demo's operator token lives.
+pub const OPERATOR_TOKEN_TTL: Duration = Duration::from_secs(8 * 3600);
+
+/// A token for the operator console (`/console/`): the operator grant, nothing to
+/// subscribe or publish. Printed at start, never served.
+pub fn operator_token(secret: &str) -> Result<String, jsonwebtoken::errors::Error> {
+    let claims = Claims {
+        sub: "demo-operator".to_owned(),
+        exp: unix_now() + OPERATOR_TOKEN_TTL.as_secs(),
+        channels: Some(Vec::new()),
+        operator: true,
+        ..Claims::default()
+    };
+    mint_hs256(secret, &claims)
+}
+
 struct Lp {
     name: &'static str,
     status: LpStatus,

@@ -60,10 +60,18 @@ fn main() -> ExitCode {
         let token_secret = secret.clone();
         let app = app.route(
             "/demo/token",
-            axum::routing::get(move || {
+            axum::routing::get(move |Query(query): LpQuery| {
                 let secret = token_secret.clone();
                 async move {
-                    let user = format!("viewer-{:04x}", fastrand::u16(..));
+                    // A page names itself (`?viewer=`, kept across its reconnects, as a
+                    // signed-in user would be); without a valid name it gets a new one.
+                    let named = query
+                        .get("viewer")
+                        .filter(|v| (1..=16).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric()));
+                    let user = match named {
+                        Some(name) => format!("viewer-{name}"),
+                        None => format!("viewer-{:04x}", fastrand::u16(..)),
+                    };
                     tidewire_desk::demo::demo_token(&secret, &user).unwrap_or_default()
                 }
             }),
@@ -73,15 +81,17 @@ fn main() -> ExitCode {
             .route("/demo/relist", axum::routing::post(change_listing(listing, false)));
         let browse = addr.to_string().replace("0.0.0.0", "127.0.0.1");
         let token = tidewire_desk::demo::demo_token(&secret, "demo").unwrap_or_default();
+        let operator = tidewire_desk::demo::operator_token(&secret).unwrap_or_default();
         tracing::info!(rate, "demo publisher running");
         println!(
-            "\n  tidewire demo: open http://{browse}/\n  WebSocket:     ws://{browse}/ws\n  dev token:     {token}\n"
+            "\n  tidewire demo: open http://{browse}/\n  WebSocket:     ws://{browse}/ws\n  dev token:     {token}\n  \
+             console:       http://{browse}/console/ (sign in with the operator token)\n  operator token: {operator}\n"
         );
         app
     })
 }
 
-/// The query of `/demo/delist` and `/demo/relist`.
+/// The query of `/demo/token`, `/demo/delist` and `/demo/relist`.
 type LpQuery = Query<HashMap<String, String>>;
 
 /// `POST /demo/delist?lp=NAME` (or relist): 204, or 404 for an LP the desk does not have;
