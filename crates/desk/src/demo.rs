@@ -73,7 +73,10 @@ pub const DEMO_TOKEN_TTL: Duration = Duration::from_secs(600);
 
 /// A token for the dashboard: every shared channel, no publishing.
 pub fn demo_token(secret: &str, user: &str) -> Result<String, jsonwebtoken::errors::Error> {
-    let claims = Claims { sub: user.to_owned(), exp: unix_now() + DEMO_TOKEN_TTL.as_secs(), ..Claims::default() };
+    let now = unix_now();
+    // `iat`, so that revoking the viewer's tokens (issued before now) lets the next one in.
+    let claims =
+        Claims { sub: user.to_owned(), exp: now + DEMO_TOKEN_TTL.as_secs(), iat: Some(now), ..Claims::default() };
     mint_hs256(secret, &claims)
 }
 

@@ -41,7 +41,7 @@ enum Command {
         /// Channel patterns the token may publish to, comma-separated (default: none).
         #[arg(long, value_delimiter = ',')]
         publish: Option<Vec<String>>,
-        /// Grant the operator endpoints (`GET /api/channels`); never for browsers.
+        /// Grant the operator endpoints (`/api/…` beyond publishing) and the console; never for browsers.
         #[arg(long)]
         operator: bool,
         /// Lifetime, e.g. 1h.
@@ -70,8 +70,18 @@ fn main() -> ExitCode {
                 eprintln!("tidewire token: --jwt-secret (TIDEWIRE_JWT_SECRET) is required");
                 return ExitCode::FAILURE;
             };
-            let claims =
-                Claims { sub, exp: unix_now() + ttl.as_secs(), channels, publish, operator, ..Claims::default() };
+            // `iat` and a random `jti`, so the token can be revoked by either.
+            let (now, jti) = (unix_now(), format!("{:016x}", fastrand::u64(..)));
+            let claims = Claims {
+                sub,
+                exp: now + ttl.as_secs(),
+                channels,
+                publish,
+                operator,
+                iat: Some(now),
+                jti: Some(jti),
+                ..Claims::default()
+            };
             match mint_hs256(&secret, &claims) {
                 Ok(token) => {
                     println!("{token}");
