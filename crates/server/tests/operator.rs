@@ -453,3 +453,29 @@ async fn a_trace_shows_a_users_connections_as_things_happen() {
     let (status, _) = http_request(&server, "GET", "/api/trace?user=trader", Some(&publisher_token()), None).await;
     assert_eq!(status, 403);
 }
+
+#[tokio::test]
+async fn every_operator_endpoint_refuses_a_missing_or_publish_only_grant() {
+    let server = TestServer::start().await;
+    let endpoints = [
+        ("GET", "/api/channels", None),
+        ("GET", "/api/info", None),
+        ("GET", "/api/history?channel=alerts", None),
+        ("GET", "/api/presence?channel=alerts", None),
+        ("GET", "/api/connections", None),
+        ("GET", "/api/trace?user=trader", None),
+        ("POST", "/api/disconnect", Some(r#"{"user":"trader"}"#)),
+        ("POST", "/api/unsubscribe", Some(r#"{"user":"trader","channel":"alerts"}"#)),
+        ("POST", "/api/revoke", Some(r#"{"user":"trader"}"#)),
+    ];
+    for (method, path, body) in endpoints {
+        let (status, answer) = http_request(&server, method, path, None, body).await;
+        assert_eq!((status, answer["code"].as_str()), (401, Some("AUTH_REQUIRED")), "{method} {path}");
+        for (who, token) in [("a publish grant", publisher_token()), ("a browser token", token("trader"))] {
+            let (status, answer) = http_request(&server, method, path, Some(&token), body).await;
+            assert_eq!((status, answer["code"].as_str()), (403, Some("FORBIDDEN")), "{method} {path} with {who}");
+        }
+    }
+    let (status, answer) = http_request(&server, "GET", "/api/info", Some("not.a.token"), None).await;
+    assert_eq!((status, answer["code"].as_str()), (401, Some("AUTH_INVALID")));
+}
