@@ -38,11 +38,14 @@ function session(state: "connected" | "connecting" | "disconnected", text: strin
   setText(pill, text);
 }
 
-function button(label: string, testid: string, className: string, action: () => Promise<unknown>): HTMLButtonElement {
+/** A button; with `confirmText`, it asks first (naming what it acts on), so a row that
+ * moved under the pointer cannot take the click. */
+function button(label: string, testid: string, className: string, action: () => Promise<unknown>, confirmText?: string): HTMLButtonElement {
   const b = el("button", className, label);
   b.type = "button";
   b.dataset.testid = testid;
   b.addEventListener("click", () => {
+    if (confirmText !== undefined && !window.confirm(confirmText)) return;
     action().then(refresh, (e: unknown) => notice(e instanceof Error ? e.message : String(e)));
   });
   return b;
@@ -105,8 +108,8 @@ async function renderUsers(current: OperatorApi): Promise<void> {
       actions.append(
         button("trace", `trace-${user}`, "", async () => select(user)),
         button("disconnect", `disconnect-${user}`, "warn", () => current.disconnect({ user }, true)),
-        button("end access", `end-${user}`, "danger", () => current.disconnect({ user }, false)),
-        button("revoke tokens", `revoke-${user}`, "danger", () => current.revokeUser(user)),
+        button("end access", `end-${user}`, "danger", () => current.disconnect({ user }, false), `End ${user}'s access? Their clients will not reconnect.`),
+        button("revoke tokens", `revoke-${user}`, "danger", () => current.revokeUser(user), `Revoke every token ${user} holds?`),
       );
       const tr = row([user, integer(connections), actions], ["", "r", "actions"]);
       tr.dataset.testid = `user-${user}`;
@@ -232,6 +235,7 @@ async function refresh(): Promise<void> {
       session("disconnected", e.code);
       sessionStorage.removeItem(TOKEN_KEY);
       api = null;
+      tracing?.abort();
     }
     notice(e instanceof Error ? e.message : String(e));
   } finally {

@@ -74,7 +74,12 @@ test("the console shows the cluster, traces a user, and its buttons end connecti
 
     const console = await browser.newPage({ viewport: { width: 1440, height: 1000 } });
     const errors = [];
+    const asked = [];
     console.on("pageerror", (e) => errors.push(e.message));
+    console.on("dialog", (dialog) => {
+      asked.push(dialog.message());
+      void dialog.accept();
+    });
     await console.goto(`http://127.0.0.1:${port}/console/`);
 
     // Without a token, or with a viewer's, the console shows nothing.
@@ -124,6 +129,7 @@ test("the console shows the cluster, traces a user, and its buttons end connecti
 
     // "end access": closed with 4504, terminal; the dashboard stays down.
     await console.click(testid(`end-${viewer}`));
+    assert.deepEqual(asked, [`End ${viewer}'s access? Their clients will not reconnect.`], "it asks first, naming the user");
     await console.waitForFunction(() => [...document.querySelectorAll('[data-testid="trace-log"] li[data-event="closed"]')].some((li) => li.textContent.includes("closed 4504")), null, { timeout: 10_000 });
     await dashboard.waitForFunction(() => document.querySelector('[data-testid="connection"]')?.dataset.state === "disconnected", null, { timeout: 10_000 });
     await new Promise((r) => setTimeout(r, 1500));

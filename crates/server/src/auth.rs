@@ -148,6 +148,10 @@ pub enum AuthError {
     Invalid(String),
     #[error("token revoked by an operator")]
     Revoked,
+    /// The node has not read the cluster's revocations yet (Redis unreachable since it
+    /// started): it cannot tell whether the token was revoked.
+    #[error("the node cannot check revocations yet (the broker is unreachable); retry shortly")]
+    RevocationsUnknown,
 }
 
 impl AuthError {
@@ -157,6 +161,7 @@ impl AuthError {
             AuthError::Expired => ErrorCode::TokenExpired,
             AuthError::Invalid(_) => ErrorCode::AuthInvalid,
             AuthError::Revoked => ErrorCode::TokenRevoked,
+            AuthError::RevocationsUnknown => ErrorCode::Unavailable,
         }
     }
 }

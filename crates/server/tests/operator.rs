@@ -479,3 +479,24 @@ async fn every_operator_endpoint_refuses_a_missing_or_publish_only_grant() {
     let (status, answer) = http_request(&server, "GET", "/api/info", Some("not.a.token"), None).await;
     assert_eq!((status, answer["code"].as_str()), (401, Some("AUTH_INVALID")));
 }
+
+#[tokio::test]
+async fn the_web_dir_is_served_unframeable() {
+    let dir = std::env::temp_dir().join(format!("tidewire-web-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(dir.join("console")).unwrap();
+    std::fs::write(dir.join("console/index.html"), "<!doctype html><title>console</title>").unwrap();
+    let server = TestServer::with({
+        let dir = dir.clone();
+        move |c| c.web_dir = Some(dir)
+    })
+    .await;
+    let (status, head, body) = http_exchange(&server, "GET", "/console/", None, None).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(body.contains("console"));
+    for header in
+        ["x-frame-options: deny", "content-security-policy: frame-ancestors 'none'", "x-content-type-options: nosniff"]
+    {
+        assert!(head.contains(header), "{header} in {head}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -160,6 +160,7 @@ impl Session {
                     AuthError::Expired => CloseCode::TOKEN_EXPIRED,
                     AuthError::Invalid(_) => CloseCode::AUTH_INVALID,
                     AuthError::Revoked => CloseCode::REVOKED,
+                    AuthError::RevocationsUnknown => CloseCode::TRY_AGAIN_LATER,
                 };
                 hub.metrics().auth_failures.get_or_create(&ErrorLabel { code: error.code().as_str() }).inc();
                 tracing::info!(code = %error.code(), "refused connection: {error}");

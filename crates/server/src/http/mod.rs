@@ -36,9 +36,34 @@ pub fn router(hub: Hub) -> Router {
         .route("/metrics", get(ops::metrics))
         .with_state(hub);
     match web_dir {
-        Some(dir) => router.fallback_service(tower_http::services::ServeDir::new(dir)),
+        Some(dir) => router.fallback_service(static_files(dir)),
         None => router,
     }
+}
+
+/// The files of `--web-dir` (the dashboard, the operator console), never framed by
+/// another page (clickjacking) and never sniffed into another type.
+fn static_files(
+    dir: std::path::PathBuf,
+) -> impl tower::Service<
+    axum::extract::Request,
+    Response = axum::response::Response<tower_http::services::fs::ServeFileSystemResponseBody>,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ Sync
++ 'static {
+    use axum::http::{HeaderValue, header};
+    use tower_http::set_header::SetResponseHeaderLayer;
+    tower::ServiceBuilder::new()
+        .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("frame-ancestors 'none'"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
+        .service(tower_http::services::ServeDir::new(dir))
 }
 
 /// The token of an `Authorization: Bearer` header, if there is one.

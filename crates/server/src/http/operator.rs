@@ -164,20 +164,29 @@ pub async fn revoke(State(hub): State<Hub>, headers: HeaderMap, body: Body) -> R
     let result = async {
         let body: RevokeBody = operator_body(&hub, &headers, body, shape).await?;
         let now = crate::auth::unix_now();
-        let expires_at = body.expires_at.unwrap_or_else(|| now.saturating_add(hub.config().revocation_ttl.as_secs()));
-        if expires_at <= now || expires_at > now.saturating_add(MAX_REVOCATION_SECONDS) {
+        let latest = now.saturating_add(MAX_REVOCATION_SECONDS);
+        let given = body.expires_at;
+        if given.is_some_and(|at| at <= now || at > latest) {
             return Err(error_response(
                 ErrorCode::BadRequest,
                 format!("expiresAt must be in the future and at most {MAX_REVOCATION_SECONDS} s from now"),
             ));
         }
-        let revocation = match (named(body.jti, "jti")?, named(body.user, "user")?) {
+        let expires_at = given.unwrap_or(0);
+        let mut revocation = match (named(body.jti, "jti")?, named(body.user, "user")?) {
             (Some(jti), None) if body.issued_before.is_none() => Revocation::Token { jti, expires_at },
             (None, Some(user)) => {
                 Revocation::User { user, issued_before: body.issued_before.unwrap_or(now), expires_at }
             }
             _ => return Err(error_response(ErrorCode::BadRequest, format!("expected {shape}"))),
         };
+        if given.is_none() {
+            // Not said: `--revocation-ttl`, or longer when a live token it covers here
+            // lives longer, so none of those outlives its revocation.
+            let ttl = now.saturating_add(hub.config().revocation_ttl.as_secs());
+            let live = hub.latest_expiry_covered(&revocation).unwrap_or(0);
+            revocation.set_expires_at(ttl.max(live).min(latest));
+        }
         let connections = hub.revoke(&revocation).await.map_err(|e| error_response(e.code, e.message))?;
         tracing::info!(?revocation, connections, "tokens revoked");
         Ok(json!({ "revocation": revocation, "connections": connections }))
@@ -365,7 +374,8 @@ pub const MAX_TRACE: std::time::Duration = std::time::Duration::from_secs(600);
 /// user's connections on every node (see [`crate::hub::trace`]): `connected`,
 /// `subscribed`, `unsubscribed`, `frame`, `gap`, `closed`, and `lagged` when this
 /// stream fell behind and missed some. Each event's data is the JSON trace. A stream
-/// lasts at most ten minutes; at most 16 users are watched per node at once
+/// lasts at most ten minutes, and ends early when the operator's token expires or is
+/// revoked (checked every ten seconds); at most 16 users are watched per node at once
 /// (`RATE_LIMIT_EXCEEDED` past it).
 pub async fn trace(
     State(hub): State<Hub>,
@@ -373,6 +383,7 @@ pub async fn trace(
     axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
 ) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
+    let token = super::bearer_token(&headers).map(str::to_owned);
     match bearer(&hub, &headers) {
         Ok(grant) if grant.operator => {}
         Ok(_) => return error_response(ErrorCode::Forbidden, "tracing needs an operator token (operator: true)"),
@@ -400,33 +411,42 @@ pub async fn trace(
     }
     let end = tokio::time::Instant::now() + MAX_TRACE;
     let state = (watch, hub, user, tokio::time::Instant::now() + crate::hub::trace::LEASE_RENEWAL);
-    let events = futures_util::stream::unfold(state, move |(mut watch, hub, user, mut renew)| async move {
-        loop {
-            tokio::select! {
-                received = watch.events.recv() => {
-                    let trace = match received {
-                        Ok(trace) => (*trace).clone(),
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => crate::hub::trace::Trace {
-                            at: crate::hub::now_timestamp(),
-                            node: hub.node_id().to_owned(),
-                            user: user.clone(),
-                            connection: String::new(),
-                            event: crate::hub::trace::Event::Lagged { missed },
-                        },
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                    };
-                    let name = serde_json::to_value(&trace.event)
-                        .ok()
-                        .and_then(|v| v["event"].as_str().map(str::to_owned))
-                        .unwrap_or_else(|| "trace".to_owned());
-                    let event = Event::default().event(name).json_data(&trace).unwrap_or_default();
-                    return Some((Ok::<_, std::convert::Infallible>(event), (watch, hub, user, renew)));
+    let events = futures_util::stream::unfold(state, move |(mut watch, hub, user, mut renew)| {
+        let token = token.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    received = watch.events.recv() => {
+                        let trace = match received {
+                            Ok(trace) => (*trace).clone(),
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => crate::hub::trace::Trace {
+                                at: crate::hub::now_timestamp(),
+                                node: hub.node_id().to_owned(),
+                                user: user.clone(),
+                                connection: String::new(),
+                                event: crate::hub::trace::Event::Lagged { missed },
+                            },
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                        };
+                        let name = serde_json::to_value(&trace.event)
+                            .ok()
+                            .and_then(|v| v["event"].as_str().map(str::to_owned))
+                            .unwrap_or_else(|| "trace".to_owned());
+                        let event = Event::default().event(name).json_data(&trace).unwrap_or_default();
+                        return Some((Ok::<_, std::convert::Infallible>(event), (watch, hub, user, renew)));
+                    }
+                    () = tokio::time::sleep_until(renew) => {
+                        // The operator's token still holds (not expired, not revoked), or
+                        // the stream ends.
+                        let still = token.as_deref().is_some_and(|t| hub.authenticate(t).is_ok_and(|g| g.operator));
+                        if !still {
+                            return None;
+                        }
+                        renew += crate::hub::trace::LEASE_RENEWAL;
+                        let _ = hub.renew_watch(&user).await;
+                    }
+                    () = tokio::time::sleep_until(end) => return None,
                 }
-                () = tokio::time::sleep_until(renew) => {
-                    renew += crate::hub::trace::LEASE_RENEWAL;
-                    let _ = hub.renew_watch(&user).await;
-                }
-                () = tokio::time::sleep_until(end) => return None,
             }
         }
     });

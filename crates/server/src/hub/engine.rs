@@ -36,6 +36,9 @@ pub struct Shared {
     pub revocations: super::revocation::Revocations,
     /// Who operators watch (see [`super::trace`]).
     pub tracer: Arc<super::trace::Tracer>,
+    /// The revocations of the cluster have been read (at once for one node alone;
+    /// with Redis, after the first read): until then no token is accepted.
+    pub revocations_loaded: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {

@@ -237,7 +237,18 @@ impl Hub {
         let revocations = revocation::Revocations::new(config.max_revocations);
         let tracer = Arc::new(trace::Tracer::default());
         let metrics = Metrics::new();
-        let shared = Arc::new(Shared { config, metrics, instance, clock, sessions, started, revocations, tracer });
+        let revocations_loaded = AtomicBool::new(config.redis_url.is_none());
+        let shared = Arc::new(Shared {
+            config,
+            metrics,
+            instance,
+            clock,
+            sessions,
+            started,
+            revocations,
+            tracer,
+            revocations_loaded,
+        });
         let engine: Box<dyn Engine> = match &shared.config.redis_url {
             Some(url) => Box::new(redis::RedisEngine::start(shared.clone(), url, &shared.config.redis_prefix)?),
             None => Box::new(memory::MemoryEngine::new(shared.clone())),
@@ -292,6 +303,9 @@ impl Hub {
     /// revoked it (see [`revocation`]): what every connect, refresh and API call uses.
     pub fn authenticate(&self, token: &str) -> Result<crate::auth::Grant, crate::auth::AuthError> {
         let grant = self.inner.verifier.verify(token)?;
+        if !self.inner.shared.revocations_loaded.load(Ordering::Acquire) {
+            return Err(crate::auth::AuthError::RevocationsUnknown);
+        }
         if self.is_revoked(&grant) {
             return Err(crate::auth::AuthError::Revoked);
         }
@@ -307,8 +321,16 @@ impl Hub {
     /// connections it covers, the engine keeps it for the cluster and tells the other
     /// nodes. Returns how many of this node's connections ended.
     pub async fn revoke(&self, revocation: &revocation::Revocation) -> Result<usize, PublishError> {
+        // Here first: a full table refuses before the cluster is told anything.
+        let ended = self.inner.shared.revoke(revocation)?;
         self.inner.engine.revoke(revocation).await?;
-        self.inner.shared.revoke(revocation)
+        Ok(ended)
+    }
+
+    /// When the tokens `revocation` would cover on this node's live connections
+    /// expire, the latest of them (seconds since the epoch).
+    pub fn latest_expiry_covered(&self, revocation: &revocation::Revocation) -> Option<u64> {
+        self.inner.shared.sessions.latest_expiry_covered(revocation)
     }
 
     /// The typed in-process publisher.

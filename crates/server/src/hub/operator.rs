@@ -293,6 +293,11 @@ impl Sessions {
         outboxes.iter().filter(|outbox| outbox.order(order.clone())).count()
     }
 
+    /// The latest expiry among the live tokens `revocation` covers.
+    pub fn latest_expiry_covered(&self, revocation: &Revocation) -> Option<u64> {
+        self.lock().values().filter(|e| revocation.covers(&e.token)).map(|e| e.token.expires_at).max()
+    }
+
     /// Ends the connections whose token any revocation in `table` covers (after a node
     /// read revocations it may have missed); returns how many took the order.
     pub fn end_revoked(&self, table: &super::revocation::Revocations, now: u64) -> usize {

@@ -158,12 +158,17 @@ impl Outbox {
     }
 
     /// Hands the connection an operator's order and wakes it. At most
-    /// [`MAX_PENDING_ORDERS`] wait; beyond, the order is refused (false).
+    /// [`MAX_PENDING_ORDERS`] wait; beyond, an unsubscribe is refused (false), while a
+    /// disconnect replaces what waits (it ends the connection, which makes the rest
+    /// moot), so no disconnect or revocation is ever lost to a full queue.
     pub fn order(&self, order: Order) -> bool {
         {
             let mut orders = self.orders.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if orders.len() >= MAX_PENDING_ORDERS {
-                return false;
+                if !matches!(order, Order::Disconnect { .. }) {
+                    return false;
+                }
+                orders.clear();
             }
             orders.push(order);
         }

@@ -44,6 +44,12 @@ impl Revocation {
         }
     }
 
+    pub fn set_expires_at(&mut self, at: u64) {
+        match self {
+            Revocation::Token { expires_at, .. } | Revocation::User { expires_at, .. } => *expires_at = at,
+        }
+    }
+
     /// Whether this revocation takes back the token `grant` came from.
     pub fn covers(&self, grant: &Grant) -> bool {
         match self {

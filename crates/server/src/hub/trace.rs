@@ -97,9 +97,16 @@ pub struct Tracer {
     pub dropped: AtomicU64,
 }
 
+/// How long a watch lasts at most, even when its stream is no longer read (a reader
+/// that stopped reading stops the stream's own timers): the sweep ends it then.
+pub const MAX_WATCH: Duration = Duration::from_secs(660);
+
 #[derive(Debug, Default)]
 struct State {
-    watchers: HashMap<String, broadcast::Sender<Arc<Trace>>>,
+    /// Each watched user's sender, and when the watch ends whatever happens.
+    watchers: HashMap<String, (broadcast::Sender<Arc<Trace>>, Instant, u64)>,
+    /// Numbers each watched user's entry, so a watch ends only its own.
+    next_entry: u64,
     /// Users watched on other nodes, until when.
     leases: HashMap<String, Instant>,
 }
@@ -109,6 +116,7 @@ struct State {
 pub struct Watch {
     tracer: Arc<Tracer>,
     user: String,
+    entry: u64,
     pub events: broadcast::Receiver<Arc<Trace>>,
 }
 
@@ -116,7 +124,10 @@ impl Drop for Watch {
     fn drop(&mut self) {
         let mut state = self.tracer.lock();
         // The receiver is dropped after this body: one left means only ours.
-        if state.watchers.get(&self.user).is_some_and(|sender| sender.receiver_count() <= 1) {
+        let ours = |(sender, _, entry): &(broadcast::Sender<Arc<Trace>>, Instant, u64)| {
+            *entry == self.entry && sender.receiver_count() <= 1
+        };
+        if state.watchers.get(&self.user).is_some_and(ours) {
             state.watchers.remove(&self.user);
             self.tracer.generation.fetch_add(1, Ordering::SeqCst);
         }
@@ -142,17 +153,23 @@ impl Tracer {
     /// Watches `user` on this node.
     pub fn watch(self: &Arc<Self>, user: &str) -> Result<Watch, TooManyWatches> {
         let mut state = self.lock();
-        let events = match state.watchers.get(user) {
-            Some(sender) => sender.subscribe(),
-            None if state.watchers.len() >= MAX_WATCHED_USERS => return Err(TooManyWatches),
+        let full = state.watchers.len() >= MAX_WATCHED_USERS;
+        let (events, entry) = match state.watchers.get_mut(user) {
+            Some((sender, until, entry)) => {
+                *until = Instant::now() + MAX_WATCH;
+                (sender.subscribe(), *entry)
+            }
+            None if full => return Err(TooManyWatches),
             None => {
                 let (sender, events) = broadcast::channel(WATCHER_BACKLOG);
-                state.watchers.insert(user.to_owned(), sender);
+                state.next_entry += 1;
+                let entry = state.next_entry;
+                state.watchers.insert(user.to_owned(), (sender, Instant::now() + MAX_WATCH, entry));
                 self.generation.fetch_add(1, Ordering::SeqCst);
-                events
+                (events, entry)
             }
         };
-        Ok(Watch { tracer: self.clone(), user: user.to_owned(), events })
+        Ok(Watch { tracer: self.clone(), user: user.to_owned(), entry, events })
     }
 
     /// Another node watches `user`: send their events out for a while.
@@ -166,13 +183,15 @@ impl Tracer {
         }
     }
 
-    /// Forgets leases that ran out.
+    /// Forgets leases that ran out, and ends watches past [`MAX_WATCH`] (their
+    /// streams then end as soon as they are read).
     pub fn sweep(&self) {
         let now = Instant::now();
         let mut state = self.lock();
-        let before = state.leases.len();
+        let before = state.leases.len() + state.watchers.len();
         state.leases.retain(|_, until| *until > now);
-        if state.leases.len() != before {
+        state.watchers.retain(|_, (_, until, _)| *until > now);
+        if state.leases.len() + state.watchers.len() != before {
             self.generation.fetch_add(1, Ordering::SeqCst);
         }
     }
@@ -186,7 +205,7 @@ impl Tracer {
     pub fn emit(&self, trace: Trace) {
         let leased = {
             let state = self.lock();
-            if let Some(sender) = state.watchers.get(&trace.user) {
+            if let Some((sender, ..)) = state.watchers.get(&trace.user) {
                 let _ = sender.send(Arc::new(trace.clone()));
             }
             state.leases.contains_key(&trace.user)
@@ -200,7 +219,7 @@ impl Tracer {
 
     /// An event another node sent: to this node's watchers.
     pub fn deliver(&self, trace: Trace) {
-        if let Some(sender) = self.lock().watchers.get(&trace.user) {
+        if let Some((sender, ..)) = self.lock().watchers.get(&trace.user) {
             let _ = sender.send(Arc::new(trace));
         }
     }

@@ -6,7 +6,7 @@
 
 use tidewire_protocol::command::Refresh;
 use tidewire_protocol::message::Refreshed;
-use tidewire_protocol::{Control, ErrorCode};
+use tidewire_protocol::{CloseCode, Control, ErrorCode};
 
 use crate::connection::session::{Next, Session};
 use crate::hub::now_timestamp;
@@ -15,6 +15,11 @@ pub fn apply(session: &mut Session, command: Refresh) -> Next {
     match session.hub.authenticate(&command.token) {
         Ok(grant) if grant.user == session.grant.user => {
             session.hub.sessions().renew(session.id(), &grant);
+            // A revocation of the new token given between its check and the renewal
+            // above looked at the old one: look again now that any later one will.
+            if session.hub.is_revoked(&grant) {
+                return Next::Close(CloseCode::REVOKED, crate::auth::AuthError::Revoked.to_string());
+            }
             session.grant = grant;
             for channel in session.channels_not_granted() {
                 let why =

@@ -86,13 +86,18 @@ impl Control {
         };
         let Ok(Ok(members)) = tokio::time::timeout(Duration::from_secs(2), read).await else { return false };
         let now = crate::auth::unix_now();
-        let mut kept = 0;
+        let (mut kept, mut lost) = (0, 0);
         for member in &members {
             let Ok(revocation) = serde_json::from_str::<Revocation>(member) else { continue };
-            if self.shared.revocations.add(&revocation, now).is_ok() {
-                kept += 1;
+            match self.shared.revocations.add(&revocation, now) {
+                Ok(()) => kept += 1,
+                Err(_) => lost += 1,
             }
         }
+        if lost > 0 {
+            tracing::warn!(lost, "revocations in Redis beyond --max-revocations were not kept on this node");
+        }
+        self.shared.revocations_loaded.store(true, std::sync::atomic::Ordering::Release);
         let ended = self.shared.sessions.end_revoked(&self.shared.revocations, now);
         tracing::debug!(kept, ended, "revocations loaded from Redis");
         true
