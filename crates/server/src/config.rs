@@ -273,9 +273,16 @@ pub struct Config {
     /// Channel patterns (comma-separated, e.g. `rooms.*,desk-chat`) whose subscribers
     /// get join and leave messages: each subscription's start and end is published on
     /// the channel as a `presence.join` / `presence.leave` publication (`{user,
-    /// connection}`), within the channel's publish rate rules. Off by default.
+    /// connection}`), paid for by each connection (`--presence-joins-per-minute`). Off by
+    /// default.
     #[arg(long, env = "TIDEWIRE_PRESENCE_EVENTS", value_delimiter = ',', value_parser = channel_pattern)]
     pub presence_events: Vec<ChannelPattern>,
+
+    /// Subscriptions to `--presence-events` channels one connection may start per
+    /// minute (each pays for its join and its leave); a subscribe beyond it is refused
+    /// (RATE_LIMIT_EXCEEDED), so no client can flood a channel with joins and leaves.
+    #[arg(long, env = "TIDEWIRE_PRESENCE_JOINS_PER_MINUTE", default_value_t = 30)]
+    pub presence_joins_per_minute: u32,
 
     /// How long a revocation (`POST /api/revoke`) is kept when the operator does not say
     /// when the tokens it covers expire: set it to the longest lifetime of the tokens
@@ -369,6 +376,13 @@ impl Config {
         let rate = NonZeroU32::new(self.commands_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(self.command_burst).unwrap_or(rate);
         governor::Quota::per_second(rate).allow_burst(burst)
+    }
+
+    /// Each connection's budget of presence events (two per subscription to a
+    /// `--presence-events` channel: its join and its leave).
+    pub fn presence_quota(&self) -> governor::Quota {
+        let joins = NonZeroU32::new(self.presence_joins_per_minute.saturating_mul(2)).unwrap_or(NonZeroU32::MIN);
+        governor::Quota::per_minute(joins)
     }
 
     /// Whether `peer` is a proxy whose `X-Forwarded-For` is believed.

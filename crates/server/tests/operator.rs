@@ -500,3 +500,35 @@ async fn the_web_dir_is_served_unframeable() {
     }
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test]
+async fn a_connection_pays_for_its_joins_and_cannot_flood_a_channel_with_them() {
+    let server = TestServer::with(|c| {
+        c.presence_events = vec![tidewire_protocol::channel::ChannelPattern::parse("rooms.*").unwrap()];
+        c.presence_joins_per_minute = 2;
+    })
+    .await;
+    let (mut watcher, _) = connected(&server, "watcher").await;
+    watcher.send(r#"{"action":"subscribe","channels":["rooms.fx"]}"#).await;
+    watcher.expect_type("subscribed").await;
+    watcher.expect_type("presence.join").await;
+    let (mut flooder, _) = connected(&server, "flooder").await;
+    // Each connection may join twice a minute here.
+    for round in 0..2 {
+        flooder.send(r#"{"action":"subscribe","channels":["rooms.fx"]}"#).await;
+        flooder.expect_type("subscribed").await;
+        flooder.send(r#"{"action":"unsubscribe","channels":["rooms.fx"]}"#).await;
+        flooder.expect_type("unsubscribed").await;
+        let (join, leave) = (watcher.expect_type("presence.join").await, watcher.expect_type("presence.leave").await);
+        assert!(leave["seq"].as_u64() > join["seq"].as_u64(), "round {round}: a leave after its join");
+    }
+    flooder.send(r#"{"action":"subscribe","id":9,"channels":["rooms.fx","quiet"]}"#).await;
+    let refused = flooder.expect_type("error").await;
+    assert_eq!(
+        (refused["code"].as_str(), refused["channel"].as_str()),
+        (Some("RATE_LIMIT_EXCEEDED"), Some("rooms.fx")),
+        "{refused}"
+    );
+    assert_eq!(flooder.expect_type("subscribed").await["channel"], "quiet", "other channels are not affected");
+    assert!(watcher.try_next(Duration::from_millis(200)).await.unwrap().is_none(), "no third join");
+}

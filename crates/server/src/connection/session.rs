@@ -69,6 +69,9 @@ pub struct Session {
     trace_seen: AtomicU64,
     traced: AtomicBool,
     limiter: DefaultDirectRateLimiter,
+    /// Joins this connection may still announce (made on its first subscription to a
+    /// `--presence-events` channel; most connections never need one).
+    presence_budget: Option<Box<DefaultDirectRateLimiter>>,
     flood: FloodWindow,
 }
 
@@ -258,6 +261,7 @@ impl Session {
             traced: AtomicBool::new(false),
             limiter: RateLimiter::direct_with_clock(config.command_quota(), rate_limit_clock()),
             flood: FloodWindow { started: hub.clock().now(), refused: 0 },
+            presence_budget: None,
             subscriptions: Subscriptions::default(),
             outbox,
             hub,
@@ -293,6 +297,16 @@ impl Session {
                 event: event(),
             });
         }
+    }
+
+    /// Pays for a subscription's join and leave on a `--presence-events` channel; false
+    /// when this connection spent its budget.
+    pub fn pay_for_presence(&mut self) -> bool {
+        let quota = self.hub.config().presence_quota();
+        let budget = self
+            .presence_budget
+            .get_or_insert_with(|| Box::new(RateLimiter::direct_with_clock(quota, rate_limit_clock())));
+        budget.check_n(std::num::NonZeroU32::new(2).unwrap_or(std::num::NonZeroU32::MIN)).is_ok_and(|fits| fits.is_ok())
     }
 
     /// What the registry shows of this connection.

@@ -170,6 +170,8 @@ struct Inner {
     publish_limits: Vec<governor::DefaultKeyedRateLimiter<Arc<str>>>,
     /// Whether the sweeping task runs.
     sweeping: AtomicBool,
+    /// The queue of join and leave publications (see [`Hub::announce_presence`]).
+    presence: std::sync::OnceLock<tokio::sync::mpsc::Sender<NewPublication>>,
 }
 
 /// How a subscription starts: where from, the command it answers, and what it asked
@@ -264,6 +266,7 @@ impl Hub {
                 shutdown: Mutex::new(CancellationToken::new()),
                 draining: AtomicBool::new(false),
                 sweeping: AtomicBool::new(false),
+                presence: std::sync::OnceLock::new(),
             }),
         };
         hub.start_sweeping();
@@ -451,17 +454,22 @@ impl Hub {
         Ok(accepted)
     }
 
+    /// Whether subscriptions to `channel` are announced (`--presence-events`).
+    pub fn has_presence_events(&self, channel: &str) -> bool {
+        self.inner.shared.config.presence_events.iter().any(|pattern| pattern.matches(channel))
+    }
+
     /// Publishes a connection's join (or leave) on `channel` when the channel is
-    /// configured for presence events (`--presence-events`; see [`presence`]), in the
-    /// background: the subscription never waits for it. A join refused by the channel's
-    /// publish rate rules, or by an unreachable broker, is logged and counted, and the
-    /// subscription goes on.
+    /// configured for presence events (see [`presence`]). One task per node publishes
+    /// them in the order they came, so a connection's leave never precedes its join;
+    /// the queue to it holds [`presence::EVENT_BACKLOG`], and an event past it is
+    /// dropped (logged and counted). Connections pay for them in advance (see
+    /// [`Config::presence_quota`]), so the queue only fills when the engine stalls.
     pub fn announce_presence(&self, channel: &str, user: &str, connection: u64, joined: bool) {
-        let config = &self.inner.shared.config;
-        if !config.presence_events.iter().any(|pattern| pattern.matches(channel)) {
+        if !self.has_presence_events(channel) {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let Some(queue) = self.presence_queue() else { return };
         let kind =
             if joined { tidewire_protocol::message::PRESENCE_JOIN } else { tidewire_protocol::message::PRESENCE_LEAVE };
         let new = NewPublication {
@@ -472,20 +480,38 @@ impl Hub {
             idempotency_key: None,
             op: Op::Upsert,
         };
-        let hub = self.clone();
-        runtime.spawn(async move {
-            let published = async {
-                hub.check_publish_rate(&new.channel)?;
-                let prepared = Prepared::new(new, usize::MAX / 2)?;
-                hub.inner.engine.publish(prepared).await
-            };
-            match published.await {
-                Ok(_) => {
-                    hub.inner.shared.metrics.published.inc();
+        if queue.try_send(new).is_err() {
+            self.inner.shared.metrics.dropped.get_or_create(&crate::metrics::ReasonLabel { reason: "presence" }).inc();
+            tracing::warn!(%channel, "a presence event was dropped: the node's queue of them is full");
+        }
+    }
+
+    /// The queue of presence events, and its task, started on first use.
+    fn presence_queue(&self) -> Option<&tokio::sync::mpsc::Sender<NewPublication>> {
+        if let Some(queue) = self.inner.presence.get() {
+            return Some(queue);
+        }
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (queue, mut events) = tokio::sync::mpsc::channel::<NewPublication>(presence::EVENT_BACKLOG);
+        if self.inner.presence.set(queue).is_ok() {
+            let hub = Arc::downgrade(&self.inner);
+            runtime.spawn(async move {
+                while let Some(new) = events.recv().await {
+                    let Some(inner) = hub.upgrade() else { return };
+                    let published = async {
+                        let prepared = Prepared::new(new, inner.shared.config.max_publication_bytes)?;
+                        inner.engine.publish(prepared).await
+                    };
+                    match published.await {
+                        Ok(_) => {
+                            inner.shared.metrics.published.inc();
+                        }
+                        Err(e) => tracing::info!(%e, "a presence event was not published"),
+                    }
                 }
-                Err(e) => tracing::info!(%e, "a presence event was not published"),
-            }
-        });
+            });
+        }
+        self.inner.presence.get()
     }
 
     /// Applies the first publish rule matching the channel, if any.

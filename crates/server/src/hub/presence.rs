@@ -13,7 +13,12 @@
 //! `--presence-events`, a subscription's start and end are published on the channel
 //! itself as `presence.join` / `presence.leave` publications (`{user, connection}`),
 //! numbered and kept in history like any other, so a subscriber that recovers after a
-//! reconnect misses none. Those types are reserved: no publisher can forge them.
+//! reconnect misses none. Those types are reserved: no publisher can forge them. They
+//! do not draw on the channel's publish rate (a client cannot spend its publishers'
+//! budget): each connection pays for them instead, two per subscription to such a
+//! channel, from `--presence-joins-per-minute`, and a subscribe past it is refused.
+//! A connection that ends with its node (a crash) leaves no `presence.leave`: the
+//! presence API is the authoritative answer of who is there.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,6 +28,10 @@ use serde::{Deserialize, Serialize};
 /// The most users one node lists for a channel; past it the list is cut
 /// (`truncated: true`) and the counts stay exact for connections.
 pub const MAX_PRESENCE_USERS: usize = 10_000;
+
+/// Join and leave publications waiting to be published, the node's connections
+/// together.
+pub const EVENT_BACKLOG: usize = 4096;
 
 /// How long the asking node waits for the other nodes' answers.
 pub const ANSWER_WINDOW: Duration = Duration::from_secs(1);

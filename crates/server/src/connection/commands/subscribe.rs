@@ -80,6 +80,19 @@ pub fn apply(session: &mut Session, command: Subscribe) -> Next {
             );
             continue;
         }
+        if !already && session.hub.has_presence_events(channel) && !session.pay_for_presence() {
+            let per_minute = session.hub.config().presence_joins_per_minute;
+            session.send_error(
+                id,
+                ErrorCode::RateLimitExceeded,
+                format!(
+                    "{channel} announces joins and leaves: a connection may join such channels {per_minute} times a \
+                     minute (--presence-joins-per-minute)"
+                ),
+                Some(channel),
+            );
+            continue;
+        }
         let since = command.since.as_ref().and_then(|since| since.get(channel));
         let (snapshot_end, deltas) = (options.snapshot_end, options.deltas);
         let start = SubscribeStart { since, id: id.clone(), snapshot_end, filter: filter.clone(), rate, deltas };
