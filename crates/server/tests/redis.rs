@@ -386,15 +386,15 @@ async fn a_stream_lost_while_pubsub_was_down_is_announced_with_its_new_snapshot(
 }
 
 /// The keys under `prefix`, each with its time to live in ms (-1: none).
-/// (The nodes' own announcements, `{prefix}:node:…`, are left out: they are the nodes',
+/// (The nodes' own announcements, `{prefix}:node:…` and `{prefix}:nodes`, are left out: they are the nodes',
 /// renewed every few seconds while a node lives, not anything a client caused.)
 fn keys_with_ttl(url: &str, prefix: &str) -> Vec<(String, i64)> {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_connection().unwrap();
     let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query(&mut conn).unwrap();
-    let node = format!("{prefix}:node:");
+    let (node, nodes) = (format!("{prefix}:node:"), format!("{prefix}:nodes"));
     keys.into_iter()
-        .filter(|key| !key.starts_with(&node))
+        .filter(|key| !key.starts_with(&node) && *key != nodes)
         .map(|key| {
             let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).unwrap();
             (key, ttl)
@@ -1082,4 +1082,18 @@ async fn a_users_trace_and_connections_come_from_every_node() {
 /// Whether a `connected` event arrives on `trace` within half a second.
 async fn trace_has_connected(trace: &mut EventStream) -> bool {
     tokio::time::timeout(Duration::from_millis(500), trace.expect("connected")).await.is_ok()
+}
+
+#[tokio::test]
+async fn a_node_that_has_not_read_the_revocations_accepts_no_token() {
+    // Redis unreachable since start: the node cannot know what was revoked.
+    let server = TestServer::with(|c| {
+        c.redis_url = Some("redis://127.0.0.1:1".into());
+        c.redis_prefix = unique_prefix("unread");
+    })
+    .await;
+    let closed = server.client("trader").await.closed().await;
+    assert_eq!(closed.code, 1013, "TRY_AGAIN_LATER: {}", closed.reason);
+    let (status, answer) = http_request(&server, "GET", "/api/info", Some(&operator_token()), None).await;
+    assert_eq!((status, answer["code"].as_str()), (503, Some("UNAVAILABLE")), "{answer}");
 }

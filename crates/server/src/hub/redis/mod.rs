@@ -45,12 +45,56 @@ const NODE_TTL_MS: u64 = 15_000;
 /// The most nodes `GET /api/info` lists.
 const MAX_LISTED_NODES: usize = 1000;
 
-/// Writes this node's announcement (see [`Keys::node`]).
+/// Writes this node's announcement (see [`Keys::node`]) and its place in the set of
+/// live nodes (see [`Keys::nodes`]), forgetting the nodes that stopped announcing.
 async fn announce_node(inner: &EngineInner, info: &NodeInfo) -> redis::RedisResult<()> {
     let mut conn = inner.conn.clone();
     let key = Keys::node(&inner.prefix, &info.id);
     let text = serde_json::to_string(info).unwrap_or_default();
-    redis::cmd("SET").arg(key).arg(text).arg("PX").arg(NODE_TTL_MS).query_async::<()>(&mut conn).await
+    let (nodes, now) = (Keys::nodes(&inner.prefix), unix_millis());
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .cmd("SET")
+        .arg(key)
+        .arg(text)
+        .arg("PX")
+        .arg(NODE_TTL_MS)
+        .ignore()
+        .cmd("ZADD")
+        .arg(&nodes)
+        .arg(now)
+        .arg(&info.id)
+        .ignore()
+        .cmd("ZREMRANGEBYSCORE")
+        .arg(&nodes)
+        .arg("-inf")
+        .arg(now.saturating_sub(NODE_TTL_MS))
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(&nodes)
+        .arg(NODE_TTL_MS)
+        .ignore();
+    pipe.query_async::<()>(&mut conn).await
+}
+
+/// The ids of the nodes that announced themselves within [`NODE_TTL_MS`], at most
+/// [`MAX_LISTED_NODES`].
+async fn live_nodes(inner: &EngineInner) -> redis::RedisResult<Vec<String>> {
+    let mut conn = inner.conn.clone();
+    let since = unix_millis().saturating_sub(NODE_TTL_MS);
+    redis::cmd("ZRANGEBYSCORE")
+        .arg(Keys::nodes(&inner.prefix))
+        .arg(format!("({since}"))
+        .arg("+inf")
+        .arg("LIMIT")
+        .arg(0)
+        .arg(MAX_LISTED_NODES)
+        .query_async(&mut conn)
+        .await
+}
+
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 use super::{Accepted, ChannelInfo, HistoryPage, HistoryQuery, Prepared, PublishError, lock};
 use actor::{Actor, Input, until_redis_answers};
@@ -342,26 +386,12 @@ impl Engine for RedisEngine {
             let unavailable = |e: redis::RedisError| PublishError::new(ErrorCode::Unavailable, format!("Redis: {e}"));
             announce_node(&self.inner, &this).await.map_err(unavailable)?;
             let mut conn = self.inner.conn.clone();
-            let pattern = Keys::node(&self.inner.prefix, "*");
-            let mut keys: Vec<String> = Vec::new();
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(100)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(unavailable)?;
-                keys.extend(batch);
-                if next == 0 || keys.len() >= MAX_LISTED_NODES {
-                    break;
-                }
-                cursor = next;
-            }
-            keys.truncate(MAX_LISTED_NODES);
+            let keys: Vec<String> = live_nodes(&self.inner)
+                .await
+                .map_err(unavailable)?
+                .iter()
+                .map(|id| Keys::node(&self.inner.prefix, id))
+                .collect();
             if keys.is_empty() {
                 return Ok(vec![this]);
             }
@@ -464,16 +494,16 @@ impl Engine for RedisEngine {
                 .map_err(|_| PublishError::new(ErrorCode::Unavailable, "Redis: no connection within 1 s"))?
                 .map_err(unavailable)?;
             let mut conn = inner.conn.clone();
-            let listeners: usize = redis::cmd("PUBLISH")
+            // Asked: every other live node, as their announcements say (not the
+            // channel's listeners, which a monitor or a half-open link would miscount).
+            let asked =
+                live_nodes(inner).await.map_err(unavailable)?.iter().filter(|id| **id != inner.shared.instance).count();
+            redis::cmd("PUBLISH")
                 .arg(Keys::control(&inner.prefix))
                 .arg(text)
                 .query_async::<i64>(&mut conn)
                 .await
-                .map_err(unavailable)?
-                .try_into()
-                .unwrap_or(0);
-            // Every node listens to the control channel, this one included.
-            let asked = listeners.saturating_sub(usize::from(inner.listening.load(Ordering::SeqCst)));
+                .map_err(unavailable)?;
             let mut answers = Vec::new();
             let deadline = tokio::time::Instant::now() + super::presence::ANSWER_WINDOW;
             while answers.len() < asked {

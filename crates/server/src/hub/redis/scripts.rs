@@ -63,6 +63,12 @@ impl Keys {
         format!("{prefix}:node:{instance}")
     }
 
+    /// The live nodes: a sorted set of node ids scored by when each last announced
+    /// itself (ms), so listing and counting them never scans the keyspace.
+    pub fn nodes(prefix: &str) -> String {
+        format!("{prefix}:nodes")
+    }
+
     /// The cluster's revocations: a sorted set of revocations (JSON) scored by when
     /// they expire (seconds since the epoch), expiring with the last of them.
     pub fn revocations(prefix: &str) -> String {
