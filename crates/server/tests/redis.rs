@@ -976,10 +976,27 @@ async fn a_revocation_reaches_every_node_and_a_node_started_later() {
     assert!(started.elapsed() < Duration::from_secs(1), "closed on the other node in {:?}", started.elapsed());
     let closed = Client::connect(&b.url(&format!("token={revoked}"))).await.closed().await;
     assert_eq!(closed.code, 4504, "refused at connect on the other node");
-    // A node that starts after the revocation reads it from Redis before it is ready.
+    // A user's revocation, given twice, is one member of the set, and its cut moves on.
+    let banned = format!("banned-{}", fastrand::u32(..));
+    for _ in 0..2 {
+        let body = json!({"user": banned, "expiresAt": tidewire_server::auth::unix_now() + 120}).to_string();
+        let (status, answer) = http_request(&b, "POST", "/api/revoke", Some(&operator_token()), Some(&body)).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let members: Vec<String> =
+        redis::cmd("ZRANGE").arg(format!("{prefix}:revocations")).arg(0).arg(-1).query(&mut conn).unwrap();
+    assert_eq!(members, vec![format!("jti:{jti}"), format!("user:{banned}")]);
+    // A node that starts after the revocations reads them from Redis before it is ready.
     let c = node(&url, &prefix).await;
     let closed = Client::connect(&c.url(&format!("token={revoked}"))).await.closed().await;
     assert_eq!(closed.code, 4504, "refused on a node started later");
+    let old = token_with(&tidewire_server::auth::Claims {
+        iat: Some(tidewire_server::auth::unix_now() - 5),
+        ..claims(&banned)
+    });
+    assert_eq!(Client::connect(&c.url(&format!("token={old}"))).await.closed().await.code, 4504, "and the user's cut");
     // Redis keeps it no longer than asked.
     let ttl = keys_with_ttl(&url, &prefix)
         .into_iter()

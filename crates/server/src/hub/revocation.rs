@@ -44,6 +44,24 @@ impl Revocation {
         }
     }
 
+    /// Its member in the Redis engine's set: `jti:<id>` or `user:<name>`, and the cut
+    /// for a user.
+    pub fn member(&self) -> (String, Option<u64>) {
+        match self {
+            Revocation::Token { jti, .. } => (format!("jti:{jti}"), None),
+            Revocation::User { user, issued_before, .. } => (format!("user:{user}"), Some(*issued_before)),
+        }
+    }
+
+    /// The revocation a member of the Redis engine's set stands for.
+    pub fn from_member(member: &str, expires_at: u64, cut: Option<u64>) -> Option<Revocation> {
+        if let Some(jti) = member.strip_prefix("jti:") {
+            return Some(Revocation::Token { jti: jti.to_owned(), expires_at });
+        }
+        let user = member.strip_prefix("user:")?;
+        Some(Revocation::User { user: user.to_owned(), issued_before: cut?, expires_at })
+    }
+
     pub fn set_expires_at(&mut self, at: u64) {
         match self {
             Revocation::Token { expires_at, .. } | Revocation::User { expires_at, .. } => *expires_at = at,
@@ -209,6 +227,19 @@ mod tests {
         assert_eq!(table.len(), 2);
         assert_eq!(table.sweep(150), 1);
         table.add(&Revocation::Token { jti: "b".into(), expires_at: 300 }, 150).unwrap();
+    }
+
+    #[test]
+    fn revocations_round_trip_through_their_redis_members() {
+        for revocation in [
+            Revocation::Token { jti: "t:1".into(), expires_at: 9 },
+            Revocation::User { user: "user:x".into(), issued_before: 3, expires_at: 9 },
+        ] {
+            let (member, cut) = revocation.member();
+            assert_eq!(Revocation::from_member(&member, 9, cut), Some(revocation));
+        }
+        assert_eq!(Revocation::from_member("user:u", 9, None), None, "a user without its cut");
+        assert_eq!(Revocation::from_member("other", 9, None), None);
     }
 
     #[test]

@@ -194,6 +194,7 @@ impl RedisEngine {
             channel: Keys::control(prefix),
             traces: Keys::traces(prefix),
             revocations: Keys::revocations(prefix),
+            revocation_cuts: Keys::revocation_cuts(prefix),
             shared: inner.shared.clone(),
             answers: Arc::downgrade(&inner),
         };
@@ -439,7 +440,7 @@ impl Engine for RedisEngine {
     }
 
     fn revoke(&self, revocation: &Revocation) -> BoxFuture<'_, Result<(), PublishError>> {
-        let member = serde_json::to_string(revocation).unwrap_or_default();
+        let (member, cut) = revocation.member();
         let notice = Notice::Revoke { revocation: revocation.clone() };
         let text =
             serde_json::to_string(&Broadcast { from: self.inner.shared.instance.clone(), notice }).unwrap_or_default();
@@ -450,8 +451,10 @@ impl Engine for RedisEngine {
             let kept: i64 = inner
                 .revoke_script
                 .key(Keys::revocations(&inner.prefix))
+                .key(Keys::revocation_cuts(&inner.prefix))
                 .arg(member)
                 .arg(expires_at)
+                .arg(cut.map(|c| c.to_string()).unwrap_or_default())
                 .arg(crate::auth::unix_now())
                 .arg(inner.shared.config.max_revocations)
                 .arg(Keys::control(&inner.prefix))

@@ -26,8 +26,9 @@ pub struct Control {
     pub channel: String,
     /// The pub/sub channel of trace events (see [`crate::hub::trace`]).
     pub traces: String,
-    /// The sorted set of the cluster's revocations.
+    /// The sorted set of the cluster's revocations, and the users' cuts beside it.
     pub revocations: String,
+    pub revocation_cuts: String,
     pub shared: Arc<Shared>,
     /// What answers other nodes' questions (the engine, held weakly).
     pub answers: std::sync::Weak<super::EngineInner>,
@@ -76,19 +77,19 @@ impl Control {
     async fn load_revocations(&self, client: &redis::Client) -> bool {
         let read = async {
             let mut conn = client.get_multiplexed_async_connection().await?;
-            let now = crate::auth::unix_now();
-            redis::cmd("ZRANGEBYSCORE")
-                .arg(&self.revocations)
-                .arg(format!("({now}"))
-                .arg("+inf")
-                .query_async::<Vec<String>>(&mut conn)
+            redis::Script::new(super::scripts::REVOCATIONS)
+                .key(&self.revocations)
+                .key(&self.revocation_cuts)
+                .arg(crate::auth::unix_now())
+                .invoke_async::<Vec<String>>(&mut conn)
                 .await
         };
-        let Ok(Ok(members)) = tokio::time::timeout(Duration::from_secs(2), read).await else { return false };
+        let Ok(Ok(found)) = tokio::time::timeout(Duration::from_secs(2), read).await else { return false };
         let now = crate::auth::unix_now();
         let (mut kept, mut lost) = (0, 0);
-        for member in &members {
-            let Ok(revocation) = serde_json::from_str::<Revocation>(member) else { continue };
+        for entry in found.chunks_exact(3) {
+            let (expires_at, cut) = (entry[1].parse::<f64>().unwrap_or(0.0) as u64, entry[2].parse::<u64>().ok());
+            let Some(revocation) = Revocation::from_member(&entry[0], expires_at, cut) else { continue };
             match self.shared.revocations.add(&revocation, now) {
                 Ok(()) => kept += 1,
                 Err(_) => lost += 1,

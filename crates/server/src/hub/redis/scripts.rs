@@ -69,10 +69,17 @@ impl Keys {
         format!("{prefix}:nodes")
     }
 
-    /// The cluster's revocations: a sorted set of revocations (JSON) scored by when
-    /// they expire (seconds since the epoch), expiring with the last of them.
+    /// The cluster's revocations: a sorted set of `jti:<id>` and `user:<name>` scored
+    /// by when they expire (seconds since the epoch), expiring with the last of them;
+    /// see [`REVOKE`].
     pub fn revocations(prefix: &str) -> String {
         format!("{prefix}:revocations")
+    }
+
+    /// Each revoked user's cut (tokens issued before it are revoked), beside
+    /// [`Keys::revocations`].
+    pub fn revocation_cuts(prefix: &str) -> String {
+        format!("{prefix}:revcuts")
     }
 
     /// Where the nodes answer one question of another node (a list, kept seconds).
@@ -224,21 +231,50 @@ end
 return reply
 "#;
 
-/// Keeps a revocation for the cluster and tells every node, atomically: forgets the
-/// expired ones, refuses (`0`) a new one when the set holds `max` already, else adds it,
-/// makes the set live as long as its last member, and `PUBLISH`es the notice (`1`).
+/// Keeps a revocation for the cluster and tells every node, atomically. The set
+/// holds one member per token (`jti:<id>`) or user (`user:<name>`), scored by when it
+/// expires (a later expiry widens it, an earlier one never narrows it); a user's cut
+/// (tokens issued before it are revoked) is in the hash beside it, and only ever moves
+/// later. Expired members (and their cuts) are forgotten first; a new member when the
+/// set holds `max` already is refused (`0`). Both keys live as long as the last member.
+/// Then the notice is `PUBLISH`ed (`1`).
 ///
-/// KEYS: revocations. ARGV: member, expires at, now, max, control channel, notice.
+/// KEYS: revocations, cuts. ARGV: member, expires at, cut (or ''), now, max, control
+/// channel, notice.
 pub const REVOKE: &str = r#"
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+for _, member in ipairs(expired) do redis.call('HDEL', KEYS[2], member) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not held and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[5]) then
   return 0
 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+if not held or tonumber(held) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+end
+if ARGV[3] ~= '' then
+  local cut = redis.call('HGET', KEYS[2], ARGV[1])
+  if not cut or tonumber(cut) < tonumber(ARGV[3]) then redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) end
+end
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 redis.call('EXPIREAT', KEYS[1], tonumber(last[2]))
-redis.call('PUBLISH', ARGV[5], ARGV[6])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIREAT', KEYS[2], tonumber(last[2])) end
+redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 1
+"#;
+
+/// The revocations in force after `now`: `{member, expires at, cut or false, …}`.
+///
+/// KEYS: revocations, cuts. ARGV: now.
+pub const REVOCATIONS: &str = r#"
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES')
+local reply = {}
+for i = 1, #members, 2 do
+  reply[#reply + 1] = members[i]
+  reply[#reply + 1] = members[i + 1]
+  reply[#reply + 1] = redis.call('HGET', KEYS[2], members[i]) or ''
+end
+return reply
 "#;
 
 /// A page of history, writing nothing: `{epoch or '', head, more (1/0), messages…}`, the
