@@ -60,6 +60,7 @@ export interface TraceEvent {
   address?: string;
   channel?: string;
   code?: string | number;
+  frames?: number;
   messages?: number;
   bytes?: number;
   from?: number;

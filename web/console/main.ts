@@ -176,7 +176,7 @@ function describe(event: TraceEvent): string {
     case "unsubscribed":
       return `${who} left ${event.channel}${event.code ? ` (${event.code})` : ""}`;
     case "frame":
-      return `${who} frame: ${event.messages} messages, ${event.bytes} bytes`;
+      return `${who} ${event.frames === 1 ? "frame" : `${event.frames} frames`}: ${event.messages} messages, ${event.bytes} bytes`;
     case "gap":
       return `${who} GAP on ${event.channel}: seqs ${event.from}–${event.to} dropped`;
     case "closed":

@@ -62,6 +62,7 @@ pub fn serve(
         );
         session.greet(channels);
         let (code, reason) = run(session, &mut socket).await;
+        session.flush_frame_trace();
         session.trace(|| crate::hub::trace::Event::Closed { code: code.map(|c| c.0), reason: reason.clone() });
         session.leave_all();
         if let Some(code) = code {

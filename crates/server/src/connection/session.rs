@@ -68,6 +68,8 @@ pub struct Session {
     /// The tracer's generation when this connection last looked, and what it saw.
     trace_seen: AtomicU64,
     traced: AtomicBool,
+    /// Frames not yet told to a watcher (see [`crate::hub::trace::FRAME_EVENT_INTERVAL`]).
+    frame_tally: std::sync::Mutex<crate::hub::trace::FrameTally>,
     limiter: DefaultDirectRateLimiter,
     /// Joins this connection may still announce (made on its first subscription to a
     /// `--presence-events` channel; most connections never need one).
@@ -105,12 +107,20 @@ impl Subscriptions {
         self.filter_bytes - own + bytes
     }
 
-    /// Adds a channel, or replaces its filter's byte count.
-    pub fn insert(&mut self, channel: &str, filter_bytes: usize) {
+    /// Adds a channel, or replaces its filter's byte count; returns the channel's name
+    /// as held (shared with the operator's view of the connection).
+    pub fn insert(&mut self, channel: &str, filter_bytes: usize) -> Arc<str> {
         self.filter_bytes = self.filter_bytes_with(channel, filter_bytes);
         match self.channels.iter_mut().find(|(c, _)| &**c == channel) {
-            Some(entry) => entry.1 = filter_bytes,
-            None => self.channels.push((channel.into(), filter_bytes)),
+            Some(entry) => {
+                entry.1 = filter_bytes;
+                entry.0.clone()
+            }
+            None => {
+                let name: Arc<str> = channel.into();
+                self.channels.push((name.clone(), filter_bytes));
+                name
+            }
         }
     }
 
@@ -246,7 +256,12 @@ impl Session {
         for gap in &frame.gaps {
             session.trace(|| TraceEvent::Gap { channel: gap.channel.to_string(), from: gap.from, to: gap.to });
         }
-        session.trace(|| TraceEvent::Frame { messages, bytes });
+        if session.is_traced() {
+            let mut tally = session.frame_tally.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(event) = tally.add(messages, bytes, Instant::now(), false) {
+                session.trace(|| event);
+            }
+        }
         Some(text)
     }
 
@@ -259,6 +274,7 @@ impl Session {
             view,
             trace_seen: AtomicU64::new(u64::MAX),
             traced: AtomicBool::new(false),
+            frame_tally: Default::default(),
             limiter: RateLimiter::direct_with_clock(config.command_quota(), rate_limit_clock()),
             flood: FloodWindow { started: hub.clock().now(), refused: 0 },
             presence_budget: None,
@@ -307,6 +323,21 @@ impl Session {
             .presence_budget
             .get_or_insert_with(|| Box::new(RateLimiter::direct_with_clock(quota, rate_limit_clock())));
         budget.check_n(std::num::NonZeroU32::new(2).unwrap_or(std::num::NonZeroU32::MIN)).is_ok_and(|fits| fits.is_ok())
+    }
+
+    /// Tells a watcher the frames not yet told (before the connection's close).
+    pub fn flush_frame_trace(&self) {
+        if self.is_traced() {
+            let event = self.frame_tally.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).add(
+                0,
+                0,
+                Instant::now(),
+                true,
+            );
+            if let Some(event) = event {
+                self.trace(|| event);
+            }
+        }
     }
 
     /// What the registry shows of this connection.

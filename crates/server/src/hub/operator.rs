@@ -87,10 +87,11 @@ impl SessionView {
         self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn subscribed(&self, channel: &str) {
+    /// The connection subscribed to `channel` (the name its subscriptions hold, shared).
+    pub fn subscribed(&self, channel: Arc<str>) {
         let mut channels = self.channels();
-        if !channels.iter().any(|c| &**c == channel) {
-            channels.push(channel.into());
+        if !channels.contains(&channel) {
+            channels.push(channel);
         }
     }
 
@@ -140,11 +141,17 @@ pub struct NodeConnections {
     pub truncated: bool,
 }
 
+/// A connection as a listing copies it out of the registry: its number, user, view
+/// (for the user asked about) and outbox.
+type Listed = (u64, Arc<str>, Option<Arc<SessionView>>, Weak<Outbox>);
+
 #[derive(Debug)]
 struct Entry {
     /// The connection's token as revocation sees it (its user, `jti` and `iat`; the
     /// channel grants are left out).
     token: Grant,
+    /// The user, shared with listings.
+    user: Arc<str>,
     outbox: Weak<Outbox>,
     view: Arc<SessionView>,
 }
@@ -212,48 +219,60 @@ impl Sessions {
     }
 
     pub fn register(&self, id: u64, grant: &Grant, outbox: &Arc<Outbox>, view: &Arc<SessionView>) {
-        let entry = Entry { token: token_of(grant), outbox: Arc::downgrade(outbox), view: view.clone() };
+        let user = grant.user.as_str().into();
+        let entry = Entry { token: token_of(grant), user, outbox: Arc::downgrade(outbox), view: view.clone() };
         self.lock().insert(id, entry);
     }
 
     /// This node's connections: every user with their count (most first, at most
     /// [`MAX_LISTED`]), and with `user`, that user's connections in detail.
     pub fn list(&self, node: &str, user: Option<&str>, label: impl Fn(u64) -> String) -> NodeConnections {
-        let entries = self.lock();
+        // Only pointers are copied under the registry's lock: the counting, sorting and
+        // reading of each connection happen outside it, so connects never wait on a
+        // listing.
+        let (total, snapshot): (usize, Vec<Listed>) = {
+            let entries = self.lock();
+            let snapshot = entries
+                .iter()
+                .map(|(id, entry)| {
+                    let mine = user.is_some_and(|u| entry.token.user == u);
+                    (*id, entry.user.clone(), mine.then(|| entry.view.clone()), entry.outbox.clone())
+                })
+                .collect();
+            (entries.len(), snapshot)
+        };
         let mut counts: HashMap<&str, u64> = HashMap::new();
-        for entry in entries.values() {
-            *counts.entry(&entry.token.user).or_insert(0) += 1;
+        for (_, name, ..) in &snapshot {
+            *counts.entry(name).or_insert(0) += 1;
         }
         let mut users: Vec<(String, u64)> = counts.into_iter().map(|(u, n)| (u.to_owned(), n)).collect();
         users.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let mut truncated = users.len() > MAX_LISTED;
         users.truncate(MAX_LISTED);
         let mut detail = Vec::new();
-        if let Some(user) = user {
+        for (id, name, view, outbox) in &snapshot {
             use std::sync::atomic::Ordering::Relaxed;
-            for (id, entry) in entries.iter().filter(|(_, e)| e.token.user == user) {
-                if detail.len() >= MAX_LISTED {
-                    truncated = true;
-                    break;
-                }
-                let view = &entry.view;
-                detail.push(ConnectionInfo {
-                    connection: label(*id),
-                    user: user.to_owned(),
-                    node: node.to_owned(),
-                    connected_at: view.connected_at,
-                    address: view.address.map(|a| a.to_string()),
-                    channels: view.channels().iter().map(|c| c.to_string()).collect(),
-                    frames: view.frames.load(Relaxed),
-                    messages: view.messages.load(Relaxed),
-                    bytes: view.bytes.load(Relaxed),
-                    gaps: view.gaps.load(Relaxed),
-                    queued_bytes: entry.outbox.upgrade().map_or(0, |o| o.bytes() as u64),
-                });
+            let Some(view) = view else { continue };
+            if detail.len() >= MAX_LISTED {
+                truncated = true;
+                break;
             }
-            detail.sort_unstable_by(|a, b| a.connection.cmp(&b.connection));
+            detail.push(ConnectionInfo {
+                connection: label(*id),
+                user: name.to_string(),
+                node: node.to_owned(),
+                connected_at: view.connected_at,
+                address: view.address.map(|a| a.to_string()),
+                channels: view.channels().iter().map(|c| c.to_string()).collect(),
+                frames: view.frames.load(Relaxed),
+                messages: view.messages.load(Relaxed),
+                bytes: view.bytes.load(Relaxed),
+                gaps: view.gaps.load(Relaxed),
+                queued_bytes: outbox.upgrade().map_or(0, |o| o.bytes() as u64),
+            });
         }
-        NodeConnections { node: node.to_owned(), connections: entries.len() as u64, users, detail, truncated }
+        detail.sort_unstable_by(|a, b| a.connection.cmp(&b.connection));
+        NodeConnections { node: node.to_owned(), connections: total as u64, users, detail, truncated }
     }
 
     /// The connection refreshed its token.

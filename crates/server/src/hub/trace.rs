@@ -27,6 +27,38 @@ pub const LEASE_RENEWAL: Duration = Duration::from_secs(10);
 pub const WATCHER_BACKLOG: usize = 512;
 /// Users watched at once on one node (every watcher of a user counts once).
 pub const MAX_WATCHED_USERS: usize = 16;
+/// The shortest time between two `frame` events of one connection: a watched user's
+/// frames are summed in between, so tracing costs at most ten events a second per
+/// connection whatever the user's traffic.
+pub const FRAME_EVENT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Frames written and not yet told, per connection (see [`FRAME_EVENT_INTERVAL`]).
+#[derive(Debug, Default)]
+pub struct FrameTally {
+    frames: u64,
+    messages: u64,
+    bytes: u64,
+    last: Option<Instant>,
+}
+
+impl FrameTally {
+    /// Counts a frame; the event to send when one is due at `now` (or with `flush`,
+    /// whatever was counted).
+    pub fn add(&mut self, messages: u64, bytes: u64, now: Instant, flush: bool) -> Option<Event> {
+        self.frames += u64::from(messages > 0 || bytes > 0);
+        self.messages += messages;
+        self.bytes += bytes;
+        let due = flush || self.last.is_none_or(|last| now >= last + FRAME_EVENT_INTERVAL);
+        if !due || self.frames == 0 {
+            return None;
+        }
+        self.last = Some(now);
+        let event = Event::Frame { frames: self.frames, messages: self.messages, bytes: self.bytes };
+        (self.frames, self.messages, self.bytes) = (0, 0, 0);
+        Some(event)
+    }
+}
+
 /// Events waiting to go to the other nodes; past it they are dropped (and counted).
 pub const OUTGOING_BACKLOG: usize = 1024;
 
@@ -46,8 +78,11 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         code: Option<tidewire_protocol::ErrorCode>,
     },
-    /// A frame written: how many messages, how many bytes.
+    /// Frames written since the last such event (at most one every
+    /// [`FRAME_EVENT_INTERVAL`] per connection): how many, with how many messages and
+    /// bytes.
     Frame {
+        frames: u64,
         messages: u64,
         bytes: u64,
     },
@@ -235,7 +270,7 @@ mod tests {
             node: "n".into(),
             user: user.into(),
             connection: "n-1".into(),
-            event: Event::Frame { messages: 1, bytes: 10 },
+            event: Event::Frame { frames: 1, messages: 1, bytes: 10 },
         }
     }
 
@@ -255,6 +290,20 @@ mod tests {
         assert!(tracer.is_traced("alice"));
         drop(first);
         assert!(!tracer.is_traced("alice"));
+    }
+
+    #[test]
+    fn frames_are_summed_into_at_most_one_event_per_interval() {
+        let mut tally = FrameTally::default();
+        let start = Instant::now();
+        assert_eq!(tally.add(2, 20, start, false), Some(Event::Frame { frames: 1, messages: 2, bytes: 20 }));
+        assert_eq!(tally.add(3, 30, start + Duration::from_millis(10), false), None);
+        assert_eq!(tally.add(1, 10, start + Duration::from_millis(20), false), None);
+        let later = start + FRAME_EVENT_INTERVAL;
+        assert_eq!(tally.add(1, 5, later, false), Some(Event::Frame { frames: 3, messages: 5, bytes: 45 }));
+        assert_eq!(tally.add(4, 8, later, false), None);
+        assert_eq!(tally.add(0, 0, later, true), Some(Event::Frame { frames: 1, messages: 4, bytes: 8 }), "flushed");
+        assert_eq!(tally.add(0, 0, later, true), None, "nothing left");
     }
 
     #[test]

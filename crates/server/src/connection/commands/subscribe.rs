@@ -100,11 +100,11 @@ pub fn apply(session: &mut Session, command: Subscribe) -> Next {
             session.send_error(id, refused.code, refused.message, Some(channel));
             continue;
         }
-        session.subscriptions.insert(channel, filter_bytes);
+        let name = session.subscriptions.insert(channel, filter_bytes);
         if !already {
             tracing::debug!(connection = session.id(), user = %session.grant.user, %channel, "subscribed");
             session.hub.announce_presence(channel, &session.grant.user, session.id(), true);
-            session.view().subscribed(channel);
+            session.view().subscribed(name);
             session.trace(|| crate::hub::trace::Event::Subscribed { channel: channel.to_owned() });
         }
     }
