@@ -27,6 +27,14 @@ use crate::hub::{Hub, now_timestamp};
 use crate::metrics::CodeLabel;
 use session::{Next, Session};
 
+/// Tells an operator watching the user how the connection ended (kept out of line:
+/// the connection's future is memory per connection).
+#[inline(never)]
+fn traced_close(session: &Session, code: Option<CloseCode>, reason: &str) {
+    session.flush_frame_trace();
+    session.trace(|| crate::hub::trace::Event::Closed { code: code.map(|c| c.0), reason: reason.to_owned() });
+}
+
 /// How long a close frame may take to go out before the socket is just dropped.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -62,8 +70,7 @@ pub fn serve(
         );
         session.greet(channels);
         let (code, reason) = run(session, &mut socket).await;
-        session.flush_frame_trace();
-        session.trace(|| crate::hub::trace::Event::Closed { code: code.map(|c| c.0), reason: reason.clone() });
+        traced_close(session, code, &reason);
         session.leave_all();
         if let Some(code) = code {
             Box::pin(close(&hub, &mut socket, code, &reason)).await;

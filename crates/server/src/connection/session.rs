@@ -68,8 +68,6 @@ pub struct Session {
     /// The tracer's generation when this connection last looked, and what it saw.
     trace_seen: AtomicU64,
     traced: AtomicBool,
-    /// Frames not yet told to a watcher (see [`crate::hub::trace::FRAME_EVENT_INTERVAL`]).
-    frame_tally: std::sync::Mutex<crate::hub::trace::FrameTally>,
     limiter: DefaultDirectRateLimiter,
     /// Joins this connection may still announce (made on its first subscription to a
     /// `--presence-events` channel; most connections never need one).
@@ -257,7 +255,7 @@ impl Session {
             session.trace(|| TraceEvent::Gap { channel: gap.channel.to_string(), from: gap.from, to: gap.to });
         }
         if session.is_traced() {
-            let mut tally = session.frame_tally.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut tally = session.view.frame_tally();
             if let Some(event) = tally.add(messages, bytes, Instant::now(), false) {
                 session.trace(|| event);
             }
@@ -274,7 +272,6 @@ impl Session {
             view,
             trace_seen: AtomicU64::new(u64::MAX),
             traced: AtomicBool::new(false),
-            frame_tally: Default::default(),
             limiter: RateLimiter::direct_with_clock(config.command_quota(), rate_limit_clock()),
             flood: FloodWindow { started: hub.clock().now(), refused: 0 },
             presence_budget: None,
@@ -328,12 +325,7 @@ impl Session {
     /// Tells a watcher the frames not yet told (before the connection's close).
     pub fn flush_frame_trace(&self) {
         if self.is_traced() {
-            let event = self.frame_tally.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).add(
-                0,
-                0,
-                Instant::now(),
-                true,
-            );
+            let event = self.view.frame_tally().add(0, 0, Instant::now(), true);
             if let Some(event) = event {
                 self.trace(|| event);
             }

@@ -68,6 +68,8 @@ pub struct SessionView {
     pub bytes: std::sync::atomic::AtomicU64,
     pub gaps: std::sync::atomic::AtomicU64,
     channels: Mutex<Vec<Arc<str>>>,
+    /// Frames not yet told to a watcher (see [`super::trace::FRAME_EVENT_INTERVAL`]).
+    frame_tally: Mutex<super::trace::FrameTally>,
 }
 
 impl SessionView {
@@ -80,7 +82,12 @@ impl SessionView {
             bytes: Default::default(),
             gaps: Default::default(),
             channels: Mutex::new(Vec::new()),
+            frame_tally: Mutex::default(),
         }
+    }
+
+    pub fn frame_tally(&self) -> std::sync::MutexGuard<'_, super::trace::FrameTally> {
+        self.frame_tally.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn channels(&self) -> std::sync::MutexGuard<'_, Vec<Arc<str>>> {
