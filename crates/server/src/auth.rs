@@ -13,7 +13,7 @@
 //! | `operator` | no       | `true` grants the operator endpoints (`GET /api/channels`); never give it to browsers |
 //! | `subs`     | no       | channels subscribed at connect (each checked against `channels`) |
 //! | `jti`      | no       | the token's id, which `POST /api/revoke {jti}` can revoke        |
-//! | `iat`      | no       | when it was issued; `POST /api/revoke {user}` revokes tokens issued before a time (and those without `iat`) |
+//! | `iat`      | no       | when issued; `POST /api/revoke {user}` revokes those before a time (and without `iat`) |
 //! | `aud`, `iss`, `nbf` | when configured / present | checked                           |
 //!
 //! The channel rules themselves live in the protocol crate; this module turns claims

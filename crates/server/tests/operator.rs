@@ -313,7 +313,9 @@ async fn presence_lists_users_with_their_connections_and_occupancy_counts() {
         json!({
             "channel": "desk", "connections": 4, "users": 3, "nodes": 1, "complete": true, "truncated": false,
             "presence": [
-                {"user": "alice", "connections": 1}, {"user": "bob", "connections": 2}, {"user": "carol", "connections": 1}
+                {"user": "alice", "connections": 1},
+                {"user": "bob", "connections": 2},
+                {"user": "carol", "connections": 1}
             ]
         })
     );
@@ -389,7 +391,8 @@ async fn connections_are_listed_per_user_and_in_detail() {
     first.expect_type("alert").await;
     let get = |query: &'static str| {
         let server = &server;
-        async move { http_request(server, "GET", &format!("/api/connections{query}"), Some(&operator_token()), None).await }
+        let path = format!("/api/connections{query}");
+        async move { http_request(server, "GET", &path, Some(&operator_token()), None).await }
     };
     let (status, summary) = get("").await;
     assert_eq!(status, 200, "{summary}");
