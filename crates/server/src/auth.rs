@@ -81,6 +81,11 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// What revocation looks at in the token.
+    pub fn token(&self) -> crate::hub::revocation::Token<'_> {
+        crate::hub::revocation::Token { user: &self.user, jti: self.token_id.as_deref(), issued_at: self.issued_at }
+    }
+
     pub fn subscribe_access(&self, channel: &str) -> Access {
         channel::subscribe_access(channel, &self.user, self.subscribe.as_ref())
     }

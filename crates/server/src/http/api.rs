@@ -42,6 +42,17 @@ pub(super) fn bearer(hub: &Hub, headers: &HeaderMap) -> Result<Grant, Response> 
     })
 }
 
+/// The bearer token, checked for the operator grant: `FORBIDDEN` saying that `what`
+/// needs it (a publish grant is not one).
+#[allow(clippy::result_large_err)]
+pub(super) fn operator(hub: &Hub, headers: &HeaderMap, what: &str) -> Result<Grant, Response> {
+    let grant = bearer(hub, headers)?;
+    if !grant.operator {
+        return Err(error_response(ErrorCode::Forbidden, format!("{what} needs an operator token (operator: true)")));
+    }
+    Ok(grant)
+}
+
 /// Reads a request body once its sender is known to be allowed: at most
 /// `--max-http-body-bytes`, within `--http-body-timeout`, and only while the node's
 /// budget for bodies being read (`--max-http-body-memory`) has room for it.
@@ -140,13 +151,10 @@ pub async fn publish(State(hub): State<Hub>, headers: HeaderMap, body: Body) -> 
 /// `operator: true`). User-scoped channels (`name#user`) are never listed: they would
 /// tell one user's activity to someone else.
 pub async fn channels(State(hub): State<Hub>, headers: HeaderMap) -> Response {
-    match bearer(&hub, &headers) {
-        Ok(grant) if grant.operator => {
-            let mut channels = hub.channels().await;
-            channels.retain(|info| !info.channel.contains(USER_SEPARATOR));
-            Json(channels).into_response()
-        }
-        Ok(_) => error_response(ErrorCode::Forbidden, "listing channels needs an operator token (operator: true)"),
-        Err(response) => response,
+    if let Err(refused) = operator(&hub, &headers, "listing channels") {
+        return refused;
     }
+    let mut channels = hub.channels().await;
+    channels.retain(|info| !info.channel.contains(USER_SEPARATOR));
+    Json(channels).into_response()
 }

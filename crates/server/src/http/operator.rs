@@ -17,7 +17,7 @@ use serde_json::json;
 use tidewire_protocol::channel::validate;
 use tidewire_protocol::{CloseCode, ErrorCode};
 
-use super::api::{bearer, error_response, read_body};
+use super::api::{error_response, operator, read_body};
 use crate::hub::operator::{ConnectionInfo, MAX_LISTED, Order, Target};
 use crate::hub::revocation::{MAX_REVOKED_ID_BYTES, Revocation};
 use crate::hub::{Hub, invalid_channel};
@@ -63,10 +63,7 @@ async fn operator_body<T: serde::de::DeserializeOwned>(
     body: Body,
     shape: &str,
 ) -> Result<T, Response> {
-    let grant = bearer(hub, headers)?;
-    if !grant.operator {
-        return Err(error_response(ErrorCode::Forbidden, "operator orders need an operator token (operator: true)"));
-    }
+    operator(hub, headers, "giving orders")?;
     let body = read_body(hub, headers, body).await?;
     serde_json::from_slice(&body).map_err(|e| error_response(ErrorCode::BadRequest, format!("expected {shape}: {e}")))
 }
@@ -212,12 +209,8 @@ pub async fn history(
     headers: HeaderMap,
     axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
 ) -> Response {
-    let grant = match bearer(&hub, &headers) {
-        Ok(grant) => grant,
-        Err(response) => return response,
-    };
-    if !grant.operator {
-        return error_response(ErrorCode::Forbidden, "reading history needs an operator token (operator: true)");
+    if let Err(refused) = operator(&hub, &headers, "reading history") {
+        return refused;
     }
     let (mut channel, mut since, mut limit, mut newest_first) = (None, None, 100, false);
     for (name, value) in query {
@@ -266,13 +259,12 @@ pub async fn history(
 /// id, version, engine, start time, uptime, and its connections, subscriptions and
 /// channels.
 pub async fn info(State(hub): State<Hub>, headers: HeaderMap) -> Response {
-    match bearer(&hub, &headers) {
-        Ok(grant) if grant.operator => match hub.nodes().await {
-            Ok((node, nodes)) => Json(json!({ "node": node, "nodes": nodes })).into_response(),
-            Err(e) => error_response(e.code, e.message),
-        },
-        Ok(_) => error_response(ErrorCode::Forbidden, "node info needs an operator token (operator: true)"),
-        Err(response) => response,
+    if let Err(refused) = operator(&hub, &headers, "node info") {
+        return refused;
+    }
+    match hub.nodes().await {
+        Ok((node, nodes)) => Json(json!({ "node": node, "nodes": nodes })).into_response(),
+        Err(e) => error_response(e.code, e.message),
     }
 }
 
@@ -285,10 +277,8 @@ pub async fn presence(
     headers: HeaderMap,
     axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
 ) -> Response {
-    match bearer(&hub, &headers) {
-        Ok(grant) if grant.operator => {}
-        Ok(_) => return error_response(ErrorCode::Forbidden, "presence needs an operator token (operator: true)"),
-        Err(response) => return response,
+    if let Err(refused) = operator(&hub, &headers, "presence") {
+        return refused;
     }
     let (mut channel, mut list_users) = (None, true);
     for (name, value) in query {
@@ -320,15 +310,8 @@ pub async fn connections(
     headers: HeaderMap,
     axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
 ) -> Response {
-    match bearer(&hub, &headers) {
-        Ok(grant) if grant.operator => {}
-        Ok(_) => {
-            return error_response(
-                ErrorCode::Forbidden,
-                "listing connections needs an operator token (operator: true)",
-            );
-        }
-        Err(response) => return response,
+    if let Err(refused) = operator(&hub, &headers, "listing connections") {
+        return refused;
     }
     let mut user = None;
     for (name, value) in query {
@@ -384,10 +367,8 @@ pub async fn trace(
 ) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     let token = super::bearer_token(&headers).map(str::to_owned);
-    match bearer(&hub, &headers) {
-        Ok(grant) if grant.operator => {}
-        Ok(_) => return error_response(ErrorCode::Forbidden, "tracing needs an operator token (operator: true)"),
-        Err(response) => return response,
+    if let Err(refused) = operator(&hub, &headers, "tracing") {
+        return refused;
     }
     let mut user = None;
     for (name, value) in query {

@@ -317,7 +317,7 @@ impl Hub {
 
     /// Whether an operator revoked the token `grant` came from.
     pub fn is_revoked(&self, grant: &crate::auth::Grant) -> bool {
-        self.inner.shared.revocations.covers(grant, crate::auth::unix_now())
+        self.inner.shared.revocations.covers(grant.token(), crate::auth::unix_now())
     }
 
     /// Revokes tokens on every node: this node keeps the revocation and ends the

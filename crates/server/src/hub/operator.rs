@@ -21,22 +21,8 @@ use serde::{Deserialize, Serialize};
 use tidewire_protocol::CloseCode;
 
 use super::outbox::Outbox;
-use super::revocation::Revocation;
+use super::revocation::{Revocation, Token};
 use crate::auth::Grant;
-
-/// What revocation needs of a grant: who, and which token.
-fn token_of(grant: &Grant) -> Grant {
-    Grant {
-        user: grant.user.clone(),
-        subscribe: None,
-        publish: None,
-        expires_at: grant.expires_at,
-        operator: grant.operator,
-        subscriptions: Vec::new(),
-        token_id: grant.token_id.clone(),
-        issued_at: grant.issued_at,
-    }
-}
 
 /// What an operator asks of a connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,13 +140,31 @@ type Listed = (u64, Arc<str>, Option<Arc<SessionView>>, Weak<Outbox>);
 
 #[derive(Debug)]
 struct Entry {
-    /// The connection's token as revocation sees it (its user, `jti` and `iat`; the
-    /// channel grants are left out).
-    token: Grant,
-    /// The user, shared with listings.
     user: Arc<str>,
+    /// The token as revocation sees it (see [`Entry::token`]): its `jti`, when it was
+    /// issued and when it expires; the channel grants are the session's.
+    jti: Option<Box<str>>,
+    issued_at: Option<u64>,
+    expires_at: u64,
     outbox: Weak<Outbox>,
     view: Arc<SessionView>,
+}
+
+impl Entry {
+    fn new(grant: &Grant, outbox: &Arc<Outbox>, view: &Arc<SessionView>) -> Entry {
+        Entry {
+            user: grant.user.as_str().into(),
+            jti: grant.token_id.as_deref().map(Into::into),
+            issued_at: grant.issued_at,
+            expires_at: grant.expires_at,
+            outbox: Arc::downgrade(outbox),
+            view: view.clone(),
+        }
+    }
+
+    fn token(&self) -> Token<'_> {
+        Token { user: &self.user, jti: self.jti.as_deref(), issued_at: self.issued_at }
+    }
 }
 
 /// One node as the operator sees it (`GET /api/info`).
@@ -226,9 +230,7 @@ impl Sessions {
     }
 
     pub fn register(&self, id: u64, grant: &Grant, outbox: &Arc<Outbox>, view: &Arc<SessionView>) {
-        let user = grant.user.as_str().into();
-        let entry = Entry { token: token_of(grant), user, outbox: Arc::downgrade(outbox), view: view.clone() };
-        self.lock().insert(id, entry);
+        self.lock().insert(id, Entry::new(grant, outbox, view));
     }
 
     /// This node's connections: every user with their count (most first, at most
@@ -242,7 +244,7 @@ impl Sessions {
             let snapshot = entries
                 .iter()
                 .map(|(id, entry)| {
-                    let mine = user.is_some_and(|u| entry.token.user == u);
+                    let mine = user.is_some_and(|u| *entry.user == *u);
                     (*id, entry.user.clone(), mine.then(|| entry.view.clone()), entry.outbox.clone())
                 })
                 .collect();
@@ -285,7 +287,8 @@ impl Sessions {
     /// The connection refreshed its token.
     pub fn renew(&self, id: u64, grant: &Grant) {
         if let Some(entry) = self.lock().get_mut(&id) {
-            entry.token = token_of(grant);
+            (entry.jti, entry.issued_at, entry.expires_at) =
+                (grant.token_id.as_deref().map(Into::into), grant.issued_at, grant.expires_at);
         }
     }
 
@@ -295,7 +298,7 @@ impl Sessions {
         let outboxes: Vec<Arc<Outbox>> = self
             .lock()
             .values()
-            .filter(|entry| revocation.covers(&entry.token))
+            .filter(|entry| revocation.covers(entry.token()))
             .filter_map(|entry| entry.outbox.upgrade())
             .collect();
         let order = Order::Disconnect { code: CloseCode::REVOKED, reason: "token revoked by an operator".to_owned() };
@@ -312,7 +315,7 @@ impl Sessions {
         let outboxes: Vec<Arc<Outbox>> = self
             .lock()
             .iter()
-            .filter(|(_, entry)| target.user.as_deref().is_none_or(|user| entry.token.user == user))
+            .filter(|(_, entry)| target.user.as_deref().is_none_or(|user| *entry.user == *user))
             .filter(|(id, _)| target.connection.as_deref().is_none_or(|wanted| label(**id) == wanted))
             .filter_map(|(_, entry)| entry.outbox.upgrade())
             .collect();
@@ -321,7 +324,7 @@ impl Sessions {
 
     /// The latest expiry among the live tokens `revocation` covers.
     pub fn latest_expiry_covered(&self, revocation: &Revocation) -> Option<u64> {
-        self.lock().values().filter(|e| revocation.covers(&e.token)).map(|e| e.token.expires_at).max()
+        self.lock().values().filter(|e| revocation.covers(e.token())).map(|e| e.expires_at).max()
     }
 
     /// Ends the connections whose token any revocation in `table` covers (after a node
@@ -333,7 +336,7 @@ impl Sessions {
         let outboxes: Vec<Arc<Outbox>> = self
             .lock()
             .values()
-            .filter(|entry| table.covers(&entry.token, now))
+            .filter(|entry| table.covers(entry.token(), now))
             .filter_map(|entry| entry.outbox.upgrade())
             .collect();
         let order = Order::Disconnect { code: CloseCode::REVOKED, reason: "token revoked by an operator".to_owned() };
@@ -343,7 +346,7 @@ impl Sessions {
     /// The user of each connection, `None` for one no longer registered.
     pub fn users_of(&self, ids: &[u64]) -> Vec<Option<String>> {
         let entries = self.lock();
-        ids.iter().map(|id| entries.get(id).map(|entry| entry.token.user.clone())).collect()
+        ids.iter().map(|id| entries.get(id).map(|entry| entry.user.to_string())).collect()
     }
 
     pub fn len(&self) -> usize {

@@ -20,7 +20,14 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Grant;
+/// What revocation looks at in a token: whose it is, its `jti`, and when it was
+/// issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Token<'a> {
+    pub user: &'a str,
+    pub jti: Option<&'a str>,
+    pub issued_at: Option<u64>,
+}
 
 /// The longest `jti` or user name a revocation may name.
 pub const MAX_REVOKED_ID_BYTES: usize = 256;
@@ -68,12 +75,12 @@ impl Revocation {
         }
     }
 
-    /// Whether this revocation takes back the token `grant` came from.
-    pub fn covers(&self, grant: &Grant) -> bool {
+    /// Whether this revocation takes back `token`.
+    pub fn covers(&self, token: Token<'_>) -> bool {
         match self {
-            Revocation::Token { jti, .. } => grant.token_id.as_deref() == Some(jti),
+            Revocation::Token { jti, .. } => token.jti == Some(jti.as_str()),
             Revocation::User { user, issued_before, .. } => {
-                grant.user == *user && grant.issued_at.is_none_or(|iat| iat < *issued_before)
+                token.user == user && token.issued_at.is_none_or(|iat| iat < *issued_before)
             }
         }
     }
@@ -143,15 +150,15 @@ impl Revocations {
         Ok(())
     }
 
-    /// Whether any revocation in force at `now` covers the token `grant` came from.
-    pub fn covers(&self, grant: &Grant, now: u64) -> bool {
+    /// Whether any revocation in force at `now` covers `token`.
+    pub fn covers(&self, token: Token<'_>, now: u64) -> bool {
         let table = self.lock();
-        let token = grant.token_id.as_ref().and_then(|jti| table.tokens.get(jti)).is_some_and(|until| *until > now);
-        token
+        let by_id = token.jti.and_then(|jti| table.tokens.get(jti)).is_some_and(|until| *until > now);
+        by_id
             || table
                 .users
-                .get(&grant.user)
-                .is_some_and(|(before, until)| *until > now && grant.issued_at.is_none_or(|iat| iat < *before))
+                .get(token.user)
+                .is_some_and(|(before, until)| *until > now && token.issued_at.is_none_or(|iat| iat < *before))
     }
 
     /// Forgets what expired by `now`; returns how many are left.
@@ -175,27 +182,18 @@ impl Revocations {
 mod tests {
     use super::*;
 
-    fn grant(user: &str, jti: Option<&str>, iat: Option<u64>) -> Grant {
-        Grant {
-            user: user.into(),
-            subscribe: None,
-            publish: None,
-            expires_at: 1_000,
-            operator: false,
-            subscriptions: Vec::new(),
-            token_id: jti.map(str::to_owned),
-            issued_at: iat,
-        }
+    fn grant<'a>(user: &'a str, jti: Option<&'a str>, iat: Option<u64>) -> Token<'a> {
+        Token { user, jti, issued_at: iat }
     }
 
     #[test]
     fn a_jti_revocation_covers_that_token_only_until_it_expires() {
         let table = Revocations::new(10);
         table.add(&Revocation::Token { jti: "t1".into(), expires_at: 100 }, 10).unwrap();
-        assert!(table.covers(&grant("alice", Some("t1"), Some(5)), 50));
-        assert!(!table.covers(&grant("alice", Some("t2"), Some(5)), 50));
-        assert!(!table.covers(&grant("alice", None, None), 50));
-        assert!(!table.covers(&grant("alice", Some("t1"), Some(5)), 100), "expired");
+        assert!(table.covers(grant("alice", Some("t1"), Some(5)), 50));
+        assert!(!table.covers(grant("alice", Some("t2"), Some(5)), 50));
+        assert!(!table.covers(grant("alice", None, None), 50));
+        assert!(!table.covers(grant("alice", Some("t1"), Some(5)), 100), "expired");
         assert_eq!(table.sweep(100), 0);
     }
 
@@ -203,16 +201,16 @@ mod tests {
     fn a_user_revocation_covers_tokens_issued_before_and_tokens_without_iat() {
         let table = Revocations::new(10);
         table.add(&Revocation::User { user: "bob".into(), issued_before: 40, expires_at: 100 }, 10).unwrap();
-        assert!(table.covers(&grant("bob", None, Some(39)), 50));
-        assert!(table.covers(&grant("bob", Some("x"), None), 50), "no iat: covered");
-        assert!(!table.covers(&grant("bob", None, Some(40)), 50), "issued at the cut: a new token");
-        assert!(!table.covers(&grant("carol", None, Some(1)), 50));
+        assert!(table.covers(grant("bob", None, Some(39)), 50));
+        assert!(table.covers(grant("bob", Some("x"), None), 50), "no iat: covered");
+        assert!(!table.covers(grant("bob", None, Some(40)), 50), "issued at the cut: a new token");
+        assert!(!table.covers(grant("carol", None, Some(1)), 50));
         // A later revocation widens the cut and the expiry.
         table.add(&Revocation::User { user: "bob".into(), issued_before: 60, expires_at: 200 }, 10).unwrap();
-        assert!(table.covers(&grant("bob", None, Some(59)), 150));
+        assert!(table.covers(grant("bob", None, Some(59)), 150));
         let older = Revocation::User { user: "bob".into(), issued_before: 20, expires_at: 30 };
         table.add(&older, 10).unwrap();
-        assert!(table.covers(&grant("bob", None, Some(59)), 150), "an older one never narrows it");
+        assert!(table.covers(grant("bob", None, Some(59)), 150), "an older one never narrows it");
     }
 
     #[test]
