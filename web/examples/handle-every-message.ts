@@ -79,6 +79,8 @@ function describeError(code: ErrorCode): string {
       return "rejected input";
     case "REQUEST_TIMEOUT":
       return "send faster";
+    case "UNKNOWN_SESSION":
+      return "reconnect";
     case "UNAVAILABLE":
     case "INTERNAL_ERROR":
       return "server trouble";

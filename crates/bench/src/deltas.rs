@@ -49,7 +49,7 @@ fn session(hub: &Hub, deltas: bool) -> Result<Session, String> {
     let claims = Claims { sub: "bench-deltas".into(), exp: unix_now() + 3600 * 24 * 365, ..Claims::default() };
     let token = mint_hs256(SECRET, &claims).map_err(|e| e.to_string())?;
     let mut session = Session::open(hub, hub.verifier().verify(&token), None).map_err(|(_, reason)| reason)?;
-    session.greet(Vec::new());
+    session.greet(Default::default());
     let options = if deltas { r#"{"deltas":true}"# } else { "{}" };
     let command =
         format!(r#"{{"action":"subscribe","channels":["{}","{}"],"options":{options}}}"#, CHANNELS[0], CHANNELS[1]);

@@ -43,11 +43,14 @@ pub enum ErrorCode {
     /// The token was revoked by an operator (by its `jti`, or every token of the user
     /// issued before a time).
     TokenRevoked,
+    /// A command was POSTed for an HTTP fallback session that does not exist (it
+    /// ended, or belongs to someone else): open a new one.
+    UnknownSession,
 }
 
 impl ErrorCode {
     /// Every code, in the order of the reference table.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::AuthRequired,
         ErrorCode::AuthInvalid,
         ErrorCode::TokenExpired,
@@ -63,6 +66,7 @@ impl ErrorCode {
         ErrorCode::RequestTimeout,
         ErrorCode::TooManyKeys,
         ErrorCode::TokenRevoked,
+        ErrorCode::UnknownSession,
     ];
 
     /// The code as it appears on the wire, e.g. `"AUTH_REQUIRED"`.
@@ -83,6 +87,7 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => "REQUEST_TIMEOUT",
             ErrorCode::TooManyKeys => "TOO_MANY_KEYS",
             ErrorCode::TokenRevoked => "TOKEN_REVOKED",
+            ErrorCode::UnknownSession => "UNKNOWN_SESSION",
         }
     }
 
@@ -104,6 +109,7 @@ impl ErrorCode {
             ErrorCode::InternalError => 500,
             ErrorCode::RequestTimeout => 408,
             ErrorCode::TooManyKeys => 409,
+            ErrorCode::UnknownSession => 404,
         }
     }
 }

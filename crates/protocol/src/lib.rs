@@ -22,6 +22,8 @@
 //! - [`event`]: typed application messages (an application's catalogue lives in its own
 //!   crate, as `tidewire-desk` shows).
 //! - [`Timestamp`]: the wire's RFC 3339 microsecond timestamps.
+//! - [`event_stream`]: the Server-Sent Events framing of the HTTP transports (the
+//!   fallback session and the one-way stream) and the one-way stream's event ids.
 //!
 //! The protocol reference (`docs/protocol.md` in the repository) shows every message
 //! with examples.
@@ -34,6 +36,7 @@ pub mod command;
 pub mod delta;
 pub mod error_code;
 pub mod event;
+pub mod event_stream;
 pub mod filter;
 pub mod message;
 pub mod rate;

@@ -81,6 +81,32 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// What a connection without a token gets when `--anonymous-channels` is set:
+    /// subscribing to those patterns only, publishing nowhere, no expiry. Its user is
+    /// empty, which no token's can be (`sub` must not be), and which no user-scoped
+    /// channel can name as its owner.
+    pub fn anonymous(config: &Config) -> Option<Grant> {
+        if config.anonymous_channels.is_empty() {
+            return None;
+        }
+        let patterns: Vec<String> = config.anonymous_channels.iter().map(ToString::to_string).collect();
+        Some(Grant {
+            user: String::new(),
+            subscribe: PatternSet::parse(patterns.iter().map(String::as_str)).ok(),
+            publish: None,
+            expires_at: u64::MAX,
+            operator: false,
+            subscriptions: Vec::new(),
+            token_id: None,
+            issued_at: None,
+        })
+    }
+
+    /// Whether this is the grant of a connection without a token.
+    pub fn is_anonymous(&self) -> bool {
+        self.user.is_empty()
+    }
+
     /// What revocation looks at in the token.
     pub fn token(&self) -> crate::hub::revocation::Token<'_> {
         crate::hub::revocation::Token { user: &self.user, jti: self.token_id.as_deref(), issued_at: self.issued_at }

@@ -177,6 +177,17 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_MAX_HTTP_CONNECTIONS_PER_IP", default_value_t = 256)]
     pub max_http_connections_per_ip: usize,
 
+    /// Channel patterns (comma-separated, e.g. `public.*,status`) a connection without a
+    /// token may subscribe to, read-only: public feeds. Empty (the default) refuses
+    /// connections without a token (4500).
+    #[arg(long, env = "TIDEWIRE_ANONYMOUS_CHANNELS", value_delimiter = ',', value_parser = channel_pattern)]
+    pub anonymous_channels: Vec<ChannelPattern>,
+
+    /// Connections without a token the node accepts, all together (more: close 1013);
+    /// each also counts against `--max-connections-per-ip`.
+    #[arg(long, env = "TIDEWIRE_MAX_ANONYMOUS_CONNECTIONS", default_value_t = 10_000)]
+    pub max_anonymous_connections: usize,
+
     /// Proxies whose `X-Forwarded-For` is believed, as addresses or CIDR ranges,
     /// comma-separated (e.g. `10.0.0.0/8`). Behind them, per-IP limits count the client's
     /// address; without this, every client behind a proxy shares the proxy's.

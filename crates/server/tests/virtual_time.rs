@@ -154,7 +154,7 @@ impl Pair {
                 let auth = self.hub.verifier().verify(token.as_deref().unwrap_or_default());
                 match Session::open(&self.hub, auth, None) {
                     Ok(mut session) => {
-                        session.greet(Vec::new());
+                        session.greet(Default::default());
                         self.link = Some((transport, session));
                         self.client.handle(Event::TransportOpened { transport }, self.now);
                     }

@@ -8,16 +8,17 @@
 //! fan-out, which only ever touched the outbox, never noticed.
 
 mod commands;
+pub mod http_link;
 pub mod session;
 
 use std::future::Future;
 
-use futures_util::Sink;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message};
 use tidewire_protocol::message::Heartbeat;
 use tidewire_protocol::{CloseCode, Control};
 use tokio::time::{Sleep, timeout};
@@ -25,6 +26,7 @@ use tokio::time::{Sleep, timeout};
 use crate::auth::{AuthError, Grant};
 use crate::hub::{Hub, now_timestamp};
 use crate::metrics::CodeLabel;
+pub use session::Greeting;
 use session::{Next, Session};
 
 /// Tells an operator watching the user how the connection ended (kept out of line:
@@ -38,16 +40,25 @@ fn traced_close(session: &Session, code: Option<CloseCode>, reason: &str) {
 /// How long a close frame may take to go out before the socket is just dropped.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Serves one upgraded WebSocket until it closes.
+/// A connection's transport as the loop sees it: WebSocket messages in and out. An
+/// upgraded WebSocket is one; the HTTP fallback's [`http_link::HttpLink`] (an event
+/// stream out, POSTed commands in) is the other, so both are served by this one loop.
+/// `next` must be cancel-safe: a message is never lost when another branch wins.
+pub trait Link: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + Send {}
+
+impl<T> Link for T where T: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + Send
+{}
+
+/// Serves one connection (an upgraded WebSocket or a fallback session) until it closes.
 ///
 /// This future lives as long as the connection, in every idle connection's task, so
 /// its size is memory per connection: the rare paths (refusal, the closing handshake)
 /// are boxed rather than laid out inside it.
-pub fn serve(
-    socket: WebSocket,
+pub fn serve<L: Link>(
+    socket: L,
     hub: Hub,
     auth: Result<Grant, AuthError>,
-    channels: Vec<String>,
+    greeting: Greeting,
     address: Option<std::net::IpAddr>,
 ) -> impl Future<Output = ()> + Send {
     // Decided before the future exists, and everything the future needs is used where
@@ -68,7 +79,7 @@ pub fn serve(
             total = hub.connection_count(),
             "client connected"
         );
-        session.greet(channels);
+        session.greet(greeting);
         let (code, reason) = run(session, &mut socket).await;
         traced_close(session, code, &reason);
         session.leave_all();
@@ -88,7 +99,7 @@ pub fn serve(
 
 /// The loop; returns the close code to send (`None` when the client closed or vanished)
 /// and the reason.
-async fn run(session: &mut Session, socket: &mut WebSocket) -> (Option<CloseCode>, String) {
+async fn run<L: Link>(session: &mut Session, socket: &mut L) -> (Option<CloseCode>, String) {
     let hub = session.hub.clone();
     let config = hub.config();
     let outbox = session.outbox.clone();
@@ -122,7 +133,7 @@ async fn run(session: &mut Session, socket: &mut WebSocket) -> (Option<CloseCode
         }
         tokio::select! {
             // `recv` is cancel-safe: a frame is never lost when another branch wins.
-            inbound = socket.recv() => match inbound {
+            inbound = socket.next() => match inbound {
                 None => {
                     hub.metrics().disconnects.get_or_create(&CodeLabel::of(CloseCode::ABNORMAL.0)).inc();
                     return (None, "client went away".to_owned());
@@ -212,9 +223,9 @@ async fn run(session: &mut Session, socket: &mut WebSocket) -> (Option<CloseCode
 
 /// Writes the frames due at `now` (every waiting frame when `all`) and counts them; an
 /// error when a write timed out or failed.
-async fn flush(
+async fn flush<L: Link>(
     session: &Session,
-    socket: &mut WebSocket,
+    socket: &mut L,
     mut timer: Pin<&mut Sleep>,
     now: Instant,
     all: bool,
@@ -239,8 +250,8 @@ async fn flush(
 /// every connection's future) would be paid for nothing. The loop re-arms the timer for
 /// its own deadline afterwards. The sink is driven by hand, rather than through a send
 /// future, for the same reason: this state is part of every connection's memory.
-fn write<'a>(
-    socket: &'a mut WebSocket,
+fn write<'a, L: Link>(
+    socket: &'a mut L,
     message: Message,
     mut timer: Pin<&'a mut Sleep>,
     write_timeout: Duration,
@@ -302,14 +313,14 @@ fn read_error(error: axum::Error) -> (Option<CloseCode>, String) {
 /// client's close reply while discarding what it still sends: dropping a socket with
 /// unread input makes the kernel reset it, and the client would then lose the close
 /// frame (and its code) we just sent.
-async fn close(hub: &Hub, socket: &mut WebSocket, code: CloseCode, detail: &str) {
+async fn close<L: Link>(hub: &Hub, socket: &mut L, code: CloseCode, detail: &str) {
     hub.metrics().disconnects.get_or_create(&CodeLabel::of(code.0)).inc();
     let frame = CloseFrame { code: code.0, reason: code.reason(detail).into() };
     if timeout(CLOSE_WRITE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await.is_err() {
         return;
     }
     let _ = timeout(CLOSE_WRITE_TIMEOUT, async {
-        while let Some(Ok(message)) = socket.recv().await {
+        while let Some(Ok(message)) = socket.next().await {
             if matches!(message, Message::Close(_)) {
                 break;
             }
@@ -330,7 +341,7 @@ mod tests {
     /// before the rare paths were boxed and the write path stopped nesting futures.
     #[test]
     fn the_connection_future_stays_small() {
-        let size = future_size(super::serve);
+        let size = future_size(super::serve::<axum::extract::ws::WebSocket>);
         assert!(size <= 1600, "the connection future grew to {size} bytes; keep rare paths boxed");
     }
 }

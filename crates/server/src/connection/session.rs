@@ -28,6 +28,14 @@ use crate::metrics::ErrorLabel;
 
 use super::commands;
 
+/// What a connection subscribes to as it opens: the channels of its URL, and where a
+/// one-way stream resumes them (boxed: rare, and part of every connection's future).
+#[derive(Debug, Default)]
+pub struct Greeting {
+    pub channels: Vec<String>,
+    pub since: Option<Box<std::collections::BTreeMap<String, tidewire_protocol::StreamPosition>>>,
+}
+
 /// What the IO loop must do after a message was handled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
@@ -203,8 +211,10 @@ impl Session {
 
     /// Queues `connected` (the first message on every connection), then subscribes to
     /// the channels the connection asked for in its URL and those its token names
-    /// (`subs`), in one command: each checked like any subscribe.
-    pub fn greet(&mut self, mut channels: Vec<String>) {
+    /// (`subs`), in one command: each checked like any subscribe, recovering from the
+    /// greeting's positions (a one-way stream's `Last-Event-ID`).
+    pub fn greet(&mut self, greeting: Greeting) {
+        let Greeting { mut channels, since } = greeting;
         for channel in &self.grant.subscriptions {
             if !channels.contains(channel) {
                 channels.push(channel.clone());
@@ -217,13 +227,13 @@ impl Session {
             user_id: self.grant.user.clone(),
             version: PROTOCOL_VERSION,
             heartbeat_interval_ms: hub.config().heartbeat_interval.as_millis().try_into().unwrap_or(u64::MAX),
-            expires_at: Some(self.grant.expires_at_timestamp()),
+            expires_at: (!self.grant.is_anonymous()).then(|| self.grant.expires_at_timestamp()),
             limits: hub.config().limits(),
         }));
         let address = self.view.address.map(|a| a.to_string());
         self.trace(|| TraceEvent::Connected { address });
         if !channels.is_empty() {
-            self.on_subscribe(Subscribe { id: None, channels, since: None, options: None });
+            self.on_subscribe(Subscribe { id: None, channels, since: since.map(|since| *since), options: None });
         }
     }
 

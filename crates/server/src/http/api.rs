@@ -53,33 +53,72 @@ pub(super) fn operator(hub: &Hub, headers: &HeaderMap, what: &str) -> Result<Gra
     Ok(grant)
 }
 
+/// Why a request body was not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BodyRefusal {
+    /// Larger than the limit (declared, or found while reading).
+    TooBig { limit: usize, declared: Option<usize> },
+    /// The node's budget for bodies being read is spent.
+    Busy,
+    /// Not sent in full within `--http-body-timeout`.
+    Slow,
+    /// The client stopped sending before the body's end.
+    Aborted,
+}
+
+impl BodyRefusal {
+    pub(super) fn response(self, hub: &Hub) -> Response {
+        match self {
+            BodyRefusal::TooBig { limit, declared: Some(_) } => {
+                error_response(ErrorCode::MessageTooBig, format!("the body may be at most {limit} bytes"))
+            }
+            BodyRefusal::TooBig { limit, declared: None } => {
+                error_response(ErrorCode::MessageTooBig, format!("the body may be at most {limit} bytes, sent in full"))
+            }
+            BodyRefusal::Busy => {
+                error_response(ErrorCode::Unavailable, "the node is reading too many request bodies; retry shortly")
+            }
+            BodyRefusal::Aborted => error_response(ErrorCode::BadRequest, "the body ended before its end"),
+            BodyRefusal::Slow => error_response(
+                ErrorCode::RequestTimeout,
+                format!("the body did not arrive within {:?}", hub.config().http_body_timeout),
+            ),
+        }
+    }
+}
+
 /// Reads a request body once its sender is known to be allowed: at most
 /// `--max-http-body-bytes`, within `--http-body-timeout`, and only while the node's
 /// budget for bodies being read (`--max-http-body-memory`) has room for it.
 pub(super) async fn read_body(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+    read_body_within(hub, headers, body, hub.config().max_http_body_bytes).await.map_err(|refusal| refusal.response(hub))
+}
+
+/// [`read_body`] with another size limit.
+pub(super) async fn read_body_within(
+    hub: &Hub,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, BodyRefusal> {
     let config = hub.config();
-    let limit = config.max_http_body_bytes;
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|length| length > limit) {
-        return Err(error_response(ErrorCode::MessageTooBig, format!("the body may be at most {limit} bytes")));
+        return Err(BodyRefusal::TooBig { limit, declared });
     }
     let Some(_reserved) = hub.reserve_body_memory(declared.unwrap_or(limit)) else {
-        return Err(error_response(
-            ErrorCode::Unavailable,
-            "the node is reading too many request bodies; retry shortly",
-        ));
+        return Err(BodyRefusal::Busy);
     };
     match tokio::time::timeout(config.http_body_timeout, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(_)) => Err(error_response(
-            ErrorCode::MessageTooBig,
-            format!("the body may be at most {limit} bytes, sent in full"),
-        )),
-        Err(_) => Err(error_response(
-            ErrorCode::RequestTimeout,
-            format!("the body did not arrive within {:?}", config.http_body_timeout),
-        )),
+        Ok(Err(error)) => {
+            let too_big = std::error::Error::source(&error)
+                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>())
+                || error.into_inner().is::<http_body_util::LengthLimitError>();
+            Err(if too_big { BodyRefusal::TooBig { limit, declared: None } } else { BodyRefusal::Aborted })
+        }
+        Err(_) => Err(BodyRefusal::Slow),
     }
 }
 

@@ -2,6 +2,7 @@
 //! endpoints. [`router`] returns a plain axum `Router` to serve or merge into an app.
 
 mod api;
+pub mod fallback;
 mod operator;
 mod ops;
 pub mod origin;
@@ -19,6 +20,12 @@ use crate::hub::Hub;
 /// at `/` when configured.
 pub fn router(hub: Hub) -> Router {
     let web_dir = hub.config().web_dir.clone();
+    // What a page's script reads with fetch: CORS for the origins the WebSocket allows.
+    let transports = Router::new()
+        .route("/http/stream", get(fallback::stream))
+        .route("/http/send", post(fallback::send))
+        .route("/sse", get(fallback::events))
+        .layer(cors(&hub));
     let router = Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/api/publish", post(api::publish))
@@ -34,11 +41,34 @@ pub fn router(hub: Hub) -> Router {
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
+        .merge(transports)
         .with_state(hub);
     match web_dir {
         Some(dir) => router.fallback_service(static_files(dir)),
         None => router,
     }
+}
+
+/// Cross-origin reads of the HTTP transports, for the pages `--allowed-origins` allows
+/// (the same rule as the WebSocket's Origin check), with the headers they send.
+fn cors(hub: &Hub) -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderName, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let hub = hub.clone();
+    let allowed = AllowOrigin::predicate(move |_, parts: &axum::http::request::Parts| {
+        let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+        origin::allowed(&hub, peer, &parts.headers)
+    });
+    CorsLayer::new()
+        .allow_origin(allowed)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static(fallback::SESSION_HEADER),
+            HeaderName::from_static("last-event-id"),
+        ])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// The files of `--web-dir` (the dashboard, the operator console), never framed by
@@ -64,6 +94,12 @@ fn static_files(
         ))
         .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
         .service(tower_http::services::ServeDir::new(dir))
+}
+
+/// The channels of a comma-separated `channels` query parameter.
+pub(crate) fn channel_list(list: Option<&str>) -> Vec<String> {
+    list.map(|list| list.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default()
 }
 
 /// The token of an `Authorization: Bearer` header, if there is one.

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use tidewire_protocol::ErrorCode;
 
 use super::api::error_response;
-use crate::auth::{AuthError, PROTOCOL_NAME, TOKEN_PROTOCOL_PREFIX};
+use crate::auth::{PROTOCOL_NAME, TOKEN_PROTOCOL_PREFIX};
 use crate::connection;
 use crate::hub::Hub;
 
@@ -58,15 +58,8 @@ pub async fn upgrade(
         }
     };
     let token = token(&params, &headers, &ws);
-    let auth = match token {
-        Some(token) => hub.authenticate(&token),
-        None => Err(AuthError::Missing),
-    };
-    let channels: Vec<String> = params
-        .channels
-        .as_deref()
-        .map(|list| list.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned).collect())
-        .unwrap_or_default();
+    let auth = hub.authenticate_connection(token.as_deref());
+    let greeting = connection::Greeting { channels: super::channel_list(params.channels.as_deref()), since: None };
     let address = peer_ip.map(|ip| super::client_address(&hub, ip, &headers));
     let config = hub.config();
     ws.protocols([PROTOCOL_NAME])
@@ -74,7 +67,7 @@ pub async fn upgrade(
         .max_frame_size(config.max_message_bytes)
         .read_buffer_size(256)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| connection::serve(socket, hub, auth, channels, address))
+        .on_upgrade(move |socket| connection::serve(socket, hub, auth, greeting, address))
 }
 
 fn token(params: &Params, headers: &HeaderMap, ws: &WebSocketUpgrade) -> Option<String> {

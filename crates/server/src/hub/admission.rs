@@ -53,6 +53,8 @@ pub struct Admission {
 pub enum Refusal {
     Node,
     User,
+    /// `--max-anonymous-connections`.
+    Anonymous,
     Address,
 }
 
@@ -62,6 +64,7 @@ impl Refusal {
         match self {
             Refusal::Node => "node",
             Refusal::User => "user",
+            Refusal::Anonymous => "anonymous",
             Refusal::Address => "address",
         }
     }
@@ -107,8 +110,10 @@ impl Admission {
         if this.sessions.load(Ordering::SeqCst) >= config.max_connections {
             return Err(Refusal::Node);
         }
-        if users.get(user).is_some_and(|&n| n >= config.max_connections_per_user) {
-            return Err(Refusal::User);
+        // Connections without a token share the empty user and its own limit.
+        let per_user = if user.is_empty() { config.max_anonymous_connections } else { config.max_connections_per_user };
+        if users.get(user).is_some_and(|&n| n >= per_user) {
+            return Err(if user.is_empty() { Refusal::Anonymous } else { Refusal::User });
         }
         if let Some(ip) = address {
             if addresses.get(&ip).is_some_and(|&n| n >= config.max_connections_per_ip) {

@@ -172,6 +172,8 @@ struct Inner {
     sweeping: AtomicBool,
     /// The queue of join and leave publications (see [`Hub::announce_presence`]).
     presence: std::sync::OnceLock<tokio::sync::mpsc::Sender<NewPublication>>,
+    /// The open HTTP fallback sessions, where their POSTed commands find them.
+    fallback: Arc<crate::connection::http_link::Registry>,
 }
 
 /// How a subscription starts: where from, the command it answers, and what it asked
@@ -208,7 +210,7 @@ impl Inner {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -267,6 +269,7 @@ impl Hub {
                 draining: AtomicBool::new(false),
                 sweeping: AtomicBool::new(false),
                 presence: std::sync::OnceLock::new(),
+                fallback: Arc::default(),
             }),
         };
         hub.start_sweeping();
@@ -313,6 +316,15 @@ impl Hub {
             return Err(crate::auth::AuthError::Revoked);
         }
         Ok(grant)
+    }
+
+    /// The grant of a connection that sent `token`, or none: without one, the anonymous
+    /// grant when `--anonymous-channels` allows connections without a token.
+    pub fn authenticate_connection(&self, token: Option<&str>) -> Result<crate::auth::Grant, crate::auth::AuthError> {
+        match token {
+            Some(token) => self.authenticate(token),
+            None => crate::auth::Grant::anonymous(self.config()).ok_or(crate::auth::AuthError::Missing),
+        }
     }
 
     /// Whether an operator revoked the token `grant` came from.
@@ -403,7 +415,11 @@ impl Hub {
         self.inner.body_memory.clone().try_acquire_many_owned(bytes).ok()
     }
 
-    /// A connection id unique to this node's run.
+    /// The open HTTP fallback sessions (see [`crate::connection::http_link`]).
+    pub fn fallback_sessions(&self) -> &Arc<crate::connection::http_link::Registry> {
+        &self.inner.fallback
+    }
+
     /// This node's sessions (see [`operator`]).
     pub fn sessions(&self) -> &operator::Sessions {
         &self.inner.shared.sessions
@@ -466,7 +482,8 @@ impl Hub {
     /// dropped (logged and counted). Connections pay for them in advance (see
     /// [`Config::presence_quota`]), so the queue only fills when the engine stalls.
     pub fn announce_presence(&self, channel: &str, user: &str, connection: u64, joined: bool) {
-        if !self.has_presence_events(channel) {
+        // Viewers without a token are nobody to announce.
+        if user.is_empty() || !self.has_presence_events(channel) {
             return;
         }
         let Some(queue) = self.presence_queue() else { return };

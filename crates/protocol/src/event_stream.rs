@@ -1,0 +1,355 @@
+//! Server-Sent Events as tidewire's HTTP transports speak them.
+//!
+//! Two streams use this framing (`text/event-stream`, see `docs/protocol.md`):
+//!
+//! - the **fallback session** (`GET /http/stream`): each event's data is one frame,
+//!   exactly as a WebSocket text message would carry it, plus a `session` event first
+//!   and a `close` event last ([`CloseEvent`]), so one client core reads both
+//!   transports;
+//! - the **one-way stream** (`GET /sse`): one event per message, publications as
+//!   unnamed events (what `EventSource.onmessage` sees), control messages named by
+//!   their type, and each publication's `id` the stream's position in every channel
+//!   ([`StreamIds`]), so a reconnecting `EventSource` resumes with `Last-Event-ID`.
+//!
+//! [`write_event`] frames, [`EventParser`] reads (incrementally, bytes bounded). Data
+//! may hold line breaks (a publisher's JSON may be pretty-printed): each line becomes
+//! its own `data:` field, which the reader joins with `\n` again, as the format says.
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::StreamPosition;
+
+/// The event that names a fallback session (its data is the session id).
+pub const SESSION_EVENT: &str = "session";
+
+/// The event that ends a stream, with the close code and reason a WebSocket close
+/// frame would carry ([`CloseEvent`]).
+pub const CLOSE_EVENT: &str = "close";
+
+/// The data of a [`CLOSE_EVENT`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseEvent {
+    pub code: u16,
+    pub reason: String,
+}
+
+/// Appends one event to `out`: its name (none for the default `message`), its id, and
+/// its data, one `data:` field per line of `data`.
+pub fn write_event(out: &mut String, name: Option<&str>, id: Option<&str>, data: &str) {
+    if let Some(name) = name {
+        out.push_str("event: ");
+        out.push_str(name);
+        out.push('\n');
+    }
+    if let Some(id) = id {
+        out.push_str("id: ");
+        out.push_str(id);
+        out.push('\n');
+    }
+    // `\r\n`, `\r` and `\n` all end a line for the reader.
+    for line in data.split('\n').flat_map(|line| line.strip_suffix('\r').unwrap_or(line).split('\r')) {
+        out.push_str("data: ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
+}
+
+/// Appends a comment, which readers ignore (keeps proxies from timing out a quiet
+/// stream, and pads the start past the buffers of proxies that hold the first bytes).
+pub fn write_comment(out: &mut String, text: &str) {
+    out.push(':');
+    out.push_str(text);
+    out.push_str("\n\n");
+}
+
+/// One event as a reader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerEvent {
+    /// `message` when the event had no name.
+    pub name: String,
+    pub data: String,
+    /// The event's `id`, when it had one.
+    pub id: Option<String>,
+}
+
+/// An event stream was longer than its reader accepts between two events.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an event of more than {max} bytes")]
+pub struct EventTooLong {
+    pub max: usize,
+}
+
+/// Reads an event stream as its bytes arrive, in chunks cut anywhere.
+#[derive(Debug)]
+pub struct EventParser {
+    /// Bytes of the line being read.
+    line: Vec<u8>,
+    name: String,
+    data: String,
+    id: Option<String>,
+    has_data: bool,
+    /// The last byte was a `\r` (a `\n` right after it ends the same line).
+    after_cr: bool,
+    /// Bytes held for the event being read, at most `max`.
+    held: usize,
+    max: usize,
+}
+
+impl EventParser {
+    /// A reader that refuses an event of more than `max` bytes.
+    pub fn new(max: usize) -> EventParser {
+        EventParser {
+            line: Vec::new(),
+            name: String::new(),
+            data: String::new(),
+            id: None,
+            has_data: false,
+            after_cr: false,
+            held: 0,
+            max,
+        }
+    }
+
+    /// Feeds bytes; calls `on_event` for every event they complete.
+    pub fn push(&mut self, bytes: &[u8], mut on_event: impl FnMut(ServerEvent)) -> Result<(), EventTooLong> {
+        for &byte in bytes {
+            if self.after_cr && byte == b'\n' {
+                self.after_cr = false;
+                continue;
+            }
+            self.after_cr = byte == b'\r';
+            if byte == b'\n' || byte == b'\r' {
+                let line = std::mem::take(&mut self.line);
+                if let Some(event) = self.on_line(&line) {
+                    on_event(event);
+                }
+                continue;
+            }
+            self.held += 1;
+            if self.held > self.max {
+                return Err(EventTooLong { max: self.max });
+            }
+            self.line.push(byte);
+        }
+        Ok(())
+    }
+
+    fn on_line(&mut self, line: &[u8]) -> Option<ServerEvent> {
+        if line.is_empty() {
+            self.held = 0;
+            let name = std::mem::take(&mut self.name);
+            let data = std::mem::take(&mut self.data);
+            let id = self.id.take();
+            if !std::mem::take(&mut self.has_data) {
+                return None;
+            }
+            return Some(ServerEvent { name: if name.is_empty() { "message".to_owned() } else { name }, data, id });
+        }
+        let line = String::from_utf8_lossy(line);
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (&*line, ""),
+        };
+        match field {
+            "event" => value.clone_into(&mut self.name),
+            "data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value);
+                self.has_data = true;
+            }
+            "id" if !value.contains('\0') => self.id = Some(value.to_owned()),
+            _ => {}
+        }
+        None
+    }
+}
+
+/// The positions a one-way stream has reached, one per channel of its URL, written as
+/// an event id and read back from `Last-Event-ID`.
+///
+/// The id lists, in the URL's channel order and separated by `,`, each channel's
+/// `seq:epoch` (the epoch left out when it equals the previous channel's; nothing when
+/// the channel has no position yet). Channel names stay in the URL, which a
+/// reconnecting `EventSource` sends again, so the id stays short.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamIds {
+    positions: Vec<Option<StreamPosition>>,
+}
+
+impl StreamIds {
+    /// No position yet on any of `channels` channels.
+    pub fn new(channels: usize) -> StreamIds {
+        StreamIds { positions: vec![None; channels] }
+    }
+
+    pub fn get(&self, index: usize) -> Option<&StreamPosition> {
+        self.positions.get(index).and_then(Option::as_ref)
+    }
+
+    pub fn set(&mut self, index: usize, position: StreamPosition) {
+        if let Some(slot) = self.positions.get_mut(index) {
+            *slot = Some(position);
+        }
+    }
+
+    /// Moves channel `index` to `seq` when that is past where it is.
+    pub fn advance(&mut self, index: usize, seq: u64) {
+        if let Some(Some(position)) = self.positions.get_mut(index) {
+            position.seq = position.seq.max(seq);
+        }
+    }
+
+    /// The id naming these positions.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let mut previous: Option<&str> = None;
+        for (i, position) in self.positions.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let Some(position) = position else { continue };
+            out.push_str(&position.seq.to_string());
+            if let Some(epoch) = position.epoch.as_deref() {
+                if previous != Some(epoch) {
+                    out.push(':');
+                    escape_into(&mut out, epoch);
+                }
+                previous = Some(epoch);
+            }
+        }
+        out
+    }
+
+    /// The positions an id names for a stream of `channels` channels; `None` when the
+    /// id is not one (another URL's, or garbage), which means starting afresh.
+    pub fn decode(id: &str, channels: usize) -> Option<StreamIds> {
+        let parts: Vec<&str> = id.split(',').collect();
+        if parts.len() != channels {
+            return None;
+        }
+        let mut ids = StreamIds::new(channels);
+        let mut previous: Option<String> = None;
+        for (i, part) in parts.into_iter().enumerate() {
+            if part.is_empty() {
+                continue;
+            }
+            let (seq, epoch) = match part.split_once(':') {
+                Some((seq, epoch)) => (seq, Some(unescape(epoch)?)),
+                None => (part, previous.clone()),
+            };
+            let seq: u64 = seq.parse().ok()?;
+            previous.clone_from(&epoch);
+            ids.set(i, StreamPosition { seq, epoch });
+        }
+        Some(ids)
+    }
+}
+
+fn is_plain(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+fn escape_into(out: &mut String, text: &str) {
+    for c in text.chars() {
+        if is_plain(c) {
+            out.push(c);
+        } else {
+            let mut bytes = [0u8; 4];
+            for byte in c.encode_utf8(&mut bytes).bytes() {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        }
+    }
+}
+
+fn unescape(text: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&first, tail)) = rest.split_first() {
+        if first == b'%' {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(first);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(text: &[u8], chunk: usize) -> Vec<ServerEvent> {
+        let mut parser = EventParser::new(1 << 16);
+        let mut events = Vec::new();
+        for piece in text.chunks(chunk.max(1)) {
+            parser.push(piece, |e| events.push(e)).expect("within bounds");
+        }
+        events
+    }
+
+    #[test]
+    fn events_round_trip_through_any_chunking() {
+        let mut out = String::new();
+        write_comment(&mut out, "padding");
+        write_event(&mut out, Some(SESSION_EVENT), None, "abc");
+        write_event(&mut out, None, Some("3:e1,,7"), "[{\"a\":\n1}]");
+        write_event(&mut out, Some("close"), None, "{\"code\":1012,\"reason\":\"x\"}");
+        for chunk in [1, 2, 3, 7, 1000] {
+            let events = parse_all(out.as_bytes(), chunk);
+            assert_eq!(events.len(), 3, "chunk {chunk}");
+            assert_eq!(events[0], ServerEvent { name: "session".into(), data: "abc".into(), id: None });
+            assert_eq!(events[1].name, "message");
+            assert_eq!(events[1].data, "[{\"a\":\n1}]");
+            assert_eq!(events[1].id.as_deref(), Some("3:e1,,7"));
+            assert_eq!(events[2].name, "close");
+        }
+    }
+
+    #[test]
+    fn data_with_any_line_break_reads_back_as_lines() {
+        let mut out = String::new();
+        write_event(&mut out, None, None, "a\rb\r\nc\nd");
+        assert_eq!(parse_all(out.as_bytes(), 1)[0].data, "a\nb\nc\nd");
+    }
+
+    #[test]
+    fn carriage_returns_end_lines_too() {
+        let events = parse_all(b"event: x\r\ndata: 1\rdata: 2\r\n\r\n", 1);
+        assert_eq!(events, vec![ServerEvent { name: "x".into(), data: "1\n2".into(), id: None }]);
+    }
+
+    #[test]
+    fn an_overlong_event_is_refused() {
+        let mut parser = EventParser::new(8);
+        assert_eq!(parser.push(b"data: 0123456789", |_| {}), Err(EventTooLong { max: 8 }));
+    }
+
+    #[test]
+    fn positions_round_trip() {
+        let mut ids = StreamIds::new(3);
+        ids.set(0, StreamPosition { seq: 42, epoch: Some("n1-7".into()) });
+        ids.set(2, StreamPosition { seq: 7, epoch: Some("n1-7".into()) });
+        assert_eq!(ids.encode(), "42:n1-7,,7");
+        assert_eq!(StreamIds::decode(&ids.encode(), 3), Some(ids.clone()));
+        ids.set(1, StreamPosition { seq: 1, epoch: Some("odd,epoch:%".into()) });
+        assert_eq!(StreamIds::decode(&ids.encode(), 3), Some(ids.clone()));
+        ids.advance(0, 41);
+        ids.advance(0, 50);
+        assert_eq!(ids.get(0).map(|p| p.seq), Some(50));
+    }
+
+    #[test]
+    fn foreign_ids_start_afresh() {
+        for bad in ["", "1,2", "x:e,,", "1:%zz,,", "18446744073709551616,,"] {
+            assert_eq!(StreamIds::decode(bad, 3), None, "{bad:?}");
+        }
+        assert_eq!(StreamIds::decode(",,", 3), Some(StreamIds::new(3)));
+    }
+}

@@ -1,0 +1,344 @@
+//! A connection carried by plain HTTP instead of a WebSocket, as the IO loop sees it.
+//!
+//! Where proxies break WebSocket upgrades, a client holds one long response, an event
+//! stream (`text/event-stream`) the server writes frames into, and sends its commands
+//! as separate POSTs bound to the session by its id. [`HttpLink`] makes that pair look
+//! like a WebSocket to [`super::serve`]: a stream of inbound messages (the POSTed
+//! commands, fed through a bounded queue) and a sink of outbound ones (encoded as
+//! events into the response body). So the one connection loop, with its batching,
+//! backpressure, heartbeats, recovery, limits and drain, serves both transports.
+//!
+//! What maps to what:
+//!
+//! - a text frame is an event whose data is the frame ([`Format::Frames`]), or, on a
+//!   one-way stream, one event per message ([`Format::Messages`]);
+//! - a ping is a comment (which also keeps proxies from timing out a quiet stream),
+//!   answered at once with a pong: liveness is the write timeout's business here, since
+//!   a client that stops reading stops draining the response;
+//! - a close frame is a `close` event with the code and reason, then the end of the
+//!   response;
+//! - the response going away (the client or a proxy hung up) ends the inbound stream,
+//!   which the loop reads as the client leaving.
+//!
+//! Backpressure is the response body's: the body takes at most [`OUTBOUND_FRAMES`]
+//! encoded frames ahead of what the HTTP connection has written, so a reader that stops
+//! makes writes block, and the write timeout closes it as a slow consumer (4000), as
+//! on a WebSocket.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use axum::extract::ws::Message;
+use bytes::Bytes;
+use futures_util::{Sink, Stream};
+use serde::Deserialize;
+use tidewire_protocol::StreamPosition;
+use tidewire_protocol::event_stream::{CLOSE_EVENT, CloseEvent, StreamIds, write_comment, write_event};
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, DropGuard, PollSender, WaitForCancellationFutureOwned};
+
+/// Encoded frames the response body may hold before writes wait for the client.
+pub const OUTBOUND_FRAMES: usize = 2;
+
+/// Commands POSTed to a session that it has not read yet; a POST finding the queue
+/// full is refused (429). With `--max-message-bytes` per command, this bounds what a
+/// session's queue holds in bytes.
+pub const INBOUND_COMMANDS: usize = 16;
+
+/// Bytes of comment sent first on a fallback session: some proxies hold the first
+/// kilobytes of a response before passing any on.
+const PRELUDE_PADDING: usize = 2048;
+
+/// What one inbound item is: a command, or the error a WebSocket would have read
+/// (a command too big, not UTF-8).
+pub type Inbound = Result<Message, axum::Error>;
+
+/// How outbound frames become events.
+#[derive(Debug)]
+pub enum Format {
+    /// One event per frame, its data the frame (the fallback session).
+    Frames,
+    /// One event per message (the one-way stream).
+    Messages(OneWay),
+}
+
+/// A one-way stream's channels and the positions its event ids carry.
+#[derive(Debug)]
+pub struct OneWay {
+    channels: Vec<String>,
+    ids: StreamIds,
+    /// Channels whose position stopped at a gap: their later publications do not move
+    /// the id past what was lost, so a reconnect with `Last-Event-ID` recovers it.
+    stopped: Vec<bool>,
+}
+
+impl OneWay {
+    /// A stream of `channels`, resuming from `ids` (the decoded `Last-Event-ID`).
+    pub fn new(channels: Vec<String>, ids: Option<StreamIds>) -> OneWay {
+        let ids = ids.unwrap_or_else(|| StreamIds::new(channels.len()));
+        OneWay { stopped: vec![false; channels.len()], channels, ids }
+    }
+
+    /// What the URL's `since` amounts to: the subscribe's recovery positions.
+    pub fn since(&self) -> std::collections::BTreeMap<String, StreamPosition> {
+        (0..self.channels.len()).filter_map(|i| Some((self.channels[i].clone(), self.ids.get(i)?.clone()))).collect()
+    }
+
+    fn index(&self, channel: &str) -> Option<usize> {
+        self.channels.iter().position(|c| c == channel)
+    }
+
+    /// Appends one event per message of `frame`.
+    fn encode(&mut self, frame: &str, out: &mut String) {
+        let Ok(messages) = serde_json::from_str::<Vec<&serde_json::value::RawValue>>(frame) else {
+            // Frames are the server's own JSON arrays; never reached.
+            write_event(out, Some("error"), None, frame);
+            return;
+        };
+        for message in messages {
+            let text = message.get();
+            let head: Head<'_> = serde_json::from_str(text).unwrap_or_default();
+            let index = head.channel.as_deref().and_then(|c| self.index(c));
+            let kind = head.kind.as_deref().unwrap_or("");
+            if tidewire_protocol::message::CONTROL_TYPES.contains(&kind) {
+                let mut moved = false;
+                if let Some(i) = index {
+                    match kind {
+                        "subscribed" => {
+                            let epoch = head.epoch.map(Cow::into_owned);
+                            self.ids.set(i, StreamPosition { seq: head.seq.unwrap_or(0), epoch });
+                            self.stopped[i] = false;
+                            moved = true;
+                        }
+                        "gap" if head.reason.as_deref() != Some("superseded") => self.stopped[i] = true,
+                        _ => {}
+                    }
+                }
+                let id = moved.then(|| self.ids.encode());
+                write_event(out, Some(kind), id.as_deref(), text);
+            } else {
+                if let (Some(i), Some(seq)) = (index, head.seq) {
+                    if !self.stopped[i] {
+                        self.ids.advance(i, seq);
+                    }
+                }
+                write_event(out, None, Some(&self.ids.encode()), text);
+            }
+        }
+    }
+}
+
+/// The fields of a message the one-way stream reads to name its event and move its id.
+#[derive(Debug, Default, Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(borrow, default)]
+    epoch: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reason: Option<Cow<'a, str>>,
+}
+
+/// The connection loop's side of an HTTP connection.
+pub struct HttpLink {
+    inbound: mpsc::Receiver<Inbound>,
+    out: PollSender<Bytes>,
+    gone: Pin<Box<WaitForCancellationFutureOwned>>,
+    format: Format,
+    pong_due: bool,
+    closed: bool,
+    /// The session's place in the registry of fallback sessions, given up when the
+    /// connection ends.
+    _registration: Option<Registration>,
+}
+
+/// The response body's side: the encoded events, ending when the link does. Dropping
+/// it (the client hung up) tells the link.
+pub struct Feed {
+    events: mpsc::Receiver<Bytes>,
+    _hung_up: DropGuard,
+}
+
+impl Stream for Feed {
+    type Item = Result<Bytes, std::convert::Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.events.poll_recv(cx).map(|event| event.map(Ok))
+    }
+}
+
+/// A link and its response body. A fallback session (one with `registration`) first
+/// sends padding and its `session` event.
+pub fn link(
+    format: Format,
+    inbound: mpsc::Receiver<Inbound>,
+    registration: Option<Registration>,
+) -> (HttpLink, Feed) {
+    let (sender, events) = mpsc::channel(OUTBOUND_FRAMES + 1);
+    if let Some(registration) = &registration {
+        let mut prelude = String::with_capacity(PRELUDE_PADDING + 64);
+        write_comment(&mut prelude, &" ".repeat(PRELUDE_PADDING));
+        write_event(&mut prelude, Some(tidewire_protocol::event_stream::SESSION_EVENT), None, &registration.id);
+        // The channel is new and has room: this cannot fail.
+        let _ = sender.try_send(Bytes::from(prelude));
+    }
+    let hung_up = CancellationToken::new();
+    let link = HttpLink {
+        inbound,
+        out: PollSender::new(sender),
+        gone: Box::pin(hung_up.clone().cancelled_owned()),
+        format,
+        pong_due: false,
+        closed: false,
+        _registration: registration,
+    };
+    (link, Feed { events, _hung_up: hung_up.drop_guard() })
+}
+
+fn gone() -> axum::Error {
+    axum::Error::new(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the event stream is gone"))
+}
+
+impl Stream for HttpLink {
+    type Item = Inbound;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Inbound>> {
+        if std::mem::take(&mut self.pong_due) {
+            return Poll::Ready(Some(Ok(Message::Pong(Bytes::new()))));
+        }
+        if self.closed {
+            return Poll::Ready(None);
+        }
+        // A one-way stream has no senders: its inbound side is never done by itself.
+        if let Poll::Ready(Some(inbound)) = self.inbound.poll_recv(cx) {
+            return Poll::Ready(Some(inbound));
+        }
+        match self.gone.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Sink<Message> for HttpLink {
+    type Error = axum::Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+        self.out.poll_reserve(cx).map_err(|_| gone())
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, message: Message) -> Result<(), axum::Error> {
+        let mut out = String::new();
+        match message {
+            Message::Text(frame) => match &mut self.format {
+                Format::Frames => write_event(&mut out, None, None, frame.as_str()),
+                Format::Messages(one_way) => one_way.encode(frame.as_str(), &mut out),
+            },
+            Message::Ping(_) => {
+                write_comment(&mut out, "");
+                self.pong_due = true;
+            }
+            Message::Close(frame) => {
+                let (code, reason) = frame.map_or((1005, String::new()), |f| (f.code, f.reason.to_string()));
+                let data = serde_json::to_string(&CloseEvent { code, reason }).unwrap_or_default();
+                write_event(&mut out, Some(CLOSE_EVENT), None, &data);
+                self.closed = true;
+            }
+            Message::Binary(_) | Message::Pong(_) => return Ok(()),
+        }
+        self.out.send_item(Bytes::from(out)).map_err(|_| gone())?;
+        if self.closed {
+            self.out.close();
+        }
+        Ok(())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+        self.out.close();
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The node's fallback sessions, by id: where a POSTed command finds its session.
+#[derive(Debug, Default)]
+pub struct Registry {
+    sessions: Mutex<HashMap<String, Entry>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    user: String,
+    inbound: mpsc::Sender<Inbound>,
+}
+
+/// A session's entry in the [`Registry`], removed when dropped.
+#[derive(Debug)]
+pub struct Registration {
+    registry: Arc<Registry>,
+    pub id: String,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        crate::hub::lock(&self.registry.sessions).remove(&self.id);
+    }
+}
+
+/// Why a POST found no session to take its command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undeliverable {
+    /// No session by that id for this sender (or it ended).
+    Unknown,
+    /// The session has [`INBOUND_COMMANDS`] commands it has not read yet.
+    Full,
+}
+
+impl Registry {
+    /// Registers a session of `user` under a fresh unguessable id (128 random bits
+    /// from the operating system), with the queue its POSTs feed.
+    pub fn open(registry: &Arc<Registry>, user: &str) -> std::io::Result<(Registration, mpsc::Receiver<Inbound>)> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let (inbound, receiver) = mpsc::channel(INBOUND_COMMANDS);
+        crate::hub::lock(&registry.sessions).insert(id.clone(), Entry { user: user.to_owned(), inbound });
+        Ok((Registration { registry: registry.clone(), id }, receiver))
+    }
+
+    /// The user a session belongs to (empty for an anonymous one).
+    pub fn owner(&self, id: &str) -> Option<String> {
+        crate::hub::lock(&self.sessions).get(id).map(|entry| entry.user.clone())
+    }
+
+    /// Hands `item` to session `id` if it belongs to `user`.
+    pub fn deliver(&self, id: &str, user: &str, item: Inbound) -> Result<(), Undeliverable> {
+        let inbound = match crate::hub::lock(&self.sessions).get(id) {
+            Some(entry) if entry.user == user => entry.inbound.clone(),
+            _ => return Err(Undeliverable::Unknown),
+        };
+        inbound.try_send(item).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => Undeliverable::Full,
+            mpsc::error::TrySendError::Closed(_) => Undeliverable::Unknown,
+        })
+    }
+
+    /// Open fallback sessions.
+    pub fn len(&self) -> usize {
+        crate::hub::lock(&self.sessions).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

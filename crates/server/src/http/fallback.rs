@@ -1,0 +1,203 @@
+//! The HTTP transports, for where a WebSocket cannot go.
+//!
+//! - **The fallback session**: `GET /http/stream` answers an event stream that carries
+//!   the WebSocket protocol's frames (its first event names the session), and
+//!   `POST /http/send` delivers one command to that session. The connection loop is
+//!   the WebSocket's (see [`crate::connection::http_link`]), so batching, backpressure,
+//!   gaps, recovery, limits, metrics and the drain are the same. The token travels in
+//!   the `Authorization` header only, never in a URL a proxy would log; each POST
+//!   carries it again, and a session takes commands only from its own user (or, for a
+//!   session without a token, from whoever holds its unguessable id).
+//! - **The one-way stream**: `GET /sse?channels=…` streams those channels' messages as
+//!   events a bare `EventSource` or `curl -N` reads, resumed from `Last-Event-ID`.
+//!
+//! Both take connections without a token when `--anonymous-channels` allows them.
+
+use std::net::SocketAddr;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::ws::Message;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tidewire_protocol::ErrorCode;
+use tidewire_protocol::event_stream::StreamIds;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+
+use super::api::{BodyRefusal, error_response, read_body_within};
+use crate::connection::http_link::{self, Format, OneWay, Registry, Undeliverable};
+use crate::connection::{self, Greeting};
+use crate::hub::Hub;
+
+/// The header naming the fallback session a POSTed command is for.
+pub const SESSION_HEADER: &str = "tidewire-session";
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamParams {
+    /// Comma-separated channels to subscribe to at connect.
+    channels: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct EventsParams {
+    channels: Option<String>,
+    /// For `EventSource`, which cannot send headers (prefer the header elsewhere:
+    /// URLs end up in proxies' logs).
+    token: Option<String>,
+}
+
+/// The Origin and drain checks every HTTP transport makes first.
+#[allow(clippy::result_large_err)]
+fn admit(hub: &Hub, peer: Option<std::net::IpAddr>, headers: &HeaderMap) -> Result<(), Response> {
+    if !super::origin::allowed(hub, peer, headers) {
+        tracing::warn!(origin = ?headers.get(header::ORIGIN), "refused an HTTP stream from a disallowed origin");
+        return Err((StatusCode::FORBIDDEN, "origin not allowed").into_response());
+    }
+    if hub.is_draining() {
+        return Err(error_response(ErrorCode::Unavailable, "node is shutting down"));
+    }
+    Ok(())
+}
+
+/// An event-stream response reading `feed`: never cached, transformed or buffered by
+/// proxies that honour the headers.
+fn event_stream(feed: http_link::Feed) -> Response {
+    let mut response = Body::from_stream(feed).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store, no-transform"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// `GET /http/stream`: opens a fallback session.
+pub async fn stream(
+    State(hub): State<Hub>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    Query(params): Query<StreamParams>,
+) -> Response {
+    let peer_ip = peer.as_ref().map(|Extension(ConnectInfo(a))| a.ip());
+    if let Err(refused) = admit(&hub, peer_ip, &headers) {
+        return refused;
+    }
+    let auth = hub.authenticate_connection(super::bearer_token(&headers));
+    let (registration, inbound) = match &auth {
+        Ok(grant) => match Registry::open(hub.fallback_sessions(), &grant.user) {
+            Ok((registration, inbound)) => (Some(registration), inbound),
+            Err(e) => {
+                tracing::error!("cannot make a session id: {e}");
+                return error_response(ErrorCode::InternalError, "cannot make a session id");
+            }
+        },
+        // Refused: the loop sends the close event, and no command can come.
+        Err(_) => (None, mpsc::channel(1).1),
+    };
+    let (link, feed) = http_link::link(Format::Frames, inbound, registration);
+    let greeting = Greeting { channels: super::channel_list(params.channels.as_deref()), since: None };
+    let address = peer_ip.map(|ip| super::client_address(&hub, ip, &headers));
+    tokio::spawn(connection::serve(link, hub, auth, greeting, address));
+    event_stream(feed)
+}
+
+/// `POST /http/send`: one command for the session the `Tidewire-Session` header names,
+/// with the same token as the stream's user (none for a session without a token).
+/// Answers 204 once the session has the command; its replies come on the stream.
+pub async fn send(
+    State(hub): State<Hub>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let peer_ip = peer.as_ref().map(|Extension(ConnectInfo(a))| a.ip());
+    if !super::origin::allowed(&hub, peer_ip, &headers) {
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
+    let Some(id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::trim) else {
+        return error_response(
+            ErrorCode::BadRequest,
+            "a Tidewire-Session header must name the session (the stream's first event)",
+        );
+    };
+    let registry = hub.fallback_sessions();
+    let unknown = || error_response(ErrorCode::UnknownSession, "no such session; open a new stream");
+    let Some(owner) = registry.owner(id) else { return unknown() };
+    if !owner.is_empty() {
+        match super::api::bearer(&hub, &headers) {
+            // Someone else's session is answered like a missing one: its existence is
+            // not theirs to learn.
+            Ok(grant) if grant.user == owner => {}
+            Ok(_) => return unknown(),
+            Err(refused) => return refused,
+        }
+    }
+    let limit = hub.config().max_message_bytes;
+    let bytes = match read_body_within(&hub, &headers, body, limit).await {
+        Ok(bytes) => bytes,
+        Err(refusal) => {
+            if let BodyRefusal::TooBig { limit, declared } = refusal {
+                // As on a WebSocket, an oversized command closes the session (1009).
+                let size = declared.unwrap_or(limit + 1);
+                let error = WsError::Capacity(CapacityError::MessageTooLong { size, max_size: limit });
+                let _ = registry.deliver(id, &owner, Err(axum::Error::new(error)));
+            }
+            return refusal.response(&hub);
+        }
+    };
+    let item = match String::from_utf8(bytes.to_vec()) {
+        Ok(text) => Ok(Message::Text(text.into())),
+        // As on a WebSocket: 1007.
+        Err(e) => Err(axum::Error::new(WsError::Utf8(e.to_string()))),
+    };
+    let valid = item.is_ok();
+    match registry.deliver(id, &owner, item) {
+        Ok(()) if valid => StatusCode::NO_CONTENT.into_response(),
+        Ok(()) => error_response(ErrorCode::BadRequest, "the command is not valid UTF-8"),
+        Err(Undeliverable::Unknown) => unknown(),
+        Err(Undeliverable::Full) => {
+            hub.metrics().rate_limited.inc();
+            let mut response = error_response(
+                ErrorCode::RateLimitExceeded,
+                format!("the session has {} commands it has not read yet", http_link::INBOUND_COMMANDS),
+            );
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
+    }
+}
+
+/// `GET /sse?channels=a,b`: a one-way stream of those channels (see
+/// [`tidewire_protocol::event_stream`]), resumed from `Last-Event-ID`.
+pub async fn events(
+    State(hub): State<Hub>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    Query(params): Query<EventsParams>,
+) -> Response {
+    let peer_ip = peer.as_ref().map(|Extension(ConnectInfo(a))| a.ip());
+    if let Err(refused) = admit(&hub, peer_ip, &headers) {
+        return refused;
+    }
+    let channels = super::channel_list(params.channels.as_deref());
+    let max = hub.config().max_channels;
+    if channels.is_empty() || channels.len() > max {
+        return error_response(ErrorCode::BadRequest, format!("name 1 to {max} channels: ?channels=a,b"));
+    }
+    let token = super::bearer_token(&headers).or(params.token.as_deref().filter(|t| !t.is_empty()));
+    let auth = hub.authenticate_connection(token);
+    let resumed = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|id| StreamIds::decode(id.trim(), channels.len()));
+    let one_way = OneWay::new(channels.clone(), resumed);
+    let since = one_way.since();
+    let greeting = Greeting { channels, since: (!since.is_empty()).then(|| Box::new(since)) };
+    // No sender: nothing comes in on a one-way stream.
+    let (link, feed) = http_link::link(Format::Messages(one_way), mpsc::channel(1).1, None);
+    let address = peer_ip.map(|ip| super::client_address(&hub, ip, &headers));
+    tokio::spawn(connection::serve(link, hub, auth, greeting, address));
+    event_stream(feed)
+}
