@@ -7,7 +7,7 @@ export const PROTOCOL_VERSION = 1;
 export const CONTROL_TYPES = ["connected","subscribed","unsubscribed","published","refreshed","error","pong","heartbeat","gap","snapshot-end"] as const;
 
 /** Every error code, as `error` messages carry it. */
-export const ERROR_CODES = ["AUTH_REQUIRED","AUTH_INVALID","TOKEN_EXPIRED","FORBIDDEN","RATE_LIMIT_EXCEEDED","BAD_REQUEST","UNKNOWN_ACTION","INVALID_CHANNEL","TOO_MANY_CHANNELS","MESSAGE_TOO_BIG","UNAVAILABLE","INTERNAL_ERROR","REQUEST_TIMEOUT","TOO_MANY_KEYS","TOKEN_REVOKED"] as const;
+export const ERROR_CODES = ["AUTH_REQUIRED","AUTH_INVALID","TOKEN_EXPIRED","FORBIDDEN","RATE_LIMIT_EXCEEDED","BAD_REQUEST","UNKNOWN_ACTION","INVALID_CHANNEL","TOO_MANY_CHANNELS","MESSAGE_TOO_BIG","UNAVAILABLE","INTERNAL_ERROR","REQUEST_TIMEOUT","TOO_MANY_KEYS","TOKEN_REVOKED","UNKNOWN_SESSION"] as const;
 
 /** Close codes: name, whether to reconnect, and what it means. */
 export const CLOSE_CODES = {

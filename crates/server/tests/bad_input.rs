@@ -70,7 +70,7 @@ async fn text_case(server: &TestServer, text: &str, expect: &Expect) {
 async fn frame_case(server: &TestServer, message: Message, expect: &Expect, what: &str) {
     let mut client = Client::connect(&server.url(&format!("token={}", good_token()))).await;
     assert_eq!(client.next().await["type"], "connected");
-    client.ws.send(message).await.unwrap();
+    client.ws().send(message).await.unwrap();
     check(&mut client, expect, what).await;
 }
 
@@ -364,7 +364,7 @@ async fn every_bad_input_gets_its_documented_answer_and_nobody_else_notices() {
     let mut flooder = Client::connect(&server.url(&format!("token={}", good_token()))).await;
     flooder.next().await;
     for _ in 0..400 {
-        if flooder.ws.send(Message::Text(r#"{"action":"ping"}"#.into())).await.is_err() {
+        if flooder.ws().send(Message::Text(r#"{"action":"ping"}"#.into())).await.is_err() {
             break;
         }
     }

@@ -47,7 +47,7 @@ async fn asking_for_more_replies_than_one_reads_is_closed_with_4002() {
     let mut received = 0;
     let closed = 'attack: loop {
         assert!(Instant::now() < deadline, "not closed within 15 s ({received} messages read)");
-        if client.ws.send(Message::Text(command.clone().into())).await.is_err() {
+        if client.ws().send(Message::Text(command.clone().into())).await.is_err() {
             break read_until_closed(&mut client, Duration::from_secs(5)).await.0;
         }
         let window = Instant::now() + Duration::from_millis(10);
@@ -163,7 +163,7 @@ async fn binary_frames_and_websocket_pings_count_against_the_rate_limit() {
         let mut client = server.client("flood").await;
         client.next().await;
         for _ in 0..400 {
-            if client.ws.send(frame.clone()).await.is_err() {
+            if client.ws().send(frame.clone()).await.is_err() {
                 break;
             }
         }
@@ -421,7 +421,7 @@ async fn close_codes_a_client_chooses_do_not_become_metric_labels() {
     for code in [4321u16, 3999, 4777] {
         let mut client = server.client("u").await;
         client.next().await;
-        client.ws.close(Some(CloseFrame { code: WsCloseCode::from(code), reason: "".into() })).await.unwrap();
+        client.ws().close(Some(CloseFrame { code: WsCloseCode::from(code), reason: "".into() })).await.unwrap();
         let _ = client.try_next(Duration::from_secs(1)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;

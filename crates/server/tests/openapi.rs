@@ -150,6 +150,8 @@ async fn every_answer_matches_its_described_schema() {
         call("get", "/health", None, None, 200),
         call("get", "/ready", None, None, 200),
         call("get", "/ws", None, None, 400),
+        call("get", "/sse", browser.clone(), None, 400),
+        call("post", "/http/send", browser.clone(), Some(json!({"action": "ping"})), 400),
     ];
     let mut covered = BTreeSet::new();
     for Call { method, path, token, body, valid_body, status } in calls {
@@ -166,6 +168,18 @@ async fn every_answer_matches_its_described_schema() {
         check(&spec, &format!("{operation}/responses/{status}/content/application~1json/schema"), &answer, &what);
         covered.insert((route.to_owned(), status < 300));
     }
+    // The fallback session's stream, and a command it takes.
+    let mut session = server.client_on(Transport::Http, "trader").await;
+    assert_eq!(session.next().await["type"], "connected");
+    let id = session.http().id.clone().unwrap();
+    let (status, _) = post_command(server.addr, Some(&id), Some(&token("trader")), br#"{"action":"ping"}"#).await;
+    assert_eq!(status, 204);
+    assert!(spec.pointer("/paths/~1http~1send/post/responses/204").is_some());
+    let (status, answer) = post_command(server.addr, Some("gone"), Some(&token("trader")), b"{}").await;
+    assert_eq!(status, 404);
+    check(&spec, "/paths/~1http~1send/post/responses/404/content/application~1json/schema", &answer, "unknown session");
+    assert!(spec.pointer("/paths/~1http~1stream/get/responses/200/content/text~1event-stream").is_some());
+    covered.insert(("/http/stream".to_owned(), true));
     // The trace's events, as the description says they are.
     let mut trace = EventStream::open(&server, "/api/trace?user=trader", &operator_token()).await;
     let _again = server.client("trader").await;

@@ -168,7 +168,7 @@ async fn bad_commands_get_error_codes_and_the_connection_survives() {
         let reply = client.expect_type("error").await;
         assert_eq!(reply["code"], code, "{text}");
     }
-    client.ws.send(tokio_tungstenite::tungstenite::Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    client.ws().send(tokio_tungstenite::tungstenite::Message::Binary(vec![1, 2, 3].into())).await.unwrap();
     assert_eq!(client.expect_type("error").await["code"], "BAD_REQUEST");
     client.send(r#"{"action":"ping","id":"p"}"#).await;
     let pong = client.expect_type("pong").await;
@@ -200,7 +200,8 @@ async fn flooding_gets_rate_limit_errors_then_1008() {
     let mut client = server.client("flood").await;
     client.next().await;
     for _ in 0..200 {
-        if client.ws.send(tokio_tungstenite::tungstenite::Message::Text(r#"{"action":"ping"}"#.into())).await.is_err() {
+        if client.ws().send(tokio_tungstenite::tungstenite::Message::Text(r#"{"action":"ping"}"#.into())).await.is_err()
+        {
             break;
         }
     }

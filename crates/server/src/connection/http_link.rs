@@ -176,11 +176,7 @@ impl Stream for Feed {
 
 /// A link and its response body. A fallback session (one with `registration`) first
 /// sends padding and its `session` event.
-pub fn link(
-    format: Format,
-    inbound: mpsc::Receiver<Inbound>,
-    registration: Option<Registration>,
-) -> (HttpLink, Feed) {
+pub fn link(format: Format, inbound: mpsc::Receiver<Inbound>, registration: Option<Registration>) -> (HttpLink, Feed) {
     let (sender, events) = mpsc::channel(OUTBOUND_FRAMES + 1);
     if let Some(registration) = &registration {
         let mut prelude = String::with_capacity(PRELUDE_PADDING + 64);

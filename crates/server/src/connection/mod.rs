@@ -44,10 +44,15 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// upgraded WebSocket is one; the HTTP fallback's [`http_link::HttpLink`] (an event
 /// stream out, POSTed commands in) is the other, so both are served by this one loop.
 /// `next` must be cancel-safe: a message is never lost when another branch wins.
-pub trait Link: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + Send {}
+pub trait Link:
+    Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + Send
+{
+}
 
-impl<T> Link for T where T: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + Send
-{}
+impl<T> Link for T where
+    T: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + Send
+{
+}
 
 /// Serves one connection (an upgraded WebSocket or a fallback session) until it closes.
 ///

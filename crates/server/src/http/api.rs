@@ -91,7 +91,9 @@ impl BodyRefusal {
 /// `--max-http-body-bytes`, within `--http-body-timeout`, and only while the node's
 /// budget for bodies being read (`--max-http-body-memory`) has room for it.
 pub(super) async fn read_body(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
-    read_body_within(hub, headers, body, hub.config().max_http_body_bytes).await.map_err(|refusal| refusal.response(hub))
+    read_body_within(hub, headers, body, hub.config().max_http_body_bytes)
+        .await
+        .map_err(|refusal| refusal.response(hub))
 }
 
 /// [`read_body`] with another size limit.

@@ -87,8 +87,40 @@ pub fn operator_token() -> String {
     token_with(&Claims { operator: true, ..claims("operator") })
 }
 
+/// Which transport a client speaks: the tests that matter run against both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    /// The fallback session: an event stream plus POSTed commands.
+    Http,
+}
+
+/// Generates `websocket` and `http` tests from one `async fn(Transport)`.
+#[macro_export]
+macro_rules! on_both_transports {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn websocket() {
+                    super::$name($crate::support::Transport::WebSocket).await;
+                }
+                #[tokio::test]
+                async fn http() {
+                    super::$name($crate::support::Transport::Http).await;
+                }
+            }
+        )*
+    };
+}
+
+enum Wire {
+    Ws(WebSocketStream<MaybeTlsStream<TcpStream>>),
+    Http(HttpSession),
+}
+
 pub struct Client {
-    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    wire: Wire,
     /// Messages received but not yet taken by a test.
     pending: std::collections::VecDeque<Value>,
     /// Sizes of the frames received, in order.
@@ -102,6 +134,28 @@ pub struct Closed {
     pub reason: String,
 }
 
+impl TestServer {
+    /// Connects over `transport` with `token` (none: without one), subscribing to the
+    /// comma-separated `channels` at connect.
+    pub async fn connect(&self, transport: Transport, token: Option<&str>, channels: &str) -> Client {
+        match transport {
+            Transport::WebSocket => {
+                let mut query = format!("channels={channels}");
+                if let Some(token) = token {
+                    query.push_str(&format!("&token={token}"));
+                }
+                Client::connect(&self.url(&query)).await
+            }
+            Transport::Http => Client::from_http(HttpSession::open(self.addr, token, channels).await),
+        }
+    }
+
+    /// Connects `user` (a token that may subscribe anywhere shared) over `transport`.
+    pub async fn client_on(&self, transport: Transport, user: &str) -> Client {
+        self.connect(transport, Some(&token(user)), "").await
+    }
+}
+
 impl Client {
     pub async fn connect(url: &str) -> Client {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
@@ -109,11 +163,46 @@ impl Client {
     }
 
     pub fn from_ws(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
-        Client { ws, pending: Default::default(), frame_sizes: Vec::new() }
+        Client { wire: Wire::Ws(ws), pending: Default::default(), frame_sizes: Vec::new() }
+    }
+
+    pub fn from_http(session: HttpSession) -> Client {
+        Client { wire: Wire::Http(session), pending: Default::default(), frame_sizes: Vec::new() }
+    }
+
+    /// The WebSocket underneath (for tests of WebSocket framing); panics on HTTP.
+    pub fn ws(&mut self) -> &mut WebSocketStream<MaybeTlsStream<TcpStream>> {
+        match &mut self.wire {
+            Wire::Ws(ws) => ws,
+            Wire::Http(_) => panic!("not a WebSocket client"),
+        }
+    }
+
+    /// The fallback session underneath; panics on a WebSocket.
+    pub fn http(&mut self) -> &mut HttpSession {
+        match &mut self.wire {
+            Wire::Http(session) => session,
+            Wire::Ws(_) => panic!("not an HTTP client"),
+        }
+    }
+
+    /// Sends one command; false when the transport refused it (the socket is gone, or
+    /// the POST was not accepted).
+    pub async fn try_send(&mut self, json: &str) -> bool {
+        match &mut self.wire {
+            Wire::Ws(ws) => ws.send(Message::Text(json.into())).await.is_ok(),
+            Wire::Http(session) => session.post(json).await.0 == 204,
+        }
     }
 
     pub async fn send(&mut self, json: &str) {
-        self.ws.send(Message::Text(json.into())).await.expect("send");
+        match &mut self.wire {
+            Wire::Ws(ws) => ws.send(Message::Text(json.into())).await.expect("send"),
+            Wire::Http(session) => {
+                let (status, body) = session.post(json).await;
+                assert!(status == 204 || status == 413, "POST /http/send answered {status}: {body}");
+            }
+        }
     }
 
     pub async fn send_value(&mut self, value: Value) {
@@ -136,27 +225,34 @@ impl Client {
         }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let frame = match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => return Ok(None),
-                Ok(frame) => frame,
-            };
-            match frame {
-                Some(Ok(Message::Text(text))) => {
-                    let frame: Value = serde_json::from_str(text.as_str()).expect("frame is JSON");
-                    let items = frame.as_array().expect("frame is an array").clone();
-                    self.frame_sizes.push(items.len());
-                    self.pending.extend(items);
-                    if let Some(message) = self.pending.pop_front() {
-                        return Ok(Some(message));
+            let text = match &mut self.wire {
+                Wire::Ws(ws) => {
+                    let frame = match tokio::time::timeout_at(deadline, ws.next()).await {
+                        Err(_) => return Ok(None),
+                        Ok(frame) => frame,
+                    };
+                    match frame {
+                        Some(Ok(Message::Text(text))) => text.to_string(),
+                        Some(Ok(Message::Close(frame))) => {
+                            let (code, reason) =
+                                frame.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
+                            return Err(Closed { code, reason });
+                        }
+                        Some(Ok(_)) => continue,
+                        Some(Err(_)) | None => return Err(Closed { code: 1006, reason: String::new() }),
                     }
                 }
-                Some(Ok(Message::Close(frame))) => {
-                    let (code, reason) =
-                        frame.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
-                    return Err(Closed { code, reason });
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return Err(Closed { code: 1006, reason: String::new() }),
+                Wire::Http(session) => match session.next_frame(deadline).await? {
+                    Some(text) => text,
+                    None => return Ok(None),
+                },
+            };
+            let frame: Value = serde_json::from_str(&text).expect("frame is JSON");
+            let items = frame.as_array().expect("frame is an array").clone();
+            self.frame_sizes.push(items.len());
+            self.pending.extend(items);
+            if let Some(message) = self.pending.pop_front() {
+                return Ok(Some(message));
             }
         }
     }
@@ -195,15 +291,202 @@ impl Client {
         }
     }
 
-    pub async fn close(mut self) {
-        let _ = self
-            .ws
-            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
-                code: WsCloseCode::Normal,
-                reason: "".into(),
-            }))
-            .await;
+    pub async fn close(self) {
+        match self.wire {
+            Wire::Ws(mut ws) => {
+                let _ = ws
+                    .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                        code: WsCloseCode::Normal,
+                        reason: "".into(),
+                    }))
+                    .await;
+            }
+            // Hanging up is how an HTTP client leaves.
+            Wire::Http(session) => drop(session),
+        }
     }
+}
+
+/// A fallback session as a client holds it: the event stream, read as it comes, and
+/// the id its commands are POSTed to.
+pub struct HttpSession {
+    addr: SocketAddr,
+    token: Option<String>,
+    pub id: Option<String>,
+    stream: TcpStream,
+    /// Bytes read and not yet de-chunked.
+    raw: Vec<u8>,
+    parser: tidewire_protocol::event_stream::EventParser,
+    events: std::collections::VecDeque<tidewire_protocol::event_stream::ServerEvent>,
+    ended: bool,
+}
+
+impl HttpSession {
+    /// GETs `/http/stream` and waits for the session's id (or its refusal).
+    pub async fn open(addr: SocketAddr, token: Option<&str>, channels: &str) -> HttpSession {
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let mut session = HttpSession::get(addr, &format!("/http/stream?channels={channels}"), &auth).await;
+        session.token = token.map(str::to_owned);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while session.id.is_none() {
+            match session.next_event(deadline).await {
+                Some(event) if event.name == "session" => session.id = Some(event.data),
+                Some(event) => {
+                    // Refused: keep the close for the test to read.
+                    session.events.push_front(event);
+                    break;
+                }
+                None => break,
+            }
+        }
+        session
+    }
+
+    /// GETs an event stream at `path` with `headers` (each ending in CRLF); panics
+    /// unless the answer is a 200 event stream.
+    pub async fn get(addr: SocketAddr, path: &str, headers: &str) -> HttpSession {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut session = HttpSession {
+            addr,
+            token: None,
+            id: None,
+            stream,
+            raw: Vec::new(),
+            parser: tidewire_protocol::event_stream::EventParser::new(1 << 24),
+            events: Default::default(),
+            ended: false,
+        };
+        session.read_head().await;
+        session.dechunk();
+        session
+    }
+
+    async fn read_head(&mut self) {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(at) = self.raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.raw[..at]).to_ascii_lowercase();
+                assert!(head.starts_with("http/1.1 200"), "{head}");
+                assert!(head.contains("content-type: text/event-stream"), "{head}");
+                assert!(head.contains("transfer-encoding: chunked"), "{head}");
+                self.raw.drain(..at + 4);
+                return;
+            }
+            let mut chunk = [0u8; 4096];
+            let read = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
+                .await
+                .expect("a response head within 5 s")
+                .expect("read");
+            assert!(read > 0, "no response head");
+            self.raw.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    /// Takes the complete chunks out of `raw` into the event parser.
+    fn dechunk(&mut self) {
+        loop {
+            let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") else { return };
+            let size =
+                std::str::from_utf8(&self.raw[..line_end]).ok().and_then(|s| usize::from_str_radix(s.trim(), 16).ok());
+            let size = size.expect("a chunk size");
+            if size == 0 {
+                self.ended = true;
+                self.raw.clear();
+                return;
+            }
+            let start = line_end + 2;
+            if self.raw.len() < start + size + 2 {
+                return;
+            }
+            let data: Vec<u8> = self.raw[start..start + size].to_vec();
+            self.raw.drain(..start + size + 2);
+            let events = &mut self.events;
+            self.parser.push(&data, |event| events.push_back(event)).expect("events within bounds");
+        }
+    }
+
+    /// The next event before `deadline`; `None` on timeout or when the stream ended.
+    pub async fn next_event(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> Option<tidewire_protocol::event_stream::ServerEvent> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Some(event);
+            }
+            if self.ended {
+                return None;
+            }
+            let mut chunk = [0u8; 16384];
+            let read = match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return None,
+                Ok(Ok(read)) => read,
+                Ok(Err(_)) => 0,
+            };
+            if read == 0 {
+                self.ended = true;
+                continue;
+            }
+            self.raw.extend_from_slice(&chunk[..read]);
+            self.dechunk();
+        }
+    }
+
+    /// The next frame's text; `Ok(None)` on timeout, `Err` with the close event (1006
+    /// when the stream ended without one).
+    async fn next_frame(&mut self, deadline: tokio::time::Instant) -> Result<Option<String>, Closed> {
+        let Some(event) = self.next_event(deadline).await else {
+            if self.ended {
+                return Err(Closed { code: 1006, reason: String::new() });
+            }
+            return Ok(None);
+        };
+        match event.name.as_str() {
+            "message" => Ok(Some(event.data)),
+            "close" => {
+                let close: tidewire_protocol::event_stream::CloseEvent =
+                    serde_json::from_str(&event.data).expect("a close event's data");
+                Err(Closed { code: close.code, reason: close.reason })
+            }
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+
+    /// POSTs one command to the session with its token; the status and the body.
+    pub async fn post(&self, body: &str) -> (u16, Value) {
+        let id = self.id.as_deref().unwrap_or("none");
+        post_command(self.addr, Some(id), self.token.as_deref(), body.as_bytes()).await
+    }
+}
+
+/// POSTs `body` to `/http/send` for `session` with `token`; the status and the body.
+pub async fn post_command(addr: SocketAddr, session: Option<&str>, token: Option<&str>, body: &[u8]) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let session = session.map(|s| format!("Tidewire-Session: {s}\r\n")).unwrap_or_default();
+    let head = format!(
+        "POST /http/send HTTP/1.1\r\nHost: {addr}\r\n{auth}{session}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    // The server may answer (413) before reading a body it refuses.
+    let _ = stream.write_all(body).await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status: u16 = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
+    let text = response.split_once("\r\n\r\n").map_or("", |(_, rest)| rest);
+    let text = if response.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(text)
+    } else {
+        text.to_owned()
+    };
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
 /// POSTs JSON to the publish API with a token; returns (status, body).
