@@ -35,7 +35,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::core::{
     Action, ClientConfig, ClientCore, ClientError, ConnectionState, Delivery, Event, OutgoingPublish, StopReason,
-    SubscriptionEvent, SubscriptionOptions, TokenError, TransportId,
+    SubscriptionEvent, SubscriptionOptions, TokenError, TransportId, TransportKind,
 };
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -388,7 +388,11 @@ impl Driver {
                     }
                     None => self.handle(Event::Token(Err(TokenError::Unauthorized("no token provider".into())))),
                 },
-                Action::Open { transport, url, token } => {
+                Action::Open { transport, kind: TransportKind::Http, .. } => {
+                    let reason = "the tokio driver speaks WebSocket only".to_owned();
+                    self.handle(Event::TransportClosed { transport, code: 1006, reason });
+                }
+                Action::Open { transport, url, token, kind: TransportKind::WebSocket } => {
                     self.socket = None;
                     let answer = self.opened.0.clone();
                     tokio::spawn(async move {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tidewire_client::core::{
     Action, ClientConfig, ClientCore, ClientError, ConnectionState, Event, OutgoingPublish, StopReason,
-    SubscriptionEvent, SubscriptionOptions, SubscriptionState, TokenError, TransportId,
+    SubscriptionEvent, SubscriptionOptions, SubscriptionState, TokenError, TransportId, TransportKind,
 };
 use tidewire_protocol::NewPublication;
 
@@ -152,7 +152,7 @@ fn subscriptions_made_before_connect_go_out_after_connected() {
     assert_eq!(h.core.state(), ConnectionState::Connecting);
     let actions = h.take();
     let open = actions.iter().find_map(|a| match a {
-        Action::Open { transport, url, token } => Some((*transport, url.clone(), token.clone())),
+        Action::Open { transport, url, token, .. } => Some((*transport, url.clone(), token.clone())),
         _ => None,
     });
     let (transport, url, token) = open.unwrap();
@@ -610,7 +610,8 @@ fn a_server_without_announced_limits_gets_the_default_pace() {
     // Reconnected to a server that announces no limits: back to its default, 1000/s (15
     // every 16.7 ms).
     h.event(Event::TransportClosed { transport: t, code: 1006, reason: String::new() });
-    h.advance(Duration::from_secs(30));
+    let delay = h.reconnect_delay().unwrap();
+    h.advance(delay);
     let t = h.opened();
     h.frame(t, json!([connected_at(None)]));
     h.take();
@@ -1144,4 +1145,161 @@ fn channels_asking_the_same_options_are_restored_in_one_command() {
     assert_eq!(channels, [json!(["plain"]), json!(["alerts.x", "alerts.y"]), json!(["lp.a", "lp.b", "lp.c"])]);
     assert_eq!(sent[1]["options"], json!({"snapshotEnd": true, "types": ["alert"]}));
     assert_eq!(sent[2]["options"], json!({"snapshotEnd": true, "minInterval": 500, "deltas": true}));
+}
+
+/// The kind and URL of the next `Open` since the last take.
+fn opened_kind(h: &mut Harness) -> (TransportId, TransportKind, String) {
+    h.take()
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Open { transport, kind, url, .. } => Some((transport, kind, url)),
+            _ => None,
+        })
+        .expect("an Open action")
+}
+
+fn with_fallback(c: &mut ClientConfig) {
+    c.transports = vec![TransportKind::WebSocket, TransportKind::Http];
+}
+
+#[test]
+fn a_websocket_that_does_not_get_through_falls_back_at_once_and_loses_nothing() {
+    let mut h = Harness::new(with_fallback);
+    h.event(Event::Subscribe { channel: "a".into() });
+    h.event(Event::Connect);
+    let (t1, kind, url) = opened_kind(&mut h);
+    assert_eq!((kind, url.as_str()), (TransportKind::WebSocket, "ws://a/ws"));
+    // A proxy refuses the upgrade: the browser reports 1006 before anything arrived.
+    h.event(Event::TransportClosed { transport: t1, code: 1006, reason: String::new() });
+    assert_eq!(h.reconnect_delay(), Some(Duration::ZERO), "no backoff before the fallback");
+    h.advance(Duration::ZERO);
+    let (t2, kind, url) = opened_kind(&mut h);
+    assert_eq!((kind, url.as_str()), (TransportKind::Http, "http://a/http/stream"));
+    assert_eq!(h.core.attempt(), 0);
+    h.connected(t2);
+    assert_eq!(h.core.transport_kind(), Some(TransportKind::Http));
+    let sent = h.sent();
+    assert_eq!(sent[0]["channels"], json!(["a"]));
+    h.subscribed(t2, "a", 0, None);
+    h.publish(t2, "a", 1..=3);
+    assert_eq!(h.delivered(), vec![1, 2, 3]);
+
+    // A server restart: the reconnect keeps to what works, and recovers with since.
+    h.event(Event::TransportClosed { transport: t2, code: 1012, reason: String::new() });
+    let delay = h.reconnect_delay().unwrap();
+    h.advance(delay);
+    let (t3, kind, _) = opened_kind(&mut h);
+    assert_eq!(kind, TransportKind::Http);
+    h.connected(t3);
+    assert_eq!(h.sent()[0]["since"], json!({"a":{"seq":3,"epoch":"e1"}}));
+}
+
+#[test]
+fn a_websocket_that_never_opens_falls_back_after_the_open_timeout() {
+    let mut h = Harness::new(|c| {
+        with_fallback(c);
+        c.open_timeout = Duration::from_secs(3);
+    });
+    h.event(Event::Connect);
+    let (t1, kind, _) = opened_kind(&mut h);
+    assert_eq!(kind, TransportKind::WebSocket);
+    h.advance(Duration::from_millis(2900));
+    assert!(h.take().is_empty(), "still waiting");
+    h.advance(Duration::from_millis(100));
+    let actions = h.take();
+    assert!(actions.iter().any(|a| matches!(a, Action::Close { transport, .. } if *transport == t1)), "{actions:?}");
+    assert!(actions.iter().any(|a| matches!(a, Action::Open { kind: TransportKind::Http, .. })), "{actions:?}");
+}
+
+#[test]
+fn when_every_transport_fails_the_backoff_applies_and_the_round_starts_again() {
+    let mut h = Harness::new(with_fallback);
+    h.event(Event::Connect);
+    let (t1, _, _) = opened_kind(&mut h);
+    h.event(Event::TransportClosed { transport: t1, code: 1006, reason: String::new() });
+    h.advance(Duration::ZERO);
+    let (t2, kind, _) = opened_kind(&mut h);
+    assert_eq!(kind, TransportKind::Http);
+    h.event(Event::TransportClosed { transport: t2, code: 1006, reason: String::new() });
+    assert!(h.reconnect_delay().unwrap() > Duration::ZERO, "the server may be down: back off");
+    assert_eq!(h.core.attempt(), 1);
+    let delay = h.reconnect_delay().unwrap();
+    h.advance(delay);
+    assert_eq!(opened_kind(&mut h).1, TransportKind::WebSocket);
+}
+
+#[test]
+fn a_refusal_by_the_server_is_not_a_reason_to_fall_back() {
+    let mut h = Harness::new(with_fallback);
+    h.event(Event::Connect);
+    let (t1, _, _) = opened_kind(&mut h);
+    h.event(Event::TransportClosed { transport: t1, code: 4501, reason: "AUTH_INVALID".into() });
+    assert!(matches!(h.core.state(), ConnectionState::Disconnected));
+    h.event(Event::Connect);
+    let (t2, kind, _) = opened_kind(&mut h);
+    assert_eq!(kind, TransportKind::WebSocket);
+    h.event(Event::TransportClosed { transport: t2, code: 1013, reason: String::new() });
+    let delay = h.reconnect_delay().unwrap();
+    h.advance(delay);
+    assert_eq!(opened_kind(&mut h).1, TransportKind::WebSocket, "1013 is the server's answer, not the network's");
+}
+
+#[test]
+fn a_fallback_link_tries_websocket_again_later_with_a_growing_delay() {
+    let mut h = Harness::new(|c| {
+        with_fallback(c);
+        c.upgrade_after = Duration::from_secs(60);
+    });
+    h.event(Event::Subscribe { channel: "a".into() });
+    h.event(Event::Connect);
+    let (t1, _, _) = opened_kind(&mut h);
+    h.event(Event::TransportClosed { transport: t1, code: 1006, reason: String::new() });
+    h.advance(Duration::ZERO);
+    let (t2, _, _) = opened_kind(&mut h);
+    h.connected(t2);
+    h.take();
+    h.subscribed(t2, "a", 0, None);
+    h.publish(t2, "a", [1]);
+    h.take();
+    // Heartbeats keep the link alive while the upgrade timer runs.
+    for _ in 0..5 {
+        h.advance(Duration::from_secs(11));
+        h.frame(t2, json!([{"type":"heartbeat","timestamp":TS}]));
+    }
+    assert!(h.take().iter().all(|a| !matches!(a, Action::Open { .. })), "not before 60 s");
+    h.advance(Duration::from_secs(6));
+    let actions = h.take();
+    assert!(actions.iter().any(|a| matches!(a, Action::Close { transport, code: 1000, .. } if *transport == t2)));
+    let t3 = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Open { transport, kind: TransportKind::WebSocket, .. } => Some(*transport),
+            _ => None,
+        })
+        .expect("WebSocket tried again");
+    // Still blocked: straight back to HTTP, and the next try waits twice as long.
+    h.event(Event::TransportClosed { transport: t3, code: 1006, reason: String::new() });
+    h.advance(Duration::ZERO);
+    let (t4, kind, _) = opened_kind(&mut h);
+    assert_eq!(kind, TransportKind::Http);
+    h.connected(t4);
+    assert_eq!(h.sent()[0]["since"], json!({"a":{"seq":1,"epoch":"e1"}}), "nothing lost in the switch");
+    for _ in 0..10 {
+        h.advance(Duration::from_secs(11));
+        h.frame(t4, json!([{"type":"heartbeat","timestamp":TS}]));
+    }
+    assert!(h.take().iter().all(|a| !matches!(a, Action::Open { .. })), "not before 120 s");
+    h.advance(Duration::from_secs(11));
+    h.frame(t4, json!([{"type":"heartbeat","timestamp":TS}]));
+    let (t5, kind, _) = opened_kind(&mut h);
+    assert_eq!(kind, TransportKind::WebSocket);
+    // WebSocket works now: it stays, with no further switching.
+    h.connected(t5);
+    assert_eq!(h.core.transport_kind(), Some(TransportKind::WebSocket));
+    h.take();
+    for _ in 0..30 {
+        h.advance(Duration::from_secs(11));
+        h.frame(t5, json!([{"type":"heartbeat","timestamp":TS}]));
+    }
+    assert!(h.take().iter().all(|a| !matches!(a, Action::Open { .. } | Action::Close { .. })));
 }

@@ -14,6 +14,16 @@ use super::backoff::Backoff;
 /// Identifies one transport (one WebSocket); events from a replaced transport are ignored.
 pub type TransportId = u64;
 
+/// How a link reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// `GET /ws`.
+    WebSocket,
+    /// The HTTP fallback: an event stream (`GET /http/stream`) plus POSTed commands
+    /// (`POST /http/send`), for networks that break WebSocket upgrades.
+    Http,
+}
+
 /// How the client behaves. `ClientConfig::new(url)` gives the defaults.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -38,6 +48,15 @@ pub struct ClientConfig {
     pub token: Option<String>,
     /// Seed for the jitter; drivers pass something random.
     pub seed: u64,
+    /// The transports to try, in order (WebSocket only; the browser driver adds the
+    /// HTTP fallback). See `transports.rs`.
+    pub transports: Vec<TransportKind>,
+    /// How long an opening link may take to say `connected` before the next transport
+    /// is tried (5 s).
+    pub open_timeout: Duration,
+    /// How long a link on a fallback transport lives before the first is tried again
+    /// (60 s, doubling while it keeps failing, up to 30 min).
+    pub upgrade_after: Duration,
 }
 
 impl ClientConfig {
@@ -52,6 +71,9 @@ impl ClientConfig {
             token_provider: false,
             token: None,
             seed: 0x5eed,
+            transports: vec![TransportKind::WebSocket],
+            open_timeout: Duration::from_secs(5),
+            upgrade_after: Duration::from_secs(60),
         }
     }
 }
@@ -155,9 +177,11 @@ impl Delivery {
 pub enum Action {
     /// Call the token provider and answer with [`Event::Token`].
     FetchToken,
-    /// Open a WebSocket to `url`, authenticating with `token`.
+    /// Open a transport of `kind` to `url` (for HTTP, the stream's), authenticating
+    /// with `token`.
     Open {
         transport: TransportId,
+        kind: TransportKind,
         url: String,
         token: Option<String>,
     },

@@ -86,10 +86,12 @@ impl ClientCore {
         let transport = self.next_transport;
         self.next_transport += 1;
         let url = self.config.urls.get(self.url_index % self.config.urls.len().max(1)).cloned().unwrap_or_default();
+        let kind = self.next_transport_kind();
+        let url = super::transport_url(&url, kind);
         self.link = Link::Opening(transport);
-        // A transport that never opens or never says `connected` is dead too.
-        self.expect_frame_within_heartbeat();
-        self.push(Action::Open { transport, url, token: self.token.clone() });
+        // A transport that never opens or never says `connected` did not get through.
+        self.timers.dead = Some(self.now + self.open_timeout());
+        self.push(Action::Open { transport, kind, url, token: self.token.clone() });
     }
 
     /// Something arrived (or a transport was opened): the link is dead if nothing more
@@ -106,7 +108,11 @@ impl ClientCore {
                 code: CloseCode::HEARTBEAT_TIMEOUT.0,
                 reason: CloseCode::HEARTBEAT_TIMEOUT.reason("no message from the server in time"),
             });
-            self.transport_lost();
+            if matches!(self.link, Link::Opening(_)) && self.transport_failed_to_open(None) {
+                self.reconnect_now();
+            } else {
+                self.transport_lost();
+            }
         }
     }
 
@@ -166,6 +172,7 @@ impl ClientCore {
         }
         self.link = Link::Connected(transport);
         self.attempt = 0;
+        self.transport_connected();
         self.heartbeat_interval = Duration::from_millis(m.heartbeat_interval_ms.unwrap_or(25_000));
         self.expect_frame_within_heartbeat();
         self.schedule_refresh(m.timestamp, m.expires_at);
@@ -194,6 +201,10 @@ impl ClientCore {
 
     pub(super) fn on_transport_closed(&mut self, transport: TransportId, code: u16, reason: String) {
         if !self.link.is(transport) {
+            return;
+        }
+        if matches!(self.link, Link::Opening(_)) && self.transport_failed_to_open(Some(code)) {
+            self.reconnect_now();
             return;
         }
         let code = CloseCode(code);
@@ -225,6 +236,15 @@ impl ClientCore {
     pub(super) fn transport_lost(&mut self) {
         self.end_link();
         self.schedule_reconnect();
+    }
+
+    /// Ends the link and opens the next at once (another transport kind, not a retry:
+    /// no backoff, and the same server).
+    pub(super) fn reconnect_now(&mut self) {
+        self.end_link();
+        self.link = Link::Waiting;
+        self.timers.reconnect = Some(self.now);
+        self.emit_state();
     }
 
     fn schedule_reconnect(&mut self) {

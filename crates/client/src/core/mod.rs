@@ -16,7 +16,8 @@
 //! (frames, ordered delivery, control messages), `deltas.rs` (whole values rebuilt from
 //! field deltas), `reconcile.rs` (subscriptions towards
 //! what the app wants), `publishes.rs` (the queue and its answers), `subscription.rs`
-//! (one channel's transitions), `timers.rs` and `backoff.rs`.
+//! (one channel's transitions), `transports.rs` (which transport, and when to fall
+//! back or go back), `timers.rs` and `backoff.rs`.
 //!
 //! It has no clock, no sockets and no timers. A driver feeds it [`Event`]s with the
 //! current time (`now`, a [`Duration`] since any fixed origin), performs the
@@ -33,6 +34,7 @@ mod publishes;
 mod reconcile;
 mod subscription;
 mod timers;
+mod transports;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -43,7 +45,7 @@ use tidewire_protocol::{CloseCode, Command, CommandId, StreamPosition};
 
 pub use api::{
     Action, ClientConfig, ClientError, ConnectionState, Delivery, Event, OutgoingPublish, StopReason,
-    SubscriptionEvent, SubscriptionOptions, TokenError, TransportId,
+    SubscriptionEvent, SubscriptionOptions, TokenError, TransportId, TransportKind,
 };
 pub use backoff::{Backoff, Jitter};
 use link::Link;
@@ -51,6 +53,8 @@ use publishes::Publishes;
 use subscription::Subscription;
 pub use subscription::SubscriptionState;
 use timers::{Timer, Timers};
+pub use transports::transport_url;
+use transports::TransportChoice;
 
 /// The client state machine. See the module docs.
 #[derive(Debug)]
@@ -62,6 +66,8 @@ pub struct ClientCore {
     attempt: u32,
     url_index: usize,
     next_transport: TransportId,
+    /// Which transport kind the next link uses.
+    transports: TransportChoice,
     jitter: Jitter,
     token: Option<String>,
     subscriptions: HashMap<String, Subscription>,
@@ -117,6 +123,7 @@ impl ClientCore {
             attempt: 0,
             url_index: 0,
             next_transport: 1,
+            transports: TransportChoice::default(),
             subscriptions: HashMap::new(),
             limits: ServerLimits::default(),
             paused: false,
@@ -216,6 +223,7 @@ impl ClientCore {
                     Timer::Dead => self.on_dead(),
                     Timer::Refresh => self.on_refresh_due(),
                     Timer::Retry => self.retry_pending(),
+                    Timer::Upgrade => self.on_upgrade_due(),
                 }
             }
         }

@@ -18,6 +18,8 @@ pub struct Timers {
     pub refresh: Option<Duration>,
     /// Commands were refused by the server's rate limit: re-send what is pending then.
     pub retry: Option<Duration>,
+    /// Leave a fallback transport and try the first again.
+    pub upgrade: Option<Duration>,
 }
 
 /// One of the [`Timers`].
@@ -27,11 +29,12 @@ pub enum Timer {
     Dead,
     Refresh,
     Retry,
+    Upgrade,
 }
 
 impl Timers {
     /// The order timers fire in when several are due at once.
-    pub const ORDER: [Timer; 4] = [Timer::Reconnect, Timer::Dead, Timer::Refresh, Timer::Retry];
+    pub const ORDER: [Timer; 5] = [Timer::Reconnect, Timer::Dead, Timer::Refresh, Timer::Retry, Timer::Upgrade];
 
     fn slot(&mut self, timer: Timer) -> &mut Option<Duration> {
         match timer {
@@ -39,12 +42,13 @@ impl Timers {
             Timer::Dead => &mut self.dead,
             Timer::Refresh => &mut self.refresh,
             Timer::Retry => &mut self.retry,
+            Timer::Upgrade => &mut self.upgrade,
         }
     }
 
     /// The earliest deadline.
     pub fn next(&self) -> Option<Duration> {
-        [self.reconnect, self.dead, self.refresh, self.retry].into_iter().flatten().min()
+        [self.reconnect, self.dead, self.refresh, self.retry, self.upgrade].into_iter().flatten().min()
     }
 
     /// Whether `timer` is due at `now`; a due timer is cleared (it fires once).
@@ -63,6 +67,7 @@ impl Timers {
         self.dead = None;
         self.refresh = None;
         self.retry = None;
+        self.upgrade = None;
     }
 
     /// Stopped: nothing is due.
