@@ -18,8 +18,10 @@ pub const PACKAGE: &str = "tidewire-client";
 /// Lower it when the package shrinks, so a regression cannot hide under old slack. Raised
 /// from 110 KiB by the 1 KiB resampled subscriptions (`minInterval`) cost, and from 111
 /// KiB by the 4.9 KiB field deltas cost (rebuilding whole values from merge patches on
-/// JSON text, without a JSON tree; `twiggy diff` of the two builds names what).
-pub const PACKAGE_BUDGET_BYTES: u64 = 116 * 1024;
+/// JSON text, without a JSON tree; `twiggy diff` of the two builds names what), and from
+/// 116 KiB by the HTTP fallback's 6.5 KiB (the transport order in the core, the event
+/// stream parser, the fetch transport and its JavaScript snippet, counted since).
+pub const PACKAGE_BUDGET_BYTES: u64 = 123 * 1024;
 
 /// Where the package is written.
 pub fn package_dir() -> PathBuf {
@@ -83,7 +85,13 @@ pub fn build_package() -> Result<PathBuf, String> {
     }
     fs::write(out.join("package.json"), package_json()?).map_err(|e| format!("cannot write package.json: {e}"))?;
     let wasm_size = gzipped(&out.join("tidewire_client_bg.wasm"))?;
-    let js_size = gzipped(&out.join("tidewire_client.js"))?;
+    // The JavaScript is the glue plus the snippets it imports (the HTTP transport).
+    let mut js_size = gzipped(&out.join("tidewire_client.js"))?;
+    for snippet in files_under(&out.join("snippets"))? {
+        if snippet.extension().is_some_and(|e| e == "js") {
+            js_size += gzipped(&snippet)?;
+        }
+    }
     let kib = |bytes: u64| bytes as f64 / 1024.0;
     let total = wasm_size + js_size;
     println!(
@@ -142,6 +150,21 @@ fn package_json() -> Result<String, String> {
         "sideEffects": ["./bundler/tidewire_client.js", "./snippets/*"]
     });
     serde_json::to_string_pretty(&package).map(|s| s + "\n").map_err(|e| e.to_string())
+}
+
+/// Every file below `dir` (none when it does not exist).
+fn files_under(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut files = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else { return Ok(files) };
+    for entry in entries {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.is_dir() {
+            files.extend(files_under(&path)?);
+        } else {
+            files.push(path);
+        }
+    }
+    Ok(files)
 }
 
 /// Size of a file after gzip -9.

@@ -33,8 +33,11 @@ use web_sys::{CloseEvent, MessageEvent, WebSocket};
 
 use crate::core::{
     Action, ClientConfig, ClientCore, ClientError, ConnectionState, Event, OutgoingPublish, StopReason,
-    SubscriptionEvent, SubscriptionOptions, TokenError, TransportId,
+    SubscriptionEvent, SubscriptionOptions, TokenError, TransportId, TransportKind,
 };
+
+#[path = "browser_http.rs"]
+mod http;
 
 #[wasm_bindgen(typescript_custom_section)]
 const TYPES: &'static str = r#"
@@ -58,6 +61,15 @@ export interface TidewireOptions {
   /** Reconnect backoff bounds in ms (default 500 and 20000). */
   minReconnectDelayMs?: number;
   maxReconnectDelayMs?: number;
+  /** The transports to try, in order (default `["websocket", "http"]`): where a proxy
+   *  breaks WebSocket, the client falls back to an event stream plus POSTs
+   *  (`/http/stream` beside `/ws`) and keeps its subscriptions, positions and publishes. */
+  transports?: ("websocket" | "http")[];
+  /** How long a transport may take to open before the next is tried (default 5000 ms). */
+  openTimeoutMs?: number;
+  /** How long a fallback link lives before WebSocket is tried again (default 60000 ms,
+   *  doubling while it keeps failing, up to 30 minutes). */
+  websocketRetryMs?: number;
 }
 
 /** The connection's state. */
@@ -151,16 +163,40 @@ fn string_list(object: &JsValue, field: &str) -> Option<Vec<String>> {
 
 struct Socket {
     transport: TransportId,
-    ws: WebSocket,
-    _on_message: Closure<dyn FnMut(MessageEvent)>,
-    _on_close: Closure<dyn FnMut(CloseEvent)>,
+    wire: Wire,
+}
+
+/// A link's transport, with the callbacks it holds.
+enum Wire {
+    Ws {
+        ws: WebSocket,
+        _on_message: Closure<dyn FnMut(MessageEvent)>,
+        _on_close: Closure<dyn FnMut(CloseEvent)>,
+    },
+    Http {
+        http: http::HttpTransport,
+        _on_bytes: Closure<dyn FnMut(js_sys::Uint8Array)>,
+        _on_end: Closure<dyn FnMut(u16, String)>,
+    },
 }
 
 impl Drop for Socket {
     fn drop(&mut self) {
         // Detach before the closures are freed, so a late event finds no dangling callback.
-        self.ws.set_onmessage(None);
-        self.ws.set_onclose(None);
+        match &self.wire {
+            Wire::Ws { ws, .. } => {
+                ws.set_onmessage(None);
+                ws.set_onclose(None);
+            }
+            Wire::Http { http, .. } => http.close(),
+        }
+    }
+}
+
+impl Inner {
+    /// The transport of link `transport`, while it is the current one.
+    fn wire_of(&self, transport: TransportId) -> Option<&Wire> {
+        self.socket.as_ref().filter(|s| s.transport == transport).map(|s| &s.wire)
     }
 }
 
@@ -251,6 +287,26 @@ impl TidewireClient {
         }
         if let Some(ms) = get(&options, "maxReconnectDelayMs").as_f64() {
             config.backoff.max = std::time::Duration::from_secs_f64(ms.max(0.0) / 1000.0);
+        }
+        config.transports = match get(&options, "transports").dyn_into::<js_sys::Array>() {
+            Ok(list) => list
+                .iter()
+                .filter_map(|kind| match kind.as_string().as_deref() {
+                    Some("websocket") => Some(TransportKind::WebSocket),
+                    Some("http") => Some(TransportKind::Http),
+                    _ => None,
+                })
+                .collect(),
+            Err(_) => vec![TransportKind::WebSocket, TransportKind::Http],
+        };
+        if config.transports.is_empty() {
+            return Err(JsError::new("`transports` names \"websocket\" and/or \"http\""));
+        }
+        if let Some(ms) = get(&options, "openTimeoutMs").as_f64() {
+            config.open_timeout = std::time::Duration::from_secs_f64(ms.max(0.0) / 1000.0);
+        }
+        if let Some(ms) = get(&options, "websocketRetryMs").as_f64() {
+            config.upgrade_after = std::time::Duration::from_secs_f64(ms.max(0.0) / 1000.0);
         }
         let pause_when_hidden = get(&options, "pauseWhenHidden").as_bool().unwrap_or(false);
 
@@ -457,14 +513,15 @@ fn pump(inner: &Rc<RefCell<Inner>>) {
 fn perform(inner: &Rc<RefCell<Inner>>, action: Action) {
     match action {
         Action::FetchToken => fetch_token(inner),
-        Action::Open { transport, url, token } => open(inner, transport, &url, token.as_deref()),
+        Action::Open { transport, kind, url, token } => open(inner, transport, kind, &url, token.as_deref()),
         Action::Send { transport, text } => {
-            let failed = {
-                let state = inner.borrow();
-                match &state.socket {
-                    Some(socket) if socket.transport == transport => socket.ws.send_with_str(&text).is_err(),
-                    _ => false,
+            let failed = match inner.borrow().wire_of(transport) {
+                Some(Wire::Ws { ws, .. }) => ws.send_with_str(&text).is_err(),
+                Some(Wire::Http { http, .. }) => {
+                    http.send(&text);
+                    false
                 }
+                None => false,
             };
             if failed {
                 inner
@@ -481,10 +538,11 @@ fn perform(inner: &Rc<RefCell<Inner>>, action: Action) {
                     _ => None,
                 }
             };
-            if let Some(socket) = socket {
+            // An HTTP session ends with its requests, which dropping it aborts.
+            if let Some(Socket { wire: Wire::Ws { ws, .. }, .. }) = &socket {
                 // Browsers only let pages send 1000 or 3000–4999.
                 let code = if code == 1000 || (3000..=4999).contains(&code) { code } else { 1000 };
-                let _ = socket.ws.close_with_code_and_reason(code, &reason);
+                let _ = ws.close_with_code_and_reason(code, &reason);
             }
         }
         Action::Deliver(delivery) => {
@@ -565,8 +623,13 @@ fn perform(inner: &Rc<RefCell<Inner>>, action: Action) {
     }
 }
 
-fn open(inner: &Rc<RefCell<Inner>>, transport: TransportId, url: &str, token: Option<&str>) {
+fn open(inner: &Rc<RefCell<Inner>>, transport: TransportId, kind: TransportKind, url: &str, token: Option<&str>) {
     inner.borrow_mut().socket = None;
+    if kind == TransportKind::Http {
+        let wire = http::open(inner, transport, url, token);
+        inner.borrow_mut().socket = Some(Socket { transport, wire });
+        return;
+    }
     let protocols = js_sys::Array::new();
     protocols.push(&JsValue::from_str("tidewire.v1"));
     if let Some(token) = token {
@@ -600,7 +663,8 @@ fn open(inner: &Rc<RefCell<Inner>>, transport: TransportId, url: &str, token: Op
     });
     ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
     ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-    inner.borrow_mut().socket = Some(Socket { transport, ws, _on_message: on_message, _on_close: on_close });
+    let wire = Wire::Ws { ws, _on_message: on_message, _on_close: on_close };
+    inner.borrow_mut().socket = Some(Socket { transport, wire });
 }
 
 fn fetch_token(inner: &Rc<RefCell<Inner>>) {
@@ -631,6 +695,10 @@ fn fetch_token(inner: &Rc<RefCell<Inner>>) {
                 Err(TokenError::Failed(message))
             }
         };
+        // POSTs of a fallback session carry the newest token.
+        if let (Ok(token), Some(Socket { wire: Wire::Http { http, .. }, .. })) = (&answer, &inner.borrow().socket) {
+            http.token(token);
+        }
         feed(&inner, Event::Token(answer));
     });
 }

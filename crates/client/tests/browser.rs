@@ -252,3 +252,42 @@ async fn token_provider_and_unsubscribe() {
     assert_eq!(recorder.messages.borrow().len(), 3, "nothing after unsubscribe");
     client.close();
 }
+
+#[wasm_bindgen_test]
+async fn where_websocket_is_blocked_the_http_fallback_does_everything_with_zero_loss() {
+    let info: serde_json::Value = serde_json::from_str(&control("/info").await).unwrap();
+    let refused_before = info["refused"].as_u64().unwrap();
+    let recorder = Recorder::new();
+    // Through a proxy that refuses WebSocket upgrades; the options are the defaults a
+    // page would use, apart from a shorter wait before WebSocket is tried again.
+    let blocked = JsValue::from_str(info["blocked"].as_str().unwrap());
+    let client = client(&[("url", blocked), ("websocketRetryMs", 2000.into())]).await;
+    client.on_state(recorder.state_listener());
+    let channel = channel_name("fallback");
+    let _sub = client.subscribe(channel.clone(), recorder.handler(), Some(recorder.event_listener()), None);
+    eventually(10_000, "subscribed over HTTP", || !recorder.subscribed_events().is_empty()).await;
+    let refused: serde_json::Value = serde_json::from_str(&control("/info").await).unwrap();
+    assert!(refused["refused"].as_u64().unwrap() > refused_before, "the WebSocket was tried and refused");
+    control(&format!("/publish?channel={channel}&count=20")).await;
+    eventually(5000, "20 messages", || recorder.messages.borrow().len() >= 20).await;
+    // A publish goes out as a POST and comes back on the stream, once.
+    let data = js_sys::JSON::parse(r#"{"symbol":"EURUSD","side":"BUY","volume":1}"#).unwrap();
+    client.publish(channel.clone(), "routing-decision".into(), data, None, None).unwrap();
+    eventually(5000, "the page's own publish", || recorder.messages.borrow().len() >= 21).await;
+
+    // The node drains, 30 publications happen while it is down, it comes back; the
+    // client also goes back to try WebSocket (still refused) and stays on HTTP.
+    control(&format!("/restart?down_ms=400&publish=30&channel={channel}")).await;
+    eventually(15_000, "reconnected and recovered", || recorder.subscribed_events().len() >= 2).await;
+    sleep(2500).await;
+    control(&format!("/publish?channel={channel}&count=10")).await;
+    eventually(10_000, "61 messages", || recorder.messages.borrow().len() >= 61).await;
+    sleep(300).await;
+
+    assert_eq!(recorder.seqs(), (1..=61).collect::<Vec<_>>(), "every seq exactly once, in order");
+    assert!(recorder.subscribed_events()[1..].iter().all(|r| *r == Some(true)), "{:?}", recorder.subscribed_events());
+    let states = recorder.states.borrow().clone();
+    assert_eq!(states.first().map(String::as_str), Some("connecting"));
+    assert_eq!(client.state(), "connected");
+    client.close();
+}

@@ -15,8 +15,6 @@
 //! may hold line breaks (a publisher's JSON may be pretty-printed): each line becomes
 //! its own `data:` field, which the reader joins with `\n` again, as the format says.
 
-use serde::{Deserialize, Serialize};
-
 use crate::command::StreamPosition;
 
 /// The event that names a fallback session (its data is the session id).
@@ -26,11 +24,25 @@ pub const SESSION_EVENT: &str = "session";
 /// frame would carry ([`CloseEvent`]).
 pub const CLOSE_EVENT: &str = "close";
 
-/// The data of a [`CLOSE_EVENT`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The data of a [`CLOSE_EVENT`]: the code, a space, the reason (`4000 SLOW_CONSUMER:
+/// …`), plain text a person reading `curl -N` understands and a client reads without a
+/// JSON decoder.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseEvent {
     pub code: u16,
     pub reason: String,
+}
+
+impl CloseEvent {
+    pub fn encode(&self) -> String {
+        format!("{} {}", self.code, self.reason)
+    }
+
+    /// `None` when `data` does not start with a code.
+    pub fn decode(data: &str) -> Option<CloseEvent> {
+        let (code, reason) = data.split_once(' ').unwrap_or((data, ""));
+        Some(CloseEvent { code: code.parse().ok()?, reason: reason.to_owned() })
+    }
 }
 
 /// Appends one event to `out`: its name (none for the default `message`), its id, and
@@ -146,10 +158,11 @@ impl EventParser {
             }
             return Some(ServerEvent { name: if name.is_empty() { "message".to_owned() } else { name }, data, id });
         }
-        let line = String::from_utf8_lossy(line);
+        // The server writes UTF-8; a line that is not is no field.
+        let Ok(line) = std::str::from_utf8(line) else { return None };
         let (field, value) = match line.split_once(':') {
             Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-            None => (&*line, ""),
+            None => (line, ""),
         };
         match field {
             "event" => value.clone_into(&mut self.name),
@@ -300,7 +313,7 @@ mod tests {
         write_comment(&mut out, "padding");
         write_event(&mut out, Some(SESSION_EVENT), None, "abc");
         write_event(&mut out, None, Some("3:e1,,7"), "[{\"a\":\n1}]");
-        write_event(&mut out, Some("close"), None, "{\"code\":1012,\"reason\":\"x\"}");
+        write_event(&mut out, Some("close"), None, "1012 x");
         for chunk in [1, 2, 3, 7, 1000] {
             let events = parse_all(out.as_bytes(), chunk);
             assert_eq!(events.len(), 3, "chunk {chunk}");
@@ -329,6 +342,15 @@ mod tests {
     fn an_overlong_event_is_refused() {
         let mut parser = EventParser::new(8);
         assert_eq!(parser.push(b"data: 0123456789", |_| {}), Err(EventTooLong { max: 8 }));
+    }
+
+    #[test]
+    fn close_events_round_trip() {
+        let close = CloseEvent { code: 4000, reason: "SLOW_CONSUMER: a write blocked".into() };
+        assert_eq!(close.encode(), "4000 SLOW_CONSUMER: a write blocked");
+        assert_eq!(CloseEvent::decode(&close.encode()), Some(close));
+        assert_eq!(CloseEvent::decode("1005"), Some(CloseEvent { code: 1005, reason: String::new() }));
+        assert_eq!(CloseEvent::decode("x y"), None);
     }
 
     #[test]

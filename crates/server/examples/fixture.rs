@@ -11,7 +11,10 @@
 //!   serves the same hub on the same port again, answering once it listens;
 //! - `GET /subscribers?channel=C` → how many connections the node has subscribed to C
 //!   (what the server holds, not what a client believes);
-//! - `GET /info` → `{"ws": "ws://…/ws"}`.
+//! - `GET /info` → `{"ws": "ws://…/ws", "blocked": "ws://…/ws", "refused": N}`: `blocked`
+//!   reaches the node through a proxy that refuses every WebSocket upgrade (403), as
+//!   inspecting proxies on bank networks do, and passes plain HTTP through; `refused`
+//!   counts the upgrades it refused.
 //!
 //! Every answer carries `Access-Control-Allow-Origin: *`, because the test page runs on
 //! another origin. It prints `FIXTURE ws=… control=…` when ready.
@@ -21,6 +24,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -42,6 +46,38 @@ struct Fixture {
     hub: Hub,
     ws_addr: SocketAddr,
     running: Mutex<Option<Running>>,
+    /// WebSocket upgrades the blocking proxy refused.
+    refused: AtomicU64,
+}
+
+/// Forwards each connection to the node, unless its first request asks for a WebSocket
+/// upgrade: that one gets 403 and is closed.
+async fn blocking_proxy(listener: TcpListener, fixture: Arc<Fixture>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut client, _)) = listener.accept().await else { continue };
+        let fixture = fixture.clone();
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                match client.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buffer[..n]),
+                }
+            }
+            if String::from_utf8_lossy(&head).to_ascii_lowercase().contains("upgrade: websocket") {
+                fixture.refused.fetch_add(1, Ordering::Relaxed);
+                let _ =
+                    client.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+                return;
+            }
+            let Ok(mut node) = tokio::net::TcpStream::connect(fixture.ws_addr).await else { return };
+            if node.write_all(&head).await.is_ok() {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut node).await;
+            }
+        });
+    }
 }
 
 impl Fixture {
@@ -102,8 +138,11 @@ async fn main() -> std::io::Result<()> {
     let hub = Hub::new(config).expect("hub");
     // Reserve the WebSocket port once, so restarts reuse the same address.
     let ws_addr = TcpListener::bind(("127.0.0.1", ws_port)).await?.local_addr()?;
-    let fixture = Arc::new(Fixture { hub, ws_addr, running: Mutex::new(None) });
+    let fixture = Arc::new(Fixture { hub, ws_addr, running: Mutex::new(None), refused: AtomicU64::new(0) });
     fixture.serve().await?;
+    let proxy = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let proxy_addr = proxy.local_addr()?;
+    tokio::spawn(blocking_proxy(proxy, fixture.clone()));
 
     let control = Router::new()
         .route(
@@ -154,7 +193,13 @@ async fn main() -> std::io::Result<()> {
         )
         .route(
             "/info",
-            get(|State(f): State<Arc<Fixture>>| async move { cors(format!(r#"{{"ws":"ws://{}/ws"}}"#, f.ws_addr)) }),
+            get(move |State(f): State<Arc<Fixture>>| async move {
+                let refused = f.refused.load(Ordering::Relaxed);
+                cors(format!(
+                    r#"{{"ws":"ws://{}/ws","blocked":"ws://{proxy_addr}/ws","refused":{refused}}}"#,
+                    f.ws_addr
+                ))
+            }),
         )
         .with_state(fixture.clone());
     let control_listener = TcpListener::bind(("127.0.0.1", control_port)).await?;

@@ -53,8 +53,8 @@ use publishes::Publishes;
 use subscription::Subscription;
 pub use subscription::SubscriptionState;
 use timers::{Timer, Timers};
-pub use transports::transport_url;
 use transports::TransportChoice;
+pub use transports::transport_url;
 
 /// The client state machine. See the module docs.
 #[derive(Debug)]

@@ -243,8 +243,7 @@ impl Sink<Message> for HttpLink {
             }
             Message::Close(frame) => {
                 let (code, reason) = frame.map_or((1005, String::new()), |f| (f.code, f.reason.to_string()));
-                let data = serde_json::to_string(&CloseEvent { code, reason }).unwrap_or_default();
-                write_event(&mut out, Some(CLOSE_EVENT), None, &data);
+                write_event(&mut out, Some(CLOSE_EVENT), None, &CloseEvent { code, reason }.encode());
                 self.closed = true;
             }
             Message::Binary(_) | Message::Pong(_) => return Ok(()),

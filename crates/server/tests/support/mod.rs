@@ -448,8 +448,8 @@ impl HttpSession {
         match event.name.as_str() {
             "message" => Ok(Some(event.data)),
             "close" => {
-                let close: tidewire_protocol::event_stream::CloseEvent =
-                    serde_json::from_str(&event.data).expect("a close event's data");
+                let close =
+                    tidewire_protocol::event_stream::CloseEvent::decode(&event.data).expect("a close event's data");
                 Err(Closed { code: close.code, reason: close.reason })
             }
             other => panic!("unexpected event {other:?}"),
