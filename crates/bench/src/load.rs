@@ -133,6 +133,62 @@ fn next_source_address() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 2 + n as u8], 0))
 }
 
+/// A subscriber's transport: a WebSocket, or the HTTP fallback's event stream.
+pub(crate) enum Subscriber {
+    Ws(Box<tokio_tungstenite::WebSocketStream<TcpStream>>),
+    Http(Box<crate::http_stream::HttpStream>),
+}
+
+impl From<tokio_tungstenite::WebSocketStream<TcpStream>> for Subscriber {
+    fn from(ws: tokio_tungstenite::WebSocketStream<TcpStream>) -> Subscriber {
+        Subscriber::Ws(Box::new(ws))
+    }
+}
+
+impl Subscriber {
+    /// The next frame's text; `None` when the connection ended.
+    async fn next_text(&mut self) -> Option<String> {
+        match self {
+            Subscriber::Ws(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(text))) => return Some(text.as_str().to_owned()),
+                    Some(Ok(_)) => continue,
+                    _ => return None,
+                }
+            },
+            Subscriber::Http(http) => http.next_frame().await,
+        }
+    }
+}
+
+/// A TCP connection to the node from the next source address.
+async fn dial(port: u16, small_buffer: bool) -> Result<TcpStream, String> {
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    if small_buffer {
+        let _ = socket.set_recv_buffer_size(4096);
+    }
+    socket.bind(next_source_address()).map_err(|e| format!("cannot bind a source address: {e}"))?;
+    socket.connect(([127, 0, 0, 1], port).into()).await.map_err(|e| e.to_string())
+}
+
+/// Connects one subscriber over `transport` and waits for `subscribed`.
+pub(crate) async fn connect_over(
+    transport: crate::Transport,
+    port: u16,
+    token: &str,
+    channel: &str,
+    small_buffer: bool,
+) -> Result<Subscriber, String> {
+    match transport {
+        crate::Transport::Websocket => connect(port, token, channel, small_buffer).await.map(Subscriber::from),
+        crate::Transport::Http => {
+            let stream = dial(port, small_buffer).await?;
+            let http = crate::http_stream::HttpStream::open(stream, port, token, channel).await?;
+            Ok(Subscriber::Http(Box::new(http)))
+        }
+    }
+}
+
 /// Connects one subscriber to `channel` and waits for `subscribed`.
 pub(crate) async fn connect(
     port: u16,
@@ -140,12 +196,7 @@ pub(crate) async fn connect(
     channel: &str,
     small_buffer: bool,
 ) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, String> {
-    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
-    if small_buffer {
-        let _ = socket.set_recv_buffer_size(4096);
-    }
-    socket.bind(next_source_address()).map_err(|e| format!("cannot bind a source address: {e}"))?;
-    let stream = socket.connect(([127, 0, 0, 1], port).into()).await.map_err(|e| e.to_string())?;
+    let stream = dial(port, small_buffer).await?;
     let url = format!("ws://127.0.0.1:{port}/ws?token={token}&channels={channel}");
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(READ_BUFFER);
     let (mut ws, _) =
@@ -164,23 +215,16 @@ pub(crate) async fn connect(
 }
 
 /// Reads until `stop`, counting seqs and gap notices and sampling latency.
-pub(crate) async fn read(
-    mut ws: tokio_tungstenite::WebSocketStream<TcpStream>,
-    mut stop: watch::Receiver<bool>,
-) -> Seen {
+pub(crate) async fn read(subscriber: impl Into<Subscriber>, mut stop: watch::Receiver<bool>) -> Seen {
+    let mut subscriber = subscriber.into();
     let mut seen = Seen::sampling();
     loop {
-        let message = tokio::select! {
-            message = ws.next() => message,
+        let text = tokio::select! {
+            text = subscriber.next_text() => text,
             _ = stop.wait_for(|s| *s) => break,
         };
-        let Some(Ok(Message::Text(text))) = message else {
-            if matches!(message, Some(Ok(_))) {
-                continue;
-            }
-            break;
-        };
-        let Some(items) = scan(text.as_str()) else {
+        let Some(text) = text else { break };
+        let Some(items) = scan(&text) else {
             seen.unreadable += 1;
             continue;
         };
@@ -415,7 +459,8 @@ pub async fn fanout(args: &FanoutArgs) -> Result<RunResult, String> {
         let tok = token("bench-subscriber", false);
         let sockets = concurrently(args.subscribers, 250, "connecting subscribers", |i| {
             let (port, slow, tok) = (nodes[i % nodes.len()].port, i >= fast_count, tok.clone());
-            async move { connect(port, &tok, channel, slow).await.map(|ws| (slow, ws)) }
+            let transport = args.transport;
+            async move { connect_over(transport, port, &tok, channel, slow).await.map(|ws| (slow, ws)) }
         })
         .await?;
         for (slow, ws) in sockets {
@@ -466,7 +511,7 @@ pub async fn fanout(args: &FanoutArgs) -> Result<RunResult, String> {
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     Ok(RunResult {
         name: format!(
-            "fanout{}{}{}",
+            "fanout{}{}{}{}",
             if args.server.nodes > 1 {
                 " cross-node"
             } else if args.server.redis_url.is_some() {
@@ -475,7 +520,8 @@ pub async fn fanout(args: &FanoutArgs) -> Result<RunResult, String> {
                 ""
             },
             if args.slow > 0.0 { " +slow" } else { "" },
-            if args.via_client { " via client" } else { "" }
+            if args.via_client { " via client" } else { "" },
+            if args.transport == crate::Transport::Http { " http" } else { "" }
         ),
         subscribers: args.subscribers,
         rate: args.rate,
@@ -516,8 +562,8 @@ pub async fn idle(args: &IdleArgs) -> Result<RunResult, String> {
     let own_before = own_cpu_seconds();
     let started = Instant::now();
     let sockets = concurrently(args.connections, 500, "connected", |_| {
-        let (port, tok) = (node.port, tok.clone());
-        async move { connect(port, &tok, "idle", false).await }
+        let (port, tok, transport) = (node.port, tok.clone(), args.transport);
+        async move { connect_over(transport, port, &tok, "idle", false).await }
     })
     .await?;
     let connect_seconds = started.elapsed().as_secs_f64();
@@ -529,7 +575,7 @@ pub async fn idle(args: &IdleArgs) -> Result<RunResult, String> {
     drop(sockets);
     progress("");
     Ok(RunResult {
-        name: "idle".to_owned(),
+        name: if args.transport == crate::Transport::Http { "idle http" } else { "idle" }.to_owned(),
         subscribers: args.connections,
         seconds: connect_seconds,
         server_peak_rss_mib: peak as f64 / 1024.0,
@@ -561,10 +607,12 @@ pub async fn suite(args: &SuiteArgs) -> Result<Vec<RunResult>, String> {
         slow,
         server,
         via_client: false,
+        transport: crate::Transport::Websocket,
     };
     let mut results = Vec::new();
     let plan = [
         run(1000, 1000, 0.0, server(&[], None, 1)),
+        FanoutArgs { transport: crate::Transport::Http, ..run(1000, 1000, 0.0, server(&[], None, 1)) },
         run(100, 10_000, 0.0, server(&[], None, 1)),
         run(100, 10_000, 0.0, server(&["--max-batch=200", "--batch-interval=8ms"], None, 1)),
         run(10_000, 100, 0.0, server(&[], None, 1)),
@@ -573,11 +621,12 @@ pub async fn suite(args: &SuiteArgs) -> Result<Vec<RunResult>, String> {
     ];
     for fanout_args in plan {
         eprintln!(
-            "fanout S={} R={} slow={}{}",
+            "fanout S={} R={} slow={}{}{}",
             fanout_args.subscribers,
             fanout_args.rate,
             fanout_args.slow,
-            if fanout_args.via_client { " via the client crate" } else { "" }
+            if fanout_args.via_client { " via the client crate" } else { "" },
+            if fanout_args.transport == crate::Transport::Http { " over the HTTP fallback" } else { "" }
         );
         results.push(fanout(&fanout_args).await?);
     }
@@ -587,8 +636,15 @@ pub async fn suite(args: &SuiteArgs) -> Result<Vec<RunResult>, String> {
             results.push(fanout(&run(1000, 1000, 0.0, server(&[], Some(url.clone()), nodes))).await?);
         }
     }
-    eprintln!("idle C={}", args.connections);
-    results.push(idle(&IdleArgs { connections: args.connections, server: server(&[], None, 1) }).await?);
+    for transport in [crate::Transport::Websocket, crate::Transport::Http] {
+        eprintln!("idle C={} {transport:?}", args.connections);
+        // A fallback session holds its HTTP connection, which the HTTP limits count.
+        let limits: &[&str] = match transport {
+            crate::Transport::Http => &["--max-http-connections=200000", "--max-http-connections-per-ip=100000"],
+            crate::Transport::Websocket => &[],
+        };
+        results.push(idle(&IdleArgs { connections: args.connections, transport, server: server(limits, None, 1) }).await?);
+    }
     Ok(results)
 }
 

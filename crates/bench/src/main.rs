@@ -27,6 +27,7 @@
 
 mod attack;
 mod deltas;
+mod http_stream;
 mod load;
 mod process;
 mod report;
@@ -184,14 +185,29 @@ pub struct FanoutArgs {
     /// ordering and gap recovery, and loss is what recovery could not repair.
     #[arg(long)]
     pub via_client: bool,
+    /// How the subscribers connect.
+    #[arg(long, value_enum, default_value_t = Transport::Websocket, conflicts_with = "via_client")]
+    pub transport: Transport,
     #[command(flatten)]
     pub server: ServerArgs,
+}
+
+/// A subscriber's transport.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// `GET /ws`.
+    Websocket,
+    /// The HTTP fallback's event stream (`GET /http/stream`).
+    Http,
 }
 
 #[derive(Args, Clone, Debug)]
 pub struct IdleArgs {
     #[arg(long, short = 'c', default_value_t = 10_000)]
     pub connections: usize,
+    /// How the connections are made.
+    #[arg(long, value_enum, default_value_t = Transport::Websocket)]
+    pub transport: Transport,
     #[command(flatten)]
     pub server: ServerArgs,
 }

@@ -66,10 +66,11 @@ fn rows(results: &[RunResult]) {
             r.notes
         );
     }
-    for r in results.iter().filter(|r| r.name == "idle") {
+    for r in results.iter().filter(|r| r.name.starts_with("idle")) {
         println!(
-            "idle: {} subscribed connections, {:.2} KiB server RSS per connection, {:.0} authenticated connects/s \
+            "{}: {} subscribed connections, {:.2} KiB server RSS per connection, {:.0} authenticated connects/s \
              (server {:.2} CPU-s, load generator {:.2} CPU-s; {})",
+            r.name,
             r.subscribers,
             r.rss_per_connection_kib,
             r.connects_per_second,

@@ -32,6 +32,10 @@ use crate::connection::http_link::{self, Format, OneWay, Registry, Undeliverable
 use crate::connection::{self, Greeting};
 use crate::hub::Hub;
 
+/// The most channels one one-way stream names: each publication's event id carries a
+/// position for every one of them, so the id's size (and the work per event) is bounded.
+pub const MAX_STREAM_CHANNELS: usize = 32;
+
 /// The header naming the fallback session a POSTed command is for.
 pub const SESSION_HEADER: &str = "tidewire-session";
 
@@ -182,7 +186,7 @@ pub async fn events(
         return refused;
     }
     let channels = super::channel_list(params.channels.as_deref());
-    let max = hub.config().max_channels;
+    let max = hub.config().max_channels.min(MAX_STREAM_CHANNELS);
     if channels.is_empty() || channels.len() > max {
         return error_response(ErrorCode::BadRequest, format!("name 1 to {max} channels: ?channels=a,b"));
     }
