@@ -291,3 +291,41 @@ async fn where_websocket_is_blocked_the_http_fallback_does_everything_with_zero_
     assert_eq!(client.state(), "connected");
     client.close();
 }
+
+#[wasm_bindgen_test]
+async fn a_bare_event_source_resumes_from_last_event_id_and_misses_nothing() {
+    let info: serde_json::Value = serde_json::from_str(&control("/info").await).unwrap();
+    let token = control("/token?sub=event-source").await;
+    let channel = channel_name("sse");
+    let base = info["ws"].as_str().unwrap().replacen("ws://", "http://", 1).replace("/ws", "");
+    let url = format!("{base}/sse?channels={channel}&token={token}");
+    let seqs: Rc<RefCell<Vec<u64>>> = Rc::default();
+    let recovered: Rc<RefCell<Vec<Option<bool>>>> = Rc::default();
+    let source = web_sys::EventSource::new(&url).expect("an EventSource");
+    let seen = seqs.clone();
+    let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |event: web_sys::MessageEvent| {
+        let message: serde_json::Value = serde_json::from_str(&event.data().as_string().unwrap()).unwrap();
+        seen.borrow_mut().push(message["seq"].as_u64().unwrap());
+    });
+    source.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    let subscribed = recovered.clone();
+    let on_subscribed = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |event: web_sys::MessageEvent| {
+        let message: serde_json::Value = serde_json::from_str(&event.data().as_string().unwrap()).unwrap();
+        subscribed.borrow_mut().push(message["recovered"].as_bool());
+    });
+    source.add_event_listener_with_callback("subscribed", on_subscribed.as_ref().unchecked_ref()).unwrap();
+    eventually(10_000, "subscribed", || !recovered.borrow().is_empty()).await;
+    control(&format!("/publish?channel={channel}&count=20")).await;
+    eventually(5000, "20 messages", || seqs.borrow().len() >= 20).await;
+
+    // The node drains and ends the stream; 30 are published while it is down; the
+    // EventSource reconnects by itself, sending the last id it saw.
+    control(&format!("/restart?down_ms=400&publish=30&channel={channel}")).await;
+    eventually(20_000, "resubscribed", || recovered.borrow().len() >= 2).await;
+    control(&format!("/publish?channel={channel}&count=10")).await;
+    eventually(10_000, "60 messages", || seqs.borrow().len() >= 60).await;
+    sleep(300).await;
+    assert_eq!(*seqs.borrow(), (1..=60).collect::<Vec<_>>(), "every seq exactly once, in order");
+    assert_eq!(recovered.borrow()[1..], [Some(true)], "resumed from Last-Event-ID");
+    source.close();
+}

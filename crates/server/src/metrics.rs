@@ -68,6 +68,8 @@ pub struct Metrics {
     pub rate_limited: Counter,
     pub refused_connections: Family<ReasonLabel, Counter>,
     pub http_connections: Gauge,
+    /// Open HTTP fallback sessions (each also counted in `connections`).
+    pub http_sessions: Gauge,
     pub command_errors: Family<ErrorLabel, Counter>,
     pub ingest_events: Family<IngestLabel, Counter>,
 }
@@ -96,6 +98,7 @@ impl Metrics {
             rate_limited: Counter::default(),
             refused_connections: Family::default(),
             http_connections: Gauge::default(),
+            http_sessions: Gauge::default(),
             command_errors: Family::default(),
             ingest_events: Family::default(),
             registry: Registry::default(),
@@ -139,13 +142,18 @@ impl Metrics {
         registry.register(
             "connections_refused",
             "Connections refused by a limit (http_node, http_address: at accept; \
-             node, user, address: WebSocket sessions)",
+             node, user, anonymous, address: sessions)",
             metrics.refused_connections.clone(),
         );
         registry.register(
             "http_connections",
             "Open HTTP connections that are not WebSockets",
             metrics.http_connections.clone(),
+        );
+        registry.register(
+            "http_sessions",
+            "Open HTTP fallback sessions (GET /http/stream), each also counted as a connection",
+            metrics.http_sessions.clone(),
         );
         registry.register("command_errors", "Error replies to commands, by error code", metrics.command_errors.clone());
         registry.register(

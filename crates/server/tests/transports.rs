@@ -366,6 +366,8 @@ async fn a_hung_up_stream_frees_its_session() {
     client.subscribe_with("alerts", json!({}), None).await;
     let id = client.http().id.clone().unwrap();
     assert_eq!((server.hub.connection_count(), server.hub.fallback_sessions().len()), (1, 1));
+    let metrics = http_text(&server, "GET", "/metrics", None, None).await.1;
+    assert!(metrics.contains("tidewire_http_sessions 1"), "{metrics}");
     client.close().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while server.hub.connection_count() != 0 || !server.hub.fallback_sessions().is_empty() {
@@ -374,6 +376,8 @@ async fn a_hung_up_stream_frees_its_session() {
     }
     let (status, body) = post_command(server.addr, Some(&id), Some(&token("u")), br#"{"action":"ping"}"#).await;
     assert_eq!((status, body["code"].as_str()), (404, Some("UNKNOWN_SESSION")));
+    let metrics = http_text(&server, "GET", "/metrics", None, None).await.1;
+    assert!(metrics.contains("tidewire_http_sessions 0"), "{metrics}");
 }
 
 #[tokio::test]

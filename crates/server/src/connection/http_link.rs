@@ -231,7 +231,8 @@ impl Sink<Message> for HttpLink {
     }
 
     fn start_send(mut self: Pin<&mut Self>, message: Message) -> Result<(), axum::Error> {
-        let mut out = String::new();
+        // Room for the frame and its framing at once (no regrowing on the hot path).
+        let mut out = String::with_capacity(if let Message::Text(frame) = &message { frame.len() + 16 } else { 64 });
         match message {
             Message::Text(frame) => match &mut self.format {
                 Format::Frames => write_event(&mut out, None, None, frame.as_str()),
@@ -269,6 +270,8 @@ impl Sink<Message> for HttpLink {
 #[derive(Debug, Default)]
 pub struct Registry {
     sessions: Mutex<HashMap<String, Entry>>,
+    /// `tidewire_http_sessions`.
+    gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 #[derive(Debug)]
@@ -287,6 +290,7 @@ pub struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         crate::hub::lock(&self.registry.sessions).remove(&self.id);
+        self.registry.gauge.dec();
     }
 }
 
@@ -300,6 +304,11 @@ pub enum Undeliverable {
 }
 
 impl Registry {
+    /// A registry counting its sessions in `gauge`.
+    pub fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Registry {
+        Registry { sessions: Mutex::default(), gauge }
+    }
+
     /// Registers a session of `user` under a fresh unguessable id (128 random bits
     /// from the operating system), with the queue its POSTs feed.
     pub fn open(registry: &Arc<Registry>, user: &str) -> std::io::Result<(Registration, mpsc::Receiver<Inbound>)> {
@@ -308,6 +317,7 @@ impl Registry {
         let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let (inbound, receiver) = mpsc::channel(INBOUND_COMMANDS);
         crate::hub::lock(&registry.sessions).insert(id.clone(), Entry { user: user.to_owned(), inbound });
+        registry.gauge.inc();
         Ok((Registration { registry: registry.clone(), id }, receiver))
     }
 

@@ -257,6 +257,7 @@ impl Hub {
             Some(url) => Box::new(redis::RedisEngine::start(shared.clone(), url, &shared.config.redis_prefix)?),
             None => Box::new(memory::MemoryEngine::new(shared.clone())),
         };
+        let fallback = Arc::new(crate::connection::http_link::Registry::new(shared.metrics.http_sessions.clone()));
         let hub = Hub {
             inner: Arc::new(Inner {
                 shared,
@@ -269,7 +270,7 @@ impl Hub {
                 draining: AtomicBool::new(false),
                 sweeping: AtomicBool::new(false),
                 presence: std::sync::OnceLock::new(),
-                fallback: Arc::default(),
+                fallback,
             }),
         };
         hub.start_sweeping();
