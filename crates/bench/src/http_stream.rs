@@ -24,8 +24,13 @@ pub struct HttpStream {
 impl HttpStream {
     /// Opens a fallback session subscribed to `channel` and waits for `subscribed`.
     pub async fn open(stream: TcpStream, port: u16, token: &str, channel: &str) -> Result<HttpStream, String> {
-        let mut http =
-            HttpStream { stream, raw: Vec::new(), parser: EventParser::new(MAX_EVENT_BYTES), frames: VecDeque::new(), ended: false };
+        let mut http = HttpStream {
+            stream,
+            raw: Vec::new(),
+            parser: EventParser::new(MAX_EVENT_BYTES),
+            frames: VecDeque::new(),
+            ended: false,
+        };
         let request = format!(
             "GET /http/stream?channels={channel} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n\r\n"
         );

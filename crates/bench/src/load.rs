@@ -643,7 +643,8 @@ pub async fn suite(args: &SuiteArgs) -> Result<Vec<RunResult>, String> {
             crate::Transport::Http => &["--max-http-connections=200000", "--max-http-connections-per-ip=100000"],
             crate::Transport::Websocket => &[],
         };
-        results.push(idle(&IdleArgs { connections: args.connections, transport, server: server(limits, None, 1) }).await?);
+        results
+            .push(idle(&IdleArgs { connections: args.connections, transport, server: server(limits, None, 1) }).await?);
     }
     Ok(results)
 }

@@ -186,7 +186,15 @@ impl EventParser {
 /// The id lists, in the URL's channel order and separated by `,`, each channel's
 /// `seq:epoch` (the epoch left out when it equals the previous channel's; nothing when
 /// the channel has no position yet). Channel names stay in the URL, which a
-/// reconnecting `EventSource` sends again, so the id stays short.
+/// reconnecting `EventSource` sends again, so the id stays short: epochs are the
+/// server's own short tokens ([`MAX_EPOCH_BYTES`] of `A–Z a–z 0–9 - _ .`), and an id
+/// that is longer than [`MAX_EVENT_ID_BYTES`] or names any other epoch is no id.
+/// The longest epoch an event id carries.
+pub const MAX_EPOCH_BYTES: usize = 64;
+
+/// The longest event id read back (32 channels of a 20-digit seq and a whole epoch fit).
+pub const MAX_EVENT_ID_BYTES: usize = 4096;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamIds {
     positions: Vec<Option<StreamPosition>>,
@@ -215,8 +223,10 @@ impl StreamIds {
         }
     }
 
-    /// The id naming these positions.
+    /// The id naming these positions (a position whose epoch is not a plain token is
+    /// left out: a reconnect then starts that channel afresh).
     pub fn encode(&self) -> String {
+        use std::fmt::Write;
         let mut out = String::new();
         let mut previous: Option<&str> = None;
         for (i, position) in self.positions.iter().enumerate() {
@@ -224,11 +234,15 @@ impl StreamIds {
                 out.push(',');
             }
             let Some(position) = position else { continue };
-            out.push_str(&position.seq.to_string());
-            if let Some(epoch) = position.epoch.as_deref() {
+            let epoch = position.epoch.as_deref();
+            if epoch.is_some_and(|e| !is_plain_epoch(e)) {
+                continue;
+            }
+            let _ = write!(out, "{}", position.seq);
+            if let Some(epoch) = epoch {
                 if previous != Some(epoch) {
                     out.push(':');
-                    escape_into(&mut out, epoch);
+                    out.push_str(epoch);
                 }
                 previous = Some(epoch);
             }
@@ -239,18 +253,18 @@ impl StreamIds {
     /// The positions an id names for a stream of `channels` channels; `None` when the
     /// id is not one (another URL's, or garbage), which means starting afresh.
     pub fn decode(id: &str, channels: usize) -> Option<StreamIds> {
-        let parts: Vec<&str> = id.split(',').collect();
-        if parts.len() != channels {
+        if id.len() > MAX_EVENT_ID_BYTES || id.bytes().filter(|&b| b == b',').count() + 1 != channels {
             return None;
         }
         let mut ids = StreamIds::new(channels);
         let mut previous: Option<String> = None;
-        for (i, part) in parts.into_iter().enumerate() {
+        for (i, part) in id.split(',').enumerate() {
             if part.is_empty() {
                 continue;
             }
             let (seq, epoch) = match part.split_once(':') {
-                Some((seq, epoch)) => (seq, Some(unescape(epoch)?)),
+                Some((seq, epoch)) if is_plain_epoch(epoch) => (seq, Some(epoch.to_owned())),
+                Some(_) => return None,
                 None => (part, previous.clone()),
             };
             let seq: u64 = seq.parse().ok()?;
@@ -261,37 +275,11 @@ impl StreamIds {
     }
 }
 
-fn is_plain(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
-}
-
-fn escape_into(out: &mut String, text: &str) {
-    for c in text.chars() {
-        if is_plain(c) {
-            out.push(c);
-        } else {
-            let mut bytes = [0u8; 4];
-            for byte in c.encode_utf8(&mut bytes).bytes() {
-                out.push_str(&format!("%{byte:02X}"));
-            }
-        }
-    }
-}
-
-fn unescape(text: &str) -> Option<String> {
-    let mut bytes = Vec::with_capacity(text.len());
-    let mut rest = text.as_bytes();
-    while let Some((&first, tail)) = rest.split_first() {
-        if first == b'%' {
-            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
-            bytes.push(u8::from_str_radix(hex, 16).ok()?);
-            rest = &tail[2..];
-        } else {
-            bytes.push(first);
-            rest = tail;
-        }
-    }
-    String::from_utf8(bytes).ok()
+/// Whether `epoch` is a token an event id may carry as it is.
+fn is_plain_epoch(epoch: &str) -> bool {
+    !epoch.is_empty()
+        && epoch.len() <= MAX_EPOCH_BYTES
+        && epoch.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 #[cfg(test)]
@@ -361,6 +349,8 @@ mod tests {
         assert_eq!(ids.encode(), "42:n1-7,,7");
         assert_eq!(StreamIds::decode(&ids.encode(), 3), Some(ids.clone()));
         ids.set(1, StreamPosition { seq: 1, epoch: Some("odd,epoch:%".into()) });
+        assert_eq!(ids.encode(), "42:n1-7,,7", "an epoch that is not a token is left out");
+        ids.set(1, StreamPosition { seq: 1, epoch: Some("n2-8".into()) });
         assert_eq!(StreamIds::decode(&ids.encode(), 3), Some(ids.clone()));
         ids.advance(0, 41);
         ids.advance(0, 50);
@@ -369,7 +359,9 @@ mod tests {
 
     #[test]
     fn foreign_ids_start_afresh() {
-        for bad in ["", "1,2", "x:e,,", "1:%zz,,", "18446744073709551616,,"] {
+        let long = format!("1:{},,", "e".repeat(MAX_EPOCH_BYTES + 1));
+        let huge = format!("{},,", "1".repeat(MAX_EVENT_ID_BYTES));
+        for bad in ["", "1,2", "x:e,,", "1:%zz,,", "1:!!,,", "18446744073709551616,,", &long, &huge] {
             assert_eq!(StreamIds::decode(bad, 3), None, "{bad:?}");
         }
         assert_eq!(StreamIds::decode(",,", 3), Some(StreamIds::new(3)));

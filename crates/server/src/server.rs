@@ -115,8 +115,11 @@ pub async fn serve_app(
         }
         let app = app.clone();
         let loopback_only = hub.config().listen.ip().is_loopback();
+        let place = crate::hub::HttpPlace::new(slot);
+        let requests_place = place.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
+            request.extensions_mut().insert(requests_place.clone());
             let app = app.clone();
             async move {
                 if loopback_only && !names_loopback(&request) {
@@ -133,7 +136,7 @@ pub async fn serve_app(
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, "HTTP connection ended: {e}");
             }
-            drop(slot);
+            drop(place);
         });
     }
     drop(listener);

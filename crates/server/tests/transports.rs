@@ -523,3 +523,52 @@ async fn public_channels_take_viewers_without_a_token_read_only_and_within_their
     let mut member = server.client_on(Transport::WebSocket, "member").await;
     assert_eq!(member.next().await["type"], "connected");
 }
+
+#[tokio::test]
+async fn streams_give_their_http_place_back_once_they_are_sessions() {
+    // Four HTTP connections per address: six streams from this one still open, because
+    // each counts as a session (limited as sessions are) once admitted, not as HTTP.
+    let server = TestServer::with(|c| c.max_http_connections_per_ip = 4).await;
+    let mut held = Vec::new();
+    for i in 0..6 {
+        let mut client = server.client_on(Transport::Http, &format!("u{i}")).await;
+        assert_eq!(client.next().await["type"], "connected", "stream {i}");
+        held.push(client);
+    }
+    let auth = format!("Authorization: Bearer {}\r\n", token("reader"));
+    let mut one_way = HttpSession::get(server.addr, "/sse?channels=a", &auth).await;
+    assert_eq!(next_event(&mut one_way).await.name, "connected");
+    assert_eq!(http_text(&server, "GET", "/health", None, None).await.0, 200, "plain HTTP still gets in");
+    assert_eq!(server.hub.connection_count(), 7);
+}
+
+#[tokio::test]
+async fn a_forged_last_event_id_starts_afresh_and_never_grows_the_ids() {
+    let server = TestServer::start().await;
+    publish_many(&server.hub, "a", 3).await;
+    let auth = format!("Authorization: Bearer {}\r\n", token("reader"));
+    let forged = format!("1:{},", "!".repeat(30_000));
+    for id in [forged.as_str(), &format!("1:{},", "e".repeat(65)), "1:x,2:y,3:z"] {
+        let headers = format!("{auth}Last-Event-ID: {id}\r\n");
+        let mut stream = HttpSession::get(server.addr, "/sse?channels=a,not!valid", &headers).await;
+        let subscribed = loop {
+            let event = next_event(&mut stream).await;
+            if event.name == "subscribed" {
+                break event;
+            }
+        };
+        let message: serde_json::Value = serde_json::from_str(&subscribed.data).unwrap();
+        assert!(message.get("recovered").is_none(), "no recovery from a forged id: {message}");
+        publish_many(&server.hub, "a", 1).await;
+        let event = loop {
+            let event = next_event(&mut stream).await;
+            if event.name == "message" {
+                break event;
+            }
+        };
+        let id = event.id.unwrap();
+        assert!(id.len() < 64 && id.ends_with(','), "the refused channel has no position: {id}");
+    }
+    let (status, _) = http_request(&server, "GET", "/sse?channels=a,a", Some(&token("u")), None).await;
+    assert_eq!(status, 400, "a channel named twice");
+}

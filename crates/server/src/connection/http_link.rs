@@ -76,15 +76,15 @@ pub struct OneWay {
 }
 
 impl OneWay {
-    /// A stream of `channels`, resuming from `ids` (the decoded `Last-Event-ID`).
-    pub fn new(channels: Vec<String>, ids: Option<StreamIds>) -> OneWay {
-        let ids = ids.unwrap_or_else(|| StreamIds::new(channels.len()));
-        OneWay { stopped: vec![false; channels.len()], channels, ids }
+    /// A stream of `channels` (distinct). Its ids name a channel's position only once
+    /// the server confirmed one (`subscribed`), never one a `Last-Event-ID` claimed.
+    pub fn new(channels: Vec<String>) -> OneWay {
+        OneWay { stopped: vec![false; channels.len()], ids: StreamIds::new(channels.len()), channels }
     }
 
-    /// What the URL's `since` amounts to: the subscribe's recovery positions.
-    pub fn since(&self) -> std::collections::BTreeMap<String, StreamPosition> {
-        (0..self.channels.len()).filter_map(|i| Some((self.channels[i].clone(), self.ids.get(i)?.clone()))).collect()
+    /// The recovery positions a `Last-Event-ID` names for these channels.
+    pub fn since(&self, resumed: &StreamIds) -> std::collections::BTreeMap<String, StreamPosition> {
+        (0..self.channels.len()).filter_map(|i| Some((self.channels[i].clone(), resumed.get(i)?.clone()))).collect()
     }
 
     fn index(&self, channel: &str) -> Option<usize> {
@@ -157,6 +157,9 @@ pub struct HttpLink {
     /// The session's place in the registry of fallback sessions, given up when the
     /// connection ends.
     _registration: Option<Registration>,
+    /// The HTTP connection's place in the node's HTTP limits, given back once the
+    /// session holds its own (the loop reads only after admission).
+    http_place: Option<crate::hub::HttpSlot>,
 }
 
 /// The response body's side: the encoded events, ending when the link does. Dropping
@@ -176,7 +179,12 @@ impl Stream for Feed {
 
 /// A link and its response body. A fallback session (one with `registration`) first
 /// sends padding and its `session` event.
-pub fn link(format: Format, inbound: mpsc::Receiver<Inbound>, registration: Option<Registration>) -> (HttpLink, Feed) {
+pub fn link(
+    format: Format,
+    inbound: mpsc::Receiver<Inbound>,
+    registration: Option<Registration>,
+    http_place: Option<crate::hub::HttpSlot>,
+) -> (HttpLink, Feed) {
     let (sender, events) = mpsc::channel(OUTBOUND_FRAMES + 1);
     if let Some(registration) = &registration {
         let mut prelude = String::with_capacity(PRELUDE_PADDING + 64);
@@ -194,6 +202,7 @@ pub fn link(format: Format, inbound: mpsc::Receiver<Inbound>, registration: Opti
         pong_due: false,
         closed: false,
         _registration: registration,
+        http_place,
     };
     (link, Feed { events, _hung_up: hung_up.drop_guard() })
 }
@@ -206,6 +215,7 @@ impl Stream for HttpLink {
     type Item = Inbound;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Inbound>> {
+        self.http_place = None;
         if std::mem::take(&mut self.pong_due) {
             return Poll::Ready(Some(Ok(Message::Pong(Bytes::new()))));
         }

@@ -67,20 +67,28 @@ fn admit(hub: &Hub, peer: Option<std::net::IpAddr>, headers: &HeaderMap) -> Resu
 }
 
 /// An event-stream response reading `feed`: never cached, transformed or buffered by
-/// proxies that honour the headers.
+/// proxies that honour the headers, and the last response of its connection (which
+/// gave its place in the HTTP limits to the session: see [`crate::hub::HttpPlace`]).
 fn event_stream(feed: http_link::Feed) -> Response {
     let mut response = Body::from_stream(feed).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store, no-transform"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
+}
+
+/// The HTTP connection's place, for the session to give back once admitted.
+fn http_place(place: Option<Extension<crate::hub::HttpPlace>>) -> Option<crate::hub::HttpSlot> {
+    place.and_then(|Extension(place)| place.take())
 }
 
 /// `GET /http/stream`: opens a fallback session.
 pub async fn stream(
     State(hub): State<Hub>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    place: Option<Extension<crate::hub::HttpPlace>>,
     headers: HeaderMap,
     Query(params): Query<StreamParams>,
 ) -> Response {
@@ -100,7 +108,7 @@ pub async fn stream(
         // Refused: the loop sends the close event, and no command can come.
         Err(_) => (None, mpsc::channel(1).1),
     };
-    let (link, feed) = http_link::link(Format::Frames, inbound, registration);
+    let (link, feed) = http_link::link(Format::Frames, inbound, registration, http_place(place));
     let greeting = Greeting { channels: super::channel_list(params.channels.as_deref()), since: None };
     let address = peer_ip.map(|ip| super::client_address(&hub, ip, &headers));
     tokio::spawn(connection::serve(link, hub, auth, greeting, address));
@@ -178,6 +186,7 @@ pub async fn send(
 pub async fn events(
     State(hub): State<Hub>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    place: Option<Extension<crate::hub::HttpPlace>>,
     headers: HeaderMap,
     Query(params): Query<EventsParams>,
 ) -> Response {
@@ -190,17 +199,20 @@ pub async fn events(
     if channels.is_empty() || channels.len() > max {
         return error_response(ErrorCode::BadRequest, format!("name 1 to {max} channels: ?channels=a,b"));
     }
+    if channels.iter().enumerate().any(|(i, c)| channels[..i].contains(c)) {
+        return error_response(ErrorCode::BadRequest, "a channel is named twice");
+    }
     let token = super::bearer_token(&headers).or(params.token.as_deref().filter(|t| !t.is_empty()));
     let auth = hub.authenticate_connection(token);
     let resumed = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|id| StreamIds::decode(id.trim(), channels.len()));
-    let one_way = OneWay::new(channels.clone(), resumed);
-    let since = one_way.since();
+    let one_way = OneWay::new(channels.clone());
+    let since = resumed.map(|ids| one_way.since(&ids)).unwrap_or_default();
     let greeting = Greeting { channels, since: (!since.is_empty()).then(|| Box::new(since)) };
     // No sender: nothing comes in on a one-way stream.
-    let (link, feed) = http_link::link(Format::Messages(one_way), mpsc::channel(1).1, None);
+    let (link, feed) = http_link::link(Format::Messages(one_way), mpsc::channel(1).1, None, http_place(place));
     let address = peer_ip.map(|ip| super::client_address(&hub, ip, &headers));
     tokio::spawn(connection::serve(link, hub, auth, greeting, address));
     event_stream(feed)

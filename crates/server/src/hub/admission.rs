@@ -175,6 +175,24 @@ impl Drop for SessionSlot {
     }
 }
 
+/// An HTTP connection's place, shared with the requests it carries: a request that
+/// becomes a long-lived session (an HTTP stream) takes it, and gives it back once the
+/// session holds a place of its own, as an upgraded WebSocket does. Such a response
+/// closes its connection when it ends, so the connection is never uncounted while idle.
+#[derive(Debug, Clone)]
+pub struct HttpPlace(Arc<Mutex<Option<HttpSlot>>>);
+
+impl HttpPlace {
+    pub fn new(slot: HttpSlot) -> HttpPlace {
+        HttpPlace(Arc::new(Mutex::new(Some(slot))))
+    }
+
+    /// The connection's place, if no request took it yet.
+    pub fn take(&self) -> Option<HttpSlot> {
+        lock(&self.0).take()
+    }
+}
+
 /// An HTTP connection's place; held from accept until it closes or is upgraded.
 #[derive(Debug)]
 pub struct HttpSlot {

@@ -39,7 +39,7 @@ use crate::auth::{KeyError, Verifier};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use admission::Admission;
-pub use admission::{HttpSlot, Refusal, SessionSlot};
+pub use admission::{HttpPlace, HttpSlot, Refusal, SessionSlot};
 pub use clock::Clock;
 pub use engine::{Engine, Reply, Shared, SubscribeRequest, control};
 pub use outbox::Outbox;
