@@ -5,12 +5,14 @@
 //! session's event stream with `fetch` and POSTs commands in order. The events are
 //! parsed here, with the protocol crate's [`EventParser`], and become what a WebSocket
 //! would have delivered: the `session` event names the session for the POSTs, each
-//! unnamed event is a frame, and the `close` event is the close code and reason.
+//! unnamed event is a frame, a `ping` event is answered with a `ping` command (the
+//! server's proof that the page still reads), and the `close` event is the close code
+//! and reason.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use tidewire_protocol::event_stream::{CLOSE_EVENT, CloseEvent, EventParser, SESSION_EVENT, ServerEvent};
+use tidewire_protocol::event_stream::{CLOSE_EVENT, CloseEvent, EventParser, PING_EVENT, SESSION_EVENT, ServerEvent};
 use wasm_bindgen::prelude::*;
 
 use super::{Inner, Wire, feed};
@@ -74,6 +76,12 @@ fn on_event(inner: &Rc<RefCell<Inner>>, transport: TransportId, event: ServerEve
         SESSION_EVENT => {
             if let Some(Wire::Http { http, .. }) = inner.borrow().wire_of(transport) {
                 http.session(&event.data);
+            }
+        }
+        // The server's ping: any command answers it, a `ping` is the smallest.
+        PING_EVENT => {
+            if let Some(Wire::Http { http, .. }) = inner.borrow().wire_of(transport) {
+                http.send(r#"{"action":"ping"}"#);
             }
         }
         CLOSE_EVENT => {

@@ -20,6 +20,10 @@ use crate::command::StreamPosition;
 /// The event that names a fallback session (its data is the session id).
 pub const SESSION_EVENT: &str = "session";
 
+/// The event a fallback session's client answers with a command (a `ping`): the
+/// server's proof that the client still reads the stream (its data is empty).
+pub const PING_EVENT: &str = "ping";
+
 /// The event that ends a stream, with the close code and reason a WebSocket close
 /// frame would carry ([`CloseEvent`]).
 pub const CLOSE_EVENT: &str = "close";

@@ -108,6 +108,7 @@ pub async fn serve_app(
             }
         };
         let _ = stream.set_nodelay(true);
+        dead_peers_end(&stream, hub.config());
         if hub.config().send_buffer > 0 {
             if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(hub.config().send_buffer) {
                 tracing::debug!(%peer, "cannot set the send buffer size: {e}");
@@ -149,6 +150,28 @@ pub async fn serve_app(
     }
     tracing::info!(remaining = hub.connection_count(), "drained");
     Ok(())
+}
+
+/// A peer that vanished without closing (a pulled cable, a crashed proxy) or that
+/// stopped acknowledging what it is sent (a zero receive window) ends at the TCP level
+/// too: keepalive probes after 30 s of silence, and on Linux no sent byte stays
+/// unacknowledged longer than the heartbeat and pong timeout together (with a margin).
+/// The connection loop's own pings catch the same on WebSockets and fallback sessions;
+/// a one-way stream, which cannot answer pings, relies on this.
+fn dead_peers_end(stream: &tokio::net::TcpStream, config: &crate::Config) {
+    let socket = socket2::SockRef::from(stream);
+    let probes = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    let _ = socket.set_tcp_keepalive(&probes);
+    #[cfg(target_os = "linux")]
+    {
+        let patience = config.heartbeat_interval + config.pong_timeout + Duration::from_secs(10);
+        let _ = socket.set_tcp_user_timeout(Some(patience.max(config.write_timeout)));
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = config;
 }
 
 /// Whether a request's `Host` (when it has one) names loopback.

@@ -402,6 +402,14 @@ async fn pages_of_allowed_origins_may_read_the_transports_and_others_may_not() {
         token("u")
     );
     assert!(raw_exchange(&server, &get).await.starts_with("HTTP/1.1 403"));
+    // A page naming a stream as an image sends no Origin, but its browser says how.
+    let image = format!(
+        "GET /sse?channels=a HTTP/1.1\r\nHost: {}\r\nSec-Fetch-Mode: no-cors\r\nSec-Fetch-Dest: image\r\n\
+         Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        server.addr,
+        token("u")
+    );
+    assert!(raw_exchange(&server, &image).await.starts_with("HTTP/1.1 403"));
 }
 
 async fn raw_exchange(server: &TestServer, request: &str) -> String {
@@ -571,4 +579,58 @@ async fn a_forged_last_event_id_starts_afresh_and_never_grows_the_ids() {
     }
     let (status, _) = http_request(&server, "GET", "/sse?channels=a,a", Some(&token("u")), None).await;
     assert_eq!(status, 400, "a channel named twice");
+}
+
+#[tokio::test]
+async fn a_post_carries_up_to_16_commands_one_per_line_all_or_none() {
+    let server = TestServer::start().await;
+    let mut client = server.client_on(Transport::Http, "u").await;
+    client.next().await;
+    let id = client.http().id.clone().unwrap();
+    let auth = Some(token("u"));
+    let body = (1..=3).map(|i| format!(r#"{{"action":"ping","id":{i}}}"#)).collect::<Vec<_>>().join("\n");
+    let (status, _) = post_command(server.addr, Some(&id), auth.as_deref(), body.as_bytes()).await;
+    assert_eq!(status, 204);
+    for i in 1..=3 {
+        assert_eq!(client.expect_type("pong").await["id"], i);
+    }
+    let seventeen = vec![r#"{"action":"ping"}"#; 17].join("\n");
+    let (status, answer) = post_command(server.addr, Some(&id), auth.as_deref(), seventeen.as_bytes()).await;
+    assert_eq!((status, answer["code"].as_str()), (400, Some("BAD_REQUEST")));
+    assert_eq!(client.try_next(Duration::from_millis(200)).await, Ok(None), "none of the 17 was taken");
+    // One line over the message limit closes the session, as on a WebSocket.
+    let big = format!("{}\n{{\"action\":\"ping\",\"pad\":\"{}\"}}", r#"{"action":"ping"}"#, "x".repeat(5000));
+    let (status, _) = post_command(server.addr, Some(&id), auth.as_deref(), big.as_bytes()).await;
+    assert_eq!(status, 413);
+    assert_eq!(client.closed().await.code, 1009);
+}
+
+#[tokio::test]
+async fn a_fallback_client_that_stops_answering_pings_is_closed_with_4001() {
+    let server = TestServer::with(|c| {
+        c.heartbeat_interval = Duration::from_millis(300);
+        c.pong_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // Reads the stream but never POSTs.
+    let auth = format!("Authorization: Bearer {}\r\n", token("mute"));
+    let mut mute = HttpSession::get(server.addr, "/http/stream", &auth).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let close = loop {
+        let event = mute.next_event(deadline).await.expect("closed within 5 s");
+        if event.name == "close" {
+            break event;
+        }
+    };
+    assert!(close.data.starts_with("4001 "), "{}", close.data);
+    // Reads and answers every ping (the test client does, as the browser does): stays.
+    let mut alive = server.client_on(Transport::Http, "alive").await;
+    alive.next().await;
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while tokio::time::Instant::now() < until {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        assert!(alive.try_next(left).await.is_ok(), "the answering client is still connected");
+    }
+    alive.send(r#"{"action":"ping","id":"still"}"#).await;
+    assert_eq!(alive.expect_type("pong").await["id"], "still");
 }

@@ -12,9 +12,11 @@
 //!
 //! - a text frame is an event whose data is the frame ([`Format::Frames`]), or, on a
 //!   one-way stream, one event per message ([`Format::Messages`]);
-//! - a ping is a comment (which also keeps proxies from timing out a quiet stream),
-//!   answered at once with a pong: liveness is the write timeout's business here, since
-//!   a client that stops reading stops draining the response;
+//! - a ping is a `ping` event, which the client answers with a command (a `ping`
+//!   POST): that is the pong, so a client that stopped reading is closed with 4001 as
+//!   on a WebSocket. A one-way stream cannot answer: it gets a comment (which keeps
+//!   proxies from timing the stream out), and its liveness is the write timeout's and
+//!   TCP's;
 //! - a close frame is a `close` event with the code and reason, then the end of the
 //!   response;
 //! - the response going away (the client or a proxy hung up) ends the inbound stream,
@@ -28,6 +30,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -36,16 +39,17 @@ use bytes::Bytes;
 use futures_util::{Sink, Stream};
 use serde::Deserialize;
 use tidewire_protocol::StreamPosition;
-use tidewire_protocol::event_stream::{CLOSE_EVENT, CloseEvent, StreamIds, write_comment, write_event};
+use tidewire_protocol::event_stream::{CLOSE_EVENT, CloseEvent, PING_EVENT, StreamIds, write_comment, write_event};
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard, PollSender, WaitForCancellationFutureOwned};
 
-/// Encoded frames the response body may hold before writes wait for the client.
-pub const OUTBOUND_FRAMES: usize = 2;
+/// Encoded frames the response body may hold before writes wait for the client (the
+/// HTTP connection holds at most one more in its write buffer).
+pub const OUTBOUND_FRAMES: usize = 1;
 
-/// Commands POSTed to a session that it has not read yet; a POST finding the queue
-/// full is refused (429). With `--max-message-bytes` per command, this bounds what a
-/// session's queue holds in bytes.
+/// Commands POSTed to a session that it has not read yet, and the most one POST may
+/// carry (one per line); a POST finding no room is refused (429). With
+/// `--max-message-bytes` per command, this bounds what a session's queue holds in bytes.
 pub const INBOUND_COMMANDS: usize = 16;
 
 /// Bytes of comment sent first on a fallback session: some proxies hold the first
@@ -153,6 +157,8 @@ pub struct HttpLink {
     gone: Pin<Box<WaitForCancellationFutureOwned>>,
     format: Format,
     pong_due: bool,
+    /// A `ping` event went out on a fallback session: its next command is the pong.
+    awaiting_pong: bool,
     closed: bool,
     /// The session's place in the registry of fallback sessions, given up when the
     /// connection ends.
@@ -185,7 +191,8 @@ pub fn link(
     registration: Option<Registration>,
     http_place: Option<crate::hub::HttpSlot>,
 ) -> (HttpLink, Feed) {
-    let (sender, events) = mpsc::channel(OUTBOUND_FRAMES + 1);
+    // The prelude takes the one place; the first frame waits for it to be written.
+    let (sender, events) = mpsc::channel(OUTBOUND_FRAMES);
     if let Some(registration) = &registration {
         let mut prelude = String::with_capacity(PRELUDE_PADDING + 64);
         write_comment(&mut prelude, &" ".repeat(PRELUDE_PADDING));
@@ -200,6 +207,7 @@ pub fn link(
         gone: Box::pin(hung_up.clone().cancelled_owned()),
         format,
         pong_due: false,
+        awaiting_pong: false,
         closed: false,
         _registration: registration,
         http_place,
@@ -224,6 +232,8 @@ impl Stream for HttpLink {
         }
         // A one-way stream has no senders: its inbound side is never done by itself.
         if let Poll::Ready(Some(inbound)) = self.inbound.poll_recv(cx) {
+            // The client is alive: it answered (any command will do).
+            self.pong_due = std::mem::take(&mut self.awaiting_pong);
             return Poll::Ready(Some(inbound));
         }
         match self.gone.as_mut().poll(cx) {
@@ -248,10 +258,19 @@ impl Sink<Message> for HttpLink {
                 Format::Frames => write_event(&mut out, None, None, frame.as_str()),
                 Format::Messages(one_way) => one_way.encode(frame.as_str(), &mut out),
             },
-            Message::Ping(_) => {
-                write_comment(&mut out, "");
-                self.pong_due = true;
-            }
+            // A fallback session's client answers a `ping` event with a command (a
+            // `ping`), which proves it reads the stream; a one-way stream's cannot, and
+            // gets a comment that keeps proxies from timing the stream out.
+            Message::Ping(_) => match self.format {
+                Format::Frames => {
+                    write_event(&mut out, Some(PING_EVENT), None, "");
+                    self.awaiting_pong = true;
+                }
+                Format::Messages(_) => {
+                    write_comment(&mut out, "");
+                    self.pong_due = true;
+                }
+            },
             Message::Close(frame) => {
                 let (code, reason) = frame.map_or((1005, String::new()), |f| (f.code, f.reason.to_string()));
                 write_event(&mut out, Some(CLOSE_EVENT), None, &CloseEvent { code, reason }.encode());
@@ -288,6 +307,8 @@ pub struct Registry {
 struct Entry {
     user: String,
     inbound: mpsc::Sender<Inbound>,
+    /// A POST for this session is being read (one at a time).
+    busy: Arc<AtomicBool>,
 }
 
 /// A session's entry in the [`Registry`], removed when dropped.
@@ -304,13 +325,53 @@ impl Drop for Registration {
     }
 }
 
-/// Why a POST found no session to take its command.
+/// Why a POST found no session to take its commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Undeliverable {
     /// No session by that id for this sender (or it ended).
     Unknown,
-    /// The session has [`INBOUND_COMMANDS`] commands it has not read yet.
+    /// The session has no room for them: it has [`INBOUND_COMMANDS`] commands it has not
+    /// read yet, or another POST for it is being read.
     Full,
+}
+
+/// Where a POST delivers to a session: its owner and its queue.
+#[derive(Debug, Clone)]
+pub struct Door {
+    /// The session's user (empty for one opened without a token).
+    pub user: String,
+    inbound: mpsc::Sender<Inbound>,
+    busy: Arc<AtomicBool>,
+}
+
+/// The one POST a session reads at a time; given back when dropped.
+#[derive(Debug)]
+pub struct Claim(Arc<AtomicBool>);
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl Door {
+    /// Claims the session's POST, before its body is read: `None` while another is.
+    pub fn claim(&self) -> Option<Claim> {
+        let free = self.busy.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok();
+        free.then(|| Claim(self.busy.clone()))
+    }
+
+    /// Hands the session every item, in order, or none of them.
+    pub fn deliver(&self, items: Vec<Inbound>) -> Result<(), Undeliverable> {
+        let permits = self.inbound.try_reserve_many(items.len()).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(()) => Undeliverable::Full,
+            mpsc::error::TrySendError::Closed(()) => Undeliverable::Unknown,
+        })?;
+        for (permit, item) in permits.zip(items) {
+            permit.send(item);
+        }
+        Ok(())
+    }
 }
 
 impl Registry {
@@ -320,32 +381,27 @@ impl Registry {
     }
 
     /// Registers a session of `user` under a fresh unguessable id (128 random bits
-    /// from the operating system), with the queue its POSTs feed.
+    /// from the operating system, as 32 hex digits), with the queue its POSTs feed.
     pub fn open(registry: &Arc<Registry>, user: &str) -> std::io::Result<(Registration, mpsc::Receiver<Inbound>)> {
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
         let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let (inbound, receiver) = mpsc::channel(INBOUND_COMMANDS);
-        crate::hub::lock(&registry.sessions).insert(id.clone(), Entry { user: user.to_owned(), inbound });
+        let entry = Entry { user: user.to_owned(), inbound, busy: Arc::default() };
+        crate::hub::lock(&registry.sessions).insert(id.clone(), entry);
         registry.gauge.inc();
         Ok((Registration { registry: registry.clone(), id }, receiver))
     }
 
-    /// The user a session belongs to (empty for an anonymous one).
-    pub fn owner(&self, id: &str) -> Option<String> {
-        crate::hub::lock(&self.sessions).get(id).map(|entry| entry.user.clone())
-    }
-
-    /// Hands `item` to session `id` if it belongs to `user`.
-    pub fn deliver(&self, id: &str, user: &str, item: Inbound) -> Result<(), Undeliverable> {
-        let inbound = match crate::hub::lock(&self.sessions).get(id) {
-            Some(entry) if entry.user == user => entry.inbound.clone(),
-            _ => return Err(Undeliverable::Unknown),
-        };
-        inbound.try_send(item).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => Undeliverable::Full,
-            mpsc::error::TrySendError::Closed(_) => Undeliverable::Unknown,
-        })
+    /// Session `id`'s door; `None` for an id that is not one (checked for its shape
+    /// before any lookup).
+    pub fn door(&self, id: &str) -> Option<Door> {
+        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let sessions = crate::hub::lock(&self.sessions);
+        let entry = sessions.get(id)?;
+        Some(Door { user: entry.user.clone(), inbound: entry.inbound.clone(), busy: entry.busy.clone() })
     }
 
     /// Open fallback sessions.

@@ -60,6 +60,12 @@ fn admit(hub: &Hub, peer: Option<std::net::IpAddr>, headers: &HeaderMap) -> Resu
         tracing::warn!(origin = ?headers.get(header::ORIGIN), "refused an HTTP stream from a disallowed origin");
         return Err((StatusCode::FORBIDDEN, "origin not allowed").into_response());
     }
+    // A page may not make its visitors' browsers hold streams for it by naming one as
+    // an image or a frame (requests that carry no Origin to check): a browser says so.
+    let mode = headers.get("sec-fetch-mode").and_then(|v| v.to_str().ok());
+    if matches!(mode, Some("no-cors" | "navigate")) {
+        return Err((StatusCode::FORBIDDEN, "open streams with fetch or EventSource").into_response());
+    }
     if hub.is_draining() {
         return Err(error_response(ErrorCode::Unavailable, "node is shutting down"));
     }
@@ -115,9 +121,11 @@ pub async fn stream(
     event_stream(feed)
 }
 
-/// `POST /http/send`: one command for the session the `Tidewire-Session` header names,
-/// with the same token as the stream's user (none for a session without a token).
-/// Answers 204 once the session has the command; its replies come on the stream.
+/// `POST /http/send`: commands for the session the `Tidewire-Session` header names, one
+/// per line (at most [`http_link::INBOUND_COMMANDS`]), with the same token as the
+/// stream's user (none for a session without a token). Answers 204 once the session has
+/// them all; their replies come on the stream. A session reads one POST at a time, and
+/// takes its commands all or none.
 pub async fn send(
     State(hub): State<Hub>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
@@ -134,51 +142,67 @@ pub async fn send(
             "a Tidewire-Session header must name the session (the stream's first event)",
         );
     };
-    let registry = hub.fallback_sessions();
     let unknown = || error_response(ErrorCode::UnknownSession, "no such session; open a new stream");
-    let Some(owner) = registry.owner(id) else { return unknown() };
-    if !owner.is_empty() {
+    let Some(door) = hub.fallback_sessions().door(id) else { return unknown() };
+    if !door.user.is_empty() {
         match super::api::bearer(&hub, &headers) {
             // Someone else's session is answered like a missing one: its existence is
             // not theirs to learn.
-            Ok(grant) if grant.user == owner => {}
+            Ok(grant) if grant.user == door.user => {}
             Ok(_) => return unknown(),
             Err(refused) => return refused,
         }
     }
-    let limit = hub.config().max_message_bytes;
-    let bytes = match read_body_within(&hub, &headers, body, limit).await {
+    // Room first, then the body: a session never has more than one body being read.
+    let Some(_claim) = door.claim() else { return busy(&hub, "the session is reading another POST") };
+    let per_command = hub.config().max_message_bytes;
+    let bytes = match read_body_within(&hub, &headers, body, per_command * http_link::INBOUND_COMMANDS).await {
         Ok(bytes) => bytes,
-        Err(refusal) => {
-            if let BodyRefusal::TooBig { limit, declared } = refusal {
-                // As on a WebSocket, an oversized command closes the session (1009).
-                let size = declared.unwrap_or(limit + 1);
-                let error = WsError::Capacity(CapacityError::MessageTooLong { size, max_size: limit });
-                let _ = registry.deliver(id, &owner, Err(axum::Error::new(error)));
-            }
-            return refusal.response(&hub);
+        Err(BodyRefusal::TooBig { declared, .. }) => {
+            let size = declared.unwrap_or(per_command * http_link::INBOUND_COMMANDS + 1);
+            return too_big(&hub, &door, size, per_command);
         }
+        Err(refusal) => return refusal.response(&hub),
     };
-    let item = match String::from_utf8(bytes.to_vec()) {
-        Ok(text) => Ok(Message::Text(text.into())),
+    let Ok(text) = std::str::from_utf8(&bytes) else {
         // As on a WebSocket: 1007.
-        Err(e) => Err(axum::Error::new(WsError::Utf8(e.to_string()))),
+        let _ = door.deliver(vec![Err(axum::Error::new(WsError::Utf8("not UTF-8".into())))]);
+        return error_response(ErrorCode::BadRequest, "the commands are not valid UTF-8");
     };
-    let valid = item.is_ok();
-    match registry.deliver(id, &owner, item) {
-        Ok(()) if valid => StatusCode::NO_CONTENT.into_response(),
-        Ok(()) => error_response(ErrorCode::BadRequest, "the command is not valid UTF-8"),
+    let lines: Vec<&str> = text.strip_suffix('\n').unwrap_or(text).split('\n').collect();
+    if lines.len() > http_link::INBOUND_COMMANDS {
+        return error_response(
+            ErrorCode::BadRequest,
+            format!("at most {} commands in one POST, one per line", http_link::INBOUND_COMMANDS),
+        );
+    }
+    if let Some(line) = lines.iter().find(|line| line.len() > per_command) {
+        return too_big(&hub, &door, line.len(), per_command);
+    }
+    let items = lines.into_iter().map(|line| Ok(Message::Text(line.trim_end_matches('\r').to_owned().into())));
+    match door.deliver(items.collect()) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(Undeliverable::Unknown) => unknown(),
         Err(Undeliverable::Full) => {
-            hub.metrics().rate_limited.inc();
-            let mut response = error_response(
-                ErrorCode::RateLimitExceeded,
-                format!("the session has {} commands it has not read yet", http_link::INBOUND_COMMANDS),
-            );
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            response
+            busy(&hub, format!("the session has up to {} commands it has not read yet", http_link::INBOUND_COMMANDS))
         }
     }
+}
+
+/// 429 with `Retry-After: 1`: the session has no room now.
+fn busy(hub: &Hub, why: impl Into<String>) -> Response {
+    hub.metrics().rate_limited.inc();
+    let mut response = error_response(ErrorCode::RateLimitExceeded, why);
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+/// A command larger than `--max-message-bytes`: as on a WebSocket, the session closes
+/// (1009), and the POST is answered 413.
+fn too_big(hub: &Hub, door: &http_link::Door, size: usize, max_size: usize) -> Response {
+    let error = WsError::Capacity(CapacityError::MessageTooLong { size, max_size });
+    let _ = door.deliver(vec![Err(axum::Error::new(error))]);
+    BodyRefusal::TooBig { limit: max_size, declared: Some(size) }.response(hub)
 }
 
 /// `GET /sse?channels=a,b`: a one-way stream of those channels (see

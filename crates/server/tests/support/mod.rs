@@ -244,6 +244,7 @@ impl Client {
                 }
                 Wire::Http(session) => match session.next_frame(deadline).await? {
                     Some(text) => text,
+                    None if tokio::time::Instant::now() < deadline => continue,
                     None => return Ok(None),
                 },
             };
@@ -447,6 +448,11 @@ impl HttpSession {
         };
         match event.name.as_str() {
             "message" => Ok(Some(event.data)),
+            // Answered as a browser does, with a command.
+            "ping" => {
+                let _ = self.post(r#"{"action":"ping"}"#).await;
+                Ok(None)
+            }
             "close" => {
                 let close =
                     tidewire_protocol::event_stream::CloseEvent::decode(&event.data).expect("a close event's data");
