@@ -634,3 +634,33 @@ async fn a_fallback_client_that_stops_answering_pings_is_closed_with_4001() {
     alive.send(r#"{"action":"ping","id":"still"}"#).await;
     assert_eq!(alive.expect_type("pong").await["id"], "still");
 }
+
+#[tokio::test]
+async fn curl_shows_the_one_way_stream_live() {
+    use tokio::io::AsyncBufReadExt;
+    let server = TestServer::start().await;
+    let url = server.http("/sse?channels=alerts");
+    let auth = format!("Authorization: Bearer {}", token("curl"));
+    let child = tokio::process::Command::new("curl")
+        .args(["-sN", "-H", &auth, &url])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = child.expect("this test needs curl on the PATH (apt-get install curl)");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut subscribed = false;
+    loop {
+        let line = tokio::time::timeout_at(deadline, lines.next_line()).await.expect("curl printed in time");
+        let line = line.expect("curl's output").expect("curl still running");
+        if line == "event: subscribed" {
+            subscribed = true;
+            publish_many(&server.hub, "alerts", 1).await;
+        }
+        if subscribed && line.starts_with("data: ") && line.contains("\"routing-decision\"") {
+            let message: serde_json::Value = serde_json::from_str(&line["data: ".len()..]).unwrap();
+            assert_eq!((message["channel"].as_str(), message["seq"].as_u64()), (Some("alerts"), Some(1)));
+            break;
+        }
+    }
+}
