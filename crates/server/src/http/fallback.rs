@@ -3,7 +3,7 @@
 //! - **The fallback session**: `GET /http/stream` answers an event stream that carries
 //!   the WebSocket protocol's frames (its first event names the session), and
 //!   `POST /http/send` delivers one command to that session. The connection loop is
-//!   the WebSocket's (see [`crate::connection::http_link`]), so batching, backpressure,
+//!   the WebSocket's (see `connection::http_link`), so batching, backpressure,
 //!   gaps, recovery, limits, metrics and the drain are the same. The token travels in
 //!   the `Authorization` header only, never in a URL a proxy would log; each POST
 //!   carries it again, and a session takes commands only from its own user (or, for a
@@ -122,7 +122,7 @@ pub async fn stream(
 }
 
 /// `POST /http/send`: commands for the session the `Tidewire-Session` header names, one
-/// per line (at most [`http_link::INBOUND_COMMANDS`]), with the same token as the
+/// per line (at most `http_link::INBOUND_COMMANDS`, 16), with the same token as the
 /// stream's user (none for a session without a token). Answers 204 once the session has
 /// them all; their replies come on the stream. A session reads one POST at a time, and
 /// takes its commands all or none.

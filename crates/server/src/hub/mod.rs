@@ -416,7 +416,7 @@ impl Hub {
         self.inner.body_memory.clone().try_acquire_many_owned(bytes).ok()
     }
 
-    /// The open HTTP fallback sessions (see [`crate::connection::http_link`]).
+    /// The open HTTP fallback sessions (see `connection::http_link`).
     pub fn fallback_sessions(&self) -> &Arc<crate::connection::http_link::Registry> {
         &self.inner.fallback
     }
