@@ -32,7 +32,8 @@ impl HttpStream {
             ended: false,
         };
         let request = format!(
-            "GET /http/stream?channels={channel} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n\r\n"
+            "GET /http/stream?channels={channel} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+             Authorization: Bearer {token}\r\n\r\n"
         );
         http.stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
         let deadline = Instant::now() + Duration::from_secs(30);
