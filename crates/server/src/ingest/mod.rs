@@ -14,6 +14,10 @@
 //! subject = "events.>"
 //! jetstream = { stream = "EVENTS", durable = "tidewire" }   # omit for core NATS
 //!
+//! [[postgres]]                   # a transactional outbox table (see `postgres.rs`)
+//! url = "postgres://app@127.0.0.1:5432/app"
+//! table = "tidewire_outbox"       # created if missing, with tidewire_outbox_dead
+//!
 //! [[route]]
 //! when_field = "assessmentId"
 //! channel = "assessment#{assessmentId}"
@@ -28,11 +32,15 @@
 //! a node that stops or fails to publish (Redis down) gets them redelivered. Events no
 //! route can publish go to a dead-letter path (an AMQP dead-letter exchange and queue, a
 //! NATS subject) with the reason, and are counted. Core NATS is at most once by nature.
-//! Sources reconnect with exponential backoff. A Kafka source would take the same shape
-//! (route, publish, then commit the offsets the node accepted); it is not built yet.
+//! An outbox row is deleted in the transaction that follows its publication, and
+//! published with an idempotency key of its own, so a node that stops part way does not
+//! publish it twice. Sources reconnect with exponential backoff. A Kafka source would
+//! take the same shape (route, publish, then commit the offsets the node accepted); it
+//! is not built yet.
 
 mod amqp;
 mod nats;
+pub mod postgres;
 pub mod routing;
 
 use std::path::Path;
@@ -114,6 +122,53 @@ pub struct NatsSource {
     pub max_reconnect_wait: Duration,
 }
 
+/// A PostgreSQL outbox source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSource {
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// A libpq-style URL or key=value string (`postgres://user@host:5432/db`).
+    pub url: String,
+    /// The outbox table (a plain lowercase identifier of at most 40 characters); its
+    /// dead letters go to `<table>_dead`.
+    #[serde(default = "default_outbox_table")]
+    pub table: String,
+    /// Create the tables and the notifying trigger when missing.
+    #[serde(default = "default_true")]
+    pub create_tables: bool,
+    /// Rows taken per transaction.
+    #[serde(default = "default_outbox_batch")]
+    pub batch: u32,
+    /// How often to look without a notification.
+    #[serde(default = "default_poll_interval", deserialize_with = "duration_text::parse")]
+    pub poll_interval: Duration,
+    /// Times a row may fail to publish (the node could not take it) before it is
+    /// dead-lettered.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: i32,
+    #[serde(default = "default_backoff_min", deserialize_with = "duration_text::parse")]
+    pub reconnect_delay: Duration,
+    #[serde(default = "default_backoff_max", deserialize_with = "duration_text::parse")]
+    pub max_reconnect_wait: Duration,
+}
+
+fn default_outbox_table() -> String {
+    "tidewire_outbox".to_owned()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_outbox_batch() -> u32 {
+    100
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_attempts() -> i32 {
+    10
+}
+
 fn default_name() -> String {
     "ingest".to_owned()
 }
@@ -139,6 +194,8 @@ pub struct IngestConfig {
     #[serde(default)]
     pub nats: Vec<NatsSource>,
     #[serde(default)]
+    pub postgres: Vec<PostgresSource>,
+    #[serde(default)]
     pub route: Vec<Route>,
 }
 
@@ -163,7 +220,25 @@ impl IngestConfig {
                 message: "sources need at least one [[route]]".to_owned(),
             });
         }
+        config.check().map_err(|message| IngestError::Invalid { path: shown, message })?;
         Ok(config)
+    }
+
+    /// What the file cannot mean (whatever loaded it).
+    pub fn check(&self) -> Result<(), String> {
+        for source in &self.postgres {
+            if !postgres::valid_table_name(&source.table) {
+                return Err(format!(
+                    "[[postgres]] table {:?}: a lowercase identifier (a-z, 0-9, _) of at most {} characters",
+                    source.table,
+                    postgres::MAX_TABLE_NAME
+                ));
+            }
+            if source.batch == 0 || source.max_attempts < 1 {
+                return Err(format!("[[postgres]] {}: batch and max_attempts must be at least 1", source.name));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -188,8 +263,19 @@ pub enum Outcome {
 
 /// Routes and publishes one event.
 pub async fn deliver(hub: &Hub, routes: &[Route], source: &str, key: &str, payload: &[u8]) -> Outcome {
-    let outcome = match routing::route(routes, key, payload) {
-        Err(unroutable) => Outcome::DeadLetter(unroutable.to_string()),
+    deliver_publication(hub, source, key, routing::route(routes, key, payload).map_err(|e| e.to_string())).await
+}
+
+/// Publishes what an event became (or dead-letters why it could not become one), and
+/// counts the outcome.
+pub async fn deliver_publication(
+    hub: &Hub,
+    source: &str,
+    key: &str,
+    routed: Result<tidewire_protocol::NewPublication, String>,
+) -> Outcome {
+    let outcome = match routed {
+        Err(unroutable) => Outcome::DeadLetter(unroutable),
         Ok(publication) => match hub.publish(publication).await {
             Ok(_) => Outcome::Published,
             Err(e)
@@ -226,6 +312,9 @@ pub fn start(hub: &Hub, config: IngestConfig) {
     }
     for source in config.nats {
         tokio::spawn(nats::run(hub.clone(), source, routes.clone()));
+    }
+    for source in config.postgres {
+        tokio::spawn(postgres::run(hub.clone(), source, routes.clone()));
     }
 }
 

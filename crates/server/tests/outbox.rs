@@ -1,0 +1,267 @@
+//! The PostgreSQL outbox source against the machine's PostgreSQL (127.0.0.1:5432,
+//! database `test`, trust auth), a table of its own per test.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use support::*;
+use tidewire_server::ingest::{self, IngestConfig};
+use tokio_postgres::NoTls;
+
+const URL: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
+
+fn unique(name: &str) -> String {
+    format!("tw_{name}_{:08x}", fastrand::u32(..))
+}
+
+async fn database() -> tokio_postgres::Client {
+    let connect = tokio_postgres::connect(URL, NoTls);
+    let (client, connection) = match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(Ok(pair)) => pair,
+        _ => panic!("PostgreSQL is not reachable at {URL}: start it (`service postgresql start`)"),
+    };
+    tokio::spawn(connection);
+    client
+}
+
+fn config(table: &str, extra: &str) -> IngestConfig {
+    let config: IngestConfig = toml::from_str(&format!(
+        r##"
+        [[postgres]]
+        name = "outbox"
+        url = "{URL}"
+        table = "{table}"
+        poll_interval = "200ms"
+        reconnect_delay = "100ms"
+        {extra}
+
+        [[route]]
+        when_field = "assessmentId"
+        channel = "assessments.{{assessmentId}}"
+
+        [[route]]
+        when_key = "orders.*"
+        channel = "orders"
+        key = "{{orderId}}"
+        "##
+    ))
+    .unwrap();
+    config.check().unwrap();
+    config
+}
+
+/// Waits until the source created its table.
+async fn table_ready(db: &tokio_postgres::Client, table: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = db.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table]).await.unwrap();
+        if row.get::<_, bool>(0) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the source did not create {table}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn count(db: &tokio_postgres::Client, table: &str) -> i64 {
+    db.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0)
+}
+
+async fn drop_tables(db: &tokio_postgres::Client, table: &str) {
+    db.batch_execute(&format!("DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS {table}_dead;")).await.unwrap();
+}
+
+async fn listener(server: &TestServer, channels: &str) -> Client {
+    let mut client = server.connect(Transport::WebSocket, Some(&token("outbox-reader")), channels).await;
+    client.next().await;
+    for _ in channels.split(',') {
+        client.expect_type("subscribed").await;
+    }
+    client
+}
+
+/// An outbox row as a producer writes it: channel, routing key, type, key, op, data.
+type OutboxRow<'a> = (Option<&'a str>, &'a str, Option<&'a str>, Option<&'a str>, Option<&'a str>, &'a str);
+
+#[tokio::test]
+async fn rows_are_published_in_order_by_channel_or_by_route_then_removed_and_bad_rows_dead_lettered() {
+    let db = database().await;
+    let table = unique("routes");
+    let server = TestServer::start().await;
+    ingest::start(&server.hub, config(&table, ""));
+    table_ready(&db, &table).await;
+    let mut orders = listener(&server, "orders,lp-performance,assessments.a-7").await;
+
+    let insert = format!(
+        "INSERT INTO {table} (channel, routing_key, type, key, op, data) VALUES ($1, $2, $3, $4, $5, ($6::text)::jsonb)"
+    );
+    let rows: [OutboxRow; 7] = [
+        (Some("lp-performance"), "", Some("lp-metrics"), Some("LMAX"), None, r#"{"lpName":"LMAX","latencyMs":12}"#),
+        (None, "orders.created", Some("order"), None, None, r#"{"orderId":"o-1","qty":5}"#),
+        (None, "nowhere", None, None, None, r#"{"x":1}"#),
+        (Some("bad channel"), "", Some("x"), None, None, "{}"),
+        (Some("lp-performance"), "", None, None, None, "{}"),
+        (None, "", Some("assessment"), None, None, r#"{"assessmentId":"a-7","score":0.9}"#),
+        (Some("lp-performance"), "", Some("lp-metrics"), Some("LMAX"), Some("delete"), "null"),
+    ];
+    for (channel, routing_key, kind, key, op, data) in rows {
+        db.execute(&insert, &[&channel, &routing_key, &kind, &key, &op, &data]).await.unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let message = orders.next().await;
+        got.push((message["channel"].as_str().unwrap().to_owned(), message["type"].as_str().unwrap().to_owned()));
+        if message["channel"] == "orders" {
+            assert_eq!((message["key"].as_str(), message["data"]["qty"].as_u64()), (Some("o-1"), Some(5)));
+        }
+        if got.len() == 4 {
+            assert_eq!(message["op"], "delete", "the last row deletes the key: {message}");
+        }
+    }
+    let expected: Vec<(String, String)> = [
+        ("lp-performance", "lp-metrics"),
+        ("orders", "order"),
+        ("assessments.a-7", "assessment"),
+        ("lp-performance", "lp-metrics"),
+    ]
+    .iter()
+    .map(|(c, t)| ((*c).to_owned(), (*t).to_owned()))
+    .collect();
+    assert_eq!(got, expected, "in id order, the bad rows skipped");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while count(&db, &table).await != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "published rows are removed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead =
+        db.query(&format!("SELECT routing_key, channel, reason FROM {table}_dead ORDER BY id"), &[]).await.unwrap();
+    let reasons: Vec<String> = dead.iter().map(|r| r.get::<_, String>(2)).collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons[0].contains("no route"), "{reasons:?}");
+    assert!(reasons[1].contains("bad channel") || reasons[1].contains("not allowed"), "{reasons:?}");
+    assert!(reasons[2].contains("needs a type"), "{reasons:?}");
+    drop_tables(&db, &table).await;
+}
+
+/// Reads `channel` on `client` until `total` distinct seqs arrived (or 20 s passed),
+/// counting each row id (`data.n`) delivered.
+async fn collect(client: &mut Client, seen: &mut BTreeMap<i64, u32>, total: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen.len() < total && tokio::time::Instant::now() < deadline {
+        match client.try_next(Duration::from_millis(200)).await {
+            Ok(Some(message)) => {
+                if let Some(n) = message["data"]["n"].as_i64() {
+                    *seen.entry(n).or_default() += 1;
+                }
+            }
+            Ok(None) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// A node on the machine's Redis under `prefix`, ready.
+async fn redis_node(prefix: &str) -> TestServer {
+    let prefix = prefix.to_owned();
+    let server = TestServer::with(move |c| {
+        c.redis_url = Some("redis://127.0.0.1:6379".to_owned());
+        c.redis_prefix = prefix;
+        c.drain_window = Duration::from_millis(100);
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while http_text(&server, "GET", "/ready", None, None).await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "Redis is not reachable at 127.0.0.1:6379: start it");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server
+}
+
+#[tokio::test]
+async fn two_nodes_share_one_table_and_nothing_is_published_twice_or_lost_across_a_restart() {
+    let db = database().await;
+    let table = unique("shared");
+    let prefix = format!("tw-test-outbox-{:08x}", fastrand::u32(..));
+    let extra = "batch = 25";
+    // Both nodes share their channels through Redis: a subscriber on the second sees
+    // what either published.
+    let mut first = redis_node(&prefix).await;
+    let second = redis_node(&prefix).await;
+    ingest::start(&first.hub, config(&table, extra));
+    ingest::start(&second.hub, config(&table, extra));
+    table_ready(&db, &table).await;
+    let mut reader = listener(&second, "ticks").await;
+
+    let insert = format!(
+        "INSERT INTO {table} (channel, type, data) SELECT 'ticks', 'tick', jsonb_build_object('n', n) \
+         FROM generate_series($1::bigint, $2::bigint) AS n"
+    );
+    db.execute(&insert, &[&1i64, &600i64]).await.unwrap();
+    let mut seen = BTreeMap::new();
+    collect(&mut reader, &mut seen, 200).await;
+    // The first node stops part way; the second takes what is left.
+    first.shutdown();
+    let _ = tokio::time::timeout(Duration::from_secs(10), &mut first.task).await;
+    db.execute(&insert, &[&601i64, &1000i64]).await.unwrap();
+    collect(&mut reader, &mut seen, 1000).await;
+
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "published twice: {twice:?}");
+    assert_eq!(seen.keys().copied().collect::<Vec<_>>(), (1..=1000).collect::<Vec<_>>(), "every row, once");
+    assert_eq!(count(&db, &table).await, 0);
+    let worked = |server: &TestServer| {
+        let text = server.hub.metrics().render();
+        text.lines()
+            .filter(|l| l.starts_with("tidewire_ingest_events_total") && l.contains("outcome=\"published\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    let (by_first, by_second) = (worked(&first), worked(&second));
+    assert_eq!(by_first + by_second, 1000, "each row published by one node");
+    assert!(by_first >= 25 && by_second >= 25, "both nodes took turns: {by_first} + {by_second}");
+    drop_tables(&db, &table).await;
+}
+
+#[tokio::test]
+async fn a_row_the_node_cannot_take_is_retried_then_dead_lettered_without_blocking_the_rest() {
+    let db = database().await;
+    let table = unique("poison");
+    // One publication per minute on `limited`: the second row there is refused (429,
+    // "try again"), three times, then dead-lettered; the rows behind it go out.
+    let server = TestServer::with(|c| {
+        c.publish_rate_limits = vec!["limited=1/1".parse().unwrap()];
+    })
+    .await;
+    ingest::start(&server.hub, config(&table, "max_attempts = 3"));
+    table_ready(&db, &table).await;
+    let mut client = listener(&server, "limited,after").await;
+    db.batch_execute(&format!(
+        "INSERT INTO {table} (channel, type, data) VALUES
+           ('limited', 'x', '{{\"n\":1}}'), ('limited', 'x', '{{\"n\":2}}'), ('after', 'x', '{{\"n\":3}}')"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(client.next().await["data"]["n"], 1);
+    let after = client.next().await;
+    assert_eq!((after["channel"].as_str(), after["data"]["n"].as_u64()), (Some("after"), Some(3)));
+    // Published before its transaction (which also moved the poison row) commits.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while count(&db, &format!("{table}_dead")).await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the poison row was not dead-lettered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead = db.query_one(&format!("SELECT attempts, reason FROM {table}_dead"), &[]).await.unwrap();
+    let reason: String = dead.get(1);
+    assert!(reason.contains("after 3 attempts") && reason.contains("RATE_LIMIT_EXCEEDED"), "{reason}");
+    assert_eq!(count(&db, &table).await, 0);
+    drop_tables(&db, &table).await;
+}
+
+#[test]
+fn table_names_are_checked_when_the_file_is_read() {
+    let bad: Result<IngestConfig, _> =
+        toml::from_str(&format!("[[postgres]]\nurl = \"{URL}\"\ntable = \"outbox; drop table x\"\n"));
+    assert!(bad.unwrap().check().unwrap_err().contains("lowercase identifier"));
+}
