@@ -265,3 +265,142 @@ fn table_names_are_checked_when_the_file_is_read() {
         toml::from_str(&format!("[[postgres]]\nurl = \"{URL}\"\ntable = \"outbox; drop table x\"\n"));
     assert!(bad.unwrap().check().unwrap_err().contains("lowercase identifier"));
 }
+
+/// A PostgreSQL of the test's own (so it can be stopped), on a free port, run as the
+/// `postgres` user (initdb refuses root).
+struct OwnPostgres {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+fn postgres_bin(name: &str) -> std::path::PathBuf {
+    let mut versions: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL's server binaries must be installed for this test (Debian package postgresql)")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
+        .filter(|p| p.exists())
+        .collect();
+    versions.sort();
+    versions.pop().unwrap_or_else(|| panic!("no {name} under /usr/lib/postgresql/*/bin (Debian package postgresql)"))
+}
+
+fn as_postgres(program: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new("runuser");
+    command.args(["-u", "postgres", "--"]).arg(program);
+    command
+}
+
+impl OwnPostgres {
+    fn start() -> OwnPostgres {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(unique("pgdata"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let chown = std::process::Command::new("chown").args(["postgres:postgres"]).arg(&dir).status();
+        assert!(chown.is_ok_and(|s| s.success()), "cannot hand {} to the postgres user (run as root)", dir.display());
+        let initdb = as_postgres(&postgres_bin("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(dir.join("data"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("runuser and initdb run this test's PostgreSQL");
+        assert!(initdb.success(), "initdb failed");
+        let mut own = OwnPostgres { port, dir, child: None };
+        own.restart();
+        own
+    }
+
+    fn url(&self) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
+    }
+
+    fn restart(&mut self) {
+        let child = as_postgres(&postgres_bin("postgres"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-k"])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("runuser starts this test's PostgreSQL");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "own PostgreSQL did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops it at once (the server's fast shutdown: clients are cut off).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = as_postgres(&postgres_bin("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .args(["-m", "fast", "-w", "stop"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(std::time::Instant::now() < deadline, "own PostgreSQL did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn connect_to(url: &str) -> tokio_postgres::Client {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok((client, connection)) = tokio_postgres::connect(url, NoTls).await {
+            tokio::spawn(connection);
+            return client;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "cannot connect to {url}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_database_restart_is_ridden_out_and_nothing_is_lost_or_doubled() {
+    let mut own = OwnPostgres::start();
+    let table = unique("restart");
+    let server = TestServer::start().await;
+    let config: IngestConfig = toml::from_str(&format!(
+        "[[postgres]]\nurl = \"{}\"\ntable = \"{table}\"\npoll_interval = \"200ms\"\nreconnect_delay = \"100ms\"\n\
+         max_reconnect_wait = \"500ms\"\n",
+        own.url()
+    ))
+    .unwrap();
+    ingest::start(&server.hub, config);
+    let db = connect_to(&own.url()).await;
+    table_ready(&db, &table).await;
+    let mut reader = listener(&server, "ticks").await;
+    let insert = format!(
+        "INSERT INTO {table} (channel, type, data) SELECT 'ticks', 'tick', jsonb_build_object('n', n) \
+         FROM generate_series($1::bigint, $2::bigint) AS n"
+    );
+    db.execute(&insert, &[&1i64, &100i64]).await.unwrap();
+    let mut seen = BTreeMap::new();
+    collect(&mut reader, &mut seen, 100).await;
+    drop(db);
+    own.stop();
+    own.restart();
+    let db = connect_to(&own.url()).await;
+    db.execute(&insert, &[&101i64, &200i64]).await.unwrap();
+    collect(&mut reader, &mut seen, 200).await;
+    assert_eq!(seen.keys().copied().collect::<Vec<_>>(), (1..=200).collect::<Vec<_>>(), "every row");
+    assert!(seen.values().all(|&n| n == 1), "none twice");
+    assert_eq!(count(&db, &table).await, 0);
+}
