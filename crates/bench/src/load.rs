@@ -60,6 +60,20 @@ pub struct Latency {
     pub samples: u64,
 }
 
+impl Latency {
+    /// The quantiles of a histogram of microseconds, in milliseconds.
+    pub(crate) fn of(histogram: &Histogram<u64>) -> Latency {
+        let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+        Latency {
+            p50: ms(0.5),
+            p90: ms(0.9),
+            p99: ms(0.99),
+            max: histogram.max() as f64 / 1000.0,
+            samples: histogram.len(),
+        }
+    }
+}
+
 pub(crate) fn now_micros() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
@@ -508,7 +522,6 @@ pub async fn fanout(args: &FanoutArgs) -> Result<RunResult, String> {
     progress("");
     let expected = published * fast_count as u64;
     let missing = expected.saturating_sub(delivered);
-    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     Ok(RunResult {
         name: format!(
             "fanout{}{}{}{}",
@@ -535,13 +548,7 @@ pub async fn fanout(args: &FanoutArgs) -> Result<RunResult, String> {
         } else {
             accounted_for(missing, gapped)
         },
-        latency_ms: Latency {
-            p50: ms(0.5),
-            p90: ms(0.9),
-            p99: ms(0.99),
-            max: histogram.max() as f64 / 1000.0,
-            samples: histogram.len(),
-        },
+        latency_ms: Latency::of(&histogram),
         server_cpu_seconds: cpu,
         server_cpu_per_million: if delivered == 0 { 0.0 } else { cpu * 1e6 / delivered as f64 },
         server_kernel_percent: if cpu > 0.0 { kernel * 100.0 / cpu } else { 0.0 },

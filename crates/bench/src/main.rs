@@ -29,6 +29,7 @@ mod attack;
 mod deltas;
 mod http_stream;
 mod load;
+mod outbox;
 mod process;
 mod report;
 mod scan;
@@ -68,6 +69,8 @@ enum Command {
     /// Field deltas on the demo's LP and exposure channels: bytes with and without, and
     /// the alternatives (see `deltas.rs`). Fails (exit 1) when a rebuilt value differs.
     Deltas(DeltasArgs),
+    /// The PostgreSQL outbox source from insert to subscribers (see `outbox.rs`).
+    Outbox(outbox::OutboxArgs),
     /// The attackers of `attack`, in their own process (started by it).
     #[command(hide = true)]
     AttackWorker {
@@ -296,6 +299,7 @@ fn main() -> std::process::ExitCode {
             Command::Attack(_) | Command::AttackWorker { .. } | Command::Tables(_) | Command::Deltas(_) => {
                 Ok(Vec::new())
             }
+            Command::Outbox(args) => outbox::run(&args).await.map(|r| vec![r]),
             Command::Fanout(args) => load::fanout(&args).await.map(|r| vec![r]),
             Command::Idle(args) => load::idle(&args).await.map(|r| vec![r]),
             Command::Suite(args) => load::suite(&args).await,
