@@ -62,11 +62,18 @@ pub fn write_event(out: &mut String, name: Option<&str>, id: Option<&str>, data:
         out.push_str(id);
         out.push('\n');
     }
-    // `\r\n`, `\r` and `\n` all end a line for the reader.
-    for line in data.split('\n').flat_map(|line| line.strip_suffix('\r').unwrap_or(line).split('\r')) {
+    // `\r\n`, `\r` and `\n` all end a line for the reader (which joins with `\n`).
+    let mut rest = data;
+    loop {
         out.push_str("data: ");
-        out.push_str(line);
+        let Some(at) = rest.find(['\r', '\n']) else {
+            out.push_str(rest);
+            out.push('\n');
+            break;
+        };
+        out.push_str(&rest[..at]);
         out.push('\n');
+        rest = &rest[at + if rest[at..].starts_with("\r\n") { 2 } else { 1 }..];
     }
     out.push('\n');
 }
@@ -184,21 +191,22 @@ impl EventParser {
     }
 }
 
-/// The positions a one-way stream has reached, one per channel of its URL, written as
-/// an event id and read back from `Last-Event-ID`.
-///
-/// The id lists, in the URL's channel order and separated by `,`, each channel's
-/// `seq:epoch` (the epoch left out when it equals the previous channel's; nothing when
-/// the channel has no position yet). Channel names stay in the URL, which a
-/// reconnecting `EventSource` sends again, so the id stays short: epochs are the
-/// server's own short tokens ([`MAX_EPOCH_BYTES`] of `A–Z a–z 0–9 - _ .`), and an id
-/// that is longer than [`MAX_EVENT_ID_BYTES`] or names any other epoch is no id.
 /// The longest epoch an event id carries.
 pub const MAX_EPOCH_BYTES: usize = 64;
 
 /// The longest event id read back (32 channels of a 20-digit seq and a whole epoch fit).
 pub const MAX_EVENT_ID_BYTES: usize = 4096;
 
+/// The positions a one-way stream has reached, one per channel of its URL, written as
+/// an event id and read back from `Last-Event-ID`.
+///
+/// The id lists, in the URL's channel order and separated by `,`, each channel's
+/// `seq:epoch` (the epoch left out when it equals the previous channel's; nothing when
+/// the channel has no position yet; `seq:` alone for no epoch after one that had one).
+/// Channel names stay in the URL, which a reconnecting `EventSource` sends again, so
+/// the id stays short: epochs are the server's own short tokens ([`MAX_EPOCH_BYTES`] of
+/// `A–Z a–z 0–9 - _ .`), and an id that is longer than [`MAX_EVENT_ID_BYTES`] or names
+/// any other epoch is no id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamIds {
     positions: Vec<Option<StreamPosition>>,
@@ -243,13 +251,12 @@ impl StreamIds {
                 continue;
             }
             let _ = write!(out, "{}", position.seq);
-            if let Some(epoch) = epoch {
-                if previous != Some(epoch) {
-                    out.push(':');
-                    out.push_str(epoch);
-                }
-                previous = Some(epoch);
+            if epoch != previous {
+                // `seq:` alone says "no epoch" after a channel that had one.
+                out.push(':');
+                out.push_str(epoch.unwrap_or(""));
             }
+            previous = epoch;
         }
         out
     }
@@ -267,6 +274,7 @@ impl StreamIds {
                 continue;
             }
             let (seq, epoch) = match part.split_once(':') {
+                Some((seq, "")) => (seq, None),
                 Some((seq, epoch)) if is_plain_epoch(epoch) => (seq, Some(epoch.to_owned())),
                 Some(_) => return None,
                 None => (part, previous.clone()),

@@ -354,3 +354,66 @@ fn since_map_order_is_stable() {
         r#"{"action":"subscribe","channels":["a","b"],"since":{"a":2,"b":1}}"#
     );
 }
+
+mod event_stream {
+    use proptest::prelude::*;
+    use tidewire_protocol::StreamPosition;
+    use tidewire_protocol::event_stream::{EventParser, MAX_EVENT_ID_BYTES, StreamIds, write_event};
+
+    fn epoch() -> impl Strategy<Value = Option<String>> {
+        prop::option::of("[a-z0-9][a-z0-9._-]{0,20}")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Whatever the data (any line breaks) and however the bytes are cut, a reader
+        /// gets back the events written, lines joined by `\n`.
+        #[test]
+        fn events_read_back_through_any_cuts(
+            events in prop::collection::vec(("[a-z]{0,8}", "(?s).{0,60}"), 1..6),
+            cut in 1usize..17,
+        ) {
+            let mut out = String::new();
+            for (name, data) in &events {
+                write_event(&mut out, (!name.is_empty()).then_some(name.as_str()), None, data);
+            }
+            let mut parser = EventParser::new(1 << 20);
+            let mut read = Vec::new();
+            for piece in out.as_bytes().chunks(cut) {
+                parser.push(piece, |e| read.push(e)).unwrap();
+            }
+            prop_assert_eq!(read.len(), events.len());
+            for (event, (name, data)) in read.iter().zip(&events) {
+                let expected_name = if name.is_empty() { "message" } else { name.as_str() };
+                prop_assert_eq!(event.name.as_str(), expected_name);
+                prop_assert_eq!(event.data.clone(), data.replace("\r\n", "\n").replace('\r', "\n"));
+            }
+        }
+
+        /// Any bytes: no panic, and never more than the bound held.
+        #[test]
+        fn the_reader_never_panics_and_stays_bounded(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+            let mut parser = EventParser::new(64);
+            let _ = parser.push(&bytes, |e| assert!(e.data.len() <= 64 && e.name.len() <= 64));
+        }
+
+        #[test]
+        fn ids_round_trip(positions in prop::collection::vec(prop::option::of((any::<u64>(), epoch())), 1..33)) {
+            let mut ids = StreamIds::new(positions.len());
+            for (i, position) in positions.iter().enumerate() {
+                if let Some((seq, epoch)) = position {
+                    ids.set(i, StreamPosition { seq: *seq, epoch: epoch.clone() });
+                }
+            }
+            let id = ids.encode();
+            prop_assert!(id.len() <= MAX_EVENT_ID_BYTES);
+            prop_assert_eq!(StreamIds::decode(&id, positions.len()), Some(ids));
+        }
+
+        #[test]
+        fn id_decoding_never_panics(text in "(?s).{0,300}", channels in 0usize..40) {
+            let _ = StreamIds::decode(&text, channels);
+        }
+    }
+}
