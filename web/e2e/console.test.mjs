@@ -12,38 +12,15 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
-import { createServer } from "node:net";
 import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { freePort, launchChromium, waitForHealth } from "./support.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const bin = process.env.TIDEWIRE_BIN;
 const screenshot = process.env.TIDEWIRE_CONSOLE_SCREENSHOT ?? join(here, "..", "..", "target", "e2e", "console.png");
 const secret = "e2e-console-secret-of-at-least-thirty-two-bytes";
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-    server.on("error", reject);
-  });
-}
-
-async function waitForHealth(port, ms = 15000) {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    try {
-      if ((await fetch(`http://127.0.0.1:${port}/health`)).ok) return;
-    } catch {}
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`tidewire did not answer /health on port ${port}`);
-}
 
 /** An HS256 JWT, as the node verifies them. */
 function jwt(claims) {
@@ -63,10 +40,7 @@ test("the console shows the cluster, traces a user, and its buttons end connecti
   });
   const exited = new Promise((resolve) => demo.on("exit", resolve));
   await waitForHealth(port);
-  const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-features=LocalNetworkAccessChecks"],
-  });
+  const browser = await launchChromium();
   try {
     const dashboard = await browser.newPage();
     await dashboard.goto(`http://127.0.0.1:${port}/`);

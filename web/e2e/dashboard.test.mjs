@@ -9,38 +9,14 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { createServer } from "node:net";
 import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { freePort, launchChromium, waitForHealth } from "./support.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const bin = process.env.TIDEWIRE_BIN;
 const screenshot = process.env.TIDEWIRE_E2E_SCREENSHOT ?? join(here, "..", "..", "target", "e2e", "dashboard.png");
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-    server.on("error", reject);
-  });
-}
-
-async function waitForHealth(port, ms = 15000) {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    try {
-      const response = await fetch(`http://127.0.0.1:${port}/health`);
-      if (response.ok) return;
-    } catch {}
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`tidewire did not answer /health on port ${port}`);
-}
 
 function startDemo(port) {
   const child = spawn(bin, ["--listen", `127.0.0.1:${port}`, "--web-dir", join(here, "..", "dist"), "--drain-window", "300ms", "--rate", "300"], {
@@ -66,10 +42,7 @@ test("the dashboard fills, counts, and survives a server restart", { timeout: 12
   const port = await freePort();
   let demo = startDemo(port);
   await waitForHealth(port);
-  const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-features=LocalNetworkAccessChecks"],
-  });
+  const browser = await launchChromium();
   try {
     const page = await browser.newPage({ viewport: { width: 1440, height: 1000 } });
     const errors = [];

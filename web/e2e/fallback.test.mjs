@@ -12,33 +12,10 @@ import { spawn } from "node:child_process";
 import { connect, createServer } from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { freePort, launchChromium, waitForHealth } from "./support.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const bin = process.env.TIDEWIRE_BIN;
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-    server.on("error", reject);
-  });
-}
-
-async function waitForHealth(port, ms = 15000) {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    try {
-      const response = await fetch(`http://127.0.0.1:${port}/health`);
-      if (response.ok) return;
-    } catch {}
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`tidewire did not answer /health on port ${port}`);
-}
 
 function redisAnswers() {
   return new Promise((resolve) => {
@@ -98,10 +75,7 @@ test("behind a proxy that refuses WebSocket, the unchanged dashboard falls back 
   let demo = startDemo(port, prefix);
   await waitForHealth(port);
   const proxy = await blockingProxy(port);
-  const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-features=LocalNetworkAccessChecks"],
-  });
+  const browser = await launchChromium();
   try {
     const page = await browser.newPage({ viewport: { width: 1440, height: 1000 } });
     const errors = [];

@@ -145,6 +145,15 @@ async fn rows_are_published_in_order_by_channel_or_by_route_then_removed_and_bad
     drop_tables(&db, &table).await;
 }
 
+/// Inserts rows `from..=to` on channel `ticks`, each `{"n": n}`.
+async fn insert_ticks(db: &tokio_postgres::Client, table: &str, from: i64, to: i64) {
+    let insert = format!(
+        "INSERT INTO {table} (channel, type, data) SELECT 'ticks', 'tick', jsonb_build_object('n', n) \
+         FROM generate_series($1::bigint, $2::bigint) AS n"
+    );
+    db.execute(&insert, &[&from, &to]).await.unwrap();
+}
+
 /// Reads `channel` on `client` until `total` distinct seqs arrived (or 20 s passed),
 /// counting each row id (`data.n`) delivered.
 async fn collect(client: &mut Client, seen: &mut BTreeMap<i64, u32>, total: usize) {
@@ -194,17 +203,13 @@ async fn two_nodes_share_one_table_and_nothing_is_published_twice_or_lost_across
     table_ready(&db, &table).await;
     let mut reader = listener(&second, "ticks").await;
 
-    let insert = format!(
-        "INSERT INTO {table} (channel, type, data) SELECT 'ticks', 'tick', jsonb_build_object('n', n) \
-         FROM generate_series($1::bigint, $2::bigint) AS n"
-    );
-    db.execute(&insert, &[&1i64, &600i64]).await.unwrap();
+    insert_ticks(&db, &table, 1, 600).await;
     let mut seen = BTreeMap::new();
     collect(&mut reader, &mut seen, 200).await;
     // The first node stops part way; the second takes what is left.
     first.shutdown();
     let _ = tokio::time::timeout(Duration::from_secs(10), &mut first.task).await;
-    db.execute(&insert, &[&601i64, &1000i64]).await.unwrap();
+    insert_ticks(&db, &table, 601, 1000).await;
     collect(&mut reader, &mut seen, 1000).await;
 
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
@@ -387,18 +392,14 @@ async fn a_database_restart_is_ridden_out_and_nothing_is_lost_or_doubled() {
     let db = connect_to(&own.url()).await;
     table_ready(&db, &table).await;
     let mut reader = listener(&server, "ticks").await;
-    let insert = format!(
-        "INSERT INTO {table} (channel, type, data) SELECT 'ticks', 'tick', jsonb_build_object('n', n) \
-         FROM generate_series($1::bigint, $2::bigint) AS n"
-    );
-    db.execute(&insert, &[&1i64, &100i64]).await.unwrap();
+    insert_ticks(&db, &table, 1, 100).await;
     let mut seen = BTreeMap::new();
     collect(&mut reader, &mut seen, 100).await;
     drop(db);
     own.stop();
     own.restart();
     let db = connect_to(&own.url()).await;
-    db.execute(&insert, &[&101i64, &200i64]).await.unwrap();
+    insert_ticks(&db, &table, 101, 200).await;
     collect(&mut reader, &mut seen, 200).await;
     assert_eq!(seen.keys().copied().collect::<Vec<_>>(), (1..=200).collect::<Vec<_>>(), "every row");
     assert!(seen.values().all(|&n| n == 1), "none twice");

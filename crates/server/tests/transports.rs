@@ -45,14 +45,19 @@ async fn subscribe_publish_and_frames_in_order(transport: Transport) {
 
 async fn auth_failures_close_with_terminal_codes(transport: Transport) {
     let server = TestServer::start().await;
-    let mut missing = server.connect(transport, None, "").await;
-    assert_eq!(missing.closed().await.code, 4500);
-    let mut invalid = server.connect(transport, Some("not-a-jwt"), "").await;
-    assert_eq!(invalid.closed().await.code, 4501);
+    let closed = server.connect(transport, None, "").await.closed().await;
+    assert_eq!(closed.code, 4500);
+    assert!(closed.reason.starts_with("AUTH_REQUIRED"), "{}", closed.reason);
+    let closed = server.connect(transport, Some("not.a.jwt"), "").await.closed().await;
+    assert_eq!(closed.code, 4501);
+    assert!(closed.reason.starts_with("AUTH_INVALID"), "{}", closed.reason);
+    let wrong_key = tidewire_server::auth::mint_hs256("another-secret", &claims("u")).unwrap();
+    assert_eq!(server.connect(transport, Some(&wrong_key), "").await.closed().await.code, 4501);
     let mut expired = claims("u");
     expired.exp = unix_now() - 10;
-    let mut client = server.connect(transport, Some(&token_with(&expired)), "").await;
-    assert_eq!(client.closed().await.code, 4502);
+    let closed = server.connect(transport, Some(&token_with(&expired)), "").await.closed().await;
+    assert_eq!(closed.code, 4502);
+    assert!(closed.reason.starts_with("TOKEN_EXPIRED"), "{}", closed.reason);
 }
 
 async fn bad_commands_get_error_codes_and_the_connection_survives(transport: Transport) {
@@ -146,6 +151,14 @@ async fn recovery_fails_honestly_when_history_is_gone(transport: Transport) {
     let subscribed = client.subscribe_with("routing-metrics", json!({}), Some(json!({"routing-metrics": 3}))).await;
     assert_eq!((subscribed["recovered"].clone(), subscribed["seq"].clone()), (json!(false), json!(20)));
     assert_eq!(client.try_next(Duration::from_millis(200)).await, Ok(None), "no partial replay");
+    // Within the history: exactly what was missed.
+    let mut ok = server.client_on(transport, "u").await;
+    ok.next().await;
+    let subscribed = ok.subscribe_with("routing-metrics", json!({}), Some(json!({"routing-metrics": 16}))).await;
+    assert_eq!(subscribed["recovered"], true);
+    for seq in 17..=20 {
+        assert_eq!(ok.next().await["seq"], seq);
+    }
 }
 
 async fn a_client_behind_gets_exact_gap_notices(transport: Transport) {
@@ -165,6 +178,7 @@ async fn a_client_behind_gets_exact_gap_notices(transport: Transport) {
         match message["type"].as_str().unwrap() {
             "gap" => {
                 assert_eq!(message["reason"], "overflow");
+                assert_eq!(message["channel"], "routing-metrics");
                 for seq in message["from"].as_u64().unwrap()..=message["to"].as_u64().unwrap() {
                     assert!(seen.insert(seq), "seq {seq} reported twice");
                 }
@@ -178,7 +192,7 @@ async fn a_client_behind_gets_exact_gap_notices(transport: Transport) {
 async fn graceful_shutdown_closes_with_1012(transport: Transport) {
     let mut server = TestServer::with(|c| c.drain_window = Duration::from_millis(300)).await;
     let mut clients = Vec::new();
-    for i in 0..3 {
+    for i in 0..5 {
         let mut client = server.client_on(transport, &format!("u{i}")).await;
         client.next().await;
         clients.push(client);
@@ -213,8 +227,23 @@ async fn too_many_channels_are_refused(transport: Transport) {
     let server = TestServer::with(|c| c.max_channels = 2).await;
     let mut client = server.client_on(transport, "u").await;
     client.next().await;
-    client.send(r#"{"action":"subscribe","channels":["a","b","c"]}"#).await;
-    assert_eq!(client.expect_type("error").await["code"], "TOO_MANY_CHANNELS");
+    // A command naming more distinct channels than a connection may hold is refused
+    // whole, with one error; repeats count once.
+    client.send(r#"{"action":"subscribe","id":1,"channels":["a","b","c","a"]}"#).await;
+    let refused = client.next().await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str(), refused["id"].as_u64()),
+        (Some("error"), Some("TOO_MANY_CHANNELS"), Some(1))
+    );
+    client.send(r#"{"action":"subscribe","channels":["a","b","a","b"]}"#).await;
+    client.send(r#"{"action":"subscribe","channels":["c","a"]}"#).await;
+    let mut summary = Vec::new();
+    for _ in 0..4 {
+        let m = client.next().await;
+        let code = m.get("code").and_then(serde_json::Value::as_str);
+        summary.push(format!("{}:{}", m["type"].as_str().unwrap(), code.unwrap_or(m["channel"].as_str().unwrap())));
+    }
+    assert_eq!(summary, ["subscribed:a", "subscribed:b", "error:TOO_MANY_CHANNELS", "subscribed:a"]);
 }
 
 async fn an_expiring_token_closes_unless_refreshed(transport: Transport) {
@@ -225,6 +254,8 @@ async fn an_expiring_token_closes_unless_refreshed(transport: Transport) {
     refreshed.next().await;
     refreshed.send_value(json!({"action":"refresh","id":1,"token":token("r")})).await;
     assert_eq!(refreshed.expect_type("refreshed").await["id"], 1);
+    refreshed.send_value(json!({"action":"refresh","id":2,"token":token("someone-else")})).await;
+    assert_eq!(refreshed.expect_type("error").await["code"], "FORBIDDEN");
 
     let mut unrefreshed = claims("r");
     unrefreshed.exp = unix_now() + 1;
@@ -663,4 +694,52 @@ async fn curl_shows_the_one_way_stream_live() {
             break;
         }
     }
+}
+
+#[tokio::test]
+async fn a_session_reads_one_post_at_a_time() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start().await;
+    let mut client = server.client_on(Transport::Http, "u").await;
+    client.next().await;
+    let id = client.http().id.clone().unwrap();
+    // A POST whose body never comes holds the session's one place…
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /http/send HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nTidewire-Session: {id}\r\n\
+         Content-Length: 100\r\n\r\n{{",
+        server.addr,
+        token("u")
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // …so another is refused without being read, and told when to come back.
+    let (head, body) = http_exchange_with(&server, &id).await;
+    assert!(head.starts_with("http/1.1 429") && head.contains("retry-after: 1"), "{head}");
+    assert!(body.contains("RATE_LIMIT_EXCEEDED"), "{body}");
+    // Once the first gives up, the session takes POSTs again.
+    drop(slow);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _) = post_command(server.addr, Some(&id), Some(&token("u")), br#"{"action":"ping","id":2}"#).await;
+        if status == 204 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the session stayed busy: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(client.expect_type("pong").await["id"], 2);
+}
+
+/// A ping POSTed to session `id`: the status line and headers (lowercased) and the body.
+async fn http_exchange_with(server: &TestServer, id: &str) -> (String, String) {
+    let request = format!(
+        "POST /http/send HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nTidewire-Session: {id}\r\n\
+         Content-Length: 17\r\nConnection: close\r\n\r\n{{\"action\":\"ping\"}}",
+        server.addr,
+        token("u")
+    );
+    let response = raw_exchange(server, &request).await;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (head.to_ascii_lowercase(), body.to_owned())
 }

@@ -413,3 +413,46 @@ impl Registry {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ping() -> Inbound {
+        Ok(Message::Text(r#"{"action":"ping"}"#.into()))
+    }
+
+    #[test]
+    fn a_session_takes_at_most_its_queue_all_or_none_and_one_post_at_a_time() {
+        let registry = Arc::new(Registry::default());
+        let (registration, mut inbound) = Registry::open(&registry, "alice").unwrap();
+        let door = registry.door(&registration.id).expect("the door of a live session");
+        assert_eq!(door.deliver((0..INBOUND_COMMANDS).map(|_| ping()).collect()), Ok(()));
+        assert_eq!(door.deliver(vec![ping()]), Err(Undeliverable::Full));
+        assert!(inbound.try_recv().is_ok());
+        // One place free: two commands do not fit, and neither is taken.
+        assert_eq!(door.deliver(vec![ping(), ping()]), Err(Undeliverable::Full));
+        assert_eq!(door.deliver(vec![ping()]), Ok(()));
+        let claim = door.claim().expect("the first POST");
+        assert!(door.claim().is_none(), "a second POST while the first is read");
+        drop(claim);
+        assert!(door.claim().is_some(), "free again once the first is done");
+        let id = registration.id.clone();
+        drop(registration);
+        assert!(registry.door(&id).is_none(), "gone with its registration");
+        drop(inbound);
+        assert_eq!(door.deliver(vec![ping()]), Err(Undeliverable::Unknown), "the session's loop ended");
+    }
+
+    #[test]
+    fn ids_of_another_shape_find_nothing() {
+        let registry = Arc::new(Registry::default());
+        let (registration, _inbound) = Registry::open(&registry, "").unwrap();
+        assert_eq!(registration.id.len(), 32);
+        for bad in ["", "x", &registration.id[..31], &format!("{}0", registration.id), &registration.id.to_uppercase()]
+        {
+            assert!(registry.door(bad).is_none(), "{bad:?}");
+        }
+        assert!(registry.door(&registration.id).is_some());
+    }
+}

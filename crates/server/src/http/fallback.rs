@@ -72,10 +72,20 @@ fn admit(hub: &Hub, peer: Option<std::net::IpAddr>, headers: &HeaderMap) -> Resu
     Ok(())
 }
 
-/// An event-stream response reading `feed`: never cached, transformed or buffered by
-/// proxies that honour the headers, and the last response of its connection (which
-/// gave its place in the HTTP limits to the session: see [`crate::hub::HttpPlace`]).
-fn event_stream(feed: http_link::Feed) -> Response {
+/// Runs the connection loop on `link` in a task of its own, and answers with its event
+/// stream: never cached, transformed or buffered by proxies that honour the headers,
+/// and the last response of its connection (which gave its place in the HTTP limits to
+/// the session: see [`crate::hub::HttpPlace`]).
+fn serve_stream(
+    hub: Hub,
+    (link, feed): (http_link::HttpLink, http_link::Feed),
+    auth: Result<crate::auth::Grant, crate::auth::AuthError>,
+    greeting: Greeting,
+    peer: Option<std::net::IpAddr>,
+    headers: &HeaderMap,
+) -> Response {
+    let address = peer.map(|ip| super::client_address(&hub, ip, headers));
+    tokio::spawn(connection::serve(link, hub, auth, greeting, address));
     let mut response = Body::from_stream(feed).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -114,11 +124,9 @@ pub async fn stream(
         // Refused: the loop sends the close event, and no command can come.
         Err(_) => (None, mpsc::channel(1).1),
     };
-    let (link, feed) = http_link::link(Format::Frames, inbound, registration, http_place(place));
+    let link = http_link::link(Format::Frames, inbound, registration, http_place(place));
     let greeting = Greeting { channels: super::channel_list(params.channels.as_deref()), since: None };
-    let address = peer_ip.map(|ip| super::client_address(&hub, ip, &headers));
-    tokio::spawn(connection::serve(link, hub, auth, greeting, address));
-    event_stream(feed)
+    serve_stream(hub, link, auth, greeting, peer_ip, &headers)
 }
 
 /// `POST /http/send`: commands for the session the `Tidewire-Session` header names, one
@@ -156,11 +164,11 @@ pub async fn send(
     // Room first, then the body: a session never has more than one body being read.
     let Some(_claim) = door.claim() else { return busy(&hub, "the session is reading another POST") };
     let per_command = hub.config().max_message_bytes;
-    let bytes = match read_body_within(&hub, &headers, body, per_command * http_link::INBOUND_COMMANDS).await {
+    let per_post = per_command * http_link::INBOUND_COMMANDS;
+    let bytes = match read_body_within(&hub, &headers, body, per_post).await {
         Ok(bytes) => bytes,
         Err(BodyRefusal::TooBig { declared, .. }) => {
-            let size = declared.unwrap_or(per_command * http_link::INBOUND_COMMANDS + 1);
-            return too_big(&hub, &door, size, per_command);
+            return too_big(&hub, &door, declared.unwrap_or(per_post + 1), per_command);
         }
         Err(refusal) => return refusal.response(&hub),
     };
@@ -236,8 +244,6 @@ pub async fn events(
     let since = resumed.map(|ids| one_way.since(&ids)).unwrap_or_default();
     let greeting = Greeting { channels, since: (!since.is_empty()).then(|| Box::new(since)) };
     // No sender: nothing comes in on a one-way stream.
-    let (link, feed) = http_link::link(Format::Messages(one_way), mpsc::channel(1).1, None, http_place(place));
-    let address = peer_ip.map(|ip| super::client_address(&hub, ip, &headers));
-    tokio::spawn(connection::serve(link, hub, auth, greeting, address));
-    event_stream(feed)
+    let link = http_link::link(Format::Messages(one_way), mpsc::channel(1).1, None, http_place(place));
+    serve_stream(hub, link, auth, greeting, peer_ip, &headers)
 }
