@@ -18,7 +18,7 @@ WORKDIR /src
 COPY . .
 # The dashboard (wasm client package + esbuild bundle), then the static binary.
 RUN cargo xtask web \
- && CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target x86_64-unknown-linux-musl \
+ && CC_x86_64_unknown_linux_musl=musl-gcc CC=musl-gcc HOST_CC=gcc cargo build --release --locked --target x86_64-unknown-linux-musl \
       -p tidewire-server --bin tidewire -p tidewire-desk --bin tidewire-desk
 
 FROM gcr.io/distroless/static-debian12:nonroot

@@ -13,6 +13,12 @@ use crate::step;
 
 const TARGET: &str = "x86_64-unknown-linux-musl";
 
+/// The C compilers of the static build: musl's for the target (`cc`-built crates read
+/// `CC_<target>`; librdkafka's own configure script reads `CC`), the host's for build
+/// scripts. The `Dockerfile` sets the same.
+const MUSL_ENV: &[(&str, &str)] =
+    &[("CC_x86_64_unknown_linux_musl", "musl-gcc"), ("CC", "musl-gcc"), ("HOST_CC", "gcc")];
+
 pub fn test() -> Result<(), String> {
     let root = crate::root();
     step("container: the Dockerfile's static release binary and its healthcheck");
@@ -40,7 +46,7 @@ pub fn test() -> Result<(), String> {
             "--bin",
             "tidewire-desk",
         ],
-        &[("CC_x86_64_unknown_linux_musl", "musl-gcc")],
+        MUSL_ENV,
     )?;
     let binary = root.join("target").join(TARGET).join("release").join("tidewire");
     for built in [&binary, &root.join("target").join(TARGET).join("release").join("tidewire-desk")] {

@@ -22,7 +22,9 @@ fn run_suite() -> Result<(), String> {
     lint()?;
 
     step("Rust tests (cargo test --workspace)");
-    process::run(&root, &cargo, &["test", "--workspace", "--locked"])?;
+    let tansu = crate::tools::tansu()?;
+    let tansu = tansu.to_str().ok_or("the tansu path is not UTF-8")?;
+    process::run_with_env(&root, &cargo, &["test", "--workspace", "--locked"], &[("TIDEWIRE_TANSU", tansu)])?;
 
     step("the protocol crate builds for wasm32-unknown-unknown");
     crate::tools::ensure_wasm_target()?;

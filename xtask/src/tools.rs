@@ -4,6 +4,9 @@
 //!   `wasm-bindgen` crate in `Cargo.lock`; it is built from crates.io into
 //!   `target/tools` once, never installed globally.
 //! - Chromium and ChromeDriver come from the system's packages (`apt-get`, as root).
+//! - `tansu`, the Kafka-protocol broker the Kafka source's tests start, is built from
+//!   crates.io once per machine into cargo's own bin directory (outside the checkout, so
+//!   a fresh clone does not build it again: it takes minutes).
 
 use std::path::{Path, PathBuf};
 
@@ -54,6 +57,35 @@ pub fn wasm_bindgen() -> Result<(PathBuf, PathBuf), String> {
         )?;
     }
     Ok((cli, runner))
+}
+
+/// The tansu version the Kafka tests were written against.
+const TANSU_VERSION: &str = "0.6.0";
+
+/// The `tansu` broker: `TIDEWIRE_TANSU` if set, else cargo's bin directory, built there
+/// (with the memory storage the tests use) when missing or of another version.
+pub fn tansu() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("TIDEWIRE_TANSU") {
+        return Ok(path.into());
+    }
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .ok_or("neither CARGO_HOME nor HOME is set")?;
+    let binary = cargo_home.join("bin").join("tansu");
+    let installed = output(binary.to_str().unwrap_or_default(), &["--version"]).unwrap_or_default();
+    if !installed.split_whitespace().any(|word| word == TANSU_VERSION) {
+        println!(
+            "    building the Kafka-protocol broker tansu {TANSU_VERSION} into {} (once per machine)",
+            binary.display()
+        );
+        process::run(
+            &crate::root(),
+            &cargo(),
+            &["install", "tansu", "--version", TANSU_VERSION, "--locked", "--features", "dynostore", "--force"],
+        )?;
+    }
+    Ok(binary)
 }
 
 /// Installs Debian packages with apt-get when run as root; otherwise says which to

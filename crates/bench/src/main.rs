@@ -28,6 +28,7 @@
 mod attack;
 mod deltas;
 mod http_stream;
+mod kafka;
 mod load;
 mod outbox;
 mod process;
@@ -71,6 +72,8 @@ enum Command {
     Deltas(DeltasArgs),
     /// The PostgreSQL outbox source from insert to subscribers (see `outbox.rs`).
     Outbox(outbox::OutboxArgs),
+    /// The Kafka source from producer to subscribers (see `kafka.rs`).
+    Kafka(kafka::KafkaArgs),
     /// The attackers of `attack`, in their own process (started by it).
     #[command(hide = true)]
     AttackWorker {
@@ -300,6 +303,7 @@ fn main() -> std::process::ExitCode {
                 Ok(Vec::new())
             }
             Command::Outbox(args) => outbox::run(&args).await.map(|r| vec![r]),
+            Command::Kafka(args) => kafka::run(&args).await.map(|r| vec![r]),
             Command::Fanout(args) => load::fanout(&args).await.map(|r| vec![r]),
             Command::Idle(args) => load::idle(&args).await.map(|r| vec![r]),
             Command::Suite(args) => load::suite(&args).await,

@@ -156,8 +156,9 @@ async fn measure(
     })
 }
 
-/// Counts the rows delivered and records each one's latency from its insert.
-async fn read(
+/// Counts the messages delivered and records each one's latency from the microsecond
+/// its source stamped in it (`sentAt`); the Kafka bench reads the same way.
+pub(crate) async fn read(
     mut ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
     mut stop: watch::Receiver<bool>,
 ) -> (u64, Histogram<u64>) {

@@ -42,6 +42,20 @@ pub struct IngestLabel {
     pub outcome: &'static str,
 }
 
+/// One ingest source.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
+}
+
+/// One partition of a source that reads partitioned logs (Kafka).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    pub source: String,
+    pub topic: String,
+    pub partition: i32,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabel {
     pub code: &'static str,
@@ -72,6 +86,10 @@ pub struct Metrics {
     pub http_sessions: Gauge,
     pub command_errors: Family<ErrorLabel, Counter>,
     pub ingest_events: Family<IngestLabel, Counter>,
+    /// Messages a Kafka source has yet to commit, per assigned partition.
+    pub ingest_consumer_lag: Family<PartitionLabel, Gauge>,
+    /// Partitions a Kafka source holds in its consumer group.
+    pub ingest_partitions: Family<SourceLabel, Gauge>,
 }
 
 impl Metrics {
@@ -101,6 +119,8 @@ impl Metrics {
             http_sessions: Gauge::default(),
             command_errors: Family::default(),
             ingest_events: Family::default(),
+            ingest_consumer_lag: Family::default(),
+            ingest_partitions: Family::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open WebSocket connections", metrics.connections.clone());
@@ -160,6 +180,16 @@ impl Metrics {
             "ingest_events",
             "Broker events, by source and outcome (published, dead_lettered, retried)",
             metrics.ingest_events.clone(),
+        );
+        registry.register(
+            "ingest_consumer_lag",
+            "Messages between a Kafka source's committed offset and the end of each partition it holds",
+            metrics.ingest_consumer_lag.clone(),
+        );
+        registry.register(
+            "ingest_partitions",
+            "Partitions a Kafka source holds in its consumer group",
+            metrics.ingest_partitions.clone(),
         );
         Metrics { registry, ..metrics }
     }

@@ -131,7 +131,7 @@ async fn consume(hub: &Hub, source: &AmqpSource, routes: &[Route], backoff: &mut
                 delivery.ack(BasicAckOptions::default()).await?;
             }
             Outcome::DeadLetter(reason) => dead_letters.send(delivery, &reason).await?,
-            Outcome::Retry(_) => {
+            Outcome::Retry(_) | Outcome::Unavailable(_) => {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await?;
             }

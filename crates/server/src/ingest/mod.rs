@@ -18,6 +18,11 @@
 //! url = "postgres://app@127.0.0.1:5432/app"
 //! table = "tidewire_outbox"       # created if missing, with tidewire_outbox_dead
 //!
+//! [[kafka]]                      # a consumer group member (see `kafka.rs`)
+//! brokers = ["127.0.0.1:9092"]
+//! topics = ["market-data.*"]
+//! group = "tidewire"
+//!
 //! [[route]]
 //! when_field = "assessmentId"
 //! channel = "assessment#{assessmentId}"
@@ -33,12 +38,13 @@
 //! route can publish go to a dead-letter path (an AMQP dead-letter exchange and queue, a
 //! NATS subject) with the reason, and are counted. Core NATS is at most once by nature.
 //! An outbox row is deleted in the transaction that follows its publication, and
-//! published with an idempotency key of its own, so a node that stops part way does not
-//! publish it twice. Sources reconnect with exponential backoff. A Kafka source would
-//! take the same shape (route, publish, then commit the offsets the node accepted); it
-//! is not built yet.
+//! publish it twice. A Kafka message's offset is committed only after the node accepted
+//! it, and what a node reads again after a crash or a rebalance carries the idempotency
+//! key of its partition and offset, so it is published once. Sources reconnect with
+//! exponential backoff.
 
 mod amqp;
+pub mod kafka;
 mod nats;
 pub mod postgres;
 pub mod routing;
@@ -153,6 +159,76 @@ pub struct PostgresSource {
     pub max_reconnect_wait: Duration,
 }
 
+/// Where a new consumer group starts reading a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartPosition {
+    /// The oldest message the broker keeps.
+    Earliest,
+    /// Only what arrives after the group first joins.
+    Latest,
+}
+
+/// A Kafka source (see `kafka.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSource {
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    /// Topic names, or patterns in the routing keys' syntax (`market-data.*`,
+    /// `trading.#`), or regular expressions starting with `^`.
+    pub topics: Vec<String>,
+    /// The consumer group: nodes in one group share the partitions.
+    pub group: String,
+    /// Where a group with no committed offset starts.
+    #[serde(default = "default_start")]
+    pub start: StartPosition,
+    /// Where unpublishable messages go, with the reason in a header.
+    #[serde(default = "default_dead_topic")]
+    pub dead_letter_topic: String,
+    /// Create the dead-letter topic when missing (one partition, the broker's
+    /// replication).
+    #[serde(default = "default_true")]
+    pub create_dead_letter_topic: bool,
+    /// How often offsets of published messages are committed.
+    #[serde(default = "default_commit_interval", deserialize_with = "duration_text::parse")]
+    pub commit_interval: Duration,
+    /// How often the consumer lag is measured.
+    #[serde(default = "default_lag_interval", deserialize_with = "duration_text::parse")]
+    pub lag_interval: Duration,
+    /// Times a message the node refuses for now is tried before it is dead-lettered.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: i32,
+    /// Bytes the client may hold fetched ahead of the node, all partitions together.
+    #[serde(default = "default_kafka_prefetch_bytes")]
+    pub max_prefetch_bytes: u32,
+    /// Further librdkafka settings (security, timeouts), applied last.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+    #[serde(default = "default_backoff_min", deserialize_with = "duration_text::parse")]
+    pub reconnect_delay: Duration,
+    #[serde(default = "default_backoff_max", deserialize_with = "duration_text::parse")]
+    pub max_reconnect_wait: Duration,
+}
+
+fn default_start() -> StartPosition {
+    StartPosition::Latest
+}
+fn default_dead_topic() -> String {
+    "tidewire.dead".to_owned()
+}
+fn default_commit_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_lag_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_kafka_prefetch_bytes() -> u32 {
+    16 << 20
+}
+
 fn default_outbox_table() -> String {
     "tidewire_outbox".to_owned()
 }
@@ -196,6 +272,8 @@ pub struct IngestConfig {
     #[serde(default)]
     pub postgres: Vec<PostgresSource>,
     #[serde(default)]
+    pub kafka: Vec<KafkaSource>,
+    #[serde(default)]
     pub route: Vec<Route>,
 }
 
@@ -214,7 +292,7 @@ impl IngestConfig {
         let text = std::fs::read_to_string(path).map_err(|source| IngestError::Read { path: shown.clone(), source })?;
         let config: IngestConfig =
             toml::from_str(&text).map_err(|e| IngestError::Invalid { path: shown.clone(), message: e.to_string() })?;
-        if config.route.is_empty() && (!config.amqp.is_empty() || !config.nats.is_empty()) {
+        if config.route.is_empty() && (!config.amqp.is_empty() || !config.nats.is_empty() || !config.kafka.is_empty()) {
             return Err(IngestError::Invalid {
                 path: shown,
                 message: "sources need at least one [[route]]".to_owned(),
@@ -238,6 +316,9 @@ impl IngestConfig {
                 return Err(format!("[[postgres]] {}: batch and max_attempts must be at least 1", source.name));
             }
         }
+        for source in &self.kafka {
+            kafka::check(source).map_err(|message| format!("[[kafka]] {}: {message}", source.name))?;
+        }
         Ok(())
     }
 }
@@ -257,8 +338,12 @@ pub enum Outcome {
     Published,
     /// Never publishable: dead-letter it (with the reason) and acknowledge.
     DeadLetter(String),
-    /// The node could not take it now (the broker behind it is down): redeliver later.
+    /// The node refused it for now (a publish rate, an internal error): redeliver later,
+    /// a limited number of times where the source counts them.
     Retry(String),
+    /// The node cannot publish anything now (the broker behind the hub is down): redeliver
+    /// later, without counting it against the event.
+    Unavailable(String),
 }
 
 /// Routes and publishes one event.
@@ -278,12 +363,8 @@ pub async fn deliver_publication(
         Err(unroutable) => Outcome::DeadLetter(unroutable),
         Ok(publication) => match hub.publish(publication).await {
             Ok(_) => Outcome::Published,
-            Err(e)
-                if matches!(
-                    e.code,
-                    ErrorCode::Unavailable | ErrorCode::InternalError | ErrorCode::RateLimitExceeded
-                ) =>
-            {
+            Err(e) if e.code == ErrorCode::Unavailable => Outcome::Unavailable(e.to_string()),
+            Err(e) if matches!(e.code, ErrorCode::InternalError | ErrorCode::RateLimitExceeded) => {
                 Outcome::Retry(e.to_string())
             }
             Err(e) => Outcome::DeadLetter(e.to_string()),
@@ -295,7 +376,7 @@ pub async fn deliver_publication(
             tracing::warn!(source, key, reason, "event dead-lettered");
             "dead_lettered"
         }
-        Outcome::Retry(reason) => {
+        Outcome::Retry(reason) | Outcome::Unavailable(reason) => {
             tracing::debug!(source, key, reason, "event will be redelivered");
             "retried"
         }
@@ -315,6 +396,9 @@ pub fn start(hub: &Hub, config: IngestConfig) {
     }
     for source in config.postgres {
         tokio::spawn(postgres::run(hub.clone(), source, routes.clone()));
+    }
+    for source in config.kafka {
+        tokio::spawn(kafka::run(hub.clone(), source, routes.clone()));
     }
 }
 

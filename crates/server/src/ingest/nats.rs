@@ -74,7 +74,7 @@ async fn consume_core(hub: &Hub, source: &NatsSource, routes: &[Route], backoff:
             Outcome::Published => {}
             Outcome::DeadLetter(reason) => dead_letter(&client, source, &reason, message.payload.clone()).await,
             // Core NATS cannot redeliver: the event is lost, and said so (use JetStream).
-            Outcome::Retry(reason) => {
+            Outcome::Retry(reason) | Outcome::Unavailable(reason) => {
                 dead_letter(&client, source, &format!("not accepted: {reason}"), message.payload.clone()).await
             }
         }
@@ -138,7 +138,9 @@ async fn consume_jetstream(
                 dead_letter(&client, source, &reason, message.payload.clone()).await;
                 message.ack_with(AckKind::Term).await?;
             }
-            Outcome::Retry(_) => message.ack_with(AckKind::Nak(Some(Duration::from_millis(500)))).await?,
+            Outcome::Retry(_) | Outcome::Unavailable(_) => {
+                message.ack_with(AckKind::Nak(Some(Duration::from_millis(500)))).await?
+            }
         }
     }
 }

@@ -29,10 +29,11 @@
 //! committing leaves them for the next batch, whose publications the hub recognises
 //! within its idempotency window (so they are not published twice), and at least once
 //! after it. A row no route can publish, or the hub refuses for good, moves to
-//! `<table>_dead` with the reason; a row the node cannot publish now (the broker behind
-//! it is down, a publish rate) stops the batch and is tried again, and after
-//! `max_attempts` it moves to the dead table too, so a poison row never blocks the
-//! table behind it. `LISTEN`/`NOTIFY` wakes the source at once; a poll every
+//! `<table>_dead` with the reason; a row the node refuses for now (a publish rate, an
+//! internal error) stops the batch and is tried again, and after `max_attempts` it
+//! moves to the dead table too, so a poison row never blocks the table behind it. While
+//! the broker behind the hub is down no row is to blame: the batch waits, uncounted.
+//! `LISTEN`/`NOTIFY` wakes the source at once; a poll every
 //! `poll_interval` covers a lost notification.
 
 use std::sync::Arc;
@@ -224,6 +225,11 @@ async fn batch(hub: &Hub, source: &PostgresSource, routes: &[Route], client: &mu
             Outcome::Retry(_) => {
                 // The rows behind it wait: order first.
                 tx.execute(&format!("UPDATE {table} SET attempts = attempts + 1 WHERE id = $1"), &[&row.id]).await?;
+                outcome = Batch::Stalled;
+                break;
+            }
+            // Nothing can be published now: the row is not to blame, and waits uncounted.
+            Outcome::Unavailable(_) => {
                 outcome = Batch::Stalled;
                 break;
             }
