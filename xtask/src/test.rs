@@ -3,7 +3,8 @@
 //! Steps, in order: the generated TypeScript is current; the code is rustfmt-formatted
 //! and clippy finds nothing (`-D warnings`, native and wasm, with the workspace's lints);
 //! rustdoc finds no broken link;
-//! every Rust test passes (the tidy tests among them); the
+//! every Rust test passes (the tidy tests among them; the Kafka tests with the `tansu`
+//! broker, built once per machine when missing); the
 //! protocol crate builds for `wasm32-unknown-unknown`; the client's npm package and the
 //! dashboard build; the TypeScript (bindings, package API, dashboard) compiles under
 //! `tsc --strict`; the browser client's tests run in headless Chromium against a real
