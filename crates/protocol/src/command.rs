@@ -248,6 +248,16 @@ pub struct NewPublication {
 /// The longest idempotency key, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 64;
 
+/// Prefixes of the idempotency keys the node's own sources publish with (`pg:` for the
+/// outbox, `kafka:` for Kafka): a client may not use them, or it could publish ahead of
+/// a source's event under that event's key and have the event recognised as a repeat.
+pub const RESERVED_IDEMPOTENCY_PREFIXES: [&str; 2] = ["pg:", "kafka:"];
+
+/// Whether `key` belongs to the node's own sources.
+pub fn is_reserved_idempotency_key(key: &str) -> bool {
+    RESERVED_IDEMPOTENCY_PREFIXES.iter().any(|prefix| key.starts_with(prefix))
+}
+
 /// Where a client last was in a channel's stream.
 ///
 /// On the wire either a bare seq (`17`) or `{"seq":17,"epoch":"…"}`. With an epoch, the

@@ -43,9 +43,10 @@ pub fn run(config: Config, extend: impl FnOnce(&Hub, SocketAddr, Router) -> Rout
                 return ExitCode::FAILURE;
             }
         };
+        let mut sources = Vec::new();
         if let Some(path) = hub.config().ingest.clone() {
             match crate::ingest::IngestConfig::load(&path) {
-                Ok(ingest) => crate::ingest::start(&hub, ingest),
+                Ok(ingest) => sources = crate::ingest::start(&hub, ingest),
                 Err(e) => {
                     tracing::error!("{e}");
                     return ExitCode::FAILURE;
@@ -68,7 +69,13 @@ pub fn run(config: Config, extend: impl FnOnce(&Hub, SocketAddr, Router) -> Rout
         };
         let app = extend(&hub, addr, crate::router(hub.clone()));
         tracing::info!(%addr, "tidewire listening (ws://{addr}/ws)");
-        match server::serve_app(listener, hub, app, server::signal()).await {
+        let served = server::serve_app(listener, hub, app, server::signal()).await;
+        // The sources stop with the drain; let them finish (a last commit) for a while.
+        let finished = futures_util::future::join_all(sources);
+        if tokio::time::timeout(std::time::Duration::from_secs(10), finished).await.is_err() {
+            tracing::warn!("ingest sources did not stop within 10 s");
+        }
+        match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("server failed: {e}");

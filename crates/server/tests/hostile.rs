@@ -644,4 +644,14 @@ async fn a_publish_sent_twice_with_one_idempotency_key_is_published_once() {
     let long = "k".repeat(65);
     publisher.send_value(publish(4, &long)).await;
     assert_eq!(publisher.expect_type("error").await["code"], "BAD_REQUEST");
+    // The node's sources' keys: a client publishing one first would make the source's
+    // event look like a repeat of it.
+    for (id, key) in [(5, "kafka:0:7:0123456789abcdef"), (6, "pg:42:tidewire_outbox")] {
+        publisher.send_value(publish(id, key)).await;
+        let refused = publisher.expect_type("error").await;
+        assert_eq!(refused["code"], "BAD_REQUEST", "{refused}");
+        assert!(refused["message"].as_str().unwrap().contains("belong to the node's sources"), "{refused}");
+    }
+    let body = r#"{"channel":"orders","type":"order","data":{"n":1},"idempotencyKey":"kafka:0:8:x"}"#;
+    assert_eq!(post_publish(&server, Some(&publisher_token()), body).await.0, 400);
 }

@@ -166,7 +166,7 @@ pub async fn publish(State(hub): State<Hub>, headers: HeaderMap, body: Body) -> 
         );
     }
     for item in &items {
-        if let Err(e) = hub.check(item) {
+        if let Err(e) = hub.check(item).and_then(|()| crate::hub::check_client_publication(item)) {
             return error_response(e.code, e.message);
         }
         if let Err(e) = grant.check_publish(&item.channel) {

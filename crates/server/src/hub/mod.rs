@@ -683,6 +683,21 @@ fn check_envelope(new: &NewPublication) -> Result<(), PublishError> {
     Ok(())
 }
 
+/// What a client's publication may not carry beyond what any publication may not: an
+/// idempotency key of the node's own sources.
+pub fn check_client_publication(new: &NewPublication) -> Result<(), PublishError> {
+    match &new.idempotency_key {
+        Some(key) if tidewire_protocol::command::is_reserved_idempotency_key(key) => Err(PublishError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "idempotencyKey may not start with {}: those keys belong to the node's sources",
+                tidewire_protocol::command::RESERVED_IDEMPOTENCY_PREFIXES.join(" or ")
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub fn invalid_channel(name: &str, error: ChannelError) -> String {
     let shown: String = name.chars().take(64).collect();
     format!("invalid channel {shown:?}: {error}")

@@ -6,7 +6,7 @@
 //! brokers = ["127.0.0.1:9092"]
 //! topics = ["market-data.*", "trading.#", "alerts"]  # routing-key patterns, names, or ^regex
 //! group = "tidewire"
-//! start = "latest"                  # where a new group starts: "earliest" or "latest"
+//! start = "earliest"                # where a new group starts: "earliest" or "latest"
 //! dead_letter_topic = "tidewire.dead"
 //! ```
 //!
@@ -24,8 +24,9 @@
 //! dead-letter topic took the message. A node that stops, crashes or loses a partition
 //! in a rebalance leaves the messages after its last commit to be read again: at least
 //! once. Those repeats are published with the idempotency key
-//! `kafka:<partition>:<offset>:<topic>`, so within the hub's idempotency window a
-//! message read twice, by this node or another, is published once.
+//! `kafka:<partition>:<offset>:<hash of cluster id and topic>` (a prefix clients may not
+//! use), so within the hub's idempotency window a message read twice, by this node or
+//! another, is published once.
 //!
 //! **Order**: messages are handled one at a time, in the order the client hands them
 //! over, which keeps each partition's order and so the order of every channel fed
@@ -37,7 +38,10 @@
 //! JSON, too large, an invalid channel), goes to `dead_letter_topic` with its key, its
 //! payload and the headers `Tidewire-Dead-Letter-Reason`, `Tidewire-Source-Topic`,
 //! `-Partition` and `-Offset`; one too large for the dead-letter topic goes without its
-//! payload, so a bad message never blocks the partition behind it.
+//! payload (then its key), and one the topic keeps refusing is skipped after
+//! `max_attempts`, logged and counted, so a bad message never blocks the partition
+//! behind it for good. The subscription never includes the dead-letter topic or
+//! Kafka's internal `__` topics.
 //!
 //! **Bounds**: the client fetches ahead at most `max_prefetch_bytes` for all partitions
 //! together; consumer lag per assigned partition is exported every `lag_interval` as
@@ -58,7 +62,7 @@ use rdkafka::{ClientConfig, ClientContext, Message, TopicPartitionList};
 use super::routing::{self, Route};
 use super::{Backoff, KafkaSource, Outcome, StartPosition};
 use crate::hub::Hub;
-use crate::metrics::{PartitionLabel, SourceLabel};
+use crate::metrics::{IngestLabel, PartitionLabel, SourceLabel};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -92,6 +96,12 @@ pub fn check(source: &KafkaSource) -> Result<(), String> {
     }
     if !valid_topic_name(&source.dead_letter_topic) {
         return Err(format!("dead_letter_topic {:?} is not a topic name", source.dead_letter_topic));
+    }
+    if source.topics.iter().any(|t| t == &source.dead_letter_topic) {
+        return Err(format!("topics name the dead_letter_topic {:?}", source.dead_letter_topic));
+    }
+    if let Some(own) = source.properties.keys().find(|name| OWN_PROPERTIES.contains(&name.as_str())) {
+        return Err(format!("properties: {own:?} is set by the source itself (see its own settings)"));
     }
     if source.group.is_empty() {
         return Err("group must not be empty".to_owned());
@@ -160,16 +170,41 @@ pub fn subscription(entry: &str) -> Result<String, String> {
     Ok(regex + "$")
 }
 
-/// The idempotency key a message is published with: one per message of a topic, whoever
-/// reads it, within the 64 bytes a key may have (a long topic name is hashed).
-pub fn idempotency_key(topic: &str, partition: i32, offset: i64) -> String {
-    let key = format!("kafka:{partition}:{offset}:{topic}");
-    if key.len() <= tidewire_protocol::command::MAX_IDEMPOTENCY_KEY_BYTES {
-        return key;
-    }
+/// The idempotency key a message is published with: one per message of a topic of a
+/// cluster, whoever reads it: `kafka:<partition>:<offset>:<hash of cluster and topic>`,
+/// within the 64 bytes a key may have. (A client may not publish keys starting with
+/// `kafka:`.)
+pub fn idempotency_key(cluster: &str, topic: &str, partition: i32, offset: i64) -> String {
     // FNV-1a: stable across builds and nodes, which a std hasher does not promise.
-    let hash = topic.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    format!("kafka:{partition}:{offset}:#{hash:016x}")
+    let fnv = |h: u64, b: u8| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    let hash = cluster.bytes().chain([0]).chain(topic.bytes()).fold(0xcbf2_9ce4_8422_2325_u64, fnv);
+    format!("kafka:{partition}:{offset}:{hash:016x}")
+}
+
+/// Settings the source sets itself, from its own fields: `properties` may not change them.
+const OWN_PROPERTIES: [&str; 8] = [
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "statistics.interval.ms",
+    "queued.max.messages.kbytes",
+    "topic.blacklist",
+];
+
+/// The source's `properties`, last, on any of its clients (security settings apply to
+/// all three; librdkafka ignores, with a warning, what another client kind uses).
+fn with_properties(mut config: ClientConfig, source: &KafkaSource) -> ClientConfig {
+    for (name, value) in &source.properties {
+        config.set(name, value);
+    }
+    config
+}
+
+/// A regular expression matching exactly `topic` (librdkafka's syntax: `.` escaped).
+fn exactly(topic: &str) -> String {
+    format!("^{}$", topic.replace('.', "\\."))
 }
 
 fn common_config(source: &KafkaSource) -> ClientConfig {
@@ -200,11 +235,11 @@ fn consumer_config(source: &KafkaSource) -> ClientConfig {
         // Brokers that hold a fetch for its whole wait (tansu does) would otherwise hand
         // over half a second of messages at once: a burst subscribers feel.
         .set("fetch.wait.max.ms", "100")
-        .set("queued.max.messages.kbytes", (source.max_prefetch_bytes / 1024).to_string());
-    for (name, value) in &source.properties {
-        config.set(name, value);
-    }
-    config
+        .set("queued.max.messages.kbytes", (source.max_prefetch_bytes / 1024).to_string())
+        // Never Kafka's internal topics, never the dead letters (a pattern that matched
+        // them would feed the dead letters back in).
+        .set("topic.blacklist", format!("^__.*,{}", exactly(&source.dead_letter_topic)));
+    with_properties(config, source)
 }
 
 fn millis(duration: Duration) -> String {
@@ -280,9 +315,10 @@ fn describe(partitions: &TopicPartitionList) -> String {
 }
 
 async fn consume(hub: &Hub, source: &KafkaSource, routes: &[Route], backoff: &mut Backoff) -> Result<(), Error> {
-    let producer: OffThread<FutureProducer> = OffThread::new(
-        common_config(source).set("message.timeout.ms", "30000").set("enable.idempotence", "false").create()?,
-    );
+    let mut producer_config = common_config(source);
+    // A dead letter carries the message whole: as large as the brokers' default limit.
+    producer_config.set("message.timeout.ms", "30000").set("message.max.bytes", "1048588");
+    let producer: OffThread<FutureProducer> = OffThread::new(with_properties(producer_config, source).create()?);
     if source.create_dead_letter_topic {
         create_topic(source, &source.dead_letter_topic).await?;
     }
@@ -291,10 +327,17 @@ async fn consume(hub: &Hub, source: &KafkaSource, routes: &[Route], backoff: &mu
         OffThread::new(Arc::new(consumer_config(source).create_with_context(context)?));
     let topics = source.topics.iter().map(|t| subscription(t)).collect::<Result<Vec<_>, _>>()?;
     consumer.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())?;
+    // The cluster's id goes into every idempotency key: two clusters' topics of one name
+    // are two streams. Fetching it waits on the network, off the runtime.
+    let client = Arc::clone(&consumer);
+    let cluster = tokio::task::spawn_blocking(move || client.client().fetch_cluster_id(Duration::from_secs(10)))
+        .await?
+        .unwrap_or_else(|| source.brokers.join(","));
     tracing::info!(source = %source.name, topics = %topics.join(","), group = %source.group, "Kafka source consuming");
     backoff.reset();
     let shutdown = hub.shutdown_token();
     let dead = DeadLetters { producer: &producer, source };
+    let source_of = Origin { cluster: &cluster, dead_letter_topic: &source.dead_letter_topic };
     let mut failures = Backoff::new(Duration::from_millis(100), source.max_reconnect_wait);
     loop {
         let message = tokio::select! {
@@ -314,7 +357,7 @@ async fn consume(hub: &Hub, source: &KafkaSource, routes: &[Route], backoff: &mu
             }
         };
         failures.reset();
-        if !handle(hub, source, routes, &dead, &message).await {
+        if !handle(hub, source, routes, &dead, &source_of, &message).await {
             break;
         }
         if let Err(e) = consumer.store_offset_from_message(&message) {
@@ -322,17 +365,26 @@ async fn consume(hub: &Hub, source: &KafkaSource, routes: &[Route], backoff: &mu
             tracing::debug!(source = %source.name, "offset not stored: {e}");
         }
     }
-    // Drain: commit what was taken, then leave the group (both block on the network).
-    let consumer = Arc::clone(&consumer);
+    // Drain: commit what was taken, then leave the group (both block on the network), so
+    // the partitions move to the other members at once.
+    let consumer = consumer.into_inner();
     tokio::task::spawn_blocking(move || {
-        match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => tracing::warn!("Kafka commit on drain failed: {e}"),
+        if let Some(consumer) = consumer {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => tracing::warn!("Kafka commit on drain failed: {e}"),
+            }
+            drop(consumer);
         }
-        drop(consumer);
     })
     .await?;
     Ok(())
+}
+
+/// What a message's key and its dead-letter check need of the source.
+struct Origin<'a> {
+    cluster: &'a str,
+    dead_letter_topic: &'a str,
 }
 
 /// A librdkafka handle dropped on a thread of its own: closing a consumer or a producer
@@ -343,6 +395,11 @@ struct OffThread<T: Send + 'static>(Option<T>);
 impl<T: Send + 'static> OffThread<T> {
     fn new(handle: T) -> OffThread<T> {
         OffThread(Some(handle))
+    }
+
+    /// The handle, for a caller that closes it off the runtime itself.
+    fn into_inner(mut self) -> Option<T> {
+        self.0.take()
     }
 }
 
@@ -370,15 +427,23 @@ async fn handle(
     source: &KafkaSource,
     routes: &[Route],
     dead: &DeadLetters<'_>,
+    origin: &Origin<'_>,
     message: &BorrowedMessage<'_>,
 ) -> bool {
     let topic = message.topic();
+    if topic == origin.dead_letter_topic {
+        // Excluded from the subscription; should a broker hand one over anyway, it is
+        // not fed back in.
+        return true;
+    }
     let payload = message.payload().unwrap_or_default();
-    let mut retry = Backoff::new(Duration::from_millis(200), source.max_reconnect_wait);
+    // A refusal for now (a publish rate) is retried briefly: the partition waits behind it.
+    let mut retry = Backoff::new(Duration::from_millis(200), source.max_reconnect_wait.min(Duration::from_secs(2)));
     let mut attempts = 0;
     loop {
         let routed = routing::route(routes, topic, payload).map_err(|e| e.to_string()).map(|mut publication| {
-            publication.idempotency_key = Some(idempotency_key(topic, message.partition(), message.offset()));
+            let key = idempotency_key(origin.cluster, topic, message.partition(), message.offset());
+            publication.idempotency_key = Some(key);
             publication
         });
         match super::deliver_publication(hub, &source.name, topic, routed).await {
@@ -407,20 +472,25 @@ struct DeadLetters<'a> {
 }
 
 impl DeadLetters<'_> {
-    /// Sends a message to the dead-letter topic, trying until it is taken; false when the
-    /// node drains first.
+    /// Sends a message to the dead-letter topic; false when the node drains first. A
+    /// message too large for the topic goes without its payload, then without its key; one
+    /// the topic refuses `max_attempts` times is given up, logged as an error and counted
+    /// (`outcome="dead_letter_failed"`), so a broken dead-letter topic cannot stop the
+    /// partition for good.
     async fn send(&self, hub: &Hub, message: &BorrowedMessage<'_>, reason: &str) -> bool {
         let reason = super::header_reason(reason);
         let (partition, offset) = (message.partition().to_string(), message.offset().to_string());
-        let mut with_payload = true;
-        let mut retry = Backoff::new(Duration::from_millis(200), self.source.max_reconnect_wait);
+        let (mut with_payload, mut with_key, mut attempts) = (true, true, 0);
+        let mut retry =
+            Backoff::new(Duration::from_millis(200), self.source.max_reconnect_wait.min(Duration::from_secs(5)));
         loop {
             let payload = if with_payload { message.payload() } else { None };
             let reason = if with_payload {
                 reason.clone()
             } else {
                 let size = message.payload_len();
-                super::header_reason(&format!("{reason} (its payload of {size} bytes is too large for this topic)"))
+                let key = message.key().map_or(0, <[u8]>::len);
+                super::header_reason(&format!("{reason} (too large for this topic: payload {size} bytes, key {key})"))
             };
             let headers = OwnedHeaders::new()
                 .insert(Header { key: super::DEAD_LETTER_REASON_HEADER, value: Some(reason.as_str()) })
@@ -428,7 +498,7 @@ impl DeadLetters<'_> {
                 .insert(Header { key: "Tidewire-Source-Partition", value: Some(partition.as_str()) })
                 .insert(Header { key: "Tidewire-Source-Offset", value: Some(offset.as_str()) });
             let mut record = FutureRecord::<[u8], [u8]>::to(&self.source.dead_letter_topic).headers(headers);
-            if let Some(key) = message.key() {
+            if let Some(key) = message.key().filter(|_| with_key) {
                 record = record.key(key);
             }
             if let Some(payload) = payload {
@@ -436,10 +506,26 @@ impl DeadLetters<'_> {
             }
             match self.producer.send(record, Duration::from_secs(5)).await {
                 Ok(_) => return true,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) if with_payload => {
-                    with_payload = false;
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))
+                    if with_payload || with_key =>
+                {
+                    if with_payload {
+                        with_payload = false;
+                    } else {
+                        with_key = false;
+                    }
                 }
                 Err((e, _)) => {
+                    attempts += 1;
+                    if attempts >= self.source.max_attempts {
+                        tracing::error!(
+                            source = %self.source.name, topic = message.topic(), partition, offset, reason,
+                            "cannot send a dead letter after {attempts} attempts ({e}): the message is skipped"
+                        );
+                        let label = IngestLabel { source: self.source.name.clone(), outcome: "dead_letter_failed" };
+                        hub.metrics().ingest_events.get_or_create(&label).inc();
+                        return true;
+                    }
                     tracing::warn!(source = %self.source.name, "cannot send a dead letter: {e}; trying again");
                     if !retry.wait(hub).await {
                         return false;
@@ -452,7 +538,8 @@ impl DeadLetters<'_> {
 
 /// Creates a topic (one partition, the broker's default replication) unless it exists.
 async fn create_topic(source: &KafkaSource, topic: &str) -> Result<(), Error> {
-    let admin: AdminClient<DefaultClientContext> = common_config(source).create()?;
+    let admin: OffThread<AdminClient<DefaultClientContext>> =
+        OffThread::new(with_properties(common_config(source), source).create()?);
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin.create_topics(&[NewTopic::new(topic, 1, TopicReplication::Fixed(-1))], &options).await?;
     for result in results {
@@ -483,13 +570,17 @@ mod tests {
     }
 
     #[test]
-    fn idempotency_keys_fit_and_differ() {
+    fn idempotency_keys_fit_and_differ_by_cluster_topic_partition_and_offset() {
         let limit = tidewire_protocol::command::MAX_IDEMPOTENCY_KEY_BYTES;
-        assert_eq!(idempotency_key("prices", 3, 42), "kafka:3:42:prices");
+        let key = idempotency_key("cluster-a", "prices", 3, 42);
+        assert!(key.starts_with("kafka:3:42:") && tidewire_protocol::command::is_reserved_idempotency_key(&key));
+        assert_eq!(key, idempotency_key("cluster-a", "prices", 3, 42), "stable");
         let long = "t".repeat(249);
-        let key = idempotency_key(&long, i32::MAX, i64::MAX);
+        let key = idempotency_key(&"c".repeat(200), &long, i32::MAX, i64::MAX);
         assert!(key.len() <= limit, "{key}");
-        assert_ne!(key, idempotency_key(&format!("{long}x"), i32::MAX, i64::MAX));
-        assert_ne!(idempotency_key("a", 0, 1), idempotency_key("a", 1, 0));
+        assert_ne!(key, idempotency_key(&"c".repeat(200), &format!("{long}x"), i32::MAX, i64::MAX));
+        assert_ne!(idempotency_key("a", "t", 0, 1), idempotency_key("a", "t", 1, 0));
+        assert_ne!(idempotency_key("a", "t", 0, 1), idempotency_key("b", "t", 0, 1));
+        assert_ne!(idempotency_key("ab", "c", 0, 1), idempotency_key("a", "bc", 0, 1));
     }
 }

@@ -182,7 +182,9 @@ pub struct KafkaSource {
     pub topics: Vec<String>,
     /// The consumer group: nodes in one group share the partitions.
     pub group: String,
-    /// Where a group with no committed offset starts.
+    /// Where a group with no committed offset starts (also where a partition restarts
+    /// when its committed offset is no longer kept): `earliest`, the default, skips
+    /// nothing.
     #[serde(default = "default_start")]
     pub start: StartPosition,
     /// Where unpublishable messages go, with the reason in a header.
@@ -214,7 +216,7 @@ pub struct KafkaSource {
 }
 
 fn default_start() -> StartPosition {
-    StartPosition::Latest
+    StartPosition::Earliest
 }
 fn default_dead_topic() -> String {
     "tidewire.dead".to_owned()
@@ -364,7 +366,13 @@ pub async fn deliver_publication(
         Ok(publication) => match hub.publish(publication).await {
             Ok(_) => Outcome::Published,
             Err(e) if e.code == ErrorCode::Unavailable => Outcome::Unavailable(e.to_string()),
-            Err(e) if matches!(e.code, ErrorCode::InternalError | ErrorCode::RateLimitExceeded) => {
+            // The node is full of channels, or refused for now: not the event's fault for good.
+            Err(e)
+                if matches!(
+                    e.code,
+                    ErrorCode::InternalError | ErrorCode::RateLimitExceeded | ErrorCode::TooManyChannels
+                ) =>
+            {
                 Outcome::Retry(e.to_string())
             }
             Err(e) => Outcome::DeadLetter(e.to_string()),
@@ -385,21 +393,24 @@ pub async fn deliver_publication(
     outcome
 }
 
-/// Starts every source of the routing file (they run until the node drains).
-pub fn start(hub: &Hub, config: IngestConfig) {
+/// Starts every source of the routing file; they run until the node drains, and the
+/// handles end when they have (a Kafka source's last commit included).
+pub fn start(hub: &Hub, config: IngestConfig) -> Vec<tokio::task::JoinHandle<()>> {
     let routes: std::sync::Arc<[Route]> = config.route.into();
+    let mut tasks = Vec::new();
     for source in config.amqp {
-        tokio::spawn(amqp::run(hub.clone(), source, routes.clone()));
+        tasks.push(tokio::spawn(amqp::run(hub.clone(), source, routes.clone())));
     }
     for source in config.nats {
-        tokio::spawn(nats::run(hub.clone(), source, routes.clone()));
+        tasks.push(tokio::spawn(nats::run(hub.clone(), source, routes.clone())));
     }
     for source in config.postgres {
-        tokio::spawn(postgres::run(hub.clone(), source, routes.clone()));
+        tasks.push(tokio::spawn(postgres::run(hub.clone(), source, routes.clone())));
     }
     for source in config.kafka {
-        tokio::spawn(kafka::run(hub.clone(), source, routes.clone()));
+        tasks.push(tokio::spawn(kafka::run(hub.clone(), source, routes.clone())));
     }
+    tasks
 }
 
 /// Exponential backoff between reconnects, cut short by the node draining.

@@ -17,6 +17,10 @@ pub fn apply(session: &mut Session, command: Publish) -> Next {
         session.send_error(command.id, refused.code, refused.message, Some(&channel));
         return Next::Continue;
     }
+    if let Err(refused) = crate::hub::check_client_publication(&command.publication) {
+        session.send_error(command.id, refused.code, refused.message, Some(&channel));
+        return Next::Continue;
+    }
     // The in-memory engine answers at once; an engine with a round trip answers later,
     // from a task, so the connection keeps reading meanwhile.
     let hub = session.hub.clone();
