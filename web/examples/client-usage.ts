@@ -3,10 +3,17 @@
 
 import init, {
   TidewireClient,
-  type AnalyticsPublication,
+  type AnalyticsChannels,
+  type ChannelPublication,
   type TidewireState,
   type TidewireSubscriptionEvent,
 } from "tidewire-client";
+
+// Name the app's channels once (here the generated analytics catalogue): every handler's
+// message is then typed by the channel it subscribes to.
+declare module "tidewire-client" {
+  interface TidewireChannels extends AnalyticsChannels {}
+}
 
 export async function start(url: string, fetchToken: () => Promise<string>): Promise<TidewireClient> {
   await init();
@@ -17,11 +24,11 @@ export async function start(url: string, fetchToken: () => Promise<string>): Pro
   });
   client.onError((e) => console.warn(e.kind, e.code ?? "", e.message));
 
-  const lps = new Map<string, AnalyticsPublication>();
+  const lps = new Map<string, ChannelPublication<"lp-performance">>();
   let complete = false;
   const sub = client.subscribe(
     "lp-performance",
-    (message: AnalyticsPublication) => {
+    (message) => {
       if (message.op === "delete" && message.key) lps.delete(message.key); // the LP left the table
       else if (message.op === "clear") lps.clear();
       else if (message.type === "lp-metrics") lps.set(message.data.lpName, message);

@@ -78,7 +78,7 @@ async function main(): Promise<void> {
     "lp-performance": { maxRate: 2, deltas: true },
     "exposure-updates": { deltas: true },
   };
-  const channels = ["routing-metrics", "lp-performance", "exposure-updates", "alerts"];
+  const channels = ["routing-metrics", "lp-performance", "exposure-updates", "alerts"] as const;
   for (const channel of channels) {
     client.subscribe(channel, handle, (event) => {
       if (channel !== "lp-performance") return;

@@ -42,6 +42,7 @@ fn run_suite() -> Result<(), String> {
     step("TypeScript type-check (tsc --strict): the bindings and the client package's API");
     let web = root.join("web");
     process::run(&web, "npx", &["--no-install", "tsc", "--strict", "--noEmit", "-p", "tsconfig.json"])?;
+    wrong_field_refused(&web)?;
 
     browser_tests()?;
     dashboard_test()?;
@@ -51,6 +52,29 @@ fn run_suite() -> Result<(), String> {
 
     println!("\nall checks passed");
     Ok(())
+}
+
+/// Handlers are typed by channel: a handler reading a field its channel's events lack
+/// (`web/types/wrong-field.ts`) must fail to compile, with that field named.
+fn wrong_field_refused(web: &std::path::Path) -> Result<(), String> {
+    step("TypeScript: a handler reading a field its channel does not carry fails to compile");
+    let output = std::process::Command::new("npx")
+        .args(["--no-install", "tsc", "--noEmit", "-p", "types/tsconfig.wrong-field.json"])
+        .current_dir(web)
+        .output()
+        .map_err(|e| format!("cannot run tsc: {e}"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if output.status.success() {
+        return Err("web/types/wrong-field.ts compiled: handlers are not typed by channel".to_owned());
+    }
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("error TS")).collect();
+    match errors.as_slice() {
+        [only] if only.contains("TS2339") && only.contains("bidPrice") => {
+            println!("    refused as it should be: {only}");
+            Ok(())
+        }
+        _ => Err(format!("web/types/wrong-field.ts failed for other reasons than the wrong field:\n{text}")),
+    }
 }
 
 pub fn run(args: &[String]) -> Result<(), String> {

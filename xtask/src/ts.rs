@@ -71,6 +71,7 @@ pub fn generate() -> Result<BTreeMap<String, String>, String> {
         files.insert(name, text);
     }
     files.insert("constants.ts".to_owned(), constants());
+    files.insert("AnalyticsChannels.ts".to_owned(), analytics_channels());
     let index = index(files.keys());
     files.insert("index.ts".to_owned(), index);
     Ok(files)
@@ -99,6 +100,42 @@ fn constants() -> String {
     out.push_str("} as const;\n");
     out.push_str("\n/** The analytics catalogue's channels. */\n");
     out.push_str(&format!("export const ANALYTICS_CHANNELS = {} as const;\n", json(&analytics::channels::ALL)));
+    out
+}
+
+/// `AnalyticsChannels`: each catalogue channel and the events it carries, from the
+/// events' own `CHANNEL` and `TYPE`, for handlers typed by channel (the client package's
+/// `TidewireChannels` extends it where an app says so).
+fn analytics_channels() -> String {
+    use tidewire_protocol::event::Event;
+    fn entry<E: Event + TS>() -> (&'static str, &'static str, String) {
+        (E::CHANNEL, E::TYPE, E::name(&ts_rs::Config::new()))
+    }
+    let events = [
+        entry::<analytics::RoutingDecision>(),
+        entry::<analytics::LpMetrics>(),
+        entry::<analytics::ExposureChange>(),
+        entry::<analytics::Alert>(),
+    ];
+    let mut out = String::from(HEADER);
+    let mut names: Vec<&String> = events.iter().map(|(_, _, name)| name).collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        out.push_str(&format!("import type {{ {name} }} from \"./{name}\";\n"));
+    }
+    out.push_str("\n/** The analytics catalogue's channels and the events each carries (`type` and `data`). */\n");
+    out.push_str("export interface AnalyticsChannels {\n");
+    for channel in analytics::channels::ALL {
+        let carried: Vec<String> = events
+            .iter()
+            .filter(|(c, _, _)| *c == channel)
+            .map(|(_, kind, name)| format!("{{ type: {}; data: {name} }}", json(kind)))
+            .collect();
+        let carried = if carried.is_empty() { "never".to_owned() } else { carried.join(" | ") };
+        out.push_str(&format!("  {}: {carried};\n", json(channel)));
+    }
+    out.push_str("}\n");
     out
 }
 

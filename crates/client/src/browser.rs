@@ -122,6 +122,31 @@ export interface TidewireStats {
  *  as a field delta, the top-level fields of `data` it changed. */
 export type MessageHandler<M = Publication & { changed?: string[] }> = (message: M) => void;
 
+/** Channel name → the events it carries, as `{ type; data }` unions, so that a handler's
+ *  message is typed by the channel it subscribes to. Empty here: an app names its
+ *  channels by merging into it, e.g. with the generated catalogue:
+ *  `declare module "tidewire-client" { interface TidewireChannels extends AnalyticsChannels {} }`.
+ *  A channel it does not name is handled as a plain `Publication` (`data: unknown`). */
+export interface TidewireChannels {}
+
+/** The publication a handler of `channel` receives. */
+export type ChannelPublication<C extends string> = (C extends keyof TidewireChannels
+  ? Omit<Publication, "type" | "data"> & TidewireChannels[C]
+  : Publication) & { changed?: string[] };
+
+export interface TidewireClient {
+  /** Subscribes `handler` to `channel`; `onEvent` (optional) hears the subscription's
+   *  lifecycle; `options` (optional) filters it on the server. Snapshot messages
+   *  (`snapshot: true`) reach the handler first. The handler's message is typed by the
+   *  channel (see `TidewireChannels`). */
+  subscribe<C extends string>(
+    channel: C,
+    handler: MessageHandler<ChannelPublication<C>>,
+    onEvent?: ((event: TidewireSubscriptionEvent) => void) | null,
+    options?: TidewireSubscribeOptions | null,
+  ): TidewireSubscription;
+}
+
 /** What a subscription asks of the server: only these message types, only these keys
  *  (unkeyed publications pass a key filter), at most `maxRate` updates per second per
  *  key (the newest value each time; unkeyed messages all arrive; the rate granted comes
@@ -353,7 +378,9 @@ impl TidewireClient {
 
     /// Subscribes `handler` to a channel; `onEvent` (optional) hears the subscription's
     /// lifecycle; `options` (optional) filters it on the server. Snapshot messages
-    /// (`snapshot: true`) reach the handler first.
+    /// (`snapshot: true`) reach the handler first. (Its TypeScript signature, typed by
+    /// channel, is declared above, with `TidewireChannels`.)
+    #[wasm_bindgen(skip_typescript)]
     pub fn subscribe(
         &self,
         channel: String,
