@@ -12,15 +12,14 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use tokio::sync::watch;
 
-use crate::load::{RunResult, connect, now_micros, progress, token};
+use crate::load::{RunResult, now_micros, progress, token};
 use crate::process::{Node, http_get, server_bin};
+use crate::stamped::Readers;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct KafkaArgs {
@@ -163,13 +162,7 @@ async fn measure(args: &KafkaArgs, producer: &FutureProducer, node: &Node) -> Re
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let tok = token("bench-kafka", false);
-    let (stop, stopped) = watch::channel(false);
-    let mut readers = Vec::with_capacity(args.subscribers);
-    for _ in 0..args.subscribers {
-        let ws = connect(node.port, &tok, CHANNEL, false).await?;
-        readers.push(tokio::spawn(crate::outbox::read(ws, stopped.clone())));
-    }
+    let readers = Readers::connect(node.port, &token("bench-kafka", false), CHANNEL, args.subscribers).await?;
     let cpu_before = node.cpu_seconds();
     let started = Instant::now();
     let tick = Duration::from_millis(10);
@@ -213,37 +206,13 @@ async fn measure(args: &KafkaArgs, producer: &FutureProducer, node: &Node) -> Re
     let taken = published(node.port).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let cpu = node.cpu_seconds() - cpu_before;
-    let _ = stop.send(true);
-    let mut delivered = 0u64;
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).map_err(|e| e.to_string())?;
-    for reader in readers {
-        let (count, seen) = reader.await.map_err(|e| e.to_string())?;
-        delivered += count;
-        histogram.add(seen).map_err(|e| e.to_string())?;
-    }
+    let received = readers.finish().await?;
     progress("");
-    let expected = sent * args.subscribers as u64;
-    Ok(RunResult {
-        name: "kafka".to_owned(),
-        subscribers: args.subscribers,
-        rate: args.rate,
-        seconds: elapsed,
-        published: sent,
-        delivered_per_second: delivered as f64 / elapsed,
-        loss_percent: if expected == 0 {
-            0.0
-        } else {
-            expected.saturating_sub(delivered) as f64 * 100.0 / expected as f64
-        },
-        latency_ms: crate::load::Latency::of(&histogram),
-        server_cpu_seconds: cpu,
-        server_cpu_per_million: if delivered == 0 { 0.0 } else { cpu * 1e6 / delivered as f64 },
-        notes: format!(
-            "{} partitions, {taken} of {sent} published, producer → subscriber latency (tansu, memory storage) {} {}",
-            args.partitions,
-            args.kafka_properties.join(" "),
-            args.server_args.join(" ")
-        ),
-        ..RunResult::default()
-    })
+    let notes = format!(
+        "{} partitions, {taken} of {sent} published, producer → subscriber latency (tansu, memory storage) {} {}",
+        args.partitions,
+        args.kafka_properties.join(" "),
+        args.server_args.join(" ")
+    );
+    Ok(received.result("kafka", args.rate, sent, elapsed, cpu, notes))
 }

@@ -34,6 +34,7 @@ mod outbox;
 mod process;
 mod report;
 mod scan;
+mod stamped;
 mod tables;
 
 use std::time::Duration;

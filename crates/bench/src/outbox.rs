@@ -9,13 +9,11 @@
 
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
-use memchr::memmem;
-use tokio::sync::watch;
 use tokio_postgres::NoTls;
 
-use crate::load::{RunResult, connect, now_micros, progress, token};
+use crate::load::{RunResult, now_micros, progress, token};
 use crate::process::{Node, server_bin};
+use crate::stamped::Readers;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct OutboxArgs {
@@ -84,13 +82,7 @@ async fn measure(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let tok = token("bench-outbox", false);
-    let (stop, stopped) = watch::channel(false);
-    let mut readers = Vec::with_capacity(args.subscribers);
-    for _ in 0..args.subscribers {
-        let ws = connect(node.port, &tok, CHANNEL, false).await?;
-        readers.push(tokio::spawn(read(ws, stopped.clone())));
-    }
+    let readers = Readers::connect(node.port, &token("bench-outbox", false), CHANNEL, args.subscribers).await?;
     let insert = format!(
         "INSERT INTO {table} (channel, type, data) SELECT '{CHANNEL}', 'tick', \
          jsonb_build_object('n', n, 'sentAt', $3::bigint) FROM generate_series($1::bigint, $2::bigint) AS n"
@@ -126,67 +118,8 @@ async fn measure(
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let cpu = node.cpu_seconds() - cpu_before;
-    let _ = stop.send(true);
-    let mut delivered = 0u64;
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).map_err(|e| e.to_string())?;
-    for reader in readers {
-        let (count, seen) = reader.await.map_err(|e| e.to_string())?;
-        delivered += count;
-        histogram.add(seen).map_err(|e| e.to_string())?;
-    }
+    let received = readers.finish().await?;
     progress("");
-    let expected = inserted as u64 * args.subscribers as u64;
-    Ok(RunResult {
-        name: "outbox".to_owned(),
-        subscribers: args.subscribers,
-        rate: args.rate,
-        seconds: elapsed,
-        published: inserted as u64,
-        delivered_per_second: delivered as f64 / elapsed,
-        loss_percent: if expected == 0 {
-            0.0
-        } else {
-            expected.saturating_sub(delivered) as f64 * 100.0 / expected as f64
-        },
-        latency_ms: crate::load::Latency::of(&histogram),
-        server_cpu_seconds: cpu,
-        server_cpu_per_million: if delivered == 0 { 0.0 } else { cpu * 1e6 / delivered as f64 },
-        notes: format!("batch {}, insert → subscriber latency {}", args.batch, args.server_args.join(" ")),
-        ..RunResult::default()
-    })
-}
-
-/// Counts the messages delivered and records each one's latency from the microsecond
-/// its source stamped in it (`sentAt`); the Kafka bench reads the same way.
-pub(crate) async fn read(
-    mut ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-    mut stop: watch::Receiver<bool>,
-) -> (u64, Histogram<u64>) {
-    use futures_util::StreamExt;
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("bounds");
-    let mut delivered = 0;
-    let finder = memmem::Finder::new(br#""sentAt":"#);
-    loop {
-        let message = tokio::select! {
-            message = ws.next() => message,
-            _ = stop.wait_for(|s| *s) => break,
-        };
-        let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) = message else {
-            if matches!(message, Some(Ok(_))) {
-                continue;
-            }
-            break;
-        };
-        let now = now_micros();
-        let bytes = text.as_bytes();
-        for at in finder.find_iter(bytes) {
-            let digits = &bytes[at + 9..];
-            let end = digits.iter().position(|b| !b.is_ascii_digit()).unwrap_or(digits.len());
-            if let Some(sent) = std::str::from_utf8(&digits[..end]).ok().and_then(|d| d.parse::<i64>().ok()) {
-                delivered += 1;
-                let _ = histogram.record((now - sent).max(1) as u64);
-            }
-        }
-    }
-    (delivered, histogram)
+    let notes = format!("batch {}, insert → subscriber latency {}", args.batch, args.server_args.join(" "));
+    Ok(received.result("outbox", args.rate, inserted as u64, elapsed, cpu, notes))
 }

@@ -253,17 +253,6 @@ async fn send_with_header(producer: &FutureProducer, topic: &str, payload: &[u8]
     producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("produce");
 }
 
-/// The sum of a counter of the node's metrics over lines containing every `part`.
-fn metric(server: &TestServer, name: &str, parts: &[&str]) -> Option<i64> {
-    let text = server.hub.metrics().render();
-    let values: Vec<i64> = text
-        .lines()
-        .filter(|l| l.starts_with(name) && parts.iter().all(|p| l.contains(p)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok().map(|v| v as i64))
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
-}
-
 #[tokio::test]
 async fn messages_are_routed_by_field_and_by_topic_pattern_and_bad_ones_dead_lettered_with_reasons() {
     let broker = Broker::start().await;
@@ -319,33 +308,15 @@ async fn messages_are_routed_by_field_and_by_topic_pattern_and_bad_ones_dead_let
     assert!(client.try_next(Duration::from_millis(500)).await.unwrap().is_none());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let published = metric(&server, "tidewire_ingest_events_total", &["outcome=\"published\""]);
-        let lag = metric(&server, "tidewire_ingest_consumer_lag", &["topic=\"market-data.prices\""]);
+        let published = metric_sum(&server, "tidewire_ingest_events_total", &["outcome=\"published\""]);
+        let lag = metric_sum(&server, "tidewire_ingest_consumer_lag", &["topic=\"market-data.prices\""]);
         if published == Some(2) && lag == Some(0) {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "published {published:?}, lag {lag:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(metric(&server, "tidewire_ingest_events_total", &["outcome=\"dead_lettered\""]), Some(4));
-}
-
-/// A node on the machine's Redis under `prefix`, ready (Redis keeps the idempotency
-/// keys that make a message read twice publish once).
-async fn redis_node(prefix: &str) -> TestServer {
-    let prefix = prefix.to_owned();
-    let server = TestServer::with(move |c| {
-        c.redis_url = Some("redis://127.0.0.1:6379".to_owned());
-        c.redis_prefix = prefix;
-        c.drain_window = Duration::from_millis(100);
-    })
-    .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while http_text(&server, "GET", "/ready", None, None).await.0 != 200 {
-        assert!(tokio::time::Instant::now() < deadline, "Redis is not reachable at 127.0.0.1:6379: start it");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    server
+    assert_eq!(metric_sum(&server, "tidewire_ingest_events_total", &["outcome=\"dead_lettered\""]), Some(4));
 }
 
 /// Sends ticks `from..=to` to `topic`, keyed so they spread over its partitions.
@@ -355,25 +326,8 @@ async fn send_ticks(producer: &FutureProducer, topic: &str, from: u32, to: u32) 
     }
 }
 
-/// Reads `ticks` on `client` until `total` distinct ticks arrived (or 30 s passed),
-/// counting each tick delivered, and checking each partition key's ticks come in order.
-async fn collect(client: &mut Client, seen: &mut BTreeMap<u64, u32>, total: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while seen.len() < total && tokio::time::Instant::now() < deadline {
-        match client.try_next(Duration::from_millis(200)).await {
-            Ok(Some(message)) => {
-                if let Some(n) = message["data"]["n"].as_u64() {
-                    *seen.entry(n).or_default() += 1;
-                }
-            }
-            Ok(None) => {}
-            Err(_) => return,
-        }
-    }
-}
-
 fn published_by(server: &TestServer) -> i64 {
-    metric(server, "tidewire_ingest_events_total", &["outcome=\"published\""]).unwrap_or(0)
+    metric_sum(server, "tidewire_ingest_events_total", &["outcome=\"published\""]).unwrap_or(0)
 }
 
 #[tokio::test]
@@ -390,7 +344,7 @@ async fn two_nodes_in_one_group_share_the_partitions_and_a_node_stopping_mid_str
     // Both members hold partitions before the stream starts.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let held = |s: &TestServer| metric(s, "tidewire_ingest_partitions", &[]).is_some_and(|n| n > 0);
+        let held = |s: &TestServer| metric_sum(s, "tidewire_ingest_partitions", &[]).is_some_and(|n| n > 0);
         if held(&first) && held(&second) {
             break;
         }
@@ -400,7 +354,7 @@ async fn two_nodes_in_one_group_share_the_partitions_and_a_node_stopping_mid_str
     let producer = broker.producer();
     send_ticks(&producer, topic, 1, 600).await;
     let mut seen = BTreeMap::new();
-    collect(&mut reader, &mut seen, 600).await;
+    collect_numbered(&mut reader, &mut seen, 600).await;
     let (by_first, by_second) = (published_by(&first), published_by(&second));
     assert!(by_first > 0 && by_second > 0, "both members took partitions: {by_first} + {by_second}");
 
@@ -414,7 +368,7 @@ async fn two_nodes_in_one_group_share_the_partitions_and_a_node_stopping_mid_str
     first.shutdown();
     let _ = tokio::time::timeout(Duration::from_secs(15), &mut first.task).await;
     let _producer = more.await.unwrap();
-    collect(&mut reader, &mut seen, 1200).await;
+    collect_numbered(&mut reader, &mut seen, 1200).await;
 
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "delivered twice: {twice:?}");
@@ -437,13 +391,13 @@ async fn a_node_restarted_mid_stream_resumes_from_its_commit_with_nothing_lost_o
     let producer = broker.producer();
     send_ticks(&producer, topic, 1, 300).await;
     let mut seen = BTreeMap::new();
-    collect(&mut reader, &mut seen, 150).await;
+    collect_numbered(&mut reader, &mut seen, 150).await;
     node.shutdown();
     let _ = tokio::time::timeout(Duration::from_secs(15), &mut node.task).await;
     send_ticks(&producer, topic, 301, 500).await;
     let again = redis_node(&prefix).await;
     ingest::start(&again.hub, config(&broker, &group, &[topic], ""));
-    collect(&mut reader, &mut seen, 500).await;
+    collect_numbered(&mut reader, &mut seen, 500).await;
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "delivered twice: {twice:?}");
     assert_eq!(seen.keys().copied().collect::<Vec<_>>(), (1..=500).collect::<Vec<_>>(), "every message, once");
@@ -525,12 +479,12 @@ async fn a_node_killed_mid_stream_reads_again_what_it_had_not_committed_and_publ
     let producer = broker.producer();
     send_ticks(&producer, topic, 1, 300).await;
     let mut seen = BTreeMap::new();
-    collect(&mut reader, &mut seen, 300).await;
+    collect_numbered(&mut reader, &mut seen, 300).await;
     assert_eq!(seen.len(), 300);
     first.kill();
     let second = NodeProcess::start(&prefix, &routing).await;
     send_ticks(&producer, topic, 301, 400).await;
-    collect(&mut reader, &mut seen, 400).await;
+    collect_numbered(&mut reader, &mut seen, 400).await;
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "delivered twice: {twice:?}");
     assert_eq!(seen.keys().copied().collect::<Vec<_>>(), (1..=400).collect::<Vec<_>>(), "every message, once");
@@ -554,7 +508,7 @@ async fn the_broker_going_away_and_coming_back_is_ridden_out() {
     let producer = broker.producer();
     send_ticks(&producer, topic, 1, 100).await;
     let mut seen = BTreeMap::new();
-    collect(&mut reader, &mut seen, 100).await;
+    collect_numbered(&mut reader, &mut seen, 100).await;
     assert_eq!(seen.len(), 100);
     // Longer than the session timeout (6 s): the group gives the partitions up and the
     // node joins again when the broker is back.
@@ -562,7 +516,7 @@ async fn the_broker_going_away_and_coming_back_is_ridden_out() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     broker.proxy.restore().await;
     send_ticks(&producer, topic, 101, 200).await;
-    collect(&mut reader, &mut seen, 200).await;
+    collect_numbered(&mut reader, &mut seen, 200).await;
     assert_eq!(seen.keys().copied().collect::<Vec<_>>(), (1..=200).collect::<Vec<_>>(), "every message");
     assert!(seen.values().all(|n| *n == 1), "and once each: the node kept its idempotency keys");
 }

@@ -154,40 +154,6 @@ async fn insert_ticks(db: &tokio_postgres::Client, table: &str, from: i64, to: i
     db.execute(&insert, &[&from, &to]).await.unwrap();
 }
 
-/// Reads `channel` on `client` until `total` distinct seqs arrived (or 20 s passed),
-/// counting each row id (`data.n`) delivered.
-async fn collect(client: &mut Client, seen: &mut BTreeMap<i64, u32>, total: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while seen.len() < total && tokio::time::Instant::now() < deadline {
-        match client.try_next(Duration::from_millis(200)).await {
-            Ok(Some(message)) => {
-                if let Some(n) = message["data"]["n"].as_i64() {
-                    *seen.entry(n).or_default() += 1;
-                }
-            }
-            Ok(None) => {}
-            Err(_) => return,
-        }
-    }
-}
-
-/// A node on the machine's Redis under `prefix`, ready.
-async fn redis_node(prefix: &str) -> TestServer {
-    let prefix = prefix.to_owned();
-    let server = TestServer::with(move |c| {
-        c.redis_url = Some("redis://127.0.0.1:6379".to_owned());
-        c.redis_prefix = prefix;
-        c.drain_window = Duration::from_millis(100);
-    })
-    .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while http_text(&server, "GET", "/ready", None, None).await.0 != 200 {
-        assert!(tokio::time::Instant::now() < deadline, "Redis is not reachable at 127.0.0.1:6379: start it");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    server
-}
-
 #[tokio::test]
 async fn two_nodes_share_one_table_and_nothing_is_published_twice_or_lost_across_a_restart() {
     let db = database().await;
@@ -205,23 +171,19 @@ async fn two_nodes_share_one_table_and_nothing_is_published_twice_or_lost_across
 
     insert_ticks(&db, &table, 1, 600).await;
     let mut seen = BTreeMap::new();
-    collect(&mut reader, &mut seen, 200).await;
+    collect_numbered(&mut reader, &mut seen, 200).await;
     // The first node stops part way; the second takes what is left.
     first.shutdown();
     let _ = tokio::time::timeout(Duration::from_secs(10), &mut first.task).await;
     insert_ticks(&db, &table, 601, 1000).await;
-    collect(&mut reader, &mut seen, 1000).await;
+    collect_numbered(&mut reader, &mut seen, 1000).await;
 
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "published twice: {twice:?}");
     assert_eq!(seen.keys().copied().collect::<Vec<_>>(), (1..=1000).collect::<Vec<_>>(), "every row, once");
     assert_eq!(count(&db, &table).await, 0);
     let worked = |server: &TestServer| {
-        let text = server.hub.metrics().render();
-        text.lines()
-            .filter(|l| l.starts_with("tidewire_ingest_events_total") && l.contains("outcome=\"published\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum::<u64>()
+        metric_sum(server, "tidewire_ingest_events_total", &["outcome=\"published\""]).unwrap_or(0)
     };
     let (by_first, by_second) = (worked(&first), worked(&second));
     assert_eq!(by_first + by_second, 1000, "each row published by one node");
@@ -394,13 +356,13 @@ async fn a_database_restart_is_ridden_out_and_nothing_is_lost_or_doubled() {
     let mut reader = listener(&server, "ticks").await;
     insert_ticks(&db, &table, 1, 100).await;
     let mut seen = BTreeMap::new();
-    collect(&mut reader, &mut seen, 100).await;
+    collect_numbered(&mut reader, &mut seen, 100).await;
     drop(db);
     own.stop();
     own.restart();
     let db = connect_to(&own.url()).await;
     insert_ticks(&db, &table, 101, 200).await;
-    collect(&mut reader, &mut seen, 200).await;
+    collect_numbered(&mut reader, &mut seen, 200).await;
     assert_eq!(seen.keys().copied().collect::<Vec<_>>(), (1..=200).collect::<Vec<_>>(), "every row");
     assert!(seen.values().all(|&n| n == 1), "none twice");
     assert_eq!(count(&db, &table).await, 0);

@@ -330,14 +330,14 @@ async fn consume(hub: &Hub, source: &KafkaSource, routes: &[Route], backoff: &mu
     // The cluster's id goes into every idempotency key: two clusters' topics of one name
     // are two streams. Fetching it waits on the network, off the runtime.
     let client = Arc::clone(&consumer);
+    // Without it, this node's keys would not match the other nodes': it starts again.
     let cluster = tokio::task::spawn_blocking(move || client.client().fetch_cluster_id(Duration::from_secs(10)))
         .await?
-        .unwrap_or_else(|| source.brokers.join(","));
+        .ok_or("the brokers did not tell their cluster id")?;
     tracing::info!(source = %source.name, topics = %topics.join(","), group = %source.group, "Kafka source consuming");
     backoff.reset();
     let shutdown = hub.shutdown_token();
     let dead = DeadLetters { producer: &producer, source };
-    let source_of = Origin { cluster: &cluster, dead_letter_topic: &source.dead_letter_topic };
     let mut failures = Backoff::new(Duration::from_millis(100), source.max_reconnect_wait);
     loop {
         let message = tokio::select! {
@@ -357,7 +357,7 @@ async fn consume(hub: &Hub, source: &KafkaSource, routes: &[Route], backoff: &mu
             }
         };
         failures.reset();
-        if !handle(hub, source, routes, &dead, &source_of, &message).await {
+        if !handle(hub, source, routes, &dead, &cluster, &message).await {
             break;
         }
         if let Err(e) = consumer.store_offset_from_message(&message) {
@@ -379,12 +379,6 @@ async fn consume(hub: &Hub, source: &KafkaSource, routes: &[Route], backoff: &mu
     })
     .await?;
     Ok(())
-}
-
-/// What a message's key and its dead-letter check need of the source.
-struct Origin<'a> {
-    cluster: &'a str,
-    dead_letter_topic: &'a str,
 }
 
 /// A librdkafka handle dropped on a thread of its own: closing a consumer or a producer
@@ -427,11 +421,11 @@ async fn handle(
     source: &KafkaSource,
     routes: &[Route],
     dead: &DeadLetters<'_>,
-    origin: &Origin<'_>,
+    cluster: &str,
     message: &BorrowedMessage<'_>,
 ) -> bool {
     let topic = message.topic();
-    if topic == origin.dead_letter_topic {
+    if topic == source.dead_letter_topic {
         // Excluded from the subscription; should a broker hand one over anyway, it is
         // not fed back in.
         return true;
@@ -442,7 +436,7 @@ async fn handle(
     let mut attempts = 0;
     loop {
         let routed = routing::route(routes, topic, payload).map_err(|e| e.to_string()).map(|mut publication| {
-            let key = idempotency_key(origin.cluster, topic, message.partition(), message.offset());
+            let key = idempotency_key(cluster, topic, message.partition(), message.offset());
             publication.idempotency_key = Some(key);
             publication
         });

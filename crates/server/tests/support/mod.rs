@@ -646,3 +646,50 @@ impl EventStream {
         }
     }
 }
+
+/// A node on the machine's Redis under `prefix`, ready (Redis also keeps the
+/// idempotency keys that make an event read twice by the ingest sources publish once).
+pub async fn redis_node(prefix: &str) -> TestServer {
+    let prefix = prefix.to_owned();
+    let server = TestServer::with(move |c| {
+        c.redis_url = Some("redis://127.0.0.1:6379".to_owned());
+        c.redis_prefix = prefix;
+        c.drain_window = Duration::from_millis(100);
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while http_text(&server, "GET", "/ready", None, None).await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "Redis is not reachable at 127.0.0.1:6379: start it");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server
+}
+
+/// Reads on `client` until `total` distinct numbered messages (`data.n`) arrived, or
+/// 30 s passed, counting how often each was delivered.
+pub async fn collect_numbered(client: &mut Client, seen: &mut std::collections::BTreeMap<u64, u32>, total: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < total && tokio::time::Instant::now() < deadline {
+        match client.try_next(Duration::from_millis(200)).await {
+            Ok(Some(message)) => {
+                if let Some(n) = message["data"]["n"].as_u64() {
+                    *seen.entry(n).or_default() += 1;
+                }
+            }
+            Ok(None) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// The sum of a metric of the node over its lines containing every `part` (`None` when
+/// no line does).
+pub fn metric_sum(server: &TestServer, name: &str, parts: &[&str]) -> Option<i64> {
+    let text = server.hub.metrics().render();
+    let values: Vec<i64> = text
+        .lines()
+        .filter(|l| l.starts_with(name) && parts.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok().map(|v| v as i64))
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
